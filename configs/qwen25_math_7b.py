@@ -1,0 +1,14 @@
+"""rStar-Math with Qwen/Qwen2.5-Math-7B as the policy and PPM base, on a TPU pod.
+
+    python launch/tpu_evolve.py --config=configs/qwen25_math_7b.py \
+        --config.model.checkpoint=/mnt/models/Qwen2.5-Math-7B --workdir=gs://bucket/run
+"""
+
+import ml_collections
+
+from rstar_jax import config_lib
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    del arg  # one variant
+    return config_lib.pretrained_config("qwen25_math_7b", checkpoint="/mnt/models/Qwen2.5-Math-7B")

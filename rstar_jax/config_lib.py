@@ -1,0 +1,34 @@
+"""Pieces every config in configs/ shares (configs are Python files read by ml_collections config_flags)."""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def model_config(preset: str, checkpoint: str, *, dtype: str = "bfloat16", param_dtype: str = "float32",
+                 attention: str = "xla", remat: bool = True) -> ml_collections.ConfigDict:
+    """The policy/PPM model: which architecture (`rstar_jax.models.presets`), where its weights are,
+    and how to run it."""
+    return ml_collections.ConfigDict({
+        "preset": preset,  # checked against the checkpoint's config.json
+        "checkpoint": checkpoint,  # Hugging Face directory (config.json + safetensors); never a hub id
+        "dtype": dtype,  # compute dtype
+        "param_dtype": param_dtype,  # master weights
+        "attention": attention,  # "xla" (everywhere) or "dot_product" (fused kernel where the backend has one)
+        "remat": remat,  # recompute blocks in the backward pass to fit long sequences
+    })
+
+
+def mesh_config(data: int = 1, fsdp: int = -1, tensor: int = 1) -> ml_collections.ConfigDict:
+    """Device mesh; -1 takes the remaining devices."""
+    return ml_collections.ConfigDict({"data": data, "fsdp": fsdp, "tensor": tensor})
+
+
+def pretrained_config(preset: str, checkpoint: str) -> ml_collections.ConfigDict:
+    """A run whose policy starts from a pretrained checkpoint (Phi-3, Qwen2.5-Math) on a TPU pod."""
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+    config.model = model_config(preset, checkpoint)
+    config.tokenizer = ml_collections.ConfigDict({"path": ""})  # "" = the checkpoint directory
+    config.mesh = mesh_config(data=1, fsdp=-1, tensor=1)
+    return config

@@ -1,0 +1,57 @@
+"""Config files load, and their presets are the public architectures."""
+
+import importlib.util
+import pathlib
+
+import pytest
+import transformers
+
+from rstar_jax.models import ModelConfig, presets
+
+CONFIG_DIR = pathlib.Path(__file__).parent.parent / "configs"
+CONFIGS = sorted(CONFIG_DIR.glob("*.py"))
+
+
+def _load(path, arg=None):
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_config_loads_and_names_a_known_preset(path):
+    config = _load(path)
+    presets.get(config.model.preset)
+    assert config.model.dtype in ("float32", "bfloat16")
+
+
+def test_tiny_has_a_smoke_variant_and_rejects_unknown_ones():
+    assert _load(CONFIG_DIR / "tiny.py", "smoke").variant == "smoke"
+    with pytest.raises(ValueError, match="unknown tiny variant 'huge'"):
+        _load(CONFIG_DIR / "tiny.py", "huge")
+
+
+def test_phi3_preset_is_transformers_phi3_default_with_its_sliding_window():
+    default = ModelConfig.from_hf_dict(transformers.Phi3Config().to_dict())
+    assert presets.get("phi3_mini_4k") == default.replace(sliding_windows=(2047,) * 32)
+
+
+@pytest.mark.parametrize("name, total", [
+    ("phi3_mini_4k", 3_821_079_552),  # the published parameter counts
+    ("qwen25_math_7b", 7_615_616_512),
+    ("qwen25_math_1p5b", 1_543_714_304),
+])
+def test_preset_parameter_counts_match_the_published_models(name, total):
+    assert presets.get(name).num_params() == total
+
+
+def test_tiny_model_is_between_one_and_five_million_parameters():
+    assert 1e6 <= presets.get("tiny").num_params() <= 5e6
+
+
+def test_a_checkpoint_of_another_model_is_named_in_the_error():
+    other = presets.get("qwen25_math_1p5b")
+    presets.check_architecture("qwen25_math_1p5b", other.replace(vocab_size=151936 + 128))
+    with pytest.raises(ValueError, match="not a qwen25_math_7b model.*hidden_size: preset 3584, found 1536"):
+        presets.check_architecture("qwen25_math_7b", other)

@@ -1,0 +1,155 @@
+"""Decoder behaviour beyond parity: KV cache, attention kernels, value head, remat, errors."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import checkpoints
+from rstar_jax import CausalLM, ModelConfig, from_pretrained, save_pretrained
+from rstar_jax.models import KVCache, read_config
+
+
+@pytest.fixture(scope="module")
+def qwen_dir(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("qwen2_gqa")
+    checkpoints.save("qwen2_gqa", directory)
+    return directory
+
+
+@pytest.mark.parametrize("name", ["qwen2_gqa", "phi3_gqa_sliding"])
+def test_prefill_then_decode_with_cache_matches_full_forward(tmp_path, name):
+    checkpoints.save(name, tmp_path)
+    model = from_pretrained(tmp_path)
+    lengths = np.array([10, 6])
+    steps = 5
+    ids = checkpoints.token_ids(2, 10 + steps, seed=1)
+    prompt = ids[:, :10].copy()
+    prompt[1, 6:] = 0  # right padding of the shorter row: garbage the cache must hide
+
+    cache = KVCache.zeros(model.config, batch=2, length=32, dtype=jnp.float32)
+    positions = jnp.broadcast_to(jnp.arange(10, dtype=jnp.int32), (2, 10))
+    hidden, cache = model.hidden_states(jnp.asarray(prompt), positions, cache=cache)
+    got = [np.asarray(model.logits(hidden))[[0, 1], lengths - 1]]
+    for t in range(steps - 1):
+        # Row b's next token is its own continuation, written at its own position.
+        next_ids = np.array([ids[0, 10 + t], ids[1, 6 + t]])
+        pos = jnp.asarray(lengths + t, jnp.int32)[:, None]
+        hidden, cache = model.hidden_states(jnp.asarray(next_ids[:, None]), pos, cache=cache)
+        got.append(np.asarray(model.logits(hidden))[:, 0])
+
+    for row, n in enumerate(lengths):
+        sequence = np.concatenate([prompt[row, :n], ids[row, 10:10 + steps - 1] if row == 0 else ids[row, 6:6 + steps - 1]])
+        full = np.asarray(model(jnp.asarray(sequence[None])))[0]
+        want = full[n - 1:n - 1 + steps]
+        np.testing.assert_allclose(np.stack([g[row] for g in got]), want, atol=1e-4)
+
+
+def test_dot_product_attention_matches_xla_attention(qwen_dir):
+    ids = jnp.asarray(checkpoints.token_ids(2, 24))
+    xla = from_pretrained(qwen_dir, attention="xla")(ids)
+    fused = from_pretrained(qwen_dir, attention="dot_product")(ids)
+    np.testing.assert_allclose(np.asarray(fused), np.asarray(xla), atol=1e-4)
+
+
+def test_remat_gives_the_same_gradients(qwen_dir):
+    ids = jnp.asarray(checkpoints.token_ids(2, 16))
+
+    def grads(remat):
+        model = from_pretrained(qwen_dir, remat=remat)
+
+        def loss(m):
+            return jnp.mean(jax.nn.logsumexp(m(ids), axis=-1))
+
+        return nnx.grad(loss)(model)
+
+    plain, rematted = grads(False), grads(True)
+    for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(rematted)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+
+
+def test_value_head_reads_the_last_real_token_of_each_row(qwen_dir):
+    model = from_pretrained(qwen_dir, value_head=True)
+    model.value_head[...] = jnp.asarray(np.random.RandomState(0).normal(size=(64, 1)), jnp.float32)
+    ids = checkpoints.token_ids(2, 12)
+    padded = ids.copy()
+    padded[1, 7:] = 0
+    scores = np.asarray(model.value(jnp.asarray(padded), jnp.asarray([12, 7])))
+    alone = np.asarray(model.value(jnp.asarray(ids[1:, :7])))
+    np.testing.assert_allclose(scores[1], alone[0], atol=1e-5)
+    assert np.all(np.abs(scores) < 1) and scores[0] != scores[1]
+
+
+def test_value_head_is_saved_beside_the_model_and_reloaded(qwen_dir, tmp_path):
+    model = from_pretrained(qwen_dir, value_head=True, value_tanh=False)
+    model.value_bias[...] = jnp.asarray([0.25])
+    ids = jnp.asarray(checkpoints.token_ids(3, 9))
+    save_pretrained(model, tmp_path)
+    assert (tmp_path / "value_head.safetensors").exists()
+    again = from_pretrained(tmp_path)
+    assert again.has_value_head and not again.value_tanh
+    np.testing.assert_allclose(np.asarray(again.value(ids)), np.asarray(model.value(ids)), atol=1e-6)
+    np.testing.assert_allclose(np.asarray(again.value(ids)), 0.25, atol=1e-6)  # zero-initialised weights
+
+
+def test_value_model_without_lm_head_refuses_logits(qwen_dir):
+    model = from_pretrained(qwen_dir, lm_head=False, value_head=True)
+    assert not hasattr(model, "lm_head")
+    with pytest.raises(ValueError, match="without an LM head"):
+        model(jnp.zeros((1, 4), jnp.int32))
+
+
+def test_model_built_from_scratch_saves_and_reloads(tmp_path):
+    config = ModelConfig(model_type="llama", vocab_size=128, hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+                         tie_word_embeddings=True)
+    model = CausalLM(config, rngs=nnx.Rngs(3))
+    save_pretrained(model, tmp_path)
+    assert read_config(tmp_path) == config
+    ids = jnp.asarray(checkpoints.token_ids(2, 8) % 128)
+    np.testing.assert_allclose(np.asarray(from_pretrained(tmp_path)(ids)), np.asarray(model(ids)), atol=1e-6)
+
+
+def test_param_count_matches_the_parameters():
+    config = ModelConfig(model_type="qwen2", vocab_size=100, hidden_size=32, intermediate_size=48,
+                         num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, head_dim=8, qkv_bias=True)
+    model = CausalLM(config, rngs=nnx.Rngs(0))
+    count = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    assert config.num_params() == count
+
+
+# ---------------------------------------------------------------- errors that speak to the user
+
+
+def test_missing_directory_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        from_pretrained(tmp_path / "nowhere")
+
+
+def test_missing_config_json_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"has no config\.json"):
+        from_pretrained(tmp_path)
+
+
+def test_missing_weights_are_named(qwen_dir, tmp_path):
+    (tmp_path / "config.json").write_text((qwen_dir / "config.json").read_text())
+    with pytest.raises(FileNotFoundError, match="neither model.safetensors nor"):
+        from_pretrained(tmp_path)
+
+
+def test_unsupported_model_type_lists_the_supported_ones(qwen_dir, tmp_path):
+    config = json.loads((qwen_dir / "config.json").read_text()) | {"model_type": "gpt2"}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="'gpt2'.*llama, qwen2, phi3"):
+        from_pretrained(tmp_path)
+
+
+def test_shape_mismatch_names_the_tensor_and_both_shapes(qwen_dir, tmp_path):
+    config = json.loads((qwen_dir / "config.json").read_text()) | {"intermediate_size": 128}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    (tmp_path / "model.safetensors").symlink_to(qwen_dir / "model.safetensors")
+    with pytest.raises(ValueError, match=r"model\.layers\.0\.mlp\.down_proj\.weight.*\(64, 96\).*\(64, 128\)"):
+        from_pretrained(tmp_path)
