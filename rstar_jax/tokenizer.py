@@ -1,0 +1,372 @@
+"""One tokenizer interface over SentencePiece (Phi-3, tiny models) and tokenizer.json (Qwen2.5).
+
+rStar-Math adds seven step tokens to the policy's vocabulary (RSTAR.md section 2). Their ids end
+up in embedding tables, stop-token lists and saved trees, so they must be stable: appended right
+after the current largest id, saved with the tokenizer, and restored to the same ids.
+
+Two backends, one behaviour:
+- `sentencepiece`: a `tokenizer.model` plus, as Hugging Face lays it out, added tokens kept
+  *outside* the SP model in `tokenizer_config.json` (`added_tokens_decoder`) or
+  `added_tokens.json`. Phi-3 keeps `<|endoftext|>`, `<|assistant|>`, `<|user|>`... there, with ids
+  beyond the SP pieces. Text is split on the added tokens, the pieces between are encoded by SP,
+  and the added ids are spliced in.
+- `tokenizers`: a Hugging Face `tokenizer.json`; added tokens use the library's own machinery.
+
+Added tokens match exactly: `lstrip`/`rstrip` flags in tokenizer_config.json are ignored, so text
+round-trips (HF would also swallow whitespace beside such tokens; the policy prompt has none
+there, so the ids agree). A literal "▁" in text becomes a space, as in every SP tokenizer.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import json
+import pathlib
+import re
+from collections.abc import Iterable
+
+import sentencepiece as spm
+import tokenizers
+from sentencepiece import sentencepiece_model_pb2
+
+STEP_TOKENS = ("<code>", "<end_of_step>", "<end_of_code>", "<output>", "<end_of_output>",
+               "<answer>", "<end_of_answer>")
+CHAT_TOKENS = ("<|user|>", "<|assistant|>")
+POLICY_PROMPT = ("<|user|>:\n{question}\n<|assistant|>: "
+                 "Let's think step by step and solve the problem with code.")
+BACKENDS = {"sentencepiece": "tokenizer.model", "tokenizers": "tokenizer.json"}
+CONFIG_FILE = "tokenizer_config.json"
+
+
+class _SentencePiece:
+    """A SentencePiece model plus added tokens (content -> id) that live outside it.
+
+    Dummy prefix: Llama-style models (Phi-3) set `add_dummy_prefix`, so SP encodes "x" as "▁x"
+    and its decoder drops that space again. Applied to every segment between added tokens it
+    would invent a space after each of them. We follow HF's `LlamaTokenizer(legacy=False)`
+    (Metaspace `prepend_scheme="first"`): only the text's first segment gets the prefix, so
+    `<|user|>:` encodes as [<|user|>, ":"]. Later segments are encoded, and everything is
+    decoded, with a copy of the model whose dummy prefix is off; decode strips the prefix space
+    by hand from text that starts the sequence (after BOS), as SP's own decoder does.
+    """
+
+    name = "sentencepiece"
+
+    def __init__(self, proto: bytes, added: dict[str, int], special: set[int]):
+        self.proto = proto
+        self.sp_start = spm.SentencePieceProcessor(model_proto=proto)
+        model = sentencepiece_model_pb2.ModelProto.FromString(proto)
+        self.dummy_prefix = model.normalizer_spec.add_dummy_prefix
+        model.normalizer_spec.add_dummy_prefix = False
+        self.sp = spm.SentencePieceProcessor(model_proto=model.SerializeToString())
+        self.added, self.special = dict(added), set(special)
+        self._reindex()
+
+    def _reindex(self) -> None:
+        self.by_id = {i: t for t, i in self.added.items()}
+        # Longest first, so "<end_of_code>" is never cut at a shorter added token.
+        alternatives = sorted(self.added, key=len, reverse=True)
+        self.pattern = re.compile("(" + "|".join(map(re.escape, alternatives)) + ")") if alternatives else None
+
+    @property
+    def vocab_size(self) -> int:
+        return max([self.sp.get_piece_size() - 1, *self.added.values()]) + 1
+
+    def encode(self, text: str) -> list[int]:
+        # Even indices of the split are text, odd ones are added tokens. Control tokens (<s>)
+        # do not end the text start, so decode can treat BOS as transparent too.
+        parts = self.pattern.split(text) if self.pattern else [text]
+        ids, at_start = [], True
+        for k, part in enumerate(parts):
+            if k % 2:
+                ids.append(self.added[part])
+                at_start = at_start and self.is_control(ids[-1])
+            elif part:
+                ids += (self.sp_start if at_start else self.sp).encode(part)
+                at_start = False
+        return ids
+
+    def is_control(self, i: int) -> bool:
+        return i < self.sp.get_piece_size() and self.sp.is_control(i)
+
+    def is_piece(self, i: int) -> bool:
+        """Whether SP decodes `i` as text (not an added token, not BOS/EOS/pad)."""
+        return i not in self.by_id and not self.is_control(i)
+
+    def decode(self, ids: list[int], skip_special: bool) -> str:
+        out, at_start = [], True
+        for is_text, group in itertools.groupby(ids, key=self.is_piece):
+            group = list(group)
+            if is_text:
+                text = self.sp.decode(group)
+                out.append(text[1:] if at_start and self.dummy_prefix and text.startswith(" ") else text)
+            else:
+                out += [self.by_id.get(i) or self.sp.id_to_piece(i) for i in group
+                        if not (skip_special and (self.is_control(i) or i in self.special))]
+            at_start = at_start and not is_text and all(map(self.is_control, group))
+        return "".join(out)
+
+    def token_to_id(self, token: str) -> int | None:
+        if token in self.added:
+            return self.added[token]
+        i = self.sp.piece_to_id(token)
+        return None if self.sp.is_unknown(i) and token != self.sp.id_to_piece(i) else i
+
+    def id_to_token(self, i: int) -> str | None:
+        if i in self.by_id:
+            return self.by_id[i]
+        return self.sp.id_to_piece(i) if 0 <= i < self.sp.get_piece_size() else None
+
+    def add(self, tokens: list[str]) -> None:
+        for token in tokens:
+            i = self.token_to_id(token)
+            self.added[token] = self.vocab_size if i is None else i
+            self.special.add(self.added[token])
+        self._reindex()
+
+    def save(self, out_dir: pathlib.Path) -> dict:
+        (out_dir / "tokenizer.model").write_bytes(self.proto)
+        decoder = {str(i): {"content": t, "lstrip": False, "normalized": False, "rstrip": False,
+                            "single_word": False, "special": i in self.special}
+                   for i, t in sorted(self.by_id.items())}
+        return {"added_tokens_decoder": decoder, "unk_token": self.sp.id_to_piece(self.sp.unk_id())}
+
+
+class _HFTokenizers:
+    """A Hugging Face `tokenizers.Tokenizer`; added tokens are the library's own."""
+
+    name = "tokenizers"
+
+    def __init__(self, tok: tokenizers.Tokenizer):
+        self.tok = tok
+        self._count()
+
+    def _count(self) -> None:
+        # Max id + 1, not the number of entries: ids index embedding rows.
+        self.vocab_size = max(self.tok.get_vocab(with_added_tokens=True).values()) + 1
+
+    def encode(self, text: str) -> list[int]:
+        return self.tok.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: list[int], skip_special: bool) -> str:
+        return self.tok.decode(ids, skip_special_tokens=skip_special)
+
+    def token_to_id(self, token: str) -> int | None:
+        return self.tok.token_to_id(token)
+
+    def id_to_token(self, i: int) -> str | None:
+        return self.tok.id_to_token(i)
+
+    def add(self, tokens: list[str]) -> None:
+        # The library reuses ids of tokens it knows and appends the others after the max id.
+        self.tok.add_special_tokens([tokenizers.AddedToken(t, special=True, normalized=False)
+                                     for t in tokens])
+        self._count()
+
+    def save(self, out_dir: pathlib.Path) -> dict:
+        self.tok.save(str(out_dir / "tokenizer.json"))
+        return {}
+
+
+class Tokenizer:
+    """Text <-> ids for the policy and PPM, with the rStar step tokens as single, stable ids.
+
+    Build one with `from_dir` (a Hugging Face tokenizer directory) or `train_sentencepiece`
+    (tiny models for tests and local runs). `add_bos` says whether this model's prompts start
+    with BOS (`add_bos_token` in tokenizer_config.json; default: yes for SentencePiece models
+    that have a BOS piece, as Llama and Phi-3 do; no for tokenizer.json, as Qwen2.5).
+    """
+
+    def __init__(self, backend: _SentencePiece | _HFTokenizers, *, bos_token: str | None,
+                 eos_token: str | None, pad_token: str | None, add_bos: bool):
+        self._backend = backend
+        self._names = {"bos": bos_token, "eos": eos_token, "pad": pad_token}
+        self.bos_id, self.eos_id, self.pad_id = (self._special_id(k) for k in self._names)
+        self.add_bos = add_bos and self.bos_id is not None
+
+    # --- construction -------------------------------------------------------------------------
+
+    @classmethod
+    def from_dir(cls, path: str | pathlib.Path, backend: str | None = None) -> Tokenizer:
+        """Loads `tokenizer.model` (preferred, as Phi-3 ships both) or `tokenizer.json` from `path`."""
+        path = pathlib.Path(path)
+        if backend is None:
+            backend = next((b for b, f in BACKENDS.items() if (path / f).is_file()), None)
+            if backend is None:
+                raise FileNotFoundError(
+                    f"tokenizer dir {path} has none of {list(BACKENDS.values())} (found: "
+                    f"{sorted(p.name for p in path.iterdir()) if path.is_dir() else 'no such directory'}); "
+                    "expected a Hugging Face tokenizer directory or one written by Tokenizer.save")
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown tokenizer backend {backend!r}; valid: {sorted(BACKENDS)}")
+        if not (path / BACKENDS[backend]).is_file():
+            raise FileNotFoundError(f"tokenizer dir {path} has no {BACKENDS[backend]}, "
+                                    f"which the {backend!r} backend needs")
+        config = _read_json(path / CONFIG_FILE)
+        if backend == "tokenizers":
+            impl = _HFTokenizers(tokenizers.Tokenizer.from_file(str(path / "tokenizer.json")))
+            names = {f"{k}_token": _name(config, f"{k}_token", None) for k in ("bos", "eos", "pad")}
+            return cls(impl, **names, add_bos=config.get("add_bos_token", False))
+        added, special = _added_tokens(config, _read_json(path / "added_tokens.json"), path)
+        return cls._from_sentencepiece((path / "tokenizer.model").read_bytes(), added, special, config)
+
+    @classmethod
+    def _from_sentencepiece(cls, proto: bytes, added: dict[str, int], special: set[int],
+                            config: dict) -> Tokenizer:
+        impl = _SentencePiece(proto, added, special)
+        sp = impl.sp
+        defaults = {"bos": sp.bos_id(), "eos": sp.eos_id(), "pad": sp.pad_id()}  # -1: none
+        names = {f"{k}_token": _name(config, f"{k}_token", sp.id_to_piece(i) if i >= 0 else None)
+                 for k, i in defaults.items()}
+        return cls(impl, **names, add_bos=config.get("add_bos_token", True))
+
+    @classmethod
+    def train_sentencepiece(cls, texts: Iterable[str], out_dir: str | pathlib.Path,
+                            vocab_size: int = 512, user_defined_symbols: Iterable[str] = ()) -> Tokenizer:
+        """Trains a tiny BPE SentencePiece model in-process and writes `out_dir/tokenizer.model`.
+
+        Byte fallback makes any unicode round-trip; digits are split like Llama's. Step and chat
+        tokens are user-defined symbols, so they are single pieces. Identity normalisation and
+        no dummy prefix keep spaces and newlines exactly, which code steps need. `vocab_size` is
+        an upper bound: a corpus too small for it yields fewer pieces instead of an error.
+        Single-threaded, so the same texts give the same model.
+        """
+        symbols = list(dict.fromkeys((*STEP_TOKENS, *CHAT_TOKENS, *user_defined_symbols)))
+        buf = io.BytesIO()
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(texts), model_writer=buf, vocab_size=vocab_size,
+            model_type="bpe", byte_fallback=True, split_digits=True, character_coverage=1.0,
+            normalization_rule_name="identity", add_dummy_prefix=False,
+            remove_extra_whitespaces=False, allow_whitespace_only_pieces=True,
+            user_defined_symbols=symbols, unk_id=0, bos_id=1, eos_id=2, pad_id=3,
+            hard_vocab_limit=False, max_sentence_length=1 << 20, num_threads=1, minloglevel=2)
+        out_dir = pathlib.Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "tokenizer.model").write_bytes(buf.getvalue())
+        return cls._from_sentencepiece(buf.getvalue(), {}, set(), {})
+
+    def save(self, out_dir: str | pathlib.Path) -> None:
+        """Writes what `from_dir` needs to rebuild this tokenizer with the same id for every token."""
+        out_dir = pathlib.Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        config = self._backend.save(out_dir)
+        config.update({f"{k}_token": v for k, v in self._names.items()}, add_bos_token=self.add_bos)
+        (out_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+
+    # --- text <-> ids -------------------------------------------------------------------------
+
+    @property
+    def backend(self) -> str:
+        return self._backend.name
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of ids including added tokens (max id + 1); embedding tables need at least this."""
+        return self._backend.vocab_size
+
+    def encode(self, text: str, add_bos: bool = False) -> list[int]:
+        """Ids of `text`; added and special tokens written in the text map to their single id."""
+        if add_bos and self.bos_id is None:
+            raise ValueError("encode(add_bos=True) but this tokenizer has no BOS token; "
+                             "pass add_bos=False or set bos_token in tokenizer_config.json")
+        return [self.bos_id] * add_bos + self._backend.encode(text)
+
+    def decode(self, ids: Iterable[int], skip_special: bool = False) -> str:
+        """Text of `ids` (any iterable of ints, e.g. an int32[L] array).
+
+        `skip_special` drops BOS/EOS/pad and tokens added as special (the step tokens among them).
+        With a Llama-style SP model, ids that start with text (after BOS) lose one leading space,
+        as in SP's and HF's decoders: encode put it there. Decode a continuation together with
+        the ids before it, or accept that.
+        """
+        ids = [int(i) for i in ids]
+        bad = [i for i in ids if not 0 <= i < self.vocab_size or self._backend.id_to_token(i) is None]
+        if bad:
+            raise ValueError(f"cannot decode ids {bad[:8]}: not tokens of this tokenizer "
+                             f"(vocab_size={self.vocab_size}); mask logits of unused embedding rows")
+        return self._backend.decode(ids, skip_special)
+
+    def token_to_id(self, token: str) -> int | None:
+        """The id of `token` as a single vocabulary entry, or None if it is not one."""
+        return self._backend.token_to_id(token)
+
+    def id_to_token(self, i: int) -> str:
+        token = self._backend.id_to_token(int(i)) if 0 <= i < self.vocab_size else None
+        if token is None:
+            raise ValueError(f"id {i} is not a token of this tokenizer (vocab_size={self.vocab_size})")
+        return token
+
+    def policy_prompt_ids(self, question: str) -> list[int]:
+        """The round-2+/test-time policy prompt (RSTAR.md section 2), with BOS if the model uses one."""
+        return self.encode(POLICY_PROMPT.format(question=question), add_bos=self.add_bos)
+
+    # --- added tokens -------------------------------------------------------------------------
+
+    def add_special_tokens(self, tokens: Iterable[str]) -> list[int]:
+        """Makes each token a single special id and returns the ids, in the order given.
+
+        A token the vocabulary already has keeps its id; the others get consecutive ids after the
+        current max id, so adding the same tokens again changes nothing.
+        """
+        tokens = list(tokens)
+        bad = [t for t in tokens if not isinstance(t, str) or not t]
+        if bad:
+            raise ValueError(f"special tokens must be non-empty strings; got {bad!r}")
+        self._backend.add(tokens)
+        return [self._backend.token_to_id(t) for t in tokens]
+
+    def add_step_tokens(self) -> dict[str, int]:
+        """Adds the seven rStar step tokens (idempotent) and returns token -> id."""
+        return dict(zip(STEP_TOKENS, self.add_special_tokens(STEP_TOKENS)))
+
+    @property
+    def step_token_ids(self) -> dict[str, int]:
+        """token -> id of the seven step tokens; they must already be single tokens."""
+        ids = {t: self.token_to_id(t) for t in STEP_TOKENS}
+        missing = [t for t, i in ids.items() if i is None]
+        if missing:
+            raise KeyError(f"step tokens {missing} are not in this {self.backend} tokenizer; "
+                           "call add_step_tokens() (and resize the model's embeddings) first")
+        return ids
+
+    def _special_id(self, kind: str) -> int | None:
+        """The id of the bos/eos/pad token named in the config (or by the SP model), or None."""
+        name = self._names[kind]
+        if name is None:
+            return None
+        i = self.token_to_id(name)
+        if i is None:
+            raise ValueError(f"{kind}_token {name!r} is not a token of this tokenizer; "
+                             f"fix {kind}_token in {CONFIG_FILE}")
+        return i
+
+
+def _read_json(path: pathlib.Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _name(config: dict, key: str, default: str | None) -> str | None:
+    """A special token's text from tokenizer_config.json: a string, {"content": ...}, or null."""
+    if key not in config:
+        return default
+    value = config[key]
+    return value["content"] if isinstance(value, dict) else value
+
+
+def _added_tokens(config: dict, added_json: dict, path: pathlib.Path) -> tuple[dict[str, int], set[int]]:
+    """Added tokens (content -> id) and the special ones' ids, from both HF files.
+
+    added_tokens.json carries no `special` flag; its tokens are role/control tokens in practice
+    (Phi-3), so they count as special unless added_tokens_decoder says otherwise.
+    """
+    decoder = config.get("added_tokens_decoder", {})
+    added = {entry["content"]: int(i) for i, entry in decoder.items()}
+    special = {int(i) for i, entry in decoder.items() if entry.get("special", True)}
+    for token, i in added_json.items():
+        if added.setdefault(token, i) != i:
+            raise ValueError(f"tokenizer dir {path}: {token!r} has id {added[token]} in {CONFIG_FILE} "
+                             f"but {i} in added_tokens.json; fix one of them")
+        if str(i) not in decoder:
+            special.add(i)
+    return added, special
