@@ -11,6 +11,7 @@ from flax import nnx
 import checkpoints
 from rstar_jax import CausalLM, ModelConfig, from_pretrained, save_pretrained
 from rstar_jax.models import KVCache, read_config
+from rstar_jax.models.attention import attend, causal_mask
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +54,21 @@ def test_dot_product_attention_matches_xla_attention(qwen_dir):
     xla = from_pretrained(qwen_dir, attention="xla")(ids)
     fused = from_pretrained(qwen_dir, attention="dot_product")(ids)
     np.testing.assert_allclose(np.asarray(fused), np.asarray(xla), atol=1e-4)
+
+
+@pytest.mark.parametrize("window", [None, 50])
+def test_blocked_causal_attention_matches_full_attention(window):
+    b, t, h, k, d = 2, 300, 6, 2, 16  # 300 tokens: five query blocks, the last one ragged
+    q, key, value = (jax.random.normal(jax.random.key(i), shape) for i, shape in
+                     enumerate([(b, t, h, d), (b, t, k, d), (b, t, k, d)]))
+    segments = jnp.asarray(np.repeat([[1, 2, 3]], b, axis=0).repeat(100, axis=1))  # three packed sequences
+    positions = jnp.asarray(np.tile(np.arange(100), 3)[None].repeat(b, axis=0))
+    mask = causal_mask(positions, segments, window)
+    blocked = attend(q, key, value, mask, "xla", causal=True)
+    full = attend(q, key, value, mask, "xla", causal=False)
+    fused = attend(q, key, value, mask, "dot_product")
+    np.testing.assert_allclose(np.asarray(blocked), np.asarray(full), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(blocked), np.asarray(fused), atol=1e-5)
 
 
 def test_remat_gives_the_same_gradients(qwen_dir):

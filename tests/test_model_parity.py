@@ -25,7 +25,7 @@ def saved(tmp_path_factory):
 @pytest.mark.parametrize("name", list(checkpoints.CASES))
 def test_float32_logits_match_transformers(saved, name):
     directory, reference = saved[name]
-    ids = checkpoints.token_ids(2, 40)
+    ids = checkpoints.token_ids(2, 100)  # long enough for two blocks of causal attention
     ours = np.asarray(from_pretrained(directory, dtype=jnp.float32)(jnp.asarray(ids)))
     assert ours.dtype == np.float32
     np.testing.assert_allclose(ours, checkpoints.logits(reference, ids), atol=1e-4, rtol=0)

@@ -102,7 +102,8 @@ class Attention(nnx.Module):
         k = apply_rotary(self._project(x, "k"), cos, sin)
         v = self._project(x, "v")
         q = constrain(q, ("act_batch", "act_seq", "act_heads", None), self.rules)
-        if cache is None:
+        causal = cache is None  # without a cache, keys are the queries' own tokens, in order
+        if causal:
             mask = causal_mask(positions, segment_ids, self.window)
         else:
             rows = jnp.arange(x.shape[0])[:, None]
@@ -111,7 +112,7 @@ class Attention(nnx.Module):
             cache = (keys, values)
             k, v = keys.astype(self.dtype), values.astype(self.dtype)
             mask = cache_mask(positions, keys.shape[1], self.window)
-        out = attend(q, k, v, mask, self.implementation)
+        out = attend(q, k, v, mask, self.implementation, causal=causal)
         y = jnp.einsum("bthd,hde->bte", out, self.o_proj[...].astype(self.dtype))
         if hasattr(self, "o_bias"):
             y = y + self.o_bias[...].astype(self.dtype)
