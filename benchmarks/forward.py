@@ -1,0 +1,113 @@
+"""Prefill throughput of the decoder against transformers (PyTorch, CPU) on the same weights.
+
+A random Qwen2 of about 45M parameters (vocab 32000, hidden 512, 4 layers, 8 heads, 2 KV heads,
+intermediate 1536), batch 8 x 512 tokens, full logits, float32. Reports tokens/s of both, and
+our model FLOP utilisation: (2 x non-embedding parameters x tokens + attention) / time, against
+the float32 matmul peak measured in the same run.
+
+    python benchmarks/forward.py [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+import transformers
+from flax import nnx
+
+from rstar_jax import from_pretrained
+
+BATCH, LENGTH = 8, 512
+CONFIG = dict(vocab_size=32000, hidden_size=512, intermediate_size=1536, num_hidden_layers=4,
+              num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=False)
+
+
+def median_seconds(fn, repeats: int) -> float:
+    fn()  # warm-up (compilation, allocator)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def matmul_peak(repeats: int, dtype=jnp.float32, n: int = 2048) -> float:
+    """Matmul FLOP/s of this machine through XLA (`dtype` in, float32 out): the roofline a
+    forward computing in `dtype` is held to."""
+    a = jax.random.normal(jax.random.key(0), (n, n), dtype)
+    b = jax.random.normal(jax.random.key(1), (n, n), dtype)
+    mm = jax.jit(lambda x, y: jnp.dot(x, y, preferred_element_type=jnp.float32))
+    return 2 * n**3 / median_seconds(lambda: mm(a, b).block_until_ready(), repeats)
+
+
+def model_flops(config: dict, tokens: int) -> float:
+    """Forward FLOPs: 2 x parameters except the embedding table, per token, plus attention
+    (QK^T and PV over the full square, as MFU is usually counted)."""
+    e, i, n = config["hidden_size"], config["intermediate_size"], config["num_hidden_layers"]
+    h, k = config["num_attention_heads"], config["num_key_value_heads"]
+    d = e // h
+    per_layer = e * (h + 2 * k) * d + (h + 2 * k) * d + h * d * e + 3 * e * i + 2 * e
+    params = n * per_layer + e + e * config["vocab_size"]  # blocks, final norm, LM head
+    attention = 4 * n * h * d * LENGTH  # per token
+    return tokens * (2 * params + attention)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+
+    torch.manual_seed(0)
+    reference = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**CONFIG)).eval()
+    ids = np.random.RandomState(0).randint(0, CONFIG["vocab_size"], (BATCH, LENGTH)).astype(np.int32)
+    with tempfile.TemporaryDirectory() as directory:
+        reference.save_pretrained(directory)
+        models = {dtype: from_pretrained(directory, dtype=dtype) for dtype in (jnp.float32, jnp.bfloat16)}
+
+    torch_ids = torch.as_tensor(ids, dtype=torch.long)
+
+    def torch_forward():
+        with torch.inference_mode():
+            return reference(torch_ids).logits
+
+    def jitted(model):
+        graphdef, state = nnx.split(model)
+        forward = jax.jit(lambda state, ids: nnx.merge(graphdef, state)(ids))
+        device_ids = jnp.asarray(ids)
+        return lambda: forward(state, device_ids).block_until_ready()
+
+    ours_f32, ours_bf16 = jitted(models[jnp.float32]), jitted(models[jnp.bfloat16])
+    error = float(np.abs(np.asarray(ours_f32()) - torch_forward().numpy()).max())
+
+    tokens = BATCH * LENGTH
+    peak = matmul_peak(args.repeats)
+    peak_bf16 = matmul_peak(args.repeats, jnp.bfloat16)
+    t_torch = median_seconds(torch_forward, args.repeats)
+    t_f32 = median_seconds(ours_f32, args.repeats)
+    t_bf16 = median_seconds(ours_bf16, args.repeats)
+    flops = model_flops(CONFIG, tokens)
+
+    print(f"prefill {BATCH} x {LENGTH} tokens, Qwen2 {sum(p.numel() for p in reference.parameters()) / 1e6:.1f}M "
+          f"params, {flops / 1e9:.0f} GFLOP per forward; max |logit diff| vs transformers {error:.1e}")
+    print(f"XLA matmul peak (2048^3): float32 {peak / 1e9:.0f} GFLOP/s, bfloat16 {peak_bf16 / 1e9:.0f} GFLOP/s; "
+          f"devices: {jax.devices()[0].platform}, torch threads: {torch.get_num_threads()}")
+    print(f"{'':28s}{'seconds':>10s}{'tokens/s':>12s}{'GFLOP/s':>10s}{'% of its peak':>15s}")
+    for name, seconds, limit in [("transformers (torch, f32)", t_torch, peak), ("rstar_jax (f32)", t_f32, peak),
+                                 ("rstar_jax (bf16 compute)", t_bf16, peak_bf16)]:
+        print(f"{name:28s}{seconds:10.3f}{tokens / seconds:12.0f}{flops / seconds / 1e9:10.0f}"
+              f"{100 * flops / seconds / limit:14.1f}%")
+    ours, peer = tokens / t_f32, tokens / t_torch
+    print(f"RESULT name=forward_prefill value={ours:.0f} unit=tokens/s peer={peer:.0f} "
+          f"ratio={ours / peer:.2f} limit_pct={100 * flops / t_f32 / peak:.1f}")
+
+
+if __name__ == "__main__":
+    main()
