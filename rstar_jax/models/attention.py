@@ -1,13 +1,17 @@
 """Attention masks and the attention kernel, with grouped-query heads.
 
 Two implementations, picked by name:
-- `xla`: einsums and a float32 softmax; runs on every backend and is the reference.
-- `dot_product`: `jax.nn.dot_product_attention`, which dispatches to the backend's fused kernel
-  (cuDNN flash attention on GPU) when it can and to XLA otherwise.
+- `xla`: batched matmuls and a float32 softmax; runs on every backend and is the reference.
+  Causal attention is computed in query blocks that read only the keys they may see.
+- `dot_product`: `jax.nn.dot_product_attention`. Plain causal attention (no cache, no packed
+  segments) goes to cuDNN's fused flash kernel on GPU in 16-bit dtypes; everything else, and
+  every other backend, to JAX's XLA implementation.
 
-Masks are boolean `[B, T, S]` (query t may read key s). With a KV cache, cache slot == position,
-so causality alone hides every slot that a row has not written yet (or that holds padding from
-a ragged prefill): nothing else needs to track per-row lengths.
+Causality and the sliding window are arguments, not a mask, so the kernels can skip work and the
+fused kernel can be used; a boolean mask `[B, T, S]` (query t may read key s) carries only the
+rest: packed segments, or which KV-cache slots a token may read. With a KV cache, slot ==
+position, so causality by position hides every slot a row has not written yet (or that holds
+padding from a ragged prefill): nothing else needs to track per-row lengths.
 """
 
 from __future__ import annotations
@@ -20,21 +24,9 @@ ATTENTION_IMPLEMENTATIONS = ("xla", "dot_product")
 _MASKED = -0.7 * float(jnp.finfo(jnp.float32).max)
 
 
-def causal_mask(positions: jax.Array, segment_ids: jax.Array | None = None, window: int | None = None) -> jax.Array:
-    """Mask for a sequence attending to itself (training, scoring, no cache).
-
-    positions: int32[B, T] RoPE positions (restart per segment when sequences are packed);
-    segment_ids: int32[B, T] or None, tokens attend only within their segment;
-    window: sliding window in tokens, or None. Returns bool[B, T, T].
-    """
-    t = positions.shape[1]
-    order = jnp.arange(t)
-    mask = (order[None, :] <= order[:, None])[None]  # [1, T, T]
-    if segment_ids is not None:
-        mask = mask & (segment_ids[:, :, None] == segment_ids[:, None, :])
-    if window is not None:
-        mask = mask & (positions[:, :, None] - positions[:, None, :] < window)
-    return jnp.broadcast_to(mask, (positions.shape[0], t, t))
+def segment_mask(segment_ids: jax.Array) -> jax.Array:
+    """Packed sequences: tokens read only their own segment. int32[B, T] -> bool[B, T, T]."""
+    return segment_ids[:, :, None] == segment_ids[:, None, :]
 
 
 def cache_mask(positions: jax.Array, cache_len: int, window: int | None = None) -> jax.Array:
@@ -53,16 +45,24 @@ def _query_block(length: int) -> int:
     return max(64, -(-length // 16))
 
 
-def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, implementation: str = "xla",
-           causal: bool = False) -> jax.Array:
-    """q: [B, T, H, D]; k, v: [B, S, K, D] with H a multiple of K; mask: bool[B, T, S].
+def _fused_implementation(dtype) -> str | None:
+    if jax.default_backend() == "gpu" and dtype in (jnp.bfloat16, jnp.float16):
+        return "cudnn"
+    return None  # JAX's XLA implementation
 
-    causal=True promises that query t never reads a key s > t (as `causal_mask` guarantees and a
-    KV cache does not): the `xla` kernel then skips the key blocks above the diagonal.
+
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = False, window: int | None = None,
+           mask: jax.Array | None = None, implementation: str = "xla") -> jax.Array:
+    """q: [B, T, H, D]; k, v: [B, S, K, D] with H a multiple of K.
+
+    causal: k and v are the queries' own tokens, in order (S == T): query t reads keys s <= t,
+    and s > t - window when a window is given. mask: bool[B, T, S] or None, further restrictions.
     Returns [B, T, H, D] in q's dtype.
     """
+    if causal and k.shape[1] != q.shape[1]:
+        raise ValueError(f"causal attention needs as many keys as queries; got {k.shape[1]} and {q.shape[1]}")
     if implementation == "dot_product":
-        return jax.nn.dot_product_attention(q, k, v, mask=mask[:, None], implementation=None)
+        return _dot_product(q, k, v, causal, window, mask)
     if implementation != "xla":
         raise ValueError(f"unknown attention implementation {implementation!r}; use one of {ATTENTION_IMPLEMENTATIONS}")
     b, t, h, d = q.shape
@@ -72,16 +72,41 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, implementa
     q = q.reshape(b, t, kv_heads, h // kv_heads, d).transpose(0, 2, 3, 1, 4)  # [B, K, G, T, D]
     k_t = k.transpose(0, 2, 3, 1)  # [B, K, D, S]
     v_t = v.transpose(0, 2, 1, 3)  # [B, K, S, D]
-    causal = causal and s == t
     block = _query_block(t) if causal else t
     outs = []
     for start in range(0, t, block):
         stop = min(start + block, t)
-        keys = stop if causal else s
-        scores = jnp.einsum("bkgtd,bkds->bkgts", q[:, :, :, start:stop], k_t[..., :keys],
+        # A causal block reads keys from its window's start to its last row, and nothing else.
+        lo, hi = (max(0, start - window + 1) if window else 0, stop) if causal else (0, s)
+        scores = jnp.einsum("bkgtd,bkds->bkgts", q[:, :, :, start:stop], k_t[..., lo:hi],
                             preferred_element_type=jnp.float32) * (d**-0.5)
-        scores = jnp.where(mask[:, None, None, start:stop, :keys], scores, _MASKED)
+        allowed = _allowed(start, stop, lo, hi, causal, window, mask)
+        if allowed is not None:
+            scores = jnp.where(allowed, scores, _MASKED)
         probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-        outs.append(jnp.einsum("bkgts,bksd->bkgtd", probs, v_t[:, :, :keys]))
+        outs.append(jnp.einsum("bkgts,bksd->bkgtd", probs, v_t[:, :, lo:hi]))
     out = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=3)
     return out.transpose(0, 3, 1, 2, 4).reshape(b, t, h, d)
+
+
+def _allowed(start, stop, lo, hi, causal, window, mask) -> jax.Array | None:
+    """Which keys [lo, hi) rows [start, stop) may read, broadcastable to [B, K, G, rows, keys]."""
+    allowed = None
+    if causal:
+        rows, cols = jnp.arange(start, stop)[:, None], jnp.arange(lo, hi)[None, :]
+        allowed = cols <= rows
+        if window:
+            allowed = allowed & (rows - cols < window)
+    if mask is not None:
+        block = mask[:, None, None, start:stop, lo:hi]
+        allowed = block if allowed is None else allowed & block
+    return allowed
+
+
+def _dot_product(q, k, v, causal, window, mask):
+    if mask is None:  # plain causal (or unmasked) attention: what the fused kernels implement
+        return jax.nn.dot_product_attention(
+            q, k, v, is_causal=causal, local_window_size=(window - 1, 0) if causal and window else None,
+            implementation=_fused_implementation(q.dtype))
+    allowed = _allowed(0, q.shape[1], 0, k.shape[1], causal, window, mask)[:, 0]  # [B, 1, T, S]
+    return jax.nn.dot_product_attention(q, k, v, mask=allowed, implementation=None)

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from rstar_jax.models.attention import attend, cache_mask, causal_mask
+from rstar_jax.models.attention import attend, cache_mask, segment_mask
 from rstar_jax.models.config import ModelConfig
 from rstar_jax.models.rope import RotaryEmbedding, apply_rotary
 from rstar_jax.models.sharding import DEFAULT_RULES, ShardingRules, constrain
@@ -50,14 +50,10 @@ class KVCache:
     values: tuple[jax.Array, ...]  # num_layers x [B, S, K, D]
 
     @classmethod
-    def zeros(cls, config: ModelConfig, batch: int, length: int, dtype=jnp.bfloat16) -> KVCache:
+    def zeros(cls, config: ModelConfig, batch: int, length: int, dtype) -> KVCache:
         shape = (batch, length, config.num_key_value_heads, config.head_dim)
         layers = range(config.num_hidden_layers)
         return cls(tuple(jnp.zeros(shape, dtype) for _ in layers), tuple(jnp.zeros(shape, dtype) for _ in layers))
-
-    @property
-    def length(self) -> int:
-        return self.keys[0].shape[1]
 
 
 class RMSNorm(nnx.Module):
@@ -104,7 +100,7 @@ class Attention(nnx.Module):
         q = constrain(q, ("act_batch", "act_seq", "act_heads", None), self.rules)
         causal = cache is None  # without a cache, keys are the queries' own tokens, in order
         if causal:
-            mask = causal_mask(positions, segment_ids, self.window)
+            mask = None if segment_ids is None else segment_mask(segment_ids)
         else:
             rows = jnp.arange(x.shape[0])[:, None]
             keys = cache[0].at[rows, positions].set(k.astype(cache[0].dtype), mode="drop")
@@ -112,7 +108,8 @@ class Attention(nnx.Module):
             cache = (keys, values)
             k, v = keys.astype(self.dtype), values.astype(self.dtype)
             mask = cache_mask(positions, keys.shape[1], self.window)
-        out = attend(q, k, v, mask, self.implementation, causal=causal)
+        out = attend(q, k, v, causal=causal, window=self.window if causal else None, mask=mask,
+                     implementation=self.implementation)
         y = jnp.einsum("bthd,hde->bte", out, self.o_proj[...].astype(self.dtype))
         if hasattr(self, "o_bias"):
             y = y + self.o_bias[...].astype(self.dtype)
@@ -201,10 +198,14 @@ class CausalLM(nnx.Module):
                       segment_ids: jax.Array | None = None, cache: KVCache | None = None):
         """input_ids, positions, segment_ids: int32[B, T] -> (final-norm hidden [B, T, E], cache).
 
-        Without a cache the tokens attend to each other causally (positions default to 0..T-1).
+        Without a cache the tokens attend to each other causally (positions default to 0..T-1;
+        packed sequences restart them per segment, and they must advance by one per token).
         With a cache, `positions` is required: token (b, t) is written to slot positions[b, t]
-        and reads every slot up to it.
+        and reads every slot up to it. Positions must stay below the cache length: a write past
+        it is dropped, so sizing the cache is the caller's job.
         """
+        if segment_ids is not None and cache is not None:
+            raise ValueError("segment_ids (packed sequences) cannot be combined with a KV cache")
         if positions is None:
             if cache is not None:
                 raise ValueError("positions are required with a KV cache: they say which slots to write")
