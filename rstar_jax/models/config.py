@@ -8,11 +8,14 @@ because it is static data of the NNX module graph, and jit caches on it.
 from __future__ import annotations
 
 import dataclasses
-import json
 from typing import Any
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "phi3")
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "longrope")
+# transformers' defaults for fields a config.json may omit.
+_DEFAULTS = {"llama": {"rms_norm_eps": 1e-6, "max_position_embeddings": 2048},
+             "qwen2": {"rms_norm_eps": 1e-6, "max_position_embeddings": 32768},
+             "phi3": {"rms_norm_eps": 1e-5, "max_position_embeddings": 4096}}
 _ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "phi3": "Phi3ForCausalLM"}
 
 
@@ -76,12 +79,30 @@ class ModelConfig:
             raise ValueError(
                 f"unsupported RoPE scaling type {self.rope_type!r}; supported: {', '.join(SUPPORTED_ROPE_TYPES)}"
             )
+        self._check_checkpoint_expressible()
         if not self.sliding_windows:
             object.__setattr__(self, "sliding_windows", (None,) * self.num_hidden_layers)
         if len(self.sliding_windows) != self.num_hidden_layers:
             raise ValueError(
                 f"sliding_windows has {len(self.sliding_windows)} entries for {self.num_hidden_layers} layers"
             )
+
+    def _check_checkpoint_expressible(self) -> None:
+        """Refuses combinations no checkpoint of `model_type` can hold, so a save never writes a
+        config.json that transformers would read as a different model."""
+        biases = {"llama": self.qkv_bias == self.o_bias,  # one `attention_bias` flag for q/k/v/o
+                  "qwen2": self.qkv_bias and not self.o_bias and not self.mlp_bias,
+                  "phi3": not (self.qkv_bias or self.o_bias or self.mlp_bias)}
+        if not biases[self.model_type]:
+            raise ValueError(
+                f"a {self.model_type} checkpoint cannot hold qkv_bias={self.qkv_bias}, o_bias={self.o_bias}, "
+                f"mlp_bias={self.mlp_bias}; llama has q/k/v/o biases together or none, qwen2 q/k/v only, phi3 none"
+            )
+        windows = {w for w in self.sliding_windows if w is not None}
+        if len(windows) > 1:
+            raise ValueError(f"layers use different sliding windows {sorted(windows)}; config.json holds only one")
+        if windows and self.model_type == "phi3" and None in self.sliding_windows:
+            raise ValueError("phi3 applies its sliding window to every layer or to none")
 
     # ------------------------------------------------------------------ derived
 
@@ -146,11 +167,13 @@ class ModelConfig:
         layers = hf["num_hidden_layers"]
         window = hf.get("sliding_window")
         if model_type == "qwen2":
-            types = hf.get("layer_types")
-            if types is None:
-                use = hf.get("use_sliding_window", False)
-                first = hf.get("max_window_layers", layers)
-                types = ["sliding_attention" if use and i >= first else "full_attention" for i in range(layers)]
+            # As transformers reads it: no window at all unless use_sliding_window, then the
+            # layers layer_types marks (or, in older files, those from max_window_layers on).
+            window = window if hf.get("use_sliding_window", False) else None
+            types = hf.get("layer_types") or [
+                "sliding_attention" if i >= hf.get("max_window_layers", 28) else "full_attention"
+                for i in range(layers)
+            ]
             windows = tuple(window if t == "sliding_attention" else None for t in types)
         else:
             windows = (window,) * layers
@@ -166,8 +189,8 @@ class ModelConfig:
             num_attention_heads=heads,
             num_key_value_heads=hf.get("num_key_value_heads") or heads,
             head_dim=hf.get("head_dim") or hf["hidden_size"] // heads,
-            rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
-            max_position_embeddings=hf.get("max_position_embeddings", 4096),
+            rms_norm_eps=hf.get("rms_norm_eps", _DEFAULTS[model_type]["rms_norm_eps"]),
+            max_position_embeddings=hf.get("max_position_embeddings", _DEFAULTS[model_type]["max_position_embeddings"]),
             rope_theta=float(theta),
             rope_scaling=_freeze(rope_scaling),
             partial_rotary_factor=float(partial),
@@ -206,7 +229,9 @@ class ModelConfig:
         if self.rope_scaling:
             params = self.rope_params
             if self.model_type == "phi3" and self.rope_type == "longrope":
-                hf["original_max_position_embeddings"] = params["original_max_position_embeddings"]
+                # The layout Phi-3's own checkpoints use, which every transformers release reads.
+                hf["original_max_position_embeddings"] = params.pop("original_max_position_embeddings")
+                params = {"type": params.pop("rope_type"), **params}
             hf["rope_scaling"] = params
         if self.partial_rotary_factor != 1.0:
             hf["partial_rotary_factor"] = self.partial_rotary_factor
@@ -217,12 +242,12 @@ class ModelConfig:
             hf["layer_types"] = [
                 "full_attention" if w is None else "sliding_attention" for w in self.sliding_windows
             ]
+            # Older releases derive the layer types from this: windows from this layer on.
+            hf["max_window_layers"] = next(
+                (i for i, w in enumerate(self.sliding_windows) if w is not None), self.num_hidden_layers)
         elif self.model_type == "phi3":
             hf["sliding_window"] = windows.pop() if windows else None
         if self.model_type == "llama":
             hf["attention_bias"] = self.qkv_bias
             hf["mlp_bias"] = self.mlp_bias
         return hf
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_hf_dict(), indent=2)

@@ -5,7 +5,8 @@ which rows of it (Phi-3 fuses q/k/v and gate/up), and how its layout differs. Lo
 saving both read that table, so the two directions cannot drift apart.
 
 With a mesh, each parameter is built shard by shard from memory-mapped files
-(`jax.make_array_from_callback`), so a host only ever reads the bytes of its own shards.
+(`jax.make_array_from_callback`), so a host only ever holds its own shards in memory. (It may
+read more from disk: a shard of a transposed matrix is a strided slice of the file.)
 The PPM's value head lives beside the model in `value_head.safetensors`, leaving the
 directory a plain causal LM for transformers.
 """
@@ -22,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.experimental import multihost_utils
+from tqdm import tqdm
 
 from rstar_jax.models import tensor_files
 from rstar_jax.models.config import ModelConfig
@@ -128,8 +130,17 @@ def _to_checkpoint(array: np.ndarray, layout: str) -> np.ndarray:
     return array
 
 
+def _local(path: str | Path) -> Path:
+    if "://" in str(path):
+        raise ValueError(
+            f"checkpoint path {path} is not a local directory; copy the checkpoint to local disk "
+            "(or mount the bucket, e.g. with gcsfuse) and pass that path"
+        )
+    return Path(path)
+
+
 def read_config(path: str | Path) -> ModelConfig:
-    path = Path(path)
+    path = _local(path)
     if not path.is_dir():
         raise FileNotFoundError(f"checkpoint dir {path} does not exist")
     if not (path / CONFIG_FILE).exists():
@@ -154,7 +165,7 @@ def from_pretrained(path: str | Path, dtype=jnp.float32, *, param_dtype=None, me
     value_head: None loads `value_head.safetensors` if the directory has one; True also creates
     a zero-initialised head when it has none (a PPM starting from a policy); False skips it.
     """
-    path = Path(path)
+    path = _local(path)
     config = read_config(path)
     files = tensor_files.TensorFiles.from_dir(path)
     head_file = path / VALUE_HEAD_FILE
@@ -172,7 +183,8 @@ def from_pretrained(path: str | Path, dtype=jnp.float32, *, param_dtype=None, me
     table = {e.path: e for e in _entries(config, lm_head, value_head)}
     used = set()
     loaded = []
-    for param_path, variable in nnx.to_flat_state(state):
+    flat = nnx.to_flat_state(state)
+    for param_path, variable in tqdm(flat, desc=f"loading {path.name}", unit="tensor", disable=None, leave=False):
         shape = variable.get_value().shape
         entry = table[param_path]
         source = head_files if entry.value_head else files
@@ -192,7 +204,10 @@ def from_pretrained(path: str | Path, dtype=jnp.float32, *, param_dtype=None, me
 
 def _checkpoint_view(files: tensor_files.TensorFiles, entry: _Entry, shape, path: Path) -> np.ndarray:
     if entry.name not in files:
-        raise KeyError(f"checkpoint {path} has no tensor {entry.name!r} (needed for parameter {'/'.join(map(str, entry.path))})")
+        raise KeyError(
+            f"checkpoint {path} has no tensor {entry.name!r} (needed for parameter {'/'.join(map(str, entry.path))}); "
+            "its weights do not match its config.json, or a safetensors file is missing"
+        )
     tensor = files.get(entry.name)
     expected = _checkpoint_shape(shape, entry.layout)
     where = entry.name
@@ -218,7 +233,7 @@ def save_pretrained(model: CausalLM, out_dir: str | Path, *, max_shard_bytes: in
     """Writes config.json and safetensors weights that `transformers.AutoModelForCausalLM` loads,
     plus value_head.safetensors when the model has a value head. Tensors are gathered and written
     one at a time. Every process must call this; only process 0 writes."""
-    out = Path(out_dir)
+    out = _local(out_dir)
     config = model.config
     params = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
     groups: dict[str, list[_Entry]] = {}
@@ -236,13 +251,20 @@ def save_pretrained(model: CausalLM, out_dir: str | Path, *, max_shard_bytes: in
         full = (sum(s[0] for s in shape), *shape[0][1:])
         (head if parts[0].value_head else tensors).append((name, full, np.dtype(first.dtype), produce(parts)))
 
-    dtype_name = str(np.dtype(params[("embed",)].get_value().dtype))
-    if jax.process_index() != 0:
+    if jax.process_index() == 0:
+        _write(out, model, tensors, head, max_shard_bytes)
+    else:
         for _, _, _, make in tensors + head:
             make()  # gathering is collective: every process takes part, one writes
-        return out
+    if jax.process_count() > 1:  # nobody reads the directory before process 0 has finished it
+        multihost_utils.sync_global_devices(f"save_pretrained {out}")
+    return out
+
+
+def _write(out: Path, model: CausalLM, tensors, head, max_shard_bytes: int) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    hf = config.to_hf_dict() | {"torch_dtype": dtype_name, "dtype": dtype_name}
+    dtype_name = str(np.dtype(tensors[0][2]))
+    hf = model.config.to_hf_dict() | {"torch_dtype": dtype_name, "dtype": dtype_name}
     (out / CONFIG_FILE).write_text(json.dumps(hf, indent=2))
     tensor_files.write_sharded(out, tensors, max_shard_bytes)
     if head:
@@ -250,4 +272,3 @@ def save_pretrained(model: CausalLM, out_dir: str | Path, *, max_shard_bytes: in
                            metadata={"format": "pt", "tanh": "true" if model.value_tanh else "false"})
     else:
         (out / VALUE_HEAD_FILE).unlink(missing_ok=True)
-    return out

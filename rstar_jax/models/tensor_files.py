@@ -17,6 +17,7 @@ from pathlib import Path
 
 import ml_dtypes
 import numpy as np
+from tqdm import tqdm
 
 _DTYPES = {
     "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
@@ -24,6 +25,10 @@ _DTYPES = {
 }
 _NAMES = {np.dtype(v): k for k, v in _DTYPES.items()}
 INDEX_FILE = "model.safetensors.index.json"
+
+
+def _nbytes(shape, dtype) -> int:
+    return int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
 
 
 def _read_header(path: Path) -> tuple[dict, int]:
@@ -79,7 +84,10 @@ class TensorFiles:
         """A read-only view of the tensor; nothing is read until it is sliced or copied."""
         path, info, data_start = self._where[name]
         if info["dtype"] not in _DTYPES:
-            raise ValueError(f"tensor {name} in {path} has unsupported dtype {info['dtype']}")
+            raise ValueError(
+                f"tensor {name} in {path} has dtype {info['dtype']}, which this reader does not support "
+                f"(supported: {', '.join(_DTYPES)}); convert the checkpoint to bf16 or f32"
+            )
         if path not in self._maps:
             self._maps[path] = np.memmap(path, dtype=np.uint8, mode="r")
         begin, end = info["data_offsets"]
@@ -98,7 +106,7 @@ def write(path: str | Path, tensors: Iterable[tuple[str, tuple[int, ...], np.dty
         dtype = np.dtype(dtype)
         if dtype not in _NAMES:
             raise ValueError(f"cannot write tensor {name}: dtype {dtype} has no safetensors name")
-        size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        size = _nbytes(shape, dtype)
         header[name] = {"dtype": _NAMES[dtype], "shape": list(shape), "data_offsets": [offset, offset + size]}
         offset += size
     blob = json.dumps(header, separators=(",", ":")).encode()
@@ -106,7 +114,8 @@ def write(path: str | Path, tensors: Iterable[tuple[str, tuple[int, ...], np.dty
     with open(path, "wb") as f:
         f.write(struct.pack("<Q", len(blob)))
         f.write(blob)
-        for name, shape, dtype, produce in entries:
+        for name, shape, dtype, produce in tqdm(entries, desc=f"writing {Path(path).name}", unit="tensor",
+                                                disable=None, leave=False):
             array = np.ascontiguousarray(produce(), dtype=dtype)
             if array.shape != tuple(shape):
                 raise ValueError(f"tensor {name}: announced shape {tuple(shape)}, produced {array.shape}")
@@ -121,18 +130,20 @@ def write_sharded(directory: str | Path, tensors: Sequence[tuple[str, tuple[int,
     shards: list[list] = [[]]
     size = 0
     for entry in tensors:
-        nbytes = int(np.prod(entry[1], dtype=np.int64)) * np.dtype(entry[2]).itemsize
+        nbytes = _nbytes(entry[1], entry[2])
         if shards[-1] and size + nbytes > max_shard_bytes:
             shards.append([])
             size = 0
         shards[-1].append(entry)
         size += nbytes
+    # Weights of an earlier save would shadow these: loaders pick the single file or the index.
+    for stale in [directory / "model.safetensors", directory / INDEX_FILE, *directory.glob("model-*-of-*.safetensors")]:
+        stale.unlink(missing_ok=True)
     if len(shards) == 1:
         names = ["model.safetensors"]
-        (directory / INDEX_FILE).unlink(missing_ok=True)  # a stale index would shadow the new file
     else:
         names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
-        total = sum(int(np.prod(e[1], dtype=np.int64)) * np.dtype(e[2]).itemsize for e in tensors)
+        total = sum(_nbytes(e[1], e[2]) for e in tensors)
         index = {"metadata": {"total_size": total},
                  "weight_map": {e[0]: name for name, shard in zip(names, shards) for e in shard}}
         (directory / INDEX_FILE).write_text(json.dumps(index, indent=2))
