@@ -3,7 +3,8 @@
 A random Qwen2 of about 45M parameters (vocab 32000, hidden 512, 4 layers, 8 heads, 2 KV heads,
 intermediate 1536), batch 8 x 512 tokens, full logits, float32. Reports tokens/s of both, and
 our model FLOP utilisation: (2 x non-embedding parameters x tokens + attention) / time, against
-the float32 matmul peak measured in the same run.
+the float32 matmul peak measured in the same run. Non-embedding parameters are every matmul
+weight, the LM head included (it is 16M of the 28M here and does real work).
 
     python benchmarks/forward.py [--repeats 5]
 """
@@ -22,7 +23,8 @@ import torch
 import transformers
 from flax import nnx
 
-from rstar_jax import from_pretrained
+from rstar_jax import ModelConfig, from_pretrained
+from rstar_jax.models import read_config
 
 BATCH, LENGTH = 8, 512
 CONFIG = dict(vocab_size=32000, hidden_size=512, intermediate_size=1536, num_hidden_layers=4,
@@ -48,15 +50,12 @@ def matmul_peak(repeats: int, dtype=jnp.float32, n: int = 2048) -> float:
     return 2 * n**3 / median_seconds(lambda: mm(a, b).block_until_ready(), repeats)
 
 
-def model_flops(config: dict, tokens: int) -> float:
-    """Forward FLOPs: 2 x parameters except the embedding table, per token, plus attention
-    (QK^T and PV over the full square, as MFU is usually counted)."""
-    e, i, n = config["hidden_size"], config["intermediate_size"], config["num_hidden_layers"]
-    h, k = config["num_attention_heads"], config["num_key_value_heads"]
-    d = e // h
-    per_layer = e * (h + 2 * k) * d + (h + 2 * k) * d + h * d * e + 3 * e * i + 2 * e
-    params = n * per_layer + e + e * config["vocab_size"]  # blocks, final norm, LM head
-    attention = 4 * n * h * d * LENGTH  # per token
+def model_flops(config: ModelConfig, tokens: int) -> float:
+    """Forward FLOPs: 2 x parameters per token, counting every matmul weight (the blocks and
+    the LM head, but not the embedding table, which is a lookup), plus attention (QK^T and PV
+    over the full square, as MFU is usually counted)."""
+    params = config.num_params(include_embeddings=False) + config.hidden_size * config.vocab_size
+    attention = 4 * config.num_hidden_layers * config.num_attention_heads * config.head_dim * LENGTH
     return tokens * (2 * params + attention)
 
 
@@ -71,6 +70,7 @@ def main():
     with tempfile.TemporaryDirectory() as directory:
         reference.save_pretrained(directory)
         models = {dtype: from_pretrained(directory, dtype=dtype) for dtype in (jnp.float32, jnp.bfloat16)}
+        config = read_config(directory)
 
     torch_ids = torch.as_tensor(ids, dtype=torch.long)
 
@@ -86,6 +86,8 @@ def main():
 
     ours_f32, ours_bf16 = jitted(models[jnp.float32]), jitted(models[jnp.bfloat16])
     error = float(np.abs(np.asarray(ours_f32()) - torch_forward().numpy()).max())
+    if error > 1e-3:
+        raise SystemExit(f"the two models disagree (max |logit diff| {error:.1e}); timing them would mean nothing")
 
     tokens = BATCH * LENGTH
     peak = matmul_peak(args.repeats)
@@ -93,7 +95,7 @@ def main():
     t_torch = median_seconds(torch_forward, args.repeats)
     t_f32 = median_seconds(ours_f32, args.repeats)
     t_bf16 = median_seconds(ours_bf16, args.repeats)
-    flops = model_flops(CONFIG, tokens)
+    flops = model_flops(config, tokens)
 
     print(f"prefill {BATCH} x {LENGTH} tokens, Qwen2 {sum(p.numel() for p in reference.parameters()) / 1e6:.1f}M "
           f"params, {flops / 1e9:.0f} GFLOP per forward; max |logit diff| vs transformers {error:.1e}")

@@ -19,6 +19,7 @@ there, so the ids agree). A literal "▁" in text becomes a space, as in every S
 
 from __future__ import annotations
 
+import importlib.resources
 import io
 import itertools
 import json
@@ -33,8 +34,10 @@ from sentencepiece import sentencepiece_model_pb2
 STEP_TOKENS = ("<code>", "<end_of_step>", "<end_of_code>", "<output>", "<end_of_output>",
                "<answer>", "<end_of_answer>")
 CHAT_TOKENS = ("<|user|>", "<|assistant|>")
-POLICY_PROMPT = ("<|user|>:\n{question}\n<|assistant|>: "
-                 "Let's think step by step and solve the problem with code.")
+# The zero-shot policy prompt (rounds 2-4 and test time), as rStar-Math ships it.
+POLICY_PROMPT = json.loads(
+    (importlib.resources.files("rstar_jax") / "assets/rstar/policy_prompt.json").read_text()
+)["pot_suffix"].replace("{input}", "{question}")
 BACKENDS = {"sentencepiece": "tokenizer.model", "tokenizers": "tokenizer.json"}
 CONFIG_FILE = "tokenizer_config.json"
 
@@ -49,6 +52,8 @@ class _SentencePiece:
     `<|user|>:` encodes as [<|user|>, ":"]. Later segments are encoded, and everything is
     decoded, with a copy of the model whose dummy prefix is off; decode strips the prefix space
     by hand from text that starts the sequence (after BOS), as SP's own decoder does.
+    A legacy `tokenizer.json` (as some Phi-3 snapshots ship for `AutoTokenizer`) puts a "▁"
+    after each added token instead, so its ids can differ from ours by that one token.
     """
 
     name = "sentencepiece"

@@ -19,6 +19,9 @@ CASES = {
         rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                       "original_max_position_embeddings": 32})),
     "qwen2_gqa": ("Qwen2Config", "Qwen2ForCausalLM", dict(num_attention_heads=8, num_key_value_heads=2)),
+    "qwen2_sliding": ("Qwen2Config", "Qwen2ForCausalLM", dict(num_attention_heads=4, num_key_value_heads=2,
+                                                              use_sliding_window=True, sliding_window=7,
+                                                              max_window_layers=1)),  # layer 1 slides
     "qwen2_tied": ("Qwen2Config", "Qwen2ForCausalLM", dict(num_attention_heads=4, num_key_value_heads=2,
                                                            tie_word_embeddings=True)),
     "phi3": ("Phi3Config", "Phi3ForCausalLM", dict(num_attention_heads=4, num_key_value_heads=4,
@@ -60,6 +63,21 @@ def save(name: str, directory, seed: int = 0, **save_kwargs) -> transformers.Pre
 def logits(model: transformers.PreTrainedModel, ids: np.ndarray) -> np.ndarray:
     with torch.no_grad():
         return model(torch.as_tensor(ids, dtype=torch.long)).logits.float().numpy()
+
+
+def bpe_tokenizer_dir(directory, vocab_size: int, corpus, specials=()) -> None:
+    """A byte-level BPE `tokenizer.json` trained on `corpus`, laid out like Qwen2.5's (specials
+    after the BPE vocabulary)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    tok.train_from_iterator(corpus, trainer)
+    tok.add_special_tokens(list(specials))
+    tok.save(str(directory / "tokenizer.json"))
 
 
 def token_ids(batch: int, length: int, seed: int = 0) -> np.ndarray:

@@ -2,10 +2,10 @@
 
 import os
 
-# Must happen before JAX initialises its backend; every test module imports JAX after this file.
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import jax  # noqa: E402
 
+# Must happen before JAX initialises its backend; test modules import JAX only after this file.
+jax.config.update("jax_num_cpu_devices", 8)
 jax.config.update("jax_default_matmul_precision", "highest")

@@ -26,9 +26,9 @@ def test_config_loads_and_names_a_known_preset(path):
     assert config.model.dtype in ("float32", "bfloat16")
 
 
-def test_tiny_has_a_smoke_variant_and_rejects_unknown_ones():
-    assert _load(CONFIG_DIR / "tiny.py", "smoke").variant == "smoke"
-    with pytest.raises(ValueError, match="unknown tiny variant 'huge'"):
+def test_tiny_rejects_unknown_variants():
+    assert _load(CONFIG_DIR / "tiny.py").variant == "default"
+    with pytest.raises(ValueError, match="unknown tiny variant 'huge'; known: default"):
         _load(CONFIG_DIR / "tiny.py", "huge")
 
 

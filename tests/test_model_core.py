@@ -11,7 +11,7 @@ from flax import nnx
 import checkpoints
 from rstar_jax import CausalLM, ModelConfig, from_pretrained, save_pretrained
 from rstar_jax.models import KVCache, read_config
-from rstar_jax.models.attention import attend, causal_mask
+from rstar_jax.models.attention import attend, segment_mask
 
 
 @pytest.fixture(scope="module")
@@ -56,19 +56,35 @@ def test_dot_product_attention_matches_xla_attention(qwen_dir):
     np.testing.assert_allclose(np.asarray(fused), np.asarray(xla), atol=1e-4)
 
 
+def _plain_attention(q, k, v, allowed):
+    """Attention written out in full, the specification the kernels are held to."""
+    groups = q.shape[2] // k.shape[2]
+    k, v = jnp.repeat(k, groups, axis=2), jnp.repeat(v, groups, axis=2)
+    scores = jnp.einsum("bthd,bshd->bhts", q, k) / np.sqrt(q.shape[-1])
+    scores = jnp.where(allowed[:, None], scores, -jnp.inf)
+    return jnp.einsum("bhts,bshd->bthd", jax.nn.softmax(scores, axis=-1), v)
+
+
 @pytest.mark.parametrize("window", [None, 50])
-def test_blocked_causal_attention_matches_full_attention(window):
+@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.parametrize("implementation", ["xla", "dot_product"])
+def test_causal_attention_kernels_match_attention_written_out(window, packed, implementation):
     b, t, h, k, d = 2, 300, 6, 2, 16  # 300 tokens: five query blocks, the last one ragged
     q, key, value = (jax.random.normal(jax.random.key(i), shape) for i, shape in
                      enumerate([(b, t, h, d), (b, t, k, d), (b, t, k, d)]))
-    segments = jnp.asarray(np.repeat([[1, 2, 3]], b, axis=0).repeat(100, axis=1))  # three packed sequences
-    positions = jnp.asarray(np.tile(np.arange(100), 3)[None].repeat(b, axis=0))
-    mask = causal_mask(positions, segments, window)
-    blocked = attend(q, key, value, mask, "xla", causal=True)
-    full = attend(q, key, value, mask, "xla", causal=False)
-    fused = attend(q, key, value, mask, "dot_product")
-    np.testing.assert_allclose(np.asarray(blocked), np.asarray(full), atol=1e-5)
-    np.testing.assert_allclose(np.asarray(blocked), np.asarray(fused), atol=1e-5)
+    order = np.arange(t)
+    allowed = order[None, :] <= order[:, None]
+    if window:
+        allowed &= order[:, None] - order[None, :] < window
+    allowed = np.broadcast_to(allowed, (b, t, t))
+    mask = None
+    if packed:  # three sequences of 100 tokens in each row
+        segments = jnp.asarray(np.repeat(order[None] // 100, b, axis=0))
+        mask = segment_mask(segments)
+        allowed = allowed & np.asarray(mask)
+    got = attend(q, key, value, causal=True, window=window, mask=mask, implementation=implementation)
+    want = _plain_attention(q, key, value, jnp.asarray(allowed))
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)
 
 
 def test_remat_gives_the_same_gradients(qwen_dir):
@@ -82,6 +98,12 @@ def test_remat_gives_the_same_gradients(qwen_dir):
 
         return nnx.grad(loss)(model)
 
+    def uses_remat(remat):
+        graphdef, state = nnx.split(from_pretrained(qwen_dir, remat=remat))
+        jaxpr = jax.make_jaxpr(jax.grad(lambda s: nnx.merge(graphdef, s)(ids).sum()))(state)
+        return "remat" in str(jaxpr) or "checkpoint" in str(jaxpr)
+
+    assert uses_remat(True) and not uses_remat(False)
     plain, rematted = grads(False), grads(True)
     for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(rematted)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
@@ -99,16 +121,23 @@ def test_value_head_reads_the_last_real_token_of_each_row(qwen_dir):
     assert np.all(np.abs(scores) < 1) and scores[0] != scores[1]
 
 
+def test_new_value_head_starts_at_zero_weights(qwen_dir):
+    model = from_pretrained(qwen_dir, value_head=True, value_tanh=False)
+    np.testing.assert_array_equal(np.asarray(model.value(jnp.asarray(checkpoints.token_ids(3, 9)))), 0.0)
+
+
 def test_value_head_is_saved_beside_the_model_and_reloaded(qwen_dir, tmp_path):
     model = from_pretrained(qwen_dir, value_head=True, value_tanh=False)
+    model.value_head[...] = jnp.asarray(np.random.RandomState(1).normal(size=(64, 1)), jnp.float32)
     model.value_bias[...] = jnp.asarray([0.25])
     ids = jnp.asarray(checkpoints.token_ids(3, 9))
     save_pretrained(model, tmp_path)
     assert (tmp_path / "value_head.safetensors").exists()
     again = from_pretrained(tmp_path)
     assert again.has_value_head and not again.value_tanh
-    np.testing.assert_allclose(np.asarray(again.value(ids)), np.asarray(model.value(ids)), atol=1e-6)
-    np.testing.assert_allclose(np.asarray(again.value(ids)), 0.25, atol=1e-6)  # zero-initialised weights
+    scores = np.asarray(again.value(ids))
+    np.testing.assert_allclose(scores, np.asarray(model.value(ids)), atol=1e-5)
+    assert np.ptp(scores) > 0.1  # the random weights, not a constant
 
 
 def test_value_model_without_lm_head_refuses_logits(qwen_dir):
@@ -127,6 +156,33 @@ def test_model_built_from_scratch_saves_and_reloads(tmp_path):
     assert read_config(tmp_path) == config
     ids = jnp.asarray(checkpoints.token_ids(2, 8) % 128)
     np.testing.assert_allclose(np.asarray(from_pretrained(tmp_path)(ids)), np.asarray(model(ids)), atol=1e-6)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(model_type="qwen2", qkv_bias=False), "qwen2 q/k/v only"),
+    (dict(model_type="llama", qkv_bias=True), "llama has q/k/v/o biases together"),
+    (dict(model_type="phi3", mlp_bias=True), "phi3 none"),
+    (dict(model_type="llama", sliding_windows=(4, 8)), r"different sliding windows \[4, 8\]"),
+])
+def test_configs_no_checkpoint_can_hold_are_refused(kwargs, message):
+    base = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, head_dim=8, qkv_bias=kwargs.get("model_type") == "qwen2")
+    with pytest.raises(ValueError, match=message):
+        ModelConfig(**(base | kwargs))
+
+
+def test_phi3_longrope_is_saved_in_the_layout_phi3_checkpoints_use(tmp_path):
+    checkpoints.save("phi3_longrope", tmp_path / "theirs")
+    save_pretrained(from_pretrained(tmp_path / "theirs"), tmp_path / "ours")
+    config = json.loads((tmp_path / "ours" / "config.json").read_text())
+    assert set(config["rope_scaling"]) == {"type", "short_factor", "long_factor"}
+    assert config["rope_scaling"]["type"] == "longrope" and config["original_max_position_embeddings"] == 16
+    assert read_config(tmp_path / "ours") == read_config(tmp_path / "theirs")
+
+
+def test_remote_paths_are_refused_with_what_to_do():
+    with pytest.raises(ValueError, match="not a local directory; copy the checkpoint"):
+        from_pretrained("gs://bucket/model")
 
 
 def test_param_count_matches_the_parameters():

@@ -8,7 +8,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 import checkpoints
-from rstar_jax import from_pretrained
+from rstar_jax import from_pretrained, save_pretrained
 from rstar_jax.models import DEFAULT_RULES, make_mesh
 
 
@@ -65,3 +65,15 @@ def test_mesh_fills_the_minus_one_axis_and_rejects_bad_shapes():
         make_mesh({"data": 3, "fsdp": 2, "tensor": 2})
     with pytest.raises(ValueError, match="unknown mesh axes"):
         make_mesh({"model": 8})
+
+
+def test_sharded_model_saves_a_checkpoint_transformers_loads(tmp_path, mesh):
+    import torch
+    import transformers
+
+    reference = checkpoints.save("phi3", tmp_path / "theirs")
+    model = from_pretrained(tmp_path / "theirs", mesh=mesh)
+    save_pretrained(model, tmp_path / "ours")
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "ours", dtype=torch.float32).eval()
+    ids = checkpoints.token_ids(2, 16)
+    np.testing.assert_allclose(checkpoints.logits(reloaded, ids), checkpoints.logits(reference, ids), atol=1e-5)

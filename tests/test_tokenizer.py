@@ -13,9 +13,8 @@ import json
 
 import pytest
 import sentencepiece as spm
-import tokenizers
-from tokenizers import decoders, models, pre_tokenizers, trainers
 
+import checkpoints
 from rstar_jax.tokenizer import POLICY_PROMPT, STEP_TOKENS, Tokenizer
 
 WORKED_EXAMPLE = (
@@ -42,14 +41,7 @@ def _write_sp_tiny(d):
 
 
 def _write_bpe(d):
-    tok = tokenizers.Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  show_progress=False)
-    tok.train_from_iterator(CORPUS, trainer)
-    tok.add_special_tokens(QWEN_SPECIALS)
-    tok.save(str(d / "tokenizer.json"))
+    checkpoints.bpe_tokenizer_dir(d, 400, CORPUS, QWEN_SPECIALS)
     config = {"bos_token": None, "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>",
               "add_bos_token": False}
     (d / "tokenizer_config.json").write_text(json.dumps(config))

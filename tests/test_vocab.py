@@ -3,11 +3,10 @@
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import tokenizers
 from flax import nnx
 from jax.sharding import PartitionSpec as P
-from tokenizers import decoders, models, pre_tokenizers, trainers
 
+import checkpoints
 from rstar_jax import CausalLM, ModelConfig, from_pretrained, save_pretrained
 from rstar_jax.models import make_mesh
 from rstar_jax.models.vocab import add_step_tokens
@@ -15,13 +14,7 @@ from rstar_jax.tokenizer import STEP_TOKENS, Tokenizer
 
 
 def _bpe_tokenizer(directory, vocab_size):
-    tok = tokenizers.Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  show_progress=False)
-    tok.train_from_iterator(["total = 2 * 20 * 12\nprint(total)\n"] * 10, trainer)
-    tok.save(str(directory / "tokenizer.json"))
+    checkpoints.bpe_tokenizer_dir(directory, vocab_size, ["total = 2 * 20 * 12\nprint(total)\n"] * 10)
     return Tokenizer.from_dir(directory)
 
 
@@ -49,9 +42,13 @@ def test_new_tokens_take_free_rows_initialised_to_the_mean(tmp_path):
 def test_tables_grow_to_a_multiple_of_128_when_ids_do_not_fit(tmp_path):
     tokenizer = _bpe_tokenizer(tmp_path, 256)
     model = _model(256, tie=True)
+    before = np.asarray(model.embed[...])
     ids = add_step_tokens(model, tokenizer)
     assert max(ids.values()) == 262
     assert model.embed[...].shape == (384, 32) and model.config.vocab_size == 384
+    embed = np.asarray(model.embed[...])
+    np.testing.assert_array_equal(embed[:256], before)
+    np.testing.assert_allclose(embed[256:], np.broadcast_to(before.mean(0), (128, 32)), atol=1e-6)
     logits = model(jnp.asarray([[ids["<code>"], 5, ids["<end_of_step>"]]]))
     assert logits.shape == (1, 3, 384)
 

@@ -15,6 +15,7 @@ from jax.sharding import NamedSharding
 from rstar_jax.models.transformer import CausalLM
 from rstar_jax.tokenizer import STEP_TOKENS, Tokenizer
 
+
 def _round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 
@@ -51,7 +52,11 @@ def add_step_tokens(model: CausalLM, tokenizer: Tokenizer, pad_to_multiple: int 
     """Adds the step tokens to `tokenizer` (a no-op for tokens it has) and gives each newly added
     token a row starting at the mean embedding. The tables grow, to a multiple of
     `pad_to_multiple` rows (so a tensor axis can shard them), only when the ids do not fit.
-    Returns token -> id."""
+    Returns token -> id.
+
+    Pass the checkpoint's own tokenizer: which tokens are new is read off the tokenizer, so a
+    tokenizer that already has the step tokens (saved after an earlier round) paired with a base
+    checkpoint would leave their rows as the base model's untrained padding."""
     if tokenizer.vocab_size > model.config.vocab_size:
         raise ValueError(
             f"tokenizer has {tokenizer.vocab_size} ids but the model only {model.config.vocab_size} rows; "
