@@ -36,15 +36,15 @@ def test_prefill_then_decode_with_cache_matches_full_forward(tmp_path, name):
     hidden, cache = model.hidden_states(jnp.asarray(prompt), positions, cache=cache)
     got = [np.asarray(model.logits(hidden))[[0, 1], lengths - 1]]
     for t in range(steps - 1):
-        # Row b's next token is its own continuation, written at its own position.
-        next_ids = np.array([ids[0, 10 + t], ids[1, 6 + t]])
-        pos = jnp.asarray(lengths + t, jnp.int32)[:, None]
+        # Row b continues its own sequence ids[b], at its own position.
+        pos = lengths + t
+        next_ids = ids[[0, 1], pos]
+        pos = jnp.asarray(pos, jnp.int32)[:, None]
         hidden, cache = model.hidden_states(jnp.asarray(next_ids[:, None]), pos, cache=cache)
         got.append(np.asarray(model.logits(hidden))[:, 0])
 
     for row, n in enumerate(lengths):
-        sequence = np.concatenate([prompt[row, :n], ids[row, 10:10 + steps - 1] if row == 0 else ids[row, 6:6 + steps - 1]])
-        full = np.asarray(model(jnp.asarray(sequence[None])))[0]
+        full = np.asarray(model(jnp.asarray(ids[row:row + 1, :n + steps - 1])))[0]
         want = full[n - 1:n - 1 + steps]
         np.testing.assert_allclose(np.stack([g[row] for g in got]), want, atol=1e-4)
 

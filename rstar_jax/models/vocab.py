@@ -20,10 +20,10 @@ def _round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 
 
-def _replace(variable, value: jax.Array, rules, axes) -> None:
+def _replace(variable, value: jax.Array, rules) -> None:
     old = variable[...]
     if isinstance(old.sharding, NamedSharding):  # keep a sharded model sharded
-        value = jax.device_put(value, rules.sharding(axes, value.shape, old.sharding.mesh))
+        value = jax.device_put(value, rules.sharding(variable.axes, value.shape, old.sharding.mesh))
     variable.set_value(value)
 
 
@@ -39,12 +39,12 @@ def set_new_rows(model: CausalLM, new_ids: list[int], trained_rows: int, num_row
     embed = model.embed[...]
     mean = embed[:trained_rows].astype(jnp.float32).mean(axis=0).astype(embed.dtype)  # [E]
     embed = jnp.concatenate([embed, jnp.broadcast_to(mean, (grow, embed.shape[1]))], axis=0)
-    _replace(model.embed, embed.at[ids].set(mean), model.rules, model.embed.axes)
+    _replace(model.embed, embed.at[ids].set(mean), model.rules)
     if hasattr(model, "lm_head"):
         head = model.lm_head[...]  # [E, V]
         mean = head[:, :trained_rows].astype(jnp.float32).mean(axis=1).astype(head.dtype)
         head = jnp.concatenate([head, jnp.broadcast_to(mean[:, None], (head.shape[0], grow))], axis=1)
-        _replace(model.lm_head, head.at[:, ids].set(mean[:, None]), model.rules, model.lm_head.axes)
+        _replace(model.lm_head, head.at[:, ids].set(mean[:, None]), model.rules)
     model.config = config.replace(vocab_size=num_rows)
 
 
