@@ -19,7 +19,6 @@ there, so the ids agree). A literal "▁" in text becomes a space, as in every S
 
 from __future__ import annotations
 
-import importlib.resources
 import io
 import itertools
 import json
@@ -31,13 +30,9 @@ import sentencepiece as spm
 import tokenizers
 from sentencepiece import sentencepiece_model_pb2
 
-STEP_TOKENS = ("<code>", "<end_of_step>", "<end_of_code>", "<output>", "<end_of_output>",
-               "<answer>", "<end_of_answer>")
-CHAT_TOKENS = ("<|user|>", "<|assistant|>")
-# The zero-shot policy prompt (rounds 2-4 and test time), as rStar-Math ships it.
-POLICY_PROMPT = json.loads(
-    (importlib.resources.files("rstar_jax") / "assets/rstar/policy_prompt.json").read_text()
-)["pot_suffix"].replace("{input}", "{question}")
+# The step and chat tokens and the policy prompt live with the step format.
+from rstar_jax.steps.format import CHAT_TOKENS, POLICY_PROMPT, STEP_TOKENS
+
 BACKENDS = {"sentencepiece": "tokenizer.model", "tokenizers": "tokenizer.json"}
 CONFIG_FILE = "tokenizer_config.json"
 
