@@ -1,5 +1,30 @@
-"""rstar_jax: rStar-Math self-evolved deep thinking in JAX."""
+"""rstar_jax: rStar-Math self-evolved deep thinking in JAX.
 
-from rstar_jax.models import CausalLM, ModelConfig, from_pretrained, save_pretrained
+Names are imported on first use, so host-side code (`rstar_jax.steps`: executor, grading) runs
+without importing JAX.
+"""
 
-__all__ = ["CausalLM", "ModelConfig", "from_pretrained", "save_pretrained"]
+import importlib
+
+_EXPORTS = {
+    "CausalLM": "rstar_jax.models",
+    "ModelConfig": "rstar_jax.models",
+    "from_pretrained": "rstar_jax.models",
+    "save_pretrained": "rstar_jax.models",
+    "CodeExecutor": "rstar_jax.steps.executor",
+    "ExecResult": "rstar_jax.steps.executor",
+    "extract_boxed": "rstar_jax.steps.format",
+}
+__all__ = list(_EXPORTS)  # imported lazily, below
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'rstar_jax' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted([*globals(), *_EXPORTS])
