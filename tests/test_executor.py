@@ -28,7 +28,9 @@ HOME = os.path.expanduser("~")
 # Uses builtins, math, sympy, numpy, printing, the cwd, signals, the environment and a file:
 # each is something a hostile program below tries to break for its successor.
 NORMAL = textwrap.dedent("""
-    import math, os, signal, sympy, numpy as np, decimal, random
+    import math, os, signal, sympy, numpy as np, decimal, random, gc, warnings
+    warnings.warn("goes to stderr, which is discarded")
+    gc.collect()
     x = sympy.Symbol("x")
     with open("scratch.txt", "w") as f:
         f.write("ok")
@@ -208,6 +210,41 @@ HOSTILE = {
                 pass
     """), lambda r: r.error.startswith("WorkerError")),
     "read_stdin": ("input()", lambda r: r.error.startswith("EOFError")),
+    "deeply_nested_reply": (_program("""
+        import os
+        frame = b'[' * 200000
+        for fd in range(3, 64):
+            try:
+                os.write(fd, len(frame).to_bytes(4, 'big') + frame)
+            except OSError:
+                pass
+    """), lambda r: r.error.startswith("WorkerError")),
+    "renice_parent": ("import os\nos.setpriority(os.PRIO_PROCESS, os.getppid(), 7)", _denied),
+    "pin_parent": ("import os\nos.sched_setaffinity(os.getppid(), {0})", _denied),
+    "renice_self": ("import os\nos.nice(19)", _denied),
+    "sethostname": ("import socket\nsocket.sethostname('pwned')", _denied),
+    "memfd": ("import os\nos.memfd_create('x')", _denied),
+    "signal_parent_by_fcntl": (_program("""
+        import fcntl, os
+        r, w = os.pipe()
+        fcntl.fcntl(r, fcntl.F_SETOWN, os.getppid())
+    """), _denied),
+    # Refused silently (Python suppresses the refusal): the next program shows it took no hold.
+    "add_audit_hook": ("import sys\nsys.addaudithook(lambda *a: 1 / 0)", _ok),
+    "tamper_gc_and_warnings": (_program("""
+        import gc, warnings
+        gc.callbacks.append(lambda *a: print('GC'))
+        warnings.showwarning = lambda *a, **k: print('W')
+        warnings.simplefilter('error')
+        gc.set_debug(gc.DEBUG_SAVEALL)
+    """), _ok),
+    "write_devnull": (_program("""
+        import os, contextlib
+        with open(os.devnull, 'w') as f, contextlib.redirect_stdout(f):
+            print('hidden')
+        print('shown')
+    """), lambda r: r.ok and r.stdout == "shown\n"),
+    "lone_surrogate": ("print('a\\ud800b')", lambda r: r.ok and r.stdout == "a\\ud800b\n"),
 }
 
 
@@ -239,6 +276,24 @@ def test_sandbox_is_in_force_here(pool):
     # This machine (and CI's) is x86_64 Linux with Landlock; elsewhere fewer layers apply.
     assert report.get("seccomp") is True, report
     assert report.get("landlock", 0) >= 1, report
+
+
+def test_a_long_program_waits_its_turn_behind_a_hung_one():
+    # Queued behind a busy worker only if small: writing it must never block the timeout.
+    big = "x = '" + "a" * 70_000 + "'\nprint(len(x))"
+    with CodeExecutor(num_workers=1, timeout_s=TIMEOUT_S) as ex:
+        start = time.monotonic()
+        hung, long = ex.run(["while True:\n    pass", big])
+        assert time.monotonic() - start < TIMEOUT_S + 10
+    assert _timeout(hung) and long == ExecResult(True, "70000\n", "")
+
+
+def test_a_spare_killed_while_starting_is_replaced():
+    with CodeExecutor(num_workers=1, timeout_s=TIMEOUT_S) as ex:
+        os.kill(ex.pids[-1], signal.SIGKILL)  # the spare, still importing
+        assert ex.run(["print(1)"]) == [ExecResult(True, "1\n", "")]
+        assert _timeout(ex.run(["while True: pass"])[0])  # needs the (new) spare
+        assert ex.run(["print(2)"]) == [ExecResult(True, "2\n", "")]
 
 
 def test_results_in_input_order_and_programs_independent():
@@ -330,3 +385,20 @@ def test_a_worker_that_cannot_start_says_why():
         RuntimeError, match=message
     ):
         ex.run(["print(1)"])
+
+
+def test_lazy_imports_and_system_files_still_work_in_the_sandbox():
+    code = _program("""
+        import scipy.stats, time, fractions, os
+        print(round(scipy.stats.norm.cdf(0), 3), fractions.Fraction(3, 6), bool(time.strftime('%Z')))
+        for path in ('/etc/shadow', '/etc/passwd', THIS_FILE):
+            try:
+                open(path).read()
+                print('read', path)
+            except (PermissionError, IsADirectoryError):
+                pass
+    """)
+    code = code.replace("THIS_FILE", repr(os.path.abspath(__file__)))
+    assert os.path.exists(os.path.abspath(__file__))
+    with CodeExecutor(num_workers=1) as ex:
+        assert ex.run([code]) == [ExecResult(True, "0.5 1/2 True\n", "")]

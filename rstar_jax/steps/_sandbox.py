@@ -4,13 +4,16 @@ Standard library only: this module runs inside the worker process before any pro
 Both mechanisms are applied to the calling process and cannot be undone by it.
 
 * Landlock (Linux >= 5.13): file reads only beneath an allowlist of directories (the Python
-  installation, system libraries, /etc and the worker's own /proc entry), file writes only
-  beneath the scratch directory, no execve of anything; from ABI 4 no TCP bind/connect; from
-  ABI 6 no signals to processes outside the sandbox and no abstract unix sockets.
-* seccomp (x86_64, aarch64): no new processes or threads, no exec, no sockets, no signals to
-  any other process, no raising resource limits, no namespaces, mounts, ptrace or
-  cross-process memory access.  Denied calls fail with EPERM, so a program sees an ordinary
-  ``PermissionError`` / ``RuntimeError`` rather than a killed worker.
+  installation, system libraries, loader and time zone files, the worker's own /proc entry), file writes only
+  beneath the scratch directory (and to /dev/null), no execve of anything; from ABI 4 no TCP
+  bind/connect; from ABI 6 no signals to processes outside the sandbox and no abstract unix
+  sockets.
+* seccomp (x86_64, aarch64): no new processes or threads, no exec, no sockets; no signals to
+  another process (kill, tkill, tgkill, sigqueue, pidfd, fcntl F_SETOWN/F_SETSIG); no raising
+  resource limits; no scheduling or priority changes to any process; no memfd (memory that
+  RLIMIT_AS would not count); no namespaces, mounts, hostname, ptrace, cross-process memory
+  access, kernel modules or kexec.  Denied calls fail with EPERM, so a program sees an
+  ordinary ``PermissionError`` / ``RuntimeError`` rather than a killed worker.
 
 Each function returns what it managed to apply; callers report it (``CodeExecutor.sandbox``).
 """
@@ -71,7 +74,9 @@ def landlock_abi() -> int:
     return max(int(abi), 0)
 
 
-def apply_landlock(read_dirs: list[str], write_dir: str) -> dict[str, object]:
+def apply_landlock(
+    read_dirs: list[str], write_dir: str, write_files: tuple[str, ...] = ("/dev/null",)
+) -> dict[str, object]:
     """Restrict this process's file system access (and, by ABI, TCP and signals) for good."""
     abi = landlock_abi()
     if abi == 0:
@@ -91,16 +96,16 @@ def apply_landlock(read_dirs: list[str], write_dir: str) -> dict[str, object]:
         raise OSError(ctypes.get_errno(), "landlock_create_ruleset failed")
     try:
         rules = [(d, _READ) for d in read_dirs] + [(write_dir, _READ | write)]
+        truncate = _FS_TRUNCATE if abi >= 3 else 0
+        rules += [(f, _FS_READ_FILE | _FS_WRITE_FILE | truncate) for f in write_files]
         for path, access in rules:
             try:
                 fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
             except OSError:
                 continue  # an allowlisted path that does not exist on this machine
             try:
-                if not os.path.isdir(path):
-                    access &= (
-                        _FS_READ_FILE | _FS_WRITE_FILE | _FS_TRUNCATE
-                    )  # file rules take file rights
+                if not os.path.isdir(path):  # a rule on a file takes only file rights
+                    access &= _FS_READ_FILE | _FS_WRITE_FILE | _FS_TRUNCATE
                 rule = ctypes.create_string_buffer(struct.pack("<Qi", access, fd), 12)
                 if _libc.syscall(
                     _SYS_LANDLOCK_ADD_RULE, ruleset, _LANDLOCK_RULE_PATH_BENEATH, rule, 0
@@ -130,14 +135,21 @@ umount2 166 39  chroot 161 51  pivot_root 155 41  setpgid 109 154  setsid 112 15
 personality 135 92  io_uring_setup 425 425  bpf 321 280  perf_event_open 298 241
 userfaultfd 323 282  keyctl 250 219  add_key 248 217  request_key 249 218  kexec_load 246 104
 reboot 169 142  init_module 175 105  finit_module 313 273  delete_module 176 106
-mknod 133 -  mknodat 259 33
-kill 62 129  tkill 200 130  tgkill 234 131  prlimit64 302 261
+mknod 133 -  mknodat 259 33  memfd_create 319 279  setpriority 141 140
+sched_setparam 142 118  sched_setscheduler 144 119  sched_setaffinity 203 122
+sched_setattr 314 274  ioprio_set 251 30  sethostname 170 161  setdomainname 171 162
+kexec_file_load 320 294  open_tree 428 428  move_mount 429 429  fsopen 430 430
+fsconfig 431 431  fsmount 432 432  fspick 433 433  mount_setattr 442 442
+kill 62 129  tkill 200 130  tgkill 234 131  prlimit64 302 261  fcntl 72 25
 """
 _ARCH_COLUMN = {"x86_64": 1, "aarch64": 2}
 # Allowed only when the first argument is this process (signalling itself is like exiting).
 _SELF_ONLY = ("kill", "tkill", "tgkill")
 # Allowed only as a read (new_limit == NULL): limits can be inspected, never raised.
 _READ_ONLY = "prlimit64"
+# fcntl is allowed except the commands that direct signals at another process.
+_FCNTL = "fcntl"
+_F_SETOWN, _F_SETSIG, _F_SETOWN_EX = 8, 10, 15
 
 
 def syscall_numbers(machine: str) -> dict[str, int]:
@@ -168,7 +180,7 @@ def _arg_hi(i: int) -> int:
 def seccomp_filter(machine: str, pid: int) -> list[tuple[int, int, int, int]]:
     """The BPF program as (code, jt, jf, k) instructions (jumps relative and forward)."""
     numbers = syscall_numbers(machine)
-    deny = {n for name, n in numbers.items() if name not in (*_SELF_ONLY, _READ_ONLY)}
+    deny = {n for name, n in numbers.items() if name not in (*_SELF_ONLY, _READ_ONLY, _FCNTL)}
     # Written with labels; a jump field holds a label ("allow", "deny", ...) or 0.
     prog: list[tuple] = [
         (_LD_W_ABS, 0, 0, _OFF_ARCH),
@@ -182,6 +194,7 @@ def seccomp_filter(machine: str, pid: int) -> list[tuple[int, int, int, int]]:
     prog += [(_JEQ_K, "self", 0, nr) for nr in sorted(numbers[n] for n in _SELF_ONLY)]
     prog += [
         (_JEQ_K, "prlimit", 0, numbers[_READ_ONLY]),
+        (_JEQ_K, "fcntl", 0, numbers[_FCNTL]),
         ("allow",),
         (_RET_K, 0, 0, _RET_ALLOW),
         ("self",),
@@ -193,6 +206,12 @@ def seccomp_filter(machine: str, pid: int) -> list[tuple[int, int, int, int]]:
         (_JEQ_K, 0, "deny", 0),
         (_LD_W_ABS, 0, 0, _arg_hi(2)),
         (_JEQ_K, 0, "deny", 0),
+        (_RET_K, 0, 0, _RET_ALLOW),
+        ("fcntl",),
+        (_LD_W_ABS, 0, 0, _arg_lo(1)),
+        (_JEQ_K, "deny", 0, _F_SETOWN),
+        (_JEQ_K, "deny", 0, _F_SETSIG),
+        (_JEQ_K, "deny", 0, _F_SETOWN_EX),
         (_RET_K, 0, 0, _RET_ALLOW),
         ("deny",),
         (_RET_K, 0, 0, _RET_ERRNO | errno.EPERM),

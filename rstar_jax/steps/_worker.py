@@ -1,6 +1,7 @@
 """An executor worker: runs one program at a time, each from a clean slate.
 
-Started by `CodeExecutor` as ``python -I _worker.py <settings json>`` with a clean environment.
+Started by `CodeExecutor` as ``python -s -P _worker.py <settings json>`` with a clean
+environment (no user site-packages, and this file's directory is not on ``sys.path``).
 Standard library at the top only (the heavy packages are imported in `_setup`, once).
 
 Protocol over the worker's inherited stdin/stdout pipes (moved to private descriptors; fds 0,
@@ -50,7 +51,8 @@ class _CappedWriter:
         return len(s)
 
     def getvalue(self) -> str:
-        return "".join(self.parts)
+        # Lone surrogates (print("\ud800")) would make the text unencodable downstream.
+        return "".join(self.parts).encode("utf-8", "backslashreplace").decode("utf-8")
 
     def flush(self) -> None:
         pass
@@ -120,8 +122,10 @@ class _State:
         self.decimal_context = decimal.getcontext().copy()
         self.mp_prec = mpmath.mp.prec
         self.gc_threshold = gc.get_threshold()
+        import faulthandler
         import warnings
 
+        self.faulthandler = faulthandler
         self.warnings = warnings
         self.warning_filters = list(warnings.filters)
         self.fds = set(os.listdir("/proc/self/fd"))
@@ -193,6 +197,12 @@ class _State:
             self.warnings._filters_mutated()
         if not gc.isenabled():
             gc.enable()
+        if gc.callbacks:
+            gc.callbacks.clear()
+        if gc.get_debug():
+            gc.set_debug(0)
+        if self.faulthandler.is_enabled():
+            self.faulthandler.disable()
         if gc.get_threshold() != self.gc_threshold:
             gc.set_threshold(*self.gc_threshold)
         return clean
@@ -253,6 +263,12 @@ def _receive(fd: int) -> dict:
     return json.loads(_read_exact(fd, n))
 
 
+def _audit(event: str, args: tuple) -> None:
+    """Installed first: a program cannot add audit hooks, which nothing could remove."""
+    if event == "sys.addaudithook":
+        raise RuntimeError("audit hooks are reserved by the executor's worker")
+
+
 def _load_sibling(name: str):
     """Import a module beside this file without putting this package's directory on sys.path."""
     import importlib.util
@@ -303,6 +319,7 @@ def _setup(settings: dict) -> tuple[dict, _State]:
                 report.update(apply())
             except OSError as e:
                 report.setdefault("unavailable", []).append(_one_line(e))
+    sys.addaudithook(_audit)
     state = _State(settings["watch"], scratch)
     gc.collect()
     gc.freeze()  # preloaded objects leave the collector's generations: later collections are cheap

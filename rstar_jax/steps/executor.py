@@ -18,24 +18,39 @@ Limits, and who enforces them:
 * memory: ``RLIMIT_AS`` = what the worker had mapped after its imports + `memory_mb`;
   allocations beyond it raise ``MemoryError`` in the program; a worker whose resident memory
   grew by more than `max_rss_growth_mb` is retired after its program;
-* processes, threads, exec, sockets, signals to other processes, raising limits, namespaces,
-  ptrace: a seccomp filter (x86_64, aarch64) makes them fail with EPERM;
-* files: Landlock lets a worker read only the Python installation, system libraries and /etc,
-  and write only beneath its own scratch directory (its cwd, ``HOME`` and ``TMPDIR``), which
-  is emptied after every program; ``RLIMIT_FSIZE`` caps a file's size;
+* processes, threads, exec, sockets, signals to other processes, raising limits, changing
+  any process's priority or scheduling, memfd, namespaces and mounts, ptrace: a seccomp filter
+  (x86_64, aarch64) makes them fail with EPERM;
+* files: Landlock lets a worker read only the Python installation, system libraries and the
+  loader's and time zone files in /etc, and write only beneath its own scratch directory (its
+  cwd, ``HOME`` and ``TMPDIR``) and to /dev/null; the scratch directory is emptied after every
+  program; ``RLIMIT_FSIZE`` caps the size of each file (not their total);
 * the next program: builtins and the namespaces of preloaded modules, ``sys`` hooks and paths,
   signal handlers and timers, the environment, cwd, umask, open descriptors, warning filters,
-  numpy's error and print settings, the decimal context, mpmath's precision and sympy's global
-  parameters are put back after every program; a worker is retired after
-  `max_programs_per_worker` programs, or when putting things back fails.
+  gc callbacks and debug flags, faulthandler, numpy's error and print settings, the decimal
+  context, mpmath's precision and sympy's global parameters are put back after every program;
+  programs cannot add audit hooks; a worker is retired after `max_programs_per_worker`
+  programs, or when putting things back fails.
 
-What a determined program can still do: read any file beneath the allowlisted directories;
-change state not listed above inside the worker (say, a class attribute deep in sympy), which
-lasts until the worker is retired; write to the worker's reply pipe, which can only spoil its
-own result (a reply must carry the request's random nonce, anything malformed retires the
-worker).  Where the kernel lacks Landlock or the machine is another architecture, `sandbox`
-reports what is missing: the process limits, timeouts and state resets still apply, but file
-writes and process creation are then only as restricted as the user the parent runs as.
+Linux only.  What the sandbox does not stop, honestly:
+
+* Reuse is what makes the pool fast (a fork per program costs 3-9 ms here, against about
+  0.3 ms for a program in a warm worker), and it means a program shares its interpreter with
+  the worker's own code.  A determined program (ctypes, frame introspection, the worker's
+  globals) can take the worker over, and then forge or change the results of the programs
+  that worker runs after it, until the worker is retired (`max_programs_per_worker`), killed
+  by a timeout or crashes.  It cannot lift the kernel's limits, reach the parent or the other
+  workers, or write outside its scratch directory.  Code written by a policy model does not
+  do this by accident; lower `max_programs_per_worker` to bound the damage where programs
+  are adversarial.
+* State the list above does not cover (say, a class attribute deep inside sympy) stays
+  changed for the worker's later programs, as above.
+* Reads are allowed beneath the allowlisted directories: the Python installation (and the
+  rest of /usr) can be read.
+* Where the kernel lacks Landlock (or ABI < 6, for signal scoping) or the machine is another
+  architecture, `sandbox` reports what is missing: process limits, timeouts and state resets
+  still apply, but file access and process creation are then only as restricted as the user
+  the parent runs as.
 """
 
 from __future__ import annotations
@@ -63,6 +78,9 @@ _WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_worker.py")
 _MAX_REPLY_BYTES = 1 << 20
 _STARTUP_TIMEOUT_S = 120.0
 _DEPTH = 2  # requests in flight per worker
+# A second request is queued only if it fits in the pipe buffer with room to spare, so writing
+# it can never block while the worker is busy with the first.
+_MAX_QUEUED_BYTES = 16 * 1024
 
 PRELOAD = (
     "math", "cmath", "fractions", "decimal", "itertools", "functools", "collections", "random",
@@ -73,8 +91,8 @@ PRELOAD = (
 WATCH = (
     "builtins", "os", "sys", "math", "cmath", "fractions", "decimal", "itertools", "functools",
     "operator", "collections", "random", "statistics", "re", "string", "numpy", "numpy.linalg",
-    "numpy.random", "sympy", "scipy", "scipy.special", "scipy.optimize", "scipy.integrate",
-    "scipy.linalg",
+    "numpy.random", "warnings", "gc", "sympy", "scipy", "scipy.special", "scipy.optimize",
+    "scipy.integrate", "scipy.linalg",
 )  # fmt: skip
 # First-use costs (sympy's caches and assumptions, numpy's printing) paid before any timing.
 WARMUP = """
@@ -85,9 +103,12 @@ sympy.simplify(sympy.sin(x) ** 2 + sympy.cos(x) ** 2)
 sympy.factorint(360); sympy.Rational(1, 3) + sympy.sqrt(8); sympy.N(sympy.pi, 20)
 str(numpy.arange(6).reshape(2, 3) / 7); numpy.linalg.solve(numpy.eye(2), numpy.ones(2))
 """
-# Read-only for programs; the worker adds its sys.path and prefixes.
-READ_DIRS = ("/usr", "/lib", "/lib64", "/etc", "/dev/null", "/dev/zero", "/dev/urandom",
-             "/sys/devices/system/cpu")  # fmt: skip
+# Read-only for programs; the worker adds its sys.path and prefixes. Of /etc, only what the
+# dynamic loader and time zones need (not, say, /etc/shadow).
+READ_DIRS = (
+    "/usr", "/lib", "/lib64", "/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d",
+    "/etc/localtime", "/etc/timezone", "/dev/zero", "/dev/urandom", "/sys/devices/system/cpu",
+)  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,6 +130,7 @@ class _Worker:
     report: dict | None = None  # the sandbox report, once the worker is ready
     tasks: collections.deque = dataclasses.field(default_factory=collections.deque)  # (id, nonce)
     deadline: float = 0.0  # for the first of `tasks`, the one running
+    started: float = dataclasses.field(default_factory=time.monotonic)
 
     @property
     def ready(self) -> bool:
@@ -150,6 +172,9 @@ class CodeExecutor:
                             ("max_programs_per_worker", max_programs_per_worker)):  # fmt: skip
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"CodeExecutor: {name} must be a positive int, got {value!r}")
+        if max_output_chars * 12 + 4096 > _MAX_REPLY_BYTES:  # JSON escapes up to 12 bytes/char
+            raise ValueError(f"CodeExecutor: max_output_chars must be at most "
+                             f"{(_MAX_REPLY_BYTES - 4096) // 12}, got {max_output_chars}")  # fmt: skip
         if not timeout_s > 0:
             raise ValueError(f"CodeExecutor: timeout_s must be > 0 seconds, got {timeout_s!r}")
         self.num_workers, self.timeout_s = num_workers, float(timeout_s)
@@ -166,7 +191,8 @@ class CodeExecutor:
             "warmup": WARMUP,
             "read_dirs": list(READ_DIRS),
         }
-        self._root = tempfile.mkdtemp(prefix="rstar-executor-")
+        _remove_stale_roots()
+        self._root = tempfile.mkdtemp(prefix=f"{_ROOT_PREFIX}{os.getpid()}-")
         self._count = 0
         self._lock = threading.Lock()
         self._selector = selectors.DefaultSelector()
@@ -177,6 +203,7 @@ class CodeExecutor:
         self._spares: list[_Worker] = []
         self._closed = False
         self._batch: _Batch | None = None
+        self._start_failures = 0
         self._finalizer = weakref.finalize(
             self, _shutdown, self._workers, self._spares, self._spawner, self._root
         )
@@ -212,7 +239,8 @@ class CodeExecutor:
     def close(self) -> None:
         """Stop every worker (none left running or unreaped) and remove the scratch space."""
         self._closed = True
-        self._finalizer()
+        with self._lock:  # after a `run` in another thread finishes
+            self._finalizer()
 
     def __enter__(self) -> Self:
         return self
@@ -278,23 +306,36 @@ class CodeExecutor:
                     # Two requests in flight per worker: the next program is waiting in the
                     # pipe when one finishes, so a worker never idles on this loop.
                     while batch.queue and worker.ready and len(worker.tasks) < _DEPTH:
-                        self._send(worker, batch.queue.popleft())
+                        if not self._send(worker, batch.queue[0]):
+                            break
+                        batch.queue.popleft()
                 deadlines = [w.deadline for w in self._workers if w.tasks]
                 wait = max(min(deadlines) - time.monotonic(), 0.0) if deadlines else 1.0
                 self._poll(wait)
                 self._expire()
                 if bar is not None:
                     bar.update(len(programs) - batch.remaining - bar.n)
+        except BaseException:
+            # Interrupted (Ctrl-C, a startup failure): replies still on their way would land
+            # in the next batch, so the busy workers go.
+            for worker in list(self._workers):
+                if worker.tasks:
+                    worker.tasks.clear()
+                    self._retire(worker)
+            raise
         finally:
             self._batch = None
             if bar is not None:
                 bar.close()
         return batch.results  # type: ignore[return-value]
 
-    def _send(self, worker: _Worker, index: int) -> None:
+    def _send(self, worker: _Worker, index: int) -> bool:
+        """Send program `index` to `worker`; False (nothing sent) if it must wait for idle."""
         nonce = secrets.token_hex(8)
         code = self._batch.programs[index]
         data = json.dumps({"id": index, "nonce": nonce, "code": code}).encode()
+        if worker.tasks and len(data) > _MAX_QUEUED_BYTES:
+            return False
         if not worker.tasks:
             worker.deadline = time.monotonic() + self.timeout_s
         worker.tasks.append((index, nonce))
@@ -302,6 +343,7 @@ class CodeExecutor:
             worker.proc.stdin.write(struct.pack(">I", len(data)) + data)
         except OSError:
             pass  # it died; the read side reports it
+        return True
 
     def _poll(self, timeout: float) -> None:
         """Read and act on whatever workers sent."""
@@ -326,12 +368,13 @@ class CodeExecutor:
     def _handle(self, worker: _Worker, message: bytes) -> None:
         try:
             reply = json.loads(message)
-        except ValueError:
+        except Exception:  # noqa: BLE001 - anything unparsable (RecursionError included)
             reply = {}
         if not isinstance(reply, dict):
             reply = {}
         if not worker.ready and isinstance(reply.get("ready"), dict):
             worker.report = reply["ready"]
+            self._start_failures = 0
             return
         head = worker.tasks[0] if worker.tasks else None
         valid = (
@@ -351,15 +394,32 @@ class CodeExecutor:
     def _died(self, worker: _Worker) -> None:
         code = worker.proc.wait()
         if not worker.ready:
-            raise RuntimeError(f"executor worker failed to start (exit status {code})"
-                               f"{_log_tail(worker)}")  # fmt: skip
+            # Failed while starting. Once is chance (say the OOM killer during imports): start
+            # another. Twice in a row is the setup: say why.
+            self._start_failures += 1
+            if self._start_failures >= 2:
+                raise RuntimeError(f"executor worker failed to start (exit status {code})"
+                                   f"{_log_tail(worker)}")  # fmt: skip
+            self._replace_unstarted(worker)
+            return
         how = (
             f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
         )
         self._fail(worker, f"WorkerDied: the program's worker {how}")
 
+    def _replace_unstarted(self, worker: _Worker) -> None:
+        self._selector.unregister(worker.proc.stdout)
+        _kill(worker)
+        shutil.rmtree(worker.scratch, ignore_errors=True)
+        group = self._spares if worker in self._spares else self._workers
+        group[group.index(worker)] = self._start()
+
     def _expire(self) -> None:
         now = time.monotonic()
+        for worker in self._workers + self._spares:
+            if not worker.ready and now - worker.started > _STARTUP_TIMEOUT_S:
+                raise RuntimeError(f"executor worker did not start in {_STARTUP_TIMEOUT_S:.0f} s"
+                                   f"{_log_tail(worker)}")  # fmt: skip
         for worker in list(self._workers):
             if worker.tasks and worker.deadline <= now:
                 self._fail(
@@ -368,10 +428,8 @@ class CodeExecutor:
 
     def _fail(self, worker: _Worker, error: str | None) -> None:
         """Replace a worker; its running program gets `error`, its queued ones run elsewhere."""
-        if worker in self._spares:  # a spare died before it was ever used: replace it
-            self._selector.unregister(worker.proc.stdout)
-            _kill(worker)
-            self._spares[self._spares.index(worker)] = self._start()
+        if worker in self._spares:  # a spare failed before it was ever used: replace it
+            self._replace_unstarted(worker)
             return
         tasks = list(worker.tasks)
         self._retire(worker)
@@ -380,6 +438,20 @@ class CodeExecutor:
         if error is not None:
             self._batch.finish(tasks.pop(0)[0], ExecResult(False, "", error))
         self._batch.queue.extendleft(index for index, _ in reversed(tasks))
+
+
+_ROOT_PREFIX = "rstar-executor-"
+
+
+def _remove_stale_roots() -> None:
+    """Remove scratch space left by pools whose process was killed (the name holds its pid)."""
+    base = tempfile.gettempdir()
+    for name in os.listdir(base):
+        if not name.startswith(_ROOT_PREFIX):
+            continue
+        pid = name[len(_ROOT_PREFIX) :].split("-")[0]
+        if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+            shutil.rmtree(os.path.join(base, name), ignore_errors=True)
 
 
 def _kill(worker: _Worker) -> None:
