@@ -14,6 +14,7 @@ _EXPORTS = {
     "CodeExecutor": "rstar_jax.steps.executor",
     "ExecResult": "rstar_jax.steps.executor",
     "extract_boxed": "rstar_jax.steps.format",
+    "is_equivalent": "rstar_jax.steps.grading",
 }
 __all__ = list(_EXPORTS)  # imported lazily, below
 

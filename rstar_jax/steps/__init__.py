@@ -18,6 +18,7 @@ from rstar_jax.steps.format import (
     split_steps,
     step_code,
 )
+from rstar_jax.steps.grading import is_equivalent, is_equivalent_batch, normalize_answer
 
 __all__ = [
     "STEP_TOKENS",
@@ -31,6 +32,9 @@ __all__ = [
     "extract_answer",
     "extract_boxed",
     "insert_output",
+    "is_equivalent",
+    "is_equivalent_batch",
+    "normalize_answer",
     "policy_prompt",
     "split_steps",
     "step_code",

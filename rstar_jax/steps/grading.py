@@ -1,0 +1,882 @@
+r"""Answer grading: is a predicted final answer equivalent to the reference answer?
+
+rStar-Math (section 8) grades with exact match, else a battery of equivalence checks (numbers
+within relative tolerance 1e-4, percent x100 / /100, tuples, intervals, matrices, equations,
+sympy on parsed LaTeX) tried in both orders, then multiple-choice handling. This module does
+the same with its own MATH-style normaliser, a few cheap decisive checks, and math-verify
+(``math_verify.parse`` / ``math_verify.verify``) plus sympy for everything symbolic.
+
+Pipeline of ``is_equivalent(pred, ref)``; the first stage that can decide, decides:
+
+0. Coerce. Non-strings are False (ints and floats are formatted; a list or tuple of strings is
+   a set of acceptable alternatives, as in four MATH_test rows). The two arguments are put in
+   a canonical (sorted) order before anything else, so ``is_equivalent(a, b)`` and
+   ``is_equivalent(b, a)`` run the very same computation: symmetric by construction.
+   Whole-pair results are kept in an LRU cache.
+1. Exact match of the stripped strings.
+2. Normalise both (``normalize_answer``): last ``\boxed{}`` content, ``$``/``\$`` and
+   ``\(``/``\[`` wrappers, ``\left``/``\right``, ``\dfrac``/``\tfrac`` -> ``\frac``, spacing
+   commands, degrees, ``\%``/"percent" -> ``%``, trailing units (``\text{ cm}``,
+   ``\mbox{ inches}^2``, "5 apples", "22.1cm^2"), other ``\text{..}`` unwrapped, a single
+   ``x =`` / ``\theta =`` prefix, ``\frac12``/``\sqrt2`` shorthand. Then compare with all spaces removed,
+   and case-insensitively when both are plain words ("Friday", "\text{odd}").
+3. Multiple choice. "(A)", "A", "\text{(A)}", "A)", "(A) 12" are letter A; letters decide
+   when either side is a single letter. Letter sets ("\text{ACF}" vs "A, C, F") compare as sets.
+4. Plain numbers (integers, decimals, 1e3, a/b, \frac{a}{b}, 3\times10^{5}, 0.1\overline{6}, %, and
+   thousands separators: "1,000" and "15,\!000" are numbers, while "(1,2)" is a tuple and
+   "70,110" is both 70110 and the list 70, 110, as MATH uses it both ways) are
+   compared with exact rational arithmetic: two exact numbers must be equal; if either has
+   a decimal point, |a - b| <= 1e-4 * max(|a|, |b|) (inclusive, so "0.3333" == "\frac13",
+   whose relative error is exactly 1e-4, while "0.333" is not). Percent: if only one side
+   carries %, the other may equal it with or without the /100 ("50\%" == "50" == "0.5",
+   "50" != "0.5"); the reference grader rescales even without a % sign, we do not.
+   Two exact integers are never "close": "27649" != "27648".
+5. Structures, split at top-level commas and compared element by element through stages
+   2-6: matrices (pmatrix/bmatrix/array, shape must match; a single row or column also
+   matches a tuple), sets ``\{..\}`` and bare lists "1, -2" (any order; "1 \pm \sqrt2" is a
+   list of two), tuples and vectors (order matters; "(1,2)" also equals the bare "1,2", in
+   order), intervals (bracket kinds must match: "[1,2)" != "[1,2]"), unions of intervals (any
+   order of the pieces). A base subscript must match: "2516_8" == "2516" != "2516_{10}".
+6. Symbolic, only for strings of at most ``MAX_SYMBOLIC_CHARS``: math-verify parses the
+   normalised strings with LaTeX and plain-expression extraction (LRU cached, so the reference of an MCTS rollout is parsed once); parsed
+   expressions that would be expensive to evaluate (numeric powers with exponent above
+   1e4, factorials above 5000, sums/products/integrals/limits, more than 2000 nodes) are
+   dropped; then ``verify`` is called in both orders, and two closed-form numbers one of
+   which is a decimal are compared with the same 1e-4 relative tolerance ("8.9443" ==
+   "4\sqrt5", which math-verify's 6-digit rounding rejects). Equations like "y = 2x+3" vs
+   "y=3+2x" reach this stage as "2x+3" vs "3+2x" (the prefix is stripped in stage 2). If
+   that fails, the raw strings get the same treatment, but only when math-verify could not
+   read a normalised one or one side is still an equation ("y=2x+3" vs "2x-y+3=0").
+
+What bounds time, honestly:
+
+* Inputs longer than ``MAX_INPUT_CHARS`` are only compared by exact match (stage 1).
+  Normalisation is linear-time string and regex work on the rest (checked against
+  adversarial 10k-character inputs: well under 0.1 s).
+* Stages 1-5 do no symbolic algebra; numbers are parsed by our own regexes with capped
+  exponents, so "1e999999" cannot blow up.
+* Stage 6 only sees strings of at most ``MAX_SYMBOLIC_CHARS`` and screened expressions (see
+  above). The screen is what keeps big-integer arithmetic ("9^{9^9}", "100000!") from
+  running at all: nothing can interrupt it, as it runs in C.
+* Every pair that reaches stage 6 runs under one deadline of ``TIME_LIMIT_SECONDS`` of wall
+  time, in any thread: a watchdog thread raises an exception in the grading thread through
+  CPython's ``PyThreadState_SetAsyncExc`` (again every 50 ms while the pair is still being
+  graded); on expiry the answer is False. Like a signal handler, this interrupts between bytecodes only, so it
+  bounds sympy's pure-Python work (simplify, solve), and the screen covers the C parts. On
+  a Python without ``ctypes.pythonapi`` there is no deadline, only the caps and the screen.
+* We deliberately do not use math-verify's own timeouts (``signal.alarm``): they only work
+  in the main thread, take whole seconds, would be armed separately for each parse and each
+  comparison (several times the limit for one pair) and would replace any SIGALRM handler
+  of the host program. math-verify is always called with its timeouts disabled.
+
+The deadline is wall time, so a slow pair can come out differently on a loaded machine (many
+grading threads share the GIL); the pair cache at least keeps repeated calls (either
+order) consistent within a process. Caches: pairs, normalised strings and parses of short
+inputs only (``_CACHE_MAX_CHARS``), so memory stays bounded whatever the input.
+
+Input is a final answer, not a whole solution: a ``\boxed{}`` is unwrapped (the last one),
+but no answer is extracted from prose.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import re
+import threading
+import time
+from collections.abc import Sequence
+from fractions import Fraction
+
+import sympy
+from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
+
+__all__ = ["clear_caches", "is_equivalent", "is_equivalent_batch", "normalize_answer"]
+
+MAX_INPUT_CHARS = 10_000  # longer: exact match only
+MAX_SYMBOLIC_CHARS = 400  # longer (after normalisation): no sympy
+MAX_ELEMENTS = 64  # tuples / sets / matrices with more elements are compared as strings
+TIME_LIMIT_SECONDS = 3.0  # deadline per pair, any thread (see the module docstring)
+_CACHE_MAX_CHARS = 1_000  # longer strings are not cached (bounded memory)
+REL_TOL = Fraction(1, 10_000)
+_MAX_EXPONENT = 10_000  # powers of a number or a symbol with a larger exponent are not evaluated
+_MAX_COMPOUND_EXPONENT = 64  # (x+1)^n, (1+\sqrt2)^n: expansion grows fast
+_MAX_FACTORIAL = 5_000
+_MAX_NODES = 2_000
+
+# ----------------------------------------------------------------------------------------------
+# Normalisation
+# ----------------------------------------------------------------------------------------------
+
+
+def _group_end(s: str, i: int) -> int:
+    """Index just after the brace group opening at s[i] == '{', or -1 if it never closes."""
+    depth = 0
+    for j in range(i, len(s)):
+        c = s[j]
+        if c == "{" and (j == 0 or s[j - 1] != "\\"):
+            depth += 1
+        elif c == "}" and (j == 0 or s[j - 1] != "\\"):
+            depth -= 1
+            if depth == 0:
+                return j + 1
+    return -1
+
+
+def _last_boxed(s: str) -> str:
+    """Content of the last \\boxed{...} / \\fbox{...}, or s itself."""
+    start = max(s.rfind("\\boxed"), s.rfind("\\fbox"))
+    if start < 0:
+        return s
+    i = s.find("{", start)
+    if i < 0 or s[start:i].strip() not in ("\\boxed", "\\fbox"):
+        return s
+    end = _group_end(s, i)
+    return s[i + 1 : end - 1] if end > 0 else s[i + 1 :]
+
+
+_TEXT_CMD = re.compile(
+    r"\\(?:text(?:normal|bf|it|rm|sf|tt|up)?|mbox|mathrm|mathbf|mathit|mathsf)\s*(?=\{)"
+)
+_UNIT_CMD = re.compile(r"\\(?:text(?:normal|rm|up)?|mbox|mathrm)\s*$")
+_UNIT_CHARS = re.compile(r"^[A-Za-z~\s.\-/^{}\d]*$")
+_SUPERSCRIPT_TAIL = re.compile(r"^\s*(?:\^\s*\{?\s*[23]\s*\}?)?\s*\.?\s*$")
+_SINGLE_LETTER_UNITS = set("mgshlLNJWVK")
+_GLUED_UNITS = (
+    r"cm|mm|km|kg|mg|ml|mL|ft|yd|mph|kph|km/h|m/s|sec|min|hrs?|lbs?|oz|sq\s*ft|sq\s*m|"
+    r"units?|cents?|dollars?|degrees?|inches|meters?|metres?"
+)
+_GLUED_UNIT_RE = re.compile(
+    rf"^(?P<val>[-+]?(?:\d[\d,]*(?:\.\d+)?|\.\d+))\s*(?:{_GLUED_UNITS})\s*(?:\^\s*\{{?[23]\}}?)?$"
+)
+_UNIT_TOKEN = re.compile(r"^[A-Za-z]+(?:[.\-/][A-Za-z]*)*(?:\^\{?[23]\}?)?$")
+_DEGREES = re.compile(
+    r"(?:\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|\\circ|°|\\degree|\s+degrees?|(?<=\d)degrees?)\s*(?=$|,|\))"
+)
+_SET_BUILDER = re.compile(r"^\\\{\s*[A-Za-z]\s*(?:\||\\mid)\s*(.+)\\\}$")
+_BASE = re.compile(r"^(-?[0-9A-Z]+)_\{?(\d{1,2})\}?$")
+_INNER_DEGREES = re.compile(r"(?<![\d.])(\d+(?:\.\d+)?)\s*\^\s*(?:\{\s*\\circ\s*\}|\\circ)")
+_PREFIX_VAR = re.compile(
+    r"^\s*(?:[A-Za-z](?:_\{?[A-Za-z0-9]+\}?)?(?:\s*\(\s*[a-z]\s*\))?|\\[A-Za-z]+)\s*=(?![=<>])\s*"
+)
+_PREFIX_IN = re.compile(r"^\s*[A-Za-z]\s*\\in(?![A-Za-z])\s*")
+_THOUSANDS = re.compile(r"^[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
+_SPACING = re.compile(r"(?<!\\)\\[,;:> ]|\\q?quad\b|~|\\displaystyle|\\textstyle")
+_LEFT_RIGHT = re.compile(
+    r"\\(?:left|right|bigl|bigr|Bigl|Bigr|biggl|biggr|big|Big|bigg|Bigg)(?![A-Za-z])\s*(\.)?"
+)
+_FRAC_SHORT = [
+    (re.compile(r"\\frac\s*(\d)\s*(\d)"), r"\\frac{\1}{\2}"),
+    (re.compile(r"\\frac\s*(\d)\s*(?=\{)"), r"\\frac{\1}"),
+    (re.compile(r"\\frac\s*(\\[A-Za-z]+)\s*(\d)"), r"\\frac{\1}{\2}"),
+    (re.compile(r"(\\frac\s*\{[^{}]*\})\s*(\d|\\[A-Za-z]+|[A-Za-z])"), r"\1{\2}"),
+    (re.compile(r"\\sqrt\s*(\d|\\[A-Za-z]+|[A-Za-z])"), r"\\sqrt{\1}"),
+]
+_WORDS_RE = re.compile(r"^[A-Za-z]+(?: [A-Za-z]+)*$")
+
+
+def _strip_text_groups(s: str) -> str:
+    r"""Drop trailing unit-like \text{..} groups after some content; unwrap all other ones."""
+    for _ in range(3):  # "5 \text{ m}/\text{s}" style tails, at most a few
+        matches = list(_TEXT_CMD.finditer(s))
+        if not matches:
+            break
+        m = matches[-1]
+        end = _group_end(s, m.end())
+        if end < 0:
+            break
+        content = s[m.end() + 1 : end - 1]
+        before = s[: m.start()].strip()
+        if (
+            before
+            and _UNIT_CMD.match(s[m.start() : m.end()])
+            and _SUPERSCRIPT_TAIL.match(s[end:])
+            and _is_unit_words(content)
+            and not before.endswith(("=", "(", ",", "{", "+", "-"))
+        ):
+            s = before.rstrip("/\\ ")
+            continue
+        break
+    out, pos = [], 0
+    for m in _TEXT_CMD.finditer(s):
+        if m.start() < pos:
+            continue
+        end = _group_end(s, m.end())
+        if end < 0:
+            break
+        out.append(s[pos : m.start()])
+        out.append(s[m.end() + 1 : end - 1])
+        pos = end
+    out.append(s[pos:])
+    return "".join(out)
+
+
+def _is_unit_words(text: str) -> bool:
+    """Words that read like a unit: "cm", " square units", "m/s", "~kg"; not "i", "and"."""
+    if not _UNIT_CHARS.match(text):
+        return False
+    words = re.findall(r"[A-Za-z]+", text)
+    return bool(words) and all(
+        (len(w) > 1 or w in _SINGLE_LETTER_UNITS) and w.lower() not in ("and", "or") for w in words
+    )
+
+
+def _strip_trailing_units(s: str) -> str:
+    """ "5 cm", "99\\pi square inches", "22.1cm^2" -> the value. The value must have no bare
+    letters (letters only inside \\commands) and end like a number."""
+    m = _GLUED_UNIT_RE.match(s)
+    if m:
+        return m.group("val")
+    tokens = s.split(" ")
+    k = len(tokens)
+    while k > 1 and (_UNIT_TOKEN.match(tokens[k - 1]) or (  # "N - m": a joiner between unit words
+            tokens[k - 1] in ("-", "/") and k > 2 and _UNIT_TOKEN.match(tokens[k - 2]))):
+        k -= 1
+    value, unit = " ".join(tokens[:k]), " ".join(tokens[k:])
+    bare = re.sub(r"\\[A-Za-z]+", "", value)
+    if (unit and _is_unit_words(unit) and not re.search(r"[A-Za-z]", bare)
+            and re.search(r"(?:\d|\\pi|\})\s*%?$", value)):
+        return value
+    return s
+
+
+def normalize_answer(answer: str) -> str:
+    r"""MATH-style normal form of one answer string ("" for non-strings or inputs over
+    ``MAX_INPUT_CHARS``). Meaning-preserving up to the deliberate liberties documented in the
+    module docstring (units, "x =" prefixes, degrees dropped; percent kept as a trailing %)."""
+    if not isinstance(answer, str) or len(answer) > MAX_INPUT_CHARS:
+        return ""
+    if len(answer) > _CACHE_MAX_CHARS:
+        return _normalize_uncached(answer)
+    return _normalize(answer)
+
+
+def _normalize_uncached(answer: str) -> str:
+    s = _last_boxed(answer.strip())
+    s = s.replace("\n", " ").replace("\t", " ").replace("\r", " ")
+    s = s.replace("\\$", "").replace("$", "")
+    s = re.sub(r"^\\[\[(]|\\[\])]$", "", s.strip())
+    s = s.replace("\\!", "")
+    s = _SPACING.sub(" ", s)
+    s = _LEFT_RIGHT.sub("", s)
+    s = re.sub(r"\s+", " ", s)  # early: single spaces keep the \s* patterns below linear
+    s = re.sub(r"\\[dtc]frac", r"\\frac", s)
+    s = re.sub(r"\\(?:leqslant|leq)(?![A-Za-z])", r"\\le", s)
+    s = re.sub(r"\\(?:geqslant|geq)(?![A-Za-z])", r"\\ge", s)
+    s = re.sub(r"\\(?:neq)(?![A-Za-z])", r"\\ne", s)
+    s = re.sub(r"\\(?:varnothing)(?![A-Za-z])", r"\\emptyset", s)
+    s = re.sub(r"\\infinity|(?<![\\A-Za-z])inf(?:inity)?(?![A-Za-z])", r"\\infty", s)
+    s = re.sub(r"\+\s*\\infty", r"\\infty", s)
+    if not re.search(r"\\(?:sin|cos|tan|cot|sec|csc)(?![a-z])", s):
+        s = _DEGREES.sub("", s)  # "60^\circ" is the number 60 ...
+    s = _INNER_DEGREES.sub(r"(\\frac{\1\\pi}{180})", s)  # ... but in "\sin 45^\circ" it is pi/4
+    s = re.sub(r"\\%|\s*\bper\s?cent(?:age)?\b", "%", s)
+    s = s.replace("{,}", ",")
+    s = _strip_text_groups(s)
+    s = re.sub(r"^\s*\\approx", "", s)
+    m = _SET_BUILDER.match(s.strip())
+    if m and _split_top(m.group(1)) == [m.group(1).strip()]:  # {x | x > 0} -> x > 0
+        s = m.group(1)
+    s = re.sub(r"\s+", " ", s).strip()
+    s = (
+        re.sub(r"\s*(?:,\s*)?\b(?:and|or)\b\s*", ", ", s)
+        if re.search(r"\S\s+(?:and|or)\s+\S", s)
+        else s
+    )
+    if s.count("=") == 1:
+        s = _PREFIX_VAR.sub("", s, count=1)
+    s = _PREFIX_IN.sub("", s, count=1)
+    s = _strip_trailing_units(s)
+    for pattern, repl in _FRAC_SHORT:
+        s = pattern.sub(repl, s)
+    s = s.strip().rstrip(".").strip()
+    if s.startswith("+") and len(s) > 1:
+        s = s[1:]
+    return s
+
+
+_normalize = functools.lru_cache(maxsize=16384)(_normalize_uncached)
+
+
+def _key(s: str) -> str:
+    return re.sub(r"\s+", "", s)
+
+
+# ----------------------------------------------------------------------------------------------
+# Multiple choice
+# ----------------------------------------------------------------------------------------------
+
+_CHOICE_SINGLE = re.compile(r"^\(?([A-Z])\)?[.:]?$|^\(([A-Z])\)\s*\S.*$|^([A-J])[.):]\s+\S.*$")
+_CHOICE_SET = re.compile(r"^\(?[A-H]\)?(?:\s*,?\s*\(?[A-H]\)?)+$")
+
+
+def _choice(s: str) -> str | frozenset | None:
+    """A single choice letter, a set of several letters, or None."""
+    if _CHOICE_SET.match(s):
+        letters = re.findall(r"[A-H]", s)
+        if len(set(letters)) == len(letters):
+            return frozenset(letters)
+    m = _CHOICE_SINGLE.match(s)
+    if m:
+        return next(g for g in m.groups() if g)
+    return None
+
+
+# ----------------------------------------------------------------------------------------------
+# Plain numbers
+# ----------------------------------------------------------------------------------------------
+
+_NUM = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)"
+_DECIMAL_RE = re.compile(rf"^({_NUM})(?:[eE]([-+]?\d{{1,3}}))?$")
+_SLASH_RE = re.compile(rf"^({_NUM})\s*/\s*({_NUM})$")
+_FRAC_RE = re.compile(rf"^([-+]?)\\frac\{{\s*({_NUM})\s*\}}\{{\s*({_NUM})\s*\}}$")
+_REPEATING_RE = re.compile(r"^([-+]?)(\d*)\.(\d*)\\overline\{(\d{1,20})\}$")
+_SCI_RE = re.compile(
+    rf"^({_NUM})\s*(?:\\times|\\cdot|\*|×)\s*10\s*\^\s*\{{?\s*([-+]?\d{{1,3}})\s*\}}?$"
+)
+
+
+def _number(s: str) -> tuple[Fraction, bool, bool] | None:
+    """(value, exact, percent) of a plain number, else None. Exact means no decimal point."""
+    percent = s.endswith("%")
+    if percent:
+        s = s[:-1].strip()
+    if _THOUSANDS.match(s):
+        s = s.replace(",", "")
+    if len(s) > 80:
+        return None
+    try:
+        if m := _DECIMAL_RE.match(s):
+            value = Fraction(m.group(1)) * Fraction(10) ** int(m.group(2) or 0)
+            return value, not re.search(r"[.eE]", s), percent
+        if m := _SCI_RE.match(s):
+            return (
+                Fraction(m.group(1)) * Fraction(10) ** int(m.group(2)),
+                "." not in m.group(1),
+                percent,
+            )
+        if m := _SLASH_RE.match(s):
+            value = Fraction(m.group(1)) / Fraction(m.group(2))
+            return value, "." not in s, percent
+        if m := _REPEATING_RE.match(s):  # 0.1\overline{6} = 1/6
+            sign, whole, fixed, period = m.groups()
+            scale = Fraction(10) ** len(fixed)
+            value = int(whole or 0) + Fraction(int(fixed or 0)) / scale
+            value += Fraction(int(period), 10 ** len(period) - 1) / scale
+            return (-value if sign == "-" else value), True, percent
+        if m := _FRAC_RE.match(s):
+            value = Fraction(m.group(2)) / Fraction(m.group(3))
+            return (-value if m.group(1) == "-" else value), "." not in s, percent
+    except (ZeroDivisionError, ValueError, OverflowError):
+        return None
+    return None
+
+
+def _close(a: Fraction, b: Fraction, exact: bool) -> bool:
+    if exact:
+        return a == b
+    return abs(a - b) <= REL_TOL * max(abs(a), abs(b))
+
+
+def _numbers_equal(x: tuple[Fraction, bool, bool], y: tuple[Fraction, bool, bool]) -> bool:
+    (a, a_exact, a_pct), (b, b_exact, b_pct) = x, y
+    exact = a_exact and b_exact
+    if _close(a, b, exact):
+        return True
+    if a_pct != b_pct:  # one side is "50%": the other may be 50 or 0.5
+        pct, other = (a, b) if a_pct else (b, a)
+        return _close(pct / 100, other, exact)
+    return False
+
+
+# ----------------------------------------------------------------------------------------------
+# Structures: matrices, tuples, intervals, sets, lists
+# ----------------------------------------------------------------------------------------------
+
+_MATRIX_RE = re.compile(
+    r"^[\[(]?\s*\\begin\{([pbBvV]?matrix|array)\}(?:\{[^{}]*\})?(.*)\\end\{\1\}\s*[\])]?$", re.DOTALL
+)
+
+
+def _matrix(s: str) -> list[list[str]] | None:
+    m = _MATRIX_RE.match(s)
+    if not m or m.group(1) in ("vmatrix", "Vmatrix"):  # determinants are numbers, not matrices
+        return None
+    rows = [r for r in re.split(r"\\\\", m.group(2)) if r.strip()]
+    grid = [[c.strip() for c in r.split("&")] for r in rows]
+    if not grid or len({len(r) for r in grid}) != 1 or sum(map(len, grid)) > MAX_ELEMENTS:
+        return None
+    return grid
+
+
+def _split_top(s: str, sep: str = ",") -> list[str] | None:
+    """Split at top-level separators (outside (), [], {}); None if brackets are unbalanced."""
+    parts, depth, start, i = [], 0, 0, 0
+    while i < len(s):
+        c = s[i]
+        if c == "\\" and i + 1 < len(s) and s[i + 1] in "{}":
+            depth += 1 if s[i + 1] == "{" else -1
+            i += 2
+            continue
+        if c in "([{":
+            depth += 1
+        elif c in ")]}":
+            depth -= 1
+        elif depth == 0 and s.startswith(sep, i):
+            parts.append(s[start:i].strip())
+            start = i + len(sep)
+            i = start
+            continue
+        if depth < 0:
+            return None
+        i += 1
+    if depth != 0:
+        return None
+    parts.append(s[start:].strip())
+    return parts
+
+
+def _bracketed(s: str) -> tuple[str, str, str] | None:
+    r"""(open, inner, close) when s is one bracketed group: (..), [..], (..], \{..\}, \langle..\rangle."""
+    for lo, hi in (("\\{", "\\}"), ("\\langle", "\\rangle")):
+        if s.startswith(lo) and s.endswith(hi):
+            inner = s[len(lo) : -len(hi)]
+            if _split_top(inner) is not None:
+                return lo, inner, hi
+    if len(s) < 2 or s[0] not in "([" or s[-1] not in ")]":
+        return None
+    depth = 0
+    for i, c in enumerate(s):
+        if c in "([{":
+            depth += 1
+        elif c in ")]}":
+            depth -= 1
+            if depth == 0 and i != len(s) - 1:
+                return None  # "(1,2)\cup(3,4)" or "(a)(b)": not one group
+    return (s[0], s[1:-1], s[-1]) if depth == 0 else None
+
+
+def _expand_pm(items: list[str]) -> list[str]:
+    r""" "1 \pm \sqrt5" stands for two elements."""
+    out = []
+    for item in items:
+        if item.count("\\pm") == 1 and "\\mp" not in item:
+            out += [item.replace("\\pm", "+"), item.replace("\\pm", "-")]
+        else:
+            out.append(item)
+    return out
+
+
+def _structure(s: str):
+    """Classify s as ("matrix", grid), ("set", items), ("tuple", open, items, close),
+    ("union", pieces) or ("list", items); None for a scalar."""
+    if grid := _matrix(s):
+        return ("matrix", grid)
+    pieces = _split_top(s, "\\cup")
+    if pieces and len(pieces) > 1:
+        return ("union", pieces)
+    b = _bracketed(s)
+    if b:
+        lo, inner, hi = b
+        items = _split_top(inner)
+        if items is None or len(items) > MAX_ELEMENTS:
+            return None
+        if lo == "\\{":
+            return ("set", _expand_pm(items))
+        return ("tuple", lo, items, hi) if len(items) >= 2 else None
+    items = _split_top(s)
+    if items and all(items) and len(_expand_pm(items)) > 1 and len(items) <= MAX_ELEMENTS:
+        return ("list", _expand_pm(items))  # "1, 2" or "1 \pm \sqrt2"
+    return None
+
+
+def _match_unordered(xs: list[str], ys: list[str]) -> bool:
+    if len(xs) != len(ys):
+        return False
+    remaining = list(ys)  # cheap pass first: identical elements
+    keys = [_key(normalize_answer(y)) for y in remaining]
+    rest = []
+    for x in xs:
+        k = _key(normalize_answer(x))
+        if k in keys:
+            i = keys.index(k)
+            del keys[i], remaining[i]
+        else:
+            rest.append(x)
+    for x in rest:
+        for j, y in enumerate(remaining):
+            if _core(x, y):
+                del remaining[j]
+                break
+        else:
+            return False
+    return True
+
+
+def _match_ordered(xs: list[str], ys: list[str]) -> bool:
+    return len(xs) == len(ys) and all(_core(x, y) for x, y in zip(xs, ys))
+
+
+def _compare_structures(a, b) -> bool | None:
+    """True/False when both sides are structures that can be compared; None otherwise."""
+    if a is None or b is None:
+        return None
+    kind_a, kind_b = a[0], b[0]
+    if kind_a == "matrix" or kind_b == "matrix":
+        if kind_a == kind_b:
+            ga, gb = a[1], b[1]
+            return (
+                len(ga) == len(gb)
+                and len(ga[0]) == len(gb[0])
+                and _match_ordered([c for r in ga for c in r], [c for r in gb for c in r])
+            )
+        mat, other = (a, b) if kind_a == "matrix" else (b, a)
+        grid = mat[1]
+        if other[0] == "tuple" and (
+            len(grid) == 1 or len(grid[0]) == 1
+        ):  # a vector written as a tuple
+            return _match_ordered([c for r in grid for c in r], other[2])
+        return None
+    if kind_a == "union" and kind_b == "union":
+        return _match_unordered(a[1], b[1])
+    unordered = {"set", "list"}
+    if kind_a in unordered and kind_b in unordered:
+        return _match_unordered(a[1], b[1])
+    if kind_a == "tuple" and kind_b == "tuple":
+        (_, lo_a, xs, hi_a), (_, lo_b, ys, hi_b) = a, b
+        if len(xs) != len(ys):
+            return False
+        ends_a, ends_b = (
+            (lo_a.replace("\\langle", "("), hi_a.replace("\\rangle", ")")),
+            (lo_b.replace("\\langle", "("), hi_b.replace("\\rangle", ")")),
+        )
+        if len(xs) == 2 and ends_a != ends_b:
+            return False  # intervals with different ends: [1,2) vs [1,2]
+        return _match_ordered(xs, ys)
+    if {kind_a, kind_b} == {"set", "tuple"}:
+        return False
+    if {kind_a, kind_b} == {"list", "tuple"}:  # "(1,2)" written without its parentheses
+        tup, lst = (a, b) if kind_a == "tuple" else (b, a)
+        return tup[1] in ("(", "\\langle") and tup[3] in (")", "\\rangle") and _match_ordered(tup[2], lst[1])
+    return None
+
+
+# ----------------------------------------------------------------------------------------------
+# Symbolic stage (math-verify + sympy)
+# ----------------------------------------------------------------------------------------------
+
+_EXTRACTION = (LatexExtractionConfig(), ExprExtractionConfig())
+_UNSAFE_TYPES = (sympy.Sum, sympy.Product, sympy.Integral, sympy.Limit, sympy.Derivative)
+
+
+def _too_expensive(expr, budget: list[int]) -> bool:
+    """True if evaluating expr could take long: big numeric powers or factorials, sums,
+    integrals, limits, or just too many nodes. Children are screened before their parent, so
+    an exponent is only evaluated once known to be small."""
+    budget[0] -= 1
+    if budget[0] < 0:
+        return True
+    if isinstance(expr, sympy.MatrixBase):
+        return any(_too_expensive(e, budget) for e in expr)
+    if not isinstance(expr, sympy.Basic):
+        return False
+    if isinstance(expr, _UNSAFE_TYPES):
+        return True
+    if any(_too_expensive(arg, budget) for arg in expr.args):
+        return True
+    if isinstance(expr, sympy.Pow):
+        base, exponent = expr.args
+        if exponent.is_number and not (base.is_number and base in (0, 1, -1)):
+            simple = isinstance(base, (sympy.Number, sympy.Symbol, sympy.NumberSymbol)) or base == sympy.E
+            limit = _MAX_EXPONENT if simple else _MAX_COMPOUND_EXPONENT
+            return not abs(complex(exponent.evalf(15))) <= limit
+    if isinstance(
+        expr, (sympy.factorial, sympy.factorial2, sympy.binomial, sympy.gamma, sympy.subfactorial)
+    ):
+        return any(
+            a.is_number and not abs(complex(a.evalf(15))) <= _MAX_FACTORIAL for a in expr.args
+        )
+    return False
+
+
+@functools.lru_cache(maxsize=2048)  # only strings of <= MAX_SYMBOLIC_CHARS get here
+def _parse(s: str) -> tuple:
+    """math-verify parses of one answer, minus the ones too expensive to evaluate."""
+    text = "$" + s.replace("$", " ").replace("\n", " ") + "$"
+    parsed = parse(
+        text, extraction_config=_EXTRACTION, fallback_mode="no_fallback", parsing_timeout=None
+    )
+    exprs = (e for e in parsed if isinstance(e, (sympy.Basic, sympy.MatrixBase)) and _cheap(e))
+    return tuple(_imaginary_unit(e) for e in exprs)
+
+
+def _imaginary_unit(expr):
+    """A free symbol i is the imaginary unit (math-verify decides per string, so "0.5+0.5i"
+    got a real symbol i while "\\frac{1+i}{2}" got a complex one; both mean I)."""
+    try:
+        units = {s: sympy.I for s in expr.free_symbols if s.name == "i"}
+        return expr.xreplace(units) if units else expr
+    except Exception:  # noqa: BLE001 - keep the expression as parsed
+        return expr
+
+
+def _cheap(expr) -> bool:
+    try:
+        return not _too_expensive(expr, [_MAX_NODES])
+    except Exception:  # noqa: BLE001 - an expression sympy cannot even inspect: skip it
+        return False
+
+
+def _closed_form_close(x, y) -> bool:
+    """Both closed-form numbers, one of them a decimal, within the relative tolerance."""
+    try:
+        if not (
+            isinstance(x, sympy.Expr) and isinstance(y, sympy.Expr) and x.is_number and y.is_number
+        ):
+            return False
+        if not (x.has(sympy.Float) or y.has(sympy.Float)):
+            return False
+        a, b = complex(x.evalf(30)), complex(y.evalf(30))
+        return abs(a - b) <= float(REL_TOL) * max(abs(a), abs(b)) * (1 + 1e-12)
+    except Exception:  # noqa: BLE001 - not a number after all
+        return False
+
+
+def _symbolic(a: str, b: str) -> bool:
+    _arm_deadline()
+    xs, ys = _parse(a), _parse(b)
+    for x in xs:
+        for y in ys:
+            if verify(x, y, timeout_seconds=None) or verify(y, x, timeout_seconds=None):
+                return True
+            if _closed_form_close(x, y):
+                return True
+    return False
+
+
+# ----------------------------------------------------------------------------------------------
+# The pipeline
+# ----------------------------------------------------------------------------------------------
+
+
+def _decide(a: str, b: str) -> bool | None:
+    """Stages 2-5 on two normalised strings: True/False if decided, None to go symbolic."""
+    if not a or not b:
+        return False
+    if _key(a) == _key(b):
+        return True
+    if len(a) > 1 and _WORDS_RE.match(a) and _WORDS_RE.match(b) and a.lower() == b.lower():
+        return True
+    ca, cb = _choice(a), _choice(b)
+    if isinstance(ca, str) or isinstance(cb, str) or (ca is not None and cb is not None):
+        return ca == cb
+    ba, bb = (m if (m := _BASE.match(_key(x))) and re.search(r"\d", m.group(1)) else None for x in (a, b))
+    if ba or bb:  # "2516_8": same digits, and the same base when both give one
+        da, db = (ba.group(1) if ba else _key(a)), (bb.group(1) if bb else _key(b))
+        return da.lower() == db.lower() and not (ba and bb and int(ba.group(2)) != int(bb.group(2)))
+    na, nb = _number_of(a), _number_of(b)
+    if na is not None and nb is not None:
+        if _numbers_equal(na, nb):
+            return True
+        if "," not in a + b:
+            return False
+        # "70,110" is 70110 or the list 70, 110 (both occur as MATH answers): try the list too.
+    return _compare_structures(_structure(a), _structure(b))
+
+
+def _number_of(s: str):
+    return None if re.search(r"\d\s+\d", s) else _number(_key(s))
+
+
+def _short(a: str, b: str) -> bool:
+    return len(a) <= MAX_SYMBOLIC_CHARS and len(b) <= MAX_SYMBOLIC_CHARS
+
+
+def _core(a: str, b: str) -> bool:
+    """Stages 2-6 on two element strings (of a tuple, set, matrix...)."""
+    na, nb = normalize_answer(a), normalize_answer(b)
+    decided = _decide(na, nb)
+    if decided is not None:
+        return decided
+    return _short(na, nb) and _symbolic(na, nb)
+
+
+def _grade(a: str, b: str) -> bool:
+    """The whole pipeline on one pair of strings."""
+    if a.strip() == b.strip():
+        return bool(a.strip())
+    if len(a) > MAX_INPUT_CHARS or len(b) > MAX_INPUT_CHARS:
+        return False
+    na, nb = normalize_answer(a), normalize_answer(b)
+    decided = _decide(na, nb)
+    if decided is not None:
+        return decided
+    if _short(na, nb):
+        if _symbolic(na, nb):
+            return True
+        if _parse(na) and _parse(nb) and "=" not in na + nb:
+            return False  # read both and said no; raw strings only help with a stripped "y ="
+    # The raw strings, in case our normalisation produced something math-verify cannot read.
+    ra, rb = _last_boxed(a.strip()), _last_boxed(b.strip())
+    return (ra, rb) != (na, nb) and _short(ra, rb) and _symbolic(ra, rb)
+
+
+class _Deadline(BaseException):
+    """Raised in the grading thread when its pair runs out of time; a BaseException so that
+    the except-Exception blocks of math-verify and sympy do not swallow it."""
+
+
+def _find_set_async_exc():
+    try:
+        import ctypes  # CPython only; without it there is no deadline
+
+        return ctypes.pythonapi.PyThreadState_SetAsyncExc, ctypes.c_ulong, ctypes.py_object
+    except (ImportError, AttributeError):
+        return None
+
+
+_SET_ASYNC_EXC = _find_set_async_exc()
+_local = threading.local()
+
+
+class _Watchdog:
+    """Raises _Deadline in the thread that made it once `deadline` (time.monotonic()) has
+    passed, and again every 50 ms while that thread is still grading, in case something
+    swallows it. It works in any thread (CPython's PyThreadState_SetAsyncExc; no signals),
+    and like a signal handler it can only interrupt between bytecodes, which is why expensive
+    C-level arithmetic is screened out before sympy sees it. Armed lazily: only pairs that
+    reach sympy pay for the helper thread.
+
+    The grading thread leaves through _grade_guarded, which marks the watchdog done under
+    its lock without making a call first (calls are where an async exception lands) and, if
+    it had fired, makes one call inside its try so that a pending exception lands there and
+    not in the caller. It never clears a pending exception with a NULL PyThreadState_SetAsyncExc:
+    on CPython 3.11 that leaves the interpreter's async-exception flag set, which makes every
+    later call take the slow path and loops forever under a profiler."""
+
+    RUNNING, FIRED, DONE = range(3)
+
+    def __init__(self, deadline: float):
+        self.deadline = deadline
+        self.target = threading.get_ident()
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.state = self.RUNNING
+        self.thread = None
+
+    def arm(self) -> None:
+        if self.thread is None and _SET_ASYNC_EXC is not None:
+            self.thread = threading.Thread(target=self._run, name="grading-watchdog", daemon=True)
+            self.thread.start()
+
+    def _run(self) -> None:
+        set_async_exc, c_ulong, py_object = _SET_ASYNC_EXC
+        if self.stop.wait(max(self.deadline - time.monotonic(), 0.0)):
+            return
+        while True:
+            with self.lock:
+                if self.state == self.DONE:
+                    return
+                set_async_exc(c_ulong(self.target), py_object(_Deadline))
+                self.state = self.FIRED
+            if self.stop.wait(0.05):
+                return
+
+
+def _arm_deadline() -> None:
+    watchdog = getattr(_local, "watchdog", None)
+    if watchdog is not None:
+        watchdog.arm()
+
+
+def _land_pending_deadline() -> None:
+    """Calling this is enough: a pending async exception is raised on entry."""
+
+
+def _grade_guarded(a: str, b: str) -> bool:
+    """_grade under the deadline; False on timeout or on any error."""
+    watchdog = _Watchdog(time.monotonic() + TIME_LIMIT_SECONDS)
+    try:
+        try:
+            _local.watchdog = watchdog
+            return _grade(a, b)
+        finally:
+            _local.watchdog = None
+            with watchdog.lock:  # no call before this: nothing can land in between
+                fired = watchdog.state == watchdog.FIRED
+                watchdog.state = watchdog.DONE
+            watchdog.stop.set()
+            if fired:
+                _land_pending_deadline()
+    except _Deadline:
+        return False
+    except Exception:  # noqa: BLE001 - garbage in, False out
+        return False
+
+
+_grade_cached = functools.lru_cache(maxsize=65536)(_grade_guarded)
+
+
+def _as_alternatives(x) -> list[str] | None:
+    if isinstance(x, str):
+        return [x]
+    if isinstance(x, bool) or x is None:
+        return None
+    if isinstance(x, int) or (isinstance(x, float) and math.isfinite(x)):
+        return [repr(x)]
+    if isinstance(x, (list, tuple)) and x and all(isinstance(e, str) for e in x):
+        return list(x)
+    return None
+
+
+def is_equivalent(pred, ref) -> bool:
+    r"""Whether two final answers are mathematically the same, as rStar-Math grades them.
+
+    Symmetric; never raises (anything that is not an answer gives False); bounded time per
+    pair as described in the module docstring. A list/tuple of strings on either side is a
+    set of acceptable alternatives (any match). ``is_equivalent("0.3333", r"\frac13")`` is
+    True, ``is_equivalent("[1,2)", "[1,2]")`` is False.
+    """
+    try:
+        xs, ys = _as_alternatives(pred), _as_alternatives(ref)
+        if not xs or not ys:
+            return False
+        for x in xs:
+            for y in ys:
+                a, b = (x, y) if x <= y else (y, x)  # canonical order: symmetric by construction
+                cached = len(a) + len(b) <= _CACHE_MAX_CHARS
+                if (_grade_cached if cached else _grade_guarded)(a, b):
+                    return True
+        return False
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException:  # noqa: BLE001 - a grader must not take the caller down
+        return False
+
+
+def is_equivalent_batch(preds: Sequence, refs: Sequence) -> list[bool]:
+    """``[is_equivalent(p, r) for p, r in zip(preds, refs)]``; the lengths must match.
+    Parsed answers are cached, so grading many predictions against one reference (an MCTS
+    tree) parses the reference once."""
+    if len(preds) != len(refs):
+        raise ValueError(f"{len(preds)} predictions but {len(refs)} references")
+    return [is_equivalent(p, r) for p, r in zip(preds, refs)]
+
+
+def clear_caches() -> None:
+    """Empty the pair, parse and normalisation caches (for benchmarks and tests)."""
+    _grade_cached.cache_clear()
+    _parse.cache_clear()
+    _normalize.cache_clear()
+
+
+class _DropTimeoutWarning(logging.Filter):
+    """math-verify warns once that its timeouts are off; ours are on (see module docstring)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Timeout is disabled" not in record.getMessage()
+
+
+for _name in ("math_verify.parser", "math_verify.grader"):
+    logging.getLogger(_name).addFilter(_DropTimeoutWarning())
