@@ -8,74 +8,80 @@ the same with its own MATH-style normaliser, a few cheap decisive checks, and ma
 
 Pipeline of ``is_equivalent(pred, ref)``; the first stage that can decide, decides:
 
-0. Coerce. Non-strings are False (ints and floats are formatted; a list or tuple of strings is
-   a set of acceptable alternatives, as in four MATH_test rows). The two arguments are put in
-   a canonical (sorted) order before anything else, so ``is_equivalent(a, b)`` and
-   ``is_equivalent(b, a)`` run the very same computation: symmetric by construction.
-   Whole-pair results are kept in an LRU cache.
+0. Coerce. Non-strings are False, except ints and finite floats (formatted) and a list or
+   tuple of strings, which is a set of acceptable alternatives (four MATH_test rows have
+   one). The two strings are put in a canonical (sorted) order before anything else, so
+   ``is_equivalent(a, b)`` and ``is_equivalent(b, a)`` run the very same computation:
+   symmetric by construction. Results for short pairs are kept in an LRU cache.
 1. Exact match of the stripped strings.
-2. Normalise both (``normalize_answer``): last ``\boxed{}`` content, ``$``/``\$`` and
-   ``\(``/``\[`` wrappers, ``\left``/``\right``, ``\dfrac``/``\tfrac`` -> ``\frac``, spacing
-   commands, degrees, ``\%``/"percent" -> ``%``, trailing units (``\text{ cm}``,
-   ``\mbox{ inches}^2``, "5 apples", "22.1cm^2"), other ``\text{..}`` unwrapped, a single
-   ``x =`` / ``\theta =`` prefix, ``\frac12``/``\sqrt2`` shorthand. Then compare with all spaces removed,
-   and case-insensitively when both are plain words ("Friday", "\text{odd}").
-3. Multiple choice. "(A)", "A", "\text{(A)}", "A)", "(A) 12" are letter A; letters decide
-   when either side is a single letter. Letter sets ("\text{ACF}" vs "A, C, F") compare as sets.
-4. Plain numbers (integers, decimals, 1e3, a/b, \frac{a}{b}, 3\times10^{5}, 0.1\overline{6}, %, and
-   thousands separators: "1,000" and "15,\!000" are numbers, while "(1,2)" is a tuple and
-   "70,110" is both 70110 and the list 70, 110, as MATH uses it both ways) are
-   compared with exact rational arithmetic: two exact numbers must be equal; if either has
-   a decimal point, |a - b| <= 1e-4 * max(|a|, |b|) (inclusive, so "0.3333" == "\frac13",
-   whose relative error is exactly 1e-4, while "0.333" is not). Percent: if only one side
-   carries %, the other may equal it with or without the /100 ("50\%" == "50" == "0.5",
-   "50" != "0.5"); the reference grader rescales even without a % sign, we do not.
-   Two exact integers are never "close": "27649" != "27648".
-5. Structures, split at top-level commas and compared element by element through stages
-   2-6: matrices (pmatrix/bmatrix/array, shape must match; a single row or column also
-   matches a tuple), sets ``\{..\}`` and bare lists "1, -2" (any order; "1 \pm \sqrt2" is a
-   list of two), tuples and vectors (order matters; "(1,2)" also equals the bare "1,2", in
-   order), intervals (bracket kinds must match: "[1,2)" != "[1,2]"), unions of intervals (any
-   order of the pieces). A base subscript must match: "2516_8" == "2516" != "2516_{10}".
-6. Symbolic, only for strings of at most ``MAX_SYMBOLIC_CHARS``: math-verify parses the
-   normalised strings with LaTeX and plain-expression extraction (LRU cached, so the reference of an MCTS rollout is parsed once); parsed
-   expressions that would be expensive to evaluate (numeric powers with exponent above
-   1e4, factorials above 5000, sums/products/integrals/limits, more than 2000 nodes) are
-   dropped; then ``verify`` is called in both orders, and two closed-form numbers one of
-   which is a decimal are compared with the same 1e-4 relative tolerance ("8.9443" ==
-   "4\sqrt5", which math-verify's 6-digit rounding rejects). Equations like "y = 2x+3" vs
-   "y=3+2x" reach this stage as "2x+3" vs "3+2x" (the prefix is stripped in stage 2). If
-   that fails, the raw strings get the same treatment, but only when math-verify could not
-   read a normalised one or one side is still an equation ("y=2x+3" vs "2x-y+3=0").
+2. Normalise both (``normalize_answer``): content of the last ``\boxed{}``; ``$``, ``\$``,
+   ``\(..\)``, ``\[..\]``; ``\left``/``\right``; ``\dfrac``/``\tfrac`` -> ``\frac``; spacing
+   commands; degree signs (a trailing one is dropped; inside \sin etc. it becomes pi/180);
+   ``\%``/"percent" -> ``%``; trailing units (``\text{ cm}``, ``\mbox{ inches}^2``,
+   "5 apples", "22.1cm^2"); other ``\text{..}``/``\mbox{..}`` unwrapped; a single ``x =``,
+   ``f(x) =``, ``\theta =`` or ``x \in`` prefix; ``\{x \mid cond\}`` -> cond; ``\frac12`` and
+   ``\sqrt2`` shorthand. Compare with all spaces removed, and case-insensitively when both
+   are plain words ("Friday", "\text{odd}").
+3. Multiple choice: "(A)", "A", "\text{(A)}", "A)", "A.", "(A) 12" are letter A, and when
+   either side is a single letter the letters decide. Letter sets ("\text{ACF}" vs
+   "A, C, F") compare as sets.
+4. Base subscripts: "2516_8" == "2516", but != "2516_{10}".
+5. Plain numbers (integers, decimals, 1e3, a/b, \frac{a}{b}, 3\times10^{5},
+   0.1\overline{6}, a trailing %, thousands separators) are compared in exact rational
+   arithmetic: two exact numbers must be equal ("27649" != "27648"); if either has a decimal
+   point, |a - b| <= 1e-4 * max(|a|, |b|), inclusive, so "0.3333" == "\frac13" (relative
+   error exactly 1e-4) while "0.333" is not. Percent: if only one side carries %, the other
+   may equal it with or without the /100 ("50\%" == "50" == "0.5"); without a % sign there
+   is no rescaling ("50" != "0.5"; the reference grader would say equal). "1,000" and
+   "15,\!000" are numbers, "(1,2)" is a tuple, and "70,110" is both 70110 and the list
+   70, 110 (MATH uses it both ways).
+6. Structures, split at top-level commas, elements compared through stages 2-7: matrices
+   (pmatrix/bmatrix/array; shapes must match, a single row or column also matches a tuple),
+   sets ``\{..\}`` and bare lists "1, -2" (any order; "1 \pm \sqrt2" is a list of two),
+   tuples and vectors (in order; "(1,2)" also equals the bare "1,2"), intervals (bracket
+   kinds must match: "[1,2)" != "[1,2]"), unions of intervals (pieces in any order).
+7. Symbolic, for strings of at most ``MAX_SYMBOLIC_CHARS``: math-verify parses the
+   normalised strings (LaTeX, then plain expressions; LRU cached, so the reference of an
+   MCTS tree is parsed once). Parses that would be expensive to evaluate are dropped (see
+   below). Two plain expressions in the same variables whose values differ at two probe
+   points are unequal without further ado, which spares simplify() on most wrong answers;
+   otherwise ``verify`` is called in both orders, and two closed-form numbers of which one
+   is a decimal are compared with the 1e-4 tolerance ("8.9443" == "4\sqrt5", which
+   math-verify's 6-digit rounding rejects). "y = 2x+3" vs "y=3+2x" arrive here as "2x+3" vs
+   "3+2x". If all that fails, the raw strings get the same treatment, but only when
+   math-verify could not read a normalised one or one side is still an equation
+   ("y=2x+3" vs "2x-y+3=0").
 
 What bounds time, honestly:
 
-* Inputs longer than ``MAX_INPUT_CHARS`` are only compared by exact match (stage 1).
-  Normalisation is linear-time string and regex work on the rest (checked against
-  adversarial 10k-character inputs: well under 0.1 s).
-* Stages 1-5 do no symbolic algebra; numbers are parsed by our own regexes with capped
-  exponents, so "1e999999" cannot blow up.
-* Stage 6 only sees strings of at most ``MAX_SYMBOLIC_CHARS`` and screened expressions (see
-  above). The screen is what keeps big-integer arithmetic ("9^{9^9}", "100000!") from
-  running at all: nothing can interrupt it, as it runs in C.
-* Every pair that reaches stage 6 runs under one deadline of ``TIME_LIMIT_SECONDS`` of wall
+* Inputs longer than ``MAX_INPUT_CHARS`` are only compared by exact match (stage 1). On the
+  rest, normalisation is linear-time string and regex work (adversarial 10k-character
+  inputs take well under 0.1 s), and stages 1-6 do no symbolic algebra: numbers are parsed
+  by our own regexes with capped exponents, so "1e999999" cannot blow up.
+* Stage 7 only sees short strings, and drops parses with numeric powers whose exponent
+  exceeds 1e4 (64 for a compound base such as (x+1)^n), factorials above 5000, sums,
+  products, integrals, limits, or more than 2000 nodes. This screen is what keeps
+  big-integer arithmetic ("9^{9^9}", "100000!") from starting at all: it runs in C, and
+  nothing can interrupt it.
+* A pair that reaches stage 7 runs under one deadline of ``TIME_LIMIT_SECONDS`` of wall
   time, in any thread: a watchdog thread raises an exception in the grading thread through
   CPython's ``PyThreadState_SetAsyncExc`` (again every 50 ms while the pair is still being
-  graded); on expiry the answer is False. Like a signal handler, this interrupts between bytecodes only, so it
-  bounds sympy's pure-Python work (simplify, solve), and the screen covers the C parts. On
-  a Python without ``ctypes.pythonapi`` there is no deadline, only the caps and the screen.
-* We deliberately do not use math-verify's own timeouts (``signal.alarm``): they only work
-  in the main thread, take whole seconds, would be armed separately for each parse and each
-  comparison (several times the limit for one pair) and would replace any SIGALRM handler
-  of the host program. math-verify is always called with its timeouts disabled.
+  graded), and the answer is False. Like a signal handler, this interrupts between
+  bytecodes only, so it bounds sympy's pure-Python work (simplify, solve), and the screen
+  covers the C parts. On a Python without ``ctypes.pythonapi`` there is no deadline, only
+  the caps and the screen.
+* We deliberately do not use math-verify's own timeouts (``signal.alarm``): they work in
+  the main thread only, come in whole seconds, are armed separately for each parse and each
+  comparison (several times the limit for one pair), and would take over the host
+  program's SIGALRM handler. math-verify is always called with its timeouts disabled.
 
 The deadline is wall time, so a slow pair can come out differently on a loaded machine (many
-grading threads share the GIL); the pair cache at least keeps repeated calls (either
-order) consistent within a process. Caches: pairs, normalised strings and parses of short
-inputs only (``_CACHE_MAX_CHARS``), so memory stays bounded whatever the input.
+grading threads share the GIL); the pair cache keeps repeated calls consistent within a
+process. Only inputs of up to ``_CACHE_MAX_CHARS`` characters are cached, so memory stays
+bounded whatever the input.
 
-Input is a final answer, not a whole solution: a ``\boxed{}`` is unwrapped (the last one),
-but no answer is extracted from prose.
+The input is a final answer, not a whole solution: the last ``\boxed{}`` is unwrapped, but
+no answer is extracted from prose.
 """
 
 from __future__ import annotations
@@ -104,6 +110,8 @@ _MAX_EXPONENT = 10_000  # powers of a number or a symbol with a larger exponent 
 _MAX_COMPOUND_EXPONENT = 64  # (x+1)^n, (1+\sqrt2)^n: expansion grows fast
 _MAX_FACTORIAL = 5_000
 _MAX_NODES = 2_000
+_MAX_DEPTH = 8  # nesting of tuples / sets / matrices
+_local = threading.local()  # per-thread: structure depth, the current pair's watchdog
 
 # ----------------------------------------------------------------------------------------------
 # Normalisation
@@ -519,9 +527,21 @@ def _match_ordered(xs: list[str], ys: list[str]) -> bool:
 
 
 def _compare_structures(a, b) -> bool | None:
-    """True/False when both sides are structures that can be compared; None otherwise."""
+    """True/False when both sides are structures that can be compared; None otherwise.
+    Structures nested more than _MAX_DEPTH deep are not equal (no real answer is)."""
     if a is None or b is None:
         return None
+    depth = getattr(_local, "depth", 0)
+    if depth >= _MAX_DEPTH:
+        return False
+    _local.depth = depth + 1
+    try:
+        return _compare_structures_at(a, b)
+    finally:
+        _local.depth = depth
+
+
+def _compare_structures_at(a, b) -> bool | None:
     kind_a, kind_b = a[0], b[0]
     if kind_a == "matrix" or kind_b == "matrix":
         if kind_a == kind_b:
@@ -643,11 +663,42 @@ def _closed_form_close(x, y) -> bool:
         return False
 
 
+_PROBE = "0.61803398874989484820458683436563811772"  # values at which _refuted evaluates
+
+
+def _refuted(x, y) -> bool:
+    """A cheap proof that two parsed answers differ, to skip math-verify's simplify(): both
+    plain expressions (no relation, set, matrix, float, percent or unknown function) in the
+    same variables, whose values at two probe points differ by more than 1e-9 relatively.
+    Anything else, or any trouble evaluating, is left to verify()."""
+    try:
+        for e in (x, y):
+            if (not isinstance(e, sympy.Expr) or isinstance(e, sympy.Symbol) or e.has(sympy.Float)
+                    or e.has(sympy.UnevaluatedExpr) or e.atoms(sympy.core.function.AppliedUndef)):
+                return False
+        names = sorted({s.name for s in x.free_symbols})
+        if names != sorted({s.name for s in y.free_symbols}) or len(names) > 8:
+            return False
+        for shift in (0, 1):
+            values = {n: sympy.Float(_PROBE, 40) + sympy.Rational(7 * i + 3 * shift, 11)
+                      for i, n in enumerate(names)}
+            a, b = (complex(e.evalf(30, subs={s: values[s.name] for s in e.free_symbols})) for e in (x, y))
+            if not (math.isfinite(abs(a)) and math.isfinite(abs(b))):
+                return False
+            if abs(a - b) <= 1e-9 * max(abs(a), abs(b)):
+                return False  # agree here: maybe equal, let verify() decide
+        return True
+    except Exception:  # noqa: BLE001 - cannot tell
+        return False
+
+
 def _symbolic(a: str, b: str) -> bool:
     _arm_deadline()
     xs, ys = _parse(a), _parse(b)
     for x in xs:
         for y in ys:
+            if _refuted(x, y):
+                continue
             if verify(x, y, timeout_seconds=None) or verify(y, x, timeout_seconds=None):
                 return True
             if _closed_form_close(x, y):
@@ -737,7 +788,6 @@ def _find_set_async_exc():
 
 
 _SET_ASYNC_EXC = _find_set_async_exc()
-_local = threading.local()
 
 
 class _Watchdog:
