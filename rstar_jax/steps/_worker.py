@@ -135,9 +135,8 @@ class _State:
         self.builtins_dict.clear()
         self.builtins_dict.update(self.builtins_saved)
 
-    def restore(self) -> bool:
-        """Put everything back; False when something could not be restored (retire the worker)."""
-        clean = True
+    def restore(self) -> None:
+        """Put everything back (an exception here means: retire the worker)."""
         self.restore_builtins()
         for name, module in self.modules.items():  # first: the rest uses builtins, os, sys
             if sys.modules.get(name) is not module:
@@ -205,7 +204,6 @@ class _State:
             self.faulthandler.disable()
         if gc.get_threshold() != self.gc_threshold:
             gc.set_threshold(*self.gc_threshold)
-        return clean
 
 
 def _restore_dict(current: dict, saved: dict) -> None:
@@ -380,7 +378,8 @@ def main() -> None:
             return
         ok, stdout, error = _run(request["code"], state, settings["max_output_chars"])
         try:
-            clean = state.restore()
+            state.restore()
+            clean = True
         except BaseException:  # noqa: BLE001 - state we cannot trust: finish and retire
             clean = False
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # bytes (Linux: KiB)
