@@ -228,7 +228,7 @@ class CodeExecutor:
     def sandbox(self) -> dict:
         """What the workers could apply: rlimits, Landlock ABI, seccomp, and what failed."""
         with self._lock:
-            self._wait_ready(self._workers[0])
+            self._wait_ready()
             return dict(self._workers[0].report)
 
     @property
@@ -275,21 +275,34 @@ class CodeExecutor:
         self._selector.register(proc.stdout, selectors.EVENT_READ, worker)
         return worker
 
-    def _retire(self, worker: _Worker) -> None:
-        """Kill a worker and put the spare in its place; start a new spare."""
+    def _discard(self, worker: _Worker) -> None:
         self._selector.unregister(worker.proc.stdout)
         _kill(worker)
         shutil.rmtree(worker.scratch, ignore_errors=True)
+
+    def _retire(self, worker: _Worker) -> None:
+        """Kill a worker and put the spare in its place; start a new spare."""
+        self._discard(worker)
         self._workers[self._workers.index(worker)] = self._spares.pop()
         self._spares.append(self._start())
 
-    def _wait_ready(self, worker: _Worker) -> None:
-        deadline = time.monotonic() + _STARTUP_TIMEOUT_S
-        while not worker.ready:
-            if time.monotonic() > deadline:
+    def _replace_unstarted(self, worker: _Worker) -> None:
+        self._discard(worker)
+        group = self._spares if worker in self._spares else self._workers
+        group[group.index(worker)] = self._start()
+
+    def _wait_ready(self) -> None:
+        """Until the first worker is ready (it may be replaced while starting)."""
+        while not self._workers[0].ready:
+            self._poll(1.0)
+            self._check_startup()
+
+    def _check_startup(self) -> None:
+        now = time.monotonic()
+        for worker in self._workers + self._spares:
+            if not worker.ready and now - worker.started > _STARTUP_TIMEOUT_S:
                 raise RuntimeError(f"executor worker did not start in {_STARTUP_TIMEOUT_S:.0f} s"
                                    f"{_log_tail(worker)}")  # fmt: skip
-            self._poll(deadline - time.monotonic())
 
     # ------------------------------------------------------------------------------- loop
     def _run(self, programs: list[str], progress: bool) -> list[ExecResult]:
@@ -407,19 +420,9 @@ class CodeExecutor:
         )
         self._fail(worker, f"WorkerDied: the program's worker {how}")
 
-    def _replace_unstarted(self, worker: _Worker) -> None:
-        self._selector.unregister(worker.proc.stdout)
-        _kill(worker)
-        shutil.rmtree(worker.scratch, ignore_errors=True)
-        group = self._spares if worker in self._spares else self._workers
-        group[group.index(worker)] = self._start()
-
     def _expire(self) -> None:
+        self._check_startup()
         now = time.monotonic()
-        for worker in self._workers + self._spares:
-            if not worker.ready and now - worker.started > _STARTUP_TIMEOUT_S:
-                raise RuntimeError(f"executor worker did not start in {_STARTUP_TIMEOUT_S:.0f} s"
-                                   f"{_log_tail(worker)}")  # fmt: skip
         for worker in list(self._workers):
             if worker.tasks and worker.deadline <= now:
                 self._fail(
