@@ -226,8 +226,9 @@ _BOX = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _TEXT = re.compile(r"\\text\s*\{")
 
 
-def _braced(text: str, start: int) -> int | None:
-    """Index of the `}` closing the group whose `{` is at start - 1; escaped braces do not count."""
+def closing_brace(text: str, start: int) -> int | None:
+    """Index of the `}` closing the group whose `{` is at start - 1, or None if it never closes;
+    escaped braces (`\\{`, `\\}`) do not count."""
     depth, i = 1, start
     while i < len(text):
         c = text[i]
@@ -251,12 +252,12 @@ def extract_boxed(text: str) -> str | None:
     boxes = list(_BOX.finditer(text))
     if not boxes:
         return None
-    close = _braced(text, boxes[-1].end())
+    close = closing_brace(text, boxes[-1].end())
     if close is None:
         return None
     content = text[boxes[-1].end():close].strip()
     m = _TEXT.match(content)
-    if m and _braced(content, m.end()) == len(content) - 1:
+    if m and closing_brace(content, m.end()) == len(content) - 1:
         content = content[m.end():-1].strip()
     return content
 

@@ -98,6 +98,8 @@ from fractions import Fraction
 import sympy
 from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
 
+from rstar_jax.steps.format import closing_brace, extract_boxed
+
 __all__ = ["clear_caches", "is_equivalent", "is_equivalent_batch", "normalize_answer"]
 
 MAX_INPUT_CHARS = 10_000  # longer: exact match only
@@ -118,30 +120,10 @@ _local = threading.local()  # per-thread: structure depth, the current pair's wa
 # ----------------------------------------------------------------------------------------------
 
 
-def _group_end(s: str, i: int) -> int:
-    """Index just after the brace group opening at s[i] == '{', or -1 if it never closes."""
-    depth = 0
-    for j in range(i, len(s)):
-        c = s[j]
-        if c == "{" and (j == 0 or s[j - 1] != "\\"):
-            depth += 1
-        elif c == "}" and (j == 0 or s[j - 1] != "\\"):
-            depth -= 1
-            if depth == 0:
-                return j + 1
-    return -1
-
-
 def _last_boxed(s: str) -> str:
     """Content of the last \\boxed{...} / \\fbox{...}, or s itself."""
-    start = max(s.rfind("\\boxed"), s.rfind("\\fbox"))
-    if start < 0:
-        return s
-    i = s.find("{", start)
-    if i < 0 or s[start:i].strip() not in ("\\boxed", "\\fbox"):
-        return s
-    end = _group_end(s, i)
-    return s[i + 1 : end - 1] if end > 0 else s[i + 1 :]
+    boxed = extract_boxed(s)
+    return s if boxed is None else boxed
 
 
 _TEXT_CMD = re.compile(
@@ -191,15 +173,15 @@ def _strip_text_groups(s: str) -> str:
         if not matches:
             break
         m = matches[-1]
-        end = _group_end(s, m.end())
-        if end < 0:
+        close = closing_brace(s, m.end() + 1)
+        if close is None:
             break
-        content = s[m.end() + 1 : end - 1]
+        content = s[m.end() + 1 : close]
         before = s[: m.start()].strip()
         if (
             before
             and _UNIT_CMD.match(s[m.start() : m.end()])
-            and _SUPERSCRIPT_TAIL.match(s[end:])
+            and _SUPERSCRIPT_TAIL.match(s[close + 1 :])
             and _is_unit_words(content)
             and not before.endswith(("=", "(", ",", "{", "+", "-"))
         ):
@@ -210,12 +192,12 @@ def _strip_text_groups(s: str) -> str:
     for m in _TEXT_CMD.finditer(s):
         if m.start() < pos:
             continue
-        end = _group_end(s, m.end())
-        if end < 0:
+        close = closing_brace(s, m.end() + 1)
+        if close is None:
             break
         out.append(s[pos : m.start()])
-        out.append(s[m.end() + 1 : end - 1])
-        pos = end
+        out.append(s[m.end() + 1 : close])
+        pos = close + 1
     out.append(s[pos:])
     return "".join(out)
 
