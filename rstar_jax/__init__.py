@@ -4,7 +4,7 @@ Names are imported on first use, so host-side code (`rstar_jax.steps`: executor,
 without importing JAX.
 """
 
-import importlib
+from rstar_jax import _lazy
 
 _EXPORTS = {
     "CausalLM": "rstar_jax.models",
@@ -18,14 +18,4 @@ _EXPORTS = {
 }
 __all__ = list(_EXPORTS)  # imported lazily, below
 
-
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'rstar_jax' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted([*globals(), *_EXPORTS])
+__getattr__, __dir__ = _lazy.attach(__name__, _EXPORTS)

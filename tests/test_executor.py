@@ -42,7 +42,6 @@ NORMAL = textwrap.dedent("""
           decimal.Decimal(1) / decimal.Decimal(3), sympy.N(sympy.pi, 20), random.random(),
           sep="|")
 """)
-EXPECTED = None  # computed once in a plain interpreter: see the fixture below
 
 
 @pytest.fixture(scope="module")

@@ -21,3 +21,10 @@ def test_the_step_layer_does_not_import_jax():
             "print('jax' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout == "False\n"
+
+
+def test_the_format_alone_does_not_import_the_grader():
+    # The tokenizer uses the format; it should not pay for sympy and math-verify.
+    code = "import sys, rstar_jax.tokenizer\nprint('sympy' in sys.modules, 'math_verify' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout == "False False\n"
