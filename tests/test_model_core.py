@@ -49,6 +49,37 @@ def test_prefill_then_decode_with_cache_matches_full_forward(tmp_path, name):
         np.testing.assert_allclose(np.stack([g[row] for g in got]), want, atol=1e-4)
 
 
+@pytest.mark.parametrize("name", ["qwen2_gqa", "phi3_gqa_sliding"])
+def test_forked_samples_read_one_shared_prefix_and_match_full_forwards(tmp_path, name):
+    """Prefill two ragged prefixes once (Collect), then three samples of each continue with their
+    own tokens (ForkCache): every sample's logits equal a plain forward of its whole sequence.
+    The sliding window (7 tokens) makes late samples stop reading the prefix's start."""
+    checkpoints.save(name, tmp_path)
+    model = from_pretrained(tmp_path)
+    lengths, samples, steps = np.array([9, 4]), 3, 6
+    prefix = checkpoints.token_ids(2, 9, seed=2)
+    prefix[1, 4:] = 0  # right padding the cache must hide
+    continuation = checkpoints.token_ids(2 * samples, steps, seed=3)  # row b*samples + s
+
+    positions = jnp.broadcast_to(jnp.arange(9, dtype=jnp.int32), (2, 9))
+    _, collected = model.hidden_states(jnp.asarray(prefix), positions,
+                                       cache=KVCache.collect(model.config, jnp.float32))
+    cache = KVCache.fork(collected, jnp.asarray(lengths), samples=samples, length=8)
+    starts = np.repeat(lengths, samples)
+    got = []
+    for t in range(steps):
+        hidden, cache = model.hidden_states(jnp.asarray(continuation[:, t:t + 1]),
+                                            jnp.asarray(starts + t, jnp.int32)[:, None], cache=cache)
+        got.append(np.asarray(model.logits(hidden))[:, 0])
+    got = np.stack(got, axis=1)  # [rows, steps, V]
+
+    for row in range(2 * samples):
+        b = row // samples
+        sequence = np.concatenate([prefix[b, :lengths[b]], continuation[row]])
+        want = np.asarray(model(jnp.asarray(sequence[None])))[0, lengths[b]:]
+        np.testing.assert_allclose(got[row], want, atol=1e-4)
+
+
 def test_dot_product_attention_matches_xla_attention(qwen_dir):
     ids = jnp.asarray(checkpoints.token_ids(2, 24))
     xla = from_pretrained(qwen_dir, attention="xla")(ids)

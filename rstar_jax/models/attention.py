@@ -21,7 +21,7 @@ import jax.numpy as jnp
 
 ATTENTION_IMPLEMENTATIONS = ("xla", "dot_product")
 # Finite, so a row with every key masked (padding) gives a uniform softmax instead of NaN.
-_MASKED = -0.7 * float(jnp.finfo(jnp.float32).max)
+MASKED = -0.7 * float(jnp.finfo(jnp.float32).max)
 
 
 def segment_mask(segment_ids: jax.Array) -> jax.Array:
@@ -82,7 +82,7 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = False, wi
                             preferred_element_type=jnp.float32) * (d**-0.5)
         allowed = _allowed(start, stop, lo, hi, causal, window, mask)
         if allowed is not None:
-            scores = jnp.where(allowed, scores, _MASKED)
+            scores = jnp.where(allowed, scores, MASKED)
         probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
         outs.append(jnp.einsum("bkgts,bksd->bkgtd", probs, v_t[:, :, lo:hi]))
     out = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=3)

@@ -11,14 +11,14 @@ softmax and the logits are float32 whatever the compute dtype.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from rstar_jax.models.attention import attend, cache_mask, segment_mask
+from rstar_jax.models.attention import attend, segment_mask
+from rstar_jax.models.cache import KVCache
 from rstar_jax.models.config import ModelConfig
 from rstar_jax.models.rope import RotaryEmbedding, apply_rotary
 from rstar_jax.models.sharding import DEFAULT_RULES, ShardingRules, constrain
@@ -39,21 +39,6 @@ def _param(rngs: nnx.Rngs | None, shape, axes, dtype, init: str = "normal") -> n
 @functools.lru_cache(maxsize=None)
 def _rotary(config: ModelConfig) -> RotaryEmbedding:
     return RotaryEmbedding(config)
-
-
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass(frozen=True)
-class KVCache:
-    """Keys and values of every layer; slot s of a row holds that row's position s."""
-
-    keys: tuple[jax.Array, ...]  # num_layers x [B, S, K, D]
-    values: tuple[jax.Array, ...]  # num_layers x [B, S, K, D]
-
-    @classmethod
-    def zeros(cls, config: ModelConfig, batch: int, length: int, dtype) -> KVCache:
-        shape = (batch, length, config.num_key_value_heads, config.head_dim)
-        layers = range(config.num_hidden_layers)
-        return cls(tuple(jnp.zeros(shape, dtype) for _ in layers), tuple(jnp.zeros(shape, dtype) for _ in layers))
 
 
 class RMSNorm(nnx.Module):
@@ -92,24 +77,18 @@ class Attention(nnx.Module):
         return y if bias is None else y + bias[...].astype(self.dtype)
 
     def __call__(self, x, cos, sin, positions, segment_ids=None, cache=None):
-        """x: [B, T, E]; cos, sin: f32[B, T, R]; positions: int32[B, T]; cache: (keys, values),
-        each [B, S, K, D], or None. Returns ([B, T, E], updated cache or None)."""
+        """x: [B, T, E]; cos, sin: f32[B, T, R]; positions: int32[B, T]; cache: this layer's cache
+        (see cache.py) or None. Returns ([B, T, E], updated cache or None)."""
         q = apply_rotary(self._project(x, "q"), cos, sin)
         k = apply_rotary(self._project(x, "k"), cos, sin)
         v = self._project(x, "v")
         q = constrain(q, ("act_batch", "act_seq", "act_heads", None), self.rules)
-        causal = cache is None  # without a cache, keys are the queries' own tokens, in order
-        if causal:
+        if cache is None:  # keys are the queries' own tokens, in order
             mask = None if segment_ids is None else segment_mask(segment_ids)
+            out = attend(q, k, v, causal=True, window=self.window, mask=mask, implementation=self.implementation)
         else:
-            rows = jnp.arange(x.shape[0])[:, None]
-            keys = cache[0].at[rows, positions].set(k.astype(cache[0].dtype), mode="drop")
-            values = cache[1].at[rows, positions].set(v.astype(cache[1].dtype), mode="drop")
-            cache = (keys, values)
-            k, v = keys.astype(self.dtype), values.astype(self.dtype)
-            mask = cache_mask(positions, keys.shape[1], self.window)
-        out = attend(q, k, v, causal=causal, window=self.window if causal else None, mask=mask,
-                     implementation=self.implementation)
+            out, cache = cache.attend(q, k, v, positions, window=self.window, implementation=self.implementation,
+                                      rules=self.rules)
         y = jnp.einsum("bthd,hde->bte", out, self.o_proj[...].astype(self.dtype))
         if hasattr(self, "o_bias"):
             y = y + self.o_bias[...].astype(self.dtype)
@@ -200,9 +179,10 @@ class CausalLM(nnx.Module):
 
         Without a cache the tokens attend to each other causally (positions default to 0..T-1;
         packed sequences restart them per segment, and they must advance by one per token).
-        With a cache, `positions` is required: token (b, t) is written to slot positions[b, t]
-        and reads every slot up to it. Positions must stay below the cache length: a write past
-        it is dropped, so sizing the cache is the caller's job.
+        With a cache (`KVCache`, see cache.py), `positions` is required: the cache stores each
+        token's keys and values where its layout puts that position (a `SlotCache` at slot
+        positions[b, t]) and the token reads every earlier position. A write past the cache's
+        end is dropped, so sizing the cache is the caller's job.
         """
         if segment_ids is not None and cache is not None:
             raise ValueError("segment_ids (packed sequences) cannot be combined with a KV cache")
@@ -219,16 +199,12 @@ class CausalLM(nnx.Module):
 
         if self.remat:
             run = nnx.remat(run)
-        keys, values = [], []
+        layers = []
         for i, block in enumerate(self.layers):
             with jax.named_scope(f"layer_{i}"):
-                layer_cache = None if cache is None else (cache.keys[i], cache.values[i])
-                x, layer_cache = run(block, x, layer_cache)
-            if cache is not None:
-                keys.append(layer_cache[0])
-                values.append(layer_cache[1])
-        new_cache = None if cache is None else KVCache(tuple(keys), tuple(values))
-        return self.norm(x), new_cache
+                x, layer_cache = run(block, x, None if cache is None else cache.layers[i])
+            layers.append(layer_cache)
+        return self.norm(x), None if cache is None else KVCache(tuple(layers))
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         """hidden: [B, T, E] -> float32 logits [B, T, V]."""
