@@ -1,0 +1,141 @@
+"""Decode throughput of the engine against transformers `generate` (PyTorch, CPU), same weights.
+
+The random Qwen2 of benchmarks/forward.py (about 45M parameters, float32), prompts of 128
+tokens, 64 new tokens, no stop token, at batch 1 and 16; greedy for both, and the engine's
+tokens are checked against transformers' before anything is timed. Tokens/s count generated
+tokens over the whole call (prefill included) for both.
+
+Roofline of a call, from this machine's limits measured in the same run: per forward (the
+prefill of B x 128 tokens, then 63 decode steps of B tokens), the larger of (bytes of the
+weights it reads, the LM head included, over the measured read bandwidth) and (its matmul
+FLOPs over the measured float32 matmul peak); the prefill computes logits at the last prompt
+token only. The fan-out line compares a K=8 fan-out
+from one prompt (prefill once, then 8 rows) with decoding 8 rows whose prompts are already
+prefilled (the decode loop alone).
+
+    python benchmarks/decode.py [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+import transformers
+
+from rstar_jax import Engine, from_pretrained
+from rstar_jax.engine import generation as engine_module
+
+PROMPT, NEW, FAN_OUT = 128, 64, 8
+CONFIG = dict(vocab_size=32000, hidden_size=512, intermediate_size=1536, num_hidden_layers=4,
+              num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=False)
+
+
+def median_seconds(fn, repeats: int) -> float:
+    fn()  # warm-up (compilation, allocator)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def matmul_peak(repeats: int, n: int = 2048) -> float:
+    a = jax.random.normal(jax.random.key(0), (n, n))
+    b = jax.random.normal(jax.random.key(1), (n, n))
+    mm = jax.jit(jnp.dot)
+    return 2 * n**3 / median_seconds(lambda: mm(a, b).block_until_ready(), repeats)
+
+
+def read_bandwidth(repeats: int, megabytes: int = 512) -> float:
+    """Bytes/s of a jitted reduction over an array far larger than the caches."""
+    x = jnp.ones((megabytes * 2**20 // 4,), jnp.float32)
+    total = jax.jit(jnp.sum)
+    return x.nbytes / median_seconds(lambda: total(x).block_until_ready(), repeats)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+
+    torch.manual_seed(0)
+    reference = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**CONFIG)).eval()
+    reference.generation_config.eos_token_id = None
+    with tempfile.TemporaryDirectory() as directory:
+        reference.save_pretrained(directory)
+        model = from_pretrained(directory)
+    engine = Engine(model)
+    config = model.config
+    rng = np.random.RandomState(0)
+
+    peak, bandwidth = matmul_peak(args.repeats), read_bandwidth(args.repeats)
+    step_params = config.num_params(include_embeddings=False) + config.hidden_size * config.vocab_size
+    print(f"Qwen2 {config.num_params() / 1e6:.1f}M params ({step_params / 1e6:.1f}M read per decode step), "
+          f"prompt {PROMPT}, {NEW} new tokens, float32; XLA matmul peak {peak / 1e9:.0f} GFLOP/s, "
+          f"read bandwidth {bandwidth / 1e9:.1f} GB/s, torch threads {torch.get_num_threads()}")
+    print(f"{'batch':>5s}{'transformers tok/s':>20s}{'rstar_jax tok/s':>17s}{'ratio':>7s}"
+          f"{'roofline tok/s':>16s}{'% of roofline':>15s}")
+    results = {}
+    for batch in (1, 16):
+        ids = rng.randint(3, config.vocab_size, (batch, PROMPT)).astype(np.int32)
+        torch_ids = torch.as_tensor(ids, dtype=torch.long)
+
+        def peer(torch_ids=torch_ids):
+            with torch.inference_mode():
+                return reference.generate(torch_ids, do_sample=False, max_new_tokens=NEW, min_new_tokens=NEW,
+                                          pad_token_id=0)[:, PROMPT:].numpy()
+
+        def ours(ids=ids):
+            return engine.generate(ids, max_new_tokens=NEW).tokens
+
+        agree = float(np.mean(peer() == ours()))
+        if agree < 0.95:
+            raise SystemExit(f"greedy tokens agree on only {agree:.0%} at batch {batch}; timing would mean nothing")
+        t_peer, t_ours = median_seconds(peer, args.repeats), median_seconds(ours, args.repeats)
+        # The weights dominate the bytes of every forward; the KV cache is small here.
+        layers = config.num_params(include_embeddings=False)
+        head = config.hidden_size * config.vocab_size
+        prefill = max(4 * step_params / bandwidth, (2 * layers * PROMPT + 2 * head) * batch / peak)
+        step = max(4 * step_params / bandwidth, 2 * step_params * batch / peak)
+        roofline = batch * NEW / (prefill + (NEW - 1) * step)
+        ours_rate, peer_rate = batch * NEW / t_ours, batch * NEW / t_peer
+        results[batch] = (ours_rate, peer_rate, 100 * ours_rate / roofline)
+        print(f"{batch:5d}{peer_rate:20.0f}{ours_rate:17.0f}{ours_rate / peer_rate:7.2f}{roofline:16.0f}"
+              f"{100 * ours_rate / roofline:14.1f}%   (tokens agree: {agree:.1%})")
+
+    # Fan-out: one prompt, 8 samples, against 8 rows decoded from prompts prefilled beforehand.
+    prompt = rng.randint(3, config.vocab_size, (1, PROMPT)).astype(np.int32)
+    t_fan = median_seconds(lambda: engine.generate(prompt, NEW, temperature=1.0, num_samples=FAN_OUT).tokens,
+                           args.repeats)
+    rows = rng.randint(3, config.vocab_size, (FAN_OUT, PROMPT)).astype(np.int32)
+    lengths = np.full((FAN_OUT,), PROMPT, np.int32)
+    prefix, first = engine_module._prefill(engine.graphdef, engine.state, rows, lengths)
+    jax.block_until_ready(prefix)
+    buffers = [engine._take_buffers(FAN_OUT, NEW)]
+
+    def decode_only():
+        tokens, _, _, _, buffers[0] = engine_module._decode(
+            engine.graphdef, engine.state, prefix, lengths, first, buffers[0], np.ones((FAN_OUT,), bool),
+            np.arange(FAN_OUT, dtype=np.uint32), np.ones((FAN_OUT,), np.float32), np.zeros((FAN_OUT,), np.int32),
+            np.ones((FAN_OUT,), np.float32), np.full((8,), -1, np.int32), np.int32(NEW), samples=1,
+            vocab_limit=config.vocab_size, pad_id=0, with_logprobs=False)
+        return np.asarray(tokens)
+
+    t_rows = median_seconds(decode_only, args.repeats)
+    print(f"fan-out K={FAN_OUT} from one {PROMPT}-token prompt: {t_fan * 1e3:.0f} ms; decoding {FAN_OUT} "
+          f"prefilled rows: {t_rows * 1e3:.0f} ms; ratio {t_fan / t_rows:.2f} (target <= 1.2)")
+    ours, peer, pct = results[16]
+    print(f"RESULT name=decode_tokens_per_s value={ours:.0f} unit=tokens/s peer={peer:.0f} "
+          f"ratio={ours / peer:.2f} limit_pct={pct:.1f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,298 @@
+"""Generation: a jitted prefill and a jitted decode loop, with per-row stopping and fan-out.
+
+One call samples `num_samples` continuations of each of B prompts (the expansion of B MCTS
+nodes):
+
+1. prefill (jit): the prompts, right-padded to a bucketed length P, run causally once; the
+   result is each layer's keys and values `[B, P]` and each prompt's next-token logits;
+2. decode (jit): a `lax.while_loop` over new tokens for B x num_samples rows. The rows of one
+   prompt read its keys and values from one shared copy (`ForkCache`) and write their own into a
+   buffer `[rows, T]` that the engine keeps between calls and donates to the loop, which
+   updates it in place. A row is done at its first stop token or after `max_new_tokens`; the
+   loop exits as soon as every row is done.
+
+Batch, prompt and generation lengths are bucketed (powers of two, and 1.5x between them for
+prompts), so a long search compiles a handful of shapes. Every row has its own PRNG key, made
+from its prompt's seed and its sample index: a row's samples do not depend on which other
+prompts share the batch or on the bucket sizes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import math
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding
+
+from rstar_jax.engine import sampling
+from rstar_jax.models.cache import ForkCache, KVCache
+from rstar_jax.models.transformer import CausalLM
+
+_MIN_PROMPT_BUCKET = 16
+_MIN_NEW_BUCKET = 8
+_STOP_SLOTS = 8  # stop-id array sizes are multiples of this, so adding one does not recompile
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerationResult:
+    """Row r = b * num_samples + s is sample s of prompt b."""
+
+    tokens: np.ndarray  # int32[R, max_new_tokens], pad_id after a row's stop token
+    lengths: np.ndarray  # int32[R], tokens generated, the stop token included
+    logprobs: np.ndarray | None = None  # float32[R, max_new_tokens], 0 after the stop; see generate
+    steps: int = 0  # tokens chosen per row before the loop exited (it exits once every row is done)
+
+
+def prompt_bucket(length: int) -> int:
+    """Smallest of 16, 24, 32, 48, 64, 96, ... (powers of two and 1.5x between) >= length."""
+    size = _MIN_PROMPT_BUCKET
+    while size < length:
+        size = size * 3 // 2 if size & (size - 1) == 0 else size * 4 // 3
+    return size
+
+
+def _pow2(n: int, minimum: int = 1) -> int:
+    return max(minimum, 1 << max(0, n - 1).bit_length())
+
+
+# --------------------------------------------------------------------------- jitted steps
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _prefill(graphdef, state, ids, lengths):
+    """ids: int32[B, P] right-padded; lengths: int32[B] >= 1 -> (KVCache of SlotCache [B, P],
+    float32 logits [B, V] after each prompt's last token)."""
+    model = nnx.merge(graphdef, state)
+    positions = jnp.broadcast_to(jnp.arange(ids.shape[1], dtype=jnp.int32), ids.shape)
+    hidden, cache = model.hidden_states(ids, positions, cache=KVCache.collect(model.config, model.dtype))
+    last = jnp.take_along_axis(hidden, (lengths - 1)[:, None, None], axis=1)  # [B, 1, E]
+    return cache, model.logits(last)[:, 0]
+
+
+def _row_keys(seeds, samples):
+    """uint32[B] -> PRNG keys [B * samples]: fold_in(key(seed of b), s) for row b*samples + s."""
+    seeds = jnp.repeat(seeds, samples)
+    index = jnp.tile(jnp.arange(samples, dtype=jnp.uint32), seeds.shape[0] // samples)
+    return jax.vmap(lambda seed, s: jax.random.fold_in(jax.random.key(seed), s))(seeds, index)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "samples", "vocab_limit", "pad_id", "with_logprobs"),
+                   donate_argnames=("buffers",))
+def _decode(graphdef, state, prefix, prefix_lengths, first_logits, buffers, active, seeds, temperature, top_k,
+            top_p, stop_ids, max_new, *, samples, vocab_limit, pad_id, with_logprobs):
+    """Samples up to max_new tokens for R = B * samples rows.
+
+    prefix: KVCache of SlotCache [B, P]; first_logits: float32[B, V]; buffers: per layer
+    (keys, values) [R, K, T, D], donated; active: bool[R] (padding rows are inactive);
+    seeds: uint32[B]; temperature, top_p: float32[R]; top_k: int32[R]; stop_ids: int32[S]
+    (-1 pads); max_new: int32 scalar <= T. Returns (tokens int32[R, T], lengths int32[R],
+    logprobs float32[R, T], buffers).
+    """
+    model = nnx.merge(graphdef, state)
+    rows, length = buffers[0][0].shape[0], buffers[0][0].shape[2]
+    keys = _row_keys(seeds, samples)
+    starts = jnp.repeat(prefix_lengths, samples)  # position of each row's first new token
+    allowed = jnp.arange(first_logits.shape[-1]) < vocab_limit
+
+    def emit(t, logits, tokens, logprobs, lengths, done):
+        """Chooses token t of every row from its logits [R, V]."""
+        logits = jnp.where(allowed, logits, -jnp.inf)
+        uniform = jax.vmap(lambda key: jax.random.uniform(jax.random.fold_in(key, t)))(keys)
+        token = jnp.where(done, pad_id, sampling.sample(logits, uniform, temperature, top_k, top_p))
+        tokens = jax.lax.dynamic_update_slice(tokens, token[:, None], (0, t))
+        if with_logprobs:
+            lp = jnp.where(done, 0.0, sampling.log_probs(logits, token))
+            logprobs = jax.lax.dynamic_update_slice(logprobs, lp[:, None], (0, t))
+        lengths = jnp.where(done, lengths, t + 1)
+        done = done | jnp.any(token[:, None] == stop_ids[None, :], axis=-1) | (t + 1 >= max_new)
+        return token, tokens, logprobs, lengths, done
+
+    tokens = jnp.full((rows, length), pad_id, jnp.int32)
+    logprobs = jnp.zeros((rows, length) if with_logprobs else (rows, 0), jnp.float32)
+    lengths = jnp.zeros((rows,), jnp.int32)
+    token, tokens, logprobs, lengths, done = emit(
+        0, jnp.repeat(first_logits, samples, axis=0), tokens, logprobs, lengths, ~active)
+    cache = KVCache(tuple(ForkCache.from_prefix(p, prefix_lengths, k, v) for p, (k, v) in zip(prefix.layers, buffers)))
+
+    def body(carry):
+        t, token, cache, tokens, logprobs, lengths, done = carry
+        hidden, cache = model.hidden_states(token[:, None], (starts + t - 1)[:, None], cache=cache)
+        token, tokens, logprobs, lengths, done = emit(t, model.logits(hidden)[:, 0], tokens, logprobs, lengths, done)
+        return t + 1, token, cache, tokens, logprobs, lengths, done
+
+    def cond(carry):
+        t, done = carry[0], carry[-1]
+        return (t < max_new) & ~jnp.all(done)
+
+    carry = jax.lax.while_loop(cond, body, (jnp.int32(1), token, cache, tokens, logprobs, lengths, done))
+    steps, _, cache, tokens, logprobs, lengths, _ = carry
+    return tokens, lengths, logprobs, steps, tuple((layer.keys, layer.values) for layer in cache.layers)
+
+
+# --------------------------------------------------------------------------- host side
+
+
+def _per_prompt(name: str, value, count: int, dtype, check) -> np.ndarray:
+    """A scalar or one value per prompt -> array[count], each value checked."""
+    array = np.asarray(value)
+    if array.ndim == 0:
+        array = np.full((count,), array)
+    if array.shape != (count,):
+        raise ValueError(f"{name} must be a scalar or one value per prompt ({count}); got shape {array.shape}")
+    for item in array.tolist():
+        problem = check(item)
+        if problem:
+            raise ValueError(f"{name}={item!r} is invalid: {problem}")
+    return array.astype(dtype)
+
+
+def _prompt_rows(prompt_ids, prompt_lengths, vocab: int) -> list[np.ndarray]:
+    if isinstance(prompt_ids, np.ndarray | jax.Array) and np.ndim(prompt_ids) == 2:
+        array = np.asarray(prompt_ids)
+        lengths = [array.shape[1]] * array.shape[0] if prompt_lengths is None else list(np.asarray(prompt_lengths))
+        if len(lengths) != array.shape[0]:
+            raise ValueError(f"prompt_lengths has {len(lengths)} entries for {array.shape[0]} prompts")
+        rows = [array[i, :int(n)] for i, n in enumerate(lengths)]
+    else:
+        if prompt_lengths is not None:
+            raise ValueError("prompt_lengths applies to a padded int array [B, P]; ragged lists carry their lengths")
+        rows = [np.asarray(row) for row in prompt_ids]
+    if not rows:
+        raise ValueError("no prompts: prompt_ids is empty")
+    for i, row in enumerate(rows):
+        if row.ndim != 1 or row.size == 0:
+            raise ValueError(f"prompt {i} must be a non-empty list of token ids; got shape {row.shape}")
+        if not np.issubdtype(row.dtype, np.integer):
+            raise ValueError(f"prompt {i} holds {row.dtype} values; token ids are integers")
+        bad = row[(row < 0) | (row >= vocab)]
+        if bad.size:
+            raise ValueError(f"prompt {i} has token id {int(bad[0])} outside the model's vocabulary [0, {vocab})")
+    return rows
+
+
+class Engine:
+    """Generation with one model's weights. Keep one per model and reuse it: it holds the KV
+    buffer of the last shape it decoded, and `generate` donates that buffer to the next call.
+
+    vocab_size: the tokenizer's size when the embedding has more rows (Phi-3 pads 32011 tokens
+    to 32064); ids at or above it are never generated. pad_id fills `tokens` after a stop.
+    """
+
+    def __init__(self, model: CausalLM, *, vocab_size: int | None = None, pad_id: int = 0):
+        if not model.has_lm_head:
+            raise ValueError("this model has no LM head (lm_head=False): it scores values and cannot generate")
+        rows = model.config.vocab_size
+        if vocab_size is not None and not 0 < vocab_size <= rows:
+            raise ValueError(f"vocab_size={vocab_size} must be in [1, {rows}] (the model's embedding rows)")
+        self.config = model.config
+        self.dtype = model.dtype
+        self.vocab_size = vocab_size or rows
+        self.pad_id = pad_id
+        self.rules = model.rules
+        self.graphdef, self.state = nnx.split(model)
+        sharding = getattr(model.embed[...], "sharding", None)
+        mesh = sharding.mesh if isinstance(sharding, NamedSharding) else None
+        self.mesh = mesh if mesh is not None and mesh.size > 1 else None
+        self._buffers = None
+
+    def update(self, model: CausalLM) -> None:
+        """Use new weights of the same architecture (after a training round)."""
+        graphdef, self.state = nnx.split(model)
+        if graphdef != self.graphdef:
+            raise ValueError("update() needs a model of the same architecture and options; build a new Engine")
+
+    def release(self) -> None:
+        """Free the KV buffer kept between calls (for example before training on the same devices)."""
+        self._buffers = None
+
+    def _take_buffers(self, rows: int, length: int):
+        c = self.config
+        shape = (rows, c.num_key_value_heads, length, c.head_dim)
+        buffers, self._buffers = self._buffers, None
+        if buffers is not None and buffers[0][0].shape == shape:
+            return buffers
+        buffers = None  # free the old one before allocating
+        device = None if self.mesh is None else self.rules.sharding(
+            ("act_batch", "act_kv_heads", None, None), shape, self.mesh)
+        return tuple((jnp.zeros(shape, self.dtype, device=device), jnp.zeros(shape, self.dtype, device=device))
+                     for _ in range(c.num_hidden_layers))
+
+    def generate(self, prompt_ids, max_new_tokens: int = 64, temperature=0.0, top_p=1.0,
+                 stop_token_ids: Sequence[int] = (), seed=0, *, top_k=0, num_samples: int = 1,
+                 prompt_lengths=None, return_logprobs: bool = False) -> GenerationResult:
+        """Samples `num_samples` continuations of each prompt.
+
+        prompt_ids: int[B, P] (every row full unless prompt_lengths says otherwise) or B lists of
+        ids of any lengths. temperature (0 = greedy), top_p (1 = off), top_k (0 = off) and seed
+        (in [0, 2**32)) are scalars or one value per prompt. Generation of a row stops after its
+        first token in stop_token_ids. Rows are prompt-major: row b * num_samples + s.
+        return_logprobs: also return each token's log-probability under the model (temperature
+        1, before top-k/top-p).
+        """
+        vocab = self.config.vocab_size
+        rows = _prompt_rows(prompt_ids, prompt_lengths, vocab)
+        if not isinstance(max_new_tokens, int | np.integer) or max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be a positive integer; got {max_new_tokens!r}")
+        if not isinstance(num_samples, int | np.integer) or num_samples < 1:
+            raise ValueError(f"num_samples must be a positive integer; got {num_samples!r}")
+        b = len(rows)
+        temperature = _per_prompt("temperature", temperature, b, np.float32,
+                                  lambda x: None if math.isfinite(x) and x >= 0 else "use a finite value >= 0")
+        top_p = _per_prompt("top_p", top_p, b, np.float32, lambda x: None if 0 < x <= 1 else "use 0 < top_p <= 1")
+        top_k = _per_prompt("top_k", top_k, b, np.int32,
+                            lambda x: None if float(x).is_integer() and x >= 0 else "use an integer >= 0 (0 = off)")
+        seeds = _per_prompt("seed", seed, b, np.uint32,
+                            lambda x: None if float(x).is_integer() and 0 <= x < 2**32 else "use an integer in [0, 2**32)")
+        stops = [int(s) for s in stop_token_ids]
+        bad = [s for s in stops if not 0 <= s < vocab]
+        if bad:
+            raise ValueError(f"stop token id {bad[0]} is outside the model's vocabulary [0, {vocab})")
+
+        batch = _pow2(b)
+        width = prompt_bucket(max(len(r) for r in rows))
+        length = _pow2(max_new_tokens, _MIN_NEW_BUCKET)
+        ids = np.full((batch, width), self.pad_id, np.int32)
+        lengths = np.ones((batch,), np.int32)
+        for i, row in enumerate(rows):
+            ids[i, :len(row)] = row
+            lengths[i] = len(row)
+        active = np.repeat(np.arange(batch) < b, num_samples)
+
+        def pad(values, fill):
+            return np.repeat(np.concatenate([values, np.full((batch - b,), fill, values.dtype)]), num_samples)
+
+        stop_ids = np.full((_STOP_SLOTS * max(1, -(-len(stops) // _STOP_SLOTS)),), -1, np.int32)
+        stop_ids[:len(stops)] = stops
+        with jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext():
+            prefix, first = _prefill(self.graphdef, self.state, ids, lengths)
+            buffers = self._take_buffers(batch * num_samples, length)
+            tokens, out_lengths, logprobs, steps, buffers = _decode(
+                self.graphdef, self.state, prefix, lengths, first, buffers, active,
+                np.concatenate([seeds, np.zeros((batch - b,), np.uint32)]), pad(temperature, 0.0),
+                pad(top_k, 0), pad(top_p, 1.0), stop_ids, np.int32(max_new_tokens),
+                samples=num_samples, vocab_limit=self.vocab_size, pad_id=self.pad_id,
+                with_logprobs=return_logprobs)
+            self._buffers = buffers
+        n = b * num_samples
+        return GenerationResult(
+            tokens=np.asarray(tokens[:n, :max_new_tokens]),
+            lengths=np.asarray(out_lengths[:n]),
+            logprobs=np.asarray(logprobs[:n, :max_new_tokens]) if return_logprobs else None,
+            steps=int(steps))
+
+
+def generate(model: CausalLM, prompt_ids, max_new_tokens: int = 64, temperature=0.0, top_p=1.0,
+             stop_token_ids: Sequence[int] = (), seed=0, *, top_k=0, num_samples: int = 1, prompt_lengths=None,
+             return_logprobs: bool = False, vocab_size: int | None = None, pad_id: int = 0) -> GenerationResult:
+    """One-off generation; see `Engine.generate`. A search calls an `Engine` instead, which keeps
+    its KV buffer between calls. Compiled steps are shared either way."""
+    engine = Engine(model, vocab_size=vocab_size, pad_id=pad_id)
+    return engine.generate(prompt_ids, max_new_tokens, temperature, top_p, stop_token_ids, seed, top_k=top_k,
+                           num_samples=num_samples, prompt_lengths=prompt_lengths, return_logprobs=return_logprobs)

@@ -1,0 +1,275 @@
+"""The generation engine: parity with transformers, stopping, fan-out, sampling, sharding."""
+
+import checkpoints
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.stats
+import torch
+
+from rstar_jax import Engine, from_pretrained, generate
+from rstar_jax.engine import generation, prompt_bucket, sampling
+from rstar_jax.models import make_mesh
+
+PROMPT_LENGTHS = (5, 11, 17)
+
+
+@pytest.fixture(scope="module")
+def qwen(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("qwen2_gqa")
+    reference = checkpoints.save("qwen2_gqa", directory)
+    return directory, reference, from_pretrained(directory)
+
+
+def _prompts(seed: int = 0) -> list[list[int]]:
+    return [checkpoints.token_ids(1, n, seed=seed + n)[0].tolist() for n in PROMPT_LENGTHS]
+
+
+def _hf_greedy(reference, prompt, new_tokens):
+    reference.generation_config.eos_token_id = None
+    ids = torch.tensor([prompt], dtype=torch.long)
+    with torch.no_grad():
+        out = reference.generate(ids, do_sample=False, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                                 pad_token_id=0)
+    return out[0, len(prompt):].numpy()
+
+
+@pytest.mark.parametrize("name", ["llama", "qwen2_gqa", "phi3", "phi3_gqa_sliding"])
+def test_greedy_tokens_equal_transformers_generate(tmp_path, name):
+    """Ragged prompts in one batch, 32 new tokens each; transformers generates each row alone."""
+    reference = checkpoints.save(name, tmp_path)
+    prompts = _prompts()
+    res = generate(from_pretrained(tmp_path), prompts, max_new_tokens=32)
+    assert res.tokens.shape == (3, 32) and res.tokens.dtype == np.int32
+    np.testing.assert_array_equal(res.lengths, [32, 32, 32])
+    for row, prompt in enumerate(prompts):
+        np.testing.assert_array_equal(res.tokens[row], _hf_greedy(reference, prompt, 32), err_msg=f"row {row}")
+
+
+def test_stop_tokens_end_each_row_and_nothing_after_is_returned(qwen):
+    _, _, model = qwen
+    prompts = _prompts()
+    free = generate(model, prompts, max_new_tokens=24).tokens
+    # Stop at row 0's 4th token and row 1's 10th: each row ends at its first occurrence of either.
+    stops = (int(free[0, 3]), int(free[1, 9]))
+    res = generate(model, prompts, max_new_tokens=24, stop_token_ids=stops, pad_id=0)
+    for row in range(3):
+        hits = [t for t in range(24) if free[row, t] in stops]
+        length = hits[0] + 1 if hits else 24
+        assert res.lengths[row] == length
+        np.testing.assert_array_equal(res.tokens[row, :length], free[row, :length])
+        assert (res.tokens[row, length:] == 0).all()
+    assert res.lengths[0] <= 4 and res.lengths[1] <= 10
+
+
+def test_the_loop_exits_once_every_row_has_stopped(qwen):
+    _, _, model = qwen
+    prompts = _prompts()
+    free = generate(model, prompts, max_new_tokens=8).tokens
+    res = generate(model, prompts, max_new_tokens=200, stop_token_ids=sorted(set(free[:, :3].ravel().tolist())))
+    assert res.lengths.max() <= 3
+    assert res.steps == res.lengths.max()
+
+
+def test_padded_array_with_lengths_equals_ragged_lists(qwen):
+    _, _, model = qwen
+    prompts = _prompts()
+    padded = np.zeros((3, 17), np.int32)
+    for row, prompt in enumerate(prompts):
+        padded[row, :len(prompt)] = prompt
+    ragged = generate(model, prompts, max_new_tokens=6, temperature=1.0, seed=3)
+    array = generate(model, padded, max_new_tokens=6, temperature=1.0, seed=3, prompt_lengths=PROMPT_LENGTHS)
+    np.testing.assert_array_equal(array.tokens, ragged.tokens)
+
+
+def test_fan_out_samples_do_not_depend_on_the_rest_of_the_batch(qwen):
+    """Row b*K + k is sample k of prompt b, drawn with its prompt's seed: the same samples whether
+    the prompt is alone or batched with others (and whatever the buckets)."""
+    _, _, model = qwen
+    a, b, c = _prompts()
+    alone = generate(model, [b], max_new_tokens=10, temperature=1.0, seed=11, num_samples=4)
+    batched = generate(model, [a, b, c], max_new_tokens=10, temperature=1.0, seed=[7, 11, 13], num_samples=4)
+    assert batched.tokens.shape == (12, 10)
+    np.testing.assert_array_equal(batched.tokens[4:8], alone.tokens)
+    assert len({tuple(row) for row in alone.tokens}) > 1  # the samples differ from one another
+    greedy = generate(model, [a, b], max_new_tokens=10, num_samples=3)
+    np.testing.assert_array_equal(greedy.tokens[:3], np.repeat(generate(model, [a], 10).tokens, 3, axis=0))
+
+
+def test_a_fixed_seed_gives_the_same_samples(qwen):
+    _, _, model = qwen
+    prompts = _prompts()
+    first = generate(model, prompts, 12, temperature=1.0, top_p=0.9, top_k=20, seed=5)
+    again = generate(model, prompts, 12, temperature=1.0, top_p=0.9, top_k=20, seed=5)
+    other = generate(model, prompts, 12, temperature=1.0, top_p=0.9, top_k=20, seed=6)
+    np.testing.assert_array_equal(first.tokens, again.tokens)
+    assert (first.tokens != other.tokens).any()
+
+
+def _chi_square_p(counts: np.ndarray, probs: np.ndarray) -> float:
+    """p-value of the counts under probs, pooling tokens expected fewer than 5 times into one bin."""
+    expected = probs * counts.sum()
+    small = expected < 5
+    obs, exp = counts[~small], expected[~small]
+    if small.any():
+        obs, exp = np.append(obs, counts[small].sum()), np.append(exp, expected[small].sum())
+    return scipy.stats.chisquare(obs, exp * obs.sum() / exp.sum()).pvalue
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.6])
+def test_sampled_first_tokens_follow_the_softmax(qwen, temperature):
+    _, _, model = qwen
+    prompt = _prompts()[1]
+    logits = np.asarray(model(jnp.asarray([prompt])), np.float64)[0, -1] / temperature
+    probs = np.exp(logits - logits.max())
+    probs /= probs.sum()
+    res = generate(model, [prompt], max_new_tokens=1, temperature=temperature, num_samples=4000, seed=1)
+    counts = np.bincount(res.tokens[:, 0], minlength=probs.size)
+    assert _chi_square_p(counts, probs) > 1e-3
+
+
+# Probabilities 0.3, 0.25, 0.2, 0.1, 0.08, 0.05 and 0.02 spread over 250 tokens.
+_PROBS = np.concatenate([[0.3, 0.25, 0.2, 0.1, 0.08, 0.05], np.full(250, 0.02 / 250)])
+
+
+def _draws(logits, n=6000, **params):
+    rows = np.repeat(logits[None], n, axis=0)
+    uniform = jax.random.uniform(jax.random.key(0), (n,))
+    defaults = dict(temperature=1.0, top_k=0, top_p=1.0)
+    defaults.update(params)
+    args = {k: jnp.full((n,), v, jnp.int32 if k == "top_k" else jnp.float32) for k, v in defaults.items()}
+    return np.asarray(jax.jit(sampling.sample)(jnp.asarray(rows, jnp.float32), uniform, **args))
+
+
+@pytest.mark.parametrize("params, support", [
+    (dict(top_k=3), [0, 1, 2]),
+    (dict(top_k=1), [0]),
+    (dict(top_p=0.7), [0, 1, 2]),  # 0.3 + 0.25 + 0.2 = 0.75 is the first to reach 0.7
+    (dict(top_p=0.76), [0, 1, 2, 3]),
+    (dict(top_p=0.3), [0]),
+    (dict(top_k=2, top_p=0.5), [0]),  # top-p over what top-k kept: 0.3 / 0.55 > 0.5
+    (dict(top_k=4, top_p=0.9), [0, 1, 2, 3]),
+])
+def test_top_k_and_top_p_keep_exactly_their_support(params, support):
+    shuffled = np.random.RandomState(0).permutation(_PROBS.size)  # tokens in no particular order
+    logits = np.log(_PROBS)[np.argsort(shuffled)]
+    tokens = _draws(logits, **params)
+    kept = shuffled[support]  # token shuffled[i] has probability _PROBS[i]
+    assert set(tokens.tolist()) == set(kept.tolist())
+    probs = np.zeros(_PROBS.size)
+    probs[kept] = _PROBS[support] / _PROBS[support].sum()
+    if len(kept) > 1:
+        assert _chi_square_p(np.bincount(tokens, minlength=probs.size)[kept], probs[kept]) > 1e-3
+
+
+def test_plain_sampling_reaches_the_tail_and_never_a_zero_probability_token():
+    logits = np.log(_PROBS)
+    logits[10] = -np.inf
+    tokens = _draws(logits, n=20000)
+    assert 10 not in tokens
+    assert (tokens >= 6).any()  # the 0.02 tail is drawn
+    assert _chi_square_p(np.bincount(tokens[tokens < 6], minlength=6), _PROBS[:6] / _PROBS[:6].sum()) > 1e-3
+
+
+def test_greedy_takes_the_first_of_tied_maxima():
+    logits = jnp.asarray([[0.0, 2.0, 1.0, 2.0], [5.0, 5.0, 5.0, 5.0]])
+    np.testing.assert_array_equal(sampling.greedy(logits), [1, 0])
+
+
+def test_ties_at_the_top_k_boundary_are_all_kept():
+    logits = np.log(np.array([0.4, 0.2, 0.2, 0.1, 0.1]))
+    assert set(_draws(logits, top_k=2).tolist()) == {0, 1, 2}
+
+
+def test_logprobs_are_the_models_log_softmax_of_each_token(qwen):
+    _, _, model = qwen
+    prompt = _prompts()[0]
+    res = generate(model, [prompt], max_new_tokens=8, temperature=1.0, seed=2, return_logprobs=True)
+    sequence = np.array(prompt + res.tokens[0].tolist())
+    logits = np.asarray(model(jnp.asarray(sequence[None])), np.float64)[0, len(prompt) - 1:-1]
+    want = logits[np.arange(8), res.tokens[0]] - scipy.special.logsumexp(logits, axis=-1)
+    np.testing.assert_allclose(res.logprobs[0], want, atol=1e-4)
+
+
+def test_bfloat16_engine_keeps_a_bfloat16_cache_and_the_float32_distribution(qwen):
+    directory, _, model = qwen
+    engine = Engine(from_pretrained(directory, dtype=jnp.bfloat16))
+    prompt = _prompts()[2]
+    res = engine.generate([prompt], max_new_tokens=8, temperature=1.0, seed=2, return_logprobs=True)
+    assert engine._buffers[0][0].dtype == jnp.bfloat16
+    sequence = np.array(prompt + res.tokens[0].tolist())
+    logits = np.asarray(model(jnp.asarray(sequence[None])), np.float64)[0, len(prompt) - 1:-1]
+    want = logits[np.arange(8), res.tokens[0]] - scipy.special.logsumexp(logits, axis=-1)
+    np.testing.assert_allclose(res.logprobs[0], want, atol=0.15)
+
+
+def test_ids_at_or_above_the_tokenizer_vocabulary_are_never_generated(qwen):
+    _, _, model = qwen
+    res = generate(model, _prompts(), max_new_tokens=16, temperature=2.0, num_samples=8, vocab_size=100)
+    assert res.tokens.max() < 100
+    greedy = generate(model, _prompts(), max_new_tokens=16, vocab_size=100)
+    assert greedy.tokens.max() < 100
+
+
+def test_sharded_generation_equals_one_device(qwen):
+    directory, _, model = qwen
+    mesh = make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    sharded = from_pretrained(directory, mesh=mesh)
+    engine = Engine(sharded)
+    assert engine.mesh is mesh
+    for params in (dict(), dict(temperature=1.0, seed=4, num_samples=2)):
+        want = generate(model, _prompts(), max_new_tokens=12, **params)
+        got = engine.generate(_prompts(), max_new_tokens=12, **params)
+        np.testing.assert_array_equal(got.tokens, want.tokens)
+        np.testing.assert_array_equal(got.lengths, want.lengths)
+    leaf = engine._buffers[0][0]
+    assert leaf.sharding.spec[0] == ("data", "fsdp") and leaf.sharding.spec[1] == "tensor"
+
+
+def test_an_engine_donates_its_kv_buffer_and_bucketing_reuses_compiled_steps(qwen):
+    _, _, model = qwen
+    engine = Engine(model)
+    engine.generate([[5] * 5, [6] * 9], max_new_tokens=5)
+    first = engine._buffers[0][0]
+    compiled = generation._decode._cache_size(), generation._prefill._cache_size()
+    # Same buckets: 2 prompts -> batch 2, lengths 7 and 12 -> 16, 7 new tokens -> 8.
+    engine.generate([[7] * 7, [8] * 12], max_new_tokens=7, temperature=1.0, top_p=0.5)
+    assert first.is_deleted()  # donated to the decode loop, not copied
+    assert (generation._decode._cache_size(), generation._prefill._cache_size()) == compiled
+    engine.release()
+    assert engine._buffers is None
+
+
+def test_prompt_buckets_grow_by_half_and_third_steps():
+    assert [prompt_bucket(n) for n in (1, 16, 17, 24, 25, 33, 49, 65, 100, 129)] == \
+        [16, 16, 24, 24, 32, 48, 64, 96, 128, 192]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(prompt_ids=[]), "no prompts"),
+    (dict(prompt_ids=[[1, 2], []]), "prompt 1 must be a non-empty"),
+    (dict(prompt_ids=[[1, 300]]), "token id 300 outside"),
+    (dict(prompt_ids=[[1.5, 2]]), "token ids are integers"),
+    (dict(max_new_tokens=0), "max_new_tokens must be a positive integer"),
+    (dict(temperature=-1.0), "temperature=-1.0 is invalid"),
+    (dict(top_p=0.0), "top_p=0.0 is invalid"),
+    (dict(top_k=-2), "top_k=-2 is invalid"),
+    (dict(seed=-1), "seed=-1 is invalid"),
+    (dict(seed=[1, 2]), "one value per prompt"),
+    (dict(num_samples=0), "num_samples must be a positive integer"),
+    (dict(stop_token_ids=[999]), "stop token id 999"),
+    (dict(prompt_lengths=[2]), "prompt_lengths applies to a padded int array"),
+])
+def test_bad_arguments_are_named(qwen, kwargs, message):
+    _, _, model = qwen
+    args = dict(prompt_ids=[[1, 2, 3]], max_new_tokens=4)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=message):
+        generate(model, **args)
+
+
+def test_a_value_model_cannot_generate(qwen):
+    directory, _, _ = qwen
+    with pytest.raises(ValueError, match="no LM head"):
+        Engine(from_pretrained(directory, lm_head=False, value_head=True))
