@@ -19,46 +19,16 @@ prefilled (the decode loop alone).
 from __future__ import annotations
 
 import argparse
-import statistics
-import tempfile
-import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import torch
-import transformers
+from _machine import matmul_peak, median_seconds, random_qwen2, read_bandwidth
 
-from rstar_jax import Engine, from_pretrained
+from rstar_jax import Engine
 from rstar_jax.engine import generation as engine_module
 
 PROMPT, NEW, FAN_OUT = 128, 64, 8
-CONFIG = dict(vocab_size=32000, hidden_size=512, intermediate_size=1536, num_hidden_layers=4,
-              num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=False)
-
-
-def median_seconds(fn, repeats: int) -> float:
-    fn()  # warm-up (compilation, allocator)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def matmul_peak(repeats: int, n: int = 2048) -> float:
-    a = jax.random.normal(jax.random.key(0), (n, n))
-    b = jax.random.normal(jax.random.key(1), (n, n))
-    mm = jax.jit(jnp.dot)
-    return 2 * n**3 / median_seconds(lambda: mm(a, b).block_until_ready(), repeats)
-
-
-def read_bandwidth(repeats: int, megabytes: int = 512) -> float:
-    """Bytes/s of a jitted reduction over an array far larger than the caches."""
-    x = jnp.ones((megabytes * 2**20 // 4,), jnp.float32)
-    total = jax.jit(jnp.sum)
-    return x.nbytes / median_seconds(lambda: total(x).block_until_ready(), repeats)
 
 
 def main():
@@ -66,12 +36,8 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
 
-    torch.manual_seed(0)
-    reference = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**CONFIG)).eval()
+    reference, (model,) = random_qwen2()
     reference.generation_config.eos_token_id = None
-    with tempfile.TemporaryDirectory() as directory:
-        reference.save_pretrained(directory)
-        model = from_pretrained(directory)
     engine = Engine(model)
     config = model.config
     rng = np.random.RandomState(0)

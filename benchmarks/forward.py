@@ -12,42 +12,18 @@ weight, the LM head included (it is 16M of the 28M here and does real work).
 from __future__ import annotations
 
 import argparse
-import statistics
-import tempfile
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import torch
-import transformers
+from _machine import QWEN2_45M, matmul_peak, median_seconds, random_qwen2
 from flax import nnx
 
-from rstar_jax import ModelConfig, from_pretrained
-from rstar_jax.models import read_config
+from rstar_jax import ModelConfig
 
 BATCH, LENGTH = 8, 512
-CONFIG = dict(vocab_size=32000, hidden_size=512, intermediate_size=1536, num_hidden_layers=4,
-              num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=False)
-
-
-def median_seconds(fn, repeats: int) -> float:
-    fn()  # warm-up (compilation, allocator)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def matmul_peak(repeats: int, dtype=jnp.float32, n: int = 2048) -> float:
-    """Matmul FLOP/s of this machine through XLA (`dtype` in, float32 out): the roofline a
-    forward computing in `dtype` is held to."""
-    a = jax.random.normal(jax.random.key(0), (n, n), dtype)
-    b = jax.random.normal(jax.random.key(1), (n, n), dtype)
-    mm = jax.jit(lambda x, y: jnp.dot(x, y, preferred_element_type=jnp.float32))
-    return 2 * n**3 / median_seconds(lambda: mm(a, b).block_until_ready(), repeats)
+CONFIG = QWEN2_45M
 
 
 def model_flops(config: ModelConfig, tokens: int) -> float:
@@ -64,13 +40,10 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
 
-    torch.manual_seed(0)
-    reference = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**CONFIG)).eval()
+    reference, loaded = random_qwen2((jnp.float32, jnp.bfloat16))
+    models = dict(zip((jnp.float32, jnp.bfloat16), loaded))
+    config = loaded[0].config
     ids = np.random.RandomState(0).randint(0, CONFIG["vocab_size"], (BATCH, LENGTH)).astype(np.int32)
-    with tempfile.TemporaryDirectory() as directory:
-        reference.save_pretrained(directory)
-        models = {dtype: from_pretrained(directory, dtype=dtype) for dtype in (jnp.float32, jnp.bfloat16)}
-        config = read_config(directory)
 
     torch_ids = torch.as_tensor(ids, dtype=torch.long)
 

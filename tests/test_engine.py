@@ -35,7 +35,7 @@ def _hf_greedy(reference, prompt, new_tokens):
     return out[0, len(prompt):].numpy()
 
 
-@pytest.mark.parametrize("name", ["llama", "qwen2_gqa", "phi3", "phi3_gqa_sliding"])
+@pytest.mark.parametrize("name", ["llama", "qwen2_gqa", "qwen2_tied", "phi3", "phi3_gqa_sliding"])
 def test_greedy_tokens_equal_transformers_generate(tmp_path, name):
     """Ragged prompts in one batch, 32 new tokens each; transformers generates each row alone."""
     reference = checkpoints.save(name, tmp_path)
@@ -239,6 +239,19 @@ def test_an_engine_donates_its_kv_buffer_and_bucketing_reuses_compiled_steps(qwe
     assert (generation._decode._cache_size(), generation._prefill._cache_size()) == compiled
     engine.release()
     assert engine._buffers is None
+
+
+def test_update_swaps_weights_of_the_same_architecture_only(qwen, tmp_path):
+    directory, _, model = qwen
+    engine = Engine(model)
+    before = engine.generate(_prompts(), max_new_tokens=6).tokens
+    checkpoints.save("qwen2_gqa", tmp_path, seed=1)  # same architecture, other weights
+    engine.update(from_pretrained(tmp_path))
+    after = engine.generate(_prompts(), max_new_tokens=6).tokens
+    assert (after != before).any()
+    np.testing.assert_array_equal(after, generate(from_pretrained(tmp_path), _prompts(), 6).tokens)
+    with pytest.raises(ValueError, match="same architecture"):
+        engine.update(from_pretrained(directory, dtype=jnp.bfloat16))
 
 
 def test_prompt_buckets_grow_by_half_and_third_steps():

@@ -99,11 +99,12 @@ def _decode(graphdef, state, prefix, prefix_lengths, first_logits, buffers, acti
     rows, length = buffers[0][0].shape[0], buffers[0][0].shape[2]
     keys = _row_keys(seeds, samples)
     starts = jnp.repeat(prefix_lengths, samples)  # position of each row's first new token
-    allowed = jnp.arange(first_logits.shape[-1]) < vocab_limit
+    vocab = first_logits.shape[-1]
 
     def emit(t, logits, tokens, logprobs, lengths, done):
         """Chooses token t of every row from its logits [R, V]."""
-        logits = jnp.where(allowed, logits, -jnp.inf)
+        if vocab_limit < vocab:
+            logits = jnp.where(jnp.arange(vocab) < vocab_limit, logits, -jnp.inf)
         uniform = jax.vmap(lambda key: jax.random.uniform(jax.random.fold_in(key, t)))(keys)
         token = jnp.where(done, pad_id, sampling.sample(logits, uniform, temperature, top_k, top_p))
         tokens = jax.lax.dynamic_update_slice(tokens, token[:, None], (0, t))
@@ -282,9 +283,9 @@ class Engine:
             self._buffers = buffers
         n = b * num_samples
         return GenerationResult(
-            tokens=np.asarray(tokens[:n, :max_new_tokens]),
-            lengths=np.asarray(out_lengths[:n]),
-            logprobs=np.asarray(logprobs[:n, :max_new_tokens]) if return_logprobs else None,
+            tokens=np.asarray(tokens)[:n, :max_new_tokens],
+            lengths=np.asarray(out_lengths)[:n],
+            logprobs=np.asarray(logprobs)[:n, :max_new_tokens] if return_logprobs else None,
             steps=int(steps))
 
 
