@@ -225,6 +225,28 @@ def test_sharded_generation_equals_one_device(qwen):
         np.testing.assert_array_equal(got.lengths, want.lengths)
     leaf = engine._buffers[0][0]
     assert leaf.sharding.spec[0] == ("data", "fsdp") and leaf.sharding.spec[1] == "tensor"
+    # A new shape compiles the decode loop once: the buffer it donates back has the sharding
+    # the next call passes in.
+    compiled = generation._decode._cache_size()
+    for _ in range(3):
+        engine.generate(_prompts(), max_new_tokens=20)
+    assert generation._decode._cache_size() == compiled + 1
+
+
+def test_longrope_rows_pick_their_factors_from_their_own_length(tmp_path):
+    """phi3_longrope switches to its long factors past 16 tokens. A row that may grow past that
+    uses them from its first token, whatever else is in the batch; one that cannot, never."""
+    reference = checkpoints.save("phi3_longrope", tmp_path)
+    model = from_pretrained(tmp_path)
+    short, long = _prompts()[0], _prompts()[2]  # 5 and 17 tokens
+    alone = generate(model, [short], max_new_tokens=8)  # 13 <= 16: short factors, as transformers
+    np.testing.assert_array_equal(alone.tokens[0], _hf_greedy(reference, short, 8))
+    batched = generate(model, [short, long], max_new_tokens=8)
+    np.testing.assert_array_equal(batched.tokens[0], alone.tokens[0])
+    # 17 + 8 > 16: every position of the long row uses the long factors, as a full forward does.
+    sequence = np.array(long + batched.tokens[1].tolist())
+    logits = np.asarray(model(jnp.asarray(sequence[None])))[0, len(long) - 1:-1]
+    np.testing.assert_array_equal(batched.tokens[1], logits.argmax(-1))
 
 
 def test_an_engine_donates_its_kv_buffer_and_bucketing_reuses_compiled_steps(qwen):
@@ -273,6 +295,13 @@ def test_prompt_buckets_grow_by_half_and_third_steps():
     (dict(num_samples=0), "num_samples must be a positive integer"),
     (dict(stop_token_ids=[999]), "stop token id 999"),
     (dict(prompt_lengths=[2]), "prompt_lengths applies to a padded int array"),
+    (dict(prompt_ids=np.array([1, 2, 3])), "must be int\\[B, P\\]"),
+    (dict(prompt_ids=np.array([[1, 2, 3]]), prompt_lengths=[4]), "prompt_lengths\\[0\\]=4 must be an integer in"),
+    (dict(prompt_ids=np.array([[1, 2, 3]]), prompt_lengths=[0]), "prompt_lengths\\[0\\]=0"),
+    (dict(max_new_tokens=True), "max_new_tokens must be a positive integer"),
+    (dict(stop_token_ids=5), "stop_token_ids must be a sequence of token ids"),
+    (dict(stop_token_ids=[None]), "stop_token_ids must be a sequence of token ids"),
+    (dict(pad_id=256), "pad_id=256 must be a token id"),
 ])
 def test_bad_arguments_are_named(qwen, kwargs, message):
     _, _, model = qwen
@@ -280,6 +309,20 @@ def test_bad_arguments_are_named(qwen, kwargs, message):
     args.update(kwargs)
     with pytest.raises(ValueError, match=message):
         generate(model, **args)
+
+
+def test_numpy_integers_and_huge_top_k_are_accepted(qwen):
+    _, _, model = qwen
+    res = generate(model, np.array([[1, 2, 3]]), np.int64(3), num_samples=np.int32(2), top_k=2**40, temperature=1.0)
+    assert res.tokens.shape == (2, 3)
+
+
+def test_tiny_temperatures_sample_the_argmax():
+    logits = np.array([[50.0, 49.0, -50.0, 0.0], [-50.0, -49.0, -60.0, -70.0]], np.float32)
+    for temperature in (1e-30, 1e-37):
+        tokens = sampling.sample(jnp.asarray(logits), jnp.asarray([0.3, 0.9]), jnp.full((2,), temperature),
+                                 jnp.zeros((2,), jnp.int32), jnp.ones((2,)))
+        np.testing.assert_array_equal(tokens, [0, 1])
 
 
 def test_a_value_model_cannot_generate(qwen):

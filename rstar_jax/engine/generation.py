@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import NamedSharding
+from jax.sharding import NamedSharding, PartitionSpec
 
 from rstar_jax.engine import sampling
 from rstar_jax.models.cache import ForkCache, KVCache
@@ -66,12 +66,14 @@ def _pow2(n: int, minimum: int = 1) -> int:
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
-def _prefill(graphdef, state, ids, lengths):
-    """ids: int32[B, P] right-padded; lengths: int32[B] >= 1 -> (KVCache of SlotCache [B, P],
-    float32 logits [B, V] after each prompt's last token)."""
+def _prefill(graphdef, state, ids, lengths, rope_lengths):
+    """ids: int32[B, P] right-padded; lengths: int32[B] >= 1; rope_lengths: int32[B], the
+    longest each row may grow -> (KVCache of SlotCache [B, P], float32 logits [B, V] after each
+    prompt's last token)."""
     model = nnx.merge(graphdef, state)
     positions = jnp.broadcast_to(jnp.arange(ids.shape[1], dtype=jnp.int32), ids.shape)
-    hidden, cache = model.hidden_states(ids, positions, cache=KVCache.collect(model.config, model.dtype))
+    hidden, cache = model.hidden_states(ids, positions, cache=KVCache.collect(model.config, model.dtype),
+                                        rope_lengths=rope_lengths)
     last = jnp.take_along_axis(hidden, (lengths - 1)[:, None, None], axis=1)  # [B, 1, E]
     return cache, model.logits(last)[:, 0]
 
@@ -85,20 +87,22 @@ def _row_keys(seeds, samples):
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "samples", "vocab_limit", "pad_id", "with_logprobs"),
                    donate_argnames=("buffers",))
-def _decode(graphdef, state, prefix, prefix_lengths, first_logits, buffers, active, seeds, temperature, top_k,
-            top_p, stop_ids, max_new, *, samples, vocab_limit, pad_id, with_logprobs):
+def _decode(graphdef, state, prefix, prefix_lengths, rope_lengths, first_logits, buffers, active, seeds,
+            temperature, top_k, top_p, stop_ids, max_new, *, samples, vocab_limit, pad_id, with_logprobs):
     """Samples up to max_new tokens for R = B * samples rows.
 
-    prefix: KVCache of SlotCache [B, P]; first_logits: float32[B, V]; buffers: per layer
-    (keys, values) [R, K, T, D], donated; active: bool[R] (padding rows are inactive);
-    seeds: uint32[B]; temperature, top_p: float32[R]; top_k: int32[R]; stop_ids: int32[S]
-    (-1 pads); max_new: int32 scalar <= T. Returns (tokens int32[R, T], lengths int32[R],
-    logprobs float32[R, T], buffers).
+    prefix: KVCache of SlotCache [B, P]; prefix_lengths, rope_lengths: int32[B] as in
+    _prefill; first_logits: float32[B, V]; buffers: per layer (keys, values) [R, K, T, D],
+    donated; active: bool[R] (padding rows are inactive); seeds: uint32[B]; temperature,
+    top_p: float32[R]; top_k: int32[R]; stop_ids: int32[S] (-1 pads); max_new: int32 scalar
+    <= T. Returns (tokens int32[R, T], lengths int32[R], logprobs float32[R, T], tokens chosen
+    per row before the loop exited (int32), buffers).
     """
     model = nnx.merge(graphdef, state)
     rows, length = buffers[0][0].shape[0], buffers[0][0].shape[2]
     keys = _row_keys(seeds, samples)
     starts = jnp.repeat(prefix_lengths, samples)  # position of each row's first new token
+    rope_lengths = jnp.repeat(rope_lengths, samples)
     vocab = first_logits.shape[-1]
 
     def emit(t, logits, tokens, logprobs, lengths, done):
@@ -124,7 +128,8 @@ def _decode(graphdef, state, prefix, prefix_lengths, first_logits, buffers, acti
 
     def body(carry):
         t, token, cache, tokens, logprobs, lengths, done = carry
-        hidden, cache = model.hidden_states(token[:, None], (starts + t - 1)[:, None], cache=cache)
+        hidden, cache = model.hidden_states(token[:, None], (starts + t - 1)[:, None], cache=cache,
+                                            rope_lengths=rope_lengths)
         token, tokens, logprobs, lengths, done = emit(t, model.logits(hidden)[:, 0], tokens, logprobs, lengths, done)
         return t + 1, token, cache, tokens, logprobs, lengths, done
 
@@ -154,12 +159,26 @@ def _per_prompt(name: str, value, count: int, dtype, check) -> np.ndarray:
     return array.astype(dtype)
 
 
+def _count(name: str, value) -> int:
+    """A positive integer argument (numpy integers too, booleans not)."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+        raise ValueError(f"{name} must be a positive integer; got {value!r}")
+    return int(value)
+
+
 def _prompt_rows(prompt_ids, prompt_lengths, vocab: int) -> list[np.ndarray]:
-    if isinstance(prompt_ids, np.ndarray | jax.Array) and np.ndim(prompt_ids) == 2:
+    if isinstance(prompt_ids, np.ndarray | jax.Array) and np.ndim(prompt_ids) != 2:
+        raise ValueError(f"prompt_ids as an array must be int[B, P]; got shape {np.shape(prompt_ids)} "
+                         "(wrap a single prompt in a list)")
+    if isinstance(prompt_ids, np.ndarray | jax.Array):
         array = np.asarray(prompt_ids)
-        lengths = [array.shape[1]] * array.shape[0] if prompt_lengths is None else list(np.asarray(prompt_lengths))
+        lengths = [array.shape[1]] * array.shape[0] if prompt_lengths is None else list(prompt_lengths)
         if len(lengths) != array.shape[0]:
             raise ValueError(f"prompt_lengths has {len(lengths)} entries for {array.shape[0]} prompts")
+        for i, n in enumerate(lengths):
+            if isinstance(n, bool) or not isinstance(n, int | np.integer) or not 1 <= n <= array.shape[1]:
+                raise ValueError(f"prompt_lengths[{i}]={n!r} must be an integer in [1, {array.shape[1]}] "
+                                 "(the padded width)")
         rows = [array[i, :int(n)] for i, n in enumerate(lengths)]
     else:
         if prompt_lengths is not None:
@@ -192,6 +211,8 @@ class Engine:
         rows = model.config.vocab_size
         if vocab_size is not None and not 0 < vocab_size <= rows:
             raise ValueError(f"vocab_size={vocab_size} must be in [1, {rows}] (the model's embedding rows)")
+        if not 0 <= pad_id < rows:
+            raise ValueError(f"pad_id={pad_id} must be a token id in [0, {rows}): it pads prompts fed to the model")
         self.config = model.config
         self.dtype = model.dtype
         self.vocab_size = vocab_size or rows
@@ -220,8 +241,14 @@ class Engine:
         if buffers is not None and buffers[0][0].shape == shape:
             return buffers
         buffers = None  # free the old one before allocating
-        device = None if self.mesh is None else self.rules.sharding(
-            ("act_batch", "act_kv_heads", None, None), shape, self.mesh)
+        device = None
+        if self.mesh is not None:
+            # Without trailing Nones: the spec the loop returns, so the next call hits the same
+            # compiled decode instead of compiling it again for an equal-but-unequal spec.
+            spec = tuple(self.rules.spec(("act_batch", "act_kv_heads", None, None), shape, self.mesh))
+            while spec and spec[-1] is None:
+                spec = spec[:-1]
+            device = NamedSharding(self.mesh, PartitionSpec(*spec))
         return tuple((jnp.zeros(shape, self.dtype, device=device), jnp.zeros(shape, self.dtype, device=device))
                      for _ in range(c.num_hidden_layers))
 
@@ -235,22 +262,28 @@ class Engine:
         (in [0, 2**32)) are scalars or one value per prompt. Generation of a row stops after its
         first token in stop_token_ids. Rows are prompt-major: row b * num_samples + s.
         return_logprobs: also return each token's log-probability under the model (temperature
-        1, before top-k/top-p).
+        1, before top-k/top-p, over the ids below vocab_size).
+
+        Under longrope scaling (Phi-3 128k) a row whose prompt plus max_new_tokens passes the
+        pretraining length uses the long factors from its first token; transformers instead
+        switches when the sequence actually passes it, re-encoding the whole sequence.
         """
         vocab = self.config.vocab_size
         rows = _prompt_rows(prompt_ids, prompt_lengths, vocab)
-        if not isinstance(max_new_tokens, int | np.integer) or max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be a positive integer; got {max_new_tokens!r}")
-        if not isinstance(num_samples, int | np.integer) or num_samples < 1:
-            raise ValueError(f"num_samples must be a positive integer; got {num_samples!r}")
+        max_new_tokens = _count("max_new_tokens", max_new_tokens)
+        num_samples = _count("num_samples", num_samples)
         b = len(rows)
         temperature = _per_prompt("temperature", temperature, b, np.float32,
                                   lambda x: None if math.isfinite(x) and x >= 0 else "use a finite value >= 0")
         top_p = _per_prompt("top_p", top_p, b, np.float32, lambda x: None if 0 < x <= 1 else "use 0 < top_p <= 1")
-        top_k = _per_prompt("top_k", top_k, b, np.int32,
+        top_k = _per_prompt("top_k", top_k, b, np.int64,
                             lambda x: None if float(x).is_integer() and x >= 0 else "use an integer >= 0 (0 = off)")
+        top_k = np.minimum(top_k, vocab).astype(np.int32)  # k >= the vocabulary keeps everything
         seeds = _per_prompt("seed", seed, b, np.uint32,
                             lambda x: None if float(x).is_integer() and 0 <= x < 2**32 else "use an integer in [0, 2**32)")
+        if isinstance(stop_token_ids, int | np.integer | str) or not all(
+                isinstance(s, int | np.integer) and not isinstance(s, bool) for s in stop_token_ids):
+            raise ValueError(f"stop_token_ids must be a sequence of token ids; got {stop_token_ids!r}")
         stops = [int(s) for s in stop_token_ids]
         bad = [s for s in stops if not 0 <= s < vocab]
         if bad:
@@ -272,10 +305,11 @@ class Engine:
         stop_ids = np.full((_STOP_SLOTS * max(1, -(-len(stops) // _STOP_SLOTS)),), -1, np.int32)
         stop_ids[:len(stops)] = stops
         with jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext():
-            prefix, first = _prefill(self.graphdef, self.state, ids, lengths)
+            rope_lengths = lengths + np.int32(max_new_tokens)
+            prefix, first = _prefill(self.graphdef, self.state, ids, lengths, rope_lengths)
             buffers = self._take_buffers(batch * num_samples, length)
             tokens, out_lengths, logprobs, steps, buffers = _decode(
-                self.graphdef, self.state, prefix, lengths, first, buffers, active,
+                self.graphdef, self.state, prefix, lengths, rope_lengths, first, buffers, active,
                 np.concatenate([seeds, np.zeros((batch - b,), np.uint32)]), pad(temperature, 0.0),
                 pad(top_k, 0), pad(top_p, 1.0), stop_ids, np.int32(max_new_tokens),
                 samples=num_samples, vocab_limit=self.vocab_size, pad_id=self.pad_id,

@@ -8,7 +8,7 @@ CPU, far more than the decode step itself):
 - sampling: inverse-CDF with one uniform number per row, over 128-token chunks (a cumulative
   sum over the chunk totals, then within one chunk), instead of a Gumbel variate per logit;
 - top-k and top-p: an exact probability threshold per row, found by bisection on the bits of
-  float32 (non-negative floats order like their bit patterns), 31 masked reductions. Rows then
+  float32 (non-negative floats order like their bit patterns), 30 masked reductions. Rows then
   keep every token at or above their threshold, so tokens tied at the threshold are all kept.
   The filters run only when some row asks for them.
 
@@ -49,7 +49,7 @@ def _threshold(weights: jax.Array, enough) -> jax.Array:
 
     lo = jnp.zeros((rows,), jnp.int32)
     hi = jnp.full((rows,), _ONE_BITS + 1, jnp.int32)
-    lo, _ = jax.lax.fori_loop(0, 31, step, (lo, hi))  # 2^31 > _ONE_BITS: the interval closes
+    lo, _ = jax.lax.fori_loop(0, 30, step, (lo, hi))  # 2^30 > _ONE_BITS + 1: the interval closes
     return lo
 
 
@@ -105,8 +105,9 @@ def sample(logits: jax.Array, uniform: jax.Array, temperature: jax.Array, top_k:
     argmax = greedy(logits)
 
     def draw():
-        scaled = logits / jnp.where(temperature > 0, temperature, 1.0)[:, None]
-        weights = jnp.exp(scaled - jnp.max(scaled, axis=-1, keepdims=True))  # in [0, 1], max 1
+        # Shift before dividing: a tiny temperature would overflow the logits to inf.
+        shifted = logits - jnp.max(logits, axis=-1, keepdims=True)
+        weights = jnp.exp(shifted / jnp.where(temperature > 0, temperature, 1.0)[:, None])  # in [0, 1], max 1
         weights = jax.lax.cond(jnp.any((top_k > 0) & (temperature > 0)),
                                lambda w: jnp.where(top_k_mask(w, top_k), w, 0.0), lambda w: w, weights)
         weights = jax.lax.cond(jnp.any((top_p < 1.0) & (temperature > 0)),

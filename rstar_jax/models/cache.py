@@ -156,6 +156,6 @@ class KVCache:
                 raise TypeError(f"fork needs a SlotCache prefix (a prefill's output); got {type(layer).__name__}")
             b, _, kv_heads, d = layer.keys.shape
             shape = (b * samples, kv_heads, length, d)
-            buffer = jnp.zeros(shape, layer.keys.dtype)
-            layers.append(ForkCache.from_prefix(layer, prefix_lengths, buffer, buffer))
+            keys, values = jnp.zeros(shape, layer.keys.dtype), jnp.zeros(shape, layer.keys.dtype)
+            layers.append(ForkCache.from_prefix(layer, prefix_lengths, keys, values))
         return cls(tuple(layers))

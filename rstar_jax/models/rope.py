@@ -69,13 +69,19 @@ class RotaryEmbedding:
         self.inv_freq = inv_freq.astype(np.float32)  # [rotary_dim / 2]
         self.long_inv_freq = long_inv_freq.astype(np.float32)  # [rotary_dim / 2]
 
-    def __call__(self, positions: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """positions: int32[B, T] -> (cos, sin), each float32[B, T, rotary_dim]."""
-        inv_freq = jnp.asarray(self.inv_freq)
+    def __call__(self, positions: jax.Array, lengths: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+        """positions: int32[B, T] -> (cos, sin), each float32[B, T, rotary_dim].
+
+        Under longrope a sequence longer than the pretraining length uses the long factors at
+        every position, as in transformers. lengths: int32[B], the length that decides it for
+        each row (default: the row's largest position + 1); a generator passes the length a row
+        may reach, so its cached keys stay valid and rows do not depend on one another.
+        """
+        inv_freq = jnp.asarray(self.inv_freq)[None, None]  # [1, 1, rotary_dim / 2]
         if self.switch_at is not None:
-            # As transformers does: the whole call uses the long factors once any position passes
-            # the pretraining length, so results match it token for token.
-            use_long = jnp.max(positions) + 1 > self.switch_at
+            if lengths is None:
+                lengths = jnp.max(positions, axis=1) + 1
+            use_long = (lengths > self.switch_at)[:, None, None]
             inv_freq = jnp.where(use_long, jnp.asarray(self.long_inv_freq), inv_freq)
         angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, T, rotary_dim / 2]
         angles = jnp.concatenate([angles, angles], axis=-1)

@@ -174,7 +174,8 @@ class CausalLM(nnx.Module):
         return hasattr(self, "value_head")
 
     def hidden_states(self, input_ids: jax.Array, positions: jax.Array | None = None,
-                      segment_ids: jax.Array | None = None, cache: KVCache | None = None):
+                      segment_ids: jax.Array | None = None, cache: KVCache | None = None,
+                      rope_lengths: jax.Array | None = None):
         """input_ids, positions, segment_ids: int32[B, T] -> (final-norm hidden [B, T, E], cache).
 
         Without a cache the tokens attend to each other causally (positions default to 0..T-1;
@@ -182,7 +183,8 @@ class CausalLM(nnx.Module):
         With a cache (`KVCache`, see cache.py), `positions` is required: the cache stores each
         token's keys and values where its layout puts that position (a `SlotCache` at slot
         positions[b, t]) and the token reads every earlier position. A write past the cache's
-        end is dropped, so sizing the cache is the caller's job.
+        end is dropped, so sizing the cache is the caller's job. rope_lengths: int32[B], only
+        read under longrope scaling (see `RotaryEmbedding`).
         """
         if segment_ids is not None and cache is not None:
             raise ValueError("segment_ids (packed sequences) cannot be combined with a KV cache")
@@ -192,7 +194,7 @@ class CausalLM(nnx.Module):
             positions = jnp.broadcast_to(jnp.arange(input_ids.shape[1], dtype=jnp.int32), input_ids.shape)
         x = jnp.take(self.embed[...], input_ids, axis=0).astype(self.dtype)
         x = constrain(x, ("act_batch", "act_seq", "act_embed"), self.rules)
-        cos, sin = _rotary(self.config)(positions)
+        cos, sin = _rotary(self.config)(positions, rope_lengths)
 
         def run(block, x, layer_cache):
             return block(x, cos, sin, positions, segment_ids, layer_cache)
