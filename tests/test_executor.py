@@ -308,6 +308,19 @@ def test_results_in_input_order_and_programs_independent():
     assert len({r.stdout for r in again}) == 1  # seeded per program, whichever worker ran it
 
 
+def test_workers_are_not_recycled_because_the_parent_is_large():
+    """A worker's peak memory is its own: a parent holding a big model (here 1 GiB of touched
+    memory, more than a worker's 512 MB growth allowance) must not make every worker look over
+    its limit and be replaced after each program (seconds per program instead of microseconds)."""
+    ballast = b"x" * 2**30  # 1 GiB, written, so resident
+    with CodeExecutor(num_workers=1, timeout_s=5.0) as ex:
+        ex.run(["x = 1"])
+        before = ex.pids
+        ex.run([f"print({i})" for i in range(5)])
+        assert ex.pids == before
+    del ballast
+
+
 def test_output_truncated_and_errors_on_one_line():
     with CodeExecutor(num_workers=1, timeout_s=5.0, max_output_chars=10) as ex:
         long, syntax, multi = ex.run(["print('a' * 5000)", "x = (1,\n", "raise ValueError('a\\nb')"])

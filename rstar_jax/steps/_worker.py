@@ -238,6 +238,20 @@ def _remove(entry: os.DirEntry) -> None:
         pass
 
 
+def _peak_rss() -> int:
+    """Peak resident memory of this process, in bytes (VmHWM).
+
+    Not getrusage's ru_maxrss: on Linux exec records the high-water mark of the memory it
+    replaces, which for a spawned worker is the parent's, so under a parent holding a large
+    model every worker would look over its limit and be retired after each program.
+    """
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024  # kB
+    return 0
+
+
 def _read_exact(fd: int, n: int) -> bytes:
     chunks, got = [], 0
     while got < n:
@@ -367,9 +381,8 @@ def main() -> None:
     report, state = _setup(settings)  # a failure here reaches the parent's log through fd 2
     os.dup2(devnull, 2)
     _send(proto_out, {"ready": report})
-    page = os.sysconf("SC_PAGE_SIZE")
     with open("/proc/self/statm") as f:
-        rss_limit = int(f.read().split()[1]) * page + settings["max_rss_growth_mb"] * 2**20
+        rss_limit = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") + settings["max_rss_growth_mb"] * 2**20
     max_programs = settings["max_programs"]
     for count in range(1, max_programs + 1):
         try:
@@ -382,8 +395,7 @@ def main() -> None:
             clean = True
         except BaseException:  # noqa: BLE001 - state we cannot trust: finish and retire
             clean = False
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # bytes (Linux: KiB)
-        recycle = not clean or peak > rss_limit or count == max_programs
+        recycle = not clean or _peak_rss() > rss_limit or count == max_programs
         reply = {
             "id": request["id"],
             "nonce": request["nonce"],
