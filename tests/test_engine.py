@@ -97,6 +97,48 @@ def test_fan_out_samples_do_not_depend_on_the_rest_of_the_batch(qwen):
     np.testing.assert_array_equal(greedy.tokens[:3], np.repeat(generate(model, [a], 10).tokens, 3, axis=0))
 
 
+def test_fan_out_rows_stop_on_their_own_and_keep_their_draws(qwen):
+    """Stopping changes nothing before a row's stop: the draws of a row depend only on its key
+    and step. After the stop: padding, and log-probabilities of 0."""
+    _, _, model = qwen
+    prompt = _prompts()[1]
+    free = generate(model, [prompt], max_new_tokens=16, temperature=1.0, seed=9, num_samples=6)
+    stops = (int(free.tokens[0, 2]), int(free.tokens[3, 5]))
+    res = generate(model, [prompt], max_new_tokens=16, temperature=1.0, seed=9, num_samples=6,
+                   stop_token_ids=iter(stops), return_logprobs=True)
+    assert res.lengths.min() < 16
+    for row in range(6):
+        hits = [t for t in range(16) if free.tokens[row, t] in stops]
+        length = hits[0] + 1 if hits else 16
+        assert res.lengths[row] == length
+        np.testing.assert_array_equal(res.tokens[row, :length], free.tokens[row, :length])
+        assert (res.tokens[row, length:] == 0).all() and (res.logprobs[row, length:] == 0).all()
+        assert (res.logprobs[row, :length] < 0).all()
+
+
+def test_greedy_and_sampled_prompts_share_a_batch(qwen):
+    _, _, model = qwen
+    a, b, _ = _prompts()
+    res = generate(model, [a, b], max_new_tokens=8, temperature=[0.0, 1.0], top_k=[0, 50], top_p=[1.0, 0.9],
+                   seed=[1, 2], num_samples=4)
+    np.testing.assert_array_equal(res.tokens[:4], np.repeat(generate(model, [a], 8).tokens, 4, axis=0))
+    assert len({tuple(row) for row in res.tokens[4:]}) > 1
+
+
+def test_later_tokens_are_drawn_from_the_softmax_given_the_earlier_ones(qwen):
+    """The second token of the samples whose first token is the most common one, against the
+    model's softmax after prompt + that token: checks the draws inside the decode loop."""
+    _, _, model = qwen
+    prompt = _prompts()[0]
+    res = generate(model, [prompt], max_new_tokens=2, temperature=1.0, num_samples=6000, seed=4)
+    first = np.bincount(res.tokens[:, 0]).argmax()
+    second = res.tokens[res.tokens[:, 0] == first, 1]
+    assert second.size > 300
+    logits = np.asarray(model(jnp.asarray([prompt + [int(first)]])), np.float64)[0, -1]
+    probs = np.exp(logits - logits.max())
+    assert _chi_square_p(np.bincount(second, minlength=probs.size), probs / probs.sum()) > 1e-3
+
+
 def test_a_fixed_seed_gives_the_same_samples(qwen):
     _, _, model = qwen
     prompts = _prompts()
@@ -225,11 +267,18 @@ def test_sharded_generation_equals_one_device(qwen):
         np.testing.assert_array_equal(got.lengths, want.lengths)
     leaf = engine._buffers[0][0]
     assert leaf.sharding.spec[0] == ("data", "fsdp") and leaf.sharding.spec[1] == "tensor"
-    # A new shape compiles the decode loop once: the buffer it donates back has the sharding
-    # the next call passes in.
+
+
+@pytest.mark.parametrize("shape", [{"data": 2, "fsdp": 2, "tensor": 2}, {"data": 1, "fsdp": 8, "tensor": 1},
+                                   {"data": 1, "fsdp": 1, "tensor": 8}])
+def test_a_sharded_engine_compiles_each_shape_once(qwen, shape):
+    """The KV buffer it places on the mesh comes back from the loop with an equal sharding, so
+    the next call of the same shape reuses the compiled loop (size-1 axes included)."""
+    directory, _, _ = qwen
+    engine = Engine(from_pretrained(directory, mesh=make_mesh(shape)))
     compiled = generation._decode._cache_size()
     for _ in range(3):
-        engine.generate(_prompts(), max_new_tokens=20)
+        engine.generate(_prompts(), max_new_tokens=20, num_samples=2)
     assert generation._decode._cache_size() == compiled + 1
 
 
@@ -311,10 +360,15 @@ def test_bad_arguments_are_named(qwen, kwargs, message):
         generate(model, **args)
 
 
-def test_numpy_integers_and_huge_top_k_are_accepted(qwen):
+def test_numpy_and_jax_integers_and_huge_top_k_are_accepted(qwen):
     _, _, model = qwen
-    res = generate(model, np.array([[1, 2, 3]]), np.int64(3), num_samples=np.int32(2), top_k=2**40, temperature=1.0)
+    res = generate(model, np.array([[1, 2, 3]]), np.int64(3), num_samples=np.int32(2), top_k=2**70, temperature=1.0)
     assert res.tokens.shape == (2, 3)
+    free = generate(model, [[1, 2, 3], [4, 5, 6]], 6).tokens
+    stops = jnp.asarray([free[0, 1], free[1, 2]])
+    res = generate(model, jnp.asarray([[1, 2, 3, 9], [4, 5, 6, 9]]), 6, stop_token_ids=stops,
+                   prompt_lengths=jnp.asarray([3, 3]))
+    assert res.lengths[0] <= 2 and res.lengths[1] <= 3
 
 
 def test_tiny_temperatures_sample_the_argmax():

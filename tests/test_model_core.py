@@ -152,6 +152,19 @@ def test_value_head_reads_the_last_real_token_of_each_row(qwen_dir):
     assert np.all(np.abs(scores) < 1) and scores[0] != scores[1]
 
 
+def test_longrope_value_does_not_depend_on_padding(tmp_path):
+    """The value head passes each row's real length to the rotary embedding: under longrope
+    (factors switch past 16 tokens) a 10-token row scores the same padded to 12 or to 24."""
+    checkpoints.save("phi3_longrope", tmp_path)
+    model = from_pretrained(tmp_path, value_head=True, value_tanh=False)  # raw scores: tanh would saturate
+    model.value_head[...] = jax.random.normal(jax.random.key(0), model.value_head[...].shape)
+    ids = checkpoints.token_ids(1, 10, seed=4)
+    short, long = (np.pad(ids, ((0, 0), (0, width - 10))) for width in (12, 24))
+    lengths = jnp.asarray([10])
+    np.testing.assert_allclose(model.value(jnp.asarray(long), lengths), model.value(jnp.asarray(short), lengths),
+                               atol=1e-5)
+
+
 def test_new_value_head_starts_at_zero_weights(qwen_dir):
     model = from_pretrained(qwen_dir, value_head=True, value_tanh=False)
     np.testing.assert_array_equal(np.asarray(model.value(jnp.asarray(checkpoints.token_ids(3, 9)))), 0.0)

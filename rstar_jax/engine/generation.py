@@ -6,9 +6,9 @@ nodes):
 1. prefill (jit): the prompts, right-padded to a bucketed length P, run causally once; the
    result is each layer's keys and values `[B, P]` and each prompt's next-token logits;
 2. decode (jit): a `lax.while_loop` over new tokens for B x num_samples rows. The rows of one
-   prompt read its keys and values from one shared copy (`ForkCache`) and write their own into a
-   buffer `[rows, T]` that the engine keeps between calls and donates to the loop, which
-   updates it in place. A row is done at its first stop token or after `max_new_tokens`; the
+   prompt read its keys and values from one shared copy (`ForkCache`) and write their own into
+   buffers (per layer, keys and values `[rows, K, T, D]`) that the engine keeps between calls
+   and donates to the loop, which updates them in place. A row is done at its first stop token or after `max_new_tokens`; the
    loop exits as soon as every row is done.
 
 Batch, prompt and generation lengths are bucketed (powers of two, and 1.5x between them for
@@ -23,6 +23,7 @@ import contextlib
 import dataclasses
 import functools
 import math
+import operator
 from collections.abc import Sequence
 
 import jax
@@ -159,11 +160,23 @@ def _per_prompt(name: str, value, count: int, dtype, check) -> np.ndarray:
     return array.astype(dtype)
 
 
+def _integer(value) -> int | None:
+    """value as an int if it is an integer (Python, numpy or a jax scalar), else None; a bool
+    is not one."""
+    if isinstance(value, bool | np.bool_):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
+
+
 def _count(name: str, value) -> int:
-    """A positive integer argument (numpy integers too, booleans not)."""
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+    """A positive integer argument."""
+    n = _integer(value)
+    if n is None or n < 1:
         raise ValueError(f"{name} must be a positive integer; got {value!r}")
-    return int(value)
+    return n
 
 
 def _prompt_rows(prompt_ids, prompt_lengths, vocab: int) -> list[np.ndarray]:
@@ -176,10 +189,10 @@ def _prompt_rows(prompt_ids, prompt_lengths, vocab: int) -> list[np.ndarray]:
         if len(lengths) != array.shape[0]:
             raise ValueError(f"prompt_lengths has {len(lengths)} entries for {array.shape[0]} prompts")
         for i, n in enumerate(lengths):
-            if isinstance(n, bool) or not isinstance(n, int | np.integer) or not 1 <= n <= array.shape[1]:
+            if _integer(n) is None or not 1 <= _integer(n) <= array.shape[1]:
                 raise ValueError(f"prompt_lengths[{i}]={n!r} must be an integer in [1, {array.shape[1]}] "
                                  "(the padded width)")
-        rows = [array[i, :int(n)] for i, n in enumerate(lengths)]
+        rows = [array[i, :_integer(n)] for i, n in enumerate(lengths)]
     else:
         if prompt_lengths is not None:
             raise ValueError("prompt_lengths applies to a padded int array [B, P]; ragged lists carry their lengths")
@@ -195,6 +208,19 @@ def _prompt_rows(prompt_ids, prompt_lengths, vocab: int) -> list[np.ndarray]:
         if bad.size:
             raise ValueError(f"prompt {i} has token id {int(bad[0])} outside the model's vocabulary [0, {vocab})")
     return rows
+
+
+def _canonical(spec: PartitionSpec, mesh) -> PartitionSpec:
+    """The spec as XLA returns it: no size-1 mesh axes, no trailing Nones. A buffer placed with
+    it comes back from the decode loop with an equal sharding, so the next call reuses the
+    compiled loop instead of compiling it again for an equal-but-unequal spec."""
+    entries = []
+    for entry in spec:
+        axes = [a for a in ((entry,) if isinstance(entry, str) else entry or ()) if mesh.shape[a] > 1]
+        entries.append(None if not axes else axes[0] if len(axes) == 1 else tuple(axes))
+    while entries and entries[-1] is None:
+        entries.pop()
+    return PartitionSpec(*entries)
 
 
 class Engine:
@@ -243,12 +269,8 @@ class Engine:
         buffers = None  # free the old one before allocating
         device = None
         if self.mesh is not None:
-            # Without trailing Nones: the spec the loop returns, so the next call hits the same
-            # compiled decode instead of compiling it again for an equal-but-unequal spec.
-            spec = tuple(self.rules.spec(("act_batch", "act_kv_heads", None, None), shape, self.mesh))
-            while spec and spec[-1] is None:
-                spec = spec[:-1]
-            device = NamedSharding(self.mesh, PartitionSpec(*spec))
+            spec = self.rules.spec(("act_batch", "act_kv_heads", None, None), shape, self.mesh)
+            device = NamedSharding(self.mesh, _canonical(spec, self.mesh))
         return tuple((jnp.zeros(shape, self.dtype, device=device), jnp.zeros(shape, self.dtype, device=device))
                      for _ in range(c.num_hidden_layers))
 
@@ -259,7 +281,8 @@ class Engine:
 
         prompt_ids: int[B, P] (every row full unless prompt_lengths says otherwise) or B lists of
         ids of any lengths. temperature (0 = greedy), top_p (1 = off), top_k (0 = off) and seed
-        (in [0, 2**32)) are scalars or one value per prompt. Generation of a row stops after its
+        (in [0, 2**32)) are scalars or one value per prompt; equal prompts with equal seeds draw
+        equal samples, so a search passes a seed per problem and call. A row stops after its
         first token in stop_token_ids. Rows are prompt-major: row b * num_samples + s.
         return_logprobs: also return each token's log-probability under the model (temperature
         1, before top-k/top-p, over the ids below vocab_size).
@@ -276,15 +299,17 @@ class Engine:
         temperature = _per_prompt("temperature", temperature, b, np.float32,
                                   lambda x: None if math.isfinite(x) and x >= 0 else "use a finite value >= 0")
         top_p = _per_prompt("top_p", top_p, b, np.float32, lambda x: None if 0 < x <= 1 else "use 0 < top_p <= 1")
-        top_k = _per_prompt("top_k", top_k, b, np.int64,
-                            lambda x: None if float(x).is_integer() and x >= 0 else "use an integer >= 0 (0 = off)")
-        top_k = np.minimum(top_k, vocab).astype(np.int32)  # k >= the vocabulary keeps everything
+        top_k = _per_prompt("top_k", top_k, b, object,
+                            lambda x: None if _integer(x) is not None and x >= 0 else "use an integer >= 0 (0 = off)")
+        top_k = np.array([min(_integer(k), vocab) for k in top_k], np.int32)  # k >= vocab keeps everything
         seeds = _per_prompt("seed", seed, b, np.uint32,
                             lambda x: None if float(x).is_integer() and 0 <= x < 2**32 else "use an integer in [0, 2**32)")
-        if isinstance(stop_token_ids, int | np.integer | str) or not all(
-                isinstance(s, int | np.integer) and not isinstance(s, bool) for s in stop_token_ids):
+        if isinstance(stop_token_ids, str | bytes) or _integer(stop_token_ids) is not None:
             raise ValueError(f"stop_token_ids must be a sequence of token ids; got {stop_token_ids!r}")
-        stops = [int(s) for s in stop_token_ids]
+        stops = [_integer(s) for s in np.asarray(stop_token_ids).reshape(-1).tolist()] if isinstance(
+            stop_token_ids, np.ndarray | jax.Array) else [_integer(s) for s in stop_token_ids]
+        if None in stops:
+            raise ValueError(f"stop_token_ids must be a sequence of token ids; got {stop_token_ids!r}")
         bad = [s for s in stops if not 0 <= s < vocab]
         if bad:
             raise ValueError(f"stop token id {bad[0]} is outside the model's vocabulary [0, {vocab})")

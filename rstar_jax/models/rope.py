@@ -74,8 +74,10 @@ class RotaryEmbedding:
 
         Under longrope a sequence longer than the pretraining length uses the long factors at
         every position, as in transformers. lengths: int32[B], the length that decides it for
-        each row (default: the row's largest position + 1); a generator passes the length a row
-        may reach, so its cached keys stay valid and rows do not depend on one another.
+        each row. The default, the row's largest position + 1, counts padding (and, for packed
+        rows, the longest segment); callers that know the real lengths pass them (the value
+        head, and the engine, which passes the length a row may reach so its cached keys stay
+        valid).
         """
         inv_freq = jnp.asarray(self.inv_freq)[None, None]  # [1, 1, rotary_dim / 2]
         if self.switch_at is not None:

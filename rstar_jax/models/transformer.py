@@ -235,9 +235,9 @@ class CausalLM(nnx.Module):
         """
         if not self.has_value_head:
             raise ValueError("this model has no value head; build it with value_head=True")
-        hidden, _ = self.hidden_states(input_ids, positions)
         if lengths is None:
             lengths = jnp.full((input_ids.shape[0],), input_ids.shape[1], jnp.int32)
+        hidden, _ = self.hidden_states(input_ids, positions, rope_lengths=lengths)
         last = jnp.take_along_axis(hidden, (lengths - 1)[:, None, None], axis=1)[:, 0]  # [B, E]
         score = jnp.einsum("be,eo->bo", last, self.value_head[...].astype(self.dtype),
                            preferred_element_type=jnp.float32)[:, 0] + self.value_bias[...].astype(jnp.float32)[0]
