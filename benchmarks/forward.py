@@ -17,13 +17,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import torch
-from _machine import QWEN2_45M, matmul_peak, median_seconds, random_qwen2
+from _machine import matmul_peak, median_seconds, random_qwen2
 from flax import nnx
 
 from rstar_jax import ModelConfig
 
 BATCH, LENGTH = 8, 512
-CONFIG = QWEN2_45M
 
 
 def model_flops(config: ModelConfig, tokens: int) -> float:
@@ -43,7 +42,7 @@ def main():
     reference, loaded = random_qwen2((jnp.float32, jnp.bfloat16))
     models = dict(zip((jnp.float32, jnp.bfloat16), loaded))
     config = loaded[0].config
-    ids = np.random.RandomState(0).randint(0, CONFIG["vocab_size"], (BATCH, LENGTH)).astype(np.int32)
+    ids = np.random.RandomState(0).randint(0, config.vocab_size, (BATCH, LENGTH)).astype(np.int32)
 
     torch_ids = torch.as_tensor(ids, dtype=torch.long)
 

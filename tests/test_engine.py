@@ -35,6 +35,13 @@ def _hf_greedy(reference, prompt, new_tokens):
     return out[0, len(prompt):].numpy()
 
 
+def _model_logprobs(model, prompt, tokens):
+    """log softmax of a full forward over prompt + tokens, at each of the tokens."""
+    sequence = np.array(prompt + list(tokens))
+    logits = np.asarray(model(jnp.asarray(sequence[None])), np.float64)[0, len(prompt) - 1:-1]
+    return logits[np.arange(len(tokens)), tokens] - scipy.special.logsumexp(logits, axis=-1)
+
+
 @pytest.mark.parametrize("name", ["llama", "qwen2_gqa", "qwen2_tied", "phi3", "phi3_gqa_sliding"])
 def test_greedy_tokens_equal_transformers_generate(tmp_path, name):
     """Ragged prompts in one batch, 32 new tokens each; transformers generates each row alone."""
@@ -228,10 +235,7 @@ def test_logprobs_are_the_models_log_softmax_of_each_token(qwen):
     _, _, model = qwen
     prompt = _prompts()[0]
     res = generate(model, [prompt], max_new_tokens=8, temperature=1.0, seed=2, return_logprobs=True)
-    sequence = np.array(prompt + res.tokens[0].tolist())
-    logits = np.asarray(model(jnp.asarray(sequence[None])), np.float64)[0, len(prompt) - 1:-1]
-    want = logits[np.arange(8), res.tokens[0]] - scipy.special.logsumexp(logits, axis=-1)
-    np.testing.assert_allclose(res.logprobs[0], want, atol=1e-4)
+    np.testing.assert_allclose(res.logprobs[0], _model_logprobs(model, prompt, res.tokens[0]), atol=1e-4)
 
 
 def test_bfloat16_engine_keeps_a_bfloat16_cache_and_the_float32_distribution(qwen):
@@ -240,10 +244,7 @@ def test_bfloat16_engine_keeps_a_bfloat16_cache_and_the_float32_distribution(qwe
     prompt = _prompts()[2]
     res = engine.generate([prompt], max_new_tokens=8, temperature=1.0, seed=2, return_logprobs=True)
     assert engine._buffers[0][0].dtype == jnp.bfloat16
-    sequence = np.array(prompt + res.tokens[0].tolist())
-    logits = np.asarray(model(jnp.asarray(sequence[None])), np.float64)[0, len(prompt) - 1:-1]
-    want = logits[np.arange(8), res.tokens[0]] - scipy.special.logsumexp(logits, axis=-1)
-    np.testing.assert_allclose(res.logprobs[0], want, atol=0.15)
+    np.testing.assert_allclose(res.logprobs[0], _model_logprobs(model, prompt, res.tokens[0]), atol=0.15)
 
 
 def test_ids_at_or_above_the_tokenizer_vocabulary_are_never_generated(qwen):

@@ -8,8 +8,8 @@ nodes):
 2. decode (jit): a `lax.while_loop` over new tokens for B x num_samples rows. The rows of one
    prompt read its keys and values from one shared copy (`ForkCache`) and write their own into
    buffers (per layer, keys and values `[rows, K, T, D]`) that the engine keeps between calls
-   and donates to the loop, which updates them in place. A row is done at its first stop token or after `max_new_tokens`; the
-   loop exits as soon as every row is done.
+   and donates to the loop, which updates them in place. A row is done at its first stop
+   token or after `max_new_tokens`; the loop exits as soon as every row is done.
 
 Batch, prompt and generation lengths are bucketed (powers of two, and 1.5x between them for
 prompts), so a long search compiles a handful of shapes. Every row has its own PRNG key, made
@@ -30,10 +30,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec
+from jax.sharding import NamedSharding
 
 from rstar_jax.engine import sampling
 from rstar_jax.models.cache import ForkCache, KVCache
+from rstar_jax.models.sharding import canonical_spec
 from rstar_jax.models.transformer import CausalLM
 
 _MIN_PROMPT_BUCKET = 16
@@ -179,20 +180,36 @@ def _count(name: str, value) -> int:
     return n
 
 
+def _stop_ids(value, vocab: int) -> list[int]:
+    """Stop token ids from any sequence or array of integers, each checked."""
+    if isinstance(value, str | bytes) or _integer(value) is not None:
+        raise ValueError(f"stop_token_ids must be a sequence of token ids; got {value!r}")
+    items = np.asarray(value).ravel().tolist() if isinstance(value, np.ndarray | jax.Array) else list(value)
+    stops = [_integer(s) for s in items]
+    if None in stops:
+        raise ValueError(f"stop_token_ids must be a sequence of token ids; got {value!r}")
+    bad = [s for s in stops if not 0 <= s < vocab]
+    if bad:
+        raise ValueError(f"stop token id {bad[0]} is outside the model's vocabulary [0, {vocab})")
+    return stops
+
+
 def _prompt_rows(prompt_ids, prompt_lengths, vocab: int) -> list[np.ndarray]:
-    if isinstance(prompt_ids, np.ndarray | jax.Array) and np.ndim(prompt_ids) != 2:
-        raise ValueError(f"prompt_ids as an array must be int[B, P]; got shape {np.shape(prompt_ids)} "
-                         "(wrap a single prompt in a list)")
     if isinstance(prompt_ids, np.ndarray | jax.Array):
         array = np.asarray(prompt_ids)
-        lengths = [array.shape[1]] * array.shape[0] if prompt_lengths is None else list(prompt_lengths)
-        if len(lengths) != array.shape[0]:
-            raise ValueError(f"prompt_lengths has {len(lengths)} entries for {array.shape[0]} prompts")
+        if array.ndim != 2:
+            raise ValueError(f"prompt_ids as an array must be int[B, P]; got shape {array.shape} "
+                             "(wrap a single prompt in a list)")
+        width = array.shape[1]
+        given = [width] * array.shape[0] if prompt_lengths is None else list(prompt_lengths)
+        if len(given) != array.shape[0]:
+            raise ValueError(f"prompt_lengths has {len(given)} entries for {array.shape[0]} prompts")
+        lengths = [_integer(n) for n in given]
         for i, n in enumerate(lengths):
-            if _integer(n) is None or not 1 <= _integer(n) <= array.shape[1]:
-                raise ValueError(f"prompt_lengths[{i}]={n!r} must be an integer in [1, {array.shape[1]}] "
+            if n is None or not 1 <= n <= width:
+                raise ValueError(f"prompt_lengths[{i}]={given[i]!r} must be an integer in [1, {width}] "
                                  "(the padded width)")
-        rows = [array[i, :_integer(n)] for i, n in enumerate(lengths)]
+        rows = [array[i, :n] for i, n in enumerate(lengths)]
     else:
         if prompt_lengths is not None:
             raise ValueError("prompt_lengths applies to a padded int array [B, P]; ragged lists carry their lengths")
@@ -208,19 +225,6 @@ def _prompt_rows(prompt_ids, prompt_lengths, vocab: int) -> list[np.ndarray]:
         if bad.size:
             raise ValueError(f"prompt {i} has token id {int(bad[0])} outside the model's vocabulary [0, {vocab})")
     return rows
-
-
-def _canonical(spec: PartitionSpec, mesh) -> PartitionSpec:
-    """The spec as XLA returns it: no size-1 mesh axes, no trailing Nones. A buffer placed with
-    it comes back from the decode loop with an equal sharding, so the next call reuses the
-    compiled loop instead of compiling it again for an equal-but-unequal spec."""
-    entries = []
-    for entry in spec:
-        axes = [a for a in ((entry,) if isinstance(entry, str) else entry or ()) if mesh.shape[a] > 1]
-        entries.append(None if not axes else axes[0] if len(axes) == 1 else tuple(axes))
-    while entries and entries[-1] is None:
-        entries.pop()
-    return PartitionSpec(*entries)
 
 
 class Engine:
@@ -269,8 +273,9 @@ class Engine:
         buffers = None  # free the old one before allocating
         device = None
         if self.mesh is not None:
+            # Canonical, so the buffer the loop donates back matches it: one compile per shape.
             spec = self.rules.spec(("act_batch", "act_kv_heads", None, None), shape, self.mesh)
-            device = NamedSharding(self.mesh, _canonical(spec, self.mesh))
+            device = NamedSharding(self.mesh, canonical_spec(spec, self.mesh))
         return tuple((jnp.zeros(shape, self.dtype, device=device), jnp.zeros(shape, self.dtype, device=device))
                      for _ in range(c.num_hidden_layers))
 
@@ -304,15 +309,7 @@ class Engine:
         top_k = np.array([min(_integer(k), vocab) for k in top_k], np.int32)  # k >= vocab keeps everything
         seeds = _per_prompt("seed", seed, b, np.uint32,
                             lambda x: None if float(x).is_integer() and 0 <= x < 2**32 else "use an integer in [0, 2**32)")
-        if isinstance(stop_token_ids, str | bytes) or _integer(stop_token_ids) is not None:
-            raise ValueError(f"stop_token_ids must be a sequence of token ids; got {stop_token_ids!r}")
-        stops = [_integer(s) for s in np.asarray(stop_token_ids).reshape(-1).tolist()] if isinstance(
-            stop_token_ids, np.ndarray | jax.Array) else [_integer(s) for s in stop_token_ids]
-        if None in stops:
-            raise ValueError(f"stop_token_ids must be a sequence of token ids; got {stop_token_ids!r}")
-        bad = [s for s in stops if not 0 <= s < vocab]
-        if bad:
-            raise ValueError(f"stop token id {bad[0]} is outside the model's vocabulary [0, {vocab})")
+        stops = _stop_ids(stop_token_ids, vocab)
 
         batch = _pow2(b)
         width = prompt_bucket(max(len(r) for r in rows))

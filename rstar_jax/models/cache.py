@@ -27,13 +27,18 @@ from rstar_jax.models.attention import MASKED, attend, cache_mask
 from rstar_jax.models.config import ModelConfig
 from rstar_jax.models.sharding import ShardingRules, constrain
 
-_CACHE_AXES = ("act_batch", None, "act_kv_heads", None)
+_CACHE_AXES = ("act_batch", None, "act_kv_heads", None)  # [B, S, K, D]
+_HEADS_FIRST_AXES = ("act_batch", "act_kv_heads", None, None)  # [B, K, S, D]
 
 
-def _store(buffer: jax.Array, slots: jax.Array, new: jax.Array, rules: ShardingRules) -> jax.Array:
-    """Writes new[r, t] to buffer[r, slots[r, t]]; slots past the end are dropped."""
+def _store(buffer: jax.Array, slots: jax.Array, new: jax.Array, rules: ShardingRules,
+           heads_first: bool = False) -> jax.Array:
+    """Writes new[r, t] ([R, Tn, K, D]) at row r, slot slots[r, t] of buffer ([R, S, K, D], or
+    [R, K, S, D] when heads_first); slots past the end are dropped."""
     rows = jnp.arange(buffer.shape[0])[:, None]
-    return constrain(buffer.at[rows, slots].set(new.astype(buffer.dtype), mode="drop"), _CACHE_AXES, rules)
+    index = (rows, slice(None), slots) if heads_first else (rows, slots)
+    out = buffer.at[index].set(new.astype(buffer.dtype), mode="drop")
+    return constrain(out, _HEADS_FIRST_AXES if heads_first else _CACHE_AXES, rules)
 
 
 @jax.tree_util.register_dataclass
@@ -94,8 +99,8 @@ class ForkCache:
         rows, new, heads = q.shape[0], q.shape[1], q.shape[2]
         f, groups, length = rows // b, heads // kv_heads, self.keys.shape[2]
         slots = positions - jnp.repeat(self.prefix_lengths, f)[:, None]  # [B*F, Tn]
-        keys = self._store(self.keys, slots, k, rules)
-        values = self._store(self.values, slots, v, rules)
+        keys = _store(self.keys, slots, k, rules, heads_first=True)
+        values = _store(self.values, slots, v, rules, heads_first=True)
         own_keys = keys.astype(q.dtype).reshape(b, f, kv_heads, length, d)
         own_values = values.astype(q.dtype).reshape(b, f, kv_heads, length, d)
 
@@ -118,13 +123,6 @@ class ForkCache:
         out = out + jnp.einsum("bkftgs,bfksd->bftkgd", probs[..., p:], own_values)
         cache = ForkCache(self.prefix_keys, self.prefix_values, self.prefix_lengths, keys, values)
         return out.reshape(rows, new, heads, d), cache
-
-    @staticmethod
-    def _store(buffer, slots, new, rules):
-        """Writes new[r, t] ([R, Tn, K, D]) to buffer[r, :, slots[r, t]]."""
-        rows = jnp.arange(buffer.shape[0])[:, None]
-        out = buffer.at[rows, :, slots].set(new.astype(buffer.dtype), mode="drop")
-        return constrain(out, ("act_batch", "act_kv_heads", None, None), rules)
 
 
 @jax.tree_util.register_dataclass

@@ -87,6 +87,23 @@ class ShardingRules:
 DEFAULT_RULES = ShardingRules()
 
 
+def canonical_spec(spec: PartitionSpec, mesh: Mesh) -> PartitionSpec:
+    """The same placement written as jit returns it: no size-1 mesh axes, no trailing Nones.
+
+    PartitionSpecs compare literally, so an array placed with `P(("data", "fsdp"), None)` on a
+    mesh with data=1 comes back from a jitted step as `P("fsdp")`, and feeding it to the same
+    step again compiles that step a second time. Arrays that go round a loop of jitted calls
+    (donated buffers, training state) should be placed with the canonical spec.
+    """
+    entries = []
+    for entry in spec:
+        axes = [a for a in ((entry,) if isinstance(entry, str) else entry or ()) if mesh.shape[a] > 1]
+        entries.append(None if not axes else axes[0] if len(axes) == 1 else tuple(axes))
+    while entries and entries[-1] is None:
+        entries.pop()
+    return PartitionSpec(*entries)
+
+
 def make_mesh(shape: dict[str, int] | None = None, devices: Sequence[jax.Device] | None = None) -> Mesh:
     """A mesh over `data`, `fsdp` and `tensor` (Auto axis types). One size may be -1 to take the
     remaining devices; the default puts every device on `fsdp`."""
