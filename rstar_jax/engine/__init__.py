@@ -6,5 +6,6 @@ from rstar_jax.engine.generation import (
     generate,
     prompt_bucket,
 )
+from rstar_jax.engine.value import ValueScorer
 
-__all__ = ["Engine", "GenerationResult", "generate", "prompt_bucket"]
+__all__ = ["Engine", "GenerationResult", "ValueScorer", "generate", "prompt_bucket"]

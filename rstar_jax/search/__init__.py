@@ -1,0 +1,13 @@
+"""Batched MCTS over fixed-size tree arrays (tree.py) and the host driver that runs it (driver.py)."""
+
+from rstar_jax import _lazy
+
+_EXPORTS = {
+    **dict.fromkeys(("Mode", "SearchConfig"), "rstar_jax.search.config"),
+    **dict.fromkeys(("EnginePolicy", "Problem", "SearchStats", "SearchTree", "run_search"),
+                    "rstar_jax.search.driver"),
+    "Tree": "rstar_jax.search.tree",
+}  # fmt: skip
+__all__ = list(_EXPORTS)  # imported lazily, below
+
+__getattr__, __dir__ = _lazy.attach(__name__, _EXPORTS)

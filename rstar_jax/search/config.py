@@ -1,0 +1,107 @@
+"""What one MCTS run does and spends: the mode, the budgets, the sampling, the node capacity.
+
+Budgets follow RSTAR.md section 3. `SearchConfig.preset(name, stage)` gives the paper's or the
+reference code's setting of a stage ("round1", "round2", "round3", "round4", "test"); where the
+paper is silent (temperatures, test-time rollouts) the reference code's value is used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+
+
+class Mode(enum.Enum):
+    """How nodes get their values (RSTAR.md section 3, "Values and backup")."""
+
+    TERMINAL = "terminal"  # rounds 1-2: answers graded against the reference, +1/-1 backed up
+    PPM = "ppm"  # rounds 3-4: as TERMINAL, and new non-terminal nodes start at N=1, W=PPM score
+    TEST = "test"  # test time: answers scored by the PPM instead of the reference
+
+    @property
+    def graded(self) -> bool:
+        return self is not Mode.TEST
+
+    @property
+    def uses_ppm(self) -> bool:
+        return self is not Mode.TERMINAL
+
+
+STAGES = ("round1", "round2", "round3", "round4", "test")
+
+# (candidates, rollouts, temperature) per stage.
+_PRESETS = {
+    "paper": {"round1": (5, 8, 0.7), "round2": (8, 16, 1.0), "round3": (8, 16, 1.0),
+              "round4": (16, 16, 1.0), "test": (32, 12, 1.0)},
+    "reference_code": {"round1": (12, 48, 0.7), "round2": (12, 48, 1.0), "round3": (12, 48, 1.0),
+                       "round4": (12, 48, 1.0), "test": (32, 12, 1.0)},
+}  # fmt: skip
+_STAGE_MODES = {"round1": Mode.TERMINAL, "round2": Mode.TERMINAL, "round3": Mode.PPM, "round4": Mode.PPM,
+                "test": Mode.TEST}
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchConfig:
+    """One search: B problems, each `rollouts` rollouts, `candidates` samples per expansion.
+
+    capacity: nodes per tree, the root included; by default the most a search can create,
+    1 + rollouts * max_depth * candidates. A smaller one saves memory; a problem that runs out
+    stops searching (reported in its result), the others go on.
+    """
+
+    mode: Mode = Mode.TERMINAL
+    rollouts: int = 16
+    candidates: int = 8  # K: samples per expansion
+    max_depth: int = 16  # steps on a path; a non-answer node at this depth is terminal
+    c_uct: float = 2.0
+    errors_threshold: int = 1  # consecutive failing steps that end a path (bootstrap: 2)
+    max_step_tokens: int = 256  # generation budget of one step
+    max_output_tokens: int = 64  # tokens of an <output> block kept in a node (stdout is cut to fit)
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    bootstrap: bool = False  # round-1 prompt (instructions + 2 examples) and stops
+    seed: int = 0
+    capacity: int | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "mode", Mode(self.mode))
+        for name in ("rollouts", "candidates", "max_depth", "errors_threshold", "max_step_tokens",
+                     "max_output_tokens"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"SearchConfig.{name} must be a positive int, got {value!r}")
+        if self.max_output_tokens < 4:
+            raise ValueError(f"SearchConfig.max_output_tokens must be >= 4 to hold <output>...<end_of_output>, "
+                             f"got {self.max_output_tokens}")
+        if not self.c_uct >= 0:
+            raise ValueError(f"SearchConfig.c_uct must be >= 0, got {self.c_uct!r}")
+        if self.capacity is not None and (not isinstance(self.capacity, int) or self.capacity < 1 + self.candidates):
+            raise ValueError(f"SearchConfig.capacity must be an int >= 1 + candidates = {1 + self.candidates} "
+                             f"(the root and one expansion), got {self.capacity!r}")
+        if not 0 <= self.seed < 2**32:
+            raise ValueError(f"SearchConfig.seed must be in [0, 2**32), got {self.seed!r}")
+
+    @property
+    def nodes(self) -> int:
+        """N, the node capacity of each tree."""
+        return self.capacity or 1 + self.rollouts * self.max_depth * self.candidates
+
+    @property
+    def step_capacity(self) -> int:
+        """L_step, the tokens one node holds: a generated step plus its output block."""
+        return self.max_step_tokens + self.max_output_tokens
+
+    @classmethod
+    def preset(cls, name: str = "paper", stage: str = "round2", **overrides) -> SearchConfig:
+        """The budgets of `stage` in the paper ("paper") or the reference code ("reference_code"),
+        with its mode, plus any field given in `overrides`."""
+        if name not in _PRESETS:
+            raise ValueError(f"unknown search preset {name!r}; known: {', '.join(_PRESETS)}")
+        if stage not in STAGES:
+            raise ValueError(f"unknown stage {stage!r}; known: {', '.join(STAGES)}")
+        candidates, rollouts, temperature = _PRESETS[name][stage]
+        fields = {"mode": _STAGE_MODES[stage], "candidates": candidates, "rollouts": rollouts,
+                  "temperature": temperature, "bootstrap": stage == "round1",
+                  "errors_threshold": 2 if stage == "round1" else 1}
+        return cls(**{**fields, **overrides})

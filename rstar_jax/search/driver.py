@@ -1,0 +1,442 @@
+r"""The host driver: B problems searched at once, each by the rollouts of RSTAR.md section 3.
+
+Exactly what one problem's search does (the jitted tree ops in tree.py and the plain-Python
+reference in tests/mcts_reference.py both implement this):
+
+Nodes are numbered in creation order; node 0 is the root (depth 0, no step, N = W = 0). Q = W/N,
+0 when N = 0. Values are float32.
+
+A rollout:
+
+    node = root
+    loop:
+        if node has no children:
+            if the tree holds fewer than `candidates` free nodes: the search overflows and ends
+                (this rollout is not counted);
+            expand(node)
+        child = best_child(node)
+        if child is None: node becomes terminal; the rollout ends (and is counted)
+        node = child
+
+The search of a problem ends after `rollouts` counted rollouts, when its root is terminal, or
+when it overflows. Every rollout ends by marking one node terminal, so `rollouts` bounds the
+trajectories a problem explores.
+
+best_child(n): among the children of n that are not terminal, the highest
+`Q(c) + c_uct * sqrt(ln N(n) / N(c))`, the bonus being 0 when N(n) = 0 or N(c) = 0; ties go to the
+child created first; None when every child is terminal.
+
+expand(n), node n at depth d of problem p:
+1. The policy samples `candidates` steps for prompt(p) + the tokens of n's path (the step
+   tokens of its ancestors and its own, root first), with seed `expansion_seed(seed, p, n)`.
+   A step's tokens are those generated, the stop token included. In bootstrap mode a step that
+   ends at a written `<end_of_output>` is cut back to its `<end_of_code>`.
+2. In sample order, a candidate whose tokens equal an earlier one's is dropped, and so is an
+   answer-kind candidate after the first. The rest become n's children in that order, at depth
+   d + 1, numbered from the tree's node count on.
+3. Each child's text is its tokens decoded; its kind is `classify_step(text)`.
+   - ANSWER: terminal and valid. Its value v is, when the mode is graded, +1 if
+     `extract_answer(text)` is equivalent to the problem's reference answer and -1 otherwise
+     (also when no answer can be extracted); at test time, the PPM's score of prompt + path +
+     step. reward = v; N = 1, W = v, and N += 1, W += v on n and every ancestor up to the root.
+   - Otherwise the child fails if its kind is INCOMPLETE or MALFORMED, or if its program
+     (`assemble_program` of the texts of its valid ancestors, root excluded, and its own) does
+     not run in the executor. errors = errors(n) + 1 when it fails (errors of a valid node and of
+     the root: 0). valid = not failed.
+   - A valid LAST_CODE child gets the executor's stdout as an output block appended to its
+     tokens (`output_block_ids`) and so to its text.
+   - A failing child with errors >= errors_threshold, and a non-answer child at depth
+     max_depth, is terminal: reward = -1, N = 1, W = -1 on itself only.
+   - Any other child is an open node: in PPM and TEST modes N = 1 and W = init_value = the
+     PPM's score of prompt + path + its tokens; in TERMINAL mode N = W = 0.
+   init_value is the PPM score of every node the PPM scored (0 for the rest); reward is 0 for
+   open nodes.
+
+The answer of a search is the text of the answer node with the highest Q (ties: created first),
+through `extract_answer`; None if no answer node exists.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import time
+import zlib
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+import jax
+import numpy as np
+import tqdm
+
+from rstar_jax.search import tree as tree_ops
+from rstar_jax.search.config import Mode, SearchConfig
+from rstar_jax.steps import format as fmt
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    question: str
+    answer: str | None = None  # the reference answer; required by graded modes
+
+
+class Policy(Protocol):
+    def sample(self, prompts: Sequence[Sequence[int]], num_samples: int,
+               seeds: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """`num_samples` continuations of each prompt, each ending at (and keeping) its first stop
+        token or after the step budget: (tokens int32[len(prompts) * num_samples, T], lengths
+        int32[rows]); row b * num_samples + s is sample s of prompt b, and seeds[b] its seed."""
+
+
+class Scorer(Protocol):
+    def score(self, sequences: Sequence[Sequence[int]]) -> np.ndarray:
+        """PPM score (float32) of each token sequence: prompt + steps."""
+
+
+class Executor(Protocol):
+    def run(self, programs: Sequence[str]) -> list:  # list of ExecResult(ok, stdout, error)
+        ...
+
+
+def expansion_seed(seed: int, problem: int, node: int) -> int:
+    """The policy's seed for expanding `node` of problem number `problem`: a search is
+    reproducible, and a problem's samples do not depend on which problems share its batch."""
+    return zlib.crc32(f"{seed}/{problem}/{node}".encode())
+
+
+def output_block_ids(tokenizer, stdout: str, limit: int) -> list[int]:
+    """Token ids of the output block `\\n<output>{stdout}<end_of_output>\\n` (as `insert_output`
+    writes it), at most `limit` of them: a long stdout is cut, never the delimiters."""
+    stdout = fmt.truncate_output(stdout.rstrip())
+    ids = tokenizer.encode(f"\n{fmt.OUTPUT}{stdout}{fmt.END_OF_OUTPUT}\n")
+    if len(ids) <= limit:
+        return ids
+    head, tail = tokenizer.encode(f"\n{fmt.OUTPUT}"), tokenizer.encode(f"{fmt.END_OF_OUTPUT}\n")
+    body = tokenizer.encode(stdout)[:max(0, limit - len(head) - len(tail))]
+    return (head + body + tail)[:limit]
+
+
+@dataclasses.dataclass
+class SearchTree:
+    """One problem's searched tree, on the host; node arrays have one entry per node created."""
+
+    problem: Problem
+    prompt_ids: list[int]
+    parent: np.ndarray  # int32[n], -1 for the root
+    depth: np.ndarray  # int32[n]
+    children: np.ndarray  # int32[n, K], -1 where there is none, in creation order
+    visits: np.ndarray  # int32[n], N
+    value_sum: np.ndarray  # float32[n], W
+    init_value: np.ndarray  # float32[n], the PPM score (0 if not scored)
+    reward: np.ndarray  # float32[n], the value a terminal node was created with (0 for open nodes)
+    terminal: np.ndarray  # bool[n]
+    valid: np.ndarray  # bool[n], the step ran (answers and the root are valid)
+    is_answer: np.ndarray  # bool[n]
+    errors: np.ndarray  # int32[n], consecutive failing steps ending at the node
+    tokens: list[list[int]]  # step tokens of each node (root: [])
+    texts: list[str]  # step text of each node (root: "")
+    rollouts: int  # rollouts counted
+    overflow: bool  # the search ran out of nodes
+    answer: str | None  # the selected answer
+    answer_node: int  # its node, -1 if none
+
+    @property
+    def q(self) -> np.ndarray:
+        n = np.maximum(self.visits, 1).astype(np.float32)
+        return np.where(self.visits > 0, self.value_sum / n, np.float32(0)).astype(np.float32)
+
+    @property
+    def num_nodes(self) -> int:
+        return len(self.parent)
+
+    def path(self, node: int) -> list[int]:
+        """The nodes from the root's child down to `node`."""
+        out = []
+        while node > 0:
+            out.append(node)
+            node = int(self.parent[node])
+        return out[::-1]
+
+
+def prompt_ids(tokenizer, question: str, bootstrap: bool = False) -> list[int]:
+    """The policy's prompt for `question`: the zero-shot policy prompt, or in bootstrap mode the
+    round-1 prompt (instructions and two worked examples)."""
+    if bootstrap:
+        return tokenizer.encode(fmt.bootstrap_prompt(question), add_bos=tokenizer.add_bos)
+    return tokenizer.policy_prompt_ids(question)
+
+
+
+class EnginePolicy:
+    """The policy model as a `Policy`: one `Engine.generate` call per batch of expansions, with
+    the search's sampling settings and the step stop tokens (and EOS)."""
+
+    def __init__(self, engine, tokenizer, config: SearchConfig):
+        ids = tokenizer.step_token_ids
+        names = fmt.BOOTSTRAP_STOP_TOKENS if config.bootstrap else fmt.STOP_TOKENS
+        self.stop_ids = [ids[t] for t in names] + ([tokenizer.eos_id] if tokenizer.eos_id is not None else [])
+        self.engine, self.config = engine, config
+
+    def sample(self, prompts, num_samples, seeds):
+        c = self.config
+        res = self.engine.generate(list(prompts), max_new_tokens=c.max_step_tokens, temperature=c.temperature,
+                                   top_p=c.top_p, stop_token_ids=self.stop_ids, seed=np.asarray(seeds, np.uint32),
+                                   top_k=c.top_k, num_samples=num_samples)
+        return res.tokens, res.lengths
+
+
+@dataclasses.dataclass
+class SearchStats:
+    """Where a search's wall time went, in seconds, and what it did."""
+
+    tree_ops: float = 0.0  # select, gather_path, expand, reset, reading trees back (device)
+    generation: float = 0.0
+    execution: float = 0.0
+    grading: float = 0.0
+    ppm: float = 0.0
+    host: float = 0.0  # everything else: decoding, step parsing, bookkeeping
+    wall: float = 0.0
+    rollouts: int = 0
+    expansions: int = 0  # node expansions (policy calls per problem)
+    nodes: int = 0
+
+    def table(self) -> str:
+        parts = ("tree_ops", "generation", "execution", "grading", "ppm", "host")
+        lines = [f"{name:<11} {getattr(self, name):8.3f} s {100 * getattr(self, name) / max(self.wall, 1e-9):5.1f}%"
+                 for name in parts]
+        total = (f"{'wall':<11} {self.wall:8.3f} s  {self.rollouts} rollouts, {self.expansions} expansions, "
+                 f"{self.nodes} nodes")
+        return "\n".join([*lines, total])
+
+
+@dataclasses.dataclass
+class _Slot:
+    """A problem being searched, and the host's copy of what its tree holds."""
+
+    index: int
+    problem: Problem
+    prompt: list[int]
+    tokens: list[list[int]] = dataclasses.field(default_factory=lambda: [[]])
+    texts: list[str] = dataclasses.field(default_factory=lambda: [""])
+    parent: list[int] = dataclasses.field(default_factory=lambda: [-1])
+    valid: list[bool] = dataclasses.field(default_factory=lambda: [True])
+    rollouts: int = 0
+
+    def path(self, node: int) -> list[int]:
+        out = []
+        while node > 0:
+            out.append(node)
+            node = self.parent[node]
+        return out[::-1]
+
+
+@dataclasses.dataclass
+class _Candidate:
+    slot: int  # row in the batch
+    sample: int  # candidate slot j (of K)
+    ids: list[int]
+    text: str
+    kind: fmt.StepKind
+    failed: bool = False
+    value: float = 0.0  # an answer's reward or PPM score
+    ppm: float = 0.0
+
+
+class _Clock:
+    def __init__(self, stats: SearchStats):
+        self.stats, self.last = stats, time.perf_counter()
+
+    def charge(self, field: str) -> None:
+        now = time.perf_counter()
+        setattr(self.stats, field, getattr(self.stats, field) + now - self.last)
+        self.last = now
+
+
+def _check(problems, config: SearchConfig, scorer, batch_size) -> list[Problem]:
+    problems = [p if isinstance(p, Problem) else Problem(*p) for p in problems]
+    if config.mode.graded:
+        missing = [i for i, p in enumerate(problems) if p.answer is None]
+        if missing:
+            raise ValueError(f"mode {config.mode.value!r} grades answers against the reference, but problems "
+                             f"{missing[:10]} have answer=None; give each Problem its answer or use Mode.TEST")
+    if config.mode.uses_ppm and scorer is None:
+        raise ValueError(f"mode {config.mode.value!r} scores nodes with the PPM: pass scorer=")
+    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    return problems
+
+
+def run_search(problems: Sequence[Problem], policy: Policy, executor: Executor, tokenizer,
+               config: SearchConfig, *, scorer: Scorer | None = None,
+               grade: Callable[[str, str], bool] | None = None, batch_size: int | None = None,
+               progress: bool | None = None, stats: SearchStats | None = None) -> list[SearchTree]:
+    """Searches every problem (see the module docstring); returns their trees in order.
+
+    Up to `batch_size` problems (default: all, at most 32) are searched at once, one expansion
+    each per step; a finished problem's place goes to the next one. grade(pred, ref) defaults to
+    `is_equivalent`. Pass a `SearchStats` to learn where the time went.
+    """
+    problems = _check(problems, config, scorer, batch_size)
+    if grade is None:
+        from rstar_jax.steps.grading import is_equivalent as grade
+    stats = stats if stats is not None else SearchStats()
+    width = min(len(problems), batch_size or 32)
+    results: list[SearchTree | None] = [None] * len(problems)
+    if not problems:
+        return []
+    k, length = config.candidates, config.step_capacity
+    start = time.perf_counter()
+    clock = _Clock(stats)
+    tree = tree_ops.init_tree(width, config.nodes, k, length)
+    queue = collections.deque(range(len(problems)))
+    slots: list[_Slot | None] = [None] * width
+    ids = tokenizer.step_token_ids
+    end_of_code, end_of_output = ids[fmt.END_OF_CODE], ids[fmt.END_OF_OUTPUT]
+    bar = tqdm.tqdm(total=len(problems) * config.rollouts, desc="search", unit="rollout", disable=progress is False
+                    if progress is not None else None, leave=False)
+    try:
+        while True:
+            fresh = np.zeros((width,), bool)
+            for b in range(width):
+                if slots[b] is None and queue:
+                    i = queue.popleft()
+                    slots[b] = _Slot(i, problems[i], prompt_ids(tokenizer, problems[i].question, config.bootstrap))
+                    fresh[b] = True
+            if not any(s is not None for s in slots):
+                break
+            clock.charge("host")
+            if fresh.any():
+                tree = tree_ops.reset(tree, fresh)
+            tree, leaf = tree_ops.select(tree, rollouts=config.rollouts, c_uct=config.c_uct)
+            leaf, counts = jax.device_get((leaf, tree.rollouts))
+            clock.charge("tree_ops")
+            for b, slot in enumerate(slots):
+                if slot is not None:
+                    bar.update(int(counts[b]) - slot.rollouts)
+                    slot.rollouts = int(counts[b])
+            done = [b for b, s in enumerate(slots) if s is not None and leaf[b] == tree_ops.NO_NODE]
+            if done:
+                rows = tree_ops.to_numpy(tree_ops.take(tree, np.array(done)))
+                clock.charge("tree_ops")
+                for i, b in enumerate(done):
+                    results[slots[b].index] = _result(slots[b], tree_ops.take(rows, i))
+                    stats.rollouts += slots[b].rollouts
+                    stats.nodes += results[slots[b].index].num_nodes
+                    slots[b] = None
+                if queue:
+                    continue  # refill the freed places before expanding
+            active = [b for b, s in enumerate(slots) if s is not None and leaf[b] != tree_ops.NO_NODE]
+            if not active:
+                continue
+            path, path_lengths = jax.device_get(tree_ops.gather_path(tree, leaf, max_depth=config.max_depth))
+            clock.charge("tree_ops")
+            prefixes = [slots[b].prompt + path[b, :path_lengths[b]].tolist() for b in active]
+            seeds = [expansion_seed(config.seed, slots[b].index, int(leaf[b])) for b in active]
+            clock.charge("host")
+            tokens, lengths = policy.sample(prefixes, k, seeds)
+            tokens, lengths = np.asarray(tokens), np.asarray(lengths)
+            clock.charge("generation")
+            stats.expansions += len(active)
+
+            candidates = []
+            for i, b in enumerate(active):
+                answered, seen = False, set()
+                for j in range(k):
+                    row = tokens[i * k + j, :lengths[i * k + j]].tolist()
+                    if config.bootstrap and row and row[-1] == end_of_output and end_of_code in row:
+                        row = row[:len(row) - row[::-1].index(end_of_code)]  # drop a written output
+                    key = tuple(row)
+                    if key in seen:
+                        continue
+                    seen.add(key)
+                    text = tokenizer.decode(row)
+                    kind = fmt.classify_step(text)
+                    if kind is fmt.StepKind.ANSWER:
+                        if answered:
+                            continue
+                        answered = True
+                    candidates.append(_Candidate(b, j, row, text, kind))
+
+            runs = []
+            for c in candidates:
+                if c.kind is fmt.StepKind.ANSWER:
+                    continue
+                if not c.kind.complete:
+                    c.failed = True
+                    continue
+                slot = slots[c.slot]
+                steps = [slot.texts[n] for n in slot.path(int(leaf[c.slot])) if slot.valid[n]]
+                runs.append((c, fmt.assemble_program([*steps, c.text])))
+            clock.charge("host")
+            outcomes = executor.run([p for _, p in runs]) if runs else []
+            clock.charge("execution")
+            for (c, _), out in zip(runs, outcomes):
+                c.failed = not out.ok
+                if out.ok and c.kind is fmt.StepKind.LAST_CODE:
+                    c.ids = c.ids + output_block_ids(tokenizer, out.stdout, config.max_output_tokens)
+                    c.text = tokenizer.decode(c.ids)
+            clock.charge("host")
+
+            if config.mode.graded:
+                for c in candidates:
+                    if c.kind is fmt.StepKind.ANSWER:
+                        pred = fmt.extract_answer(c.text)
+                        c.value = 1.0 if pred is not None and grade(pred, slots[c.slot].problem.answer) else -1.0
+                clock.charge("grading")
+            if config.mode.uses_ppm:
+                scored = [c for c in candidates if (c.kind is fmt.StepKind.ANSWER) == (config.mode is Mode.TEST)
+                          or c.kind is not fmt.StepKind.ANSWER]
+                if scored:
+                    values = np.asarray(scorer.score([prefixes[active.index(c.slot)] + c.ids for c in scored]))
+                    for c, v in zip(scored, values):
+                        if c.kind is fmt.StepKind.ANSWER:
+                            c.value = float(v)
+                        else:
+                            c.ppm = float(v)
+                clock.charge("ppm")
+
+            shape = (width, k)
+            arrays = {name: np.zeros(shape, dtype) for name, dtype in (
+                ("keep", bool), ("failed", bool), ("is_answer", bool), ("answer_value", np.float32),
+                ("ppm_value", np.float32), ("lengths", np.int32))}
+            step_tokens = np.zeros((width, k, length), np.int32)
+            for c in candidates:
+                at = (c.slot, c.sample)
+                arrays["keep"][at], arrays["failed"][at] = True, c.failed
+                arrays["is_answer"][at] = c.kind is fmt.StepKind.ANSWER
+                arrays["answer_value"][at], arrays["ppm_value"][at] = c.value, c.ppm
+                arrays["lengths"][at] = len(c.ids)
+                step_tokens[c.slot, c.sample, :len(c.ids)] = c.ids
+                slot = slots[c.slot]
+                slot.tokens.append(c.ids)
+                slot.texts.append(c.text)
+                slot.parent.append(int(leaf[c.slot]))
+                slot.valid.append(not c.failed)
+            clock.charge("host")
+            tree = tree_ops.expand(tree, leaf, step_tokens, arrays["lengths"], arrays["keep"], arrays["failed"],
+                                   arrays["is_answer"], arrays["answer_value"], arrays["ppm_value"],
+                                   mode=config.mode, errors_threshold=config.errors_threshold,
+                                   max_depth=config.max_depth)
+            jax.block_until_ready(tree)
+            clock.charge("tree_ops")
+    finally:
+        bar.close()
+    stats.wall += time.perf_counter() - start
+    return results
+
+
+def _result(slot: _Slot, row: tree_ops.Tree) -> SearchTree:
+    """One problem's tree from its row of the batched arrays and the host's copy of its steps."""
+    n = int(row.num_nodes)
+    if len(slot.tokens) != n:
+        raise AssertionError(f"problem {slot.index}: the device tree has {n} nodes, the host {len(slot.tokens)}")
+    take = {f.name: np.asarray(getattr(row, f.name))[:n] for f in dataclasses.fields(row)
+            if f.name in ("parent", "depth", "children", "visits", "value_sum", "init_value", "reward",
+                          "terminal", "valid", "is_answer", "errors")}
+    visits = take["visits"]
+    q = np.where(visits > 0, take["value_sum"] / np.maximum(visits, 1), np.float32(0))
+    answers = np.flatnonzero(take["is_answer"])
+    node = int(answers[np.argmax(q[answers])]) if answers.size else -1
+    return SearchTree(problem=slot.problem, prompt_ids=slot.prompt, **take, tokens=slot.tokens, texts=slot.texts,
+                      rollouts=int(row.rollouts), overflow=bool(row.overflow),
+                      answer=fmt.extract_answer(slot.texts[node]) if node >= 0 else None, answer_node=node)

@@ -1,0 +1,254 @@
+"""The search trees of B problems as fixed-size arrays, and the jitted operations on them.
+
+Shapes: B problems, N nodes per tree (the root is node 0), K children per node, L tokens per
+step. Node arrays are `[B, N]`; unused nodes hold the sentinels below. Each operation works on
+one problem's arrays and is vmapped over B, then jitted with the search's constants static; the
+driver (driver.py, whose docstring states the search exactly) calls, per expansion:
+
+    select       -> the leaf each problem expands next, running whole rollouts' selection
+    gather_path  -> the step tokens from the root to each leaf
+    expand       -> the leaf's children, their values, and the backup of answers
+
+A problem whose search has ended gets leaf NO_NODE and is left untouched by expand.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rstar_jax.search.config import Mode
+
+ROOT = 0
+NO_NODE = -1  # parent of the root, empty child slot, no leaf
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Tree:
+    parent: jax.Array  # int32[B, N], NO_NODE for the root and unused nodes
+    depth: jax.Array  # int32[B, N], root 0
+    children: jax.Array  # int32[B, N, K], in creation order, then NO_NODE
+    visits: jax.Array  # int32[B, N], N
+    value_sum: jax.Array  # float32[B, N], W
+    init_value: jax.Array  # float32[B, N], PPM score (0 if not scored)
+    reward: jax.Array  # float32[B, N], the value a terminal node was created with
+    terminal: jax.Array  # bool[B, N]
+    valid: jax.Array  # bool[B, N], the step's program ran (answers and the root: True)
+    is_answer: jax.Array  # bool[B, N]
+    errors: jax.Array  # int32[B, N], consecutive failing steps ending at the node
+    tokens: jax.Array  # int32[B, N, L], the step's tokens, then 0
+    lengths: jax.Array  # int32[B, N]
+    num_nodes: jax.Array  # int32[B], nodes created, the root included
+    cursor: jax.Array  # int32[B], where the current rollout stands (ROOT when it starts)
+    rollouts: jax.Array  # int32[B], rollouts ended
+    overflow: jax.Array  # bool[B], the tree ran out of nodes
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        """(B, N, K, L)."""
+        b, n, k = self.children.shape
+        return b, n, k, self.tokens.shape[2]
+
+
+def init_tree(batch: int, nodes: int, candidates: int, step_tokens: int) -> Tree:
+    """B empty trees: each only a root."""
+    b, n = batch, nodes
+    return Tree(
+        parent=jnp.full((b, n), NO_NODE, jnp.int32),
+        depth=jnp.zeros((b, n), jnp.int32),
+        children=jnp.full((b, n, candidates), NO_NODE, jnp.int32),
+        visits=jnp.zeros((b, n), jnp.int32),
+        value_sum=jnp.zeros((b, n), jnp.float32),
+        init_value=jnp.zeros((b, n), jnp.float32),
+        reward=jnp.zeros((b, n), jnp.float32),
+        terminal=jnp.zeros((b, n), bool),
+        valid=jnp.zeros((b, n), bool).at[:, ROOT].set(True),
+        is_answer=jnp.zeros((b, n), bool),
+        errors=jnp.zeros((b, n), jnp.int32),
+        tokens=jnp.zeros((b, n, step_tokens), jnp.int32),
+        lengths=jnp.zeros((b, n), jnp.int32),
+        num_nodes=jnp.ones((b,), jnp.int32),
+        cursor=jnp.full((b,), ROOT, jnp.int32),
+        rollouts=jnp.zeros((b,), jnp.int32),
+        overflow=jnp.zeros((b,), bool),
+    )
+
+
+@jax.jit
+def reset(tree: Tree, rows: jax.Array) -> Tree:
+    """`tree` with the problems where rows (bool[B]) is set replaced by empty trees."""
+    b, n, k, length = tree.shape
+    fresh = init_tree(b, n, k, length)
+
+    def pick(new, old):
+        return jnp.where(rows.reshape((b,) + (1,) * (old.ndim - 1)), new, old)
+
+    return jax.tree.map(pick, fresh, tree)
+
+
+# --- one problem -------------------------------------------------------------------------------
+
+
+def _best_child(t: Tree, node, c_uct: float):
+    """The non-terminal child of `node` with the highest UCT score, the first on ties; NO_NODE if none."""
+    kids = t.children[node]  # [K]
+    safe = jnp.maximum(kids, 0)
+    n_child = t.visits[safe].astype(jnp.float32)
+    n_parent = t.visits[node].astype(jnp.float32)
+    q = jnp.where(n_child > 0, t.value_sum[safe] / jnp.maximum(n_child, 1.0), 0.0)
+    bonus = jnp.float32(c_uct) * jnp.sqrt(jnp.log(jnp.maximum(n_parent, 1.0)) / jnp.maximum(n_child, 1.0))
+    score = q + jnp.where((n_child > 0) & (n_parent > 0), bonus, 0.0)
+    allowed = (kids != NO_NODE) & ~t.terminal[safe]
+    best = jnp.argmax(jnp.where(allowed, score, -jnp.inf))  # first maximum
+    return jnp.where(allowed.any(), kids[best], NO_NODE)
+
+
+def _select_one(t: Tree, rollouts: int, c_uct: float):
+    """Runs selection for one problem (see the driver's rollout loop) until it reaches a node to
+    expand, marking nodes terminal and counting rollouts on the way. Returns (tree, leaf)."""
+    capacity, k = t.children.shape
+
+    def cond(carry):
+        return carry[-1]
+
+    def body(carry):
+        node, terminal, count, overflow, leaf, _ = carry
+        ended = (count >= rollouts) | terminal[ROOT] | overflow
+        unexpanded = t.children[node, 0] == NO_NODE
+        full = t.num_nodes + k > capacity
+        child = _best_child(dataclasses.replace(t, terminal=terminal), node, c_uct)
+        dead_end = ~ended & ~unexpanded & (child == NO_NODE)
+        terminal = terminal.at[node].set(terminal[node] | dead_end)
+        count = count + dead_end
+        overflow = overflow | (~ended & unexpanded & full)
+        leaf = jnp.where(~ended & unexpanded & ~full, node, NO_NODE)
+        running = ~ended & ~unexpanded
+        node = jnp.where(dead_end, ROOT, jnp.where(running, child, node))
+        return node, terminal, count, overflow, leaf, running
+
+    _, terminal, count, overflow, leaf, _ = jax.lax.while_loop(
+        cond, body, (t.cursor, t.terminal, t.rollouts, t.overflow, jnp.int32(NO_NODE), jnp.bool_(True)))
+    t = dataclasses.replace(t, terminal=terminal, rollouts=count, overflow=overflow,
+                            cursor=jnp.where(leaf == NO_NODE, t.cursor, leaf))
+    return t, leaf
+
+
+def _path_one(t: Tree, leaf, max_depth: int):
+    """The step tokens of leaf's path, root first, packed: (int32[max_depth * L], length)."""
+    length = t.tokens.shape[1]
+
+    def up(_, carry):
+        node, slots = carry
+        slot = jnp.where(node > ROOT, t.depth[node] - 1, max_depth)  # out of range: dropped
+        return t.parent[jnp.maximum(node, 0)], slots.at[slot].set(node, mode="drop")
+
+    _, nodes = jax.lax.fori_loop(0, max_depth, up, (leaf, jnp.full((max_depth,), NO_NODE, jnp.int32)))
+    safe = jnp.maximum(nodes, 0)
+    lengths = jnp.where(nodes > ROOT, t.lengths[safe], 0)  # [D]
+    starts = jnp.cumsum(lengths) - lengths
+    j = jnp.arange(length)
+    where = jnp.where(j[None, :] < lengths[:, None], starts[:, None] + j[None, :], max_depth * length)
+    out = jnp.zeros((max_depth * length,), jnp.int32).at[where.reshape(-1)].set(
+        t.tokens[safe].reshape(-1), mode="drop")
+    return out, lengths.sum()
+
+
+def _expand_one(t: Tree, leaf, tokens, lengths, keep, failed, is_answer, answer_value, ppm_value, *,
+                mode: Mode, errors_threshold: int, max_depth: int):
+    """Writes leaf's children: candidate slot j (of K) becomes a node when keep[j]."""
+    capacity, k = t.children.shape
+    go = leaf != NO_NODE
+    keep = keep & go
+    rank = jnp.cumsum(keep) - 1
+    ids = jnp.where(keep, t.num_nodes + rank, capacity)  # capacity: out of range, dropped
+    node = jnp.maximum(leaf, 0)
+
+    depth = t.depth[node] + 1
+    errors = jnp.where(failed, t.errors[node] + 1, 0)
+    dead = ~is_answer & ((failed & (errors >= errors_threshold)) | (depth >= max_depth))
+    terminal = is_answer | dead
+    scored = (~terminal & mode.uses_ppm) | (is_answer & (mode is Mode.TEST))
+    init = jnp.where(scored, jnp.where(is_answer, answer_value, ppm_value), 0.0)
+    visits = jnp.where(terminal | scored, 1, 0)
+    value = jnp.where(is_answer, answer_value, jnp.where(dead, -1.0, jnp.where(scored, ppm_value, 0.0)))
+    reward = jnp.where(terminal, value, 0.0)
+
+    def put(array, values):
+        return array.at[ids].set(values, mode="drop")
+
+    backed = keep & is_answer
+    total, count = jnp.where(backed, answer_value, 0.0).sum(), backed.sum()
+
+    def up(_, carry):  # add the answers to the leaf and its ancestors
+        at, visits, value_sum = carry
+        on = (at != NO_NODE) & (count > 0)
+        safe = jnp.maximum(at, 0)
+        visits = visits.at[safe].add(jnp.where(on, count, 0))
+        value_sum = value_sum.at[safe].add(jnp.where(on, total, 0.0))
+        return jnp.where(on, t.parent[safe], NO_NODE), visits, value_sum
+
+    visits_all, value_all = put(t.visits, visits), put(t.value_sum, value)
+    _, visits_all, value_all = jax.lax.fori_loop(0, max_depth, up, (jnp.where(go, leaf, NO_NODE), visits_all, value_all))
+    row = jnp.full((k,), NO_NODE, jnp.int32).at[jnp.where(keep, rank, k)].set(ids, mode="drop")
+    return dataclasses.replace(
+        t,
+        parent=put(t.parent, jnp.full((k,), leaf, jnp.int32)),
+        depth=put(t.depth, jnp.broadcast_to(depth, (k,))),
+        children=t.children.at[jnp.where(go, node, capacity)].set(row, mode="drop"),
+        visits=visits_all,
+        value_sum=value_all,
+        init_value=put(t.init_value, init),
+        reward=put(t.reward, reward),
+        terminal=put(t.terminal, terminal),
+        valid=put(t.valid, ~failed),
+        is_answer=put(t.is_answer, is_answer),
+        errors=put(t.errors, errors),
+        tokens=t.tokens.at[ids].set(tokens, mode="drop"),
+        lengths=put(t.lengths, lengths),
+        num_nodes=t.num_nodes + keep.sum(),
+    )
+
+
+# --- batched, jitted ---------------------------------------------------------------------------
+
+
+@functools.partial(jax.jit, static_argnames=("rollouts", "c_uct"), donate_argnums=0)
+def select(tree: Tree, *, rollouts: int, c_uct: float) -> tuple[Tree, jax.Array]:
+    """(tree, leaf int32[B]): the node each problem expands next, NO_NODE where its search ended."""
+    return jax.vmap(functools.partial(_select_one, rollouts=rollouts, c_uct=c_uct))(tree)
+
+
+@functools.partial(jax.jit, static_argnames=("max_depth",))
+def gather_path(tree: Tree, leaf: jax.Array, *, max_depth: int) -> tuple[jax.Array, jax.Array]:
+    """(tokens int32[B, max_depth * L], lengths int32[B]): each leaf's path tokens, root first."""
+    return jax.vmap(functools.partial(_path_one, max_depth=max_depth))(tree, leaf)
+
+
+@functools.partial(jax.jit, static_argnames=("mode", "errors_threshold", "max_depth"), donate_argnums=0)
+def expand(tree: Tree, leaf, tokens, lengths, keep, failed, is_answer, answer_value, ppm_value, *,
+           mode: Mode, errors_threshold: int, max_depth: int) -> Tree:
+    """Adds each leaf's children and backs up their answers.
+
+    leaf int32[B] (NO_NODE: unchanged); per candidate slot [B, K]: keep (becomes a child),
+    failed (its step is incomplete or malformed, or its program raised), is_answer,
+    answer_value (an answer's graded reward or PPM score), ppm_value (the PPM score of an open
+    node; ignored in TERMINAL mode); tokens int32[B, K, L] with lengths [B, K].
+    """
+    fn = functools.partial(_expand_one, mode=mode, errors_threshold=errors_threshold, max_depth=max_depth)
+    return jax.vmap(fn)(tree, leaf, tokens, lengths, keep, failed, is_answer,
+                        answer_value.astype(jnp.float32), ppm_value.astype(jnp.float32))
+
+
+def take(tree: Tree, rows) -> Tree:
+    """The trees of problems `rows` (an index or index array)."""
+    return jax.tree.map(lambda x: x[rows], tree)
+
+
+def to_numpy(tree: Tree) -> Tree:
+    """The tree on the host (one transfer)."""
+    return jax.tree.map(np.asarray, jax.device_get(tree))

@@ -1,0 +1,163 @@
+"""The search end to end with real parts: a tiny random policy (steered to write step tokens),
+the engine, a random PPM, the sandboxed executor and the grader."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from rstar_jax.engine import Engine, ValueScorer
+from rstar_jax.search import tree as tree_ops
+from rstar_jax.search.config import Mode, SearchConfig
+from rstar_jax.search.driver import EnginePolicy, Problem, SearchStats, run_search
+from rstar_jax.steps import format as fmt
+from rstar_jax.steps.executor import CodeExecutor
+from rstar_jax.testing import steered_tiny_policy, tiny_tokenizer
+
+PROBLEMS = [Problem("What is 2 + 3?", "5"), Problem("What is 4 * 6?", "24")]
+CONFIG = SearchConfig(rollouts=4, candidates=8, max_depth=6, max_step_tokens=24, max_output_tokens=16)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    tokenizer = tiny_tokenizer(tmp_path_factory.mktemp("tok"))
+    engine = Engine(steered_tiny_policy(tokenizer, 0), vocab_size=tokenizer.vocab_size, pad_id=tokenizer.pad_id)
+    scorer = ValueScorer(steered_tiny_policy(tokenizer, 1, value_head=True), pad_id=tokenizer.pad_id)
+    with CodeExecutor(num_workers=2) as executor:
+        yield tokenizer, engine, scorer, executor
+
+
+def _search(world, config, problems=PROBLEMS, **kwargs):
+    tokenizer, engine, scorer, executor = world
+    return run_search(problems, EnginePolicy(engine, tokenizer, config), executor, tokenizer, config,
+                      scorer=scorer, progress=False, **kwargs)
+
+
+def check_tree(t, config):
+    """What every searched tree satisfies, whatever the policy wrote."""
+    n = t.num_nodes
+    assert n <= config.nodes and t.parent[0] == -1 and t.depth[0] == 0
+    for node in range(1, n):
+        p = t.parent[node]
+        assert 0 <= p < node and t.depth[node] == t.depth[p] + 1 <= config.max_depth
+        assert node in t.children[p]
+    for node in range(n):
+        kids = [c for c in t.children[node] if c >= 0]
+        assert (t.children[node][len(kids):] == -1).all() and kids == sorted(kids)
+        assert all(t.parent[c] == node for c in kids)
+        if kids:  # an expanded node is open and ran
+            assert not t.is_answer[node] and t.valid[node] and t.errors[node] < config.errors_threshold
+    q = t.q
+    assert (np.abs(q) <= 1 + 1e-6).all()
+    assert (t.visits >= 0).all()
+    for node in range(1, n):
+        assert t.texts[node] == "".join(t.texts[i] for i in t.path(node))[-len(t.texts[node]):]
+        kind = fmt.classify_step(t.texts[node])
+        assert t.is_answer[node] == (kind is fmt.StepKind.ANSWER)
+        if t.is_answer[node]:
+            assert t.terminal[node] and t.visits[node] == 1 and t.value_sum[node] == t.reward[node]
+        elif not t.valid[node] and t.errors[node] >= config.errors_threshold:
+            assert t.terminal[node] and t.visits[node] == 1 and t.value_sum[node] == -1
+    assert t.rollouts <= config.rollouts
+    assert t.rollouts == config.rollouts or t.terminal[0] or t.overflow
+    if t.answer_node >= 0:
+        answers = np.flatnonzero(t.is_answer)
+        assert t.answer_node == answers[np.argmax(q[answers])]
+
+
+@pytest.mark.parametrize("mode", list(Mode))
+def test_two_problems_four_rollouts_build_consistent_trees(world, mode):
+    config = dataclasses.replace(CONFIG, mode=mode)
+    stats = SearchStats()
+    trees = _search(world, config, stats=stats)
+    assert [t.problem for t in trees] == PROBLEMS
+    for t in trees:
+        check_tree(t, config)
+        # Each node holds what the policy wrote; a valid last code step also its output block.
+        tokenizer = world[0]
+        for node in range(1, t.num_nodes):
+            assert tokenizer.decode(t.tokens[node]) == t.texts[node]
+            if t.valid[node] and fmt.classify_step(t.texts[node]) is fmt.StepKind.LAST_CODE:
+                assert fmt.step_output(t.texts[node]) is not None
+        if mode is Mode.TERMINAL:
+            assert not (t.init_value != 0).any()
+        else:  # open nodes carry their PPM score as one visit
+            assert (t.visits[1:][~t.terminal[1:]] >= 1).all()
+    if mode is not Mode.TERMINAL:
+        assert any((t.init_value[1:] != 0).any() for t in trees)
+    assert stats.expansions > 2 and stats.rollouts == sum(t.rollouts for t in trees)
+    assert sum(t.depth.max() for t in trees) > 2, "the steered policy should build trees deeper than one level"
+
+
+def test_a_search_is_reproducible_and_each_problem_independent_of_its_batch(world):
+    together = _search(world, CONFIG)
+    # Seeds come from the search's seed, the problem's index in the list and the node.
+    alone = _search(world, CONFIG, problems=PROBLEMS[:1])
+    one_slot = _search(world, CONFIG, batch_size=1)
+    for a, b, c in zip(together, alone + one_slot[1:], one_slot):
+        assert a.texts == b.texts == c.texts
+        for name in ("parent", "children", "visits", "value_sum", "terminal", "valid"):
+            np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+            np.testing.assert_array_equal(getattr(a, name), getattr(c, name))
+    other_seed = _search(world, dataclasses.replace(CONFIG, seed=1))
+    assert [t.texts for t in other_seed] != [t.texts for t in together]
+
+
+def test_device_paths_equal_the_steps_the_host_keeps(world):
+    """gather_path packs the tokens of each node's ancestors; check it against the host's copy."""
+    t = _search(world, CONFIG)[0]
+    n, k, length = t.num_nodes, CONFIG.candidates, CONFIG.step_capacity
+    dev = tree_ops.init_tree(1, n, k, length)
+    tokens = np.zeros((1, n, length), np.int32)
+    lengths = np.zeros((1, n), np.int32)
+    for node in range(n):
+        tokens[0, node, :len(t.tokens[node])] = t.tokens[node]
+        lengths[0, node] = len(t.tokens[node])
+    dev = dataclasses.replace(dev, parent=t.parent[None], depth=t.depth[None], tokens=tokens, lengths=lengths)
+    for node in range(n):
+        path, size = tree_ops.gather_path(dev, np.array([node], np.int32), max_depth=CONFIG.max_depth)
+        want = [i for m in t.path(node) for i in t.tokens[m]]
+        assert np.asarray(path)[0, :int(size[0])].tolist() == want
+
+
+def test_value_scorer_equals_the_models_value_per_sequence(world):
+    tokenizer, _, scorer, _ = world
+    model = steered_tiny_policy(tokenizer, 1, value_head=True)
+    sequences = [tokenizer.policy_prompt_ids("What is 1 + 1?")[:n] for n in (3, 17, 40)]
+    got = scorer.score(sequences)
+    for seq, value in zip(sequences, got):
+        want = float(model.value(np.array([seq], np.int32))[0])
+        assert value == pytest.approx(want, abs=1e-5)
+    with pytest.raises(ValueError, match="sequence 1 is empty"):
+        scorer.score([[1], []])
+    with pytest.raises(ValueError, match="outside"):
+        scorer.score([[10_000]])
+
+
+def test_bad_inputs_are_named(world):
+    with pytest.raises(ValueError, match=r"problems \[0\] have answer=None"):
+        _search(world, CONFIG, problems=[Problem("What is 1?")])
+    tokenizer, engine, _, executor = world
+    ppm = dataclasses.replace(CONFIG, mode=Mode.PPM)
+    with pytest.raises(ValueError, match="pass scorer="):
+        run_search(PROBLEMS, EnginePolicy(engine, tokenizer, ppm), executor, tokenizer, ppm)
+    with pytest.raises(ValueError, match="candidates must be a positive int, got 0"):
+        SearchConfig(candidates=0)
+    with pytest.raises(ValueError, match="capacity must be an int >= 1 \\+ candidates = 9"):
+        SearchConfig(candidates=8, capacity=5)
+    with pytest.raises(ValueError, match="unknown stage 'round9'"):
+        SearchConfig.preset("paper", "round9")
+    assert run_search([], None, None, tokenizer, CONFIG) == []
+
+
+def test_presets_follow_the_paper_and_the_reference_code():
+    assert (SearchConfig.preset("paper", "round1").candidates, SearchConfig.preset("paper", "round1").rollouts) == (5, 8)
+    r4 = SearchConfig.preset("paper", "round4")
+    assert (r4.candidates, r4.rollouts, r4.mode) == (16, 16, Mode.PPM)
+    ref = SearchConfig.preset("reference_code", "round2")
+    assert (ref.candidates, ref.rollouts, ref.temperature, ref.mode) == (12, 48, 1.0, Mode.TERMINAL)
+    boot = SearchConfig.preset("reference_code", "round1")
+    assert boot.bootstrap and boot.errors_threshold == 2 and boot.temperature == 0.7
+    test = SearchConfig.preset("paper", "test", rollouts=4)
+    assert (test.candidates, test.rollouts, test.mode) == (32, 4, Mode.TEST)
+    assert SearchConfig(rollouts=2, candidates=3, max_depth=4).nodes == 1 + 2 * 4 * 3
