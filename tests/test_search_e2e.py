@@ -128,6 +128,13 @@ def test_value_scorer_equals_the_models_value_per_sequence(world):
     for seq, value in zip(sequences, got):
         want = float(model.value(np.array([seq], np.int32))[0])
         assert value == pytest.approx(want, abs=1e-5)
+    # Children of shared prefixes: each prefix runs once, the values are the same.
+    prefixes = [sequences[1], sequences[2]]
+    children = [[[5, 6, 7], [9], [30, 31, 32, 33, 34, 35, 36, 37, 38]], [[11, 12]]]
+    grouped = scorer.score_children(prefixes, children)
+    flat = scorer.score([p + c for p, cs in zip(prefixes, children) for c in cs])
+    np.testing.assert_allclose(np.concatenate(grouped), flat, atol=1e-5)
+    assert [len(g) for g in grouped] == [3, 1]
     with pytest.raises(ValueError, match="sequence 1 is empty"):
         scorer.score([[1], []])
     with pytest.raises(ValueError, match="outside"):

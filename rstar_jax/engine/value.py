@@ -7,17 +7,38 @@ import functools
 from collections.abc import Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding
 
 from rstar_jax.engine.generation import _pow2, prompt_bucket
+from rstar_jax.models.cache import KVCache
 from rstar_jax.models.transformer import CausalLM
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
 def _values(graphdef, state, ids, lengths):
     return nnx.merge(graphdef, state).value(ids, lengths)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "samples"))
+def _fork_values(graphdef, state, prefix_ids, prefix_lengths, ids, lengths, *, samples):
+    """Values of F = samples continuations of each prefix: the prefix runs once, and each
+    continuation reads its keys and values (`ForkCache`) as a decode step does.
+
+    prefix_ids: int32[B, P] right-padded, prefix_lengths: int32[B] >= 1; ids: int32[B*F, T]
+    right-padded, row b*F + f continuing prefix b; lengths: int32[B*F] >= 1 -> float32[B*F].
+    """
+    model = nnx.merge(graphdef, state)
+    rope = prefix_lengths + ids.shape[1]  # longrope: the longest a row of the group may be
+    positions = jnp.broadcast_to(jnp.arange(prefix_ids.shape[1], dtype=jnp.int32), prefix_ids.shape)
+    _, prefix = model.hidden_states(prefix_ids, positions, cache=KVCache.collect(model.config, model.dtype),
+                                    rope_lengths=rope)
+    cache = KVCache.fork(prefix, prefix_lengths, samples, ids.shape[1])
+    positions = jnp.repeat(prefix_lengths, samples)[:, None] + jnp.arange(ids.shape[1], dtype=jnp.int32)
+    hidden, _ = model.hidden_states(ids, positions, cache=cache, rope_lengths=jnp.repeat(rope, samples))
+    return model.value_of(jnp.take_along_axis(hidden, (lengths - 1)[:, None, None], axis=1)[:, 0])
 
 
 class ValueScorer:
@@ -45,14 +66,56 @@ class ValueScorer:
         if graphdef != self.graphdef:
             raise ValueError("update() needs a model of the same architecture and options; build a new ValueScorer")
 
-    def score(self, sequences: Sequence[Sequence[int]]) -> np.ndarray:
-        """float32[len(sequences)]: the value of each (non-empty) token sequence."""
+    def _rows(self, what: str, sequences) -> list[np.ndarray]:
         rows = [np.asarray(s, np.int64).reshape(-1) for s in sequences]
         for i, r in enumerate(rows):
             if r.size == 0:
-                raise ValueError(f"sequence {i} is empty; the PPM scores at least one token")
+                raise ValueError(f"{what} {i} is empty; the PPM scores at least one token")
             if r.min() < 0 or r.max() >= self.vocab:
-                raise ValueError(f"sequence {i} has ids outside [0, {self.vocab}): min {r.min()}, max {r.max()}")
+                raise ValueError(f"{what} {i} has ids outside [0, {self.vocab}): min {r.min()}, max {r.max()}")
+        return rows
+
+    def _mesh(self):
+        return jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext()
+
+    def score_children(self, prefixes: Sequence[Sequence[int]],
+                       children: Sequence[Sequence[Sequence[int]]]) -> list[np.ndarray]:
+        """The values of prefixes[b] + children[b][j], as `score` gives them, for every b and j,
+        computing each prefix once: the K candidate steps of an MCTS expansion share the
+        prompt and path before them. Returns one float32 array per prefix.
+        (Under longrope scaling, each group uses the factors of its longest row.)"""
+        if len(prefixes) != len(children):
+            raise ValueError(f"{len(prefixes)} prefixes but {len(children)} lists of children")
+        heads = self._rows("prefix", prefixes)
+        tails = [self._rows(f"child of prefix {b}:", c) for b, c in enumerate(children)]
+        out = [np.zeros((len(c),), np.float32) for c in tails]
+        samples = _pow2(max([len(c) for c in tails] + [1]))
+        step = max(1, self.max_rows // samples)
+        for start in range(0, len(heads), step):
+            group = [b for b in range(start, min(start + step, len(heads))) if tails[b]]
+            if not group:
+                continue
+            batch = _pow2(len(group))
+            width = prompt_bucket(max(len(heads[b]) for b in group))
+            length = prompt_bucket(max(len(t) for b in group for t in tails[b]))
+            prefix_ids = np.full((batch, width), self.pad_id, np.int32)
+            prefix_lengths = np.ones((batch,), np.int32)
+            ids = np.full((batch * samples, length), self.pad_id, np.int32)
+            lengths = np.ones((batch * samples,), np.int32)
+            for i, b in enumerate(group):
+                prefix_ids[i, :len(heads[b])], prefix_lengths[i] = heads[b], len(heads[b])
+                for j, t in enumerate(tails[b]):
+                    ids[i * samples + j, :len(t)], lengths[i * samples + j] = t, len(t)
+            with self._mesh():
+                values = np.asarray(_fork_values(self.graphdef, self.state, prefix_ids, prefix_lengths, ids,
+                                                 lengths, samples=samples))
+            for i, b in enumerate(group):
+                out[b][:] = values[i * samples:i * samples + len(tails[b])]
+        return out
+
+    def score(self, sequences: Sequence[Sequence[int]]) -> np.ndarray:
+        """float32[len(sequences)]: the value of each (non-empty) token sequence."""
+        rows = self._rows("sequence", sequences)
         out = np.zeros((len(rows),), np.float32)
         for start in range(0, len(rows), self.max_rows):
             chunk = rows[start:start + self.max_rows]
@@ -61,7 +124,7 @@ class ValueScorer:
             lengths = np.ones((batch,), np.int32)
             for i, r in enumerate(chunk):
                 ids[i, :len(r)], lengths[i] = r, len(r)
-            with jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext():
+            with self._mesh():
                 values = _values(self.graphdef, self.state, ids, lengths)
             out[start:start + len(chunk)] = np.asarray(values)[:len(chunk)]
         return out

@@ -233,12 +233,15 @@ class CausalLM(nnx.Module):
         input_ids: int32[B, T], right-padded; lengths: int32[B] real tokens per row (default T).
         Returns float32[B], in (-1, 1) when value_tanh.
         """
-        if not self.has_value_head:
-            raise ValueError("this model has no value head; build it with value_head=True")
         if lengths is None:
             lengths = jnp.full((input_ids.shape[0],), input_ids.shape[1], jnp.int32)
         hidden, _ = self.hidden_states(input_ids, positions, rope_lengths=lengths)
-        last = jnp.take_along_axis(hidden, (lengths - 1)[:, None, None], axis=1)[:, 0]  # [B, E]
-        score = jnp.einsum("be,eo->bo", last, self.value_head[...].astype(self.dtype),
-                           preferred_element_type=jnp.float32)[:, 0] + self.value_bias[...].astype(jnp.float32)[0]
+        return self.value_of(jnp.take_along_axis(hidden, (lengths - 1)[:, None, None], axis=1)[:, 0])
+
+    def value_of(self, hidden: jax.Array) -> jax.Array:
+        """The value head on final hidden states [..., E] -> float32[...]."""
+        if not self.has_value_head:
+            raise ValueError("this model has no value head; build it with value_head=True")
+        score = jnp.einsum("...e,eo->...o", hidden, self.value_head[...].astype(self.dtype),
+                           preferred_element_type=jnp.float32)[..., 0] + self.value_bias[...].astype(jnp.float32)[0]
         return jnp.tanh(score) if self.value_tanh else score

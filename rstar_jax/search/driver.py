@@ -220,6 +220,8 @@ class _Slot:
     texts: list[str] = dataclasses.field(default_factory=lambda: [""])
     parent: list[int] = dataclasses.field(default_factory=lambda: [-1])
     valid: list[bool] = dataclasses.field(default_factory=lambda: [True])
+    depth: list[int] = dataclasses.field(default_factory=lambda: [0])
+    errors: list[int] = dataclasses.field(default_factory=lambda: [0])
     rollouts: int = 0
 
     def path(self, node: int) -> list[int]:
@@ -384,15 +386,8 @@ def run_search(problems: Sequence[Problem], policy: Policy, executor: Executor, 
                         c.value = 1.0 if pred is not None and grade(pred, slots[c.slot].problem.answer) else -1.0
                 clock.charge("grading")
             if config.mode.uses_ppm:
-                scored = [c for c in candidates if (c.kind is fmt.StepKind.ANSWER) == (config.mode is Mode.TEST)
-                          or c.kind is not fmt.StepKind.ANSWER]
-                if scored:
-                    values = np.asarray(scorer.score([prefixes[active.index(c.slot)] + c.ids for c in scored]))
-                    for c, v in zip(scored, values):
-                        if c.kind is fmt.StepKind.ANSWER:
-                            c.value = float(v)
-                        else:
-                            c.ppm = float(v)
+                _score(scorer, [c for c in candidates if _needs_score(c, slots[c.slot], int(leaf[c.slot]), config)],
+                       {b: prefixes[i] for i, b in enumerate(active)})
                 clock.charge("ppm")
 
             shape = (width, k)
@@ -410,8 +405,11 @@ def run_search(problems: Sequence[Problem], policy: Policy, executor: Executor, 
                 slot = slots[c.slot]
                 slot.tokens.append(c.ids)
                 slot.texts.append(c.text)
-                slot.parent.append(int(leaf[c.slot]))
+                node = int(leaf[c.slot])
+                slot.parent.append(node)
                 slot.valid.append(not c.failed)
+                slot.depth.append(slot.depth[node] + 1)
+                slot.errors.append(slot.errors[node] + 1 if c.failed else 0)
             clock.charge("host")
             tree = tree_ops.expand(tree, leaf, step_tokens, arrays["lengths"], arrays["keep"], arrays["failed"],
                                    arrays["is_answer"], arrays["answer_value"], arrays["ppm_value"],
@@ -423,6 +421,35 @@ def run_search(problems: Sequence[Problem], policy: Policy, executor: Executor, 
         bar.close()
     stats.wall += time.perf_counter() - start
     return results
+
+
+def _needs_score(c: _Candidate, slot: _Slot, node: int, config: SearchConfig) -> bool:
+    """Whether the PPM's score of candidate c (a child of `node`) is used: answers at test time,
+    and children that will be open nodes (see the module docstring)."""
+    if c.kind is fmt.StepKind.ANSWER:
+        return config.mode is Mode.TEST
+    dead = c.failed and slot.errors[node] + 1 >= config.errors_threshold
+    return not dead and slot.depth[node] + 1 < config.max_depth
+
+
+def _score(scorer: Scorer, candidates: list[_Candidate], prefixes: dict[int, list[int]]) -> None:
+    """Sets the PPM value of each candidate; one scorer call for them all. A scorer that can
+    (`ValueScorer.score_children`) runs each shared prefix once."""
+    if not candidates:
+        return
+    if hasattr(scorer, "score_children"):
+        groups: dict[int, list[_Candidate]] = {}
+        for c in candidates:
+            groups.setdefault(c.slot, []).append(c)
+        values = scorer.score_children([prefixes[b] for b in groups], [[c.ids for c in g] for g in groups.values()])
+        pairs = [(c, v) for g, vs in zip(groups.values(), values) for c, v in zip(g, np.asarray(vs))]
+    else:
+        pairs = list(zip(candidates, np.asarray(scorer.score([prefixes[c.slot] + c.ids for c in candidates]))))
+    for c, v in pairs:
+        if c.kind is fmt.StepKind.ANSWER:
+            c.value = float(v)
+        else:
+            c.ppm = float(v)
 
 
 def _result(slot: _Slot, row: tree_ops.Tree) -> SearchTree:

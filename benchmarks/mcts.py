@@ -1,0 +1,83 @@
+"""MCTS throughput: rollouts/s of the batched search at B = 1, 8, 32, 128 problems, and where
+the wall time goes.
+
+The tiny preset (random weights, steered towards step tokens by `rstar_jax.testing`, so steps
+end after about ten tokens), K = 8 candidates per expansion, PPM-augmented mode with a random
+tiny PPM, the real sandboxed executor (2 workers) and grader. Random text is rarely valid
+Python, so failing steps are tolerated (errors_threshold = max_depth, as the bootstrap round
+tolerates some): every rollout then descends to max_depth, executing every candidate on the
+way, the shape of a search whose policy writes mostly valid code. Each size searches
+max(B, 32) problems, B at a time, 4 rollouts each, after an untimed warm-up run of the same
+shapes; figures are medians over repeats.
+
+The peer is the same search one problem at a time (B = 1, the same 32 problems); `ratio` is
+rollouts/s at B = 32 over B = 1. The limit is the work that cannot be avoided: generation and execution;
+`limit_pct` is their share of the wall time at B = 32 (the rest being tree ops, grading, PPM
+and host glue).
+
+    python benchmarks/mcts.py [--repeats 3] [--sizes 1,8,32,128]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+
+from rstar_jax.engine import Engine, ValueScorer
+from rstar_jax.search.config import Mode, SearchConfig
+from rstar_jax.search.driver import EnginePolicy, Problem, SearchStats, run_search
+from rstar_jax.steps.executor import CodeExecutor
+from rstar_jax.testing import steered_tiny_policy, tiny_tokenizer
+
+PARTS = ("tree_ops", "generation", "execution", "grading", "ppm", "host")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--sizes", default="1,8,32,128")
+    parser.add_argument("--rollouts", type=int, default=4)
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+
+    tokenizer = tiny_tokenizer(tempfile.mkdtemp(prefix="mcts-bench-tok-"))
+    engine = Engine(steered_tiny_policy(tokenizer, 0), vocab_size=tokenizer.vocab_size, pad_id=tokenizer.pad_id)
+    scorer = ValueScorer(steered_tiny_policy(tokenizer, 1, value_head=True), pad_id=tokenizer.pad_id, max_rows=1024)
+    config = SearchConfig(mode=Mode.PPM, rollouts=args.rollouts, candidates=8, max_depth=8, errors_threshold=8,
+                          max_step_tokens=32, max_output_tokens=32)
+    policy = EnginePolicy(engine, tokenizer, config)
+    print(f"tiny policy + PPM (random, steered), K={config.candidates}, {config.rollouts} rollouts per problem, "
+          f"max depth {config.max_depth}, {config.max_step_tokens} tokens per step, executor 2 workers; "
+          f"each size searches max(B, 32) problems, B at a time")
+    print(f"{'B':>4s}{'rollouts/s':>12s}{'ms/rollout':>12s}" + "".join(f"{p:>12s}" for p in PARTS)
+          + f"{'nodes':>8s}")
+    results = {}
+    with CodeExecutor(num_workers=2) as executor:
+        for b in sizes:
+            problems = [Problem(f"What is {i} + {i % 7}?", str(i + i % 7)) for i in range(max(b, 32))]
+
+            def once(problems=problems, b=b):
+                stats = SearchStats()
+                run_search(problems, policy, executor, tokenizer, config, scorer=scorer, batch_size=b, progress=False,
+                           stats=stats)
+                return stats
+
+            once()  # compile every shape this size meets
+            runs = [once() for _ in range(args.repeats)]
+            rate = statistics.median(r.rollouts / r.wall for r in runs)
+            share = {p: statistics.median(getattr(r, p) / r.wall for r in runs) for p in PARTS}
+            results[b] = rate, share
+            print(f"{b:4d}{rate:12.1f}{1000 / rate:12.1f}" + "".join(f"{100 * share[p]:11.1f}%" for p in PARTS)
+                  + f"{runs[0].nodes:8d}")
+    if 1 in results and 32 in results:
+        (peer, _), (ours, share) = results[1], results[32]
+        overhead = share["tree_ops"] + share["host"]
+        print(f"B=32: tree ops + host glue {100 * overhead:.1f}% of the wall time (target <= 10%); "
+              f"rollouts/s {ours / peer:.1f}x B=1 (target >= 6x)")
+        print(f"RESULT name=mcts_rollouts_per_s value={ours:.2f} unit=rollouts/s peer={peer:.2f} "
+              f"ratio={ours / peer:.2f} limit_pct={100 * (share['generation'] + share['execution']):.1f}")
+
+
+if __name__ == "__main__":
+    main()
