@@ -1,0 +1,167 @@
+"""Invariants of the search over random trees (hypothesis): a scripted policy whose steps are a
+stable hash of (seed, path, sample) writes valid, failing, last-code, answer, incomplete and
+duplicate steps; the real executor runs them and the real grader grades them."""
+
+import hashlib
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from mcts_reference import compare_trees, reference_search
+from test_search_e2e import check_tree
+
+from rstar_jax.search.config import Mode, SearchConfig
+from rstar_jax.search.driver import Problem, run_search
+from rstar_jax.steps import format as fmt
+from rstar_jax.steps.executor import CodeExecutor
+
+SPECIAL = (*fmt.STEP_TOKENS, *fmt.CHAT_TOKENS)
+
+
+class CharTokenizer:
+    """One id per step/chat token, 16 + ord(c) for other ASCII characters."""
+
+    add_bos, bos_id, eos_id, pad_id = False, None, 2, 0
+    step_token_ids = {t: 3 + i for i, t in enumerate(fmt.STEP_TOKENS)}
+
+    def encode(self, text, add_bos=False):
+        out, i = [], 0
+        while i < len(text):
+            token = next((j for j, t in enumerate(SPECIAL) if text.startswith(t, i)), None)
+            if token is None:
+                out.append(16 + ord(text[i]))
+                i += 1
+            else:
+                out.append(3 + token)
+                i += len(SPECIAL[token])
+        return out
+
+    def decode(self, ids, skip_special=False):
+        return "".join(SPECIAL[i - 3] if 3 <= i < 3 + len(SPECIAL) else chr(i - 16) for i in ids)
+
+    def policy_prompt_ids(self, question):
+        return self.encode(fmt.policy_prompt(question))
+
+
+TOKENIZER = CharTokenizer()
+
+
+def _pick(*parts) -> int:
+    return int.from_bytes(hashlib.sha256("/".join(map(str, parts)).encode()).digest()[:4], "little")
+
+
+class HashPolicy:
+    """Step s of an expansion: one of a few variants, chosen by a hash of (seed, path, s)."""
+
+    def __init__(self, seed, max_tokens):
+        self.seed, self.max_tokens, self.calls = seed, max_tokens, []
+
+    def step(self, response, s):
+        first = "" if response else "<code>"
+        if response.endswith(f"{fmt.END_OF_OUTPUT}\n"):
+            r = _pick(self.seed, response, s) % 3
+            return f"<answer>so \\boxed{{{4 if r else 5}}}<end_of_answer>"
+        r = _pick(self.seed, response, s) % 9
+        return [
+            f"{first}\nx = {len(response) % 3}\n<end_of_step>",
+            f"{first}\nx = 1\n<end_of_step>",
+            f"{first}\n1/0\n<end_of_step>",
+            f"{first}\nprint(4)\n<end_of_code>",
+            f"{first}\nprint(x + 1)\n<end_of_code>",
+            "<answer>\\boxed{4}<end_of_answer>",
+            "<answer>\\boxed{7}<end_of_answer>",
+            f"{first}\ny = {'9' * 40}",  # no terminator: cut at the budget
+            f"{first}\nx = (\n<end_of_step>",
+        ][r]
+
+    def sample(self, prompts, num_samples, seeds):
+        self.calls.append(list(seeds))
+        rows = []
+        for p in prompts:
+            _, response = fmt.split_policy_prompt(TOKENIZER.decode(p))
+            rows += [TOKENIZER.encode(self.step(response, s))[:self.max_tokens] for s in range(num_samples)]
+        out = np.zeros((len(rows), max(map(len, rows))), np.int32)
+        for i, r in enumerate(rows):
+            out[i, :len(r)] = r
+        return out, np.array([len(r) for r in rows], np.int32)
+
+
+class HashScorer:
+    """A value in [-1, 1], a multiple of 1/8, from a hash of the text."""
+
+    def score(self, sequences):
+        return np.array([(_pick(TOKENIZER.decode(s)) % 17 - 8) / 8 for s in sequences], np.float32)
+
+
+@pytest.fixture(scope="module")
+def executor():
+    with CodeExecutor(num_workers=2) as ex:
+        yield ex
+
+
+configs = st.builds(
+    SearchConfig, mode=st.sampled_from(list(Mode)), rollouts=st.integers(1, 6), candidates=st.integers(1, 4),
+    max_depth=st.integers(2, 5), errors_threshold=st.integers(1, 2), max_step_tokens=st.just(40),
+    max_output_tokens=st.just(24), seed=st.integers(0, 2**32 - 1),
+    capacity=st.one_of(st.none(), st.integers(6, 20)),
+).filter(lambda c: c.capacity is None or c.capacity >= 1 + c.candidates)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(config=configs, problems=st.integers(1, 3), batch=st.integers(1, 3))
+def test_random_searches_keep_the_invariants(executor, config, problems, batch):
+    policy = HashPolicy(config.seed, config.max_step_tokens)
+    items = [Problem(f"What is {i} + 4 - {i}?", "4") for i in range(problems)]
+    trees = run_search(items, policy, executor, TOKENIZER, config, scorer=HashScorer(), batch_size=batch,
+                       progress=False)
+    assert sum(len(c) for c in policy.calls) == sum(int((t.children[:, 0] >= 0).sum()) for t in trees)
+    for t in trees:
+        check_tree(t, config)
+        n, k = t.num_nodes, config.candidates
+        assert n <= config.nodes
+        if t.overflow:
+            assert n + k > config.nodes
+        expanded = t.children[:, 0] >= 0
+        # Never expanded: terminal nodes (the rollouts that made them so ended there) and
+        # nodes whose failures reached the threshold.
+        assert not (expanded & t.is_answer).any()
+        assert (t.errors[expanded] < config.errors_threshold).all()
+        dead = ~t.is_answer & t.terminal & (t.reward == -1)
+        if config.mode is Mode.TERMINAL:
+            # N and W of an open node are the sums over its children that back up.
+            for node in np.flatnonzero(~t.is_answer & ~dead):
+                kids = [c for c in t.children[node] if c >= 0 and not dead[c]]
+                assert t.visits[node] == sum(t.visits[c] for c in kids)
+                assert t.value_sum[node] == pytest.approx(sum(t.value_sum[c] for c in kids), abs=1e-5)
+        answers = t.is_answer
+        if config.mode.graded:
+            assert set(t.reward[answers].tolist()) <= {1.0, -1.0}
+            for node in np.flatnonzero(answers):
+                assert (t.reward[node] == 1) == (fmt.extract_answer(t.texts[node]) == "4")
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(config=configs, problems=st.integers(1, 3), batch=st.integers(1, 3))
+def test_the_jitted_search_builds_the_reference_trees(executor, config, problems, batch):
+    """tests/mcts_reference.py implements the driver's docstring with node objects; in every
+    mode the batched, jitted search must build the same trees."""
+    items = [Problem(f"What is {i} + 4 - {i}?", "4") for i in range(problems)]
+    trees = run_search(items, HashPolicy(config.seed, config.max_step_tokens), executor, TOKENIZER, config,
+                       scorer=HashScorer(), batch_size=batch, progress=False)
+    for i, (problem, tree) in enumerate(zip(items, trees)):
+        want = reference_search(problem, i, HashPolicy(config.seed, config.max_step_tokens), executor, TOKENIZER,
+                                config, scorer=HashScorer())
+        compare_trees(tree, want)
+
+
+@pytest.mark.parametrize("mode", list(Mode))
+def test_reference_and_jitted_search_agree_on_a_deep_search(executor, mode):
+    config = SearchConfig(mode=mode, rollouts=12, candidates=4, max_depth=6, errors_threshold=2, max_step_tokens=40,
+                          max_output_tokens=24, seed=7)
+    items = [Problem("What is 4?", "4"), Problem("What is 2 + 2?", "4")]
+    trees = run_search(items, HashPolicy(7, 40), executor, TOKENIZER, config, scorer=HashScorer(), progress=False)
+    for i, (problem, tree) in enumerate(zip(items, trees)):
+        compare_trees(tree, reference_search(problem, i, HashPolicy(7, 40), executor, TOKENIZER, config,
+                                             scorer=HashScorer()))
+    assert max(t.num_nodes for t in trees) > 15 and any(t.answer_node >= 0 for t in trees)
