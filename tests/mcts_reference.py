@@ -7,7 +7,12 @@ from __future__ import annotations
 import numpy as np
 
 from rstar_jax.search.config import Mode, SearchConfig
-from rstar_jax.search.driver import Problem, expansion_seed, output_block_ids, prompt_ids
+from rstar_jax.search.driver import (
+    Problem,
+    expansion_seed,
+    output_block_ids,
+    prompt_ids,
+)
 from rstar_jax.steps import format as fmt
 from rstar_jax.steps.grading import is_equivalent
 

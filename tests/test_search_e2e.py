@@ -95,11 +95,12 @@ def test_a_search_is_reproducible_and_each_problem_independent_of_its_batch(worl
     # Seeds come from the search's seed, the problem's index in the list and the node.
     alone = _search(world, CONFIG, problems=PROBLEMS[:1])
     one_slot = _search(world, CONFIG, batch_size=1)
-    for a, b, c in zip(together, alone + one_slot[1:], one_slot):
-        assert a.texts == b.texts == c.texts
-        for name in ("parent", "children", "visits", "value_sum", "terminal", "valid"):
-            np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
-            np.testing.assert_array_equal(getattr(a, name), getattr(c, name))
+    in_turn = _search(world, CONFIG, overlap=False)  # no execution while the other half samples
+    for a, *others in zip(together, alone + one_slot[1:], one_slot, in_turn):
+        for b in others:
+            assert a.texts == b.texts
+            for name in ("parent", "children", "visits", "value_sum", "terminal", "valid"):
+                np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
     other_seed = _search(world, dataclasses.replace(CONFIG, seed=1))
     assert [t.texts for t in other_seed] != [t.texts for t in together]
 

@@ -3,6 +3,7 @@ stable hash of (seed, path, sample) writes valid, failing, last-code, answer, in
 duplicate steps; the real executor runs them and the real grader grades them."""
 
 import hashlib
+import types
 
 import numpy as np
 import pytest
@@ -23,7 +24,7 @@ class CharTokenizer:
     """One id per step/chat token, 16 + ord(c) for other ASCII characters."""
 
     add_bos, bos_id, eos_id, pad_id = False, None, 2, 0
-    step_token_ids = {t: 3 + i for i, t in enumerate(fmt.STEP_TOKENS)}
+    step_token_ids = types.MappingProxyType({t: 3 + i for i, t in enumerate(fmt.STEP_TOKENS)})
 
     def encode(self, text, add_bos=False):
         out, i = [], 0

@@ -59,6 +59,7 @@ through `extract_answer`; None if no answer node exists.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import dataclasses
 import time
 import zlib
@@ -231,6 +232,15 @@ class _Slot:
             node = self.parent[node]
         return out[::-1]
 
+    def add(self, c: _Candidate, parent: int) -> None:
+        """Records candidate c as the next node, a child of `parent`."""
+        self.tokens.append(c.ids)
+        self.texts.append(c.text)
+        self.parent.append(parent)
+        self.valid.append(not c.failed)
+        self.depth.append(self.depth[parent] + 1)
+        self.errors.append(self.errors[parent] + 1 if c.failed else 0)
+
 
 @dataclasses.dataclass
 class _Candidate:
@@ -271,156 +281,189 @@ def _check(problems, config: SearchConfig, scorer, batch_size) -> list[Problem]:
 def run_search(problems: Sequence[Problem], policy: Policy, executor: Executor, tokenizer,
                config: SearchConfig, *, scorer: Scorer | None = None,
                grade: Callable[[str, str], bool] | None = None, batch_size: int | None = None,
-               progress: bool | None = None, stats: SearchStats | None = None) -> list[SearchTree]:
+               overlap: bool = True, progress: bool | None = None,
+               stats: SearchStats | None = None) -> list[SearchTree]:
     """Searches every problem (see the module docstring); returns their trees in order.
 
     Up to `batch_size` problems (default: all, at most 32) are searched at once, one expansion
-    each per step; a finished problem's place goes to the next one. grade(pred, ref) defaults to
-    `is_equivalent`. Pass a `SearchStats` to learn where the time went.
+    each per step; a finished problem's place goes to the next one. With `overlap`, each step
+    treats its problems in two halves, so the executor runs one half's programs while the
+    policy samples the other's and the PPM scores the first (the trees are the same either
+    way). grade(pred, ref) defaults to `is_equivalent` and runs in the calling thread. Pass a
+    `SearchStats` to learn where the time went.
     """
     problems = _check(problems, config, scorer, batch_size)
-    if grade is None:
-        from rstar_jax.steps.grading import is_equivalent as grade
-    stats = stats if stats is not None else SearchStats()
-    width = min(len(problems), batch_size or 32)
-    results: list[SearchTree | None] = [None] * len(problems)
     if not problems:
         return []
-    k, length = config.candidates, config.step_capacity
-    start = time.perf_counter()
-    clock = _Clock(stats)
-    tree = tree_ops.init_tree(width, config.nodes, k, length)
-    queue = collections.deque(range(len(problems)))
-    slots: list[_Slot | None] = [None] * width
-    ids = tokenizer.step_token_ids
-    end_of_code, end_of_output = ids[fmt.END_OF_CODE], ids[fmt.END_OF_OUTPUT]
-    bar = tqdm.tqdm(total=len(problems) * config.rollouts, desc="search", unit="rollout", disable=progress is False
-                    if progress is not None else None, leave=False)
-    try:
-        while True:
-            fresh = np.zeros((width,), bool)
-            for b in range(width):
-                if slots[b] is None and queue:
-                    i = queue.popleft()
-                    slots[b] = _Slot(i, problems[i], prompt_ids(tokenizer, problems[i].question, config.bootstrap))
-                    fresh[b] = True
-            if not any(s is not None for s in slots):
-                break
-            clock.charge("host")
-            if fresh.any():
-                tree = tree_ops.reset(tree, fresh)
-            tree, leaf = tree_ops.select(tree, rollouts=config.rollouts, c_uct=config.c_uct)
-            leaf, counts = jax.device_get((leaf, tree.rollouts))
-            clock.charge("tree_ops")
-            for b, slot in enumerate(slots):
-                if slot is not None:
-                    bar.update(int(counts[b]) - slot.rollouts)
-                    slot.rollouts = int(counts[b])
-            done = [b for b, s in enumerate(slots) if s is not None and leaf[b] == tree_ops.NO_NODE]
-            if done:
-                rows = tree_ops.to_numpy(tree_ops.take(tree, np.array(done)))
+    if grade is None:
+        from rstar_jax.steps.grading import is_equivalent as grade
+    search = _Search(problems, policy, executor, tokenizer, config, scorer, grade, overlap,
+                     stats if stats is not None else SearchStats())
+    with tqdm.tqdm(total=len(problems) * config.rollouts, desc="search", unit="rollout", leave=False,
+                   disable=False if progress else None if progress is None else True) as bar:
+        search.bar = bar
+        return search.run(min(len(problems), batch_size or 32))
+
+
+class _Search:
+    """The state of one `run_search` call."""
+
+    def __init__(self, problems, policy, executor, tokenizer, config, scorer, grade, overlap, stats):
+        self.problems, self.policy, self.executor, self.tokenizer = problems, policy, executor, tokenizer
+        self.config, self.scorer, self.grade, self.overlap, self.stats = config, scorer, grade, overlap, stats
+        self.clock = _Clock(stats)
+        ids = tokenizer.step_token_ids
+        self.end_of_code, self.end_of_output = ids[fmt.END_OF_CODE], ids[fmt.END_OF_OUTPUT]
+        self.bar = None
+
+    def run(self, width: int) -> list[SearchTree]:
+        c, stats, clock = self.config, self.stats, self.clock
+        start = time.perf_counter()
+        results: list[SearchTree | None] = [None] * len(self.problems)
+        tree = tree_ops.init_tree(width, c.nodes, c.candidates, c.step_capacity)
+        queue = collections.deque(range(len(self.problems)))
+        slots: list[_Slot | None] = [None] * width
+        with concurrent.futures.ThreadPoolExecutor(1, "rstar-search-exec") as pool:
+            while True:
+                fresh = np.zeros((width,), bool)
+                for b in range(width):
+                    if slots[b] is None and queue:
+                        i = queue.popleft()
+                        slots[b] = _Slot(i, self.problems[i], prompt_ids(self.tokenizer, self.problems[i].question,
+                                                                         c.bootstrap))
+                        fresh[b] = True
+                if all(s is None for s in slots):
+                    break
+                clock.charge("host")
+                if fresh.any():
+                    tree = tree_ops.reset(tree, fresh)
+                tree, leaf = tree_ops.select(tree, rollouts=c.rollouts, c_uct=c.c_uct)
+                leaf, counts = jax.device_get((leaf, tree.rollouts))
                 clock.charge("tree_ops")
-                for i, b in enumerate(done):
-                    results[slots[b].index] = _result(slots[b], tree_ops.take(rows, i))
-                    stats.rollouts += slots[b].rollouts
-                    stats.nodes += results[slots[b].index].num_nodes
-                    slots[b] = None
-                if queue:
-                    continue  # refill the freed places before expanding
-            active = [b for b, s in enumerate(slots) if s is not None and leaf[b] != tree_ops.NO_NODE]
-            if not active:
-                continue
-            path, path_lengths = jax.device_get(tree_ops.gather_path(tree, leaf, max_depth=config.max_depth))
-            clock.charge("tree_ops")
-            prefixes = [slots[b].prompt + path[b, :path_lengths[b]].tolist() for b in active]
-            seeds = [expansion_seed(config.seed, slots[b].index, int(leaf[b])) for b in active]
-            clock.charge("host")
-            tokens, lengths = policy.sample(prefixes, k, seeds)
-            tokens, lengths = np.asarray(tokens), np.asarray(lengths)
-            clock.charge("generation")
-            stats.expansions += len(active)
+                for b, slot in enumerate(slots):
+                    if slot is not None:
+                        self.bar.update(int(counts[b]) - slot.rollouts)
+                        slot.rollouts = int(counts[b])
+                done = [b for b, s in enumerate(slots) if s is not None and leaf[b] == tree_ops.NO_NODE]
+                if done:
+                    rows = tree_ops.to_numpy(tree_ops.take(tree, np.array(done)))
+                    clock.charge("tree_ops")
+                    for i, b in enumerate(done):
+                        results[slots[b].index] = result = _result(slots[b], tree_ops.take(rows, i))
+                        stats.rollouts += result.rollouts
+                        stats.nodes += result.num_nodes
+                        slots[b] = None
+                    if queue:
+                        continue  # refill the freed places before expanding
+                active = [b for b, s in enumerate(slots) if s is not None and leaf[b] != tree_ops.NO_NODE]
+                if active:
+                    tree = self.step(tree, slots, leaf, active, pool)
+        stats.wall += time.perf_counter() - start
+        return results
 
-            candidates = []
-            for i, b in enumerate(active):
-                answered, seen = False, set()
-                for j in range(k):
-                    row = tokens[i * k + j, :lengths[i * k + j]].tolist()
-                    if config.bootstrap and row and row[-1] == end_of_output and end_of_code in row:
-                        row = row[:len(row) - row[::-1].index(end_of_code)]  # drop a written output
-                    key = tuple(row)
-                    if key in seen:
+    def step(self, tree, slots, leaf, active, pool):
+        """Expands the leaves of the `active` problems."""
+        c, clock = self.config, self.clock
+        path, path_lengths = jax.device_get(tree_ops.gather_path(tree, leaf, max_depth=c.max_depth))
+        clock.charge("tree_ops")
+        prefixes = {b: slots[b].prompt + path[b, :path_lengths[b]].tolist() for b in active}
+        half = (len(active) + 1) // 2
+        groups = [active[:half], active[half:]] if self.overlap and len(active) > 1 else [active]
+        candidates, pending = [], None
+        for group in groups:
+            mine = self.propose(slots, leaf, group, prefixes)
+            runs = self.programs(slots, leaf, mine)
+            future = pool.submit(self.executor.run, [p for _, p in runs]) if runs else None
+            clock.charge("host")
+            if pending is not None:
+                self.finish(slots, leaf, prefixes, *pending)
+            pending = (mine, runs, future)
+            candidates += mine
+        self.finish(slots, leaf, prefixes, *pending)
+        self.stats.expansions += len(active)
+
+        width, k, length = len(slots), c.candidates, c.step_capacity
+        arrays = {name: np.zeros((width, k), dtype) for name, dtype in (
+            ("keep", bool), ("failed", bool), ("is_answer", bool), ("answer_value", np.float32),
+            ("ppm_value", np.float32), ("lengths", np.int32))}
+        step_tokens = np.zeros((width, k, length), np.int32)
+        for cand in candidates:
+            at = (cand.slot, cand.sample)
+            arrays["keep"][at], arrays["failed"][at] = True, cand.failed
+            arrays["is_answer"][at] = cand.kind is fmt.StepKind.ANSWER
+            arrays["answer_value"][at], arrays["ppm_value"][at] = cand.value, cand.ppm
+            arrays["lengths"][at] = len(cand.ids)
+            step_tokens[cand.slot, cand.sample, :len(cand.ids)] = cand.ids
+            slots[cand.slot].add(cand, int(leaf[cand.slot]))
+        clock.charge("host")
+        tree = tree_ops.expand(tree, leaf, step_tokens, arrays["lengths"], arrays["keep"], arrays["failed"],
+                               arrays["is_answer"], arrays["answer_value"], arrays["ppm_value"], mode=c.mode,
+                               errors_threshold=c.errors_threshold, max_depth=c.max_depth)
+        jax.block_until_ready(tree)
+        clock.charge("tree_ops")
+        return tree
+
+    def propose(self, slots, leaf, group, prefixes) -> list[_Candidate]:
+        """Samples K steps for each leaf of `group`; keeps the first of equal ones and the first
+        answer (module docstring, expand step 2)."""
+        c, k = self.config, self.config.candidates
+        seeds = [expansion_seed(c.seed, slots[b].index, int(leaf[b])) for b in group]
+        self.clock.charge("host")
+        tokens, lengths = self.policy.sample([prefixes[b] for b in group], k, seeds)
+        tokens, lengths = np.asarray(tokens), np.asarray(lengths)
+        self.clock.charge("generation")
+        out = []
+        for i, b in enumerate(group):
+            answered, seen = False, set()
+            for j in range(k):
+                row = tokens[i * k + j, :lengths[i * k + j]].tolist()
+                if c.bootstrap and row and row[-1] == self.end_of_output and self.end_of_code in row:
+                    row = row[:len(row) - row[::-1].index(self.end_of_code)]  # drop a written output
+                if tuple(row) in seen:
+                    continue
+                seen.add(tuple(row))
+                text = self.tokenizer.decode(row)
+                kind = fmt.classify_step(text)
+                if kind is fmt.StepKind.ANSWER:
+                    if answered:
                         continue
-                    seen.add(key)
-                    text = tokenizer.decode(row)
-                    kind = fmt.classify_step(text)
-                    if kind is fmt.StepKind.ANSWER:
-                        if answered:
-                            continue
-                        answered = True
-                    candidates.append(_Candidate(b, j, row, text, kind))
+                    answered = True
+                out.append(_Candidate(b, j, row, text, kind, failed=not kind.complete))
+        return out
 
-            runs = []
-            for c in candidates:
-                if c.kind is fmt.StepKind.ANSWER:
-                    continue
-                if not c.kind.complete:
-                    c.failed = True
-                    continue
-                slot = slots[c.slot]
-                steps = [slot.texts[n] for n in slot.path(int(leaf[c.slot])) if slot.valid[n]]
-                runs.append((c, fmt.assemble_program([*steps, c.text])))
-            clock.charge("host")
-            outcomes = executor.run([p for _, p in runs]) if runs else []
-            clock.charge("execution")
-            for (c, _), out in zip(runs, outcomes):
-                c.failed = not out.ok
-                if out.ok and c.kind is fmt.StepKind.LAST_CODE:
-                    c.ids = c.ids + output_block_ids(tokenizer, out.stdout, config.max_output_tokens)
-                    c.text = tokenizer.decode(c.ids)
-            clock.charge("host")
+    def programs(self, slots, leaf, candidates) -> list[tuple[_Candidate, str]]:
+        """The program of every complete code candidate: its valid ancestors' code and its own."""
+        runs = []
+        for cand in candidates:
+            if cand.kind is fmt.StepKind.ANSWER or cand.failed:
+                continue
+            slot = slots[cand.slot]
+            steps = [slot.texts[n] for n in slot.path(int(leaf[cand.slot])) if slot.valid[n]]
+            runs.append((cand, fmt.assemble_program([*steps, cand.text])))
+        return runs
 
-            if config.mode.graded:
-                for c in candidates:
-                    if c.kind is fmt.StepKind.ANSWER:
-                        pred = fmt.extract_answer(c.text)
-                        c.value = 1.0 if pred is not None and grade(pred, slots[c.slot].problem.answer) else -1.0
-                clock.charge("grading")
-            if config.mode.uses_ppm:
-                _score(scorer, [c for c in candidates if _needs_score(c, slots[c.slot], int(leaf[c.slot]), config)],
-                       {b: prefixes[i] for i, b in enumerate(active)})
-                clock.charge("ppm")
-
-            shape = (width, k)
-            arrays = {name: np.zeros(shape, dtype) for name, dtype in (
-                ("keep", bool), ("failed", bool), ("is_answer", bool), ("answer_value", np.float32),
-                ("ppm_value", np.float32), ("lengths", np.int32))}
-            step_tokens = np.zeros((width, k, length), np.int32)
-            for c in candidates:
-                at = (c.slot, c.sample)
-                arrays["keep"][at], arrays["failed"][at] = True, c.failed
-                arrays["is_answer"][at] = c.kind is fmt.StepKind.ANSWER
-                arrays["answer_value"][at], arrays["ppm_value"][at] = c.value, c.ppm
-                arrays["lengths"][at] = len(c.ids)
-                step_tokens[c.slot, c.sample, :len(c.ids)] = c.ids
-                slot = slots[c.slot]
-                slot.tokens.append(c.ids)
-                slot.texts.append(c.text)
-                node = int(leaf[c.slot])
-                slot.parent.append(node)
-                slot.valid.append(not c.failed)
-                slot.depth.append(slot.depth[node] + 1)
-                slot.errors.append(slot.errors[node] + 1 if c.failed else 0)
-            clock.charge("host")
-            tree = tree_ops.expand(tree, leaf, step_tokens, arrays["lengths"], arrays["keep"], arrays["failed"],
-                                   arrays["is_answer"], arrays["answer_value"], arrays["ppm_value"],
-                                   mode=config.mode, errors_threshold=config.errors_threshold,
-                                   max_depth=config.max_depth)
-            jax.block_until_ready(tree)
-            clock.charge("tree_ops")
-    finally:
-        bar.close()
-    stats.wall += time.perf_counter() - start
-    return results
+    def finish(self, slots, leaf, prefixes, candidates, runs, future) -> None:
+        """Reads the executor's results, grades the answers and scores with the PPM."""
+        c, clock = self.config, self.clock
+        outcomes = future.result() if future is not None else []
+        clock.charge("execution")
+        for (cand, _), out in zip(runs, outcomes):
+            cand.failed = not out.ok
+            if out.ok and cand.kind is fmt.StepKind.LAST_CODE:
+                cand.ids = cand.ids + output_block_ids(self.tokenizer, out.stdout, c.max_output_tokens)
+                cand.text = self.tokenizer.decode(cand.ids)
+        clock.charge("host")
+        if c.mode.graded:
+            for cand in candidates:
+                if cand.kind is fmt.StepKind.ANSWER:
+                    pred = fmt.extract_answer(cand.text)
+                    ok = pred is not None and self.grade(pred, slots[cand.slot].problem.answer)
+                    cand.value = 1.0 if ok else -1.0
+            clock.charge("grading")
+        if c.mode.uses_ppm:
+            _score(self.scorer, [x for x in candidates if _needs_score(x, slots[x.slot], int(leaf[x.slot]), c)],
+                   prefixes)
+            clock.charge("ppm")
 
 
 def _needs_score(c: _Candidate, slot: _Slot, node: int, config: SearchConfig) -> bool:
