@@ -166,3 +166,19 @@ def test_reference_and_jitted_search_agree_on_a_deep_search(executor, mode):
         compare_trees(tree, reference_search(problem, i, HashPolicy(7, 40), executor, TOKENIZER, config,
                                              scorer=HashScorer()))
     assert max(t.num_nodes for t in trees) > 15 and any(t.answer_node >= 0 for t in trees)
+
+
+def test_render_draws_every_node_once_and_marks_the_answer(executor):
+    config = SearchConfig(rollouts=3, candidates=3, max_depth=4, max_step_tokens=40, max_output_tokens=24, seed=3)
+    tree = run_search([Problem("What is 4?", "4")], HashPolicy(3, 40), executor, TOKENIZER, config,
+                      progress=False)[0]
+    lines = tree.render().splitlines()
+    assert len(lines) == tree.num_nodes and lines[0].startswith("0 N=")
+    ids = [int(line.lstrip("│├└─ ").split()[0]) for line in lines]
+    assert sorted(ids) == list(range(tree.num_nodes))
+    assert ids == [0, *sorted(ids[1:], key=lambda n: [*tree.path(n)])]  # depth first, creation order
+    marked = [i for i, line in zip(ids, lines) if line.endswith("<=")]
+    assert marked == ([tree.answer_node] if tree.answer_node >= 0 else [])
+    shallow = tree.render(max_depth=1).splitlines()
+    assert len(shallow) == 1 + sum(1 for n in range(1, tree.num_nodes) if tree.depth[n] == 1) + sum(
+        1 for n in range(1, tree.num_nodes) if tree.depth[n] == 1 and tree.children[n, 0] >= 0)

@@ -158,6 +158,39 @@ class SearchTree:
             node = int(self.parent[node])
         return out[::-1]
 
+    def render(self, max_depth: int | None = None, width: int = 100) -> str:
+        """The tree as indented text, one node per line: id, N, Q, flags and the step's first
+        line, children in creation order; the selected answer is marked with `<=`.
+
+            0 N=3 Q=+0.33 root
+            ├─ 1 N=1 Q=-1.00 fail x  1/0
+            └─ 2 N=2 Q=+1.00 x = 3 ...
+        """
+        q = self.q
+        lines = []
+
+        def label(node: int) -> str:
+            flags = [name for name, on in (("answer", self.is_answer[node]), ("terminal", self.terminal[node]),
+                                           ("fail", not self.valid[node])) if on]
+            text = " ".join(self.texts[node].split()) or "root"
+            mark = "  <=" if node == self.answer_node else ""
+            return f"{node} N={self.visits[node]} Q={q[node]:+.2f} {' '.join(flags)} {text}".replace("  ", " ")[
+                :width] + mark
+
+        def walk(node: int, prefix: str, last: bool, top: bool) -> None:
+            lines.append(label(node) if top else f"{prefix}{'└─ ' if last else '├─ '}{label(node)}")
+            kids = [int(c) for c in self.children[node] if c >= 0]
+            if max_depth is not None and self.depth[node] >= max_depth:
+                if kids:
+                    lines.append(f"{prefix}{'   ' if last or top else '│  '}… {len(kids)} children")
+                return
+            inner = "" if top else prefix + ("   " if last else "│  ")
+            for i, c in enumerate(kids):
+                walk(c, inner, i == len(kids) - 1, False)
+
+        walk(0, "", True, True)
+        return "\n".join(lines)
+
 
 def prompt_ids(tokenizer, question: str, bootstrap: bool = False) -> list[int]:
     """The policy's prompt for `question`: the zero-shot policy prompt, or in bootstrap mode the
