@@ -1,15 +1,14 @@
-"""Invariants of the search over random trees (hypothesis): a scripted policy whose steps are a
-stable hash of (seed, path, sample) writes valid, failing, last-code, answer, incomplete and
-duplicate steps; the real executor runs them and the real grader grades them."""
-
-import hashlib
-import types
+"""Invariants of the search over random trees (hypothesis), and the jitted search against the
+plain-Python reference (tests/mcts_reference.py): a scripted policy (tests/scripted.py) writes
+valid, failing, last-code, answer, incomplete, malformed and duplicate steps; the real executor
+runs them and the real grader grades them."""
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mcts_reference import compare_trees, reference_search
+from scripted import CharTokenizer, ScriptedPolicy, ScriptedScorer, random_rule
 from test_search_e2e import check_tree
 
 from rstar_jax.search.config import Mode, SearchConfig
@@ -17,82 +16,18 @@ from rstar_jax.search.driver import Problem, run_search
 from rstar_jax.steps import format as fmt
 from rstar_jax.steps.executor import CodeExecutor
 
-SPECIAL = (*fmt.STEP_TOKENS, *fmt.CHAT_TOKENS)
-
-
-class CharTokenizer:
-    """One id per step/chat token, 16 + ord(c) for other ASCII characters."""
-
-    add_bos, bos_id, eos_id, pad_id = False, None, 2, 0
-    step_token_ids = types.MappingProxyType({t: 3 + i for i, t in enumerate(fmt.STEP_TOKENS)})
-
-    def encode(self, text, add_bos=False):
-        out, i = [], 0
-        while i < len(text):
-            token = next((j for j, t in enumerate(SPECIAL) if text.startswith(t, i)), None)
-            if token is None:
-                out.append(16 + ord(text[i]))
-                i += 1
-            else:
-                out.append(3 + token)
-                i += len(SPECIAL[token])
-        return out
-
-    def decode(self, ids, skip_special=False):
-        return "".join(SPECIAL[i - 3] if 3 <= i < 3 + len(SPECIAL) else chr(i - 16) for i in ids)
-
-    def policy_prompt_ids(self, question):
-        return self.encode(fmt.policy_prompt(question))
-
-
 TOKENIZER = CharTokenizer()
+ANSWER = "4"
 
 
-def _pick(*parts) -> int:
-    return int.from_bytes(hashlib.sha256("/".join(map(str, parts)).encode()).digest()[:4], "little")
+def policy(seed):
+    """Valid, failing, last-code, answer, incomplete, malformed and repeated steps, by a stable
+    hash of (seed, question, response, sample)."""
+    return ScriptedPolicy(random_rule(seed, ANSWER), TOKENIZER, max_new_tokens=40)
 
 
-class HashPolicy:
-    """Step s of an expansion: one of a few variants, chosen by a hash of (seed, path, s)."""
-
-    def __init__(self, seed, max_tokens):
-        self.seed, self.max_tokens, self.calls = seed, max_tokens, []
-
-    def step(self, response, s):
-        first = "" if response else "<code>"
-        if response.endswith(f"{fmt.END_OF_OUTPUT}\n"):
-            r = _pick(self.seed, response, s) % 3
-            return f"<answer>so \\boxed{{{4 if r else 5}}}<end_of_answer>"
-        r = _pick(self.seed, response, s) % 9
-        return [
-            f"{first}\nx = {len(response) % 3}\n<end_of_step>",
-            f"{first}\nx = 1\n<end_of_step>",
-            f"{first}\n1/0\n<end_of_step>",
-            f"{first}\nprint(4)\n<end_of_code>",
-            f"{first}\nprint(x + 1)\n<end_of_code>",
-            "<answer>\\boxed{4}<end_of_answer>",
-            "<answer>\\boxed{7}<end_of_answer>",
-            f"{first}\ny = {'9' * 40}",  # no terminator: cut at the budget
-            f"{first}\nx = (\n<end_of_step>",
-        ][r]
-
-    def sample(self, prompts, num_samples, seeds):
-        self.calls.append(list(seeds))
-        rows = []
-        for p in prompts:
-            _, response = fmt.split_policy_prompt(TOKENIZER.decode(p))
-            rows += [TOKENIZER.encode(self.step(response, s))[:self.max_tokens] for s in range(num_samples)]
-        out = np.zeros((len(rows), max(map(len, rows))), np.int32)
-        for i, r in enumerate(rows):
-            out[i, :len(r)] = r
-        return out, np.array([len(r) for r in rows], np.int32)
-
-
-class HashScorer:
-    """A value in [-1, 1], a multiple of 1/8, from a hash of the text."""
-
-    def score(self, sequences):
-        return np.array([(_pick(TOKENIZER.decode(s)) % 17 - 8) / 8 for s in sequences], np.float32)
+def scorer():
+    return ScriptedScorer(tokenizer=TOKENIZER)
 
 
 @pytest.fixture(scope="module")
@@ -112,11 +47,11 @@ configs = st.builds(
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(config=configs, problems=st.integers(1, 3), batch=st.integers(1, 3))
 def test_random_searches_keep_the_invariants(executor, config, problems, batch):
-    policy = HashPolicy(config.seed, config.max_step_tokens)
+    search_policy = policy(config.seed)
     items = [Problem(f"What is {i} + 4 - {i}?", "4") for i in range(problems)]
-    trees = run_search(items, policy, executor, TOKENIZER, config, scorer=HashScorer(), batch_size=batch,
+    trees = run_search(items, search_policy, executor, TOKENIZER, config, scorer=scorer(), batch_size=batch,
                        progress=False)
-    assert sum(len(c) for c in policy.calls) == sum(int((t.children[:, 0] >= 0).sum()) for t in trees)
+    assert sum(len(seeds) for _, seeds in search_policy.calls) == sum(int((t.children[:, 0] >= 0).sum()) for t in trees)
     for t in trees:
         check_tree(t, config)
         n, k = t.num_nodes, config.candidates
@@ -148,11 +83,11 @@ def test_the_jitted_search_builds_the_reference_trees(executor, config, problems
     """tests/mcts_reference.py implements the driver's docstring with node objects; in every
     mode the batched, jitted search must build the same trees."""
     items = [Problem(f"What is {i} + 4 - {i}?", "4") for i in range(problems)]
-    trees = run_search(items, HashPolicy(config.seed, config.max_step_tokens), executor, TOKENIZER, config,
-                       scorer=HashScorer(), batch_size=batch, progress=False)
+    trees = run_search(items, policy(config.seed), executor, TOKENIZER, config,
+                       scorer=scorer(), batch_size=batch, progress=False)
     for i, (problem, tree) in enumerate(zip(items, trees)):
-        want = reference_search(problem, i, HashPolicy(config.seed, config.max_step_tokens), executor, TOKENIZER,
-                                config, scorer=HashScorer())
+        want = reference_search(problem, i, policy(config.seed), executor, TOKENIZER,
+                                config, scorer=scorer())
         compare_trees(tree, want)
 
 
@@ -161,16 +96,16 @@ def test_reference_and_jitted_search_agree_on_a_deep_search(executor, mode):
     config = SearchConfig(mode=mode, rollouts=12, candidates=4, max_depth=6, errors_threshold=2, max_step_tokens=40,
                           max_output_tokens=24, seed=7)
     items = [Problem("What is 4?", "4"), Problem("What is 2 + 2?", "4")]
-    trees = run_search(items, HashPolicy(7, 40), executor, TOKENIZER, config, scorer=HashScorer(), progress=False)
+    trees = run_search(items, policy(7), executor, TOKENIZER, config, scorer=scorer(), progress=False)
     for i, (problem, tree) in enumerate(zip(items, trees)):
-        compare_trees(tree, reference_search(problem, i, HashPolicy(7, 40), executor, TOKENIZER, config,
-                                             scorer=HashScorer()))
+        compare_trees(tree, reference_search(problem, i, policy(7), executor, TOKENIZER, config,
+                                             scorer=scorer()))
     assert max(t.num_nodes for t in trees) > 15 and any(t.answer_node >= 0 for t in trees)
 
 
 def test_render_draws_every_node_once_and_marks_the_answer(executor):
     config = SearchConfig(rollouts=3, candidates=3, max_depth=4, max_step_tokens=40, max_output_tokens=24, seed=3)
-    tree = run_search([Problem("What is 4?", "4")], HashPolicy(3, 40), executor, TOKENIZER, config,
+    tree = run_search([Problem("What is 4?", "4")], policy(3), executor, TOKENIZER, config,
                       progress=False)[0]
     lines = tree.render().splitlines()
     assert len(lines) == tree.num_nodes and lines[0].startswith("0 N=")
