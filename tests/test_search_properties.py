@@ -3,6 +3,8 @@ plain-Python reference (tests/mcts_reference.py): a scripted policy (tests/scrip
 valid, failing, last-code, answer, incomplete, malformed and duplicate steps; the real executor
 runs them and the real grader grades them."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -117,3 +119,12 @@ def test_render_draws_every_node_once_and_marks_the_answer(executor):
     shallow = tree.render(max_depth=1).splitlines()
     assert len(shallow) == 1 + sum(1 for n in range(1, tree.num_nodes) if tree.depth[n] == 1) + sum(
         1 for n in range(1, tree.num_nodes) if tree.depth[n] == 1 and tree.children[n, 0] >= 0)
+
+
+def test_a_policy_that_oversteps_its_budget_is_named(executor):
+    config = SearchConfig(rollouts=1, candidates=2, max_step_tokens=40, max_output_tokens=24)
+    long = ScriptedPolicy(random_rule(0, ANSWER), TOKENIZER, max_new_tokens=1000)
+    with pytest.raises(ValueError, match="at most max_step_tokens=40 tokens; got lengths of shape"):
+        for seed in range(20):  # some seed writes an incomplete step of 400 digits
+            run_search([Problem("What is 4?", "4")], long, executor, TOKENIZER,
+                       dataclasses.replace(config, seed=seed), progress=False)

@@ -445,6 +445,10 @@ class _Search:
         tokens, lengths = self.policy.sample([prefixes[b] for b in group], k, seeds)
         tokens, lengths = np.asarray(tokens), np.asarray(lengths)
         self.clock.charge("generation")
+        if lengths.shape != (len(group) * k,) or (lengths > c.max_step_tokens).any():
+            raise ValueError(f"the policy must return {len(group)} x {k} samples of at most max_step_tokens="
+                             f"{c.max_step_tokens} tokens; got lengths of shape {lengths.shape}, longest "
+                             f"{int(lengths.max(initial=0))}")
         out = []
         for i, b in enumerate(group):
             answered, seen = False, set()
