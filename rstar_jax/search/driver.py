@@ -117,6 +117,15 @@ def output_block_ids(tokenizer, stdout: str, limit: int) -> list[int]:
     return (head + body + tail)[:limit]
 
 
+def _path(parent, node: int) -> list[int]:
+    """The nodes from the root's child down to `node`, given each node's parent."""
+    out = []
+    while node > 0:
+        out.append(node)
+        node = int(parent[node])
+    return out[::-1]
+
+
 @dataclasses.dataclass
 class SearchTree:
     """One problem's searched tree, on the host; node arrays have one entry per node created."""
@@ -152,11 +161,7 @@ class SearchTree:
 
     def path(self, node: int) -> list[int]:
         """The nodes from the root's child down to `node`."""
-        out = []
-        while node > 0:
-            out.append(node)
-            node = int(self.parent[node])
-        return out[::-1]
+        return _path(self.parent, node)
 
     def render(self, max_depth: int | None = None, width: int = 100) -> str:
         """The tree as indented text, one node per line: id, N, Q, flags and the step's first
@@ -200,7 +205,6 @@ def prompt_ids(tokenizer, question: str, bootstrap: bool = False) -> list[int]:
     return tokenizer.policy_prompt_ids(question)
 
 
-
 class EnginePolicy:
     """The policy model as a `Policy`: one `Engine.generate` call per batch of expansions, with
     the search's sampling settings and the step stop tokens (and EOS)."""
@@ -223,7 +227,7 @@ class EnginePolicy:
 class SearchStats:
     """Where a search's wall time went, in seconds, and what it did."""
 
-    tree_ops: float = 0.0  # select, gather_path, expand, reset, reading trees back (device)
+    tree_ops: float = 0.0  # select, gather_path, expand, reset, fetching finished trees (device)
     generation: float = 0.0
     execution: float = 0.0
     grading: float = 0.0
@@ -259,11 +263,7 @@ class _Slot:
     rollouts: int = 0
 
     def path(self, node: int) -> list[int]:
-        out = []
-        while node > 0:
-            out.append(node)
-            node = self.parent[node]
-        return out[::-1]
+        return _path(self.parent, node)
 
     def add(self, c: _Candidate, parent: int) -> None:
         """Records candidate c as the next node, a child of `parent`."""
@@ -379,10 +379,10 @@ class _Search:
                         slot.rollouts = int(counts[b])
                 done = [b for b, s in enumerate(slots) if s is not None and leaf[b] == tree_ops.NO_NODE]
                 if done:
-                    rows = tree_ops.to_numpy(tree_ops.take(tree, np.array(done)))
+                    rows = tree_ops.fetch(tree, np.array(done))
                     clock.charge("tree_ops")
-                    for i, b in enumerate(done):
-                        results[slots[b].index] = result = _result(slots[b], tree_ops.take(rows, i))
+                    for b, row in zip(done, rows):
+                        results[slots[b].index] = result = _result(slots[b], row)
                         stats.rollouts += result.rollouts
                         stats.nodes += result.num_nodes
                         slots[b] = None
@@ -532,18 +532,16 @@ def _score(scorer: Scorer, candidates: list[_Candidate], prefixes: dict[int, lis
             c.ppm = float(v)
 
 
-def _result(slot: _Slot, row: tree_ops.Tree) -> SearchTree:
-    """One problem's tree from its row of the batched arrays and the host's copy of its steps."""
-    n = int(row.num_nodes)
+def _result(slot: _Slot, row: dict[str, np.ndarray]) -> SearchTree:
+    """One problem's tree from its arrays (`tree_ops.fetch`) and the host's copy of its steps."""
+    n = int(row["num_nodes"])
     if len(slot.tokens) != n:
         raise AssertionError(f"problem {slot.index}: the device tree has {n} nodes, the host {len(slot.tokens)}")
-    take = {f.name: np.asarray(getattr(row, f.name))[:n] for f in dataclasses.fields(row)
-            if f.name in ("parent", "depth", "children", "visits", "value_sum", "init_value", "reward",
-                          "terminal", "valid", "is_answer", "errors")}
-    visits = take["visits"]
-    q = np.where(visits > 0, take["value_sum"] / np.maximum(visits, 1), np.float32(0))
-    answers = np.flatnonzero(take["is_answer"])
-    node = int(answers[np.argmax(q[answers])]) if answers.size else -1
-    return SearchTree(problem=slot.problem, prompt_ids=slot.prompt, **take, tokens=slot.tokens, texts=slot.texts,
-                      rollouts=int(row.rollouts), overflow=bool(row.overflow),
-                      answer=fmt.extract_answer(slot.texts[node]) if node >= 0 else None, answer_node=node)
+    tree = SearchTree(problem=slot.problem, prompt_ids=slot.prompt, **{k: row[k][:n] for k in tree_ops.NODE_FIELDS},
+                      tokens=slot.tokens, texts=slot.texts, rollouts=int(row["rollouts"]),
+                      overflow=bool(row["overflow"]), answer=None, answer_node=-1)
+    answers = np.flatnonzero(tree.is_answer)
+    if answers.size:
+        tree.answer_node = int(answers[np.argmax(tree.q[answers])])  # the first of equal Qs
+        tree.answer = fmt.extract_answer(tree.texts[tree.answer_node])
+    return tree

@@ -79,11 +79,14 @@ def init_tree(batch: int, nodes: int, candidates: int, step_tokens: int) -> Tree
     )
 
 
-@jax.jit
+@functools.partial(jax.jit, donate_argnums=0)
 def reset(tree: Tree, rows: jax.Array) -> Tree:
-    """`tree` with the problems where rows (bool[B]) is set replaced by empty trees."""
-    b, n, k, length = tree.shape
-    fresh = init_tree(b, n, k, length)
+    """`tree` with the problems where rows (bool[B]) is set replaced by empty trees.
+
+    Step tokens and lengths are left as they are: only created nodes are ever read, and expand
+    writes a new node's whole row. They are by far the largest arrays ([B, N, L])."""
+    b, n, k, _ = tree.shape
+    fresh = dataclasses.replace(init_tree(b, n, k, 0), tokens=tree.tokens, lengths=tree.lengths)
 
     def pick(new, old):
         return jnp.where(rows.reshape((b,) + (1,) * (old.ndim - 1)), new, old)
@@ -244,11 +247,14 @@ def expand(tree: Tree, leaf, tokens, lengths, keep, failed, is_answer, answer_va
                         answer_value.astype(jnp.float32), ppm_value.astype(jnp.float32))
 
 
-def take(tree: Tree, rows) -> Tree:
-    """The trees of problems `rows` (an index or index array)."""
-    return jax.tree.map(lambda x: x[rows], tree)
+# What a finished problem's tree hands to the host; its step tokens are already there.
+NODE_FIELDS = ("parent", "depth", "children", "visits", "value_sum", "init_value", "reward", "terminal",
+               "valid", "is_answer", "errors")
 
 
-def to_numpy(tree: Tree) -> Tree:
-    """The tree on the host (one transfer)."""
-    return jax.tree.map(np.asarray, jax.device_get(tree))
+def fetch(tree: Tree, rows: np.ndarray) -> list[dict[str, np.ndarray]]:
+    """The node arrays (NODE_FIELDS) and num_nodes, rollouts, overflow of problems `rows`, in
+    one transfer: one dict per row."""
+    names = (*NODE_FIELDS, "num_nodes", "rollouts", "overflow")
+    arrays = jax.device_get({name: getattr(tree, name)[rows] for name in names})
+    return [{name: np.asarray(a[i]) for name, a in arrays.items()} for i in range(len(rows))]
