@@ -64,6 +64,23 @@ def _pow2(n: int, minimum: int = 1) -> int:
     return max(minimum, 1 << max(0, n - 1).bit_length())
 
 
+def model_mesh(model: CausalLM):
+    """The mesh a model's weights were loaded onto, or None on one device."""
+    sharding = getattr(model.embed[...], "sharding", None)
+    mesh = sharding.mesh if isinstance(sharding, NamedSharding) else None
+    return mesh if mesh is not None and mesh.size > 1 else None
+
+
+def pack_rows(rows: Sequence, batch: int, width: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Ragged id rows, right-padded into (int32[batch, width], lengths int32[batch]); rows past
+    the last are all padding with length 1, so every row has a token to read."""
+    ids = np.full((batch, width), pad_id, np.int32)
+    lengths = np.ones((batch,), np.int32)
+    for i, row in enumerate(rows):
+        ids[i, :len(row)], lengths[i] = row, len(row)
+    return ids, lengths
+
+
 # --------------------------------------------------------------------------- jitted steps
 
 
@@ -249,9 +266,7 @@ class Engine:
         self.pad_id = pad_id
         self.rules = model.rules
         self.graphdef, self.state = nnx.split(model)
-        sharding = getattr(model.embed[...], "sharding", None)
-        mesh = sharding.mesh if isinstance(sharding, NamedSharding) else None
-        self.mesh = mesh if mesh is not None and mesh.size > 1 else None
+        self.mesh = model_mesh(model)
         self._buffers = None
 
     def update(self, model: CausalLM) -> None:
@@ -314,11 +329,7 @@ class Engine:
         batch = _pow2(b)
         width = prompt_bucket(max(len(r) for r in rows))
         length = _pow2(max_new_tokens, _MIN_NEW_BUCKET)
-        ids = np.full((batch, width), self.pad_id, np.int32)
-        lengths = np.ones((batch,), np.int32)
-        for i, row in enumerate(rows):
-            ids[i, :len(row)] = row
-            lengths[i] = len(row)
+        ids, lengths = pack_rows(rows, batch, width, self.pad_id)
         active = np.repeat(np.arange(batch) < b, num_samples)
 
         def pad(values, fill):

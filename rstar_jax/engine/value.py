@@ -10,9 +10,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import NamedSharding
 
-from rstar_jax.engine.generation import _pow2, prompt_bucket
+from rstar_jax.engine.generation import _pow2, model_mesh, pack_rows, prompt_bucket
 from rstar_jax.models.cache import KVCache
 from rstar_jax.models.transformer import CausalLM
 
@@ -56,9 +55,7 @@ class ValueScorer:
         self.graphdef, self.state = nnx.split(model)
         self.vocab = model.config.vocab_size
         self.pad_id, self.max_rows = pad_id, _pow2(max_rows)
-        sharding = getattr(model.embed[...], "sharding", None)
-        mesh = sharding.mesh if isinstance(sharding, NamedSharding) else None
-        self.mesh = mesh if mesh is not None and mesh.size > 1 else None
+        self.mesh = model_mesh(model)
 
     def update(self, model: CausalLM) -> None:
         """Use new weights of the same architecture."""
@@ -98,14 +95,10 @@ class ValueScorer:
             batch = _pow2(len(group))
             width = prompt_bucket(max(len(heads[b]) for b in group))
             length = prompt_bucket(max(len(t) for b in group for t in tails[b]))
-            prefix_ids = np.full((batch, width), self.pad_id, np.int32)
-            prefix_lengths = np.ones((batch,), np.int32)
-            ids = np.full((batch * samples, length), self.pad_id, np.int32)
-            lengths = np.ones((batch * samples,), np.int32)
-            for i, b in enumerate(group):
-                prefix_ids[i, :len(heads[b])], prefix_lengths[i] = heads[b], len(heads[b])
-                for j, t in enumerate(tails[b]):
-                    ids[i * samples + j, :len(t)], lengths[i * samples + j] = t, len(t)
+            prefix_ids, prefix_lengths = pack_rows([heads[b] for b in group], batch, width, self.pad_id)
+            # Row i * samples + j continues prefix i; missing children are padding rows.
+            children = [row for b in group for row in tails[b] + [[self.pad_id]] * (samples - len(tails[b]))]
+            ids, lengths = pack_rows(children, batch * samples, length, self.pad_id)
             with self._mesh():
                 values = np.asarray(_fork_values(self.graphdef, self.state, prefix_ids, prefix_lengths, ids,
                                                  lengths, samples=samples))
@@ -119,11 +112,7 @@ class ValueScorer:
         out = np.zeros((len(rows),), np.float32)
         for start in range(0, len(rows), self.max_rows):
             chunk = rows[start:start + self.max_rows]
-            batch, width = _pow2(len(chunk)), prompt_bucket(max(len(r) for r in chunk))
-            ids = np.full((batch, width), self.pad_id, np.int32)
-            lengths = np.ones((batch,), np.int32)
-            for i, r in enumerate(chunk):
-                ids[i, :len(r)], lengths[i] = r, len(r)
+            ids, lengths = pack_rows(chunk, _pow2(len(chunk)), prompt_bucket(max(len(r) for r in chunk)), self.pad_id)
             with self._mesh():
                 values = _values(self.graphdef, self.state, ids, lengths)
             out[start:start + len(chunk)] = np.asarray(values)[:len(chunk)]
