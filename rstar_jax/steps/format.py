@@ -210,14 +210,32 @@ def truncate_output(stdout: str, limit: int = MAX_OUTPUT_CHARS) -> str:
     return stdout[:limit]
 
 
+# Spellings that tokenizers turn into single special ids: the step and chat tokens, and the
+# `<|...|>` family (Phi-3's and Qwen's end-of-text and role tokens).
+_TOKEN_SPELLING = re.compile("|".join([*map(re.escape, (*STEP_TOKENS, *CHAT_TOKENS)), r"<\|[^<>|\s]*\|>"]))
+
+
+def escape_tokens(text: str) -> str:
+    """`text` with every spelling of a special token made plain: `<answer>` -> `&lt;answer>`.
+
+    A program's stdout is data; if it printed `<answer>` or `<end_of_output>`, that would encode
+    as the real token and end the output block or start an answer. Only exact spellings change.
+    """
+    return _TOKEN_SPELLING.sub(lambda m: "&lt;" + m.group()[1:], text)
+
+
+def output_block(stdout: str) -> str:
+    """The output block of a last code step: `"\\n<output>" + stdout + "<end_of_output>\\n"`, with
+    stdout's trailing whitespace removed (`print` ends with a newline), special-token spellings
+    escaped (`escape_tokens`) and the rest truncated to MAX_OUTPUT_CHARS, as the records have it."""
+    return f"\n{OUTPUT}{truncate_output(escape_tokens(stdout.rstrip()))}{END_OF_OUTPUT}\n"
+
+
 def insert_output(text: str, stdout: str) -> str:
-    """`text` (a step or a response ending with `<end_of_code>`) with the executor's output block:
-    `text + "\\n<output>" + stdout + "<end_of_output>\\n"`, trailing whitespace of stdout removed
-    (`print` ends with a newline) and the rest truncated to MAX_OUTPUT_CHARS, as the records
-    have it."""
+    """`text` (a step or a response ending with `<end_of_code>`) followed by `output_block(stdout)`."""
     if not text.endswith(END_OF_CODE):
         raise ValueError(f"an output block follows {END_OF_CODE}, but the text ends with {text[-40:]!r}")
-    return f"{text}\n{OUTPUT}{truncate_output(stdout.rstrip())}{END_OF_OUTPUT}\n"
+    return text + output_block(stdout)
 
 
 # --- answers ------------------------------------------------------------------------------------
