@@ -9,6 +9,7 @@ import numpy as np
 from rstar_jax.search.config import Mode, SearchConfig
 from rstar_jax.search.driver import (
     Problem,
+    continuation_text,
     expansion_seed,
     output_block_ids,
     prompt_ids,
@@ -125,7 +126,7 @@ class _Search:
         for s, ids in enumerate(steps):
             if ids in steps[:s]:
                 continue
-            text = self.tokenizer.decode(ids)
+            text = continuation_text(self.tokenizer, ids)
             kind = fmt.classify_step(text)
             if kind is fmt.StepKind.ANSWER:
                 if answered:
@@ -158,7 +159,7 @@ class _Search:
             if not failed and kind is fmt.StepKind.LAST_CODE:
                 block = output_block_ids(self.tokenizer, result.stdout, c.max_output_tokens)
                 child.tokens = child.tokens + block
-                child.text = self.tokenizer.decode(child.tokens)
+                child.text = continuation_text(self.tokenizer, child.tokens)
             child.valid = not failed
             child.errors = node.errors + 1 if failed else 0
             if (failed and child.errors >= c.errors_threshold) or child.depth >= c.max_depth:

@@ -10,7 +10,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mcts_reference import compare_trees, reference_search
-from scripted import CharTokenizer, ScriptedPolicy, ScriptedScorer, random_rule
+from scripted import (
+    CharTokenizer,
+    ScriptedPolicy,
+    ScriptedScorer,
+    random_rule,
+    table_rule,
+)
 from test_search_e2e import check_tree
 
 from rstar_jax.search.config import Mode, SearchConfig
@@ -128,3 +134,59 @@ def test_a_policy_that_oversteps_its_budget_is_named(executor):
         for seed in range(20):  # some seed writes an incomplete step of 400 digits
             run_search([Problem("What is 4?", "4")], long, executor, TOKENIZER,
                        dataclasses.replace(config, seed=seed), progress=False)
+
+
+def test_stdout_that_spells_a_step_token_stays_inside_its_output_block(executor):
+    printing = '<code>\nprint("<" + "answer>7<" + "end_of_output>")\n<end_of_code>'
+    block = "\n<output>&lt;answer>7&lt;end_of_output><end_of_output>\n"
+    rule = table_rule({"": [printing], printing + block: ["<answer>\\boxed{4}<end_of_answer>"]})
+    config = SearchConfig(rollouts=2, candidates=1, max_depth=4, max_step_tokens=60, max_output_tokens=40)
+    problem = Problem("What is 4?", "4")
+    tree = run_search([problem], ScriptedPolicy(rule, TOKENIZER, 60), executor, TOKENIZER, config,
+                      progress=False)[0]
+    assert tree.texts[1] == printing + block
+    assert fmt.classify_step(tree.texts[1]) is fmt.StepKind.LAST_CODE and tree.valid[1]
+    assert tree.children[1, 0] == 2 and tree.answer == "4" and tree.answer_node == 2
+    compare_trees(tree, reference_search(problem, 0, ScriptedPolicy(rule, TOKENIZER, 60), executor, TOKENIZER,
+                                         config))
+
+
+class _Short:
+    """Wraps an executor or a scorer and returns one result too few (or too many)."""
+
+    def __init__(self, inner, extra=-1):
+        self.inner, self.extra = inner, extra
+
+    def run(self, programs):
+        out = self.inner.run(programs)
+        return out[:len(out) + self.extra]
+
+    def score(self, sequences):
+        out = self.inner.score(sequences)
+        return np.concatenate([out, out])[:len(out) + self.extra]
+
+
+def test_result_counts_of_the_executor_and_the_scorer_are_checked(executor):
+    config = SearchConfig(mode=Mode.PPM, rollouts=4, candidates=3, max_depth=4, max_step_tokens=40,
+                          max_output_tokens=24)
+    problems = [Problem("What is 4?", "4")]
+    with pytest.raises(RuntimeError, match=r"the executor returned \d+ results for \d+ programs"):
+        run_search(problems, policy(0), _Short(executor), TOKENIZER, config, scorer=scorer(), progress=False)
+    for extra in (-1, 1):
+        with pytest.raises(RuntimeError, match=r"the scorer returned \d+ values for \d+ sequences"):
+            run_search(problems, policy(0), executor, TOKENIZER, config, scorer=_Short(scorer(), extra),
+                       progress=False)
+
+
+def test_problems_and_batch_size_are_checked(executor):
+    config = SearchConfig(rollouts=1, candidates=2, max_step_tokens=40, max_output_tokens=24)
+    with pytest.raises(TypeError, match="got one str: 'What is 4.'; wrap it in a list"):
+        run_search("What is 4?", policy(0), executor, TOKENIZER, config)
+    with pytest.raises(TypeError, match="problem 1 must be a Problem or a .question, answer. pair"):
+        run_search([Problem("What is 4?", "4"), 4], policy(0), executor, TOKENIZER, config)
+    for bad in (True, 0, 2.0, "2"):
+        with pytest.raises(ValueError, match="batch_size must be a positive int"):
+            run_search([Problem("What is 4?", "4")], policy(0), executor, TOKENIZER, config, batch_size=bad)
+    pairs = [("What is 4?", "4"), ("What is 2 + 2?", "4")]
+    trees = run_search(pairs, policy(0), executor, TOKENIZER, config, batch_size=np.int64(1), progress=False)
+    assert [t.problem for t in trees] == [Problem(*p) for p in pairs]

@@ -34,7 +34,8 @@ expand(n), node n at depth d of problem p:
 2. In sample order, a candidate whose tokens equal an earlier one's is dropped, and so is an
    answer-kind candidate after the first. The rest become n's children in that order, at depth
    d + 1, numbered from the tree's node count on.
-3. Each child's text is its tokens decoded; its kind is `classify_step(text)`.
+3. Each child's text is its tokens decoded as they follow the path (`continuation_text`); its
+   kind is `classify_step(text)`.
    - ANSWER: terminal and valid. Its value v is, when the mode is graded, +1 if
      `extract_answer(text)` is equivalent to the problem's reference answer and -1 otherwise
      (also when no answer can be extracted); at test time, the PPM's score of prompt + path +
@@ -44,7 +45,8 @@ expand(n), node n at depth d of problem p:
      not run in the executor. errors = errors(n) + 1 when it fails (errors of a valid node and of
      the root: 0). valid = not failed.
    - A valid LAST_CODE child gets the executor's stdout as an output block appended to its
-     tokens (`output_block_ids`) and so to its text.
+     tokens (`output_block_ids`: `fmt.output_block`, special-token spellings in stdout escaped,
+     cut to max_output_tokens) and so to its text.
    - A failing child with errors >= errors_threshold, and a non-answer child at depth
      max_depth, is terminal: reward = -1, N = 1, W = -1 on itself only.
    - Any other child is an open node: in PPM and TEST modes N = 1 and W = init_value = the
@@ -62,6 +64,7 @@ import collections
 import concurrent.futures
 import dataclasses
 import time
+import warnings
 import zlib
 from collections.abc import Callable, Sequence
 from typing import Protocol
@@ -105,16 +108,44 @@ def expansion_seed(seed: int, problem: int, node: int) -> int:
     return zlib.crc32(f"{seed}/{problem}/{node}".encode())
 
 
+def continuation_ids(tokenizer, text: str) -> list[int]:
+    """Ids of `text` as it continues a sequence, not as the start of one.
+
+    Llama-style SentencePiece models (Phi-3) put a dummy-prefix space before the first word of a
+    text; a block inserted after a step must not get it. Encoding behind an added token
+    (`<end_of_code>`) and dropping that token works for every tokenizer.
+    """
+    anchor = tokenizer.step_token_ids[fmt.END_OF_CODE]
+    ids = tokenizer.encode(fmt.END_OF_CODE + text)
+    if not ids or ids[0] != anchor:
+        raise ValueError(f"the tokenizer does not encode {fmt.END_OF_CODE!r} as its single id {anchor}; "
+                         f"got {ids[:4]} for {fmt.END_OF_CODE + text[:20]!r}")
+    return ids[1:]
+
+
+def continuation_text(tokenizer, ids: Sequence[int]) -> str:
+    """Text of `ids` as they continue a sequence: a step decoded alone would lose its leading
+    space with a dummy-prefix tokenizer (see `continuation_ids`)."""
+    text = tokenizer.decode([tokenizer.step_token_ids[fmt.END_OF_CODE], *ids])
+    if not text.startswith(fmt.END_OF_CODE):
+        raise ValueError(f"the tokenizer does not decode its {fmt.END_OF_CODE!r} id as that text; "
+                         f"got {text[:40]!r}")
+    return text[len(fmt.END_OF_CODE):]
+
+
 def output_block_ids(tokenizer, stdout: str, limit: int) -> list[int]:
-    """Token ids of the output block `\\n<output>{stdout}<end_of_output>\\n` (as `insert_output`
-    writes it), at most `limit` of them: a long stdout is cut, never the delimiters."""
-    stdout = fmt.truncate_output(stdout.rstrip())
-    ids = tokenizer.encode(f"\n{fmt.OUTPUT}{stdout}{fmt.END_OF_OUTPUT}\n")
+    """Token ids of `fmt.output_block(stdout)` as it follows a step, at most `limit` of them: a
+    long stdout is cut, never the delimiters (ValueError if they alone exceed `limit`)."""
+    ids = continuation_ids(tokenizer, fmt.output_block(stdout))
     if len(ids) <= limit:
         return ids
-    head, tail = tokenizer.encode(f"\n{fmt.OUTPUT}"), tokenizer.encode(f"{fmt.END_OF_OUTPUT}\n")
-    body = tokenizer.encode(stdout)[:max(0, limit - len(head) - len(tail))]
-    return (head + body + tail)[:limit]
+    head, tail = fmt.output_block("").split(fmt.OUTPUT)
+    head, tail = continuation_ids(tokenizer, head + fmt.OUTPUT), continuation_ids(tokenizer, tail)
+    if len(head) + len(tail) > limit:
+        raise ValueError(f"the output block's delimiters take {len(head) + len(tail)} tokens, more than "
+                         f"max_output_tokens={limit}; raise max_output_tokens")
+    body = continuation_ids(tokenizer, fmt.truncate_output(fmt.escape_tokens(stdout.rstrip())))
+    return head + body[:limit - len(head) - len(tail)] + tail
 
 
 def _path(parent, node: int) -> list[int]:
@@ -214,9 +245,18 @@ class EnginePolicy:
         names = fmt.BOOTSTRAP_STOP_TOKENS if config.bootstrap else fmt.STOP_TOKENS
         self.stop_ids = [ids[t] for t in names] + ([tokenizer.eos_id] if tokenizer.eos_id is not None else [])
         self.engine, self.config = engine, config
+        self.warned = False
 
     def sample(self, prompts, num_samples, seeds):
         c = self.config
+        limit = getattr(getattr(self.engine, "config", None), "max_position_embeddings", None)
+        longest = max((len(p) for p in prompts), default=0) + c.max_step_tokens
+        if limit is not None and longest > limit and not self.warned:
+            self.warned = True
+            warnings.warn(f"a prompt and path of {longest - c.max_step_tokens} tokens plus max_step_tokens="
+                          f"{c.max_step_tokens} exceeds the policy's context of {limit} tokens "
+                          "(max_position_embeddings); steps past it are sampled from positions the model "
+                          "was not trained on. Lower max_depth or the step budgets.", stacklevel=2)
         res = self.engine.generate(list(prompts), max_new_tokens=c.max_step_tokens, temperature=c.temperature,
                                    top_p=c.top_p, stop_token_ids=self.stop_ids, seed=np.asarray(seeds, np.uint32),
                                    top_k=c.top_k, num_samples=num_samples)
@@ -297,8 +337,27 @@ class _Clock:
         self.last = now
 
 
-def _check(problems, config: SearchConfig, scorer, batch_size) -> list[Problem]:
-    problems = [p if isinstance(p, Problem) else Problem(*p) for p in problems]
+def _check(problems, config: SearchConfig, tokenizer, scorer, batch_size) -> list[Problem]:
+    if isinstance(problems, (str, Problem)):
+        raise TypeError(f"problems must be a sequence of Problem (or (question, answer) pairs); got one "
+                        f"{type(problems).__name__}: {str(problems)[:60]!r}; wrap it in a list")
+    out = []
+    for i, p in enumerate(problems):
+        if isinstance(p, Problem):
+            out.append(p)
+        elif isinstance(p, (tuple, list)) and 1 <= len(p) <= 2 and all(isinstance(x, str) or x is None for x in p):
+            out.append(Problem(*p))
+        else:
+            raise TypeError(f"problem {i} must be a Problem or a (question, answer) pair of strings; "
+                            f"got {type(p).__name__}: {str(p)[:60]!r}")
+    problems = out
+    if isinstance(batch_size, (bool, np.bool_)) or (batch_size is not None and (
+            not isinstance(batch_size, (int, np.integer)) or batch_size < 1)):
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    delimiters = len(continuation_ids(tokenizer, fmt.output_block("")))
+    if delimiters > config.max_output_tokens:
+        raise ValueError(f"the output block's delimiters take {delimiters} tokens with this tokenizer, more than "
+                         f"max_output_tokens={config.max_output_tokens}; raise max_output_tokens")
     if config.mode.graded:
         missing = [i for i, p in enumerate(problems) if p.answer is None]
         if missing:
@@ -306,8 +365,6 @@ def _check(problems, config: SearchConfig, scorer, batch_size) -> list[Problem]:
                              f"{missing[:10]} have answer=None; give each Problem its answer or use Mode.TEST")
     if config.mode.uses_ppm and scorer is None:
         raise ValueError(f"mode {config.mode.value!r} scores nodes with the PPM: pass scorer=")
-    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     return problems
 
 
@@ -324,8 +381,12 @@ def run_search(problems: Sequence[Problem], policy: Policy, executor: Executor, 
     policy samples the other's and the PPM scores the first (the trees are the same either
     way). grade(pred, ref) defaults to `is_equivalent` and runs in the calling thread. Pass a
     `SearchStats` to learn where the time went.
+
+    A problem's samples do not depend on the batch it shares, so TERMINAL-mode trees are the
+    same for any `batch_size`; the PPM's values can move in the last float bit with the shapes
+    its forward is padded to, so PPM and TEST trees may differ where two Qs nearly tie.
     """
-    problems = _check(problems, config, scorer, batch_size)
+    problems = _check(problems, config, tokenizer, scorer, batch_size)
     if not problems:
         return []
     if grade is None:
@@ -335,7 +396,7 @@ def run_search(problems: Sequence[Problem], policy: Policy, executor: Executor, 
     with tqdm.tqdm(total=len(problems) * config.rollouts, desc="search", unit="rollout", leave=False,
                    disable=False if progress else None if progress is None else True) as bar:
         search.bar = bar
-        return search.run(min(len(problems), batch_size or 32))
+        return search.run(min(len(problems), int(batch_size or 32)))
 
 
 class _Search:
@@ -459,7 +520,7 @@ class _Search:
                 if tuple(row) in seen:
                     continue
                 seen.add(tuple(row))
-                text = self.tokenizer.decode(row)
+                text = continuation_text(self.tokenizer, row)
                 kind = fmt.classify_step(text)
                 if kind is fmt.StepKind.ANSWER:
                     if answered:
@@ -482,13 +543,15 @@ class _Search:
     def finish(self, slots, leaf, prefixes, candidates, runs, future) -> None:
         """Reads the executor's results, grades the answers and scores with the PPM."""
         c, clock = self.config, self.clock
-        outcomes = future.result() if future is not None else []
+        outcomes = list(future.result()) if future is not None else []
         clock.charge("execution")
+        if len(outcomes) != len(runs):
+            raise RuntimeError(f"the executor returned {len(outcomes)} results for {len(runs)} programs")
         for (cand, _), out in zip(runs, outcomes):
             cand.failed = not out.ok
             if out.ok and cand.kind is fmt.StepKind.LAST_CODE:
                 cand.ids = cand.ids + output_block_ids(self.tokenizer, out.stdout, c.max_output_tokens)
-                cand.text = self.tokenizer.decode(cand.ids)
+                cand.text = continuation_text(self.tokenizer, cand.ids)
         clock.charge("host")
         if c.mode.graded:
             for cand in candidates:
@@ -522,10 +585,16 @@ def _score(scorer: Scorer, candidates: list[_Candidate], prefixes: dict[int, lis
         for c in candidates:
             groups.setdefault(c.slot, []).append(c)
         values = scorer.score_children([prefixes[b] for b in groups], [[c.ids for c in g] for g in groups.values()])
-        pairs = [(c, v) for g, vs in zip(groups.values(), values) for c, v in zip(g, np.asarray(vs))]
+        values = [np.asarray(v, np.float32).reshape(-1) for v in values]
+        counts = ([len(v) for v in values], [len(g) for g in groups.values()])
+        candidates = [c for g in groups.values() for c in g]
+        values = np.concatenate(values) if counts[0] == counts[1] else None
     else:
-        pairs = list(zip(candidates, np.asarray(scorer.score([prefixes[c.slot] + c.ids for c in candidates]))))
-    for c, v in pairs:
+        values = np.asarray(scorer.score([prefixes[c.slot] + c.ids for c in candidates]), np.float32).reshape(-1)
+        counts = (len(values), len(candidates))
+    if counts[0] != counts[1]:
+        raise RuntimeError(f"the scorer returned {counts[0]} values for {counts[1]} sequences")
+    for c, v in zip(candidates, values):
         if c.kind is fmt.StepKind.ANSWER:
             c.value = float(v)
         else:
