@@ -2,9 +2,12 @@
 the engine, a random PPM, the sandboxed executor and the grader."""
 
 import dataclasses
+import types
+import warnings
 
 import numpy as np
 import pytest
+from scripted import CharTokenizer
 
 from rstar_jax.engine import Engine, ValueScorer
 from rstar_jax.search import tree as tree_ops
@@ -140,6 +143,33 @@ def test_value_scorer_equals_the_models_value_per_sequence(world):
         scorer.score([[1], []])
     with pytest.raises(ValueError, match="outside"):
         scorer.score([[10_000]])
+    # max_rows rounds down to a power of two; chunks of 4 give the values of one batch.
+    small = ValueScorer(model, max_rows=6)
+    assert small.max_rows == 4
+    many = [sequences[0] + [i] for i in range(9)]
+    np.testing.assert_allclose(small.score(many), scorer.score(many), atol=1e-5)
+
+
+def test_engine_policy_warns_once_when_a_path_outgrows_the_context():
+    calls = []
+
+    class ShortContextEngine:
+        config = types.SimpleNamespace(max_position_embeddings=30)
+
+        def generate(self, prompts, **kwargs):
+            calls.append(len(prompts))
+            n = len(prompts) * kwargs["num_samples"]
+            return types.SimpleNamespace(tokens=np.zeros((n, 1), np.int32), lengths=np.ones((n,), np.int32))
+
+    tokenizer = CharTokenizer()
+    policy = EnginePolicy(ShortContextEngine(), tokenizer, dataclasses.replace(CONFIG, max_step_tokens=10))
+    policy.sample([[1] * 20], 2, [0])  # 20 + 10 fits
+    with pytest.warns(UserWarning, match="path of 21 tokens plus max_step_tokens=10 exceeds the policy's context of 30"):
+        policy.sample([[1] * 21, [1] * 3], 2, [0, 1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        policy.sample([[1] * 40], 2, [0])
+    assert calls == [1, 2, 1]
 
 
 def test_bad_inputs_are_named(world):

@@ -42,19 +42,20 @@ def _fork_values(graphdef, state, prefix_ids, prefix_lengths, ids, lengths, *, s
 
 class ValueScorer:
     """Scores sequences with a model built with a value head (the PPM). Rows are padded to a
-    power of two and lengths to `prompt_bucket` sizes, so a search compiles a few shapes;
-    at most `max_rows` rows go through the model at once."""
+    power of two and lengths to `prompt_bucket` sizes, so a search compiles a few shapes.
+    At most `max_rows` rows (rounded down to a power of two) go through the model at once;
+    `score_children` runs one prefix's children together even if there are more."""
 
     def __init__(self, model: CausalLM, *, pad_id: int = 0, max_rows: int = 64):
         if not model.has_value_head:
             raise ValueError("ValueScorer needs a model with a value head (CausalLM(..., value_head=True))")
         if not 0 <= pad_id < model.config.vocab_size:
             raise ValueError(f"pad_id={pad_id} must be a token id in [0, {model.config.vocab_size})")
-        if not isinstance(max_rows, int) or max_rows < 1:
+        if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1:
             raise ValueError(f"max_rows must be a positive int, got {max_rows!r}")
         self.graphdef, self.state = nnx.split(model)
         self.vocab = model.config.vocab_size
-        self.pad_id, self.max_rows = pad_id, _pow2(max_rows)
+        self.pad_id, self.max_rows = pad_id, 1 << (max_rows.bit_length() - 1)
         self.mesh = model_mesh(model)
 
     def update(self, model: CausalLM) -> None:
