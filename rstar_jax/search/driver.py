@@ -73,15 +73,10 @@ import jax
 import numpy as np
 import tqdm
 
+from rstar_jax.data.problem import Problem
 from rstar_jax.search import tree as tree_ops
 from rstar_jax.search.config import Mode, SearchConfig
 from rstar_jax.steps import format as fmt
-
-
-@dataclasses.dataclass(frozen=True)
-class Problem:
-    question: str
-    answer: str | None = None  # the reference answer; required by graded modes
 
 
 class Policy(Protocol):
