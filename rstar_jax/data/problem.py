@@ -48,6 +48,15 @@ class Problem:
         if not self.id:
             object.__setattr__(self, "id", problem_id(self.question, self.source))
 
+    @property
+    def references(self) -> tuple[str, ...]:
+        """Every acceptable reference answer: `metadata["references"]` if the source has several
+        (a few MATH problems), else `(answer,)`; () when the answer is unknown."""
+        refs = self.metadata.get("references")
+        if refs:
+            return tuple(refs)
+        return () if self.answer is None else (self.answer,)
+
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "question": self.question, "answer": self.answer, "source": self.source,
                 "metadata": dict(self.metadata)}

@@ -374,7 +374,8 @@ def run_search(problems: Sequence[Problem], policy: Policy, executor: Executor, 
     each per step; a finished problem's place goes to the next one. With `overlap`, each step
     treats its problems in two halves, so the executor runs one half's programs while the
     policy samples the other's and the PPM scores the first (the trees are the same either
-    way). grade(pred, ref) defaults to `is_equivalent` and runs in the calling thread. Pass a
+    way). grade(pred, ref) defaults to `is_equivalent` and runs in the calling thread; ref is the
+    problem's answer, or the list of its `references` when it has several. Pass a
     `SearchStats` to learn where the time went.
 
     A problem's samples do not depend on the batch it shares, so TERMINAL-mode trees are the
@@ -552,7 +553,8 @@ class _Search:
             for cand in candidates:
                 if cand.kind is fmt.StepKind.ANSWER:
                     pred = fmt.extract_answer(cand.text)
-                    ok = pred is not None and self.grade(pred, slots[cand.slot].problem.answer)
+                    refs = slots[cand.slot].problem.references  # several for a few MATH problems
+                    ok = pred is not None and self.grade(pred, refs[0] if len(refs) == 1 else list(refs))
                     cand.value = 1.0 if ok else -1.0
             clock.charge("grading")
         if c.mode.uses_ppm:
