@@ -190,3 +190,16 @@ def test_problems_and_batch_size_are_checked(executor):
     pairs = [("What is 4?", "4"), ("What is 2 + 2?", "4")]
     trees = run_search(pairs, policy(0), executor, TOKENIZER, config, batch_size=np.int64(1), progress=False)
     assert [t.problem for t in trees] == [Problem(*p) for p in pairs]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_random_search_trees_keep_the_invariants_of_searched_ones(seed):
+    from rstar_jax.testing import random_search_tree
+
+    tree = random_search_tree(seed, nodes=120, candidates=4, max_depth=6)
+    config = SearchConfig(rollouts=10_000, candidates=4, max_depth=6, errors_threshold=7, capacity=10_000)
+    check_tree(tree, config)
+    assert tree.num_nodes == 120 or not any(  # it stops early only when no node is open
+        not tree.terminal[n] and tree.children[n, 0] < 0 for n in range(tree.num_nodes))
+    answers = np.flatnonzero(tree.is_answer)
+    assert set(tree.reward[answers]) <= {-1.0, 1.0} and tree.visits[0] == len(answers)
