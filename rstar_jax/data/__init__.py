@@ -7,6 +7,8 @@ _EXPORTS = {
     **dict.fromkeys(("Problem", "problem_id"), "rstar_jax.data.problem"),
     **dict.fromkeys(("PPMPair", "SCHEMA_VERSION", "SFTExample"), "rstar_jax.data.records"),
     **dict.fromkeys(("BENCHMARKS", "load_benchmark", "read_problems"), "rstar_jax.data.sources"),
+    **dict.fromkeys(("ExtractConfig", "ExtractStats", "extract", "extract_ppm", "extract_sft", "trajectories"),
+                    "rstar_jax.data.extract"),
     **dict.fromkeys(("decontaminate", "deduplicate", "normalize_question"), "rstar_jax.data.dedup"),
 }  # fmt: skip
 __all__ = list(_EXPORTS)  # imported lazily, below
