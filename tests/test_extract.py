@@ -6,7 +6,13 @@ import pytest
 from rapidfuzz.distance import Levenshtein
 
 from rstar_jax.data import Problem
-from rstar_jax.data.extract import ExtractConfig, extract, extract_ppm, extract_sft, trajectories
+from rstar_jax.data.extract import (
+    ExtractConfig,
+    extract,
+    extract_ppm,
+    extract_sft,
+    trajectories,
+)
 from rstar_jax.search.driver import SearchTree
 from rstar_jax.steps import format as fmt
 
