@@ -37,6 +37,7 @@ negative = the whole responses.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterable
 
 import numpy as np
@@ -111,14 +112,19 @@ def _check_graded(tree) -> np.ndarray:
 
 def trajectories(tree) -> list[Trajectory]:
     """Every root-to-answer path of a graded tree, in the answer nodes' creation order."""
-    q = tree.q
+    answers = _check_graded(tree)
+    q, parent, valid = tree.q.tolist(), tree.parent.tolist(), tree.valid.tolist()
+    # One pass in creation order (parents first): Q sum, min Q and errors of each root path.
+    total, low, error = [0.0] * len(q), [math.inf] * len(q), [False] * len(q)
+    for n in range(1, len(q)):
+        p = parent[n]
+        total[n], low[n], error[n] = total[p] + q[n], min(low[p], q[n]), error[p] or not valid[n]
     out = []
-    for a in _check_graded(tree):
-        path = tree.path(int(a))
-        qs = q[path]
+    for a in answers.tolist():
+        path = tree.path(a)
         out.append(Trajectory(nodes=tuple(path), response="".join(tree.texts[n] for n in path),
-                              correct=bool(tree.reward[a] > 0), mean_q=float(qs.mean()), min_q=float(qs.min()),
-                              has_error=not bool(tree.valid[path].all())))
+                              correct=bool(tree.reward[a] > 0), mean_q=total[a] / len(path), min_q=low[a],
+                              has_error=error[a]))
     return out
 
 
@@ -174,11 +180,13 @@ def extract_ppm(tree, config: ExtractConfig = ExtractConfig(), *, source: str = 
             out.append(PPMPair(problem_id=pid, prompt=head, positive=p_text, negative=n_text, q_positive=float(qp),
                                q_negative=float(qn), kind=kind, source=source))
 
-    for node in range(n):
+    q_list = q.tolist()
+    # Only a node with a correct and a wrong answer below can have a pair among its children.
+    for node in np.flatnonzero(correct & wrong & (tree.children[:, 0] >= 0)).tolist():
         kids = tree.children[node]
         kids = kids[(kids >= 0)]
-        kids = kids[usable[kids]] if kids.size else kids
-        if kids.size < 2 or not correct[kids].any() or not wrong[kids].any():
+        kids = kids[usable[kids]]
+        if kids.size < 2:
             continue
         # Stable sorts over creation order: ties go to the child created first.
         pos = [int(c) for c in kids[np.argsort(-q[kids], kind="stable")] if correct[c]]
@@ -192,7 +200,7 @@ def extract_ppm(tree, config: ExtractConfig = ExtractConfig(), *, source: str = 
                 if head is None:
                     head = prompt + "".join(texts[k] for k in tree.path(node))
                 before = len(out)
-                pair(texts[p], texts[m], q[p], q[m], head, "step")
+                pair(texts[p], texts[m], q_list[p], q_list[m], head, "step")
                 stats.step_pairs += len(out) - before
     if config.final_pairs:
         trajs = trajectories(tree) if trajs is None else trajs
