@@ -9,6 +9,9 @@ _EXPORTS = {
     **dict.fromkeys(("BENCHMARKS", "load_benchmark", "read_problems"), "rstar_jax.data.sources"),
     **dict.fromkeys(("ExtractConfig", "ExtractStats", "extract", "extract_ppm", "extract_sft", "trajectories"),
                     "rstar_jax.data.extract"),
+    **dict.fromkeys(("FAMILIES", "LEVELS", "generate"), "rstar_jax.data.synthetic"),
+    **dict.fromkeys(("RecordWriter", "count_records", "import_rstar_ppm", "import_rstar_sft", "read_records",
+                     "write_records", "written_problem_ids"), "rstar_jax.data.records"),
     **dict.fromkeys(("decontaminate", "deduplicate", "normalize_question"), "rstar_jax.data.dedup"),
 }  # fmt: skip
 __all__ = list(_EXPORTS)  # imported lazily, below

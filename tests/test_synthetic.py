@@ -1,0 +1,74 @@
+"""The synthetic problem generator: deterministic, distinct, every family and level, and
+reference solutions in the step format that run and print their answers."""
+
+import collections
+import re
+from fractions import Fraction
+
+import pytest
+
+from rstar_jax.data.synthetic import FAMILIES, LEVELS, generate, latex
+from rstar_jax.steps import format as fmt
+from rstar_jax.steps.executor import CodeExecutor
+from rstar_jax.steps.grading import is_equivalent
+
+
+def test_generation_is_deterministic_and_questions_are_distinct():
+    a, b = generate(300, seed=4), generate(300, seed=4)
+    assert [p.to_json() for p in a] == [p.to_json() for p in b]
+    assert [p.question for p in generate(300, seed=5)] != [p.question for p in a]
+    many = generate(2000, seed=0)
+    assert len({p.question for p in many}) == 2000 and len({p.id for p in many}) == 2000
+    counts = collections.Counter((p.metadata["family"], p.metadata["level"]) for p in many)
+    assert set(counts) == {(f, lv) for f in FAMILIES for lv in LEVELS} and min(counts.values()) >= 150
+    only = generate(5, levels=[2], families=["linear"])
+    assert {(p.metadata["family"], p.metadata["level"], p.source) for p in only} == {("linear", 2, "synthetic/linear")}
+
+
+def test_answers_are_exact_and_in_lowest_terms():
+    assert [latex(Fraction(6, 8)), latex(Fraction(-5, 2)), latex(7), latex(Fraction(4, 2))] == [
+        "\\frac{3}{4}", "-\\frac{5}{2}", "7", "2"]
+    for p in generate(400, seed=1):
+        m = re.fullmatch(r"(-?)\\frac\{(\d+)\}\{(\d+)\}|-?\d+", p.answer)
+        assert m, p.answer
+        if m.group(2):
+            assert Fraction(int(m.group(2)), int(m.group(3))).denominator == int(m.group(3)) > 1
+
+
+def test_reference_solutions_run_and_print_their_answers():
+    problems = generate(96, seed=7)  # 8 of each family and level
+    with CodeExecutor(num_workers=2) as executor:
+        results = executor.run([fmt.assemble_program(p.metadata["solution"]) for p in problems])
+    for p, result in zip(problems, results):
+        text = p.metadata["solution"]
+        steps = fmt.split_steps(text)
+        kinds = [fmt.classify_step(s) for s in steps]
+        assert kinds[-2:] == [fmt.StepKind.LAST_CODE, fmt.StepKind.ANSWER], (p.question, kinds)
+        assert all(k is fmt.StepKind.CODE for k in kinds[:-2]) and 1 <= len(kinds) - 2 <= 7
+        assert steps[0].startswith("<code>\n# Step 1: ")
+        assert result.ok, (p.question, result.error)
+        assert result.stdout.strip() == fmt.step_output(steps[-2]), p.question  # the block is what it prints
+        assert fmt.insert_output(text[:text.index(fmt.END_OF_CODE) + len(fmt.END_OF_CODE)], result.stdout) \
+            == "".join(steps[:-1])
+        assert fmt.extract_answer(text) == p.answer and is_equivalent(result.stdout.strip(), p.answer)
+        assert p.source == f"synthetic/{p.metadata['family']}"
+
+
+def test_higher_levels_take_more_steps_and_longer_questions():
+    problems = generate(900, seed=2)
+    by_level = collections.defaultdict(list)
+    for p in problems:
+        by_level[p.metadata["level"]].append((len(fmt.split_steps(p.metadata["solution"])), len(p.question)))
+    steps = {lv: sum(s for s, _ in v) / len(v) for lv, v in by_level.items()}
+    chars = {lv: sum(c for _, c in v) / len(v) for lv, v in by_level.items()}
+    assert steps[1] < steps[2] < steps[3] and chars[1] < chars[2] < chars[3]
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"n": -1}, "n must be an int >= 0, got -1"),
+    ({"n": 3, "families": ["geometry"]}, "families must be some of arithmetic, fractions, linear, word; got"),
+    ({"n": 3, "levels": [0]}, r"levels must be some of \(1, 2, 3\); got \[0\]"),
+])
+def test_bad_arguments_are_named(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        generate(**kwargs)
