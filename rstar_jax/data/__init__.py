@@ -10,8 +10,9 @@ _EXPORTS = {
     **dict.fromkeys(("ExtractConfig", "ExtractStats", "extract", "extract_ppm", "extract_sft", "trajectories"),
                     "rstar_jax.data.extract"),
     **dict.fromkeys(("FAMILIES", "LEVELS", "generate"), "rstar_jax.data.synthetic"),
-    **dict.fromkeys(("RecordWriter", "count_records", "import_rstar_ppm", "import_rstar_sft", "read_records",
+    **dict.fromkeys(("RecordWriter", "count_records", "import_rstar_ppm", "import_rstar_sft", "pending", "read_records",
                      "write_records", "written_problem_ids"), "rstar_jax.data.records"),
+    **dict.fromkeys(("ProblemSource", "build", "build_files", "problems_source"), "rstar_jax.data.tfds_builder"),
     **dict.fromkeys(("decontaminate", "deduplicate", "normalize_question"), "rstar_jax.data.dedup"),
 }  # fmt: skip
 __all__ = list(_EXPORTS)  # imported lazily, below
