@@ -74,11 +74,11 @@ def test_a_crash_loses_only_the_open_shard(tmp_path, caplog):
     with caplog.at_level("WARNING"):
         resumed = rec.RecordWriter(tmp_path, "tree", shard_size=2)
     assert "did not finish" in caplog.text and not list(tmp_path.glob(".*.tmp"))
-    done = rec.written_problem_ids(tmp_path)
+    todo = rec.pending([t.problem for t in trees], tmp_path)
+    assert todo == [trees[4].problem]
     with resumed:
-        for t in trees:
-            if t.problem.id not in done:
-                resumed.write(t)
+        resumed.write(trees[4])
+    assert rec.pending([t.problem for t in trees], tmp_path) == []
     back = list(rec.read_records(tmp_path, "tree"))
     assert len(back) == 5 and sorted(t.problem.id for t in back) == sorted(t.problem.id for t in trees)
     assert_same_tree(back[4], trees[4])

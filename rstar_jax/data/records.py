@@ -307,6 +307,13 @@ def written_problem_ids(directory: str | pathlib.Path, kind: str = "tree") -> se
     return {_envelope(data, kind, where)[0] for where, data in _raw(directory, kind)}
 
 
+def pending(problems: Iterable, directory: str | pathlib.Path) -> list:
+    """The problems whose trees are not yet in `directory`: what a resumed search still has to
+    do (see `written_problem_ids`)."""
+    done = written_problem_ids(directory)
+    return [p for p in problems if p.id not in done]
+
+
 # --- released rStar-Math data -----------------------------------------------------------------
 
 
@@ -324,11 +331,12 @@ def _released_rows(path: str | pathlib.Path, keys: tuple[str, ...]) -> list[dict
                              f"got a {type(rows).__name__}")
     for i, row in enumerate(rows):
         if not isinstance(row, dict):
-            raise ValueError(f"{path}, row {i}: expected an object with keys {list(keys)}, got {type(row).__name__}")
+            raise ValueError(f"{path}, row {i}: expected an object with keys {list(keys)}, "  # noqa: TRY004 (bad file)
+                             f"got {type(row).__name__}")
         for key in keys:
             if not isinstance(row.get(key), str):
                 what = "is missing" if key not in row else f"is a {type(row[key]).__name__}, not a string"
-                raise ValueError(f"{path}, row {i}: key {key!r} {what} (keys: {sorted(row)}); "
+                raise ValueError(f"{path}, row {i}: key {key!r} {what} (keys: {sorted(row)}); "  # noqa: TRY004
                                  f"released rStar-Math rows have {list(keys)}")
     return rows
 
