@@ -57,7 +57,7 @@ def _builder_class():
         """Math problems for rstar_jax: shipped benchmarks, synthetic problems, user files."""
 
         VERSION = tfds.core.Version(VERSION)
-        BUILDER_CONFIGS = [
+        BUILDER_CONFIGS = [  # noqa: RUF012 (the TFDS convention)
             *(ProblemsConfig(name=b, description=f"the {b} test set shipped with rstar_jax") for b in sources.BENCHMARKS),
             ProblemsConfig(name="synthetic", kind="synthetic", description="rstar_jax.data.synthetic problems"),
         ]
