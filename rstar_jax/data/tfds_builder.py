@@ -103,7 +103,7 @@ def configs() -> list[str]:
 
 def _prepare(config, data_dir) -> pathlib.Path:
     builder_cls, _ = _builder_class()
-    builder = builder_cls(config=config, data_dir=str(data_dir), file_format="array_record")
+    builder = builder_cls(config=config, data_dir=str(pathlib.Path(data_dir).expanduser()), file_format="array_record")
     builder.download_and_prepare()  # a no-op when this version is already built there
     return pathlib.Path(builder.data_dir)
 
@@ -123,10 +123,10 @@ def build(config: str, data_dir: str | pathlib.Path, *, n: int | None = None, se
         if config != "synthetic":
             raise ValueError(f"n, seed and levels are options of the synthetic config, not {config!r}")
         # A different draw is a different dataset: name it after its options.
-        tag = f"n{overrides.get('n', chosen.n)}_seed{overrides.get('seed', chosen.seed)}" + (
-            "_levels" + "".join(map(str, overrides["levels"])) if "levels" in overrides else "")
-        chosen = config_cls(name=f"synthetic_{tag}", kind="synthetic", description=chosen.description,
-                            **{**{"n": chosen.n, "seed": chosen.seed, "levels": chosen.levels}, **overrides})
+        options = {"n": chosen.n, "seed": chosen.seed, "levels": chosen.levels, **overrides}
+        tag = f"n{options['n']}_seed{options['seed']}" + (
+            "_levels" + "".join(map(str, options["levels"])) if "levels" in overrides else "")
+        chosen = config_cls(name=f"synthetic_{tag}", kind="synthetic", description=chosen.description, **options)
     return _prepare(chosen, data_dir)
 
 
