@@ -161,3 +161,22 @@ def test_decontaminate_removes_benchmark_questions_and_counts_them():
     kept, report = decontaminate(train, {"mine": [Problem("what is 2+2")]})
     assert [p.id for p in kept] == ["copy", "shouty"] and report.normalized["mine"] == 1
     assert "mine" in report.table() and "kept 2, removed 1" in report.table()
+
+
+def test_load_problems_reads_every_kind_of_source_from_one_string(tmp_path):
+    from rstar_jax.data import load_problems
+    from rstar_jax.data.synthetic import generate
+    from rstar_jax.data.tfds_builder import build
+
+    assert load_problems("amc23") == load_benchmark("amc23")
+    assert load_problems("synthetic:n=12,seed=3,levels=23") == generate(12, 3, (2, 3))
+    assert len(load_problems("synthetic")) == 1000
+    path = _write_jsonl(tmp_path / "numina.jsonl", NUMINA)
+    assert load_problems(f"{path}?preset=numina") == read_problems(path, preset="numina")
+    assert load_problems(str(build("aime2024", tmp_path))) == load_benchmark("aime2024")
+    with pytest.raises(ValueError, match="'nowhere.jsonl' is neither a benchmark"):
+        load_problems("nowhere.jsonl")
+    with pytest.raises(ValueError, match=r"unknown synthetic options \['size'\]"):
+        load_problems("synthetic:size=3")
+    with pytest.raises(ValueError, match=r"unknown file options \['format'\]"):
+        load_problems(f"{path}?format=x")
