@@ -178,5 +178,7 @@ def test_load_problems_reads_every_kind_of_source_from_one_string(tmp_path):
         load_problems("nowhere.jsonl")
     with pytest.raises(ValueError, match=r"unknown synthetic options \['size'\]"):
         load_problems("synthetic:size=3")
+    with pytest.raises(ValueError, match="options are name=value pairs"):
+        load_problems("synthetic:12")
     with pytest.raises(ValueError, match=r"unknown file options \['format'\]"):
         load_problems(f"{path}?format=x")

@@ -207,7 +207,10 @@ def load_problems(spec: str) -> list[Problem]:
         return load_benchmark(spec)
     synthetic_spec = spec == "synthetic" or spec.startswith("synthetic:")
     head, _, options = spec.partition(":" if synthetic_spec else "?")
-    pairs = dict(item.split("=", 1) for item in options.split(",") if item)
+    items = [item for item in options.split(",") if item]
+    if any("=" not in item for item in items):
+        raise ValueError(f"{spec!r}: options are name=value pairs separated by commas")
+    pairs = dict(item.split("=", 1) for item in items)
     if head == "synthetic":
         from rstar_jax.data import synthetic
 
