@@ -1,0 +1,37 @@
+"""The two training losses (RSTAR.md section 5), as sums with their normalisers.
+
+Each loss returns (sum, count): the trainer divides the sum of all microbatches by the count of
+the whole batch, so accumulating microbatches gives exactly the gradient of the full batch.
+
+SFT: next-token cross entropy on response tokens only (the prompt is context, not a target).
+PPM: pairwise Bradley-Terry, -log sigmoid(r(prompt + pos) - r(prompt + neg)), each pair weighted
+1 / (|pos| |neg|) of its step's group, the count being the number of groups.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def sft_loss_sum(logits: jax.Array, targets: jax.Array, weights: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """logits float[B, T, V], targets int32[B, T] (the next token), weights float[B, T] (1 on
+    response targets, 0 elsewhere) -> (sum of weighted negative log-likelihoods, sum of weights)."""
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+    weights = weights.astype(jnp.float32)
+    return jnp.sum(nll * weights), jnp.sum(weights)
+
+
+def ppm_loss_sum(positive: jax.Array, negative: jax.Array, weights: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Scores float[P] of prompt + positive and prompt + negative, weights float[P] (1 / (|pos|
+    |neg|) of the pair's group; 0 for padding) -> (weighted Bradley-Terry loss sum, groups)."""
+    margin = positive.astype(jnp.float32) - negative.astype(jnp.float32)
+    weights = weights.astype(jnp.float32)
+    return jnp.sum(-jax.nn.log_sigmoid(margin) * weights), jnp.sum(weights)
+
+
+def pair_accuracy(positive: jax.Array, negative: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(pairs ranked right, pairs) over the rows where mask is set."""
+    mask = mask.astype(jnp.float32)
+    return jnp.sum((positive > negative).astype(jnp.float32) * mask), jnp.sum(mask)
