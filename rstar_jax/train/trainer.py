@@ -1,0 +1,221 @@
+"""One trainer for the policy (SFT) and the PPM: optax AdamW, one jitted step over a sharded
+model with gradient accumulation.
+
+The model's parameters stay where the model put them (one device, or sharded over a mesh by
+`from_pretrained(..., mesh=)` / the model's logical-axis rules); the optimizer state is created
+by a jitted `init`, so its moments take the parameters' shardings. Batches are split into
+`microbatches` along their rows and their gradients summed in a `lax.scan`; every loss is a sum
+divided by the whole batch's count (losses.py), so any split gives the full batch's step.
+Mixed precision is the model's: build it with `dtype=jnp.bfloat16, param_dtype=jnp.float32` for
+bf16 compute with f32 master weights and optimizer state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
+
+from rstar_jax.engine.generation import model_mesh
+from rstar_jax.train import losses
+from rstar_jax.train.batches import PPMBatch, SFTBatch
+
+TASKS = ("sft", "ppm")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Optimiser settings. schedule: "cosine", "linear" (decay to end_lr_fraction x the peak
+    after warmup, over total_steps) or "constant"."""
+
+    learning_rate: float = 1e-5
+    warmup_steps: int = 0
+    total_steps: int = 1000
+    schedule: str = "cosine"
+    end_lr_fraction: float = 0.0
+    weight_decay: float = 0.0
+    b1: float = 0.9
+    b2: float = 0.95
+    eps: float = 1e-8
+    clip_norm: float = 1.0  # global gradient norm; 0 disables
+    microbatches: int = 1
+
+    def __post_init__(self):
+        if self.schedule not in ("cosine", "linear", "constant"):
+            raise ValueError(f"schedule must be cosine, linear or constant, got {self.schedule!r}")
+        for name in ("warmup_steps", "total_steps", "microbatches"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < (1 if name != "warmup_steps" else 0):
+                raise ValueError(f"TrainConfig.{name} must be a {'non-negative' if name == 'warmup_steps' else 'positive'}"
+                                 f" int, got {value!r}")
+        if self.warmup_steps > self.total_steps:
+            raise ValueError(f"warmup_steps={self.warmup_steps} exceeds total_steps={self.total_steps}")
+        if not self.learning_rate > 0 or self.clip_norm < 0:
+            raise ValueError(f"learning_rate must be > 0 and clip_norm >= 0; got {self.learning_rate}, {self.clip_norm}")
+
+
+def make_schedule(c: TrainConfig) -> optax.Schedule:
+    peak, end = c.learning_rate, c.learning_rate * c.end_lr_fraction
+    decay_steps = max(1, c.total_steps - c.warmup_steps)
+    if c.schedule == "constant":
+        decay = optax.constant_schedule(peak)
+    elif c.schedule == "linear":
+        decay = optax.linear_schedule(peak, end, decay_steps)
+    else:
+        decay = optax.cosine_decay_schedule(peak, decay_steps, alpha=c.end_lr_fraction)
+    if not c.warmup_steps:
+        return decay
+    return optax.join_schedules([optax.linear_schedule(0.0, peak, c.warmup_steps), decay], [c.warmup_steps])
+
+
+def make_optimizer(c: TrainConfig) -> optax.GradientTransformation:
+    adam = optax.adamw(make_schedule(c), b1=c.b1, b2=c.b2, eps=c.eps, weight_decay=c.weight_decay)
+    return optax.chain(optax.clip_by_global_norm(c.clip_norm), adam) if c.clip_norm else adam
+
+
+def create_sharded(make, mesh, rules=None):
+    """The model `make()` builds, with every parameter created directly in its shard on `mesh`
+    (by its logical axes and `rules`, default the model rules): the shapes come from
+    `nnx.eval_shape`, and one jitted call with those out-shardings runs the initialisers, so
+    no device ever holds a whole unsharded model."""
+    from rstar_jax.models import DEFAULT_RULES
+
+    rules = rules or DEFAULT_RULES
+    graphdef, state = nnx.split(nnx.eval_shape(make))
+
+    def sharding(v):
+        axes = getattr(v, "axes", None)
+        shape = v.get_value().shape
+        return rules.sharding(axes, shape, mesh) if axes is not None else NamedSharding(mesh, PartitionSpec())
+
+    shardings = jax.tree.map(sharding, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+    with jax.set_mesh(mesh):
+        state = jax.jit(lambda: nnx.split(make())[1], out_shardings=shardings)()
+    return nnx.merge(graphdef, state)
+
+
+def _loss_sums(model, task: str, batch: dict) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """(loss sum, count, correct, pairs) of one microbatch; the last two are PPM pair accuracy."""
+    if task == "sft":
+        logits = model(batch["inputs"], batch["positions"], batch["segment_ids"])
+        total, count = losses.sft_loss_sum(logits, batch["targets"], batch["weights"])
+        return total, count, jnp.zeros(()), jnp.zeros(())
+    scores = model.value(batch["ids"], batch["lengths"])
+    pos, neg = scores[0::2], scores[1::2]
+    total, count = losses.ppm_loss_sum(pos, neg, batch["weights"])
+    correct, pairs = losses.pair_accuracy(pos, neg, batch["weights"] > 0)
+    return total, count, correct, pairs
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "task", "tx"), donate_argnums=(1, 2))
+def _train_step(graphdef, params, opt_state, rest, batch, *, task, tx):
+    def micro(carry, mb):
+        grads, sums = carry
+
+        def loss_fn(p):
+            total, count, correct, pairs = _loss_sums(nnx.merge(graphdef, p, rest), task, mb)
+            return total, (count, correct, pairs)
+
+        (total, aux), g = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        grads = jax.tree.map(lambda a, b: a + b.astype(a.dtype), grads, g)
+        return (grads, sums + jnp.stack([total, *aux])), None
+
+    zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+    (grads, sums), _ = jax.lax.scan(micro, (zeros, jnp.zeros((4,), jnp.float32)), batch)
+    count = jnp.maximum(sums[1], 1.0)
+    grads = jax.tree.map(lambda g, p: (g / count).astype(p.dtype), grads, params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    metrics = {"loss": sums[0] / count, "count": sums[1], "grad_norm": optax.tree.norm(grads),
+               "accuracy": sums[2] / jnp.maximum(sums[3], 1.0)}
+    return params, opt_state, metrics
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "task"))
+def _eval_step(graphdef, params, rest, batch, *, task):
+    return jnp.stack(_loss_sums(nnx.merge(graphdef, params, rest), task, batch))
+
+
+def _arrays(task: str, batch) -> dict[str, np.ndarray]:
+    kind = SFTBatch if task == "sft" else PPMBatch
+    if not isinstance(batch, kind):
+        raise TypeError(f"a {task!r} trainer takes {kind.__name__}es, got {type(batch).__name__}")
+    out = dataclasses.asdict(batch)
+    if task == "ppm":  # pairs must stay together when rows are split
+        out["ids"] = out["ids"].reshape(-1, 2, out["ids"].shape[-1])
+        out["lengths"] = out["lengths"].reshape(-1, 2)
+    return out
+
+
+class Trainer:
+    """Trains `model` (a CausalLM; with a value head for task "ppm") in place of its parameters.
+
+    `step(batch)` runs one optimiser step on an SFTBatch or PPMBatch and returns float metrics
+    (loss, count, grad_norm, accuracy for the PPM, lr); `evaluate(batches)` the held-out loss
+    (and pair accuracy); `model()` the trained model.
+    """
+
+    def __init__(self, model, config: TrainConfig, task: str):
+        if task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+        if task == "ppm" and not model.has_value_head:
+            raise ValueError("the PPM trainer needs a model with a value head (CausalLM(..., value_head=True))")
+        self.task, self.config = task, config
+        self.graphdef, self.params, self.rest = nnx.split(model, nnx.Param, ...)
+        self.tx = make_optimizer(config)
+        self.schedule = make_schedule(config)
+        self.mesh = model_mesh(model)
+        with self._mesh():
+            self.opt_state = jax.jit(self.tx.init)(self.params)
+        self.step_count = 0
+
+    def _mesh(self):
+        return jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext()
+
+    def _place(self, arrays: dict[str, np.ndarray], microbatches: int) -> dict[str, jax.Array]:
+        """[rows, ...] -> [microbatches, rows / microbatches, ...], rows over data and fsdp."""
+        rows = len(next(iter(arrays.values())))
+        shards = 1 if self.mesh is None else self.mesh.shape["data"] * self.mesh.shape["fsdp"]
+        if rows % (microbatches * shards):
+            raise ValueError(f"a batch of {rows} {'pairs' if self.task == 'ppm' else 'rows'} does not split into "
+                             f"{microbatches} microbatches over {shards} data-parallel devices; "
+                             f"make it a multiple of {microbatches * shards}")
+        out = {k: v.reshape(microbatches, rows // microbatches, *v.shape[1:]) for k, v in arrays.items()}
+        if self.task == "ppm":
+            out["ids"] = out["ids"].reshape(microbatches, -1, out["ids"].shape[-1])
+            out["lengths"] = out["lengths"].reshape(microbatches, -1)
+        if self.mesh is None:
+            return out
+        spec = PartitionSpec(None, ("data", "fsdp"))
+        return {k: jax.device_put(v, NamedSharding(self.mesh, spec)) for k, v in out.items()}
+
+    def step(self, batch) -> dict[str, float]:
+        arrays = self._place(_arrays(self.task, batch), self.config.microbatches)
+        lr = float(self.schedule(self.step_count))
+        with self._mesh():
+            self.params, self.opt_state, metrics = _train_step(self.graphdef, self.params, self.opt_state, self.rest,
+                                                               arrays, task=self.task, tx=self.tx)
+        self.step_count += 1
+        return {k: float(v) for k, v in jax.device_get(metrics).items()} | {"lr": lr}
+
+    def evaluate(self, batches) -> dict[str, float]:
+        """Held-out loss over `batches` (count-weighted), and pair accuracy for the PPM."""
+        sums = np.zeros(4)
+        for batch in batches:
+            arrays = {k: v[0] for k, v in self._place(_arrays(self.task, batch), 1).items()}
+            with self._mesh():
+                sums += np.asarray(_eval_step(self.graphdef, self.params, self.rest, arrays, task=self.task))
+        out = {"loss": sums[0] / max(sums[1], 1.0), "count": sums[1]}
+        if self.task == "ppm":
+            out["accuracy"] = sums[2] / max(sums[3], 1.0)
+        return out
+
+    def model(self):
+        return nnx.merge(self.graphdef, self.params, self.rest)
