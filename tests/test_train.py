@@ -111,7 +111,7 @@ def test_four_microbatches_make_the_step_of_the_whole_batch():
         Trainer(tiny(), TrainConfig(microbatches=3), "sft").step(batch)
 
 
-def test_a_step_on_eight_devices_equals_one_device():
+def test_a_step_on_eight_devices_equals_one_device(tmp_path):
     mesh = make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
     sharded = create_sharded(lambda: tiny(3), mesh)
     assert sharded.layers[0].mlp.gate_proj[...].sharding.spec != jax.sharding.PartitionSpec()  # really sharded
@@ -129,6 +129,16 @@ def test_a_step_on_eight_devices_equals_one_device():
         np.testing.assert_allclose(a, b, atol=1e-6)
     moments = jax.tree.leaves(wide.opt_state)
     assert any(getattr(m, "sharding", None) is not None and not m.sharding.is_fully_replicated for m in moments)
+    # A checkpoint of the sharded run restores onto one device (and back), array for array.
+    from rstar_jax.train.checkpoint import Checkpoints
+
+    with Checkpoints(tmp_path) as checkpoints:
+        checkpoints.save(wide, data_position=2)
+        checkpoints.wait()
+        other = Trainer(tiny(4), config, "sft")
+        assert checkpoints.restore_latest(other)["step"] == 2
+    for a, b in zip(_params(wide), _params(other)):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_sft_on_step_format_responses_drives_the_held_out_loss_down(tmp_path):
@@ -171,3 +181,33 @@ def test_the_ppm_learns_separable_pairs():
         trainer.step(next(pack_sft(random_sequences(2), rows=1, length=128)))
     with pytest.raises(ValueError, match="needs a model with a value head"):
         Trainer(tiny(), TrainConfig(), "ppm")
+
+
+def test_a_killed_run_resumes_where_it_stopped(tmp_path):
+    from rstar_jax.train.checkpoint import Checkpoints
+
+    batches = list(pack_sft(random_sequences(24, seed=2), rows=2, length=128))[:4]
+    config = TrainConfig(learning_rate=1e-3, warmup_steps=1, total_steps=4)
+    straight = Trainer(tiny(5), config, "sft")
+    for b in batches:
+        straight.step(b)
+
+    first = Trainer(tiny(5), config, "sft")
+    with Checkpoints(tmp_path / "ckpt", keep=2) as checkpoints:
+        for b in batches[:2]:
+            first.step(b)
+            checkpoints.save(first, data_position=first.step_count, best_loss=1.5)
+    # The process dies here; a new one builds a fresh model (other weights) and resumes.
+    resumed = Trainer(tiny(6), config, "sft")
+    with Checkpoints(tmp_path / "ckpt", keep=2) as checkpoints:
+        meta = checkpoints.restore_latest(resumed)
+        assert meta == {"step": 2, "data_position": 2, "best_loss": 1.5} and resumed.step_count == 2
+        for b in batches[meta["data_position"]:]:
+            resumed.step(b)
+            checkpoints.save(resumed, data_position=resumed.step_count)
+        assert checkpoints.manager.all_steps() == [3, 4]  # keep=2
+    for a, b in zip(_params(straight), _params(resumed)):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(jax.tree.leaves(jax.device_get(straight.opt_state)), jax.tree.leaves(jax.device_get(resumed.opt_state))):
+        np.testing.assert_array_equal(a, b)
+    assert Checkpoints(tmp_path / "empty").restore_latest(Trainer(tiny(), config, "sft")) is None
