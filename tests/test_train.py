@@ -211,3 +211,34 @@ def test_a_killed_run_resumes_where_it_stopped(tmp_path):
     for a, b in zip(jax.tree.leaves(jax.device_get(straight.opt_state)), jax.tree.leaves(jax.device_get(resumed.opt_state))):
         np.testing.assert_array_equal(a, b)
     assert Checkpoints(tmp_path / "empty").restore_latest(Trainer(tiny(), config, "sft")) is None
+
+
+def test_fit_resumes_keeps_the_best_and_logs(tmp_path):
+    from rstar_jax.train.checkpoint import Checkpoints
+    from rstar_jax.train.loop import fit
+
+    batches = list(pack_sft(random_sequences(40, seed=4), rows=2, length=128))[:6]
+    held = batches[-1:]
+    config = TrainConfig(learning_rate=1e-3, total_steps=6)
+
+    def run(steps, model):
+        trainer = Trainer(model, config, "sft")
+        with Checkpoints(tmp_path / "last", keep=1) as last, Checkpoints(tmp_path / "best", keep=1) as best:
+            history = fit(trainer, batches, steps=steps, eval_batches=held, eval_every=1, checkpoints=last,
+                          best=best, logdir=tmp_path / "tb", peak_flops=2e11, progress=False)
+        return trainer, history
+
+    _, first = run(3, tiny(7))
+    resumed, second = run(5, tiny(8))  # a new process: other initial weights, resumed from step 3
+    assert len(first) == 3 and len(second) == 2 and resumed.step_count == 5
+    straight = Trainer(tiny(7), config, "sft")
+    for b in batches[:5]:
+        straight.step(b)
+    for a, b in zip(_params(straight), _params(resumed)):
+        np.testing.assert_array_equal(a, b)
+    losses = [m["eval_loss"] for m in first + second]
+    with Checkpoints(tmp_path / "best") as best:
+        meta = best.restore_latest(Trainer(tiny(), config, "sft"))
+    assert meta["best"] == pytest.approx(min(losses)) and meta["step"] == 1 + int(np.argmin(losses))
+    assert all(0 < m["mfu"] < 1 and m["tokens_per_s"] > 0 for m in second)
+    assert list((tmp_path / "tb").glob("events.out.tfevents.*"))

@@ -167,7 +167,7 @@ class Trainer:
             raise ValueError(f"task must be one of {TASKS}, got {task!r}")
         if task == "ppm" and not model.has_value_head:
             raise ValueError("the PPM trainer needs a model with a value head (CausalLM(..., value_head=True))")
-        self.task, self.config = task, config
+        self.task, self.config, self.model_config = task, config, model.config
         self.graphdef, self.params, self.rest = nnx.split(model, nnx.Param, ...)
         self.tx = make_optimizer(config)
         self.schedule = make_schedule(config)
