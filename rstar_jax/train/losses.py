@@ -17,8 +17,12 @@ import jax.numpy as jnp
 def sft_loss_sum(logits: jax.Array, targets: jax.Array, weights: jax.Array) -> tuple[jax.Array, jax.Array]:
     """logits float[B, T, V], targets int32[B, T] (the next token), weights float[B, T] (1 on
     response targets, 0 elsewhere) -> (sum of weighted negative log-likelihoods, sum of weights)."""
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+    logits = logits.astype(jnp.float32)
+    # logsumexp minus the target's logit, picked with a one-hot product: the gradient of a
+    # gather is a scatter into [B, T, V], which cost 0.6 s more of a 3.4 s forward + backward
+    # on CPU (45M Qwen2, 8 x 256 tokens) than this dense form.
+    picked = jnp.sum(logits * jax.nn.one_hot(targets, logits.shape[-1], dtype=logits.dtype), axis=-1)
+    nll = jax.nn.logsumexp(logits, axis=-1) - picked
     weights = weights.astype(jnp.float32)
     return jnp.sum(nll * weights), jnp.sum(weights)
 

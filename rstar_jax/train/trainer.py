@@ -159,7 +159,9 @@ class Trainer:
 
     `step(batch)` runs one optimiser step on an SFTBatch or PPMBatch and returns float metrics
     (loss, count, grad_norm, accuracy for the PPM, lr); `evaluate(batches)` the held-out loss
-    (and pair accuracy); `model()` the trained model.
+    (and pair accuracy); `model()` the trained model. Steps donate the parameter buffers, so
+    the model passed in (and anything sharing its arrays) is spent after the first step: read
+    the weights through `model()`.
     """
 
     def __init__(self, model, config: TrainConfig, task: str):
