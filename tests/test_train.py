@@ -66,7 +66,7 @@ def test_records_become_batches_with_a_tokenizer():
     tok = CharTokenizer()
     step = "<code>\nx = 1\n<end_of_step>"
     ((ids, prompt_len),) = tokenize_sft([SFTExample("p", "What is 1?", step)], tok)
-    assert ids == tok.policy_prompt_ids("What is 1?") + tok.encode(step) and prompt_len == len(
+    assert ids == tok.policy_prompt_ids("What is 1?") + tok.encode(step) + [tok.eos_id] and prompt_len == len(
         tok.policy_prompt_ids("What is 1?"))
     pairs = [PPMPair("p", "A", "x1", "y1"), PPMPair("p", "A", "x1", "y2"), PPMPair("p", "A", "x2", "y1"),
              PPMPair("p", "B", "x", "y"), PPMPair("q", "A", "x", "y")]

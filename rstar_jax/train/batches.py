@@ -1,7 +1,8 @@
 """Training batches from records: SFT examples packed into fixed rows, PPM pairs as score rows.
 
 SFT: each example is the policy prompt's ids (with BOS if the model uses one) followed by the
-response as it continues the prompt (`continuation_ids`, as the search wrote it). Examples are
+response as it continues the prompt (`continuation_ids`, as the search wrote it) and EOS
+(RSTAR.md section 5). Examples are
 packed in order into rows of `length` tokens (next fit): every example is a segment with its
 own positions from 0, attention stays inside segments, and only response tokens are targets.
 An example longer than a row is left out and counted: training on a cut response would teach
@@ -69,10 +70,12 @@ class Skipped:
 
 
 def tokenize_sft(examples: Iterable[SFTExample], tokenizer) -> Iterator[tuple[list[int], int]]:
-    """(prompt + response ids, prompt length) of each example."""
+    """(prompt + response ids + EOS, prompt length) of each example; EOS (when the tokenizer has
+    one) is a target too, so the policy learns to stop after its answer."""
+    eos = [] if tokenizer.eos_id is None else [tokenizer.eos_id]
     for ex in examples:
         prompt = tokenizer.policy_prompt_ids(ex.question)
-        yield prompt + _continuation(tokenizer, ex.response), len(prompt)
+        yield prompt + _continuation(tokenizer, ex.response) + eos, len(prompt)
 
 
 def pack_sft(sequences: Iterable[tuple[Sequence[int], int]], rows: int, length: int, pad_id: int = 0,
