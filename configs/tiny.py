@@ -21,4 +21,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # tokenizer are trained in-process.
     config.model = config_lib.model_config("tiny", checkpoint="", dtype="float32", param_dtype="float32", remat=False)
     config.mesh = config_lib.mesh_config(data=-1, fsdp=1)
+    # Small batches and a high learning rate: a model trained from scratch in minutes.
+    config.train = config_lib.train_config(sft_lr=3e-3, ppm_lr=1e-3, sft_batch=8, ppm_batch=16, max_length=512)
     return config

@@ -24,6 +24,21 @@ def mesh_config(data: int = 1, fsdp: int = -1, tensor: int = 1) -> ml_collection
     return ml_collections.ConfigDict({"data": data, "fsdp": fsdp, "tensor": tensor})
 
 
+def train_config(*, sft_lr: float = 7e-6, ppm_lr: float = 7e-6, sft_batch: int = 128, ppm_batch: int = 512,
+                 max_length: int = 4096, microbatches: int = 1) -> ml_collections.ConfigDict:
+    """SFT and PPM training (RSTAR.md section 5; defaults are the reference code's: lr 7e-6,
+    cosine, weight decay 0.1, 2 epochs of batch 128 for the policy, batch 512 and 5% held out for
+    the PPM). Batches are global: rows per step over every device."""
+    common = {"schedule": "cosine", "warmup_fraction": 0.03, "weight_decay": 0.1, "clip_norm": 1.0,
+              "microbatches": microbatches, "max_length": max_length}
+    return ml_collections.ConfigDict({
+        "sft": {**common, "learning_rate": sft_lr, "epochs": 2, "batch": sft_batch},
+        "ppm": {**common, "learning_rate": ppm_lr, "epochs": 2, "batch": ppm_batch, "held_out": 0.05,
+                "value_tanh": True},  # the paper's tanh head; False trains as the reference code does
+        "distributed": None,  # None: join other processes when the environment lists several
+    })
+
+
 def pretrained_config(preset: str, checkpoint: str) -> ml_collections.ConfigDict:
     """A run whose policy starts from a pretrained checkpoint (Phi-3, Qwen2.5-Math) on a TPU pod."""
     config = ml_collections.ConfigDict()
@@ -31,4 +46,5 @@ def pretrained_config(preset: str, checkpoint: str) -> ml_collections.ConfigDict
     config.model = model_config(preset, checkpoint)
     config.tokenizer = ml_collections.ConfigDict({"path": ""})  # "" = the checkpoint directory
     config.mesh = mesh_config(data=1, fsdp=-1, tensor=1)
+    config.train = train_config()
     return config

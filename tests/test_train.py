@@ -242,3 +242,26 @@ def test_fit_resumes_keeps_the_best_and_logs(tmp_path):
     assert meta["best"] == pytest.approx(min(losses)) and meta["step"] == 1 + int(np.argmin(losses))
     assert all(0 < m["mfu"] < 1 and m["tokens_per_s"] > 0 for m in second)
     assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
+
+
+def test_devices_from_the_config(monkeypatch):
+    import importlib.util
+    import pathlib
+
+    from rstar_jax.train.devices import initialize, mesh_from_config, several_processes
+
+    monkeypatch.delenv("JAX_COORDINATOR_ADDRESS", raising=False)
+    monkeypatch.setenv("TPU_WORKER_HOSTNAMES", "localhost")
+    assert not several_processes() and initialize() is False and initialize(False) is False
+    monkeypatch.setenv("TPU_WORKER_HOSTNAMES", "w-0,w-1,w-2,w-3")
+    assert several_processes()
+    path = pathlib.Path(__file__).parent.parent / "configs" / "tiny.py"
+    spec = importlib.util.spec_from_file_location("tiny", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    mesh = mesh_from_config(config.mesh)
+    assert dict(mesh.shape) == {"data": 8, "fsdp": 1, "tensor": 1}  # 8 simulated devices
+    assert config.train.sft.learning_rate == 3e-3 and config.train.ppm.held_out == 0.05
+    with pytest.raises(ValueError, match=r"unknown mesh axes \['model'\]"):
+        mesh_from_config({"model": 2})

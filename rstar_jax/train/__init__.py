@@ -6,6 +6,7 @@ _EXPORTS = {
     **dict.fromkeys(("PPMBatch", "SFTBatch", "pack_sft", "pair_weights", "ppm_batches", "tokenize_sft"),
                     "rstar_jax.train.batches"),
     "Checkpoints": "rstar_jax.train.checkpoint",
+    **dict.fromkeys(("initialize", "mesh_from_config"), "rstar_jax.train.devices"),
     **dict.fromkeys(("fit", "flops_per_token"), "rstar_jax.train.loop"),
     **dict.fromkeys(("TrainConfig", "Trainer", "create_sharded", "make_optimizer", "make_schedule"),
                     "rstar_jax.train.trainer"),

@@ -1,0 +1,44 @@
+"""Devices for training: joining a multi-host job and the mesh a config asks for."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+
+import jax
+
+from rstar_jax.models import make_mesh
+
+log = logging.getLogger(__name__)
+
+
+def several_processes() -> bool:
+    """Whether the environment describes a job of several processes: an explicit coordinator
+    (JAX_COORDINATOR_ADDRESS) or a Cloud TPU slice of several hosts (TPU_WORKER_HOSTNAMES)."""
+    if os.environ.get("JAX_COORDINATOR_ADDRESS"):
+        return True
+    hosts = [h for h in os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",") if h.strip()]
+    return len(hosts) > 1
+
+
+def initialize(distributed: bool | None = None) -> bool:
+    """Joins the other processes of a multi-host job (`jax.distributed.initialize`, which finds
+    the coordinator itself on Cloud TPU); must run before anything touches a device. None
+    decides from the environment (`several_processes`). Returns whether it joined."""
+    if distributed is None:
+        distributed = several_processes()
+    if not distributed:
+        return False
+    jax.distributed.initialize()
+    log.info("process %d of %d, %d local and %d global devices", jax.process_index(), jax.process_count(),
+             jax.local_device_count(), jax.device_count())
+    return True
+
+
+def mesh_from_config(mesh: Mapping[str, int]):
+    """The (data, fsdp, tensor) mesh of a config's `mesh` block (-1 takes the remaining devices)."""
+    unknown = set(mesh) - {"data", "fsdp", "tensor"}
+    if unknown:
+        raise ValueError(f"unknown mesh axes {sorted(unknown)} in the config; use data, fsdp, tensor")
+    return make_mesh({k: int(v) for k, v in mesh.items()})
