@@ -10,6 +10,7 @@ import pytest
 from scripted import CharTokenizer
 
 from rstar_jax.engine import Engine, ValueScorer
+from rstar_jax.models import CausalLM
 from rstar_jax.search import tree as tree_ops
 from rstar_jax.search.config import Mode, SearchConfig
 from rstar_jax.search.driver import EnginePolicy, Problem, SearchStats, run_search
@@ -148,6 +149,26 @@ def test_value_scorer_equals_the_models_value_per_sequence(world):
     assert small.max_rows == 4
     many = [sequences[0] + [i] for i in range(9)]
     np.testing.assert_allclose(small.score(many), scorer.score(many), atol=1e-5)
+
+
+def test_a_head_trained_without_tanh_is_read_as_tanh_of_raw_over_five(world):
+    from flax import nnx
+
+    tokenizer = world[0]
+    model = steered_tiny_policy(tokenizer, 1, value_head=True)
+    raw = CausalLM(model.config, value_head=True, value_tanh=False, rngs=nnx.Rngs(0))
+    nnx.update(raw, nnx.state(model, nnx.Param))
+    scorer = ValueScorer(raw, max_rows=8)
+    seqs = [tokenizer.policy_prompt_ids("What is 1 + 1?")[:n] for n in (5, 9)]
+    want = np.tanh(np.asarray(raw.value(np.array([seqs[0][:5], seqs[1][:5]], np.int32)), np.float64) / 5)
+    got = scorer.score([s[:5] for s in seqs])
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    np.testing.assert_allclose(np.concatenate(scorer.score_children([seqs[0][:3]], [[seqs[0][3:5], seqs[1][3:5]]])),
+                               np.tanh(np.asarray(raw.value(np.array([seqs[0][:5], seqs[0][:3] + seqs[1][3:5]],
+                                                                     np.int32))) / 5), atol=1e-6)
+    assert ValueScorer(model).raw_scale is None  # a tanh head is read as it is
+    with pytest.raises(ValueError, match="raw_scale must be > 0"):
+        ValueScorer(raw, raw_scale=0)
 
 
 def test_engine_policy_warns_once_when_a_path_outgrows_the_context():

@@ -44,15 +44,22 @@ class ValueScorer:
     """Scores sequences with a model built with a value head (the PPM). Rows are padded to a
     power of two and lengths to `prompt_bucket` sizes, so a search compiles a few shapes.
     At most `max_rows` rows (rounded down to a power of two) go through the model at once;
-    `score_children` runs one prefix's children together even if there are more."""
+    `score_children` runs one prefix's children together even if there are more. A model
+    whose head has no tanh (`value_tanh=False`, trained as the reference code trains) is read
+    as tanh(raw / raw_scale), the reference code's inference rule."""
 
-    def __init__(self, model: CausalLM, *, pad_id: int = 0, max_rows: int = 64):
+    def __init__(self, model: CausalLM, *, pad_id: int = 0, max_rows: int = 64, raw_scale: float = 5.0):
         if not model.has_value_head:
             raise ValueError("ValueScorer needs a model with a value head (CausalLM(..., value_head=True))")
         if not 0 <= pad_id < model.config.vocab_size:
             raise ValueError(f"pad_id={pad_id} must be a token id in [0, {model.config.vocab_size})")
         if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1:
             raise ValueError(f"max_rows must be a positive int, got {max_rows!r}")
+        if not raw_scale > 0:
+            raise ValueError(f"raw_scale must be > 0, got {raw_scale!r}")
+        # A head trained without tanh (the reference code's way) is read as tanh(raw / raw_scale),
+        # as the reference code does at inference, so the search always sees values in (-1, 1).
+        self.raw_scale = None if model.value_tanh else float(raw_scale)
         self.graphdef, self.state = nnx.split(model)
         self.vocab = model.config.vocab_size
         self.pad_id, self.max_rows = pad_id, 1 << (max_rows.bit_length() - 1)
@@ -104,7 +111,7 @@ class ValueScorer:
                 values = np.asarray(_fork_values(self.graphdef, self.state, prefix_ids, prefix_lengths, ids,
                                                  lengths, samples=samples))
             for i, b in enumerate(group):
-                out[b][:] = values[i * samples:i * samples + len(tails[b])]
+                out[b][:] = self._squash(values[i * samples:i * samples + len(tails[b])])
         return out
 
     def score(self, sequences: Sequence[Sequence[int]]) -> np.ndarray:
@@ -116,5 +123,8 @@ class ValueScorer:
             ids, lengths = pack_rows(chunk, _pow2(len(chunk)), prompt_bucket(max(len(r) for r in chunk)), self.pad_id)
             with self._mesh():
                 values = _values(self.graphdef, self.state, ids, lengths)
-            out[start:start + len(chunk)] = np.asarray(values)[:len(chunk)]
+            out[start:start + len(chunk)] = self._squash(np.asarray(values)[:len(chunk)])
         return out
+
+    def _squash(self, values: np.ndarray) -> np.ndarray:
+        return values if self.raw_scale is None else np.tanh(values / self.raw_scale).astype(np.float32)
