@@ -214,3 +214,11 @@ def test_the_distance_filter_is_levenshtein_at_the_threshold():
         b = "".join(b)
         k = int(rng.integers(0, 25))
         assert _far(a, b, k) == (plain(a, b) >= k) == (Levenshtein.distance(a, b) >= k)
+
+
+def test_a_margin_of_exactly_min_margin_in_float32_is_kept():
+    # Q = 0.7 and 0.2 are float32 in a tree; read as Python floats their difference is 0.49999998.
+    tree = build([("a", 0, 0.7, "code"), ("b", 0, 0.2, "code"), ("c", 1, 0, "right"), ("d", 2, 0, "wrong")])
+    assert float(tree.q[1]) - float(tree.q[2]) < 0.5
+    pairs = extract_ppm(tree, ExtractConfig(final_pairs=0))
+    assert [(p.positive, p.negative) for p in pairs] == [(text("a", "code"), text("b", "code"))]

@@ -46,6 +46,9 @@ from rapidfuzz.distance import Levenshtein
 from rstar_jax.data.records import PPMPair, SFTExample
 from rstar_jax.steps import format as fmt
 
+# Qs are float32: 0.7 and 0.2 read as Python floats differ by 0.49999998, and a 0.5 margin must keep that pair.
+_SLACK = 1e-6
+
 
 @dataclasses.dataclass(frozen=True)
 class ExtractConfig:
@@ -172,7 +175,7 @@ def extract_ppm(tree, config: ExtractConfig = ExtractConfig(), *, source: str = 
     out = []
 
     def pair(p_text, n_text, qp, qn, head, kind):
-        if qp - qn < config.min_margin:
+        if qp - qn < config.min_margin - _SLACK:
             stats.dropped_margin += 1
         elif not _far(p_text, n_text, config.min_distance):
             stats.dropped_distance += 1
