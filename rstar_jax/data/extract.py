@@ -137,11 +137,16 @@ def _far(a: str, b: str, min_distance: int) -> bool:
     return min_distance == 0 or Levenshtein.distance(a, b, score_cutoff=min_distance) >= min_distance
 
 
+def _too_few_correct(trajs: list[Trajectory], config: ExtractConfig) -> bool:
+    """Whether fewer than `min_correct_fraction` of a problem's trajectories are correct."""
+    return sum(t.correct for t in trajs) < config.min_correct_fraction * len(trajs)
+
+
 def extract_sft(tree, config: ExtractConfig = ExtractConfig(), *, source: str = "search",
                 trajs: list[Trajectory] | None = None) -> list[SFTExample]:
     """The SFT examples of one tree (module docstring)."""
     trajs = trajectories(tree) if trajs is None else trajs
-    if not trajs or sum(t.correct for t in trajs) < config.min_correct_fraction * len(trajs):
+    if not trajs or _too_few_correct(trajs, config):
         return []
     good = sorted((t for t in trajs if t.correct and not t.has_error), key=lambda t: (-t.mean_q, -t.min_q, t.nodes[-1]))
     p = tree.problem
@@ -229,7 +234,7 @@ def extract(trees: Iterable, config: ExtractConfig = ExtractConfig(), *, source:
         stats.trajectories += len(trajs)
         stats.correct += sum(t.correct for t in trajs)
         rows = extract_sft(tree, config, source=source, trajs=trajs)
-        if trajs and not rows and sum(t.correct for t in trajs) < config.min_correct_fraction * len(trajs):
+        if trajs and _too_few_correct(trajs, config):
             stats.low_correct_problems += 1
         sft += rows
         pairs += extract_ppm(tree, config, source=source, trajs=trajs, stats=stats)
