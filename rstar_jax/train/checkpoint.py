@@ -36,13 +36,20 @@ class Checkpoints:
                                                enable_async_checkpointing=async_save, create=True)
         self.manager = ocp.CheckpointManager(directory, options=options)
         self.directory = directory
+        self._saved = None
 
     def save(self, trainer, *, data_position: int, force: bool = False, **extra: Any) -> bool:
-        """Saves the trainer's state at its step count; returns whether a checkpoint was started."""
+        """Saves the trainer's state at its step count; returns whether a checkpoint was started
+        (not when this step is already saved)."""
+        if trainer.step_count in (self.manager.latest_step(), self._saved):
+            return False
         meta = {"step": trainer.step_count, "data_position": int(data_position), **extra}
         state = {"params": trainer.params, "opt_state": trainer.opt_state}
-        return self.manager.save(trainer.step_count, force=force, args=ocp.args.Composite(
+        started = self.manager.save(trainer.step_count, force=force, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+        if started:
+            self._saved = trainer.step_count
+        return started
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
