@@ -4,6 +4,7 @@ learning on small tasks)."""
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 from scripted import CharTokenizer
@@ -122,13 +123,24 @@ def test_a_step_on_eight_devices_equals_one_device(tmp_path):
     (batch,) = list(pack_sft(random_sequences(16, seed=1), rows=8, length=128))
     config = TrainConfig(learning_rate=1e-3, eps=1e-3, microbatches=2)  # eps: see the test above
     wide, single = Trainer(sharded, config, "sft"), Trainer(local, config, "sft")
+
+    def moments_sharded_like_their_parameters():
+        # Adam's moments sit in the shards of their parameters, from creation on: replicated they
+        # would cost every device 2x the whole model in float32.
+        pairs = []
+        optax.tree_utils.tree_map_params(wide.tx, lambda m, p: pairs.append((m.sharding, p.sharding)),
+                                         wide.opt_state, wide.params)
+        assert len(pairs) == 2 * len(jax.tree.leaves(wide.params))  # mu and nu
+        for m, p in pairs:
+            assert m.is_equivalent_to(p, 3), (m, p)
+
+    moments_sharded_like_their_parameters()
     for _ in range(2):
         mw, ms = wide.step(batch), single.step(batch)
         assert mw["loss"] == pytest.approx(ms["loss"], rel=1e-5)
+    moments_sharded_like_their_parameters()
     for a, b in zip(_params(wide), _params(single)):
         np.testing.assert_allclose(a, b, atol=1e-6)
-    moments = jax.tree.leaves(wide.opt_state)
-    assert any(getattr(m, "sharding", None) is not None and not m.sharding.is_fully_replicated for m in moments)
     # A checkpoint of the sharded run restores onto one device (and back), array for array.
     from rstar_jax.train.checkpoint import Checkpoints
 

@@ -114,8 +114,7 @@ def _loss_sums(model, task: str, batch: dict) -> tuple[jax.Array, jax.Array, jax
     return total, count, correct, pairs
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "task", "tx"), donate_argnums=(1, 2))
-def _train_step(graphdef, params, opt_state, rest, batch, *, task, tx):
+def _train_step_fn(graphdef, params, opt_state, rest, batch, *, task, tx):
     def micro(carry, mb):
         grads, sums = carry
 
@@ -136,6 +135,27 @@ def _train_step(graphdef, params, opt_state, rest, batch, *, task, tx):
     metrics = {"loss": sums[0] / count, "count": sums[1], "grad_norm": optax.tree.norm(grads),
                "accuracy": sums[2] / jnp.maximum(sums[3], 1.0)}
     return params, opt_state, metrics
+
+
+def train_step(mesh=None, params=None, opt_shardings=None):
+    """The jitted training step (parameter and optimizer buffers donated). On a mesh, its
+    outputs keep the shardings of `params` and `opt_shardings`, so the optimizer state stays
+    sharded like the parameters from step to step."""
+    out = None
+    if mesh is not None:
+        out = (jax.tree.map(lambda x: x.sharding, params), opt_shardings, NamedSharding(mesh, PartitionSpec()))
+    return jax.jit(_train_step_fn, static_argnames=("graphdef", "task", "tx"), donate_argnums=(1, 2),
+                   **({"out_shardings": out} if out is not None else {}))
+
+
+def opt_state_shardings(tx, params, mesh):
+    """Shardings of `tx.init(params)` on `mesh`: each moment like its parameter, anything else
+    (step counts) replicated. Without them a jitted `init` would replicate the moments, which
+    only read the parameters' shapes, on every device."""
+    abstract = jax.eval_shape(tx.init, params)
+    replicated = NamedSharding(mesh, PartitionSpec())
+    return optax.tree_utils.tree_map_params(tx, lambda _, s: s, abstract, jax.tree.map(lambda x: x.sharding, params),
+                                            transform_non_params=lambda _: replicated)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "task"))
@@ -175,7 +195,13 @@ class Trainer:
         self.schedule = make_schedule(config)
         self.mesh = model_mesh(model)
         with self._mesh():
-            self.opt_state = jax.jit(self.tx.init)(self.params)
+            if self.mesh is None:
+                self.opt_state = jax.jit(self.tx.init)(self.params)
+                self._step = train_step()
+            else:
+                shardings = opt_state_shardings(self.tx, self.params, self.mesh)
+                self.opt_state = jax.jit(self.tx.init, out_shardings=shardings)(self.params)
+                self._step = train_step(self.mesh, self.params, shardings)
         self.step_count = 0
 
     def _mesh(self):
@@ -202,7 +228,7 @@ class Trainer:
         arrays = self._place(_arrays(self.task, batch), self.config.microbatches)
         lr = float(self.schedule(self.step_count))
         with self._mesh():
-            self.params, self.opt_state, metrics = _train_step(self.graphdef, self.params, self.opt_state, self.rest,
+            self.params, self.opt_state, metrics = self._step(self.graphdef, self.params, self.opt_state, self.rest,
                                                                arrays, task=self.task, tx=self.tx)
         self.step_count += 1
         return {k: float(v) for k, v in jax.device_get(metrics).items()} | {"lr": lr}
