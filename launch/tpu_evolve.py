@@ -2,12 +2,19 @@
 
     python launch/tpu_evolve.py --config=configs/tiny.py --workdir=runs/tiny
     python launch/tpu_evolve.py --config=configs/phi3.py --workdir=gs://bucket/run
+
+Run it again with the same --workdir to resume: finished stages are kept, a stopped search
+keeps its finished chunks, training resumes from its checkpoints.
 """
 
+import logging
+import pathlib
 import sys
 
 from absl import app, flags
 from ml_collections import config_flags
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/tiny.py[:variant].")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where rounds, checkpoints and reports go.")
@@ -16,11 +23,21 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
     del argv
-    config = _CONFIG.value
-    print(f"config {config.model.preset} loaded; workdir {_WORKDIR.value}")
-    print("not built yet: the self-evolution rounds are still being implemented; nothing was run.",
-          file=sys.stderr)
-    return 1
+    from rstar_jax import evolve
+    from rstar_jax.train import initialize
+
+    initialize(_CONFIG.value.train.get("distributed"))  # joins the other hosts of a pod slice
+    logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every save at INFO
+    if _CONFIG.value.get("dry_run", False):
+        print(evolve.dry_run(_CONFIG.value))
+        return 0
+    try:
+        evolve.run(_CONFIG.value, _WORKDIR.value)
+    except evolve.ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"report: {pathlib.Path(_WORKDIR.value) / 'report.md'}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import pathlib
+
 import ml_collections
+
+# The tiny world's base model (scripts/pretrain_tiny.py), shipped with the package.
+TINY_BASE = str(pathlib.Path(__file__).parent / "assets" / "tiny_base")
 
 
 def model_config(preset: str, checkpoint: str, *, dtype: str = "bfloat16", param_dtype: str = "float32",
@@ -30,7 +35,8 @@ def train_config(*, sft_lr: float = 7e-6, ppm_lr: float = 7e-6, sft_batch: int =
     cosine, weight decay 0.1, 2 epochs of batch 128 for the policy, batch 512 and 5% held out for
     the PPM). Batches are global: rows per step over every device."""
     common = {"schedule": "cosine", "warmup_fraction": 0.03, "weight_decay": 0.1, "clip_norm": 1.0,
-              "microbatches": microbatches, "max_length": max_length}
+              "microbatches": microbatches, "max_length": max_length,
+              "save_every": 100}  # optimiser steps between checkpoints
     return ml_collections.ConfigDict({
         "sft": {**common, "learning_rate": sft_lr, "epochs": 2, "batch": sft_batch},
         "ppm": {**common, "learning_rate": ppm_lr, "epochs": 2, "batch": ppm_batch, "held_out": 0.05,
@@ -39,12 +45,45 @@ def train_config(*, sft_lr: float = 7e-6, ppm_lr: float = 7e-6, sft_batch: int =
     })
 
 
+def evolve_config(config: ml_collections.ConfigDict, *, train: str, test: str, bootstrap: str = "few_shot",
+                  rounds: int = 4, search: dict | None = None, rounds_search: dict | None = None,
+                  eval_search: dict | None = None, searches: int = 1, max_train: int = 0,
+                  chunk: int = 256, batch: int = 32) -> ml_collections.ConfigDict:
+    """Adds what the self-evolution rounds read (`rstar_jax.evolve`) to `config`.
+
+    train/test: problem specs (`data.sources.load_problems`: a benchmark name, "synthetic:...",
+    a file); bootstrap: the round-1 policy (`evolve.BOOTSTRAP_KINDS`); search: SearchConfig
+    fields every round and the evaluation use (budgets); rounds_search: {"round1": {...}, ...}
+    per-round fields over the paper's presets; eval_search: the test-time search's fields.
+    """
+    config.rounds = rounds
+    config.problems = ml_collections.ConfigDict({"train": train, "test": test, "max_train": max_train})
+    config.bootstrap = ml_collections.ConfigDict({"kind": bootstrap, "checkpoint": "", "fraction": 0.25})
+    config.search = ml_collections.ConfigDict({
+        "preset": "paper",  # SearchConfig.preset: "paper" or "reference_code"
+        "chunk": chunk,  # problems per record shard: a stopped search keeps every finished chunk
+        "batch": batch,  # problems searched at once
+        "common": search or {},
+        **{f"round{r}": (rounds_search or {}).get(f"round{r}", {}) for r in range(1, 5)},
+    })
+    config.extract = ml_collections.ConfigDict({})  # ExtractConfig fields; empty: the paper's
+    config.eval = ml_collections.ConfigDict({"batch": batch, "searches": searches, "search": eval_search or {}})
+    config.executor = ml_collections.ConfigDict({"workers": 2, "timeout_s": 5.0, "memory_mb": 1024})
+    config.allow_config_change = False
+    config.dry_run = False  # True: compile the sharded steps on abstract shapes, print memory per device, stop
+    return config
+
+
 def pretrained_config(preset: str, checkpoint: str) -> ml_collections.ConfigDict:
-    """A run whose policy starts from a pretrained checkpoint (Phi-3, Qwen2.5-Math) on a TPU pod."""
+    """A run whose policy starts from a pretrained checkpoint (Phi-3, Qwen2.5-Math) on a TPU pod:
+    the paper's budgets, NuminaMath-style training problems from a local file, MATH500 to test."""
     config = ml_collections.ConfigDict()
     config.seed = 0
     config.model = model_config(preset, checkpoint)
     config.tokenizer = ml_collections.ConfigDict({"path": ""})  # "" = the checkpoint directory
     config.mesh = mesh_config(data=1, fsdp=-1, tensor=1)
     config.train = train_config()
+    evolve_config(config, train="/mnt/data/problems.parquet?preset=numina", test="math500",
+                  search={"max_depth": 16, "max_step_tokens": 512, "max_output_tokens": 64},
+                  eval_search={"rollouts": 64}, chunk=1024, batch=128)
     return config

@@ -1,0 +1,676 @@
+"""The self-evolution rounds (RSTAR.md section 6): the main job.
+
+Each round r = 1..R runs five stages, each finished once and never redone:
+
+1. search: MCTS over the training problems with the round's policy (round 1: the bootstrap
+   policy; round r: the round r-1 policy), in the round's mode and budget (terminal-guided in
+   rounds 1-2, PPM-augmented with the round r-1 PPM after). Trees go to record shards, one shard
+   per fixed chunk of problems, so a stopped search keeps every chunk it finished.
+2. extract: SFT examples and PPM pairs from the trees (`data.extract`).
+3. policy: the base model fine-tuned on the round's SFT examples, exported as a Hugging Face
+   directory. Training resumes from its orbax checkpoints.
+4. ppm: the new policy with a value head, trained on the round's pairs (5% of the problems held
+   out; the checkpoint with the best held-out pair accuracy is exported).
+5. evaluate: greedy pass@1 of the policy and MCTS + PPM accuracy on the test problems.
+
+Round 0 evaluates the bootstrap policy alone, so the report shows where the rounds started.
+
+The bootstrap policy (`config.bootstrap.kind`):
+- "base": the base model with the zero-shot policy prompt (the tiny world's base has been
+  pretrained on reference solutions, see scripts/pretrain_tiny.py);
+- "few_shot": the base model with the round-1 few-shot prompt (RSTAR.md section 2);
+- "checkpoint": a separate, larger local checkpoint (`bootstrap.checkpoint`, the paper's
+  choice) with the few-shot prompt;
+- "reference": the base model first fine-tuned on the generator's reference solutions of
+  `bootstrap.fraction` of the training problems (a stand-in for a large bootstrap model, for
+  synthetic problems only).
+
+Work directory:
+
+    config.json            the config of the run (a resumed run must match it)
+    problems/              train.jsonl, test.jsonl: the problems used, after decontamination
+    bootstrap/             the "reference" bootstrap policy (its checkpoints and model/)
+    round_{r}/
+      search/              tree record shards          search.json   stage summary
+      data/                sft and ppm record shards   extract.json
+      policy/              ckpt/, tb/, model/          policy.json
+      ppm/                 ckpt/, best/, tb/, model/   ppm.json
+      eval/                results.json, results.md    eval.json
+    report.md, report.json, rounds.png
+
+A stage is done when its `.json` summary exists; the summary is written last.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import pathlib
+import random
+import shutil
+import time
+import zlib
+from collections.abc import Callable, Sequence
+
+import ml_collections
+
+from rstar_jax.data import records
+from rstar_jax.data.dedup import decontaminate
+from rstar_jax.data.problem import Problem
+from rstar_jax.data.sources import load_problems
+
+log = logging.getLogger(__name__)
+
+BOOTSTRAP_KINDS = ("base", "few_shot", "checkpoint", "reference")
+STAGES = ("search", "extract", "policy", "ppm", "eval")
+
+
+class ConfigError(ValueError):
+    """A config field or path that cannot work; the message names it."""
+
+
+# --- problems ---------------------------------------------------------------------------------
+
+
+def problem_sets(c) -> tuple[list[Problem], list[Problem]]:
+    """(training, test) problems of a config's `problems` block: `train` and `test` are
+    `load_problems` specs; training problems that are also test problems are dropped, and at
+    most `max_train` kept (0: all)."""
+    test = _load(c.test, "problems.test")
+    train = _load(c.train, "problems.train")
+    train, overlap = decontaminate(train, {"test": test})
+    if overlap.exact or overlap.normalized:
+        log.info("dropped %d training problems that are test problems", len(overlap.removed_ids))
+    if c.get("max_train", 0):
+        train = train[:c.max_train]
+    return train, test
+
+
+def _load(spec: str, field: str) -> list[Problem]:
+    try:
+        return load_problems(spec)
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        raise ConfigError(f"config.{field}={spec!r}: {e}") from e
+
+
+def _write_problems(path: pathlib.Path, problems: Sequence[Problem]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(p.to_json()) + "\n" for p in problems))
+    os.replace(tmp, path)
+
+
+def _read_problems(path: pathlib.Path) -> list[Problem]:
+    return [Problem.from_json(json.loads(line)) for line in path.read_text().splitlines() if line]
+
+
+def search_config(config: ml_collections.ConfigDict, r: int):
+    """Round r's SearchConfig: the preset's stage (rounds past 4 repeat round 4), the budgets of
+    `search.common`, then `search.round{r}`. Round 1 uses the few-shot prompt unless its policy
+    already writes the format (bootstrap kinds "base" and "reference")."""
+    from rstar_jax.search.config import SearchConfig
+
+    s = config.search
+    stage = f"round{min(r, 4)}"
+    overrides = {**s.common.to_dict(), **s.get(stage, ml_collections.ConfigDict()).to_dict()}
+    if r == 1:
+        overrides.setdefault("bootstrap", config.bootstrap.kind in ("few_shot", "checkpoint"))
+    try:
+        return SearchConfig.preset(s.preset, stage, **overrides)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"config.search (round {r}): {e}") from e
+
+
+# --- processes --------------------------------------------------------------------------------
+
+
+def _process() -> tuple[int, int]:
+    """(index, count) of this process in the job; (0, 1) on one host."""
+    import jax
+
+    return jax.process_index(), jax.process_count()
+
+
+def _barrier(name: str) -> None:
+    """Waits for every process to reach `name` (nothing to wait for on one host)."""
+    if _process()[1] > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+# --- the run ----------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class RoundResult:
+    """One row of the report."""
+
+    round: int
+    policy: str
+    mode: str = "-"
+    problems: int = 0
+    solved: int = 0
+    sft: int = 0
+    pairs: int = 0
+    greedy: float = math.nan
+    mcts: float = math.nan
+    minutes: float = 0.0
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """Fails early, naming the field, on what would fail hours into a run."""
+    for field in ("model.checkpoint", "problems.train", "problems.test", "rounds", "bootstrap.kind"):
+        node = config
+        for part in field.split("."):
+            if part not in node:
+                raise ConfigError(f"config.{field} is missing; see configs/tiny.py for a complete config")
+            node = node[part]
+    if not isinstance(config.rounds, int) or not 1 <= config.rounds <= 8:
+        raise ConfigError(f"config.rounds must be an int in 1..8, got {config.rounds!r}")
+    if config.bootstrap.kind not in BOOTSTRAP_KINDS:
+        raise ConfigError(f"config.bootstrap.kind must be one of {', '.join(BOOTSTRAP_KINDS)}, "
+                          f"got {config.bootstrap.kind!r}")
+    _check_checkpoint(config.model.checkpoint, "model.checkpoint")
+    if config.bootstrap.kind == "checkpoint":
+        _check_checkpoint(config.bootstrap.checkpoint, "bootstrap.checkpoint")
+    if config.bootstrap.kind == "reference" and not 0 < config.bootstrap.fraction <= 1:
+        raise ConfigError(f"config.bootstrap.fraction must be in (0, 1], got {config.bootstrap.fraction!r}")
+
+
+def _check_checkpoint(path: str, field: str) -> None:
+    if not path:
+        raise ConfigError(f"config.{field} is empty: set it to a local Hugging Face directory "
+                          "(config.json, *.safetensors, the tokenizer files)")
+    p = pathlib.Path(path).expanduser()
+    if not (p / "config.json").is_file():
+        raise ConfigError(
+            f"config.{field}={path!r}: no config.json there. Weights are never downloaded at run time: put the "
+            f"model's Hugging Face directory at that path (e.g. `huggingface-cli download <repo> --local-dir {path}` "
+            f"on a machine with access, then copy it), or pass --config.{field}=/path/to/model")
+
+
+def _fingerprint(config: ml_collections.ConfigDict) -> dict:
+    """What must not change under a resumed run (budgets and paths that shape finished stages)."""
+    d = json.loads(config.to_json())
+    d.pop("allow_config_change", None)
+    d.pop("dry_run", None)
+    return d
+
+
+class Evolution:
+    """The rounds of one work directory; `run()` does what is not yet done and returns the report."""
+
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
+                 progress: bool | None = None, check_workdir: bool = True):
+        check_config(config)
+        if "://" in str(workdir):
+            raise ConfigError(f"--workdir={workdir}: only local directories are supported so far; on Cloud TPU "
+                              "mount the bucket (gcsfuse) and pass its local path")
+        self.config = config
+        self.dir = pathlib.Path(workdir).expanduser().absolute()
+        self.progress = progress
+        self._tokenizer = None
+        self._executor = None
+        if not check_workdir:  # reading a run (evaluation): its config is not ours to check
+            if not (self.dir / "config.json").exists():
+                raise ConfigError(f"{self.dir} holds no run (no config.json); pass the --workdir of a run")
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        saved = self.dir / "config.json"
+        current = _fingerprint(config)
+        if saved.exists():
+            before = json.loads(saved.read_text())
+            changed = sorted(k for k in set(before) | set(current) if before.get(k) != current.get(k))
+            if changed and not config.get("allow_config_change", False):
+                raise ConfigError(
+                    f"{self.dir} holds a run with another config (fields {', '.join(changed)} differ); use a new "
+                    f"--workdir, or pass --config.allow_config_change=True to continue with the new values")
+        if _process()[0] == 0:
+            saved.write_text(json.dumps(current, indent=2) + "\n")
+
+    # --- shared pieces ---
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            from rstar_jax.tokenizer import Tokenizer
+
+            path = self.config.get("tokenizer", {}).get("path", "") or self.config.model.checkpoint
+            self._tokenizer = Tokenizer.from_dir(path)
+        return self._tokenizer
+
+    def problems(self) -> tuple[list[Problem], list[Problem]]:
+        train_path, test_path = self.dir / "problems" / "train.jsonl", self.dir / "problems" / "test.jsonl"
+        if not (train_path.exists() and test_path.exists()):
+            train, test = problem_sets(self.config.problems)
+            if not train:
+                raise ConfigError(f"config.problems.train={self.config.problems.train!r} gave no training problems")
+            _write_problems(test_path, test)
+            _write_problems(train_path, train)
+        return _read_problems(train_path), _read_problems(test_path)
+
+    def round_dir(self, r: int) -> pathlib.Path:
+        return self.dir / f"round_{r}"
+
+    def _stage(self, r: int, name: str, fn: Callable[[pathlib.Path], dict]) -> dict:
+        """The summary of stage `name` of round r, running it first if it is not done."""
+        rdir = self.round_dir(r)
+        done = rdir / f"{name}.json"
+        if done.exists():
+            return json.loads(done.read_text())
+        rdir.mkdir(parents=True, exist_ok=True)
+        begin = time.time()
+        print(f"round {r}: {name}", flush=True)
+        summary = fn(rdir) | {"seconds": round(time.time() - begin, 1)}
+        if _process()[0] == 0:
+            tmp = done.with_suffix(".tmp")
+            tmp.write_text(json.dumps(summary, indent=2) + "\n")
+            os.replace(tmp, done)
+        _barrier(f"round {r} {name}")
+        return summary
+
+    def _model(self, path, *, value_head=None, training=False):
+        from rstar_jax.models import from_pretrained
+        from rstar_jax.train import mesh_from_config
+
+        m = self.config.model
+        import jax.numpy as jnp
+
+        mesh = mesh_from_config(self.config.mesh) if training else None
+        return from_pretrained(path, dtype=jnp.dtype(m.dtype), param_dtype=jnp.dtype(m.param_dtype), mesh=mesh,
+                               attention=m.attention, remat=m.remat and training, value_head=value_head,
+                               value_tanh=self.config.train.ppm.value_tanh if value_head else None)
+
+    def engine(self, path):
+        from rstar_jax.engine import Engine
+
+        tok = self.tokenizer
+        return Engine(self._model(path, value_head=False), vocab_size=tok.vocab_size, pad_id=tok.pad_id)
+
+    def scorer(self, path):
+        from rstar_jax.engine import ValueScorer
+
+        return ValueScorer(self._model(path, value_head=True), pad_id=self.tokenizer.pad_id)
+
+    # --- which models a round uses ---
+
+    def last_round(self) -> int:
+        """The last round whose policy and PPM are trained (0 if none)."""
+        r = 0
+        while (self.round_dir(r + 1) / "ppm.json").exists():
+            r += 1
+        return r
+
+    def policy_path(self, r: int) -> str:
+        """The policy after round r (r = 0: the bootstrap policy)."""
+        if r == 0:
+            kind = self.config.bootstrap.kind
+            if kind == "checkpoint":
+                return self.config.bootstrap.checkpoint
+            if kind == "reference":
+                return str(self.dir / "bootstrap" / "model")
+            return self.config.model.checkpoint
+        summary = json.loads((self.round_dir(r) / "policy.json").read_text())
+        return summary["model"]
+
+    def ppm_path(self, r: int) -> str | None:
+        """The PPM after round r, or None (none trained yet)."""
+        if r == 0:
+            return None
+        summary = json.loads((self.round_dir(r) / "ppm.json").read_text())
+        return summary["model"]
+
+    def search_config(self, r: int):
+        return search_config(self.config, r)
+
+    # --- the run ---
+
+    def run(self) -> list[RoundResult]:
+        from rstar_jax.steps.executor import CodeExecutor
+
+        train, test = self.problems()
+        e = self.config.executor
+        with CodeExecutor(num_workers=e.workers, timeout_s=e.timeout_s, memory_mb=e.memory_mb) as executor:
+            self._executor = executor
+            if self.config.bootstrap.kind == "reference":
+                self._bootstrap(train)
+            results = [self._round0(test)]
+            if _process()[0] == 0:
+                self._log_round(results[0])
+            for r in range(1, self.config.rounds + 1):
+                results.append(self._round(r, train, test))
+                if _process()[0] == 0:
+                    self.write_report(results)
+                    self._log_round(results[-1])
+        print(self.table(results), flush=True)
+        return results
+
+    def _round0(self, test) -> RoundResult:
+        ev = self._stage(0, "eval", lambda d: self._evaluate(d, 0, test))
+        return RoundResult(0, f"bootstrap ({self.config.bootstrap.kind})", greedy=ev["greedy"], mcts=ev["mcts"],
+                           minutes=ev["seconds"] / 60, notes=ev.get("notes", []))
+
+    def _round(self, r: int, train, test) -> RoundResult:
+        search = self._stage(r, "search", lambda d: self._search(d, r, train))
+        extract = self._stage(r, "extract", lambda d: self._extract(d))
+        policy = self._stage(r, "policy", lambda d: self._train_policy(d, r))
+        ppm = self._stage(r, "ppm", lambda d: self._train_ppm(d, r))
+        ev = self._stage(r, "eval", lambda d: self._evaluate(d, r, test))
+        stages = (search, extract, policy, ppm, ev)
+        notes = [n for s in stages for n in s.get("notes", [])]
+        minutes = sum(s["seconds"] for s in stages) / 60
+        policy = "bootstrap" if r == 1 else f"SLM-r{r - 1}" + (" + PPM" if search["mode"] != "terminal" else "")
+        return RoundResult(r, policy, search["mode"], search["problems"],
+                           search["solved"], extract["sft"], extract["pairs"], ev["greedy"], ev["mcts"], minutes,
+                           notes)
+
+    # --- stages ---
+
+    def _search(self, rdir: pathlib.Path, r: int, train: list[Problem]) -> dict:
+        from rstar_jax.search.config import Mode
+        from rstar_jax.search.driver import EnginePolicy, run_search
+
+        config = self.search_config(r)
+        out = rdir / "search"
+        chunk = int(self.config.search.chunk)
+        chunks = [train[i:i + chunk] for i in range(0, len(train), chunk)]
+        done = records.written_problem_ids(out) if out.exists() else set()
+        index, count = _process()  # several hosts: chunk i is searched by process i mod count
+        todo = [(i, c) for i, c in enumerate(chunks) if i % count == index and not all(p.id in done for p in c)]
+        notes = []
+        ppm = self.ppm_path(r - 1) if config.mode.uses_ppm else None
+        if config.mode.uses_ppm and ppm is None:
+            config = dataclasses.replace(config, mode=Mode.TERMINAL)
+            notes.append(f"round {r}: no PPM was trained before it, so it searched terminal-guided")
+        if todo:
+            engine = self.engine(self.policy_path(r - 1))
+            scorer = self.scorer(ppm) if ppm is not None else None
+            for i, problems in todo:
+                # A chunk's seed is fixed, so a resumed search gives the trees an uninterrupted one would.
+                cfg = dataclasses.replace(config, seed=(config.seed + 1_000_003 * i) % 2**32)
+                trees = run_search(problems, EnginePolicy(engine, self.tokenizer, cfg), self._executor,
+                                   self.tokenizer, cfg, scorer=scorer, batch_size=self.config.search.batch,
+                                   progress=self.progress)
+                records.write_records(out, "tree", trees, shard_size=len(trees) + 1,
+                                      prefix=f"p{index}" if count > 1 else "")
+                print(f"  chunk {i + 1}/{len(chunks)}: {sum(_solved(t) for t in trees)}/{len(trees)} solved",
+                      flush=True)
+        _barrier(f"round {r} search written")
+        solved = n = 0
+        for tree in records.read_records(out, "tree"):
+            n += 1
+            solved += _solved(tree)
+        return {"mode": config.mode.value, "problems": n, "solved": solved, "rollouts": config.rollouts,
+                "candidates": config.candidates, "notes": notes}
+
+    def _extract(self, rdir: pathlib.Path) -> dict:
+        from rstar_jax.data.extract import ExtractConfig, extract
+
+        out = rdir / "data"
+        sft, pairs, stats = extract(records.read_records(rdir / "search", "tree"),
+                                    ExtractConfig(**self.config.extract.to_dict()))
+        if _process()[0] == 0:
+            shutil.rmtree(out, ignore_errors=True)  # a half-written earlier try
+            records.write_records(out, "sft", sft)
+            records.write_records(out, "ppm", pairs)
+        return {"sft": len(sft), "pairs": len(pairs), "stats": dataclasses.asdict(stats)}
+
+    def _train_config(self, c, steps: int):
+        from rstar_jax.train import TrainConfig
+
+        return TrainConfig(learning_rate=c.learning_rate, warmup_steps=min(steps, int(c.warmup_fraction * steps)),
+                           total_steps=steps, schedule=c.schedule, weight_decay=c.weight_decay,
+                           clip_norm=c.clip_norm, microbatches=c.microbatches,
+                           end_lr_fraction=c.get("end_lr_fraction", 0.0))
+
+    def _export(self, model, out: pathlib.Path) -> str:
+        from rstar_jax.models import save_pretrained
+
+        tmp = out.with_name(out.name + ".tmp")
+        first = _process()[0] == 0
+        if first:
+            shutil.rmtree(tmp, ignore_errors=True)
+        save_pretrained(model, tmp)  # every process takes part; process 0 writes
+        if first:
+            self.tokenizer.save(tmp)
+            shutil.rmtree(out, ignore_errors=True)
+            os.replace(tmp, out)
+        _barrier(f"export {out}")
+        return str(out)
+
+    def _sft(self, directory: pathlib.Path, start: str, examples: list, seed: int) -> tuple[str, dict]:
+        """The model at `start` fine-tuned on `examples`; returns its exported path and metrics."""
+        from rstar_jax.train import Checkpoints, Trainer, fit, pack_sft, tokenize_sft
+
+        c = self.config.train.sft
+        sequences = list(tokenize_sft(examples, self.tokenizer))
+        per_epoch = sum(1 for _ in pack_sft(sequences, rows=c.batch, length=c.max_length, pad_id=self.tokenizer.pad_id))
+        steps = max(1, int(math.ceil(c.epochs * per_epoch)))
+
+        def batches():  # the same order on every try: a resumed run skips what it consumed
+            for epoch in range(10**6):
+                order = list(sequences)
+                random.Random(seed * 1000 + epoch).shuffle(order)
+                yield from pack_sft(order, rows=c.batch, length=c.max_length, pad_id=self.tokenizer.pad_id)
+
+        trainer = Trainer(self._model(start, value_head=False, training=True), self._train_config(c, steps), "sft")
+        with Checkpoints(directory / "ckpt", keep=2, every=max(1, c.get("save_every", 100))) as ckpt:
+            history = fit(trainer, batches(), steps=steps, checkpoints=ckpt, logdir=directory / "tb",
+                          progress=self.progress, log_every=0)
+            ckpt.save(trainer, data_position=steps, force=True)
+        path = self._export(trainer.model(), directory / "model")
+        last = history[-1]["loss"] if history else math.nan
+        return path, {"steps": steps, "examples": len(examples), "final_loss": last}
+
+    def _bootstrap(self, train: list[Problem]) -> None:
+        def run(d):
+            from rstar_jax.data import SFTExample
+            from rstar_jax.steps import format as fmt
+
+            with_solution = [p for p in train if p.metadata.get("solution")]
+            if not with_solution:
+                raise ConfigError("config.bootstrap.kind='reference' needs problems with reference solutions "
+                                  "(metadata['solution'], as the synthetic generator writes); these have none")
+            n = max(1, int(self.config.bootstrap.fraction * len(with_solution)))
+            examples = [SFTExample(p.id, fmt.policy_prompt(p.question), p.metadata["solution"])
+                        for p in with_solution[:n]]
+            path, metrics = self._sft(self.dir / "bootstrap", self.config.model.checkpoint, examples, seed=0)
+            return {"model": path, **metrics}
+
+        (self.dir / "bootstrap").mkdir(parents=True, exist_ok=True)
+        self._stage_at(self.dir / "bootstrap", "bootstrap", run)
+
+    def _stage_at(self, d: pathlib.Path, name: str, fn) -> dict:
+        done = d / f"{name}.json"
+        if done.exists():
+            return json.loads(done.read_text())
+        print(name, flush=True)
+        summary = fn(d)
+        done.write_text(json.dumps(summary, indent=2) + "\n")
+        return summary
+
+    def _train_policy(self, rdir: pathlib.Path, r: int) -> dict:
+        examples = list(records.read_records(rdir / "data", "sft"))
+        if not examples:
+            prev = self.policy_path(r - 1)
+            return {"model": prev, "trained": False,
+                    "notes": [f"round {r}: no SFT examples (no problem solved often enough); "
+                              "the policy is carried over"]}
+        path, metrics = self._sft(rdir / "policy", self.config.model.checkpoint, examples, seed=r)
+        return {"model": path, "trained": True, **metrics}
+
+    def _train_ppm(self, rdir: pathlib.Path, r: int) -> dict:
+        from rstar_jax.train import Checkpoints, Trainer, fit, ppm_batches
+
+        c = self.config.train.ppm
+        pairs = list(records.read_records(rdir / "data", "ppm"))
+        if not pairs:
+            prev = self.ppm_path(r - 1)
+            return {"model": prev, "trained": False,
+                    "notes": [f"round {r}: no PPM pairs; " + ("the PPM is carried over" if prev else "no PPM yet")]}
+        held = {p.problem_id for p in pairs if zlib.crc32(p.problem_id.encode()) % 10_000 < c.held_out * 10_000}
+        if len(held) == len({p.problem_id for p in pairs}):
+            held = set()  # too few problems to hold any out
+        train_pairs = [p for p in pairs if p.problem_id not in held]
+        held_pairs = [p for p in pairs if p.problem_id in held]
+        tok = self.tokenizer
+        per_epoch = max(1, math.ceil(len(train_pairs) / c.batch))
+        steps = max(1, int(math.ceil(c.epochs * per_epoch)))
+
+        def batches():
+            for epoch in range(10**6):
+                order = list(train_pairs)
+                random.Random(r * 1000 + epoch).shuffle(order)
+                order += order[:(-len(order)) % c.batch]  # whole batches only: a batch splits over devices
+                yield from ppm_batches(order, tok, c.batch, c.max_length, pad_id=tok.pad_id)
+
+        evals = None
+        if held_pairs:
+            held_pairs += held_pairs[:(-len(held_pairs)) % c.batch]
+            evals = list(ppm_batches(held_pairs, tok, c.batch, c.max_length, pad_id=tok.pad_id))
+        model = self._model(self.policy_path(r), value_head=True, training=True)
+        trainer = Trainer(model, self._train_config(c, steps), "ppm")
+        d = rdir / "ppm"
+        eval_every = max(1, steps // 4)
+        with Checkpoints(d / "ckpt", keep=2, every=max(1, c.get("save_every", 100))) as ckpt, \
+                Checkpoints(d / "best", keep=1, async_save=False) as best:
+            history = fit(trainer, batches(), steps=steps, checkpoints=ckpt, best=best if evals else None,
+                          eval_batches=evals, eval_every=eval_every if evals else 0, logdir=d / "tb",
+                          progress=self.progress, log_every=0)
+            ckpt.save(trainer, data_position=steps, force=True)
+            held_metrics = {}
+            if evals:
+                best.restore_latest(trainer)
+                held_metrics = trainer.evaluate(evals)
+        path = self._export(trainer.model(), d / "model")
+        return {"model": path, "trained": True, "steps": steps, "pairs": len(train_pairs),
+                "held_out_pairs": len(held_pairs), "held_out_accuracy": held_metrics.get("accuracy"),
+                "final_loss": history[-1]["loss"] if history else None}
+
+    def _evaluate(self, rdir: pathlib.Path, r: int, test: list[Problem]) -> dict:
+        from rstar_jax import evaluate
+        from rstar_jax.search.config import SearchConfig
+
+        e = self.config.eval
+        engine = self.engine(self.policy_path(r))
+        budget = SearchConfig(max_depth=self.config.search.common.get("max_depth", 16),
+                              max_step_tokens=self.config.search.common.get("max_step_tokens", 256),
+                              max_output_tokens=self.config.search.common.get("max_output_tokens", 64))
+        greedy = evaluate.solve(test, engine, self._executor, self.tokenizer, search=budget,
+                                batch_size=e.batch, progress=self.progress)
+        results = {"greedy": {"accuracy": evaluate.accuracy(greedy), "trajectories": 1}}
+        notes = []
+        ppm = self.ppm_path(r)
+        if ppm is not None:
+            search = SearchConfig.preset(self.config.search.preset, "test",
+                                         **{**self.config.search.common.to_dict(), **e.search.to_dict()})
+            sols = evaluate.mcts(test, engine, self.scorer(ppm), self._executor, self.tokenizer, search,
+                                 searches=e.searches, batch_size=e.batch, progress=self.progress)
+            for rule in ("highest", "weighted_vote"):
+                results[f"mcts_{rule}"] = {"accuracy": evaluate.accuracy(sols, rule), "curve":
+                                           evaluate.accuracy_curve(sols, rule),
+                                           "trajectories": max(len(s.candidates) for s in sols)}
+        elif r > 0:
+            notes.append(f"round {r}: no PPM, so no MCTS + PPM evaluation")
+        evaluate.report(results, rdir / "eval" if _process()[0] == 0 else None, title=f"round {r}")
+        return {"greedy": results["greedy"]["accuracy"],
+                "mcts": results.get("mcts_highest", {}).get("accuracy", math.nan), "results": results, "notes": notes}
+
+    # --- the report ---
+
+    @staticmethod
+    def table(results: Sequence[RoundResult]) -> str:
+        def pct(x):
+            return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}%"
+
+        lines = ["| round | search policy | mode | problems solved | SFT examples | PPM pairs | policy greedy "
+                 "| MCTS + PPM | minutes |", "|---|---|---|---|---|---|---|---|---|"]
+        for x in results:
+            solved = f"{x.solved}/{x.problems} ({pct(x.solved / x.problems)})" if x.problems else "-"
+            lines.append(f"| {x.round} | {x.policy} | {x.mode} | {solved} | {x.sft or '-'} | {x.pairs or '-'} | "
+                         f"{pct(x.greedy)} | {pct(x.mcts)} | {x.minutes:.1f} |")
+        notes = [n for x in results for n in x.notes]
+        return "\n".join(lines + ([""] + [f"- {n}" for n in notes] if notes else [])) + "\n"
+
+    def _log_round(self, x: RoundResult) -> None:
+        """The round's figures to TensorBoard (`<workdir>/tb`), beside each stage's training curves."""
+        from tensorboardX import SummaryWriter
+
+        with SummaryWriter(str(self.dir / "tb")) as writer:
+            for name, value in (("solved", x.solved / x.problems if x.problems else math.nan),
+                                ("sft_examples", x.sft), ("ppm_pairs", x.pairs), ("greedy", x.greedy),
+                                ("mcts_ppm", x.mcts), ("minutes", x.minutes)):
+                if not (isinstance(value, float) and math.isnan(value)):
+                    writer.add_scalar(f"rounds/{name}", value, x.round)
+
+    def write_report(self, results: Sequence[RoundResult]) -> None:
+        text = self.table(results)
+        if self.config.get("report_note", ""):
+            text += "\n" + self.config.report_note + "\n"
+        (self.dir / "report.md").write_text(text)
+        (self.dir / "report.json").write_text(json.dumps([dataclasses.asdict(x) for x in results], indent=2,
+                                                         default=float) + "\n")
+        _plot_rounds(results, self.dir / "rounds.png")
+
+
+def _solved(tree) -> bool:
+    return bool((tree.is_answer & (tree.reward > 0)).any())
+
+
+def _plot_rounds(results: Sequence[RoundResult], path: pathlib.Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    rounds = [x.round for x in results]
+    for name, values in (("policy greedy", [x.greedy for x in results]), ("MCTS + PPM", [x.mcts for x in results]),
+                         ("training problems solved", [x.solved / x.problems if x.problems else math.nan
+                                                       for x in results])):
+        ax.plot(rounds, [100 * v for v in values], marker="o", label=name)
+    ax.set_xlabel("round")
+    ax.set_ylabel("%")
+    ax.set_xticks(rounds)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def dry_run(config: ml_collections.ConfigDict) -> str:
+    """Compiles the config's sharded training steps and search forwards on abstract shapes for its
+    mesh and returns the memory per device (`train.dry_run`); reads no checkpoint."""
+    import jax.numpy as jnp
+
+    from rstar_jax.models import presets
+    from rstar_jax.train import dry_run as plan
+    from rstar_jax.train import mesh_from_config
+
+    m, t = config.model, config.train
+    model_config = presets.get(m.preset)
+    mesh = mesh_from_config(config.mesh)
+    kw = {"dtype": jnp.dtype(m.dtype), "param_dtype": jnp.dtype(m.param_dtype), "attention": m.attention}
+    rows = config.search.batch * max(search_config(config, r).candidates for r in range(1, config.rounds + 1))
+    length = min(t.sft.max_length, model_config.max_position_embeddings)
+    memories = [
+        plan.train_step_memory(model_config, mesh, task="sft", rows=t.sft.batch, length=t.sft.max_length,
+                               remat=m.remat, microbatches=t.sft.microbatches, **kw),
+        plan.train_step_memory(model_config, mesh, task="ppm", rows=t.ppm.batch, length=t.ppm.max_length,
+                               remat=m.remat, microbatches=t.ppm.microbatches, **kw),
+        plan.forward_memory(model_config, mesh, rows=rows, length=length, **kw),
+        plan.forward_memory(model_config, mesh, rows=rows, length=length, value_head=True, **kw),
+    ]
+    return plan.table(memories, mesh)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, progress: bool | None = None
+        ) -> list[RoundResult]:
+    """Runs (or resumes) the rounds of `config` in `workdir`; returns the report's rows."""
+    return Evolution(config, workdir, progress=progress).run()

@@ -1,0 +1,142 @@
+"""The self-evolution rounds end to end on the smoke config, straight through and resumed."""
+
+import dataclasses
+import json
+import pathlib
+
+import pytest
+
+from rstar_jax import evolve
+from rstar_jax.config_lib import TINY_BASE
+
+ROOT = pathlib.Path(__file__).parent.parent
+
+
+def smoke_config(**changes):
+    from configs import tiny
+
+    config = tiny.get_config("smoke")
+    for key, value in changes.items():
+        node = config
+        *head, last = key.split(".")
+        for part in head:
+            node = node[part]
+        node[last] = value
+    return config
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("straight")
+    results = evolve.run(smoke_config(), workdir, progress=False)
+    return workdir, results
+
+
+class Stop(Exception):
+    """Stands for the process being killed."""
+
+
+def test_smoke_rounds_run_every_stage_and_write_the_report(straight):
+    workdir, results = straight
+    assert [x.round for x in results] == [0, 1, 2, 3, 4]
+    for r in range(1, 5):
+        for stage in evolve.STAGES:
+            assert (workdir / f"round_{r}" / f"{stage}.json").exists()
+    for x in results[1:]:
+        assert x.problems == 8 and 0 <= x.solved <= x.problems
+        assert 0 <= x.greedy <= 1
+    report = (workdir / "report.md").read_text()
+    assert report.startswith("| round | search policy |") and len(report.splitlines()) >= 7
+    assert json.loads((workdir / "report.json").read_text())[4]["round"] == 4
+    assert (workdir / "rounds.png").stat().st_size > 1000
+    assert (workdir / "round_1" / "eval" / "results.md").exists()
+    assert list((workdir / "tb").glob("events.out.tfevents.*"))  # the round figures, for TensorBoard
+    assert list((workdir / "round_1" / "policy" / "tb").glob("events.out.tfevents.*")) or results[1].sft == 0
+
+
+def test_killed_in_search_and_in_training_resumes_to_the_same_report(straight, tmp_path, monkeypatch):
+    from rstar_jax.search import driver
+    from rstar_jax.train import trainer as trainer_lib
+
+    config = smoke_config()  # two chunks of 4 problems in each search
+    reference = straight[1]
+
+    real_search, calls = driver.run_search, {"search": 0, "step": 0}
+
+    def search_then_die(*args, **kwargs):
+        calls["search"] += 1
+        if calls["search"] == 2:  # the first chunk of round 1 is written, the second is not
+            raise Stop
+        return real_search(*args, **kwargs)
+
+    monkeypatch.setattr(driver, "run_search", search_then_die)
+    with pytest.raises(Stop):
+        evolve.run(config, tmp_path / "resumed", progress=False)
+    monkeypatch.setattr(driver, "run_search", real_search)
+    assert not (tmp_path / "resumed" / "round_1" / "search.json").exists()
+
+    real_step = trainer_lib.Trainer.step
+
+    def step_then_die(self, batch):
+        calls["step"] += 1
+        if calls["step"] == 2:
+            raise Stop
+        return real_step(self, batch)
+
+    monkeypatch.setattr(trainer_lib.Trainer, "step", step_then_die)
+    with pytest.raises(Stop):
+        evolve.run(config, tmp_path / "resumed", progress=False)
+    monkeypatch.setattr(trainer_lib.Trainer, "step", real_step)
+    assert (tmp_path / "resumed" / "round_1" / "search.json").exists()
+
+    resumed = evolve.run(config, tmp_path / "resumed", progress=False)
+    untimed = [json.dumps([dataclasses.asdict(x) | {"minutes": 0} for x in rs]) for rs in (resumed, reference)]
+    assert untimed[0] == untimed[1]  # (as JSON: NaN, no MCTS figure, equals itself there)
+    assert any(x.sft for x in reference), "the smoke run should train a policy, or the kill in training tests nothing"
+
+
+def test_a_missing_checkpoint_names_the_field_and_the_path(tmp_path):
+    with pytest.raises(evolve.ConfigError, match=r"config.model.checkpoint='/nowhere/phi3': no config.json there"):
+        evolve.run(smoke_config(**{"model.checkpoint": "/nowhere/phi3"}), tmp_path)
+    from configs import phi3
+
+    with pytest.raises(evolve.ConfigError, match="Phi-3-mini-4k-instruct"):
+        evolve.check_config(phi3.get_config())
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("bootstrap.kind", "oracle",
+     "config.bootstrap.kind must be one of base, few_shot, checkpoint, reference, got 'oracle'"),
+    ("rounds", 0, "config.rounds must be an int in 1..8, got 0"),
+    ("problems.train", "synthetic:n=4,colour=red", "config.problems.train='synthetic:n=4,colour=red'"),
+    ("search.round2", {"rollouts": -1}, r"config.search \(round 2\): SearchConfig.rollouts must be a positive int"),
+])
+def test_bad_fields_are_named(tmp_path, field, value, message):
+    config = smoke_config(**{field: value})
+    with pytest.raises(evolve.ConfigError, match=message):
+        evolve.Evolution(config, tmp_path).search_config(2) if field.startswith("search") else \
+            evolve.run(config, tmp_path, progress=False)
+
+
+def test_a_workdir_of_another_config_is_refused(tmp_path):
+    evolve.Evolution(smoke_config(), tmp_path)
+    with pytest.raises(evolve.ConfigError, match="holds a run with another config.*rounds"):
+        evolve.Evolution(smoke_config(rounds=2), tmp_path)
+
+
+def test_the_shipped_base_is_a_complete_checkpoint():
+    base = pathlib.Path(TINY_BASE)
+    for name in ("config.json", "model.safetensors", "tokenizer.model", "PROVENANCE.json"):
+        assert (base / name).exists(), name
+
+
+def test_dry_run_compiles_the_sharded_steps_without_a_checkpoint():
+    config = smoke_config(**{"model.checkpoint": "/nowhere", "mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2})
+    text = evolve.dry_run(config)
+    assert "8 x cpu; mesh data=2, fsdp=2, tensor=2" in text
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "GiB" not in line][1:]
+    assert [r.split(" | ")[0] for r in rows] == ["| sft train step (8 x 512)", "| ppm train step (8 x 512)",
+                                                 "| policy forward (128 x 512)", "| PPM forward (128 x 512)"]
+    for r in rows:
+        peak = float(r.strip("| ").split(" | ")[-1])
+        assert 0 < peak < 1  # GiB per device of a 1.7M-parameter model
