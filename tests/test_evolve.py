@@ -140,3 +140,23 @@ def test_dry_run_compiles_the_sharded_steps_without_a_checkpoint():
     for r in rows:
         peak = float(r.strip("| ").split(" | ")[-1])
         assert 0 < peak < 1  # GiB per device of a 1.7M-parameter model
+
+
+def _launch(script, *args):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, str(ROOT / "launch" / script), *args], capture_output=True, text=True,
+                          cwd=ROOT, timeout=600)
+
+
+def test_the_launchers_evaluate_a_run_and_refuse_a_missing_model(straight, tmp_path):
+    workdir, _ = straight
+    done = _launch("evaluate.py", "--config=configs/tiny.py:smoke", f"--workdir={workdir}", "--limit=2",
+                   "--methods=greedy,sampled", "--samples=2")
+    assert done.returncode == 0, done.stderr[-2000:]
+    table = (workdir / "evaluate" / "test-round4" / "results.md").read_text()
+    assert "| greedy pass@1 |" in table and "| maj@2 |" in table
+    failed = _launch("tpu_evolve.py", "--config=configs/phi3.py", f"--workdir={tmp_path}")
+    assert failed.returncode == 2
+    assert "config.model.checkpoint='/mnt/models/Phi-3-mini-4k-instruct': no config.json there" in failed.stderr
