@@ -178,19 +178,29 @@ def report(results: dict[str, dict], out_dir: str | pathlib.Path | None = None, 
 
 
 def _plot(curves: dict[str, list], path: pathlib.Path, title: str) -> None:
+    plot_lines({name: tuple(zip(*curve)) for name, curve in curves.items()}, path, xlabel="trajectories per problem",
+               ylabel="accuracy (%)", title=title, log2_x=True)
+
+
+def plot_lines(lines: dict[str, tuple], path: pathlib.Path, *, xlabel: str, ylabel: str, title: str = "",
+               log2_x: bool = False, xticks: Sequence | None = None) -> None:
+    """Writes a PNG with one line per {name: (xs, fractions)}; fractions are drawn as percents."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    for name, curve in curves.items():
-        ks, accs = zip(*curve)
-        ax.plot(ks, [100 * a for a in accs], marker="o", label=name)
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("trajectories per problem")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_title(title)
+    for name, (xs, ys) in lines.items():
+        ax.plot(xs, [100 * y for y in ys], marker="o", label=name)
+    if log2_x:
+        ax.set_xscale("log", base=2)
+    if xticks is not None:
+        ax.set_xticks(list(xticks))
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

@@ -623,25 +623,13 @@ def _solved(tree) -> bool:
 
 
 def _plot_rounds(results: Sequence[RoundResult], path: pathlib.Path) -> None:
-    import matplotlib
+    from rstar_jax.evaluate import plot_lines
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.5))
     rounds = [x.round for x in results]
-    for name, values in (("policy greedy", [x.greedy for x in results]), ("MCTS + PPM", [x.mcts for x in results]),
-                         ("training problems solved", [x.solved / x.problems if x.problems else math.nan
-                                                       for x in results])):
-        ax.plot(rounds, [100 * v for v in values], marker="o", label=name)
-    ax.set_xlabel("round")
-    ax.set_ylabel("%")
-    ax.set_xticks(rounds)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    solved = [x.solved / x.problems if x.problems else math.nan for x in results]
+    plot_lines({"policy greedy": (rounds, [x.greedy for x in results]),
+                "MCTS + PPM": (rounds, [x.mcts for x in results]),
+                "training problems solved": (rounds, solved)}, path, xlabel="round", ylabel="%", xticks=rounds)
 
 
 def dry_run(config: ml_collections.ConfigDict) -> str:

@@ -5,7 +5,23 @@ import os
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import jax  # noqa: E402
+import pytest  # noqa: E402
 
 # Must happen before JAX initialises its backend; test modules import JAX only after this file.
 jax.config.update("jax_num_cpu_devices", 8)
 jax.config.update("jax_default_matmul_precision", "highest")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """(tokenizer, engine, PPM scorer, executor): the tiny random policy steered to write step
+    tokens, a random tiny PPM and a real executor pool, for searches without downloaded weights."""
+    from rstar_jax.engine import Engine, ValueScorer
+    from rstar_jax.steps.executor import CodeExecutor
+    from rstar_jax.testing import steered_tiny_policy, tiny_tokenizer
+
+    tokenizer = tiny_tokenizer(tmp_path_factory.mktemp("tok"))
+    engine = Engine(steered_tiny_policy(tokenizer, 0), vocab_size=tokenizer.vocab_size, pad_id=tokenizer.pad_id)
+    scorer = ValueScorer(steered_tiny_policy(tokenizer, 1, value_head=True), pad_id=tokenizer.pad_id)
+    with CodeExecutor(num_workers=2) as executor:
+        yield tokenizer, engine, scorer, executor

@@ -6,12 +6,9 @@ import math
 import pytest
 
 from rstar_jax import evaluate
-from rstar_jax.engine import Engine, ValueScorer
 from rstar_jax.evaluate import Candidate, Solutions
 from rstar_jax.search.config import SearchConfig
 from rstar_jax.search.driver import Problem
-from rstar_jax.steps.executor import CodeExecutor
-from rstar_jax.testing import steered_tiny_policy, tiny_tokenizer
 
 
 def sols(*cands, answer="5"):
@@ -51,15 +48,6 @@ def test_report_writes_a_table_json_and_a_plot(tmp_path):
     assert "| greedy | 25.0% | 1 |" in table and "| mcts | 50.0% | 4 |" in table
     assert json.loads((tmp_path / "results.json").read_text())["mcts"]["accuracy"] == 0.5
     assert (tmp_path / "accuracy.png").stat().st_size > 1000
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    tokenizer = tiny_tokenizer(tmp_path_factory.mktemp("tok"))
-    engine = Engine(steered_tiny_policy(tokenizer, 0), vocab_size=tokenizer.vocab_size, pad_id=tokenizer.pad_id)
-    scorer = ValueScorer(steered_tiny_policy(tokenizer, 1, value_head=True), pad_id=tokenizer.pad_id)
-    with CodeExecutor(num_workers=2) as executor:
-        yield tokenizer, engine, scorer, executor
 
 
 PROBLEMS = [Problem("What is 2 + 3?", "5"), Problem("What is 4 * 6?", "24")]

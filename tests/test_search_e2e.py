@@ -9,26 +9,16 @@ import numpy as np
 import pytest
 from scripted import CharTokenizer
 
-from rstar_jax.engine import Engine, ValueScorer
+from rstar_jax.engine import ValueScorer
 from rstar_jax.models import CausalLM
 from rstar_jax.search import tree as tree_ops
 from rstar_jax.search.config import Mode, SearchConfig
 from rstar_jax.search.driver import EnginePolicy, Problem, SearchStats, run_search
 from rstar_jax.steps import format as fmt
-from rstar_jax.steps.executor import CodeExecutor
-from rstar_jax.testing import steered_tiny_policy, tiny_tokenizer
+from rstar_jax.testing import steered_tiny_policy
 
 PROBLEMS = [Problem("What is 2 + 3?", "5"), Problem("What is 4 * 6?", "24")]
 CONFIG = SearchConfig(rollouts=4, candidates=8, max_depth=6, max_step_tokens=24, max_output_tokens=16)
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    tokenizer = tiny_tokenizer(tmp_path_factory.mktemp("tok"))
-    engine = Engine(steered_tiny_policy(tokenizer, 0), vocab_size=tokenizer.vocab_size, pad_id=tokenizer.pad_id)
-    scorer = ValueScorer(steered_tiny_policy(tokenizer, 1, value_head=True), pad_id=tokenizer.pad_id)
-    with CodeExecutor(num_workers=2) as executor:
-        yield tokenizer, engine, scorer, executor
 
 
 def _search(world, config, problems=PROBLEMS, **kwargs):
