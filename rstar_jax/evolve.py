@@ -645,15 +645,18 @@ def dry_run(config: ml_collections.ConfigDict) -> str:
     model_config = presets.get(m.preset)
     mesh = mesh_from_config(config.mesh)
     kw = {"dtype": jnp.dtype(m.dtype), "param_dtype": jnp.dtype(m.param_dtype), "attention": m.attention}
-    rows = config.search.batch * max(search_config(config, r).candidates for r in range(1, config.rounds + 1))
+    # A search prefills its B prompts and paths once each, then decodes B x K samples that read
+    # their prompt's cache (the engine's fan-out).
+    samples = config.search.batch * max(search_config(config, r).candidates for r in range(1, config.rounds + 1))
     length = min(t.sft.max_length, model_config.max_position_embeddings)
     memories = [
         plan.train_step_memory(model_config, mesh, task="sft", rows=t.sft.batch, length=t.sft.max_length,
                                remat=m.remat, microbatches=t.sft.microbatches, **kw),
         plan.train_step_memory(model_config, mesh, task="ppm", rows=t.ppm.batch, length=t.ppm.max_length,
                                remat=m.remat, microbatches=t.ppm.microbatches, **kw),
-        plan.forward_memory(model_config, mesh, rows=rows, length=length, **kw),
-        plan.forward_memory(model_config, mesh, rows=rows, length=length, value_head=True, **kw),
+        plan.forward_memory(model_config, mesh, rows=config.search.batch, length=length, **kw),
+        plan.kv_cache_memory(model_config, mesh, rows=samples, length=length, dtype=kw["dtype"]),
+        plan.forward_memory(model_config, mesh, rows=config.search.batch, length=length, value_head=True, **kw),
     ]
     return plan.table(memories, mesh)
 

@@ -10,6 +10,7 @@ too: `--xla_force_host_platform_device_count=8`). Reported per device from XLA's
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
@@ -116,6 +117,16 @@ def forward_memory(model_config, mesh, *, rows: int, length: int, dtype=jnp.bflo
     with jax.set_mesh(mesh):
         compiled = jax.jit(run).lower(state, ids).compile()
     return _memory(f"{'PPM' if value_head else 'policy'} forward ({rows} x {length})", compiled)
+
+
+def kv_cache_memory(model_config, mesh, *, rows: int, length: int, dtype=jnp.bfloat16) -> Memory:
+    """The KV cache of decoding `rows` sequences of `length` tokens (a search's B x K samples),
+    per device: rows over data and fsdp, key/value heads over tensor (when they divide)."""
+    c = model_config
+    total = 2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * rows * length * jnp.dtype(dtype).itemsize
+    batch_shards = min(rows, mesh.shape["data"] * mesh.shape["fsdp"])
+    head_shards = mesh.shape["tensor"] if c.num_key_value_heads % mesh.shape["tensor"] == 0 else 1
+    return Memory(f"KV cache ({rows} x {length})", math.ceil(total / (batch_shards * head_shards)), 0, 0, 0)
 
 
 def table(memories: list[Memory], mesh) -> str:
