@@ -19,7 +19,16 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from rstar_jax.models import DEFAULT_RULES, CausalLM
-from rstar_jax.train.trainer import TrainConfig, make_optimizer, opt_state_shardings, train_step
+from rstar_jax.train.batches import PPMBatch, SFTBatch
+from rstar_jax.train.trainer import (
+    TrainConfig,
+    batch_arrays,
+    make_optimizer,
+    opt_state_shardings,
+    split_microbatches,
+    train_step,
+    variable_sharding,
+)
 
 
 @dataclasses.dataclass
@@ -58,12 +67,22 @@ def _abstract_state(state, mesh, rules):
     """`state` with each variable's value an abstract array sharded as the real run shards it."""
 
     def place(v):
-        axes = getattr(v, "axes", None)
         value = v.get_value()
-        s = rules.sharding(axes, value.shape, mesh) if axes is not None else NamedSharding(mesh, PartitionSpec())
-        return v.replace(jax.ShapeDtypeStruct(value.shape, value.dtype, sharding=s))
+        return v.replace(jax.ShapeDtypeStruct(value.shape, value.dtype, sharding=variable_sharding(v, mesh, rules)))
 
     return jax.tree.map(place, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def _abstract_batch(task: str, rows: int, length: int, microbatches: int, mesh) -> dict:
+    """A batch laid out as `Trainer.step` lays it out, as abstract arrays."""
+    if task == "sft":
+        batch = SFTBatch(*(np.zeros((rows, length), np.int32) for _ in range(4)), np.zeros((rows, length), np.float32))
+    else:
+        batch = PPMBatch(np.zeros((2 * rows, length), np.int32), np.zeros(2 * rows, np.int32),
+                         np.zeros(rows, np.float32))
+    spec = NamedSharding(mesh, PartitionSpec(None, ("data", "fsdp")))
+    arrays = split_microbatches(task, batch_arrays(task, batch), microbatches)
+    return {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=spec) for k, v in arrays.items()}
 
 
 def train_step_memory(model_config, mesh, *, task: str, rows: int, length: int, dtype=jnp.bfloat16,
@@ -82,16 +101,7 @@ def train_step_memory(model_config, mesh, *, task: str, rows: int, length: int, 
     with jax.set_mesh(mesh):
         shardings = opt_state_shardings(tx, params, mesh)
         opt_state = _abstract(jax.eval_shape(tx.init, params), shardings)
-        spec = NamedSharding(mesh, PartitionSpec(None, ("data", "fsdp")))
-        per = rows // microbatches
-        if task == "sft":
-            batch = {k: jax.ShapeDtypeStruct((microbatches, per, length), np.float32 if k == "weights" else np.int32,
-                                             sharding=spec)
-                     for k in ("inputs", "targets", "positions", "segment_ids", "weights")}
-        else:
-            batch = {"ids": jax.ShapeDtypeStruct((microbatches, 2 * per, length), np.int32, sharding=spec),
-                     "lengths": jax.ShapeDtypeStruct((microbatches, 2 * per), np.int32, sharding=spec),
-                     "weights": jax.ShapeDtypeStruct((microbatches, per), np.float32, sharding=spec)}
+        batch = _abstract_batch(task, rows, length, microbatches, mesh)
         step = train_step(mesh, params, shardings)
         compiled = step.lower(graphdef, params, opt_state, rest, batch, task=task, tx=tx).compile()
     return _memory(f"{task} train step ({rows} x {length})", compiled)
@@ -99,8 +109,8 @@ def train_step_memory(model_config, mesh, *, task: str, rows: int, length: int, 
 
 def forward_memory(model_config, mesh, *, rows: int, length: int, dtype=jnp.bfloat16, param_dtype=jnp.float32,
                    value_head: bool = False, attention: str = "xla", rules=DEFAULT_RULES) -> Memory:
-    """Compiles a forward pass over `rows` x `length` tokens (a search's prefill of B x K
-    candidates, or the PPM scoring them) and returns its memory per device."""
+    """Compiles a forward pass over `rows` x `length` tokens (a search prefilling its B prompts
+    and paths, or the PPM scoring them) and returns its memory per device."""
 
     def make():
         return CausalLM(model_config, dtype=dtype, param_dtype=param_dtype, attention=attention,

@@ -80,6 +80,14 @@ def make_optimizer(c: TrainConfig) -> optax.GradientTransformation:
     return optax.chain(optax.clip_by_global_norm(c.clip_norm), adam) if c.clip_norm else adam
 
 
+def variable_sharding(v: nnx.Variable, mesh, rules) -> NamedSharding:
+    """Where a model variable lives on `mesh`: by its logical axes and `rules`, replicated if it
+    has none."""
+    axes = getattr(v, "axes", None)
+    shape = v.get_value().shape
+    return rules.sharding(axes, shape, mesh) if axes is not None else NamedSharding(mesh, PartitionSpec())
+
+
 def create_sharded(make, mesh, rules=None):
     """The model `make()` builds, with every parameter created directly in its shard on `mesh`
     (by its logical axes and `rules`, default the model rules): the shapes come from
@@ -89,13 +97,8 @@ def create_sharded(make, mesh, rules=None):
 
     rules = rules or DEFAULT_RULES
     graphdef, state = nnx.split(nnx.eval_shape(make))
-
-    def sharding(v):
-        axes = getattr(v, "axes", None)
-        shape = v.get_value().shape
-        return rules.sharding(axes, shape, mesh) if axes is not None else NamedSharding(mesh, PartitionSpec())
-
-    shardings = jax.tree.map(sharding, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+    shardings = jax.tree.map(lambda v: variable_sharding(v, mesh, rules), state,
+                             is_leaf=lambda x: isinstance(x, nnx.Variable))
     with jax.set_mesh(mesh):
         state = jax.jit(lambda: nnx.split(make())[1], out_shardings=shardings)()
     return nnx.merge(graphdef, state)
@@ -137,15 +140,15 @@ def _train_step_fn(graphdef, params, opt_state, rest, batch, *, task, tx):
     return params, opt_state, metrics
 
 
-def train_step(mesh=None, params=None, opt_shardings=None):
-    """The jitted training step (parameter and optimizer buffers donated). On a mesh, its
-    outputs keep the shardings of `params` and `opt_shardings`, so the optimizer state stays
-    sharded like the parameters from step to step."""
-    out = None
-    if mesh is not None:
-        out = (jax.tree.map(lambda x: x.sharding, params), opt_shardings, NamedSharding(mesh, PartitionSpec()))
-    return jax.jit(_train_step_fn, static_argnames=("graphdef", "task", "tx"), donate_argnums=(1, 2),
-                   **({"out_shardings": out} if out is not None else {}))
+_JIT = {"static_argnames": ("graphdef", "task", "tx"), "donate_argnums": (1, 2)}  # buffers donated
+_train_step = jax.jit(_train_step_fn, **_JIT)  # one device: compiled once for every trainer
+
+
+def train_step(mesh, params, opt_shardings):
+    """The jitted training step on `mesh`: its outputs keep the shardings of `params` and
+    `opt_shardings`, so the optimizer state stays sharded like the parameters from step to step."""
+    out = (jax.tree.map(lambda x: x.sharding, params), opt_shardings, NamedSharding(mesh, PartitionSpec()))
+    return jax.jit(_train_step_fn, out_shardings=out, **_JIT)
 
 
 def opt_state_shardings(tx, params, mesh):
@@ -163,7 +166,7 @@ def _eval_step(graphdef, params, rest, batch, *, task):
     return jnp.stack(_loss_sums(nnx.merge(graphdef, params, rest), task, batch))
 
 
-def _arrays(task: str, batch) -> dict[str, np.ndarray]:
+def batch_arrays(task: str, batch) -> dict[str, np.ndarray]:
     kind = SFTBatch if task == "sft" else PPMBatch
     if not isinstance(batch, kind):
         raise TypeError(f"a {task!r} trainer takes {kind.__name__}es, got {type(batch).__name__}")
@@ -171,6 +174,17 @@ def _arrays(task: str, batch) -> dict[str, np.ndarray]:
     if task == "ppm":  # pairs must stay together when rows are split
         out["ids"] = out["ids"].reshape(-1, 2, out["ids"].shape[-1])
         out["lengths"] = out["lengths"].reshape(-1, 2)
+    return out
+
+
+def split_microbatches(task: str, arrays: dict, microbatches: int) -> dict:
+    """A batch's arrays [rows, ...] as [microbatches, rows / microbatches, ...]; a PPM batch's
+    rows are pairs, so its ids and lengths (two rows a pair) split with them."""
+    rows = len(arrays["weights"])
+    out = {k: v.reshape(microbatches, rows // microbatches, *v.shape[1:]) for k, v in arrays.items()}
+    if task == "ppm":
+        out["ids"] = out["ids"].reshape(microbatches, -1, out["ids"].shape[-1])
+        out["lengths"] = out["lengths"].reshape(microbatches, -1)
     return out
 
 
@@ -197,7 +211,7 @@ class Trainer:
         with self._mesh():
             if self.mesh is None:
                 self.opt_state = jax.jit(self.tx.init)(self.params)
-                self._step = train_step()
+                self._step = _train_step
             else:
                 shardings = opt_state_shardings(self.tx, self.params, self.mesh)
                 self.opt_state = jax.jit(self.tx.init, out_shardings=shardings)(self.params)
@@ -215,17 +229,14 @@ class Trainer:
             raise ValueError(f"a batch of {rows} {'pairs' if self.task == 'ppm' else 'rows'} does not split into "
                              f"{microbatches} microbatches over {shards} data-parallel devices; "
                              f"make it a multiple of {microbatches * shards}")
-        out = {k: v.reshape(microbatches, rows // microbatches, *v.shape[1:]) for k, v in arrays.items()}
-        if self.task == "ppm":
-            out["ids"] = out["ids"].reshape(microbatches, -1, out["ids"].shape[-1])
-            out["lengths"] = out["lengths"].reshape(microbatches, -1)
+        out = split_microbatches(self.task, arrays, microbatches)
         if self.mesh is None:
             return out
         spec = PartitionSpec(None, ("data", "fsdp"))
         return {k: jax.device_put(v, NamedSharding(self.mesh, spec)) for k, v in out.items()}
 
     def step(self, batch) -> dict[str, float]:
-        arrays = self._place(_arrays(self.task, batch), self.config.microbatches)
+        arrays = self._place(batch_arrays(self.task, batch), self.config.microbatches)
         lr = float(self.schedule(self.step_count))
         with self._mesh():
             self.params, self.opt_state, metrics = self._step(self.graphdef, self.params, self.opt_state, self.rest,
@@ -237,7 +248,7 @@ class Trainer:
         """Held-out loss over `batches` (count-weighted), and pair accuracy for the PPM."""
         sums = np.zeros(4)
         for batch in batches:
-            arrays = {k: v[0] for k, v in self._place(_arrays(self.task, batch), 1).items()}
+            arrays = {k: v[0] for k, v in self._place(batch_arrays(self.task, batch), 1).items()}
             with self._mesh():
                 sums += np.asarray(_eval_step(self.graphdef, self.params, self.rest, arrays, task=self.task))
         out = {"loss": sums[0] / max(sums[1], 1.0), "count": sums[1]}
