@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from rstar_jax.search.config import Mode, SearchConfig
-from rstar_jax.search.driver import EnginePolicy, Problem, SearchTree, run_search
+from rstar_jax.search.driver import EnginePolicy, Problem, SearchTree, prompt_ids, run_search
 from rstar_jax.steps import format as fmt
 
 RULES = ("highest", "top_k_vote", "weighted_vote", "majority")
@@ -116,14 +116,21 @@ def solve(problems: Sequence[Problem], policy, executor, tokenizer, *, samples: 
         raise ValueError(f"greedy decoding gives one solution; ask for samples=1 or a temperature > 0, "
                          f"got samples={samples}")
     for i in range(samples):
-        config = dataclasses.replace(base, mode=Mode.TEST if scorer is not None else Mode.TERMINAL,
-                                     candidates=1, rollouts=1, temperature=temperature, seed=base.seed + i,
-                                     capacity=None)
+        # Graded as in training; the PPM scores each finished solution once, not every step on its way.
+        config = dataclasses.replace(base, mode=Mode.TERMINAL, candidates=1, rollouts=1, temperature=temperature,
+                                     seed=base.seed + i, capacity=None)
         trees = run_search(problems, _engine_policy(policy, tokenizer, config), executor, tokenizer, config,
-                           scorer=scorer, batch_size=batch_size, progress=progress)
-        for sol, tree in zip(out, trees):
-            found = _answers(tree, graded=scorer is None)
-            sol.candidates.append(found[0] if found else Candidate(None, -1.0, False))
+                           batch_size=batch_size, progress=progress)
+        found = [_answers(tree, graded=True)[:1] for tree in trees]
+        ends = [(t, f[0]) for t, f in zip(trees, found) if f]
+        scores = np.zeros(len(ends))  # no PPM: no score (a Q here would be the grade itself)
+        if scorer is not None and ends:
+            scores = scorer.score([prompt_ids(tokenizer, t.problem.question, config.bootstrap)
+                                   + [tok for n in t.path(t.answer_node) for tok in t.tokens[n]] for t, _ in ends])
+        for (_, c), score in zip(ends, scores):
+            c.score = float(score)
+        for sol, f in zip(out, found):
+            sol.candidates.append(f[0] if f else Candidate(None, -1.0, False))
     return out
 
 
@@ -154,8 +161,8 @@ def accuracy(solutions: Sequence[Solutions], rule: str = "highest", k: int | Non
 def accuracy_curve(solutions: Sequence[Solutions], rule: str, top_k: int = 4) -> list[tuple[int, float]]:
     """(k, accuracy with the first k trajectories) for k = 1, 2, 4, ... up to the most any problem has."""
     most = max((len(s.candidates) for s in solutions), default=0)
-    ks = sorted({min(2**i, most) for i in range(max(1, math.ceil(math.log2(max(most, 1)))) + 1)})
-    return [(k, accuracy(solutions, rule, k, top_k)) for k in ks if k >= 1]
+    ks = [2**i for i in range(most.bit_length()) if 2**i < most] + ([most] if most else [])
+    return [(k, accuracy(solutions, rule, k, top_k)) for k in ks]
 
 
 def report(results: dict[str, dict], out_dir: str | pathlib.Path | None = None, title: str = "evaluation") -> str:
