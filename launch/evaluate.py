@@ -36,7 +36,6 @@ def main(argv):
     del argv
     from rstar_jax import evaluate, evolve
     from rstar_jax.data.sources import load_problems
-    from rstar_jax.search.config import SearchConfig
     from rstar_jax.steps.executor import CodeExecutor
 
     logging.getLogger("absl").setLevel(logging.WARNING)
@@ -57,9 +56,7 @@ def main(argv):
     needs_ppm = {"mcts"} & set(_METHODS.value)
     if needs_ppm and ppm is None:
         print(f"round {r} has no PPM: skipping {', '.join(sorted(needs_ppm))}", file=sys.stderr)
-    common = config.search.common.to_dict()
-    budget = SearchConfig(**{k: v for k, v in common.items() if k in ("max_depth", "max_step_tokens",
-                                                                          "max_output_tokens")})
+    budget = evolve.eval_budget(config)
     engine = run.engine(policy)
     scorer = run.scorer(ppm) if ppm is not None else None
     results = {}
@@ -81,7 +78,7 @@ def main(argv):
                     "accuracy": evaluate.accuracy(sols, "highest"), "curve": evaluate.accuracy_curve(sols, "highest"),
                     "trajectories": _SAMPLES.value}
         if "mcts" in _METHODS.value and scorer is not None:
-            search = SearchConfig.preset(config.search.preset, "test", **{**common, **config.eval.search.to_dict()})
+            search = evolve.eval_search_config(config)
             sols = evaluate.mcts(problems, engine, scorer, executor, run.tokenizer, search,
                                  searches=_SEARCHES.value or config.eval.searches, batch_size=config.eval.batch)
             n = max(len(s.candidates) for s in sols)

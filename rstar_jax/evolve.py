@@ -124,6 +124,24 @@ def search_config(config: ml_collections.ConfigDict, r: int):
         raise ConfigError(f"config.search (round {r}): {e}") from e
 
 
+_BUDGETS = ("max_depth", "max_step_tokens", "max_output_tokens")
+
+
+def eval_budget(config: ml_collections.ConfigDict):
+    """The step budgets of single-path solutions (greedy, sampled): `search.common`'s."""
+    from rstar_jax.search.config import SearchConfig
+
+    return SearchConfig(**{k: v for k, v in config.search.common.items() if k in _BUDGETS})
+
+
+def eval_search_config(config: ml_collections.ConfigDict):
+    """The test-time search of evaluation: the preset's "test" stage, `search.common`, then `eval.search`."""
+    from rstar_jax.search.config import SearchConfig
+
+    return SearchConfig.preset(config.search.preset, "test",
+                               **{**config.search.common.to_dict(), **config.eval.search.to_dict()})
+
+
 # --- processes --------------------------------------------------------------------------------
 
 
@@ -257,30 +275,29 @@ class Evolution:
     def round_dir(self, r: int) -> pathlib.Path:
         return self.dir / f"round_{r}"
 
-    def _stage(self, r: int, name: str, fn: Callable[[pathlib.Path], dict]) -> dict:
-        """The summary of stage `name` of round r, running it first if it is not done."""
-        rdir = self.round_dir(r)
-        done = rdir / f"{name}.json"
+    def _stage(self, directory: pathlib.Path, name: str, fn: Callable[[pathlib.Path], dict]) -> dict:
+        """The summary of stage `name` (`directory/name.json`), running `fn(directory)` first if it is not done."""
+        done = directory / f"{name}.json"
         if done.exists():
             return json.loads(done.read_text())
-        rdir.mkdir(parents=True, exist_ok=True)
+        directory.mkdir(parents=True, exist_ok=True)
         begin = time.time()
-        print(f"round {r}: {name}", flush=True)
-        summary = fn(rdir) | {"seconds": round(time.time() - begin, 1)}
+        print(f"{directory.name}: {name}", flush=True)
+        summary = fn(directory) | {"seconds": round(time.time() - begin, 1)}
         if _process()[0] == 0:
             tmp = done.with_suffix(".tmp")
             tmp.write_text(json.dumps(summary, indent=2) + "\n")
             os.replace(tmp, done)
-        _barrier(f"round {r} {name}")
+        _barrier(f"{directory} {name}")
         return summary
 
     def _model(self, path, *, value_head=None, training=False):
+        import jax.numpy as jnp
+
         from rstar_jax.models import from_pretrained
         from rstar_jax.train import mesh_from_config
 
         m = self.config.model
-        import jax.numpy as jnp
-
         mesh = mesh_from_config(self.config.mesh) if training else None
         return from_pretrained(path, dtype=jnp.dtype(m.dtype), param_dtype=jnp.dtype(m.param_dtype), mesh=mesh,
                                attention=m.attention, remat=m.remat and training, value_head=value_head,
@@ -325,9 +342,6 @@ class Evolution:
         summary = json.loads((self.round_dir(r) / "ppm.json").read_text())
         return summary["model"]
 
-    def search_config(self, r: int):
-        return search_config(self.config, r)
-
     # --- the run ---
 
     def run(self) -> list[RoundResult]:
@@ -351,16 +365,17 @@ class Evolution:
         return results
 
     def _round0(self, test) -> RoundResult:
-        ev = self._stage(0, "eval", lambda d: self._evaluate(d, 0, test))
+        ev = self._stage(self.round_dir(0), "eval", lambda d: self._evaluate(d, 0, test))
         return RoundResult(0, f"bootstrap ({self.config.bootstrap.kind})", greedy=ev["greedy"], mcts=ev["mcts"],
                            minutes=ev["seconds"] / 60, notes=ev.get("notes", []))
 
     def _round(self, r: int, train, test) -> RoundResult:
-        search = self._stage(r, "search", lambda d: self._search(d, r, train))
-        extract = self._stage(r, "extract", lambda d: self._extract(d))
-        policy = self._stage(r, "policy", lambda d: self._train_policy(d, r))
-        ppm = self._stage(r, "ppm", lambda d: self._train_ppm(d, r))
-        ev = self._stage(r, "eval", lambda d: self._evaluate(d, r, test))
+        rdir = self.round_dir(r)
+        search = self._stage(rdir, "search", lambda d: self._search(d, r, train))
+        extract = self._stage(rdir, "extract", self._extract)
+        policy = self._stage(rdir, "policy", lambda d: self._train_policy(d, r))
+        ppm = self._stage(rdir, "ppm", lambda d: self._train_ppm(d, r))
+        ev = self._stage(rdir, "eval", lambda d: self._evaluate(d, r, test))
         stages = (search, extract, policy, ppm, ev)
         notes = [n for s in stages for n in s.get("notes", [])]
         minutes = sum(s["seconds"] for s in stages) / 60
@@ -375,7 +390,7 @@ class Evolution:
         from rstar_jax.search.config import Mode
         from rstar_jax.search.driver import EnginePolicy, run_search
 
-        config = self.search_config(r)
+        config = search_config(self.config, r)
         out = rdir / "search"
         chunk = int(self.config.search.chunk)
         chunks = [train[i:i + chunk] for i in range(0, len(train), chunk)]
@@ -479,20 +494,10 @@ class Evolution:
             n = max(1, int(self.config.bootstrap.fraction * len(with_solution)))
             examples = [SFTExample(p.id, fmt.policy_prompt(p.question), p.metadata["solution"])
                         for p in with_solution[:n]]
-            path, metrics = self._sft(self.dir / "bootstrap", self.config.model.checkpoint, examples, seed=0)
+            path, metrics = self._sft(d, self.config.model.checkpoint, examples, seed=0)
             return {"model": path, **metrics}
 
-        (self.dir / "bootstrap").mkdir(parents=True, exist_ok=True)
-        self._stage_at(self.dir / "bootstrap", "bootstrap", run)
-
-    def _stage_at(self, d: pathlib.Path, name: str, fn) -> dict:
-        done = d / f"{name}.json"
-        if done.exists():
-            return json.loads(done.read_text())
-        print(name, flush=True)
-        summary = fn(d)
-        done.write_text(json.dumps(summary, indent=2) + "\n")
-        return summary
+        self._stage(self.dir / "bootstrap", "bootstrap", run)
 
     def _train_policy(self, rdir: pathlib.Path, r: int) -> dict:
         examples = list(records.read_records(rdir / "data", "sft"))
@@ -554,22 +559,17 @@ class Evolution:
 
     def _evaluate(self, rdir: pathlib.Path, r: int, test: list[Problem]) -> dict:
         from rstar_jax import evaluate
-        from rstar_jax.search.config import SearchConfig
 
         e = self.config.eval
         engine = self.engine(self.policy_path(r))
-        budget = SearchConfig(max_depth=self.config.search.common.get("max_depth", 16),
-                              max_step_tokens=self.config.search.common.get("max_step_tokens", 256),
-                              max_output_tokens=self.config.search.common.get("max_output_tokens", 64))
-        greedy = evaluate.solve(test, engine, self._executor, self.tokenizer, search=budget,
+        greedy = evaluate.solve(test, engine, self._executor, self.tokenizer, search=eval_budget(self.config),
                                 batch_size=e.batch, progress=self.progress)
         results = {"greedy": {"accuracy": evaluate.accuracy(greedy), "trajectories": 1}}
         notes = []
         ppm = self.ppm_path(r)
         if ppm is not None:
-            search = SearchConfig.preset(self.config.search.preset, "test",
-                                         **{**self.config.search.common.to_dict(), **e.search.to_dict()})
-            sols = evaluate.mcts(test, engine, self.scorer(ppm), self._executor, self.tokenizer, search,
+            sols = evaluate.mcts(test, engine, self.scorer(ppm), self._executor, self.tokenizer,
+                                 eval_search_config(self.config),
                                  searches=e.searches, batch_size=e.batch, progress=self.progress)
             for rule in ("highest", "weighted_vote"):
                 results[f"mcts_{rule}"] = {"accuracy": evaluate.accuracy(sols, rule), "curve":

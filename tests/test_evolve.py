@@ -114,7 +114,7 @@ def test_a_missing_checkpoint_names_the_field_and_the_path(tmp_path):
 def test_bad_fields_are_named(tmp_path, field, value, message):
     config = smoke_config(**{field: value})
     with pytest.raises(evolve.ConfigError, match=message):
-        evolve.Evolution(config, tmp_path).search_config(2) if field.startswith("search") else \
+        evolve.search_config(config, 2) if field.startswith("search") else \
             evolve.run(config, tmp_path, progress=False)
 
 
