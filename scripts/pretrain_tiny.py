@@ -21,7 +21,6 @@ import json
 import pathlib
 import random
 import sys
-import time
 
 from absl import app, flags
 
@@ -54,7 +53,7 @@ def main(argv):
     from rstar_jax.steps import format as fmt
     from rstar_jax.steps.executor import CodeExecutor
     from rstar_jax.tokenizer import Tokenizer
-    from rstar_jax.train import Checkpoints, TrainConfig, Trainer, pack_sft, tokenize_sft
+    from rstar_jax.train import Checkpoints, TrainConfig, Trainer, fit, pack_sft, tokenize_sft
 
     out = pathlib.Path(_OUT.value)
     out.mkdir(parents=True, exist_ok=True)
@@ -67,7 +66,10 @@ def main(argv):
 
     texts = [fmt.policy_prompt(p.question) + p.metadata["solution"] for p in problems]
     tok_dir = out / "model"
-    tokenizer = Tokenizer.train_sentencepiece(texts[:2000], tok_dir, vocab_size=presets.get("tiny").vocab_size)
+    if (tok_dir / "tokenizer.model").exists():  # a resumed run keeps the ids its checkpoints were trained with
+        tokenizer = Tokenizer.from_dir(tok_dir)
+    else:
+        tokenizer = Tokenizer.train_sentencepiece(texts[:2000], tok_dir, vocab_size=presets.get("tiny").vocab_size)
     examples = [SFTExample(p.id, fmt.policy_prompt(p.question), p.metadata["solution"]) for p in problems]
     sequences = list(tokenize_sft(examples, tokenizer))
 
@@ -78,39 +80,35 @@ def main(argv):
             yield from pack_sft(order, rows=_ROWS.value, length=512, pad_id=tokenizer.pad_id)
 
     model = CausalLM(presets.get("tiny"), rngs=nnx.Rngs(0))
-    trainer = Trainer(model, TrainConfig(learning_rate=_LR.value, warmup_steps=100, total_steps=_STEPS.value,
-                                         end_lr_fraction=0.1, weight_decay=0.01), "sft")
+    schedule = TrainConfig(learning_rate=_LR.value, warmup_steps=min(100, _STEPS.value), total_steps=_STEPS.value,
+                           end_lr_fraction=0.1, weight_decay=0.01)
+    trainer = Trainer(model, schedule, "sft")
     search = SearchConfig(max_depth=8, max_step_tokens=96, max_output_tokens=24)
-    stream = batches()
-    with Checkpoints(out / "ckpt", keep=2, every=250) as ckpt, CodeExecutor(num_workers=2) as executor:
-        meta = ckpt.restore_latest(trainer)
-        position = meta["data_position"] if meta else 0
-        for _ in range(position):
-            next(stream)
-        begin = time.time()
-        while trainer.step_count < _STEPS.value and not _EXPORT_ONLY.value:
-            metrics = trainer.step(next(stream))
-            position += 1
-            ckpt.save(trainer, data_position=position)
-            step = trainer.step_count
-            if step % 50 == 0:
-                print(f"step {step} loss {metrics['loss']:.4f} lr {metrics['lr']:.2e} "
-                      f"{time.time() - begin:.0f} s", flush=True)
-            if step % _EVAL_EVERY.value == 0 or step == _STEPS.value:
-                engine = Engine(trainer.model(), vocab_size=tokenizer.vocab_size, pad_id=tokenizer.pad_id)
-                sols = evaluate.solve(held_out, engine, executor, tokenizer, search=search, progress=False)
-                by_level = {}
-                for s in sols:
-                    by_level.setdefault(s.problem.metadata["level"], []).append(s.candidates[0].correct)
-                line = {f"level{k}": round(float(np.mean(v)), 3) for k, v in sorted(by_level.items())}
-                print(f"step {step} greedy accuracy {evaluate.accuracy(sols):.3f} {line}", flush=True)
-        if not _EXPORT_ONLY.value:
-            ckpt.save(trainer, data_position=position, force=True)
+    every, total = _EVAL_EVERY.value, _STEPS.value
+    with Checkpoints(out / "ckpt", keep=2, every=every) as ckpt, CodeExecutor(num_workers=2) as executor:
+        if _EXPORT_ONLY.value:
+            ckpt.restore_latest(trainer)
+            targets = []
+        else:  # train to each evaluation point; fit resumes from the checkpoint the last one saved
+            targets = sorted({min(t, total) for t in range(every, total + every, every)} - set(range(
+                (ckpt.latest_step() or 0) + 1)))
+        for target in targets:
+            fit(trainer, batches(), steps=target, checkpoints=ckpt, log_every=50, progress=True)
+            engine = Engine(trainer.model(), vocab_size=tokenizer.vocab_size, pad_id=tokenizer.pad_id)
+            sols = evaluate.solve(held_out, engine, executor, tokenizer, search=search, progress=False)
+            by_level = {}
+            for s in sols:
+                by_level.setdefault(s.problem.metadata["level"], []).append(s.candidates[0].correct)
+            line = {f"level{k}": round(float(np.mean(v)), 3) for k, v in sorted(by_level.items())}
+            print(f"step {trainer.step_count} greedy accuracy {evaluate.accuracy(sols):.3f} {line}", flush=True)
+        if targets:
+            ckpt.save(trainer, data_position=trainer.step_count, force=True)  # one batch a step
     save_pretrained(trainer.model(), out / "model")
     tokenizer.save(out / "model")
     (out / "model" / "PROVENANCE.json").write_text(json.dumps({
-        "script": "scripts/pretrain_tiny.py", "steps": trainer.step_count, "schedule_steps": _STEPS.value, "rows": _ROWS.value, "lr": _LR.value,
-        "problems": len(problems), "generator_seed": SEED, "levels": [1, 2]}, indent=2) + "\n")
+        "script": "scripts/pretrain_tiny.py", "steps": trainer.step_count, "schedule_steps": _STEPS.value,
+        "rows": _ROWS.value, "lr": _LR.value, "problems": len(problems), "generator_seed": SEED, "levels": [1, 2]},
+        indent=2) + "\n")
     print(f"wrote {out / 'model'}")
 
 
