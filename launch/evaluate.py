@@ -29,6 +29,8 @@ _SAMPLES = flags.DEFINE_integer("samples", 8, "Sampled solutions per problem for
 _TEMPERATURE = flags.DEFINE_float("temperature", 0.7, "Sampling temperature for maj@k / best-of-N.")
 _SEARCHES = flags.DEFINE_integer("searches", 0, "Independent MCTS searches per problem (0: the config's).")
 _LIMIT = flags.DEFINE_integer("limit", 0, "Evaluate only the first N problems (0: all).")
+_CACHE_DIR = flags.DEFINE_string("cache_dir", None, "With a URL --workdir (gs://...): the local copy it is worked "
+                                  "in (default ~/.cache/rstar_jax/workdirs/<scheme>/<path>).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -41,7 +43,7 @@ def main(argv):
     logging.getLogger("absl").setLevel(logging.WARNING)
     config = _CONFIG.value
     try:
-        run = evolve.Evolution(config, _WORKDIR.value, check_workdir=False)
+        run = evolve.Evolution(config, _WORKDIR.value, check_workdir=False, cache_dir=_CACHE_DIR.value)
         r = run.last_round() if _ROUND.value < 0 else _ROUND.value
         policy, ppm = run.policy_path(r), run.ppm_path(r)
         problems = load_problems(_PROBLEMS.value) if _PROBLEMS.value else run.problems()[1]
@@ -86,9 +88,10 @@ def main(argv):
                 results[f"MCTS + PPM ({rule})"] = {"accuracy": evaluate.accuracy(sols, rule),
                                                    "curve": evaluate.accuracy_curve(sols, rule), "trajectories": n}
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", _PROBLEMS.value or "test")
-    out = pathlib.Path(_WORKDIR.value) / "evaluate" / f"{name}-round{r}"
+    out = run.dir / "evaluate" / f"{name}-round{r}"
     print(evaluate.report(results, out, title=f"{len(problems)} problems, round {r}"))
-    print(f"written to {out}")
+    run.push(out)
+    print(f"written to {out}" + (f" and {run.mirror.url}/{out.relative_to(run.dir).as_posix()}" if run.mirror else ""))
     return 0
 
 

@@ -18,6 +18,8 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/tiny.py[:variant].")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where rounds, checkpoints and reports go.")
+_CACHE_DIR = flags.DEFINE_string("cache_dir", None, "With a URL --workdir (gs://...): the local copy it is worked "
+                                  "in (default ~/.cache/rstar_jax/workdirs/<scheme>/<path>).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -32,11 +34,11 @@ def main(argv):
         print(evolve.dry_run(_CONFIG.value))
         return 0
     try:
-        evolve.run(_CONFIG.value, _WORKDIR.value)
+        evolve.run(_CONFIG.value, _WORKDIR.value, cache_dir=_CACHE_DIR.value)
     except evolve.ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"report: {pathlib.Path(_WORKDIR.value) / 'report.md'}")
+    print(f"report: {_WORKDIR.value.rstrip('/')}/report.md")
     return 0
 
 

@@ -61,6 +61,7 @@ from rstar_jax.data import records
 from rstar_jax.data.dedup import decontaminate
 from rstar_jax.data.problem import Problem
 from rstar_jax.data.sources import load_problems
+from rstar_jax.workdir import Mirror, is_url
 
 log = logging.getLogger(__name__)
 
@@ -224,16 +225,23 @@ class Evolution:
     """The rounds of one work directory; `run()` does what is not yet done and returns the report."""
 
     def __init__(self, config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
-                 progress: bool | None = None, check_workdir: bool = True):
+                 progress: bool | None = None, check_workdir: bool = True, cache_dir: str | None = None):
         check_config(config)
-        if "://" in str(workdir):
-            raise ConfigError(f"--workdir={workdir}: only local directories are supported so far; on Cloud TPU "
-                              "mount the bucket (gcsfuse) and pass its local path")
         self.config = config
-        self.dir = pathlib.Path(workdir).expanduser().absolute()
         self.progress = progress
         self._tokenizer = None
         self._executor = None
+        self.mirror = None  # a URL workdir (gs://...) is worked on in a local copy: `rstar_jax.workdir`
+        if is_url(workdir):
+            try:
+                self.mirror = Mirror(str(workdir), cache_dir)
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
+            self.dir = self.mirror.local
+            # Models, checkpoints and curves come down when a step needs them (`_stage`, `_model`).
+            self.mirror.pull(skip=lambda rel: not {"model", "ckpt", "best", "tb"}.isdisjoint(rel.split("/")[:-1]))
+        else:
+            self.dir = pathlib.Path(workdir).expanduser().absolute()
         if not check_workdir:  # reading a run (evaluation): its config is not ours to check
             if not (self.dir / "config.json").exists():
                 raise ConfigError(f"{self.dir} holds no run (no config.json); pass the --workdir of a run")
@@ -250,6 +258,7 @@ class Evolution:
                     f"--workdir, or pass --config.allow_config_change=True to continue with the new values")
         if _process()[0] == 0:
             saved.write_text(json.dumps(current, indent=2) + "\n")
+            self.push(saved)
 
     # --- shared pieces ---
 
@@ -270,6 +279,7 @@ class Evolution:
                 raise ConfigError(f"config.problems.train={self.config.problems.train!r} gave no training problems")
             _write_problems(test_path, test)
             _write_problems(train_path, train)
+            self.push(train_path.parent)
         return _read_problems(train_path), _read_problems(test_path)
 
     def round_dir(self, r: int) -> pathlib.Path:
@@ -280,6 +290,7 @@ class Evolution:
         done = directory / f"{name}.json"
         if done.exists():
             return json.loads(done.read_text())
+        self._pull(directory)  # what an interrupted try (perhaps on another machine) left: records, checkpoints
         directory.mkdir(parents=True, exist_ok=True)
         begin = time.time()
         print(f"{directory.name}: {name}", flush=True)
@@ -288,8 +299,37 @@ class Evolution:
             tmp = done.with_suffix(".tmp")
             tmp.write_text(json.dumps(summary, indent=2) + "\n")
             os.replace(tmp, done)
+        self.push(directory)  # every process: what it wrote
         _barrier(f"{directory} {name}")
+        if _process()[0] != 0:
+            self._pull(done)  # (a URL workdir: what process 0 wrote, later steps read)
         return summary
+
+    def push(self, path: pathlib.Path, *, delete: bool = False) -> None:
+        """Uploads what changed under `path` (inside the workdir) when the workdir is a URL."""
+        if self.mirror is not None:
+            self.mirror.push(pathlib.Path(path).relative_to(self.dir).as_posix(), delete=delete)
+
+    def _pull(self, path: pathlib.Path) -> None:
+        if self.mirror is not None:
+            self.mirror.pull(pathlib.Path(path).relative_to(self.dir).as_posix())
+
+    def _rel(self, path: str | None) -> str | None:
+        """A model path as a summary keeps it: relative when inside the workdir, so the workdir can move."""
+        if path is None or not pathlib.Path(path).is_relative_to(self.dir):
+            return path
+        return pathlib.Path(path).relative_to(self.dir).as_posix()
+
+    def _checkpoints(self, directory: pathlib.Path, **kwargs):
+        """Orbax checkpoints under `directory`; with a URL workdir each save is uploaded as it completes
+        (on several hosts orbax writes to the URL itself, as its processes must share one directory)."""
+        from rstar_jax.train import Checkpoints
+
+        if self.mirror is None:
+            return Checkpoints(directory, **kwargs)
+        if _process()[1] > 1:
+            return Checkpoints(f"{self.mirror.url}/{directory.relative_to(self.dir).as_posix()}", **kwargs)
+        return Checkpoints(directory, on_save=lambda: self.push(directory, delete=True), **kwargs)
 
     def _model(self, path, *, value_head=None, training=False):
         import jax.numpy as jnp
@@ -298,6 +338,8 @@ class Evolution:
         from rstar_jax.train import mesh_from_config
 
         m = self.config.model
+        if pathlib.Path(path).is_relative_to(self.dir):
+            self._pull(pathlib.Path(path))  # a URL workdir's model comes down when first used
         mesh = mesh_from_config(self.config.mesh) if training else None
         return from_pretrained(path, dtype=jnp.dtype(m.dtype), param_dtype=jnp.dtype(m.param_dtype), mesh=mesh,
                                attention=m.attention, remat=m.remat and training, value_head=value_head,
@@ -333,14 +375,14 @@ class Evolution:
                 return str(self.dir / "bootstrap" / "model")
             return self.config.model.checkpoint
         summary = json.loads((self.round_dir(r) / "policy.json").read_text())
-        return summary["model"]
+        return str(self.dir / summary["model"])  # (a relative path, or an absolute one from an older run)
 
     def ppm_path(self, r: int) -> str | None:
         """The PPM after round r, or None (none trained yet)."""
         if r == 0:
             return None
         summary = json.loads((self.round_dir(r) / "ppm.json").read_text())
-        return summary["model"]
+        return summary["model"] and str(self.dir / summary["model"])
 
     # --- the run ---
 
@@ -413,9 +455,11 @@ class Evolution:
                                    progress=self.progress)
                 records.write_records(out, "tree", trees, shard_size=len(trees) + 1,
                                       prefix=f"p{index}" if count > 1 else "")
+                self.push(out)
                 print(f"  chunk {i + 1}/{len(chunks)}: {sum(_solved(t) for t in trees)}/{len(trees)} solved",
                       flush=True)
         _barrier(f"round {r} search written")
+        self._pull(out)  # the other processes' shards
         solved = n = 0
         for tree in records.read_records(out, "tree"):
             n += 1
@@ -455,12 +499,13 @@ class Evolution:
             self.tokenizer.save(tmp)
             shutil.rmtree(out, ignore_errors=True)
             os.replace(tmp, out)
+            self.push(out, delete=True)
         _barrier(f"export {out}")
-        return str(out)
+        return self._rel(str(out))
 
     def _sft(self, directory: pathlib.Path, start: str, examples: list, seed: int) -> tuple[str, dict]:
         """The model at `start` fine-tuned on `examples`; returns its exported path and metrics."""
-        from rstar_jax.train import Checkpoints, Trainer, fit, pack_sft, tokenize_sft
+        from rstar_jax.train import Trainer, fit, pack_sft, tokenize_sft
 
         c = self.config.train.sft
         sequences = list(tokenize_sft(examples, self.tokenizer))
@@ -474,7 +519,7 @@ class Evolution:
                 yield from pack_sft(order, rows=c.batch, length=c.max_length, pad_id=self.tokenizer.pad_id)
 
         trainer = Trainer(self._model(start, value_head=False, training=True), self._train_config(c, steps), "sft")
-        with Checkpoints(directory / "ckpt", keep=2, every=max(1, c.get("save_every", 100))) as ckpt:
+        with self._checkpoints(directory / "ckpt", keep=2, every=max(1, c.get("save_every", 100))) as ckpt:
             history = fit(trainer, batches(), steps=steps, checkpoints=ckpt, logdir=directory / "tb",
                           progress=self.progress, log_every=0)
             ckpt.save(trainer, data_position=steps, force=True)
@@ -503,20 +548,20 @@ class Evolution:
         examples = list(records.read_records(rdir / "data", "sft"))
         if not examples:
             prev = self.policy_path(r - 1)
-            return {"model": prev, "trained": False,
+            return {"model": self._rel(prev), "trained": False,
                     "notes": [f"round {r}: no SFT examples (no problem solved often enough); "
                               "the policy is carried over"]}
         path, metrics = self._sft(rdir / "policy", self.config.model.checkpoint, examples, seed=r)
         return {"model": path, "trained": True, **metrics}
 
     def _train_ppm(self, rdir: pathlib.Path, r: int) -> dict:
-        from rstar_jax.train import Checkpoints, Trainer, fit, ppm_batches
+        from rstar_jax.train import Trainer, fit, ppm_batches
 
         c = self.config.train.ppm
         pairs = list(records.read_records(rdir / "data", "ppm"))
         if not pairs:
             prev = self.ppm_path(r - 1)
-            return {"model": prev, "trained": False,
+            return {"model": self._rel(prev), "trained": False,
                     "notes": [f"round {r}: no PPM pairs; " + ("the PPM is carried over" if prev else "no PPM yet")]}
         held = {p.problem_id for p in pairs if zlib.crc32(p.problem_id.encode()) % 10_000 < c.held_out * 10_000}
         if len(held) == len({p.problem_id for p in pairs}):
@@ -542,8 +587,8 @@ class Evolution:
         trainer = Trainer(model, self._train_config(c, steps), "ppm")
         d = rdir / "ppm"
         eval_every = max(1, steps // 4)
-        with Checkpoints(d / "ckpt", keep=2, every=max(1, c.get("save_every", 100))) as ckpt, \
-                Checkpoints(d / "best", keep=1, async_save=False) as best:
+        with self._checkpoints(d / "ckpt", keep=2, every=max(1, c.get("save_every", 100))) as ckpt, \
+                self._checkpoints(d / "best", keep=1, async_save=False) as best:
             history = fit(trainer, batches(), steps=steps, checkpoints=ckpt, best=best if evals else None,
                           eval_batches=evals, eval_every=eval_every if evals else 0, logdir=d / "tb",
                           progress=self.progress, log_every=0)
@@ -607,6 +652,7 @@ class Evolution:
                                 ("mcts_ppm", x.mcts), ("minutes", x.minutes)):
                 if not (isinstance(value, float) and math.isnan(value)):
                     writer.add_scalar(f"rounds/{name}", value, x.round)
+        self.push(self.dir / "tb")
 
     def write_report(self, results: Sequence[RoundResult]) -> None:
         text = self.table(results)
@@ -616,6 +662,8 @@ class Evolution:
         (self.dir / "report.json").write_text(json.dumps([dataclasses.asdict(x) for x in results], indent=2,
                                                          default=float) + "\n")
         _plot_rounds(results, self.dir / "rounds.png")
+        for name in ("report.md", "report.json", "rounds.png"):
+            self.push(self.dir / name)
 
 
 def _solved(tree) -> bool:
@@ -661,7 +709,8 @@ def dry_run(config: ml_collections.ConfigDict) -> str:
     return plan.table(memories, mesh)
 
 
-def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, progress: bool | None = None
-        ) -> list[RoundResult]:
-    """Runs (or resumes) the rounds of `config` in `workdir`; returns the report's rows."""
-    return Evolution(config, workdir, progress=progress).run()
+def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, progress: bool | None = None,
+        cache_dir: str | None = None) -> list[RoundResult]:
+    """Runs (or resumes) the rounds of `config` in `workdir` (a local path or a URL such as gs://bucket/run,
+    worked on in `cache_dir`); returns the report's rows."""
+    return Evolution(config, workdir, progress=progress, cache_dir=cache_dir).run()

@@ -3,7 +3,9 @@
 import dataclasses
 import json
 import pathlib
+import uuid
 
+import fsspec
 import pytest
 
 from rstar_jax import evolve
@@ -54,14 +56,31 @@ def test_smoke_rounds_run_every_stage_and_write_the_report(straight):
     assert list((workdir / "round_1" / "policy" / "tb").glob("events.out.tfevents.*")) or results[1].sft == 0
 
 
-def test_killed_in_search_and_in_training_resumes_to_the_same_report(straight, tmp_path, monkeypatch):
+@pytest.mark.parametrize("where", ["local", "url"])
+def test_killed_in_search_and_in_training_resumes_to_the_same_report(straight, tmp_path, monkeypatch, where):
+    """With a URL workdir each try starts on an empty cache, as on a new machine: all it resumes from is remote."""
     from rstar_jax.search import driver
     from rstar_jax.train import trainer as trainer_lib
 
     config = smoke_config()  # two chunks of 4 problems in each search
     reference = straight[1]
+    tries = iter(range(3))
+    if where == "url":
+        workdir = f"memory://bucket/{uuid.uuid4().hex}"
 
-    real_search, calls = driver.run_search, {"search": 0, "step": 0}
+        def run():
+            return evolve.run(config, workdir, progress=False, cache_dir=tmp_path / f"machine{next(tries)}")
+
+        def finished(rel):
+            return fsspec.filesystem("memory").exists(f"{workdir}/{rel}")
+    else:
+        def run():
+            return evolve.run(config, tmp_path / "resumed", progress=False)
+
+        def finished(rel):
+            return (tmp_path / "resumed" / rel).exists()
+
+    real_search, calls = driver.run_search, {"search": 0, "resumed search": 0, "step": 0}
 
     def search_then_die(*args, **kwargs):
         calls["search"] += 1
@@ -71,9 +90,14 @@ def test_killed_in_search_and_in_training_resumes_to_the_same_report(straight, t
 
     monkeypatch.setattr(driver, "run_search", search_then_die)
     with pytest.raises(Stop):
-        evolve.run(config, tmp_path / "resumed", progress=False)
-    monkeypatch.setattr(driver, "run_search", real_search)
-    assert not (tmp_path / "resumed" / "round_1" / "search.json").exists()
+        run()
+    assert not finished("round_1/search.json") and finished("round_1/search")
+
+    def search(*args, **kwargs):
+        calls["resumed search"] += 1
+        return real_search(*args, **kwargs)
+
+    monkeypatch.setattr(driver, "run_search", search)
 
     real_step = trainer_lib.Trainer.step
 
@@ -85,11 +109,13 @@ def test_killed_in_search_and_in_training_resumes_to_the_same_report(straight, t
 
     monkeypatch.setattr(trainer_lib.Trainer, "step", step_then_die)
     with pytest.raises(Stop):
-        evolve.run(config, tmp_path / "resumed", progress=False)
+        run()
     monkeypatch.setattr(trainer_lib.Trainer, "step", real_step)
-    assert (tmp_path / "resumed" / "round_1" / "search.json").exists()
+    assert finished("round_1/search.json")
+    assert calls["resumed search"] == 1  # the resumed search did only the chunk that was not written
 
-    resumed = evolve.run(config, tmp_path / "resumed", progress=False)
+    resumed = run()
+    assert finished("report.md") and finished("rounds.png")
     untimed = [json.dumps([dataclasses.asdict(x) | {"minutes": 0} for x in rs]) for rs in (resumed, reference)]
     assert untimed[0] == untimed[1]  # (as JSON: NaN, no MCTS figure, equals itself there)
     assert any(x.sft for x in reference), "the smoke run should train a policy, or the kill in training tests nothing"

@@ -18,6 +18,7 @@ a run killed mid-save resumes from the previous one.
 from __future__ import annotations
 
 import pathlib
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -26,17 +27,26 @@ import orbax.checkpoint as ocp
 
 class Checkpoints:
     """An orbax `CheckpointManager` over `directory` keeping the newest `keep` checkpoints,
-    saving every `every` steps (and whenever `save(force=True)`)."""
+    saving every `every` steps (and whenever `save(force=True)`). `directory` may be a URL orbax
+    writes itself (gs://...). `on_save()`, if given, runs after each save is complete (the save
+    then blocks): an evolution with a URL workdir uploads its local checkpoints there."""
 
-    def __init__(self, directory: str | pathlib.Path, *, keep: int = 3, every: int = 1, async_save: bool = True):
+    def __init__(self, directory: str | pathlib.Path, *, keep: int = 3, every: int = 1, async_save: bool = True,
+                 on_save: Callable[[], None] | None = None):
         if keep < 1 or every < 1:
             raise ValueError(f"keep and every must be >= 1, got keep={keep}, every={every}")
-        directory = pathlib.Path(directory).expanduser().absolute()
+        if "://" in str(directory):
+            from etils import epath
+
+            directory = epath.Path(str(directory))
+        else:
+            directory = pathlib.Path(directory).expanduser().absolute()
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=every,
                                                enable_async_checkpointing=async_save, create=True)
         self.manager = ocp.CheckpointManager(directory, options=options)
         self.directory = directory
         self._saved = None
+        self._on_save = on_save
 
     def save(self, trainer, *, data_position: int, force: bool = False, **extra: Any) -> bool:
         """Saves the trainer's state at its step count; returns whether a checkpoint was started
@@ -49,6 +59,9 @@ class Checkpoints:
             state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
         if started:
             self._saved = trainer.step_count
+            if self._on_save is not None:
+                self.manager.wait_until_finished()
+                self._on_save()
         return started
 
     def latest_step(self) -> int | None:
