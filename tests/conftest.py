@@ -25,3 +25,13 @@ def world(tmp_path_factory):
     scorer = ValueScorer(steered_tiny_policy(tokenizer, 1, value_head=True), pad_id=tokenizer.pad_id)
     with CodeExecutor(num_workers=2) as executor:
         yield tokenizer, engine, scorer, executor
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+    """(workdir, results) of the smoke evolution, run once for the tests that read a finished run."""
+    from configs import tiny
+    from rstar_jax import evolve
+
+    workdir = tmp_path_factory.mktemp("smoke_run")
+    return workdir, evolve.run(tiny.get_config("smoke"), workdir, progress=False)

@@ -27,11 +27,10 @@ def smoke_config(**changes):
     return config
 
 
-@pytest.fixture(scope="module")
-def straight(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("straight")
-    results = evolve.run(smoke_config(), workdir, progress=False)
-    return workdir, results
+@pytest.fixture
+def straight(smoke_run):
+    """The smoke config run straight through (conftest)."""
+    return smoke_run
 
 
 class Stop(Exception):
