@@ -15,7 +15,8 @@ log = logging.getLogger(__name__)
 
 def several_processes() -> bool:
     """Whether the environment describes a job of several processes: an explicit coordinator
-    (JAX_COORDINATOR_ADDRESS) or a Cloud TPU slice of several hosts (TPU_WORKER_HOSTNAMES)."""
+    (JAX_COORDINATOR_ADDRESS, with JAX_NUM_PROCESSES and JAX_PROCESS_ID where no cluster
+    detection finds them) or a Cloud TPU slice of several hosts (TPU_WORKER_HOSTNAMES)."""
     if os.environ.get("JAX_COORDINATOR_ADDRESS"):
         return True
     hosts = [h for h in os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",") if h.strip()]
@@ -30,7 +31,11 @@ def initialize(distributed: bool | None = None) -> bool:
         distributed = several_processes()
     if not distributed:
         return False
-    jax.distributed.initialize()
+    # Cloud TPU, SLURM and the like describe the job themselves; elsewhere the environment says
+    # how many processes there are and which one this is, beside JAX_COORDINATOR_ADDRESS.
+    job = {key: int(os.environ[var]) for key, var in (("num_processes", "JAX_NUM_PROCESSES"),
+                                                      ("process_id", "JAX_PROCESS_ID")) if os.environ.get(var)}
+    jax.distributed.initialize(**job)
     log.info("process %d of %d, %d local and %d global devices", jax.process_index(), jax.process_count(),
              jax.local_device_count(), jax.device_count())
     return True
