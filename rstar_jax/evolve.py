@@ -44,6 +44,7 @@ A stage is done when its `.json` summary exists; the summary is written last.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import logging
 import math
@@ -153,12 +154,20 @@ def _process() -> tuple[int, int]:
     return jax.process_index(), jax.process_count()
 
 
-def _barrier(name: str) -> None:
-    """Waits for every process to reach `name` (nothing to wait for on one host)."""
-    if _process()[1] > 1:
-        from jax.experimental import multihost_utils
+_BARRIER_HOURS = 48  # a process may wait while another searches more chunks or writes the exports
+_barriers = itertools.count()
 
-        multihost_utils.sync_global_devices(name)
+
+def _barrier(name: str) -> None:
+    """Waits for every process to reach `name` (nothing to wait for on one host).
+
+    A barrier of the coordination service, not a device collective: processes may arrive hours
+    apart, and a collective's first use (gloo on CPU) gives up after 30 s."""
+    if _process()[1] > 1:
+        from jax._src import distributed
+
+        distributed.global_state.client.wait_at_barrier(f"rstar_jax {next(_barriers)}: {name}",
+                                                        _BARRIER_HOURS * 3600 * 1000)
 
 
 # --- the run ----------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ import pathlib
 import time
 from collections.abc import Iterable
 
+import jax
 import tqdm
 
 from rstar_jax.train.checkpoint import Checkpoints
@@ -43,7 +44,7 @@ def fit(trainer, batches: Iterable, *, steps: int | None = None, eval_batches: l
         start, best_value = meta["data_position"], meta.get("best")
         log.info("resumed at step %d (batch %d) from %s", trainer.step_count, start, checkpoints.directory)
     writer = None
-    if logdir is not None:
+    if logdir is not None and jax.process_index() == 0:  # one writer a job: every process has the same metrics
         from tensorboardX import SummaryWriter
 
         writer = SummaryWriter(str(logdir))
