@@ -15,6 +15,9 @@ import ml_collections
 from rstar_jax import config_lib
 
 VARIANTS = ("default", "smoke")
+# Generator seeds of the training and test problems; scripts/pretrain_tiny.py keeps the base
+# model's pretraining problems out of both.
+TRAIN_SEED, TEST_SEED = 1, 2
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -35,7 +38,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     per_round = {"round1": {"candidates": 4, "rollouts": 4},
                  **{f"round{r}": {"candidates": 4, "rollouts": 6 if not smoke else 4} for r in (2, 3, 4)}}
     config_lib.evolve_config(
-        config, train=f"synthetic:n={n_train},seed=1,levels=123", test=f"synthetic:n={n_test},seed=2,levels=123",
+        config, train=f"synthetic:n={n_train},seed={TRAIN_SEED},levels=123",
+        test=f"synthetic:n={n_test},seed={TEST_SEED},levels=123",
         bootstrap="base", search=budget, rounds_search=per_round,
         eval_search={"candidates": 4, "rollouts": 4}, chunk=4 if smoke else 64, batch=32)
     if smoke:  # a few optimiser steps, each saved: the tests stop and resume training

@@ -538,16 +538,13 @@ class Evolution:
 
     def _bootstrap(self, train: list[Problem]) -> None:
         def run(d):
-            from rstar_jax.data import SFTExample
-            from rstar_jax.steps import format as fmt
+            from rstar_jax.data.synthetic import reference_examples
 
-            with_solution = [p for p in train if p.metadata.get("solution")]
-            if not with_solution:
+            examples = reference_examples(train)
+            if not examples:
                 raise ConfigError("config.bootstrap.kind='reference' needs problems with reference solutions "
                                   "(metadata['solution'], as the synthetic generator writes); these have none")
-            n = max(1, int(self.config.bootstrap.fraction * len(with_solution)))
-            examples = [SFTExample(p.id, fmt.policy_prompt(p.question), p.metadata["solution"])
-                        for p in with_solution[:n]]
+            examples = examples[:max(1, int(self.config.bootstrap.fraction * len(examples)))]
             path, metrics = self._sft(d, self.config.model.checkpoint, examples, seed=0)
             return {"model": path, **metrics}
 

@@ -12,7 +12,9 @@ directory (config.json, safetensors, tokenizer.model). The result ships as
     cp /tmp/tiny_base/model/* rstar_jax/assets/tiny_base/
 
 It resumes from `--out`'s checkpoints when stopped, and prints greedy accuracy per level on
-held-out problems every `--eval_every` steps.
+held-out problems every `--eval_every` steps. At the end it evaluates `--final_eval_n` held-out
+problems per level and writes the command, the schedule and that accuracy to
+`model/PROVENANCE.json`.
 """
 
 from __future__ import annotations
@@ -34,7 +36,9 @@ _PROBLEMS = flags.DEFINE_integer("problems", 20000, "Generated training problems
 _EVAL_EVERY = flags.DEFINE_integer("eval_every", 500, "Greedy evaluation every this many steps.")
 _EXPORT_ONLY = flags.DEFINE_bool("export_only", False, "Export the latest checkpoint to model/ and stop.")
 _EVAL_N = flags.DEFINE_integer("eval_n", 48, "Held-out problems per evaluation (levels 1-3).")
+_FINAL_EVAL_N = flags.DEFINE_integer("final_eval_n", 128, "Held-out problems per level in the final evaluation.")
 SEED = 100  # the generator seed of the pretraining problems; the tiny config's seeds are small
+TINY_SETS = 4096
 
 
 def main(argv):
@@ -44,10 +48,9 @@ def main(argv):
 
     from configs import tiny
     from rstar_jax import evaluate, save_pretrained
-    from rstar_jax.data import SFTExample, synthetic
+    from rstar_jax.data import synthetic
     from rstar_jax.data.dedup import decontaminate
     from rstar_jax.engine import Engine
-    from rstar_jax.evolve import problem_sets
     from rstar_jax.models import CausalLM, presets
     from rstar_jax.search.config import SearchConfig
     from rstar_jax.steps import format as fmt
@@ -57,20 +60,23 @@ def main(argv):
 
     out = pathlib.Path(_OUT.value)
     out.mkdir(parents=True, exist_ok=True)
-    config = tiny.get_config()
-    train_set, test_set = problem_sets(config.problems)
+    # Every problem a tiny variant of up to TINY_SETS problems trains or tests on (the generator's
+    # problem i does not depend on n), and the held-out problems, are left out.
+    tiny_sets = {f"tiny seed {seed}": synthetic.generate(TINY_SETS, seed=seed)
+                 for seed in (tiny.TRAIN_SEED, tiny.TEST_SEED)}
+    held_out = synthetic.generate(3 * _FINAL_EVAL_N.value, seed=SEED + 1)  # levels in turn
     problems = synthetic.generate(_PROBLEMS.value, seed=SEED, levels=(1, 2))
-    problems, overlap = decontaminate(problems, {"tiny_train": train_set, "tiny_test": test_set})
-    held_out = synthetic.generate(_EVAL_N.value, seed=SEED + 1)
-    print(f"{len(problems)} pretraining problems ({sum(overlap.exact.values())} dropped: in the tiny config's sets)")
+    problems, overlap = decontaminate(problems, {**tiny_sets, "held_out": held_out})
+    print(f"{len(problems)} pretraining problems ({len(overlap.removed_ids)} dropped: in the tiny config's "
+          "sets or held out)")
 
-    texts = [fmt.policy_prompt(p.question) + p.metadata["solution"] for p in problems]
+    examples = synthetic.reference_examples(problems)
+    texts = [fmt.policy_prompt(ex.question) + ex.response for ex in examples[:2000]]  # the tokenizer's corpus
     tok_dir = out / "model"
     if (tok_dir / "tokenizer.model").exists():  # a resumed run keeps the ids its checkpoints were trained with
         tokenizer = Tokenizer.from_dir(tok_dir)
     else:
-        tokenizer = Tokenizer.train_sentencepiece(texts[:2000], tok_dir, vocab_size=presets.get("tiny").vocab_size)
-    examples = [SFTExample(p.id, fmt.policy_prompt(p.question), p.metadata["solution"]) for p in problems]
+        tokenizer = Tokenizer.train_sentencepiece(texts, tok_dir, vocab_size=presets.get("tiny").vocab_size)
     sequences = list(tokenize_sft(examples, tokenizer))
 
     def batches():  # the same order on every run, so a resumed run continues exactly
@@ -92,22 +98,31 @@ def main(argv):
         else:  # train to each evaluation point; fit resumes from the checkpoint the last one saved
             targets = sorted({min(t, total) for t in range(every, total + every, every)} - set(range(
                 (ckpt.latest_step() or 0) + 1)))
-        for target in targets:
-            fit(trainer, batches(), steps=target, checkpoints=ckpt, log_every=50, progress=True)
+
+        def greedy(problems):
+            """Greedy accuracy overall and per level: ({"all": a, "level1": a, ...}, n per level)."""
             engine = Engine(trainer.model(), vocab_size=tokenizer.vocab_size, pad_id=tokenizer.pad_id)
-            sols = evaluate.solve(held_out, engine, executor, tokenizer, search=search, progress=False)
+            sols = evaluate.solve(problems, engine, executor, tokenizer, search=search, progress=False)
             by_level = {}
             for s in sols:
-                by_level.setdefault(s.problem.metadata["level"], []).append(s.candidates[0].correct)
-            line = {f"level{k}": round(float(np.mean(v)), 3) for k, v in sorted(by_level.items())}
-            print(f"step {trainer.step_count} greedy accuracy {evaluate.accuracy(sols):.3f} {line}", flush=True)
+                by_level.setdefault(f"level{s.problem.metadata['level']}", []).append(s.candidates[0].correct)
+            line = {"all": evaluate.accuracy(sols)} | {k: float(np.mean(v)) for k, v in sorted(by_level.items())}
+            return {k: round(v, 3) for k, v in line.items()}, {k: len(v) for k, v in sorted(by_level.items())}
+
+        for target in targets:
+            fit(trainer, batches(), steps=target, checkpoints=ckpt, log_every=50, progress=True)
+            print(f"step {trainer.step_count} greedy accuracy {greedy(held_out[:_EVAL_N.value])[0]}", flush=True)
         if targets:
             ckpt.save(trainer, data_position=trainer.step_count, force=True)  # one batch a step
+        final, counts = greedy(held_out)
+    print(f"step {trainer.step_count}: greedy accuracy on {len(held_out)} held-out problems {final}")
     save_pretrained(trainer.model(), out / "model")
     tokenizer.save(out / "model")
     (out / "model" / "PROVENANCE.json").write_text(json.dumps({
-        "script": "scripts/pretrain_tiny.py", "steps": trainer.step_count, "schedule_steps": _STEPS.value,
-        "rows": _ROWS.value, "lr": _LR.value, "problems": len(problems), "generator_seed": SEED, "levels": [1, 2]},
+        "command": "python " + " ".join(sys.argv), "script": "scripts/pretrain_tiny.py", "steps": trainer.step_count,
+        "schedule_steps": _STEPS.value, "rows": _ROWS.value, "length": 512, "lr": _LR.value,
+        "problems": len(problems), "generator_seed": SEED, "levels": [1, 2],
+        "held_out": {"generator_seed": SEED + 1, "problems": counts, "greedy_accuracy": final}},
         indent=2) + "\n")
     print(f"wrote {out / 'model'}")
 

@@ -63,6 +63,24 @@ def test_sft_examples_pack_into_segments_with_response_targets_only():
     assert b.tokens == 9
 
 
+def test_an_sft_example_refuses_a_question_already_wrapped_in_the_policy_prompt():
+    from rstar_jax.steps.format import policy_prompt
+
+    with pytest.raises(ValueError, match="already starts with the policy prompt"):
+        SFTExample("p", policy_prompt("What is 1?"), "<answer>\\boxed{1}<end_of_answer>")
+
+
+def test_reference_solutions_are_tokenized_after_exactly_one_policy_prompt(tmp_path):
+    from rstar_jax.data.synthetic import generate, reference_examples
+    from rstar_jax.testing import tiny_tokenizer
+
+    tok = tiny_tokenizer(tmp_path)
+    problems = generate(4, seed=0)
+    for p, (ids, prompt_len) in zip(problems, tokenize_sft(reference_examples(problems), tok)):
+        assert ids[:prompt_len] == tok.policy_prompt_ids(p.question)
+        assert tok.decode(ids).count("<|user|>") == 1
+
+
 def test_records_become_batches_with_a_tokenizer():
     tok = CharTokenizer()
     step = "<code>\nx = 1\n<end_of_step>"
@@ -154,12 +172,12 @@ def test_a_step_on_eight_devices_equals_one_device(tmp_path):
 
 
 def test_sft_on_step_format_responses_drives_the_held_out_loss_down(tmp_path):
-    from rstar_jax.data.synthetic import generate
+    from rstar_jax.data.synthetic import generate, reference_examples
     from rstar_jax.testing import tiny_tokenizer
 
     tok = tiny_tokenizer(tmp_path)
     problems = generate(40, seed=0, families=["arithmetic"], levels=[1])
-    examples = [SFTExample(p.id, p.question, p.metadata["solution"]) for p in problems]
+    examples = reference_examples(problems)
     train = list(pack_sft(tokenize_sft(examples[:32], tok), rows=4, length=256, pad_id=tok.pad_id))
     held = list(pack_sft(tokenize_sft(examples[32:], tok), rows=4, length=256, pad_id=tok.pad_id))
     model = CausalLM(CONFIG, rngs=nnx.Rngs(0))

@@ -27,6 +27,8 @@ import msgpack
 import numpy as np
 from array_record.python.array_record_module import ArrayRecordReader, ArrayRecordWriter
 
+from rstar_jax.steps import format as fmt
+
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
@@ -48,6 +50,13 @@ class SFTExample:
     min_q: float = float("nan")
     source: str = ""  # "search/round2", "rstar_release", ...
     metadata: Mapping[str, Any] = dataclasses.field(default_factory=dict, hash=False)
+
+    def __post_init__(self):
+        # The prompt is built in one place (`Tokenizer.policy_prompt_ids`, at tokenization): a
+        # question already wrapped in it would train the policy on a prompt it never sees.
+        if fmt.is_policy_prompt(self.question):
+            raise ValueError(f"SFTExample {self.problem_id!r}: the question already starts with the policy prompt "
+                             f"({self.question[:60]!r}); pass the bare question, the prompt is added when tokenized")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from fractions import Fraction
 
 from rstar_jax.data.problem import Problem
+from rstar_jax.data.records import SFTExample
 from rstar_jax.steps import format as fmt
 
 FAMILIES = ("arithmetic", "fractions", "linear", "word")
@@ -347,3 +348,11 @@ def generate(n: int, seed: int = 0, levels: Sequence[int] = LEVELS, families: Se
         out.append(Problem(question, latex(value), source=f"synthetic/{family}",
                            metadata={"family": family, "level": level, "solution": text}))
     return out
+
+
+def reference_examples(problems: Sequence[Problem], source: str = "reference") -> list[SFTExample]:
+    """SFT examples of the reference solutions that problems carry (`metadata["solution"]`), in
+    order; problems without one are skipped. The question stays bare: the policy prompt is added
+    once, when the example is tokenized (`train.tokenize_sft`)."""
+    return [SFTExample(p.id, p.question, p.metadata["solution"], source=source)
+            for p in problems if p.metadata.get("solution")]

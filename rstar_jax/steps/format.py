@@ -69,6 +69,11 @@ def policy_prompt(question: str) -> str:
     return POLICY_PROMPT.format(question=question)
 
 
+def is_policy_prompt(text: str) -> bool:
+    """Whether `text` starts with the policy prompt (a question wrapped already)."""
+    return text.startswith(_PROMPT_HEAD)
+
+
 def split_policy_prompt(text: str) -> tuple[str, str]:
     """(question, response) of a text that starts with the policy prompt, as PPM records do.
 
