@@ -96,7 +96,7 @@ def random_search_tree(seed: int, *, nodes: int = 200, candidates: int = 4, max_
                 head = fmt.CODE if n == 0 else ""
                 texts.append(f"{head}\n# {comment}\nx{c} = {int(rng.integers(1000))}\n{fmt.END_OF_STEP}")
                 failed = rng.random() < p_failed
-                dead = d >= max_depth
+                dead = d > max_depth
                 v = -1.0 if dead else float(rng.uniform(-1, 1))
                 visits.append(1), value.append(v), init.append(0.0 if dead else v), reward.append(-1.0 if dead else 0.0)
                 terminal.append(dead), valid.append(not failed), answer.append(False)

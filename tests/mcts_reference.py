@@ -162,7 +162,7 @@ class _Search:
                 child.text = continuation_text(self.tokenizer, child.tokens)
             child.valid = not failed
             child.errors = node.errors + 1 if failed else 0
-            if (failed and child.errors >= c.errors_threshold) or child.depth >= c.max_depth:
+            if (failed and child.errors >= c.errors_threshold) or child.depth > c.max_depth:
                 child.terminal = True
                 child.reward, child.N, child.W = -ONE, 1, -ONE
             elif c.mode.uses_ppm:

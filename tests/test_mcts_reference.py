@@ -204,11 +204,11 @@ def test_e_answer_ties_go_to_the_first_answer(executor):
 
 
 @pytest.mark.parametrize("mode", [Mode.TERMINAL, Mode.PPM])
-def test_f_non_answer_steps_at_max_depth_are_terminal(executor, mode):
+def test_f_non_answer_steps_deeper_than_max_depth_are_terminal(executor, mode):
     deep, fail = "\nx = x + 1\n<end_of_step>", "\n1/0\n<end_of_step>"
     scorer = ending_scorer({A: 0.5})
     table = {"": [A] * 3, A: [deep, ans(42), fail]}
-    t, _, ex = search(executor, table, max_depth=2, mode=mode, scorer=scorer)
+    t, _, ex = search(executor, table, max_depth=1, mode=mode, scorer=scorer)
     assert t["children"] == [[1], [2, 3, 4], [], [], []] and t["depth"] == [0, 1, 2, 2, 2]
     assert t["valid"] == [True, True, True, True, False] and t["terminal"] == [True] * 5
     assert t["reward"] == [0, 0, -1, 1, -1]
@@ -221,6 +221,14 @@ def test_f_non_answer_steps_at_max_depth_are_terminal(executor, mode):
     else:
         assert scorer.calls == [] and t["visits"][:2] == [1, 1] and t["value_sum"][:2] == [1, 1]
     assert t["rollouts"] == 2
+
+
+def test_f_a_step_at_max_depth_is_still_expanded(executor):
+    deep = "\nx = x + 1\n<end_of_step>"
+    table = {"": [A] * 3, A: [deep] * 3, A + deep: [deep, ans(42), ans(41)]}
+    t, _, _ = search(executor, table, max_depth=2)
+    assert t["depth"] == [0, 1, 2, 3, 3] and t["children"][2] == [3, 4]
+    assert t["reward"][3:] == [-1, 1] and t["terminal"][3:] == [True, True]
 
 
 def test_g_errors_threshold_two(executor):

@@ -33,7 +33,7 @@ def check_tree(t, config):
     assert n <= config.nodes and t.parent[0] == -1 and t.depth[0] == 0
     for node in range(1, n):
         p = t.parent[node]
-        assert 0 <= p < node and t.depth[node] == t.depth[p] + 1 <= config.max_depth
+        assert 0 <= p < node and t.depth[node] == t.depth[p] + 1 <= config.max_depth + 1
         assert node in t.children[p]
     for node in range(n):
         kids = [c for c in t.children[node] if c >= 0]
@@ -99,7 +99,8 @@ def test_a_search_is_reproducible_and_each_problem_independent_of_its_batch(worl
 
 
 def test_device_paths_equal_the_steps_the_host_keeps(world):
-    """gather_path packs the tokens of each node's ancestors; check it against the host's copy."""
+    """gather_path packs the tokens of each expandable node's path (depth <= max_depth); check it
+    against the host's copy."""
     t = _search(world, CONFIG)[0]
     n, k, length = t.num_nodes, CONFIG.candidates, CONFIG.step_capacity
     dev = tree_ops.init_tree(1, n, k, length)
@@ -109,7 +110,7 @@ def test_device_paths_equal_the_steps_the_host_keeps(world):
         tokens[0, node, :len(t.tokens[node])] = t.tokens[node]
         lengths[0, node] = len(t.tokens[node])
     dev = dataclasses.replace(dev, parent=t.parent[None], depth=t.depth[None], tokens=tokens, lengths=lengths)
-    for node in range(n):
+    for node in np.flatnonzero(t.depth <= CONFIG.max_depth):
         path, size = tree_ops.gather_path(dev, np.array([node], np.int32), max_depth=CONFIG.max_depth)
         want = [i for m in t.path(node) for i in t.tokens[m]]
         assert np.asarray(path)[0, :int(size[0])].tolist() == want
@@ -209,4 +210,4 @@ def test_presets_follow_the_paper_and_the_reference_code():
     assert boot.bootstrap and boot.errors_threshold == 2 and boot.temperature == 0.7
     test = SearchConfig.preset("paper", "test", rollouts=4)
     assert (test.candidates, test.rollouts, test.mode) == (32, 4, Mode.TEST)
-    assert SearchConfig(rollouts=2, candidates=3, max_depth=4).nodes == 1 + 2 * 4 * 3
+    assert SearchConfig(rollouts=2, candidates=3, max_depth=4).nodes == 1 + 2 * 5 * 3

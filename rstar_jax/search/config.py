@@ -45,14 +45,14 @@ class SearchConfig:
     """One search: B problems, each `rollouts` rollouts, `candidates` samples per expansion.
 
     capacity: nodes per tree, the root included; by default the most a search can create,
-    1 + rollouts * max_depth * candidates. A smaller one saves memory; a problem that runs out
+    1 + rollouts * (max_depth + 1) * candidates. A smaller one saves memory; a problem that runs out
     stops searching (reported in its result), the others go on.
     """
 
     mode: Mode = Mode.TERMINAL
     rollouts: int = 16
     candidates: int = 8  # K: samples per expansion
-    max_depth: int = 16  # steps on a path; a non-answer node at this depth is terminal
+    max_depth: int = 16  # a non-answer node deeper than this is terminal (RSTAR.md: depth > max_depth)
     c_uct: float = 2.0
     errors_threshold: int = 1  # consecutive failing steps that end a path (bootstrap: 2)
     max_step_tokens: int = 256  # generation budget of one step
@@ -85,7 +85,8 @@ class SearchConfig:
     @property
     def nodes(self) -> int:
         """N, the node capacity of each tree."""
-        return self.capacity or 1 + self.rollouts * self.max_depth * self.candidates
+        # A rollout expands at most one node at each depth 0..max_depth.
+        return self.capacity or 1 + self.rollouts * (self.max_depth + 1) * self.candidates
 
     @property
     def step_capacity(self) -> int:

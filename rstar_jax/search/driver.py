@@ -47,8 +47,9 @@ expand(n), node n at depth d of problem p:
    - A valid LAST_CODE child gets the executor's stdout as an output block appended to its
      tokens (`output_block_ids`: `fmt.output_block`, special-token spellings in stdout escaped,
      cut to max_output_tokens) and so to its text.
-   - A failing child with errors >= errors_threshold, and a non-answer child at depth
-     max_depth, is terminal: reward = -1, N = 1, W = -1 on itself only.
+   - A failing child with errors >= errors_threshold, and a non-answer child deeper than
+     max_depth (RSTAR.md: depth > max_depth), is terminal: reward = -1, N = 1, W = -1 on itself
+     only. So a node at depth max_depth is still expanded, and its answers count.
    - Any other child is an open node: in PPM and TEST modes N = 1 and W = init_value = the
      PPM's score of prompt + path + its tokens; in TERMINAL mode N = W = 0.
    init_value is the PPM score of every node the PPM scored (0 for the rest); reward is 0 for
@@ -569,7 +570,7 @@ def _needs_score(c: _Candidate, slot: _Slot, node: int, config: SearchConfig) ->
     if c.kind is fmt.StepKind.ANSWER:
         return config.mode is Mode.TEST
     dead = c.failed and slot.errors[node] + 1 >= config.errors_threshold
-    return not dead and slot.depth[node] + 1 < config.max_depth
+    return not dead and slot.depth[node] + 1 <= config.max_depth
 
 
 def _score(scorer: Scorer, candidates: list[_Candidate], prefixes: dict[int, list[int]]) -> None:

@@ -173,7 +173,7 @@ def _expand_one(t: Tree, leaf, tokens, lengths, keep, failed, is_answer, answer_
 
     depth = t.depth[node] + 1
     errors = jnp.where(failed, t.errors[node] + 1, 0)
-    dead = ~is_answer & ((failed & (errors >= errors_threshold)) | (depth >= max_depth))
+    dead = ~is_answer & ((failed & (errors >= errors_threshold)) | (depth > max_depth))
     terminal = is_answer | dead
     scored = (~terminal & mode.uses_ppm) | (is_answer & (mode is Mode.TEST))
     init = jnp.where(scored, jnp.where(is_answer, answer_value, ppm_value), 0.0)
@@ -196,7 +196,9 @@ def _expand_one(t: Tree, leaf, tokens, lengths, keep, failed, is_answer, answer_
         return jnp.where(on, t.parent[safe], NO_NODE), visits, value_sum
 
     visits_all, value_all = put(t.visits, visits), put(t.value_sum, value)
-    _, visits_all, value_all = jax.lax.fori_loop(0, max_depth, up, (jnp.where(go, leaf, NO_NODE), visits_all, value_all))
+    # The leaf is at depth <= max_depth: it and its ancestors are at most max_depth + 1 nodes.
+    _, visits_all, value_all = jax.lax.fori_loop(0, max_depth + 1, up,
+                                                 (jnp.where(go, leaf, NO_NODE), visits_all, value_all))
     row = jnp.full((k,), NO_NODE, jnp.int32).at[jnp.where(keep, rank, k)].set(ids, mode="drop")
     return dataclasses.replace(
         t,
@@ -228,7 +230,8 @@ def select(tree: Tree, *, rollouts: int, c_uct: float) -> tuple[Tree, jax.Array]
 
 @functools.partial(jax.jit, static_argnames=("max_depth",))
 def gather_path(tree: Tree, leaf: jax.Array, *, max_depth: int) -> tuple[jax.Array, jax.Array]:
-    """(tokens int32[B, max_depth * L], lengths int32[B]): each leaf's path tokens, root first."""
+    """(tokens int32[B, max_depth * L], lengths int32[B]): each leaf's path tokens, root first
+    (a leaf is at depth <= max_depth: deeper nodes are terminal, never expanded)."""
     return jax.vmap(functools.partial(_path_one, max_depth=max_depth))(tree, leaf)
 
 
