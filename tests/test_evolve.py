@@ -137,6 +137,14 @@ def test_bad_fields_are_named(tmp_path, field, value, message):
             evolve.run(config, tmp_path, progress=False)
 
 
+@pytest.mark.parametrize("kind, bootstrap, errors", [("base", False, 1), ("reference", False, 1),
+                                                     ("few_shot", True, 2), ("checkpoint", True, 2)])
+def test_round_one_tolerates_two_errors_only_with_the_bootstrap_prompt(kind, bootstrap, errors):
+    config = evolve.search_config(smoke_config(**{"bootstrap.kind": kind}), 1)
+    assert (config.bootstrap, config.errors_threshold) == (bootstrap, errors)
+    assert evolve.search_config(smoke_config(**{"bootstrap.kind": kind}), 2).errors_threshold == 1
+
+
 def test_a_workdir_of_another_config_is_refused(tmp_path):
     evolve.Evolution(smoke_config(), tmp_path)
     with pytest.raises(evolve.ConfigError, match="holds a run with another config.*rounds"):

@@ -102,7 +102,9 @@ class SearchConfig:
         if stage not in STAGES:
             raise ValueError(f"unknown stage {stage!r}; known: {', '.join(STAGES)}")
         candidates, rollouts, temperature = _PRESETS[name][stage]
+        bootstrap = overrides.get("bootstrap", stage == "round1")
+        # The bootstrap prompt's policy (a large coder) may fix a failing step with the next one,
+        # so it tolerates two errors in a row; a policy that writes the format itself does not.
         fields = {"mode": _STAGE_MODES[stage], "candidates": candidates, "rollouts": rollouts,
-                  "temperature": temperature, "bootstrap": stage == "round1",
-                  "errors_threshold": 2 if stage == "round1" else 1}
+                  "temperature": temperature, "bootstrap": bootstrap, "errors_threshold": 2 if bootstrap else 1}
         return cls(**{**fields, **overrides})
