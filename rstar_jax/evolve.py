@@ -465,16 +465,18 @@ class Evolution:
                 records.write_records(out, "tree", trees, shard_size=len(trees) + 1,
                                       prefix=f"p{index}" if count > 1 else "")
                 self.push(out)
-                print(f"  chunk {i + 1}/{len(chunks)}: {sum(_solved(t) for t in trees)}/{len(trees)} solved",
+                print(f"  chunk {i + 1}/{len(chunks)}: {sum(t.solved for t in trees)}/{len(trees)} solved",
                       flush=True)
         _barrier(f"round {r} search written")
         self._pull(out)  # the other processes' shards
-        solved = n = 0
+        solved = n = again = 0
         for tree in records.read_records(out, "tree"):
             n += 1
-            solved += _solved(tree)
+            solved += tree.solved
+            again += tree.searches > 1
         return {"mode": config.mode.value, "problems": n, "solved": solved, "rollouts": config.rollouts,
-                "candidates": config.candidates, "notes": notes}
+                "candidates": config.candidates, "unsolved_rollouts": config.unsolved_rollouts,
+                "searched_again": again, "notes": notes}
 
     def _extract(self, rdir: pathlib.Path) -> dict:
         from rstar_jax.data.extract import ExtractConfig, extract
@@ -670,10 +672,6 @@ class Evolution:
         _plot_rounds(results, self.dir / "rounds.png")
         for name in ("report.md", "report.json", "rounds.png"):
             self.push(self.dir / name)
-
-
-def _solved(tree) -> bool:
-    return bool((tree.is_answer & (tree.reward > 0)).any())
 
 
 def _plot_rounds(results: Sequence[RoundResult], path: pathlib.Path) -> None:

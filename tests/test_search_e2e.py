@@ -204,6 +204,7 @@ def test_presets_follow_the_paper_and_the_reference_code():
     assert (SearchConfig.preset("paper", "round1").candidates, SearchConfig.preset("paper", "round1").rollouts) == (5, 8)
     r4 = SearchConfig.preset("paper", "round4")
     assert (r4.candidates, r4.rollouts, r4.mode) == (16, 16, Mode.PPM)
+    assert r4.unsolved_rollouts == 64 and SearchConfig.preset("paper", "round3").unsolved_rollouts == 0
     ref = SearchConfig.preset("reference_code", "round2")
     assert (ref.candidates, ref.rollouts, ref.temperature, ref.mode) == (12, 48, 1.0, Mode.TERMINAL)
     boot = SearchConfig.preset("reference_code", "round1")

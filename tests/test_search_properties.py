@@ -203,3 +203,14 @@ def test_random_search_trees_keep_the_invariants_of_searched_ones(seed):
         not tree.terminal[n] and tree.children[n, 0] < 0 for n in range(tree.num_nodes))
     answers = np.flatnonzero(tree.is_answer)
     assert set(tree.reward[answers]) <= {-1.0, 1.0} and tree.visits[0] == len(answers)
+
+
+def test_problems_no_rollout_solved_are_searched_again_with_the_larger_budget(executor):
+    config = SearchConfig(rollouts=2, candidates=3, max_depth=4, max_step_tokens=40, max_output_tokens=24)
+    problems = [Problem("What is 1 + 3?", ANSWER), Problem("What is 2 + 3?", "5")]  # the second: never solved
+    plain = run_search(problems, policy(0), executor, TOKENIZER, config)
+    trees = run_search(problems, policy(0), executor, TOKENIZER, dataclasses.replace(config, unsolved_rollouts=6))
+    assert plain[0].solved and not plain[1].solved and (trees[1].searches, trees[1].rollouts, plain[1].rollouts) == (2, 6, 2)
+    for first, final in zip(plain, trees):
+        if first.solved:
+            assert final.searches == 1 and final.texts == first.texts

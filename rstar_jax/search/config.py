@@ -36,6 +36,9 @@ _PRESETS = {
     "reference_code": {"round1": (12, 48, 0.7), "round2": (12, 48, 1.0), "round3": (12, 48, 1.0),
                        "round4": (12, 48, 1.0), "test": (32, 12, 1.0)},
 }  # fmt: skip
+# Rollouts of a second search of the problems a stage's search left unsolved (RSTAR.md section 6:
+# 64-128 in round 4; the reference code has no second search).
+_UNSOLVED_ROLLOUTS = {"paper": {"round4": 64}, "reference_code": {}}
 _STAGE_MODES = {"round1": Mode.TERMINAL, "round2": Mode.TERMINAL, "round3": Mode.PPM, "round4": Mode.PPM,
                 "test": Mode.TEST}
 
@@ -61,6 +64,9 @@ class SearchConfig:
     top_p: float = 1.0
     top_k: int = 0
     bootstrap: bool = False  # round-1 prompt (instructions + 2 examples) and stops
+    # Graded modes: a problem no rollout solved is searched again, from scratch, with this many
+    # rollouts (0: never). The paper's round 4 gives unsolved problems 64.
+    unsolved_rollouts: int = 0
     seed: int = 0
     capacity: int | None = None
 
@@ -71,6 +77,9 @@ class SearchConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"SearchConfig.{name} must be a positive int, got {value!r}")
+        if isinstance(self.unsolved_rollouts, bool) or not isinstance(self.unsolved_rollouts, int) \
+                or self.unsolved_rollouts < 0:
+            raise ValueError(f"SearchConfig.unsolved_rollouts must be an int >= 0, got {self.unsolved_rollouts!r}")
         if self.max_output_tokens < 4:
             raise ValueError(f"SearchConfig.max_output_tokens must be >= 4 to hold <output>...<end_of_output>, "
                              f"got {self.max_output_tokens}")
@@ -102,9 +111,11 @@ class SearchConfig:
         if stage not in STAGES:
             raise ValueError(f"unknown stage {stage!r}; known: {', '.join(STAGES)}")
         candidates, rollouts, temperature = _PRESETS[name][stage]
+        unsolved = _UNSOLVED_ROLLOUTS[name].get(stage, 0)
         bootstrap = overrides.get("bootstrap", stage == "round1")
         # The bootstrap prompt's policy (a large coder) may fix a failing step with the next one,
         # so it tolerates two errors in a row; a policy that writes the format itself does not.
         fields = {"mode": _STAGE_MODES[stage], "candidates": candidates, "rollouts": rollouts,
-                  "temperature": temperature, "bootstrap": bootstrap, "errors_threshold": 2 if bootstrap else 1}
+                  "temperature": temperature, "bootstrap": bootstrap, "errors_threshold": 2 if bootstrap else 1,
+                  "unsolved_rollouts": unsolved}
         return cls(**{**fields, **overrides})

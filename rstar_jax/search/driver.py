@@ -176,6 +176,7 @@ class SearchTree:
     overflow: bool  # the search ran out of nodes
     answer: str | None  # the selected answer
     answer_node: int  # its node, -1 if none
+    searches: int = 1  # 2: no rollout of the first search solved it, and this is the second's tree
 
     @property
     def q(self) -> np.ndarray:
@@ -185,6 +186,11 @@ class SearchTree:
     @property
     def num_nodes(self) -> int:
         return len(self.parent)
+
+    @property
+    def solved(self) -> bool:
+        """Whether a graded answer node of the tree is correct."""
+        return bool((self.is_answer & (self.reward > 0)).any())
 
     def path(self, node: int) -> list[int]:
         """The nodes from the root's child down to `node`."""
@@ -379,6 +385,9 @@ def run_search(problems: Sequence[Problem], policy: Policy, executor: Executor, 
     problem's answer, or the list of its `references` when it has several. Pass a
     `SearchStats` to learn where the time went.
 
+    With `config.unsolved_rollouts` (graded modes), the problems no rollout solved are searched
+    again, from scratch with that many rollouts and seed + 1, and the new trees replace theirs.
+
     A problem's samples do not depend on the batch it shares, so TERMINAL-mode trees are the
     same for any `batch_size`; the PPM's values can move in the last float bit with the shapes
     its forward is padded to, so PPM and TEST trees may differ where two Qs nearly tie.
@@ -388,12 +397,22 @@ def run_search(problems: Sequence[Problem], policy: Policy, executor: Executor, 
         return []
     if grade is None:
         from rstar_jax.steps.grading import is_equivalent as grade
-    search = _Search(problems, policy, executor, tokenizer, config, scorer, grade, overlap,
-                     stats if stats is not None else SearchStats())
+    stats = stats if stats is not None else SearchStats()
+    search = _Search(problems, policy, executor, tokenizer, config, scorer, grade, overlap, stats)
     with tqdm.tqdm(total=len(problems) * config.rollouts, desc="search", unit="rollout", leave=False,
                    disable=False if progress else None if progress is None else True) as bar:
         search.bar = bar
-        return search.run(min(len(problems), int(batch_size or 32)))
+        trees = search.run(min(len(problems), int(batch_size or 32)))
+    unsolved = [i for i, t in enumerate(trees) if not t.solved] if config.mode.graded else []
+    if config.unsolved_rollouts and unsolved:
+        # A new search, not more rollouts of the old tree: its seed differs, so its samples do.
+        again = dataclasses.replace(config, rollouts=config.unsolved_rollouts, unsolved_rollouts=0,
+                                    seed=(config.seed + 1) % 2**32)
+        redone = run_search([problems[i] for i in unsolved], policy, executor, tokenizer, again, scorer=scorer,
+                            grade=grade, batch_size=batch_size, overlap=overlap, progress=progress, stats=stats)
+        for i, tree in zip(unsolved, redone):
+            trees[i] = dataclasses.replace(tree, searches=2)
+    return trees
 
 
 class _Search:
