@@ -50,7 +50,6 @@ import logging
 import math
 import os
 import pathlib
-import random
 import shutil
 import time
 import zlib
@@ -516,23 +515,21 @@ class Evolution:
 
     def _sft(self, directory: pathlib.Path, start: str, examples: list, seed: int) -> tuple[str, dict]:
         """The model at `start` fine-tuned on `examples`; returns its exported path and metrics."""
-        from rstar_jax.train import Trainer, fit, pack_sft, tokenize_sft
+        from rstar_jax.train import Trainer, epochs, fit, pack_sft, tokenize_sft
 
         c = self.config.train.sft
         sequences = list(tokenize_sft(examples, self.tokenizer))
-        per_epoch = sum(1 for _ in pack_sft(sequences, rows=c.batch, length=c.max_length, pad_id=self.tokenizer.pad_id))
-        steps = max(1, int(math.ceil(c.epochs * per_epoch)))
 
-        def batches():  # the same order on every try: a resumed run skips what it consumed
-            for epoch in range(10**6):
-                order = list(sequences)
-                random.Random(seed * 1000 + epoch).shuffle(order)
-                yield from pack_sft(order, rows=c.batch, length=c.max_length, pad_id=self.tokenizer.pad_id)
+        def pack(order):
+            return pack_sft(order, rows=c.batch, length=c.max_length, pad_id=self.tokenizer.pad_id)
+
+        steps = max(1, int(math.ceil(c.epochs * sum(1 for _ in pack(sequences)))))
 
         trainer = Trainer(self._model(start, value_head=False, training=True), self._train_config(c, steps), "sft")
         with self._checkpoints(directory / "ckpt", keep=2, every=max(1, c.get("save_every", 100))) as ckpt:
-            history = fit(trainer, batches(), steps=steps, checkpoints=ckpt, logdir=directory / "tb",
-                          progress=self.progress, log_every=0)
+            # The same order on every try: a resumed run skips what it consumed.
+            history = fit(trainer, epochs(sequences, seed, pack), steps=steps, checkpoints=ckpt,
+                          logdir=directory / "tb", progress=self.progress, log_every=0)
             ckpt.save(trainer, data_position=steps, force=True)
         path = self._export(trainer.model(), directory / "model")
         last = history[-1]["loss"] if history else math.nan
@@ -563,7 +560,7 @@ class Evolution:
         return {"model": path, "trained": True, **metrics}
 
     def _train_ppm(self, rdir: pathlib.Path, r: int) -> dict:
-        from rstar_jax.train import Trainer, fit, ppm_batches
+        from rstar_jax.train import Trainer, epochs, fit, ppm_batches
 
         c = self.config.train.ppm
         pairs = list(records.read_records(rdir / "data", "ppm"))
@@ -580,26 +577,19 @@ class Evolution:
         per_epoch = max(1, math.ceil(len(train_pairs) / c.batch))
         steps = max(1, int(math.ceil(c.epochs * per_epoch)))
 
-        def batches():
-            for epoch in range(10**6):
-                order = list(train_pairs)
-                random.Random(r * 1000 + epoch).shuffle(order)
-                order += order[:(-len(order)) % c.batch]  # whole batches only: a batch splits over devices
-                yield from ppm_batches(order, tok, c.batch, c.max_length, pad_id=tok.pad_id)
+        def batches(order):  # the last batch of an epoch is filled with padding pairs of weight 0
+            return ppm_batches(order, tok, c.batch, c.max_length, pad_id=tok.pad_id)
 
-        evals = None
-        if held_pairs:
-            held_pairs += held_pairs[:(-len(held_pairs)) % c.batch]
-            evals = list(ppm_batches(held_pairs, tok, c.batch, c.max_length, pad_id=tok.pad_id))
+        evals = list(batches(held_pairs)) if held_pairs else None
         model = self._model(self.policy_path(r), value_head=True, training=True)
         trainer = Trainer(model, self._train_config(c, steps), "ppm")
         d = rdir / "ppm"
         eval_every = max(1, steps // 4)
         with self._checkpoints(d / "ckpt", keep=2, every=max(1, c.get("save_every", 100))) as ckpt, \
                 self._checkpoints(d / "best", keep=1, async_save=False) as best:
-            history = fit(trainer, batches(), steps=steps, checkpoints=ckpt, best=best if evals else None,
-                          eval_batches=evals, eval_every=eval_every if evals else 0, logdir=d / "tb",
-                          progress=self.progress, log_every=0)
+            history = fit(trainer, epochs(train_pairs, r, batches), steps=steps, checkpoints=ckpt,
+                          best=best if evals else None, eval_batches=evals, eval_every=eval_every if evals else 0,
+                          logdir=d / "tb", progress=self.progress, log_every=0)
             ckpt.save(trainer, data_position=steps, force=True)
             held_metrics = {}
             if evals:

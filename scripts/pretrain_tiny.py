@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import pathlib
-import random
 import sys
 
 from absl import app, flags
@@ -56,7 +55,7 @@ def main(argv):
     from rstar_jax.steps import format as fmt
     from rstar_jax.steps.executor import CodeExecutor
     from rstar_jax.tokenizer import Tokenizer
-    from rstar_jax.train import Checkpoints, TrainConfig, Trainer, fit, pack_sft, tokenize_sft
+    from rstar_jax.train import Checkpoints, TrainConfig, Trainer, epochs, fit, pack_sft, tokenize_sft
 
     out = pathlib.Path(_OUT.value)
     out.mkdir(parents=True, exist_ok=True)
@@ -80,10 +79,8 @@ def main(argv):
     sequences = list(tokenize_sft(examples, tokenizer))
 
     def batches():  # the same order on every run, so a resumed run continues exactly
-        for epoch in range(10**6):
-            order = list(sequences)
-            random.Random(epoch).shuffle(order)
-            yield from pack_sft(order, rows=_ROWS.value, length=512, pad_id=tokenizer.pad_id)
+        return epochs(sequences, 0, lambda order: pack_sft(order, rows=_ROWS.value, length=512,
+                                                           pad_id=tokenizer.pad_id))
 
     model = CausalLM(presets.get("tiny"), rngs=nnx.Rngs(0))
     schedule = TrainConfig(learning_rate=_LR.value, warmup_steps=min(100, _STEPS.value), total_steps=_STEPS.value,

@@ -1,6 +1,8 @@
 """Training: losses, batches from records, and the trainer (accumulation, 8 simulated devices,
 learning on small tasks)."""
 
+import itertools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,6 +15,7 @@ from rstar_jax.data import PPMPair, SFTExample
 from rstar_jax.models import CausalLM, make_mesh, presets
 from rstar_jax.train import (
     PPMBatch,
+    epochs,
     TrainConfig,
     Trainer,
     create_sharded,
@@ -79,6 +82,24 @@ def test_reference_solutions_are_tokenized_after_exactly_one_policy_prompt(tmp_p
     for p, (ids, prompt_len) in zip(problems, tokenize_sft(reference_examples(problems), tok)):
         assert ids[:prompt_len] == tok.policy_prompt_ids(p.question)
         assert tok.decode(ids).count("<|user|>") == 1
+
+
+def test_a_root_steps_pairs_and_the_final_pairs_weigh_as_two_groups():
+    pairs = [PPMPair("p", "A", "x1", "y1", kind="step"), PPMPair("p", "A", "x2", "y2", kind="step"),
+             PPMPair("p", "A", "w1", "z1", kind="final")]
+    np.testing.assert_allclose(pair_weights(pairs), [0.25, 0.25, 1])
+
+
+def test_every_pair_is_in_each_epoch_once_and_padding_pairs_weigh_nothing():
+    tok = CharTokenizer()
+    pairs = [PPMPair(f"p{i}", "A", f"x{i}", f"y{i}") for i in range(5)]
+    seen = []
+    for batch in itertools.islice(epochs(pairs, 0, lambda order: ppm_batches(order, tok, 4, 100)), 4):
+        assert batch.ids.shape[0] == 8  # always whole batches: a batch splits over devices
+        for i, w in enumerate(batch.weights):
+            seen.append(tok.decode(batch.ids[2 * i, :batch.lengths[2 * i]]) if w > 0 else None)
+    assert sorted(filter(None, seen[:8])) == sorted(filter(None, seen[8:])) == [f"Ax{i}" for i in range(5)]
+    assert seen.count(None) == 6 and seen[:8] != seen[8:]  # 3 padding pairs an epoch; a new order each epoch
 
 
 def test_records_become_batches_with_a_tokenizer():

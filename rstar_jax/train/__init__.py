@@ -3,7 +3,7 @@
 from rstar_jax import _lazy
 
 _EXPORTS = {
-    **dict.fromkeys(("PPMBatch", "SFTBatch", "pack_sft", "pair_weights", "ppm_batches", "tokenize_sft"),
+    **dict.fromkeys(("PPMBatch", "SFTBatch", "epochs", "pack_sft", "pair_weights", "ppm_batches", "tokenize_sft"),
                     "rstar_jax.train.batches"),
     "Checkpoints": "rstar_jax.train.checkpoint",
     **dict.fromkeys(("initialize", "mesh_from_config"), "rstar_jax.train.devices"),

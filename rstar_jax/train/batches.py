@@ -10,16 +10,23 @@ the policy to stop mid-step.
 
 PPM: a pair becomes two rows, prompt + positive and prompt + negative (even and odd rows), right
 padded to the batch's bucketed length; the PPM scores each row's last token. A pair's weight is
-1 / (|pos| |neg|) of its group, the pairs sharing a problem and a prompt, so every step counts
-once whatever the number of pairs it gave.
+1 / (|pos| |neg|) of its group, the pairs of one kind sharing a problem and a prompt, so every
+step counts once whatever the number of pairs it gave (a root step's pairs and the final-answer
+pairs share the bare prompt, but are different choices). A batch short of pairs is filled with
+padding pairs of weight 0, never with repeated pairs, which would count twice.
+
+`epochs` gives the batches of a training run: every example once an epoch, in an order that
+depends only on the seed and the epoch, so a resumed run continues exactly.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
+import itertools
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+import random
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -117,15 +124,27 @@ def pack_sft(sequences: Iterable[tuple[Sequence[int], int]], rows: int, length: 
         yield SFTBatch(**batch)
 
 
+def epochs(items: Sequence, seed: int, batches: Callable[[list], Iterable]) -> Iterator:
+    """`batches(order)` of every epoch, without end: epoch e's order is `items` shuffled by
+    Random(seed * 1000 + e)."""
+    for epoch in itertools.count():
+        order = list(items)
+        random.Random(seed * 1000 + epoch).shuffle(order)
+        yield from batches(order)
+
+
+def _group(p: PPMPair) -> tuple[str, str, str]:
+    return p.problem_id, p.kind, p.prompt
+
+
 def pair_weights(pairs: Sequence[PPMPair]) -> np.ndarray:
     """1 / (|pos| |neg|) per pair: |pos| and |neg| are the distinct positive and negative texts
-    of the pairs sharing its problem and prompt."""
+    of the pairs of its kind sharing its problem and prompt."""
     pos, neg = collections.defaultdict(set), collections.defaultdict(set)
     for p in pairs:
-        pos[p.problem_id, p.prompt].add(p.positive)
-        neg[p.problem_id, p.prompt].add(p.negative)
-    return np.array([1.0 / (len(pos[k]) * len(neg[k])) for k in ((p.problem_id, p.prompt) for p in pairs)],
-                    np.float32)
+        pos[_group(p)].add(p.positive)
+        neg[_group(p)].add(p.negative)
+    return np.array([1.0 / (len(pos[k]) * len(neg[k])) for k in map(_group, pairs)], np.float32)
 
 
 def _bucket(n: int, multiple: int = 64) -> int:
