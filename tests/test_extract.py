@@ -9,6 +9,7 @@ from rstar_jax.data import Problem
 from rstar_jax.data.extract import (
     ExtractConfig,
     extract,
+    extract_outcomes,
     extract_ppm,
     extract_sft,
     trajectories,
@@ -109,6 +110,17 @@ def test_sft_drops_problems_under_the_correct_fraction():
     assert len(extract_sft(half)) == 1  # exactly 50% stays
     _, _, stats = extract([tree, half])
     assert (stats.problems, stats.trajectories, stats.correct, stats.sft, stats.low_correct_problems) == (2, 5, 2, 1, 1)
+
+
+def test_outcome_examples_take_right_and_wrong_in_turn_without_failed_or_repeated_paths():
+    tree = build([("a", 0, 0.5, "code"), ("b", 1, 0, "wrong"), ("c", 1, 0, "wrong"), ("d", 1, 0, "right"),
+                  ("e", 0, 0.9, "fail"), ("f", 5, 0, "right"), ("g", 0, 0, "right")])
+    got = extract_outcomes(tree)
+    assert [(o.response, o.correct) for o in got] == [
+        (response(("a", "code"), ("d", "right")), True), (response(("a", "code"), ("b", "wrong")), False),
+        (response(("g", "right")), True), (response(("a", "code"), ("c", "wrong")), False)]
+    assert (got[0].problem_id, got[0].question) == ("p1", QUESTION)
+    assert len(extract_outcomes(tree, ExtractConfig(outcomes_per_problem=3))) == 3
 
 
 # --- PPM pairs ------------------------------------------------------------------------------

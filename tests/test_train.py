@@ -234,6 +234,43 @@ def test_the_ppm_learns_separable_pairs():
         Trainer(tiny(), TrainConfig(), "ppm")
 
 
+def test_outcome_examples_become_labelled_rows():
+    from rstar_jax.data import OutcomeExample
+    from rstar_jax.train import outcome_batches
+
+    tok = CharTokenizer()
+    examples = [OutcomeExample("p", "Q1", "<answer>1<end_of_answer>", True),
+                OutcomeExample("q", "Q2", "<answer>22<end_of_answer>", False)]
+    batch, = outcome_batches(examples, tok, batch_rows=4, max_length=200)
+    assert batch.ids.shape == (4, 128) and list(batch.labels) == [1, -1, 0, 0] and list(batch.weights) == [1, 1, 0, 0]
+    first = tok.policy_prompt_ids("Q1") + tok.encode(examples[0].response)
+    assert batch.ids[0, :batch.lengths[0]].tolist() == first and batch.tokens == len(first) + batch.lengths[1]
+
+
+def test_the_orm_learns_separable_outcomes():
+    from rstar_jax.train import OutcomeBatch
+
+    rng = np.random.default_rng(0)
+
+    def batch(n):
+        # Random tokens; a right trajectory contains token 7 three times, a wrong one token 8.
+        ids = rng.integers(20, 500, size=(n, 24)).astype(np.int32)
+        labels = np.where(np.arange(n) % 2 == 0, 1.0, -1.0).astype(np.float32)
+        ids[:, 16:19] = np.where(labels[:, None] > 0, 7, 8)
+        return OutcomeBatch(ids=ids, lengths=np.full((n,), 24, np.int32), labels=labels,
+                            weights=np.ones((n,), np.float32))
+
+    trainer = Trainer(tiny(value_head=True), TrainConfig(learning_rate=2e-3, total_steps=40), "orm")
+    held = [batch(64)]
+    start = trainer.evaluate(held)
+    for _ in range(40):
+        trainer.step(batch(16))
+    end = trainer.evaluate(held)
+    assert end["accuracy"] > 0.95 and end["loss"] < 0.5 * start["loss"], (start, end)
+    with pytest.raises(ValueError, match="the ORM trainer needs a model with a value head"):
+        Trainer(tiny(), TrainConfig(), "orm")
+
+
 def test_a_killed_run_resumes_where_it_stopped(tmp_path):
     from rstar_jax.train.checkpoint import Checkpoints
 

@@ -5,7 +5,7 @@ from rstar_jax import _lazy
 
 _EXPORTS = {
     **dict.fromkeys(("Problem", "problem_id"), "rstar_jax.data.problem"),
-    **dict.fromkeys(("PPMPair", "SCHEMA_VERSION", "SFTExample"), "rstar_jax.data.records"),
+    **dict.fromkeys(("OutcomeExample", "PPMPair", "SCHEMA_VERSION", "SFTExample"), "rstar_jax.data.records"),
     **dict.fromkeys(("BENCHMARKS", "load_benchmark", "load_problems", "read_problems"), "rstar_jax.data.sources"),
     **dict.fromkeys(("ExtractConfig", "ExtractStats", "extract", "extract_ppm", "extract_sft", "trajectories"),
                     "rstar_jax.data.extract"),

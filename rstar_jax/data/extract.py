@@ -32,18 +32,23 @@ correct trajectories without an error, highest mean Q first, against wrong ones 
 error, lowest mean Q first, `final_pairs` of each, every combination, with the same margin
 (on mean Q) and distance (on the responses) filters; prompt = the policy prompt, positive /
 negative = the whole responses.
+
+Outcome examples (`extract_outcomes`, for the ORM baseline): the trajectories without an
+error, distinct responses only, in creation order, correct and wrong ones taken in turn so a
+problem with both gives both, at most `outcomes_per_problem`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from collections.abc import Iterable
 
 import numpy as np
 from rapidfuzz.distance import Levenshtein
 
-from rstar_jax.data.records import PPMPair, SFTExample
+from rstar_jax.data.records import OutcomeExample, PPMPair, SFTExample
 from rstar_jax.steps import format as fmt
 
 # Qs are float32: 0.7 and 0.2 read as Python floats differ by 0.49999998, and a 0.5 margin must keep that pair.
@@ -62,9 +67,11 @@ class ExtractConfig:
     min_margin: float = 0.5
     min_distance: int = 20
     final_pairs: int = 2
+    outcomes_per_problem: int = 8
 
     def __post_init__(self):
-        for name in ("sft_per_problem", "pairs_per_side", "fallback_per_side", "min_distance", "final_pairs"):
+        for name in ("sft_per_problem", "pairs_per_side", "fallback_per_side", "min_distance", "final_pairs",
+                     "outcomes_per_problem"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
                 raise ValueError(f"ExtractConfig.{name} must be an int >= 0, got {value!r}")
@@ -221,6 +228,23 @@ def extract_ppm(tree, config: ExtractConfig = ExtractConfig(), *, source: str = 
                 pair(g.response, b.response, g.mean_q, b.mean_q, prompt, "final")
                 stats.final_pairs += len(out) - before
     return out
+
+
+def extract_outcomes(tree, config: ExtractConfig = ExtractConfig(), *, source: str = "search",
+                     trajs: list[Trajectory] | None = None) -> list[OutcomeExample]:
+    """The outcome (ORM) examples of one tree (module docstring)."""
+    trajs = trajectories(tree) if trajs is None else trajs
+    sides: tuple[list, list] = ([], [])
+    seen = set()
+    for t in trajs:
+        if not t.has_error and t.response not in seen:
+            seen.add(t.response)
+            sides[t.correct].append(t)
+    wrong, right = sides
+    turns = [t for pair in itertools.zip_longest(right, wrong) for t in pair if t is not None]
+    p = tree.problem
+    return [OutcomeExample(p.id, p.question, t.response, t.correct, source=source)
+            for t in turns[:config.outcomes_per_problem]]
 
 
 def extract(trees: Iterable, config: ExtractConfig = ExtractConfig(), *, source: str = "search"

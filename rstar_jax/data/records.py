@@ -2,6 +2,8 @@
 
 SFTExample: one policy fine-tuning example (question -> response in the step format).
 PPMPair: one process-preference pair (shared prefix, a better next step, a worse one).
+OutcomeExample: one whole trajectory and whether its answer is right, for an outcome reward
+model (ORM), the baseline the PPM is compared with (RSTAR.md section 5).
 Trees are `search.driver.SearchTree`s.
 
 On disk, each kind lives in `array_record` shards of msgpack records (`RecordWriter`,
@@ -81,6 +83,19 @@ class PPMPair:
     metadata: Mapping[str, Any] = dataclasses.field(default_factory=dict, hash=False)
 
 
+@dataclasses.dataclass(frozen=True)
+class OutcomeExample:
+    """An outcome reward model learns whether `response`, a whole trajectory after
+    `fmt.policy_prompt(question)`, reaches the right answer."""
+
+    problem_id: str
+    question: str
+    response: str
+    correct: bool
+    source: str = ""
+    metadata: Mapping[str, Any] = dataclasses.field(default_factory=dict, hash=False)
+
+
 # --- encoding ---------------------------------------------------------------------------------
 #
 # A record on disk is msgpack of [schema, kind, id, payload], payload being msgpack bytes of the
@@ -88,7 +103,7 @@ class PPMPair:
 # envelope can be read without decoding the payload, so finding which problems are written
 # (`written_problem_ids`) costs a copy per record, not a decode.
 
-KINDS = ("tree", "sft", "ppm")
+KINDS = ("tree", "sft", "ppm", "orm")
 _ND = "__nd__"
 
 
@@ -152,7 +167,7 @@ def _record_type(kind: str):
     return _TYPES[kind]
 
 
-_TYPES = {"sft": SFTExample, "ppm": PPMPair}
+_TYPES = {"sft": SFTExample, "ppm": PPMPair, "orm": OutcomeExample}
 _FIELDS = {kind: [f.name for f in dataclasses.fields(t)] for kind, t in _TYPES.items()}
 
 

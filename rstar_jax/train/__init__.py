@@ -3,7 +3,8 @@
 from rstar_jax import _lazy
 
 _EXPORTS = {
-    **dict.fromkeys(("PPMBatch", "SFTBatch", "epochs", "pack_sft", "pair_weights", "ppm_batches", "tokenize_sft"),
+    **dict.fromkeys(("OutcomeBatch", "PPMBatch", "SFTBatch", "epochs", "outcome_batches", "pack_sft", "pair_weights",
+                     "ppm_batches", "tokenize_sft"),
                     "rstar_jax.train.batches"),
     "Checkpoints": "rstar_jax.train.checkpoint",
     **dict.fromkeys(("initialize", "mesh_from_config"), "rstar_jax.train.devices"),

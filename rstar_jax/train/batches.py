@@ -15,6 +15,9 @@ step counts once whatever the number of pairs it gave (a root step's pairs and t
 pairs share the bare prompt, but are different choices). A batch short of pairs is filled with
 padding pairs of weight 0, never with repeated pairs, which would count twice.
 
+ORM: an outcome example is one row, the policy prompt and the whole trajectory, labelled +1
+(right answer) or -1; rows are right padded like the PPM's, and padding rows weigh 0.
+
 `epochs` gives the batches of a training run: every example once an epoch, in an order that
 depends only on the seed and the epoch, so a resumed run continues exactly.
 """
@@ -30,7 +33,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from rstar_jax.data.records import PPMPair, SFTExample
+from rstar_jax.data.records import OutcomeExample, PPMPair, SFTExample
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +72,21 @@ class PPMBatch:
     @property
     def tokens(self) -> int:
         return int(self.lengths.sum())
+
+
+@dataclasses.dataclass
+class OutcomeBatch:
+    """int32[B, T] ids (prompt + trajectory), int32[B] lengths, float32[B] labels (+1 right, -1
+    wrong) and weights (0 for padding rows)."""
+
+    ids: np.ndarray
+    lengths: np.ndarray
+    labels: np.ndarray
+    weights: np.ndarray
+
+    @property
+    def tokens(self) -> int:
+        return int(self.lengths[self.weights > 0].sum())
 
 
 @dataclasses.dataclass
@@ -179,3 +197,27 @@ def ppm_batches(pairs: Sequence[PPMPair], tokenizer, batch_pairs: int, max_lengt
         yield PPMBatch(ids=ids, lengths=lengths, weights=weights_out)
     if skipped.too_long:
         log.warning("%d PPM pairs longer than max_length=%d were left out", skipped.too_long, max_length)
+
+
+def outcome_batches(examples: Sequence[OutcomeExample], tokenizer, batch_rows: int, max_length: int,
+                    pad_id: int = 0, skipped: Skipped | None = None) -> Iterator[OutcomeBatch]:
+    """Batches of `batch_rows` outcome examples in order, each padded to the next multiple of 64
+    of its longest row (at most max_length); longer examples are left out."""
+    skipped = Skipped() if skipped is None else skipped
+    rows = []
+    for ex in examples:
+        ids = tokenizer.policy_prompt_ids(ex.question) + _continuation(tokenizer, ex.response)
+        if len(ids) > max_length:
+            skipped.too_long += 1
+            continue
+        rows.append((ids, 1.0 if ex.correct else -1.0))
+    for start in range(0, len(rows), batch_rows):
+        chunk = rows[start:start + batch_rows]
+        ids = np.full((batch_rows, min(max_length, _bucket(max(len(r) for r, _ in chunk)))), pad_id, np.int32)
+        lengths, labels, weights = np.ones((batch_rows,), np.int32), np.zeros((batch_rows,), np.float32), \
+            np.zeros((batch_rows,), np.float32)
+        for i, (row, label) in enumerate(chunk):
+            ids[i, :len(row)], lengths[i], labels[i], weights[i] = row, len(row), label, 1.0
+        yield OutcomeBatch(ids=ids, lengths=lengths, labels=labels, weights=weights)
+    if skipped.too_long:
+        log.warning("%d outcome examples longer than max_length=%d were left out", skipped.too_long, max_length)

@@ -38,7 +38,7 @@ def fit(trainer, batches: Iterable, *, steps: int | None = None, eval_batches: l
         logdir: str | pathlib.Path | None = None, log_every: int = 50, peak_flops: float | None = None,
         progress: bool | None = None) -> list[dict[str, float]]:
     """Trains on `batches` (at most `steps`); returns the metrics of every step run here."""
-    metric = "accuracy" if trainer.task == "ppm" else "loss"
+    metric = "loss" if trainer.task == "sft" else "accuracy"
     start, best_value = 0, None
     if checkpoints is not None and (meta := checkpoints.restore_latest(trainer)) is not None:
         start, best_value = meta["data_position"], meta.get("best")

@@ -6,6 +6,8 @@ the whole batch, so accumulating microbatches gives exactly the gradient of the 
 SFT: next-token cross entropy on response tokens only (the prompt is context, not a target).
 PPM: pairwise Bradley-Terry, -log sigmoid(r(prompt + pos) - r(prompt + neg)), each pair weighted
 1 / (|pos| |neg|) of its step's group, the count being the number of groups.
+ORM: the squared error of each trajectory's score against its outcome, +1 right or -1 wrong
+(regression onto the outcome, as the paper's PQM regresses onto Q-values).
 """
 
 from __future__ import annotations
@@ -39,3 +41,11 @@ def pair_accuracy(positive: jax.Array, negative: jax.Array, mask: jax.Array) -> 
     """(pairs ranked right, pairs) over the rows where mask is set."""
     mask = mask.astype(jnp.float32)
     return jnp.sum((positive > negative).astype(jnp.float32) * mask), jnp.sum(mask)
+
+
+def outcome_loss_sum(scores: jax.Array, labels: jax.Array, weights: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Scores float[B] of whole trajectories, labels float[B] (+1 right answer, -1 wrong), weights
+    float[B] (0 for padding) -> (weighted squared error sum, weight sum)."""
+    weights = weights.astype(jnp.float32)
+    error = scores.astype(jnp.float32) - labels.astype(jnp.float32)
+    return jnp.sum(error * error * weights), jnp.sum(weights)

@@ -25,9 +25,10 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from rstar_jax.engine.generation import model_mesh
 from rstar_jax.train import losses
-from rstar_jax.train.batches import PPMBatch, SFTBatch
+from rstar_jax.train.batches import OutcomeBatch, PPMBatch, SFTBatch
 
-TASKS = ("sft", "ppm")
+TASKS = ("sft", "ppm", "orm")  # the policy, the PPM, the outcome reward model (a baseline for the PPM)
+_BATCHES = {"sft": SFTBatch, "ppm": PPMBatch, "orm": OutcomeBatch}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,12 +106,17 @@ def create_sharded(make, mesh, rules=None):
 
 
 def _loss_sums(model, task: str, batch: dict) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
-    """(loss sum, count, correct, pairs) of one microbatch; the last two are PPM pair accuracy."""
+    """(loss sum, count, correct, judged) of one microbatch; the last two are the PPM's pairs
+    ranked right and the ORM's outcomes called right (the score's sign), and their counts."""
     if task == "sft":
         logits = model(batch["inputs"], batch["positions"], batch["segment_ids"])
         total, count = losses.sft_loss_sum(logits, batch["targets"], batch["weights"])
         return total, count, jnp.zeros(()), jnp.zeros(())
     scores = model.value(batch["ids"], batch["lengths"])
+    if task == "orm":
+        total, count = losses.outcome_loss_sum(scores, batch["labels"], batch["weights"])
+        right = (jnp.sign(scores) == batch["labels"]).astype(jnp.float32) * batch["weights"]
+        return total, count, jnp.sum(right), count
     pos, neg = scores[0::2], scores[1::2]
     total, count = losses.ppm_loss_sum(pos, neg, batch["weights"])
     correct, pairs = losses.pair_accuracy(pos, neg, batch["weights"] > 0)
@@ -167,7 +173,7 @@ def _eval_step(graphdef, params, rest, batch, *, task):
 
 
 def batch_arrays(task: str, batch) -> dict[str, np.ndarray]:
-    kind = SFTBatch if task == "sft" else PPMBatch
+    kind = _BATCHES[task]
     if not isinstance(batch, kind):
         raise TypeError(f"a {task!r} trainer takes {kind.__name__}es, got {type(batch).__name__}")
     out = dataclasses.asdict(batch)
@@ -189,7 +195,7 @@ def split_microbatches(task: str, arrays: dict, microbatches: int) -> dict:
 
 
 class Trainer:
-    """Trains `model` (a CausalLM; with a value head for task "ppm") in place of its parameters.
+    """Trains `model` (a CausalLM; with a value head for tasks "ppm" and "orm") in place of its parameters.
 
     `step(batch)` runs one optimiser step on an SFTBatch or PPMBatch and returns float metrics
     (loss, count, grad_norm, accuracy for the PPM, lr); `evaluate(batches)` the held-out loss
@@ -201,8 +207,9 @@ class Trainer:
     def __init__(self, model, config: TrainConfig, task: str):
         if task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {task!r}")
-        if task == "ppm" and not model.has_value_head:
-            raise ValueError("the PPM trainer needs a model with a value head (CausalLM(..., value_head=True))")
+        if task != "sft" and not model.has_value_head:
+            raise ValueError(f"the {task.upper()} trainer needs a model with a value head "
+                             "(CausalLM(..., value_head=True))")
         self.task, self.config, self.model_config = task, config, model.config
         self.graphdef, self.params, self.rest = nnx.split(model, nnx.Param, ...)
         self.tx = make_optimizer(config)
@@ -252,7 +259,7 @@ class Trainer:
             with self._mesh():
                 sums += np.asarray(_eval_step(self.graphdef, self.params, self.rest, arrays, task=self.task))
         out = {"loss": sums[0] / max(sums[1], 1.0), "count": sums[1]}
-        if self.task == "ppm":
+        if self.task != "sft":
             out["accuracy"] = sums[2] / max(sums[3], 1.0)
         return out
 
