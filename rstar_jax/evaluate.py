@@ -13,8 +13,14 @@ blocks exactly as during search:
   a vote weighted by score.
 
 Answers are grouped by `is_equivalent` before votes, and graded against each problem's
-`references`. `accuracy_curve` gives accuracy against the number of trajectories used, and
-`report` the markdown table, JSON and plot of a set of results.
+`references`. `accuracy_curve` gives accuracy against the number of trajectories used.
+
+`evaluate_policy` runs them all on one set of problems at equal trajectories (N samples for
+maj@N and best-of-N, N = rollouts x searches for MCTS) and gives, per method, the accuracy with
+its 95% Wilson interval, per level when problems have one, and the ids of the problems it got
+right; the reward models' AUC at ranking the sampled answers (correct above wrong); and paired
+bootstrap intervals of the differences between methods on the same problems. `report` writes
+the markdown, `results.json` and the plot.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from rstar_jax.search.config import Mode, SearchConfig
-from rstar_jax.search.driver import EnginePolicy, Problem, SearchTree, prompt_ids, run_search
+from rstar_jax.search.driver import EnginePolicy, Problem, SearchTree, run_search
 from rstar_jax.steps import format as fmt
 
 RULES = ("highest", "top_k_vote", "weighted_vote", "majority")
@@ -41,6 +47,7 @@ class Candidate:
     answer: str | None
     score: float  # the PPM's value (0 without a PPM)
     correct: bool
+    ids: tuple[int, ...] = ()  # what a reward model scores: the prompt and the trajectory's steps
 
 
 @dataclasses.dataclass
@@ -93,7 +100,8 @@ def _answers(tree: SearchTree, graded: bool) -> list[Candidate]:
         answer = fmt.extract_answer(tree.texts[node])
         correct = bool(tree.reward[node] > 0) if graded else (
             answer is not None and is_equivalent(answer, tree.problem.references or tree.problem.answer))
-        out.append(Candidate(answer, float(q[node]), correct))
+        ids = (*tree.prompt_ids, *(t for n in tree.path(int(node)) for t in tree.tokens[n]))
+        out.append(Candidate(answer, float(q[node]), correct, ids))
     return out
 
 
@@ -122,16 +130,19 @@ def solve(problems: Sequence[Problem], policy, executor, tokenizer, *, samples: 
         trees = run_search(problems, _engine_policy(policy, tokenizer, config), executor, tokenizer, config,
                            batch_size=batch_size, progress=progress)
         found = [_answers(tree, graded=True)[:1] for tree in trees]
-        ends = [(t, f[0]) for t, f in zip(trees, found) if f]
-        scores = np.zeros(len(ends))  # no PPM: no score (a Q here would be the grade itself)
-        if scorer is not None and ends:
-            scores = scorer.score([prompt_ids(tokenizer, t.problem.question, config.bootstrap)
-                                   + [tok for n in t.path(t.answer_node) for tok in t.tokens[n]] for t, _ in ends])
-        for (_, c), score in zip(ends, scores):
-            c.score = float(score)
         for sol, f in zip(out, found):
-            sol.candidates.append(f[0] if f else Candidate(None, -1.0, False))
-    return out
+            # No PPM: no score (a Q here would be the grade itself).
+            sol.candidates.append(dataclasses.replace(f[0], score=0.0) if f else Candidate(None, -1.0, False))
+    return rescore(out, scorer) if scorer is not None else out
+
+
+def rescore(solutions: Sequence[Solutions], scorer) -> list[Solutions]:
+    """The same solutions with each answer's score from `scorer` (a `ValueScorer`: a PPM or an
+    ORM), all in one call; a trajectory without an answer keeps its score."""
+    scored = [c for s in solutions for c in s.candidates if c.answer is not None and c.ids]
+    values = iter(scorer.score([c.ids for c in scored]).tolist() if scored else [])
+    return [Solutions(s.problem, [dataclasses.replace(c, score=next(values)) if c.answer is not None and c.ids
+                                  else c for c in s.candidates]) for s in solutions]
 
 
 def mcts(problems: Sequence[Problem], policy, scorer, executor, tokenizer, search: SearchConfig, *,
@@ -165,18 +176,191 @@ def accuracy_curve(solutions: Sequence[Solutions], rule: str, top_k: int = 4) ->
     return [(k, accuracy(solutions, rule, k, top_k)) for k in ks]
 
 
-def report(results: dict[str, dict], out_dir: str | pathlib.Path | None = None, title: str = "evaluation") -> str:
-    """A markdown table of {method: {"accuracy": a, "curve": [(k, acc), ...], ...}}; with
-    `out_dir`, also `results.json`, `results.md` and `accuracy.png` (accuracy against the number
-    of trajectories, one line per method with a curve)."""
-    lines = [f"| {title} | accuracy | trajectories |", "|---|---|---|"]
+# --- statistics --------------------------------------------------------------------------------
+
+Z95 = 1.959963984540054  # the standard normal's 97.5% quantile
+
+
+def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """The Wilson score interval of a proportion (95% by default). Unlike p +- z se it stays in
+    [0, 1] and keeps its coverage at small n and near 0% or 100%. (NaN, NaN) when n = 0."""
+    if n == 0:
+        return math.nan, math.nan
+    p, zz = successes / n, z * z
+    center = (p + zz / (2 * n)) / (1 + zz / n)
+    half = z * math.sqrt(p * (1 - p) / n + zz / (4 * n * n)) / (1 + zz / n)
+    return max(0.0, center - half), min(1.0, center + half)
+
+
+def paired_difference(a: Sequence[float], b: Sequence[float], *, samples: int = 10_000, seed: int = 0,
+                      level: float = 0.95) -> dict:
+    """mean(a) - mean(b) of two methods' outcomes (1 right, 0 wrong) on the same problems, with
+    the percentile interval of a paired bootstrap: problems are resampled with replacement and
+    each keeps both its outcomes, so what the two methods share does not widen the interval."""
+    d = np.asarray(a, np.float64) - np.asarray(b, np.float64)
+    if d.ndim != 1 or len(a) != len(b):
+        raise ValueError(f"paired outcomes need two sequences of one length, got {len(a)} and {len(b)}")
+    if not d.size:
+        return {"difference": math.nan, "ci95": [math.nan, math.nan], "n": 0, "wins": 0, "losses": 0}
+    means = d[np.random.default_rng(seed).integers(0, d.size, size=(samples, d.size))].mean(axis=1)
+    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return {"difference": float(d.mean()), "ci95": [float(lo), float(hi)], "n": int(d.size),
+            "wins": int((d > 0).sum()), "losses": int((d < 0).sum())}
+
+
+def auc(scores: Sequence[float], labels: Sequence[bool]) -> float:
+    """The area under the ROC curve of `scores` for `labels`: the chance that a random positive
+    scores above a random negative, ties counting half (Mann-Whitney U / (n_pos n_neg)).
+    NaN without both a positive and a negative."""
+    from scipy.stats import rankdata
+
+    labels = np.asarray(labels, bool)
+    pos, neg = int(labels.sum()), int((~labels).sum())
+    if not pos or not neg:
+        return math.nan
+    ranks = rankdata(np.asarray(scores, np.float64))
+    return float((ranks[labels].sum() - pos * (pos + 1) / 2) / (pos * neg))
+
+
+def proportion(right: Sequence[bool]) -> dict:
+    """{"accuracy", "n", "ci95"} of per-problem outcomes."""
+    n, k = len(right), int(sum(right))
+    return {"accuracy": k / n if n else math.nan, "n": n, "ci95": list(wilson_interval(k, n))}
+
+
+def summary(solutions: Sequence[Solutions], rule: str = "highest", k: int | None = None, top_k: int = 4) -> dict:
+    """One method's figures: `proportion` of the answers `rule` picks, the ids of the problems
+    it got right, the mean number of trajectories it chose from, the accuracy curve over
+    trajectories, and the same per level when problems carry `metadata["level"]`."""
+    right = [bool(c and c.correct) for c in (s.select(rule, k, top_k) for s in solutions)]
+    out = proportion(right) | {
+        "correct": [s.problem.id for s, r in zip(solutions, right) if r],
+        "trajectories": float(np.mean([len(s.candidates[:k]) for s in solutions])) if solutions else 0.0}
+    if max((len(s.candidates) for s in solutions), default=0) > 1:
+        out["curve"] = accuracy_curve(solutions, rule, top_k)
+    levels: dict[str, list[bool]] = {}
+    for s, r in zip(solutions, right):
+        if s.problem.metadata.get("level") is not None:
+            levels.setdefault(str(s.problem.metadata["level"]), []).append(r)
+    if levels:
+        out["levels"] = {level: proportion(v) for level, v in sorted(levels.items())}
+    return out
+
+
+def _ranking_auc(solutions: Sequence[Solutions]) -> dict:
+    """How well the candidates' scores put correct answers above wrong ones: over all answers
+    pooled, and within each problem that has both (averaged)."""
+    answered = [[c for c in s.candidates if c.answer is not None] for s in solutions]
+    pooled = auc([c.score for cs in answered for c in cs], [c.correct for cs in answered for c in cs])
+    within = [auc([c.score for c in cs], [c.correct for c in cs]) for cs in answered]
+    within = [x for x in within if not math.isnan(x)]
+    return {"auc": pooled, "auc_within": float(np.mean(within)) if within else math.nan,
+            "problems_with_both": len(within)}
+
+
+# --- one policy, every method -------------------------------------------------------------------
+
+METHODS = ("greedy", "sampled", "mcts")
+# Method rows, in the order the report shows them; the comparisons are paired on the same problems.
+GREEDY, MAJORITY, BEST_PPM, BEST_ORM, MCTS = "greedy", "maj@N", "best-of-N (PPM)", "best-of-N (ORM)", "MCTS + PPM"
+COMPARISONS = ((MCTS, BEST_PPM), (BEST_PPM, MAJORITY), (MAJORITY, GREEDY), (BEST_PPM, BEST_ORM), (MCTS, GREEDY))
+
+
+@dataclasses.dataclass
+class Evaluation:
+    """What `evaluate_policy` found: per method its `summary` (results), the reward models'
+    answer ranking on the sampled candidates (quality: PPM and ORM AUCs), and paired
+    differences between methods (comparisons, "A vs B": A's accuracy minus B's)."""
+
+    problems: list[str]
+    results: dict[str, dict]
+    quality: dict[str, float]
+    comparisons: dict[str, dict]
+
+
+def compare(problems: Sequence[str], a: dict, b: dict, **kwargs) -> dict:
+    """`paired_difference` of two summaries of the same problems (ids, in any order)."""
+    right_a, right_b = set(a["correct"]), set(b["correct"])
+    return paired_difference([p in right_a for p in problems], [p in right_b for p in problems], **kwargs)
+
+
+def evaluate_policy(problems: Sequence[Problem], policy, executor, tokenizer, *, budget: SearchConfig,
+                    search: SearchConfig | None = None, ppm=None, orm=None, samples: int | None = None,
+                    temperature: float = 0.7, searches: int = 1, methods: Sequence[str] = METHODS,
+                    batch_size: int | None = None, progress: bool | None = None) -> Evaluation:
+    """Greedy pass@1, maj@N and best-of-N over N sampled solutions (best-of-N with the PPM and,
+    given one, an outcome reward model `orm`), and MCTS + PPM with `searches` test-time searches
+    of `search`, on `problems`. N defaults to search.rollouts x searches, MCTS's trajectory
+    budget, so the methods compare at equal trajectories. MCTS's answer is the highest-scored
+    node of its one search, or with several searches the top-k vote (RSTAR.md section 3).
+    Methods needing the PPM are skipped without one. `budget` gives single paths' step budgets."""
+    unknown = set(methods) - set(METHODS)
+    if unknown:
+        raise ValueError(f"unknown methods {sorted(unknown)}; choose from {', '.join(METHODS)}")
+    n = samples or (search.rollouts * searches if search is not None else 8)
+    results, quality = {}, {}
+    if "greedy" in methods:
+        results[GREEDY] = summary(solve(problems, policy, executor, tokenizer, search=budget, batch_size=batch_size,
+                                        progress=progress))
+    if "sampled" in methods:
+        sampled = solve(problems, policy, executor, tokenizer, samples=n, temperature=temperature, search=budget,
+                        batch_size=batch_size, progress=progress)
+        results[MAJORITY] = summary(sampled, "majority")
+        for name, model in (("ppm", ppm), ("orm", orm)):
+            if model is not None:
+                scored = rescore(sampled, model)
+                results[BEST_PPM if name == "ppm" else BEST_ORM] = summary(scored, "highest")
+                quality |= {f"{name}_{k}": v for k, v in _ranking_auc(scored).items()}
+    if "mcts" in methods and ppm is not None and search is not None:
+        found = mcts(problems, policy, ppm, executor, tokenizer, search, searches=searches, batch_size=batch_size,
+                     progress=progress)
+        results[MCTS] = summary(found, "highest" if searches == 1 else "top_k_vote")
+        results[MCTS + " (weighted vote)"] = summary(found, "weighted_vote")
+    ids = [p.id for p in problems]
+    comparisons = {f"{a} vs {b}": compare(ids, results[a], results[b]) for a, b in COMPARISONS
+                   if a in results and b in results}
+    return Evaluation(ids, results, quality, comparisons)
+
+
+def _pct(x) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}%"
+
+
+def _interval(r: dict) -> str:
+    lo, hi = r["ci95"]
+    return f"{_pct(r['accuracy'])} [{_pct(lo)}, {_pct(hi)}]"
+
+
+def report(evaluation: Evaluation, out_dir: str | pathlib.Path | None = None, title: str = "evaluation") -> str:
+    """Markdown of an evaluation: a row per method (accuracy, 95% interval, n, trajectories,
+    per level), the reward models' AUCs and the paired differences. With `out_dir`, also
+    `results.json` ({method: summary}), `results.md`, `evaluation.json` (all of it) and
+    `accuracy.png` (accuracy against trajectories, a line per method with a curve)."""
+    results = evaluation.results
+    levels = sorted({lv for r in results.values() for lv in r.get("levels", {})})
+    head = f"| {title} | accuracy [95% CI] | n | trajectories |" + "".join(f" level {lv} |" for lv in levels)
+    lines = [head, "|---" * (4 + len(levels)) + "|"]
     for name, r in results.items():
-        lines.append(f"| {name} | {100 * r['accuracy']:.1f}% | {r.get('trajectories', 1)} |")
+        cells = "".join(f" {_pct(r['levels'][lv]['accuracy'])} ({r['levels'][lv]['n']}) |" if lv in r.get("levels", {})
+                        else " - |" for lv in levels)
+        lines.append(f"| {name} | {_interval(r)} | {r['n']} | {r['trajectories']:.1f} |{cells}")
+    if evaluation.quality:
+        q = evaluation.quality
+        lines += ["", "| reward model | AUC (all answers) | AUC (within a problem) |", "|---|---|---|"]
+        lines += [f"| {m.upper()} | {q[f'{m}_auc']:.3f} | {q[f'{m}_auc_within']:.3f} |" for m in ("ppm", "orm")
+                  if f"{m}_auc" in q]
+    if evaluation.comparisons:
+        lines += ["", "| paired difference | accuracy points [95% CI] | wins / losses |", "|---|---|---|"]
+        for name, c in evaluation.comparisons.items():
+            lo, hi = c["ci95"]
+            lines.append(f"| {name} | {100 * c['difference']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}] | "
+                         f"{c['wins']} / {c['losses']} |")
     table = "\n".join(lines) + "\n"
     if out_dir is not None:
         out = pathlib.Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+        (out / "evaluation.json").write_text(json.dumps(dataclasses.asdict(evaluation), indent=1) + "\n")
         (out / "results.md").write_text(table)
         curves = {name: r["curve"] for name, r in results.items() if len(r.get("curve", ())) > 1}
         if curves:

@@ -1,8 +1,10 @@
 """Evaluation: the selection rules, accuracy curves, the report, and solving with the real search."""
 
+import itertools
 import json
 import math
 
+import numpy as np
 import pytest
 
 from rstar_jax import evaluate
@@ -41,12 +43,56 @@ def test_accuracy_and_its_curve_over_trajectories():
     assert math.isnan(evaluate.accuracy([]))
 
 
+def test_the_wilson_interval_matches_a_hand_computation():
+    # 8 of 10: centre (0.8 + 1.96^2 / 20) / (1 + 1.96^2 / 10) = 0.7167, half-width 0.2266.
+    lo, hi = evaluate.wilson_interval(8, 10)
+    assert (lo, hi) == (pytest.approx(0.4902, abs=1e-4), pytest.approx(0.9433, abs=1e-4))
+    assert evaluate.wilson_interval(0, 5)[0] == 0 and evaluate.wilson_interval(5, 5)[1] == 1
+    assert all(math.isnan(x) for x in evaluate.wilson_interval(0, 0))
+
+
+def test_the_paired_bootstrap_interval_matches_the_exact_resampling_distribution():
+    a, b = [1, 1, 1, 0], [0, 0, 1, 1]  # per-problem differences 1, 1, 0, -1
+    # Every one of the 4^4 equally likely resamples: the mean difference's 2.5% and 97.5% points.
+    means = sorted(np.mean(c) for c in itertools.product([1, 1, 0, -1], repeat=4))
+    exact = np.quantile(means, [0.025, 0.975], method="inverted_cdf")  # -0.5 and 1.0
+    got = evaluate.paired_difference(a, b)
+    assert got["ci95"] == list(exact) and got["difference"] == 0.25 and (got["wins"], got["losses"]) == (2, 1)
+    assert got == evaluate.paired_difference(a, b)  # a fixed seed: the same interval every time
+    with pytest.raises(ValueError, match="one length"):
+        evaluate.paired_difference([1, 0], [1])
+
+
+def test_auc_counts_ties_as_half():
+    assert evaluate.auc([0.9, 0.8, 0.8, 0.1], [True, False, True, False]) == 3.5 / 4
+    assert evaluate.auc([0.1, 0.9], [True, False]) == 0 and math.isnan(evaluate.auc([0.5], [True]))
+
+
+def test_a_summary_has_the_interval_the_right_ids_and_levels():
+    def level(i, lv, right):
+        return Solutions(Problem(f"q{i}", "5", id=f"p{i}", metadata={"level": lv}),
+                         [Candidate("5" if right else "4", 0.0, right)])
+
+    out = evaluate.summary([level(0, 1, True), level(1, 1, False), level(2, 2, True), level(3, 3, True)])
+    assert (out["accuracy"], out["n"], out["correct"]) == (0.75, 4, ["p0", "p2", "p3"])
+    assert out["ci95"] == list(evaluate.wilson_interval(3, 4)) and out["trajectories"] == 1
+    assert out["levels"]["1"] == {"accuracy": 0.5, "n": 2, "ci95": list(evaluate.wilson_interval(1, 2))}
+    assert set(out["levels"]) == {"1", "2", "3"} and "curve" not in out
+
+
 def test_report_writes_a_table_json_and_a_plot(tmp_path):
-    results = {"greedy": {"accuracy": 0.25, "trajectories": 1},
-               "mcts": {"accuracy": 0.5, "trajectories": 4, "curve": [(1, 0.25), (2, 0.4), (4, 0.5)]}}
-    table = evaluate.report(results, tmp_path, title="test")
-    assert "| greedy | 25.0% | 1 |" in table and "| mcts | 50.0% | 4 |" in table
-    assert json.loads((tmp_path / "results.json").read_text())["mcts"]["accuracy"] == 0.5
+    greedy = {"accuracy": 0.25, "n": 4, "ci95": [0.05, 0.7], "correct": ["a"], "trajectories": 1.0}
+    mcts = {"accuracy": 0.5, "n": 4, "ci95": [0.15, 0.85], "correct": ["a", "b"], "trajectories": 4.0,
+            "curve": [(1, 0.25), (2, 0.4), (4, 0.5)]}
+    ids = ["a", "b", "c", "d"]
+    ev = evaluate.Evaluation(ids, {"greedy": greedy, "MCTS + PPM": mcts}, {"ppm_auc": 0.8, "ppm_auc_within": 0.7},
+                             {"MCTS + PPM vs greedy": evaluate.compare(ids, mcts, greedy)})
+    table = evaluate.report(ev, tmp_path, title="test")
+    assert "| greedy | 25.0% [5.0%, 70.0%] | 4 | 1.0 |" in table and "| PPM | 0.800 | 0.700 |" in table
+    assert "| MCTS + PPM vs greedy | +25.0 [" in table and "| 1 / 0 |" in table
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["MCTS + PPM"]["correct"] == ["a", "b"] and results["greedy"]["ci95"] == [0.05, 0.7]
+    assert json.loads((tmp_path / "evaluation.json").read_text())["quality"]["ppm_auc"] == 0.8
     assert (tmp_path / "accuracy.png").stat().st_size > 1000
 
 
@@ -80,3 +126,20 @@ def test_mcts_pools_the_answers_of_independent_searches(world):
         assert all(c.answer is not None for c in b.candidates)
     with pytest.raises(ValueError, match="needs a PPM scorer"):
         evaluate.mcts(PROBLEMS, engine, None, executor, tokenizer, search)
+
+
+def test_evaluate_policy_compares_every_method_at_equal_trajectories(world):
+    tokenizer, engine, scorer, executor = world
+    search = SearchConfig(rollouts=2, candidates=2, max_depth=3, max_step_tokens=24, max_output_tokens=16)
+    ev = evaluate.evaluate_policy(PROBLEMS, engine, executor, tokenizer, budget=BUDGET, search=search, ppm=scorer,
+                                  orm=scorer, searches=2, progress=False)
+    assert list(ev.results) == ["greedy", "maj@N", "best-of-N (PPM)", "best-of-N (ORM)", "MCTS + PPM",
+                                "MCTS + PPM (weighted vote)"]
+    assert ev.results["maj@N"]["trajectories"] == 4  # N = 2 rollouts x 2 searches
+    for r in ev.results.values():
+        assert r["n"] == 2 and set(r["correct"]) <= set(ev.problems) and len(r["ci95"]) == 2
+    assert {"ppm_auc", "orm_auc", "ppm_auc_within"} <= set(ev.quality)
+    assert "MCTS + PPM vs best-of-N (PPM)" in ev.comparisons and ev.comparisons["maj@N vs greedy"]["n"] == 2
+    alone = evaluate.evaluate_policy(PROBLEMS, engine, executor, tokenizer, budget=BUDGET, search=search,
+                                     methods=["greedy", "sampled"], progress=False)
+    assert list(alone.results) == ["greedy", "maj@N"] and not alone.quality
