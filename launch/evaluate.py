@@ -5,7 +5,10 @@ the PPM, and MCTS with the PPM, on the config's test problems, a shipped benchma
     python launch/evaluate.py --config=configs/phi3.py --workdir=gs://bucket/run --problems=math500 \
         --methods=greedy,mcts --searches=8
 
-Results go to <workdir>/evaluate/<problems>-round<r>/: results.md, results.json, accuracy.png.
+Results go to <workdir>/evaluate/<problems>-round<r>/: results.md; results.json, per method the
+accuracy, n, its 95% interval (ci95), per level, and the ids of the problems it got right (so two
+evaluations of the same problems can be paired); evaluation.json (also the reward models' AUCs and
+paired differences between methods); accuracy.png.
 """
 
 import logging
@@ -24,9 +27,11 @@ _ROUND = flags.DEFINE_integer("round", -1, "Which round's models (-1: the last f
 _PROBLEMS = flags.DEFINE_string("problems", "", "A problem spec (benchmark name, file, synthetic:...); "
                                 "default: the config's test problems.")
 _METHODS = flags.DEFINE_list("methods", ["greedy", "sampled", "mcts"],
-                             "greedy, sampled (maj@k and best-of-N over --samples), mcts.")
-_SAMPLES = flags.DEFINE_integer("samples", 8, "Sampled solutions per problem for maj@k / best-of-N.")
-_TEMPERATURE = flags.DEFINE_float("temperature", 0.7, "Sampling temperature for maj@k / best-of-N.")
+                             "greedy, sampled (maj@N and best-of-N over --samples), mcts.")
+_SAMPLES = flags.DEFINE_integer("samples", 0, "Sampled solutions per problem for maj@N / best-of-N (0: the config's, "
+                                "or the MCTS trajectory budget, rollouts x searches).")
+_TEMPERATURE = flags.DEFINE_float("temperature", None, "Sampling temperature for maj@N / best-of-N (default: the "
+                                  "config's eval.temperature).")
 _SEARCHES = flags.DEFINE_integer("searches", 0, "Independent MCTS searches per problem (0: the config's).")
 _LIMIT = flags.DEFINE_integer("limit", 0, "Evaluate only the first N problems (0: all).")
 _CACHE_DIR = flags.DEFINE_string("cache_dir", None, "With a URL --workdir (gs://...): the local copy it is worked "
@@ -51,45 +56,24 @@ def main(argv):
         print(f"error: {e}", file=sys.stderr)
         return 2
     problems = [p for p in problems if p.answer is not None][:_LIMIT.value or None]
-    unknown = set(_METHODS.value) - {"greedy", "sampled", "mcts"}
+    unknown = set(_METHODS.value) - set(evaluate.METHODS)
     if unknown:
-        print(f"error: unknown --methods {sorted(unknown)}; use greedy, sampled, mcts", file=sys.stderr)
+        print(f"error: unknown --methods {sorted(unknown)}; use {', '.join(evaluate.METHODS)}", file=sys.stderr)
         return 2
-    needs_ppm = {"mcts"} & set(_METHODS.value)
-    if needs_ppm and ppm is None:
-        print(f"round {r} has no PPM: skipping {', '.join(sorted(needs_ppm))}", file=sys.stderr)
-    budget = evolve.eval_budget(config)
-    engine = run.engine(policy)
-    scorer = run.scorer(ppm) if ppm is not None else None
-    results = {}
+    if ppm is None and {"mcts", "sampled"} & set(_METHODS.value):
+        print(f"round {r} has no PPM: no best-of-N (PPM) or MCTS + PPM", file=sys.stderr)
+    orm = run.reward_path("orm", r)
     e = config.executor
     with CodeExecutor(num_workers=e.workers, timeout_s=e.timeout_s, memory_mb=e.memory_mb) as executor:
-        if "greedy" in _METHODS.value:
-            sols = evaluate.solve(problems, engine, executor, run.tokenizer, search=budget,
-                                  batch_size=config.eval.batch)
-            results["greedy pass@1"] = {"accuracy": evaluate.accuracy(sols), "trajectories": 1}
-        if "sampled" in _METHODS.value:
-            sols = evaluate.solve(problems, engine, executor, run.tokenizer, samples=_SAMPLES.value,
-                                  temperature=_TEMPERATURE.value, scorer=scorer, search=budget,
-                                  batch_size=config.eval.batch)
-            results[f"maj@{_SAMPLES.value}"] = {"accuracy": evaluate.accuracy(sols, "majority"),
-                                                "curve": evaluate.accuracy_curve(sols, "majority"),
-                                                "trajectories": _SAMPLES.value}
-            if scorer is not None:
-                results[f"best-of-{_SAMPLES.value} (PPM)"] = {
-                    "accuracy": evaluate.accuracy(sols, "highest"), "curve": evaluate.accuracy_curve(sols, "highest"),
-                    "trajectories": _SAMPLES.value}
-        if "mcts" in _METHODS.value and scorer is not None:
-            search = evolve.eval_search_config(config)
-            sols = evaluate.mcts(problems, engine, scorer, executor, run.tokenizer, search,
-                                 searches=_SEARCHES.value or config.eval.searches, batch_size=config.eval.batch)
-            n = max(len(s.candidates) for s in sols)
-            for rule in ("highest", "top_k_vote", "weighted_vote"):
-                results[f"MCTS + PPM ({rule})"] = {"accuracy": evaluate.accuracy(sols, rule),
-                                                   "curve": evaluate.accuracy_curve(sols, rule), "trajectories": n}
+        ev = evaluate.evaluate_policy(
+            problems, run.engine(policy), executor, run.tokenizer, budget=evolve.eval_budget(config),
+            search=evolve.eval_search_config(config), ppm=run.scorer(ppm) if ppm else None,
+            orm=run.scorer(orm) if orm else None, samples=_SAMPLES.value or config.eval.samples or None,
+            temperature=config.eval.temperature if _TEMPERATURE.value is None else _TEMPERATURE.value,
+            searches=_SEARCHES.value or config.eval.searches, methods=_METHODS.value, batch_size=config.eval.batch)
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", _PROBLEMS.value or "test")
     out = run.dir / "evaluate" / f"{name}-round{r}"
-    print(evaluate.report(results, out, title=f"{len(problems)} problems, round {r}"))
+    print(evaluate.report(ev, out, title=f"{len(problems)} problems, round {r}"))
     run.push(out)
     print(f"written to {out}" + (f" and {run.mirror.url}/{out.relative_to(run.dir).as_posix()}" if run.mirror else ""))
     return 0

@@ -36,11 +36,15 @@ def train_config(*, sft_lr: float = 7e-6, ppm_lr: float = 7e-6, sft_batch: int =
     the PPM). Batches are global: rows per step over every device."""
     common = {"schedule": "cosine", "warmup_fraction": 0.03, "weight_decay": 0.1, "clip_norm": 1.0,
               "microbatches": microbatches, "max_length": max_length,
+              "steps": 0,  # optimiser steps; 0: `epochs` passes over the round's data
               "save_every": 100}  # optimiser steps between checkpoints
+    reward = {**common, "learning_rate": ppm_lr, "epochs": 2, "batch": ppm_batch, "held_out": 0.05}
     return ml_collections.ConfigDict({
         "sft": {**common, "learning_rate": sft_lr, "epochs": 2, "batch": sft_batch},
-        "ppm": {**common, "learning_rate": ppm_lr, "epochs": 2, "batch": ppm_batch, "held_out": 0.05,
-                "value_tanh": True},  # the paper's tanh head; False trains as the reference code does
+        "ppm": {**reward, "value_tanh": True},  # the paper's tanh head; False trains as the reference code does
+        # The outcome reward model, the PPM's baseline (RSTAR.md section 5): trained like the PPM, on
+        # whole trajectories labelled right or wrong, in the rounds listed (none: no ORM).
+        "orm": {**reward, "rounds": ()},
         "distributed": None,  # None: join other processes when the environment lists several
     })
 
@@ -67,7 +71,10 @@ def evolve_config(config: ml_collections.ConfigDict, *, train: str, test: str, b
         **{f"round{r}": (rounds_search or {}).get(f"round{r}", {}) for r in range(1, 5)},
     })
     config.extract = ml_collections.ConfigDict({})  # ExtractConfig fields; empty: the paper's
-    config.eval = ml_collections.ConfigDict({"batch": batch, "searches": searches, "search": eval_search or {}})
+    config.eval = ml_collections.ConfigDict({
+        "batch": batch, "searches": searches, "search": eval_search or {},
+        "samples": 0,  # maj@N and best-of-N samples; 0: N = the test-time search's rollouts x searches
+        "temperature": 0.7})  # of those samples
     config.executor = ml_collections.ConfigDict({"workers": 2, "timeout_s": 5.0, "memory_mb": 1024})
     config.allow_config_change = False
     config.dry_run = False  # True: compile the sharded steps on abstract shapes, print memory per device, stop

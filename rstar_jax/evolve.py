@@ -61,12 +61,14 @@ from rstar_jax.data import records
 from rstar_jax.data.dedup import decontaminate
 from rstar_jax.data.problem import Problem
 from rstar_jax.data.sources import load_problems
+from rstar_jax import report
+from rstar_jax.report import RoundResult
 from rstar_jax.workdir import Mirror, is_url
 
 log = logging.getLogger(__name__)
 
 BOOTSTRAP_KINDS = ("base", "few_shot", "checkpoint", "reference")
-STAGES = ("search", "extract", "policy", "ppm", "eval")
+STAGES = ("search", "extract", "policy", "ppm", "orm", "eval")
 
 
 class ConfigError(ValueError):
@@ -170,23 +172,6 @@ def _barrier(name: str) -> None:
 
 
 # --- the run ----------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class RoundResult:
-    """One row of the report."""
-
-    round: int
-    policy: str
-    mode: str = "-"
-    problems: int = 0
-    solved: int = 0
-    sft: int = 0
-    pairs: int = 0
-    greedy: float = math.nan
-    mcts: float = math.nan
-    minutes: float = 0.0
-    notes: list[str] = dataclasses.field(default_factory=list)
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
@@ -385,12 +370,17 @@ class Evolution:
         summary = json.loads((self.round_dir(r) / "policy.json").read_text())
         return str(self.dir / summary["model"])  # (a relative path, or an absolute one from an older run)
 
+    def reward_path(self, kind: str, r: int) -> str | None:
+        """The PPM (kind "ppm") or ORM ("orm") after round r, or None (none trained yet)."""
+        done = self.round_dir(r) / f"{kind}.json"
+        if r == 0 or not done.exists():
+            return None
+        summary = json.loads(done.read_text())
+        return summary["model"] and str(self.dir / summary["model"])
+
     def ppm_path(self, r: int) -> str | None:
         """The PPM after round r, or None (none trained yet)."""
-        if r == 0:
-            return None
-        summary = json.loads((self.round_dir(r) / "ppm.json").read_text())
-        return summary["model"] and str(self.dir / summary["model"])
+        return self.reward_path("ppm", r)
 
     # --- the run ---
 
@@ -407,32 +397,38 @@ class Evolution:
             if _process()[0] == 0:
                 self._log_round(results[0])
             for r in range(1, self.config.rounds + 1):
-                results.append(self._round(r, train, test))
+                results.append(self._round(r, train, test, results[0]))
                 if _process()[0] == 0:
                     self.write_report(results)
                     self._log_round(results[-1])
-        print(self.table(results), flush=True)
+        print(report.table(results), flush=True)
         return results
 
     def _round0(self, test) -> RoundResult:
         ev = self._stage(self.round_dir(0), "eval", lambda d: self._evaluate(d, 0, test))
-        return RoundResult(0, f"bootstrap ({self.config.bootstrap.kind})", greedy=ev["greedy"], mcts=ev["mcts"],
-                           minutes=ev["seconds"] / 60, notes=ev.get("notes", []))
+        x = RoundResult(0, f"bootstrap ({self.config.bootstrap.kind})", minutes=ev["seconds"] / 60,
+                        notes=ev.get("notes", []))
+        x.set_evaluation(ev["evaluation"])
+        return x
 
-    def _round(self, r: int, train, test) -> RoundResult:
+    def _round(self, r: int, train, test, first: RoundResult) -> RoundResult:
         rdir = self.round_dir(r)
         search = self._stage(rdir, "search", lambda d: self._search(d, r, train))
         extract = self._stage(rdir, "extract", self._extract)
         policy = self._stage(rdir, "policy", lambda d: self._train_policy(d, r))
-        ppm = self._stage(rdir, "ppm", lambda d: self._train_ppm(d, r))
+        ppm = self._stage(rdir, "ppm", lambda d: self._train_reward(d, r, "ppm"))
+        orm = self._stage(rdir, "orm", lambda d: self._train_reward(d, r, "orm"))
         ev = self._stage(rdir, "eval", lambda d: self._evaluate(d, r, test))
-        stages = (search, extract, policy, ppm, ev)
-        notes = [n for s in stages for n in s.get("notes", [])]
-        minutes = sum(s["seconds"] for s in stages) / 60
-        policy = "bootstrap" if r == 1 else f"SLM-r{r - 1}" + (" + PPM" if search["mode"] != "terminal" else "")
-        return RoundResult(r, policy, search["mode"], search["problems"],
-                           search["solved"], extract["sft"], extract["pairs"], ev["greedy"], ev["mcts"], minutes,
-                           notes)
+        stages = (search, extract, policy, ppm, orm, ev)
+        name = "bootstrap" if r == 1 else f"SLM-r{r - 1}" + (" + PPM" if search["mode"] != "terminal" else "")
+        x = RoundResult(r, name, search["mode"], search["problems"], search["solved"],
+                        search.get("solved_first", search["solved"]), extract["sft"], policy.get("steps", 0),
+                        extract["pairs"], ppm.get("steps", 0), extract.get("outcomes", 0),
+                        ppm_pair_accuracy=ppm.get("held_out_step_accuracy") or math.nan,
+                        minutes=sum(s["seconds"] for s in stages) / 60,
+                        notes=[n for s in stages for n in s.get("notes", [])])
+        x.set_evaluation(ev["evaluation"], first)
+        return x
 
     # --- stages ---
 
@@ -468,26 +464,31 @@ class Evolution:
                       flush=True)
         _barrier(f"round {r} search written")
         self._pull(out)  # the other processes' shards
-        solved = n = again = 0
+        solved = first = n = again = 0
         for tree in records.read_records(out, "tree"):
             n += 1
             solved += tree.solved
+            first += tree.solved and tree.searches == 1
             again += tree.searches > 1
-        return {"mode": config.mode.value, "problems": n, "solved": solved, "rollouts": config.rollouts,
-                "candidates": config.candidates, "unsolved_rollouts": config.unsolved_rollouts,
-                "searched_again": again, "notes": notes}
+        return {"mode": config.mode.value, "problems": n, "solved": solved, "solved_first": first,
+                "rollouts": config.rollouts, "candidates": config.candidates,
+                "unsolved_rollouts": config.unsolved_rollouts, "searched_again": again, "notes": notes}
 
     def _extract(self, rdir: pathlib.Path) -> dict:
-        from rstar_jax.data.extract import ExtractConfig, extract
+        from rstar_jax.data.extract import ExtractConfig, extract, extract_outcomes
 
         out = rdir / "data"
-        sft, pairs, stats = extract(records.read_records(rdir / "search", "tree"),
-                                    ExtractConfig(**self.config.extract.to_dict()))
+        config = ExtractConfig(**self.config.extract.to_dict())
+        sft, pairs, stats = extract(records.read_records(rdir / "search", "tree"), config)
+        outcomes = [o for tree in records.read_records(rdir / "search", "tree") for o in extract_outcomes(tree, config)]
         if _process()[0] == 0:
             shutil.rmtree(out, ignore_errors=True)  # a half-written earlier try
             records.write_records(out, "sft", sft)
             records.write_records(out, "ppm", pairs)
-        return {"sft": len(sft), "pairs": len(pairs), "stats": dataclasses.asdict(stats)}
+            records.write_records(out, "orm", outcomes)
+        kinds = {kind: sum(p.kind == kind for p in pairs) for kind in ("step", "final")}
+        return {"sft": len(sft), "pairs": len(pairs), "pair_kinds": kinds, "outcomes": len(outcomes),
+                "problems_with_sft": len({x.problem_id for x in sft}), "stats": dataclasses.asdict(stats)}
 
     def _train_config(self, c, steps: int):
         from rstar_jax.train import TrainConfig
@@ -523,7 +524,7 @@ class Evolution:
         def pack(order):
             return pack_sft(order, rows=c.batch, length=c.max_length, pad_id=self.tokenizer.pad_id)
 
-        steps = max(1, int(math.ceil(c.epochs * sum(1 for _ in pack(sequences)))))
+        steps = c.steps or max(1, int(math.ceil(c.epochs * sum(1 for _ in pack(sequences)))))
 
         trainer = Trainer(self._model(start, value_head=False, training=True), self._train_config(c, steps), "sft")
         with self._checkpoints(directory / "ckpt", keep=2, every=max(1, c.get("save_every", 100))) as ckpt:
@@ -559,119 +560,84 @@ class Evolution:
         path, metrics = self._sft(rdir / "policy", self.config.model.checkpoint, examples, seed=r)
         return {"model": path, "trained": True, **metrics}
 
-    def _train_ppm(self, rdir: pathlib.Path, r: int) -> dict:
-        from rstar_jax.train import Trainer, epochs, fit, ppm_batches
+    def _train_reward(self, rdir: pathlib.Path, r: int, kind: str) -> dict:
+        """The round's PPM (kind "ppm": step pairs) or outcome reward model ("orm": whole trajectories
+        labelled right or wrong, only in the rounds `train.orm.rounds` names): policy r with a value
+        head, trained on the round's records of that kind. `held_out` of the problems are held out;
+        the checkpoint with the best held-out accuracy is exported."""
+        from rstar_jax.train import Trainer, epochs, fit, outcome_batches, ppm_batches
 
-        c = self.config.train.ppm
-        pairs = list(records.read_records(rdir / "data", "ppm"))
-        if not pairs:
-            prev = self.ppm_path(r - 1)
+        c = self.config.train[kind]
+        if kind == "orm" and r not in c.rounds:
+            return {"model": None, "trained": False}
+        items = list(records.read_records(rdir / "data", kind))
+        if not items:
+            prev = self.reward_path(kind, r - 1) if kind == "ppm" else None
+            what = "PPM pairs" if kind == "ppm" else "outcome examples"
             return {"model": self._rel(prev), "trained": False,
-                    "notes": [f"round {r}: no PPM pairs; " + ("the PPM is carried over" if prev else "no PPM yet")]}
-        held = {p.problem_id for p in pairs if zlib.crc32(p.problem_id.encode()) % 10_000 < c.held_out * 10_000}
-        if len(held) == len({p.problem_id for p in pairs}):
+                    "notes": [f"round {r}: no {what}; " + ("the PPM is carried over" if prev else f"no {kind.upper()}")]}
+        held = {x.problem_id for x in items if zlib.crc32(x.problem_id.encode()) % 10_000 < c.held_out * 10_000}
+        if len(held) == len({x.problem_id for x in items}):
             held = set()  # too few problems to hold any out
-        train_pairs = [p for p in pairs if p.problem_id not in held]
-        held_pairs = [p for p in pairs if p.problem_id in held]
+        train_items = [x for x in items if x.problem_id not in held]
+        held_items = [x for x in items if x.problem_id in held]
         tok = self.tokenizer
-        per_epoch = max(1, math.ceil(len(train_pairs) / c.batch))
-        steps = max(1, int(math.ceil(c.epochs * per_epoch)))
+        make = ppm_batches if kind == "ppm" else outcome_batches
 
-        def batches(order):  # the last batch of an epoch is filled with padding pairs of weight 0
-            return ppm_batches(order, tok, c.batch, c.max_length, pad_id=tok.pad_id)
+        def batches(order):  # the last batch is filled with padding rows of weight 0
+            return make(order, tok, c.batch, c.max_length, pad_id=tok.pad_id)
 
-        evals = list(batches(held_pairs)) if held_pairs else None
-        model = self._model(self.policy_path(r), value_head=True, training=True)
-        trainer = Trainer(model, self._train_config(c, steps), "ppm")
-        d = rdir / "ppm"
-        eval_every = max(1, steps // 4)
+        steps = c.steps or max(1, int(math.ceil(c.epochs * math.ceil(len(train_items) / c.batch))))
+        evals = list(batches(held_items)) if held_items else None
+        trainer = Trainer(self._model(self.policy_path(r), value_head=True, training=True),
+                          self._train_config(c, steps), kind)
+        d = rdir / kind
         with self._checkpoints(d / "ckpt", keep=2, every=max(1, c.get("save_every", 100))) as ckpt, \
                 self._checkpoints(d / "best", keep=1, async_save=False) as best:
-            history = fit(trainer, epochs(train_pairs, r, batches), steps=steps, checkpoints=ckpt,
-                          best=best if evals else None, eval_batches=evals, eval_every=eval_every if evals else 0,
-                          logdir=d / "tb", progress=self.progress, log_every=0)
+            history = fit(trainer, epochs(train_items, r, batches), steps=steps, checkpoints=ckpt,
+                          best=best if evals else None, eval_batches=evals,
+                          eval_every=max(1, steps // 4) if evals else 0, logdir=d / "tb", progress=self.progress,
+                          log_every=0)
             ckpt.save(trainer, data_position=steps, force=True)
             held_metrics = {}
             if evals:
                 best.restore_latest(trainer)
-                held_metrics = trainer.evaluate(evals)
+                held_metrics["held_out_accuracy"] = trainer.evaluate(evals)["accuracy"]
+                step_pairs = [x for x in held_items if kind == "ppm" and x.kind == "step"]
+                if step_pairs:
+                    held_metrics["held_out_step_accuracy"] = trainer.evaluate(list(batches(step_pairs)))["accuracy"]
         path = self._export(trainer.model(), d / "model")
-        return {"model": path, "trained": True, "steps": steps, "pairs": len(train_pairs),
-                "held_out_pairs": len(held_pairs), "held_out_accuracy": held_metrics.get("accuracy"),
-                "final_loss": history[-1]["loss"] if history else None}
+        return {"model": path, "trained": True, "steps": steps, "examples": len(train_items),
+                "held_out": len(held_items), "final_loss": history[-1]["loss"] if history else None, **held_metrics}
 
     def _evaluate(self, rdir: pathlib.Path, r: int, test: list[Problem]) -> dict:
         from rstar_jax import evaluate
 
         e = self.config.eval
-        engine = self.engine(self.policy_path(r))
-        greedy = evaluate.solve(test, engine, self._executor, self.tokenizer, search=eval_budget(self.config),
-                                batch_size=e.batch, progress=self.progress)
-        results = {"greedy": {"accuracy": evaluate.accuracy(greedy), "trajectories": 1}}
-        notes = []
-        ppm = self.ppm_path(r)
-        if ppm is not None:
-            sols = evaluate.mcts(test, engine, self.scorer(ppm), self._executor, self.tokenizer,
-                                 eval_search_config(self.config),
-                                 searches=e.searches, batch_size=e.batch, progress=self.progress)
-            for rule in ("highest", "weighted_vote"):
-                results[f"mcts_{rule}"] = {"accuracy": evaluate.accuracy(sols, rule), "curve":
-                                           evaluate.accuracy_curve(sols, rule),
-                                           "trajectories": max(len(s.candidates) for s in sols)}
-        elif r > 0:
-            notes.append(f"round {r}: no PPM, so no MCTS + PPM evaluation")
-        evaluate.report(results, rdir / "eval" if _process()[0] == 0 else None, title=f"round {r}")
-        return {"greedy": results["greedy"]["accuracy"],
-                "mcts": results.get("mcts_highest", {}).get("accuracy", math.nan), "results": results, "notes": notes}
+        ppm, orm = self.reward_path("ppm", r), self.reward_path("orm", r)
+        notes = [f"round {r}: no PPM, so no best-of-N (PPM) or MCTS + PPM evaluation"] if r and ppm is None else []
+        ev = evaluate.evaluate_policy(
+            test, self.engine(self.policy_path(r)), self._executor, self.tokenizer, budget=eval_budget(self.config),
+            search=eval_search_config(self.config), ppm=self.scorer(ppm) if ppm else None,
+            orm=self.scorer(orm) if orm else None, samples=e.samples or None, temperature=e.temperature,
+            searches=e.searches, batch_size=e.batch, progress=self.progress)
+        evaluate.report(ev, rdir / "eval" if _process()[0] == 0 else None, title=f"round {r}")
+        return {"evaluation": dataclasses.asdict(ev), "notes": notes}
 
     # --- the report ---
-
-    @staticmethod
-    def table(results: Sequence[RoundResult]) -> str:
-        def pct(x):
-            return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}%"
-
-        lines = ["| round | search policy | mode | problems solved | SFT examples | PPM pairs | policy greedy "
-                 "| MCTS + PPM | minutes |", "|---|---|---|---|---|---|---|---|---|"]
-        for x in results:
-            solved = f"{x.solved}/{x.problems} ({pct(x.solved / x.problems)})" if x.problems else "-"
-            lines.append(f"| {x.round} | {x.policy} | {x.mode} | {solved} | {x.sft or '-'} | {x.pairs or '-'} | "
-                         f"{pct(x.greedy)} | {pct(x.mcts)} | {x.minutes:.1f} |")
-        notes = [n for x in results for n in x.notes]
-        return "\n".join(lines + ([""] + [f"- {n}" for n in notes] if notes else [])) + "\n"
 
     def _log_round(self, x: RoundResult) -> None:
         """The round's figures to TensorBoard (`<workdir>/tb`), beside each stage's training curves."""
         from tensorboardX import SummaryWriter
 
         with SummaryWriter(str(self.dir / "tb")) as writer:
-            for name, value in (("solved", x.solved / x.problems if x.problems else math.nan),
-                                ("sft_examples", x.sft), ("ppm_pairs", x.pairs), ("greedy", x.greedy),
-                                ("mcts_ppm", x.mcts), ("minutes", x.minutes)):
-                if not (isinstance(value, float) and math.isnan(value)):
-                    writer.add_scalar(f"rounds/{name}", value, x.round)
+            for name, value in report.scalars(x).items():
+                writer.add_scalar(f"rounds/{name}", value, x.round)
         self.push(self.dir / "tb")
 
     def write_report(self, results: Sequence[RoundResult]) -> None:
-        text = self.table(results)
-        if self.config.get("report_note", ""):
-            text += "\n" + self.config.report_note + "\n"
-        (self.dir / "report.md").write_text(text)
-        (self.dir / "report.json").write_text(json.dumps([dataclasses.asdict(x) for x in results], indent=2,
-                                                         default=float) + "\n")
-        _plot_rounds(results, self.dir / "rounds.png")
-        for name in ("report.md", "report.json", "rounds.png"):
+        for name in report.write(results, self.dir, self.config.get("report_note", "")):
             self.push(self.dir / name)
-
-
-def _plot_rounds(results: Sequence[RoundResult], path: pathlib.Path) -> None:
-    from rstar_jax.evaluate import plot_lines
-
-    rounds = [x.round for x in results]
-    solved = [x.solved / x.problems if x.problems else math.nan for x in results]
-    plot_lines({"policy greedy": (rounds, [x.greedy for x in results]),
-                "MCTS + PPM": (rounds, [x.mcts for x in results]),
-                "training problems solved": (rounds, solved)}, path, xlabel="round", ylabel="%", xticks=rounds)
 
 
 def dry_run(config: ml_collections.ConfigDict) -> str:

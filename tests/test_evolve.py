@@ -10,6 +10,7 @@ import pytest
 
 from rstar_jax import evolve
 from rstar_jax.config_lib import TINY_BASE
+from rstar_jax.data.sources import load_problems
 
 ROOT = pathlib.Path(__file__).parent.parent
 
@@ -187,7 +188,16 @@ def test_the_launchers_evaluate_a_run_and_refuse_a_missing_model(straight, tmp_p
                    "--methods=greedy,sampled", "--samples=2")
     assert done.returncode == 0, done.stderr[-2000:]
     table = (workdir / "evaluate" / "test-round4" / "results.md").read_text()
-    assert "| greedy pass@1 |" in table and "| maj@2 |" in table
+    assert "| greedy |" in table and "| maj@N |" in table and "| best-of-N (PPM) |" in table
+    spec = "synthetic:n=3,seed=77,levels=3"
+    done = _launch("evaluate.py", "--config=configs/tiny.py:smoke", f"--workdir={workdir}", "--round=0",
+                   f"--problems={spec}", "--methods=greedy")
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = json.loads((workdir / "evaluate" / "synthetic_n_3_seed_77_levels_3-round0" / "results.json").read_text())
+    greedy = results["greedy"]
+    assert set(greedy) >= {"accuracy", "n", "ci95", "correct", "levels"} and greedy["n"] == 3
+    ids = {p.id for p in load_problems(spec)}
+    assert set(greedy["correct"]) <= ids and greedy["accuracy"] == len(greedy["correct"]) / 3
     failed = _launch("tpu_evolve.py", "--config=configs/phi3.py", f"--workdir={tmp_path}")
     assert failed.returncode == 2
     assert "config.model.checkpoint='/mnt/models/Phi-3-mini-4k-instruct': no config.json there" in failed.stderr
