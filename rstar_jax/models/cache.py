@@ -74,55 +74,78 @@ class Collect:
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class ForkCache:
-    """Heads come before positions here, so both attention products read the arrays in place
-    (a [B, P, K, D] prefix would be transposed again at every decode step)."""
+    """Both attention products are plain batched matmuls over (row, KV head), which XLA runs
+    several times faster on CPU than contractions that need a transpose at every decode step:
+    the prefix keys are stored [B, K, D, P] (queries [M, D] times keys [D, P]), values and the
+    samples' own keys and values heads first. The queries of one KV head (F samples x Tn new
+    tokens x G query heads) are the M rows of one product. The softmax spans the prefix and the
+    own keys without joining them: a shared maximum and sum per query row."""
 
-    prefix_keys: jax.Array  # [B, K, P, D], read only
+    prefix_keys: jax.Array  # [B, K, D, P], read only
     prefix_values: jax.Array  # [B, K, P, D], read only
     prefix_lengths: jax.Array  # int32[B]: real tokens of each prefix (the rest is padding)
     keys: jax.Array  # [B*F, K, T, D]: row b*F + f is sample f of prefix b
     values: jax.Array  # [B*F, K, T, D]
+
+    @staticmethod
+    def prefix_layout(prefix: SlotCache) -> tuple[jax.Array, jax.Array]:
+        """A prefill's SlotCache [B, P, K, D] as prefix keys [B, K, D, P] and values [B, K, P, D]."""
+        return prefix.keys.transpose(0, 2, 3, 1), prefix.values.transpose(0, 2, 1, 3)
 
     @classmethod
     def from_prefix(cls, prefix: SlotCache, prefix_lengths: jax.Array, keys: jax.Array,
                     values: jax.Array) -> ForkCache:
         """prefix: a prefill's SlotCache [B, P, K, D]; keys, values: [B*F, K, T, D] buffers for
         the samples' own tokens (their contents are never read before being written)."""
-        return cls(prefix.keys.transpose(0, 2, 1, 3), prefix.values.transpose(0, 2, 1, 3),
-                   prefix_lengths.astype(jnp.int32), keys, values)
+        return cls(*cls.prefix_layout(prefix), prefix_lengths.astype(jnp.int32), keys, values)
 
     def attend(self, q, k, v, positions, *, window, implementation, rules):
         """q: [B*F, Tn, H, D]; k, v: [B*F, Tn, K, D]; positions: int32[B*F, Tn], each at least
         its prefix's length. Returns ([B*F, Tn, H, D], cache)."""
-        del implementation  # one formulation: two matmuls share a softmax
-        b, kv_heads, p, d = self.prefix_keys.shape
+        del implementation  # one formulation
+        b, kv_heads, d, p = self.prefix_keys.shape
         rows, new, heads = q.shape[0], q.shape[1], q.shape[2]
-        f, groups, length = rows // b, heads // kv_heads, self.keys.shape[2]
+        f, groups, length, dtype = rows // b, heads // kv_heads, self.keys.shape[2], q.dtype
+        m = new * groups  # query rows of one sample and KV head
         slots = positions - jnp.repeat(self.prefix_lengths, f)[:, None]  # [B*F, Tn]
         keys = _store(self.keys, slots, k, rules, heads_first=True)
         values = _store(self.values, slots, v, rules, heads_first=True)
-        own_keys = keys.astype(q.dtype).reshape(b, f, kv_heads, length, d)
-        own_values = values.astype(q.dtype).reshape(b, f, kv_heads, length, d)
 
-        qg = q.reshape(b, f, new, kv_heads, groups, d) * d**-0.5
-        # Prefix scores: all samples of a prefix in one [F*Tn*G, D] x [D, P] product per KV head.
-        prefix_scores = jnp.einsum("bftkgd,bkpd->bkftgp", qg, self.prefix_keys.astype(q.dtype),
-                                   preferred_element_type=jnp.float32)
-        own_scores = jnp.einsum("bftkgd,bfksd->bkftgs", qg, own_keys, preferred_element_type=jnp.float32)
-        own_slot = slots.reshape(b, f, new)[:, None, :, :, None, None]  # [B, 1, F, Tn, 1, 1]
-        prefix_ok = jnp.arange(p) < self.prefix_lengths[:, None, None, None, None, None]
+        def by_prefix(x):  # [B*F, K, M, ...] -> [B, K, F*M, ...]
+            x = x.reshape(b, f, *x.shape[1:])
+            return jnp.swapaxes(x, 1, 2).reshape(b, kv_heads, f * m, *x.shape[4:])
+
+        def by_row(x):  # the inverse
+            x = x.reshape(b, kv_heads, f, m, *x.shape[3:])
+            return jnp.swapaxes(x, 1, 2).reshape(rows, kv_heads, m, *x.shape[4:])
+
+        q_own = (q * d**-0.5).reshape(rows, new, kv_heads, groups, d).transpose(0, 2, 1, 3, 4).reshape(
+            rows, kv_heads, m, d)
+        batch = ((0, 1), (0, 1))
+        prefix_scores = jax.lax.dot_general(by_prefix(q_own), self.prefix_keys.astype(dtype), (((3,), (2,)), batch),
+                                            preferred_element_type=jnp.float32)  # [B, K, F*M, P]
+        own_scores = jax.lax.dot_general(q_own, keys.astype(dtype), (((3,), (3,)), batch),
+                                         preferred_element_type=jnp.float32)  # [B*F, K, M, T]
+        own_slot = jnp.repeat(slots, groups, axis=1)[:, None, :, None]  # [B*F, 1, M, 1]
+        prefix_ok = jnp.arange(p) < self.prefix_lengths[:, None, None, None]
         own_ok = jnp.arange(length) <= own_slot
         if window is not None:
-            pos = positions.reshape(b, f, new)[:, None, :, :, None, None]
+            pos = by_prefix(jnp.broadcast_to(jnp.repeat(positions, groups, axis=1)[:, None, :, None],
+                                             (rows, kv_heads, m, 1)))
             prefix_ok = prefix_ok & (pos - jnp.arange(p) < window)
             own_ok = own_ok & (own_slot - jnp.arange(length) < window)
-        scores = jnp.concatenate([jnp.where(prefix_ok, prefix_scores, MASKED),
-                                  jnp.where(own_ok, own_scores, MASKED)], axis=-1)
-        probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
-        out = jnp.einsum("bkftgp,bkpd->bftkgd", probs[..., :p], self.prefix_values.astype(q.dtype))
-        out = out + jnp.einsum("bkftgs,bfksd->bftkgd", probs[..., p:], own_values)
-        cache = ForkCache(self.prefix_keys, self.prefix_values, self.prefix_lengths, keys, values)
-        return out.reshape(rows, new, heads, d), cache
+        prefix_scores = jnp.where(prefix_ok, prefix_scores, MASKED)
+        own_scores = jnp.where(own_ok, own_scores, MASKED)
+        top = jnp.maximum(by_row(prefix_scores.max(-1)), own_scores.max(-1))  # [B*F, K, M]
+        prefix_weights = jnp.exp(prefix_scores - by_prefix(top)[..., None])
+        own_weights = jnp.exp(own_scores - top[..., None])
+        total = by_row(prefix_weights.sum(-1)) + own_weights.sum(-1)
+        out = by_row(jax.lax.dot_general(prefix_weights.astype(dtype), self.prefix_values.astype(dtype),
+                                         (((3,), (2,)), batch)))
+        out = out + jax.lax.dot_general(own_weights.astype(dtype), values.astype(dtype), (((3,), (2,)), batch))
+        out = (out / total[..., None].astype(out.dtype)).astype(dtype)  # [B*F, K, M, D]
+        out = out.reshape(rows, kv_heads, new, groups, d).transpose(0, 2, 1, 3, 4).reshape(rows, new, heads, d)
+        return out, ForkCache(self.prefix_keys, self.prefix_values, self.prefix_lengths, keys, values)
 
 
 @jax.tree_util.register_dataclass
