@@ -83,13 +83,15 @@ def main():
                            args.repeats)
     rows = rng.randint(3, config.vocab_size, (FAN_OUT, PROMPT)).astype(np.int32)
     lengths = np.full((FAN_OUT,), PROMPT, np.int32)
-    prefix, first = engine_module._prefill(engine.graphdef, engine.state, rows, lengths, lengths + NEW)
-    jax.block_until_ready(prefix)
+    prefix_keys, prefix_values, first = engine_module._prefill(engine.graphdef, engine.state, rows, lengths,
+                                                               lengths + NEW)
+    jax.block_until_ready(prefix_keys)
     buffers = [engine._take_buffers(FAN_OUT, NEW)]
 
     def decode_only():
         tokens, _, _, _, buffers[0] = engine_module._decode(
-            engine.graphdef, engine.state, prefix, lengths, lengths + NEW, first, buffers[0], np.ones((FAN_OUT,), bool),
+            engine.graphdef, engine.state, prefix_keys, prefix_values, lengths, lengths + NEW, first, buffers[0],
+            np.ones((FAN_OUT,), bool),
             np.arange(FAN_OUT, dtype=np.uint32), np.ones((FAN_OUT,), np.float32), np.zeros((FAN_OUT,), np.int32),
             np.ones((FAN_OUT,), np.float32), np.full((8,), -1, np.int32), np.int32(NEW), samples=1,
             vocab_limit=config.vocab_size, pad_id=0, with_logprobs=False)

@@ -342,7 +342,11 @@ class Evolution:
         from rstar_jax.engine import Engine
 
         tok = self.tokenizer
-        return Engine(self._model(path, value_head=False), vocab_size=tok.vocab_size, pad_id=tok.pad_id)
+        # A store row for each problem a search or an evaluation has in its batch: a path's keys
+        # and values are computed once, not again at each of its expansions.
+        rows = max(self.config.search.batch, self.config.eval.batch)
+        return Engine(self._model(path, value_head=False), vocab_size=tok.vocab_size, pad_id=tok.pad_id,
+                      prefix_rows=rows)
 
     def scorer(self, path):
         from rstar_jax.engine import ValueScorer

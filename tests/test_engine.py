@@ -313,6 +313,49 @@ def test_an_engine_donates_its_kv_buffer_and_bucketing_reuses_compiled_steps(qwe
     assert engine._buffers is None
 
 
+def test_the_prefix_store_gives_the_tokens_a_full_prefill_gives(qwen):
+    """Prompts that grow, branch and move to other rows: each call runs only what a row does not
+    hold, and the tokens equal those of an engine that prefills every prompt whole."""
+    _, _, model = qwen
+    plain, stored = Engine(model), Engine(model, prefix_rows=4)
+    rng = np.random.default_rng(0)
+    prompts = _prompts()
+    for step in range(4):
+        prompts = [p + rng.integers(3, 200, size=3 + step).tolist() for p in prompts]
+        if step == 2:
+            prompts[1] = prompts[1][:6] + [9, 9]  # a branch: the row keeps only the shared start
+        rows = [2, 0, 3] if step != 3 else [1, 2, 0]  # at step 3 the prompts change rows
+        for params in (dict(), dict(temperature=1.0, seed=[4, 5, 6], num_samples=2)):
+            want = plain.generate(prompts, max_new_tokens=8, **params)
+            got = stored.generate(prompts, max_new_tokens=8, cache_rows=rows, **params)
+            np.testing.assert_array_equal(got.tokens, want.tokens, err_msg=f"step {step}, {params}")
+        assert [stored._held[r].tolist() for r in rows] == prompts
+
+
+def test_the_prefix_store_runs_only_the_new_tokens(qwen, monkeypatch):
+    _, _, model = qwen
+    engine = Engine(model, prefix_rows=2)
+    seen = []
+    real = generation._extend
+
+    def spy(*args, **kwargs):
+        seen.append(np.asarray(args[6]).tolist())  # the new tokens' lengths
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(generation, "_extend", spy)
+    prompt = _prompts()[2]
+    engine.generate([prompt], max_new_tokens=4, cache_rows=[1])
+    engine.generate([prompt + [7, 8, 9]], max_new_tokens=4, cache_rows=[1])
+    engine.generate([prompt + [7, 8, 9]], max_new_tokens=4, cache_rows=[1])  # the same prompt: its last token
+    assert seen == [[len(prompt)], [3], [1]]
+    with pytest.raises(ValueError, match="its own store row in"):
+        engine.generate([prompt, prompt], max_new_tokens=4, cache_rows=[0, 0])
+    with pytest.raises(ValueError, match="needs a prefix store"):
+        Engine(model).generate([prompt], max_new_tokens=4, cache_rows=[0])
+    with pytest.raises(ValueError, match="does not fit the prefix store's 16 positions"):
+        Engine(model, prefix_rows=1, prefix_length=16).generate([prompt], max_new_tokens=4, cache_rows=[0])
+
+
 def test_update_swaps_weights_of_the_same_architecture_only(qwen, tmp_path):
     directory, _, model = qwen
     engine = Engine(model)

@@ -212,3 +212,18 @@ def test_presets_follow_the_paper_and_the_reference_code():
     test = SearchConfig.preset("paper", "test", rollouts=4)
     assert (test.candidates, test.rollouts, test.mode) == (32, 4, Mode.TEST)
     assert SearchConfig(rollouts=2, candidates=3, max_depth=4).nodes == 1 + 2 * 5 * 3
+
+
+def test_a_policy_engine_with_a_prefix_store_builds_the_same_trees(world):
+    """The driver gives each problem's prompts its batch place as the store row: the policy
+    reuses a path's keys and values, and the trees are those of an engine without a store."""
+    from rstar_jax.engine import Engine
+
+    tokenizer, engine, scorer, executor = world
+    stored = Engine(steered_tiny_policy(tokenizer, 0), vocab_size=tokenizer.vocab_size, pad_id=tokenizer.pad_id,
+                    prefix_rows=2)
+    config = dataclasses.replace(CONFIG, mode=Mode.TERMINAL)
+    want = _search(world, config)
+    got = run_search(PROBLEMS, EnginePolicy(stored, tokenizer, config), executor, tokenizer, config, progress=False)
+    assert [t.texts for t in got] == [t.texts for t in want]
+    assert any(len(h) for h in stored._held)  # the store was used

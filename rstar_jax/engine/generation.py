@@ -4,7 +4,11 @@ One call samples `num_samples` continuations of each of B prompts (the expansion
 nodes):
 
 1. prefill (jit): the prompts, right-padded to a bucketed length P, run causally once; the
-   result is each layer's keys and values `[B, P]` and each prompt's next-token logits;
+   result is each layer's keys and values `[B, P]` and each prompt's next-token logits. With a
+   prefix store (`Engine(prefix_rows=S)` and `generate(cache_rows=...)`), each prompt names a
+   store row, and only the part of the prompt that row does not already hold is run (`_extend`):
+   a search's successive prompts for one problem extend each other (the path grows by a step),
+   so most of each prompt's keys and values are computed once instead of at every expansion;
 2. decode (jit): a `lax.while_loop` over new tokens for B x num_samples rows. The rows of one
    prompt read its keys and values from one shared copy (`ForkCache`) and write their own into
    buffers (per layer, keys and values `[rows, K, T, D]`) that the engine keeps between calls
@@ -84,17 +88,52 @@ def pack_rows(rows: Sequence, batch: int, width: int, pad_id: int) -> tuple[np.n
 # --------------------------------------------------------------------------- jitted steps
 
 
+def _last_logits(model, hidden, lengths):
+    """float32 logits [B, V] after each row's last real token (hidden [B, T, E], lengths [B])."""
+    return model.logits(jnp.take_along_axis(hidden, (lengths - 1)[:, None, None], axis=1))[:, 0]
+
+
 @functools.partial(jax.jit, static_argnames=("graphdef",))
 def _prefill(graphdef, state, ids, lengths, rope_lengths):
     """ids: int32[B, P] right-padded; lengths: int32[B] >= 1; rope_lengths: int32[B], the
-    longest each row may grow -> (KVCache of SlotCache [B, P], float32 logits [B, V] after each
-    prompt's last token)."""
+    longest each row may grow -> (per layer prefix keys [B, K, D, P] and values [B, K, P, D],
+    float32 logits [B, V] after each prompt's last token)."""
     model = nnx.merge(graphdef, state)
     positions = jnp.broadcast_to(jnp.arange(ids.shape[1], dtype=jnp.int32), ids.shape)
     hidden, cache = model.hidden_states(ids, positions, cache=KVCache.collect(model.config, model.dtype),
                                         rope_lengths=rope_lengths)
-    last = jnp.take_along_axis(hidden, (lengths - 1)[:, None, None], axis=1)  # [B, 1, E]
-    return cache, model.logits(last)[:, 0]
+    keys, values = zip(*(ForkCache.prefix_layout(layer) for layer in cache.layers))
+    return keys, values, _last_logits(model, hidden, lengths)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "width"), donate_argnames=("store",))
+def _extend(graphdef, state, store, rows, ids, starts, lengths, rope_lengths, *, width):
+    """The prefill with a prefix store: prompt b is store row rows[b]'s first starts[b] positions,
+    which the row already holds, followed by ids[b, :lengths[b]].
+
+    store: per layer (keys [S, K, D, L], values [S, K, L, D]), donated; rows: int32[B] (-1: a
+    padding prompt, which writes nothing); ids: int32[B, N] right-padded; starts, lengths,
+    rope_lengths: int32[B]. The new tokens attend to the held positions and causally to each
+    other; their keys and values are written into the store at positions starts[b] onwards.
+    Returns (store, prefix keys [B, K, D, width] and values [B, K, width, D] per layer: each
+    row's first `width` positions, float32 logits [B, V] after each prompt's last token).
+    """
+    model = nnx.merge(graphdef, state)
+    b, n = ids.shape
+    capacity = store[0][0].shape[-1]
+    safe = jnp.maximum(rows, 0)
+    own = (b, model.config.num_key_value_heads, n, model.config.head_dim)
+    cache = KVCache(tuple(ForkCache(keys[safe, :, :, :width], values[safe, :, :width], starts,
+                                    jnp.zeros(own, keys.dtype), jnp.zeros(own, keys.dtype)) for keys, values in store))
+    positions = starts[:, None] + jnp.arange(n, dtype=jnp.int32)
+    hidden, cache = model.hidden_states(ids, positions, cache=cache, rope_lengths=rope_lengths)
+    # Position capacity is out of range: padding tokens and padding prompts are dropped.
+    at = jnp.where((jnp.arange(n) < lengths[:, None]) & (rows[:, None] >= 0), positions, capacity)
+    store = tuple((keys.at[safe[:, None], :, :, at].set(layer.keys.transpose(0, 2, 1, 3), mode="drop"),
+                   values.at[safe[:, None], :, at].set(layer.values.transpose(0, 2, 1, 3), mode="drop"))
+                  for (keys, values), layer in zip(store, cache.layers))
+    return (store, tuple(keys[safe, :, :, :width] for keys, _ in store),
+            tuple(values[safe, :, :width] for _, values in store), _last_logits(model, hidden, lengths))
 
 
 def _row_keys(seeds, samples):
@@ -106,12 +145,14 @@ def _row_keys(seeds, samples):
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "samples", "vocab_limit", "pad_id", "with_logprobs"),
                    donate_argnames=("buffers",))
-def _decode(graphdef, state, prefix, prefix_lengths, rope_lengths, first_logits, buffers, active, seeds,
-            temperature, top_k, top_p, stop_ids, max_new, *, samples, vocab_limit, pad_id, with_logprobs):
+def _decode(graphdef, state, prefix_keys, prefix_values, prefix_lengths, rope_lengths, first_logits, buffers,
+            active, seeds, temperature, top_k, top_p, stop_ids, max_new, *, samples, vocab_limit, pad_id,
+            with_logprobs):
     """Samples up to max_new tokens for R = B * samples rows.
 
-    prefix: KVCache of SlotCache [B, P]; prefix_lengths, rope_lengths: int32[B] as in
-    _prefill; first_logits: float32[B, V]; buffers: per layer (keys, values) [R, K, T, D],
+    prefix_keys, prefix_values: per layer [B, K, D, P] and [B, K, P, D], as _prefill returns
+    them; prefix_lengths, rope_lengths: int32[B] as in _prefill; first_logits: float32[B, V];
+    buffers: per layer (keys, values) [R, K, T, D],
     donated; active: bool[R] (padding rows are inactive); seeds: uint32[B]; temperature,
     top_p: float32[R]; top_k: int32[R]; stop_ids: int32[S] (-1 pads); max_new: int32 scalar
     <= T. Returns (tokens int32[R, T], lengths int32[R], logprobs float32[R, T], tokens chosen
@@ -143,7 +184,8 @@ def _decode(graphdef, state, prefix, prefix_lengths, rope_lengths, first_logits,
     lengths = jnp.zeros((rows,), jnp.int32)
     token, tokens, logprobs, lengths, done = emit(
         0, jnp.repeat(first_logits, samples, axis=0), tokens, logprobs, lengths, ~active)
-    cache = KVCache(tuple(ForkCache.from_prefix(p, prefix_lengths, k, v) for p, (k, v) in zip(prefix.layers, buffers)))
+    cache = KVCache(tuple(ForkCache(pk, pv, prefix_lengths, k, v)
+                          for pk, pv, (k, v) in zip(prefix_keys, prefix_values, buffers)))
 
     def body(carry):
         t, token, cache, tokens, logprobs, lengths, done = carry
@@ -244,15 +286,27 @@ def _prompt_rows(prompt_ids, prompt_lengths, vocab: int) -> list[np.ndarray]:
     return rows
 
 
+def _common_prefix(a: np.ndarray, b: np.ndarray) -> int:
+    """The number of leading tokens a and b share."""
+    n = min(len(a), len(b))
+    differ = np.flatnonzero(np.asarray(a[:n], np.int64) != np.asarray(b[:n], np.int64))
+    return int(differ[0]) if differ.size else n
+
+
 class Engine:
     """Generation with one model's weights. Keep one per model and reuse it: it holds the KV
     buffer of the last shape it decoded, and `generate` donates that buffer to the next call.
 
     vocab_size: the tokenizer's size when the embedding has more rows (Phi-3 pads 32011 tokens
     to 32064); ids at or above it are never generated. pad_id fills `tokens` after a stop.
+    prefix_rows: rows of the prefix store (0: none), which keeps the keys and values of the last
+    prompt given each row (`generate(cache_rows=...)`) for up to prefix_length tokens (default
+    the model's context), so a later prompt that starts the same way runs only what follows:
+    per layer prefix_rows x prefix_length x 2 x KV heads x head dim values of the model's dtype.
     """
 
-    def __init__(self, model: CausalLM, *, vocab_size: int | None = None, pad_id: int = 0):
+    def __init__(self, model: CausalLM, *, vocab_size: int | None = None, pad_id: int = 0,
+                 prefix_rows: int = 0, prefix_length: int | None = None):
         if not model.has_lm_head:
             raise ValueError("this model has no LM head (lm_head=False): it scores values and cannot generate")
         rows = model.config.vocab_size
@@ -268,16 +322,85 @@ class Engine:
         self.graphdef, self.state = nnx.split(model)
         self.mesh = model_mesh(model)
         self._buffers = None
+        if _integer(prefix_rows) is None or prefix_rows < 0:
+            raise ValueError(f"prefix_rows must be an integer >= 0, got {prefix_rows!r}")
+        self.prefix_rows = prefix_rows
+        self.prefix_length = prefix_length or model.config.max_position_embeddings
+        self._store = None  # per layer (keys [S, K, D, L], values [S, K, L, D]), made on first use
+        self._forget()
+
+    def _forget(self) -> None:
+        """Every store row holds nothing (what they held is stale or gone)."""
+        self._held = [np.zeros((0,), np.int64)] * self.prefix_rows
 
     def update(self, model: CausalLM) -> None:
         """Use new weights of the same architecture (after a training round)."""
         graphdef, self.state = nnx.split(model)
         if graphdef != self.graphdef:
             raise ValueError("update() needs a model of the same architecture and options; build a new Engine")
+        self._forget()  # the store holds the old weights' keys
 
     def release(self) -> None:
-        """Free the KV buffer kept between calls (for example before training on the same devices)."""
-        self._buffers = None
+        """Free the KV buffer kept between calls and the prefix store (for example before training
+        on the same devices)."""
+        self._buffers = self._store = None
+        self._forget()
+
+    def _sharding(self, shape, axes):
+        if self.mesh is None:
+            return None
+        # Canonical, so a buffer a jitted call donates back matches it: one compile per shape.
+        return NamedSharding(self.mesh, canonical_spec(self.rules.spec(axes, shape, self.mesh), self.mesh))
+
+    def _take_store(self):
+        if self._store is None:
+            c = self.config
+            keys = (self.prefix_rows, c.num_key_value_heads, c.head_dim, self.prefix_length)
+            values = (self.prefix_rows, c.num_key_value_heads, self.prefix_length, c.head_dim)
+            at = [self._sharding(shape, ("act_batch", "act_kv_heads", None, None)) for shape in (keys, values)]
+            self._store = tuple((jnp.zeros(keys, self.dtype, device=at[0]), jnp.zeros(values, self.dtype, device=at[1]))
+                                for _ in range(c.num_hidden_layers))
+        store, self._store = self._store, None
+        return store
+
+    def _store_rows(self, cache_rows, count: int) -> list[int]:
+        rows = [_integer(r) for r in np.asarray(cache_rows).ravel().tolist()]
+        if self.prefix_rows == 0:
+            raise ValueError("cache_rows needs a prefix store: build the Engine with prefix_rows > 0")
+        if len(rows) != count or any(r is None or not 0 <= r < self.prefix_rows for r in rows) or \
+                len(set(rows)) != len(rows):
+            raise ValueError(f"cache_rows must give each of the {count} prompts its own store row in "
+                             f"[0, prefix_rows={self.prefix_rows}); got {cache_rows!r}")
+        return rows
+
+    def _prefix(self, rows: list[np.ndarray], cache_rows, batch: int, lengths: np.ndarray,
+                rope_lengths: np.ndarray):
+        """(prefix keys, values, next-token logits) of the prompts, through the prefix store when
+        cache_rows is given (see the class docstring), else by a plain prefill."""
+        longest = int(lengths.max())
+        if cache_rows is None:
+            ids, _ = pack_rows(rows, batch, prompt_bucket(longest), self.pad_id)
+            return _prefill(self.graphdef, self.state, ids, lengths, rope_lengths)
+        slots = self._store_rows(cache_rows, len(rows))
+        if longest > self.prefix_length:
+            raise ValueError(f"a prompt of {longest} tokens does not fit the prefix store's {self.prefix_length} "
+                             "positions; build the Engine with a larger prefix_length")
+        # Each prompt runs from the first token its row does not hold; at least its last token
+        # runs, for the logits that choose the first new token.
+        starts = [min(_common_prefix(self._held[r], row), len(row) - 1) for r, row in zip(slots, rows)]
+        suffixes = [row[s:] for s, row in zip(starts, rows)]
+        ids, suffix_lengths = pack_rows(suffixes, batch, prompt_bucket(max(len(x) for x in suffixes)), self.pad_id)
+        pad = batch - len(rows)
+        held = self._held
+        self._forget()  # until the store comes back from the call
+        store, keys, values, logits = _extend(
+            self.graphdef, self.state, self._take_store(), np.array(slots + [-1] * pad, np.int32), ids,
+            np.array(starts + [0] * pad, np.int32), suffix_lengths, rope_lengths,
+            width=min(self.prefix_length, prompt_bucket(longest)))
+        self._store = store
+        now = dict(zip(slots, rows))
+        self._held = [np.asarray(now[r], np.int64) if r in now else h for r, h in enumerate(held)]
+        return keys, values, logits
 
     def _take_buffers(self, rows: int, length: int):
         c = self.config
@@ -286,17 +409,13 @@ class Engine:
         if buffers is not None and buffers[0][0].shape == shape:
             return buffers
         buffers = None  # free the old one before allocating
-        device = None
-        if self.mesh is not None:
-            # Canonical, so the buffer the loop donates back matches it: one compile per shape.
-            spec = self.rules.spec(("act_batch", "act_kv_heads", None, None), shape, self.mesh)
-            device = NamedSharding(self.mesh, canonical_spec(spec, self.mesh))
+        device = self._sharding(shape, ("act_batch", "act_kv_heads", None, None))
         return tuple((jnp.zeros(shape, self.dtype, device=device), jnp.zeros(shape, self.dtype, device=device))
                      for _ in range(c.num_hidden_layers))
 
     def generate(self, prompt_ids, max_new_tokens: int = 64, temperature=0.0, top_p=1.0,
                  stop_token_ids: Sequence[int] = (), seed=0, *, top_k=0, num_samples: int = 1,
-                 prompt_lengths=None, return_logprobs: bool = False) -> GenerationResult:
+                 prompt_lengths=None, return_logprobs: bool = False, cache_rows=None) -> GenerationResult:
         """Samples `num_samples` continuations of each prompt.
 
         prompt_ids: int[B, P] (every row full unless prompt_lengths says otherwise) or B lists of
@@ -305,7 +424,10 @@ class Engine:
         equal samples, so a search passes a seed per problem and call. A row stops after its
         first token in stop_token_ids. Rows are prompt-major: row b * num_samples + s.
         return_logprobs: also return each token's log-probability under the model (temperature
-        1, before top-k/top-p, over the ids below vocab_size).
+        1, before top-k/top-p, over the ids below vocab_size). cache_rows: with a prefix store,
+        the store row of each prompt (distinct): the row keeps the prompt's keys and values, and
+        only what the prompt does not share with the row's last prompt is run. The tokens are
+        the same either way, up to float rounding in the reused keys.
 
         Under longrope scaling (Phi-3 128k) a row whose prompt plus max_new_tokens passes the
         pretraining length uses the long factors from its first token; transformers instead
@@ -327,9 +449,8 @@ class Engine:
         stops = _stop_ids(stop_token_ids, vocab)
 
         batch = _pow2(b)
-        width = prompt_bucket(max(len(r) for r in rows))
         length = _pow2(max_new_tokens, _MIN_NEW_BUCKET)
-        ids, lengths = pack_rows(rows, batch, width, self.pad_id)
+        lengths = np.array([len(r) for r in rows] + [1] * (batch - b), np.int32)
         active = np.repeat(np.arange(batch) < b, num_samples)
 
         def pad(values, fill):
@@ -339,11 +460,11 @@ class Engine:
         stop_ids[:len(stops)] = stops
         with jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext():
             rope_lengths = lengths + np.int32(max_new_tokens)
-            prefix, first = _prefill(self.graphdef, self.state, ids, lengths, rope_lengths)
+            prefix_keys, prefix_values, first = self._prefix(rows, cache_rows, batch, lengths, rope_lengths)
             buffers = self._take_buffers(batch * num_samples, length)
             tokens, out_lengths, logprobs, steps, buffers = _decode(
-                self.graphdef, self.state, prefix, lengths, rope_lengths, first, buffers, active,
-                np.concatenate([seeds, np.zeros((batch - b,), np.uint32)]), pad(temperature, 0.0),
+                self.graphdef, self.state, prefix_keys, prefix_values, lengths, rope_lengths, first, buffers,
+                active, np.concatenate([seeds, np.zeros((batch - b,), np.uint32)]), pad(temperature, 0.0),
                 pad(top_k, 0), pad(top_p, 1.0), stop_ids, np.int32(max_new_tokens),
                 samples=num_samples, vocab_limit=self.vocab_size, pad_id=self.pad_id,
                 with_logprobs=return_logprobs)

@@ -81,11 +81,13 @@ from rstar_jax.steps import format as fmt
 
 
 class Policy(Protocol):
-    def sample(self, prompts: Sequence[Sequence[int]], num_samples: int,
-               seeds: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    def sample(self, prompts: Sequence[Sequence[int]], num_samples: int, seeds: Sequence[int],
+               rows: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """`num_samples` continuations of each prompt, each ending at (and keeping) its first stop
         token or after the step budget: (tokens int32[len(prompts) * num_samples, T], lengths
-        int32[rows]); row b * num_samples + s is sample s of prompt b, and seeds[b] its seed."""
+        int32[rows]); row b * num_samples + s is sample s of prompt b, and seeds[b] its seed.
+        rows: the batch place of each prompt's problem; the successive prompts of one place
+        mostly extend each other, so a policy may keep their keys and values there."""
 
 
 class Scorer(Protocol):
@@ -249,7 +251,7 @@ class EnginePolicy:
         self.engine, self.config = engine, config
         self.warned = False
 
-    def sample(self, prompts, num_samples, seeds):
+    def sample(self, prompts, num_samples, seeds, rows=None):
         c = self.config
         limit = getattr(getattr(self.engine, "config", None), "max_position_embeddings", None)
         longest = max((len(p) for p in prompts), default=0) + c.max_step_tokens
@@ -259,9 +261,10 @@ class EnginePolicy:
                           f"{c.max_step_tokens} exceeds the policy's context of {limit} tokens "
                           "(max_position_embeddings); steps past it are sampled from positions the model "
                           "was not trained on. Lower max_depth or the step budgets.", stacklevel=2)
+        reuse = rows is not None and max(rows, default=0) < getattr(self.engine, "prefix_rows", 0)
         res = self.engine.generate(list(prompts), max_new_tokens=c.max_step_tokens, temperature=c.temperature,
                                    top_p=c.top_p, stop_token_ids=self.stop_ids, seed=np.asarray(seeds, np.uint32),
-                                   top_k=c.top_k, num_samples=num_samples)
+                                   top_k=c.top_k, num_samples=num_samples, cache_rows=list(rows) if reuse else None)
         return res.tokens, res.lengths
 
 
@@ -519,7 +522,7 @@ class _Search:
         c, k = self.config, self.config.candidates
         seeds = [expansion_seed(c.seed, slots[b].index, int(leaf[b])) for b in group]
         self.clock.charge("host")
-        tokens, lengths = self.policy.sample([prefixes[b] for b in group], k, seeds)
+        tokens, lengths = self.policy.sample([prefixes[b] for b in group], k, seeds, rows=group)
         tokens, lengths = np.asarray(tokens), np.asarray(lengths)
         self.clock.charge("generation")
         if lengths.shape != (len(group) * k,) or (lengths > c.max_step_tokens).any():
