@@ -127,7 +127,7 @@ def search_config(config: ml_collections.ConfigDict, r: int):
         raise ConfigError(f"config.search (round {r}): {e}") from e
 
 
-_BUDGETS = ("max_depth", "max_step_tokens", "max_output_tokens")
+_BUDGETS = ("max_depth", "max_step_tokens", "max_output_tokens", "overlap")
 
 
 def eval_budget(config: ml_collections.ConfigDict):

@@ -88,7 +88,7 @@ def test_a_search_is_reproducible_and_each_problem_independent_of_its_batch(worl
     # Seeds come from the search's seed, the problem's index in the list and the node.
     alone = _search(world, CONFIG, problems=PROBLEMS[:1])
     one_slot = _search(world, CONFIG, batch_size=1)
-    in_turn = _search(world, CONFIG, overlap=False)  # no execution while the other half samples
+    in_turn = _search(world, dataclasses.replace(CONFIG, overlap=False))  # execution waits for sampling
     for a, *others in zip(together, alone + one_slot[1:], one_slot, in_turn):
         for b in others:
             assert a.texts == b.texts

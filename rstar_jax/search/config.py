@@ -67,6 +67,10 @@ class SearchConfig:
     # Graded modes: a problem no rollout solved is searched again, from scratch, with this many
     # rollouts (0: never). The paper's round 4 gives unsolved problems 64.
     unsolved_rollouts: int = 0
+    # Each step's problems in two halves, so one half's programs run while the other half
+    # samples: worth it when execution is slow; with a small model and cheap programs it only
+    # halves the batches the policy samples for. The trees are the same either way.
+    overlap: bool = True
     seed: int = 0
     capacity: int | None = None
 

@@ -376,12 +376,12 @@ def _check(problems, config: SearchConfig, tokenizer, scorer, batch_size) -> lis
 def run_search(problems: Sequence[Problem], policy: Policy, executor: Executor, tokenizer,
                config: SearchConfig, *, scorer: Scorer | None = None,
                grade: Callable[[str, str], bool] | None = None, batch_size: int | None = None,
-               overlap: bool = True, progress: bool | None = None,
+               progress: bool | None = None,
                stats: SearchStats | None = None) -> list[SearchTree]:
     """Searches every problem (see the module docstring); returns their trees in order.
 
     Up to `batch_size` problems (default: all, at most 32) are searched at once, one expansion
-    each per step; a finished problem's place goes to the next one. With `overlap`, each step
+    each per step; a finished problem's place goes to the next one. With `config.overlap`, each step
     treats its problems in two halves, so the executor runs one half's programs while the
     policy samples the other's and the PPM scores the first (the trees are the same either
     way). grade(pred, ref) defaults to `is_equivalent` and runs in the calling thread; ref is the
@@ -401,7 +401,7 @@ def run_search(problems: Sequence[Problem], policy: Policy, executor: Executor, 
     if grade is None:
         from rstar_jax.steps.grading import is_equivalent as grade
     stats = stats if stats is not None else SearchStats()
-    search = _Search(problems, policy, executor, tokenizer, config, scorer, grade, overlap, stats)
+    search = _Search(problems, policy, executor, tokenizer, config, scorer, grade, stats)
     with tqdm.tqdm(total=len(problems) * config.rollouts, desc="search", unit="rollout", leave=False,
                    disable=False if progress else None if progress is None else True) as bar:
         search.bar = bar
@@ -412,7 +412,7 @@ def run_search(problems: Sequence[Problem], policy: Policy, executor: Executor, 
         again = dataclasses.replace(config, rollouts=config.unsolved_rollouts, unsolved_rollouts=0,
                                     seed=(config.seed + 1) % 2**32)
         redone = run_search([problems[i] for i in unsolved], policy, executor, tokenizer, again, scorer=scorer,
-                            grade=grade, batch_size=batch_size, overlap=overlap, progress=progress, stats=stats)
+                            grade=grade, batch_size=batch_size, progress=progress, stats=stats)
         for i, tree in zip(unsolved, redone):
             trees[i] = dataclasses.replace(tree, searches=2)
     return trees
@@ -421,9 +421,9 @@ def run_search(problems: Sequence[Problem], policy: Policy, executor: Executor, 
 class _Search:
     """The state of one `run_search` call."""
 
-    def __init__(self, problems, policy, executor, tokenizer, config, scorer, grade, overlap, stats):
+    def __init__(self, problems, policy, executor, tokenizer, config, scorer, grade, stats):
         self.problems, self.policy, self.executor, self.tokenizer = problems, policy, executor, tokenizer
-        self.config, self.scorer, self.grade, self.overlap, self.stats = config, scorer, grade, overlap, stats
+        self.config, self.scorer, self.grade, self.stats = config, scorer, grade, stats
         self.clock = _Clock(stats)
         ids = tokenizer.step_token_ids
         self.end_of_code, self.end_of_output = ids[fmt.END_OF_CODE], ids[fmt.END_OF_OUTPUT]
@@ -481,7 +481,7 @@ class _Search:
         clock.charge("tree_ops")
         prefixes = {b: slots[b].prompt + path[b, :path_lengths[b]].tolist() for b in active}
         half = (len(active) + 1) // 2
-        groups = [active[:half], active[half:]] if self.overlap and len(active) > 1 else [active]
+        groups = [active[:half], active[half:]] if c.overlap and len(active) > 1 else [active]
         candidates, pending = [], None
         for group in groups:
             mine = self.propose(slots, leaf, group, prefixes)
