@@ -351,7 +351,8 @@ class Evolution:
     def scorer(self, path):
         from rstar_jax.engine import ValueScorer
 
-        return ValueScorer(self._model(path, value_head=True), pad_id=self.tokenizer.pad_id)
+        return ValueScorer(self._model(path, value_head=True), pad_id=self.tokenizer.pad_id,
+                           prefix_rows=max(self.config.search.batch, self.config.eval.batch))
 
     # --- which models a round uses ---
 
@@ -620,11 +621,14 @@ class Evolution:
         e = self.config.eval
         ppm, orm = self.reward_path("ppm", r), self.reward_path("orm", r)
         notes = [f"round {r}: no PPM, so no best-of-N (PPM) or MCTS + PPM evaluation"] if r and ppm is None else []
+        methods = e.light_methods if r in e.light_rounds else e.methods
+        if tuple(methods) != tuple(e.methods):
+            notes.append(f"round {r}: evaluated with {', '.join(methods)} only (config.eval.light_rounds)")
         ev = evaluate.evaluate_policy(
             test, self.engine(self.policy_path(r)), self._executor, self.tokenizer, budget=eval_budget(self.config),
             search=eval_search_config(self.config), ppm=self.scorer(ppm) if ppm else None,
             orm=self.scorer(orm) if orm else None, samples=e.samples or None, temperature=e.temperature,
-            searches=e.searches, batch_size=e.batch, progress=self.progress)
+            searches=e.searches, methods=methods, batch_size=e.batch, progress=self.progress)
         evaluate.report(ev, rdir / "eval" if _process()[0] == 0 else None, title=f"round {r}")
         return {"evaluation": dataclasses.asdict(ev), "notes": notes}
 

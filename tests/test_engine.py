@@ -329,7 +329,7 @@ def test_the_prefix_store_gives_the_tokens_a_full_prefill_gives(qwen):
             want = plain.generate(prompts, max_new_tokens=8, **params)
             got = stored.generate(prompts, max_new_tokens=8, cache_rows=rows, **params)
             np.testing.assert_array_equal(got.tokens, want.tokens, err_msg=f"step {step}, {params}")
-        assert [stored._held[r].tolist() for r in rows] == prompts
+        assert [stored.store.held[r].tolist() for r in rows] == prompts
 
 
 def test_the_prefix_store_runs_only_the_new_tokens(qwen, monkeypatch):

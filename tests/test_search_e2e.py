@@ -226,4 +226,16 @@ def test_a_policy_engine_with_a_prefix_store_builds_the_same_trees(world):
     want = _search(world, config)
     got = run_search(PROBLEMS, EnginePolicy(stored, tokenizer, config), executor, tokenizer, config, progress=False)
     assert [t.texts for t in got] == [t.texts for t in want]
-    assert any(len(h) for h in stored._held)  # the store was used
+    assert any(len(h) for h in stored.store.held)  # the store was used
+
+
+def test_a_ppm_with_a_prefix_store_scores_as_one_without(world):
+    tokenizer, _, scorer, executor = world
+    stored = ValueScorer(steered_tiny_policy(tokenizer, 1, value_head=True), pad_id=tokenizer.pad_id, prefix_rows=2)
+    config = dataclasses.replace(CONFIG, mode=Mode.PPM)
+    want = _search(world, config)
+    got = _search((tokenizer, world[1], stored, executor), config)
+    for a, b in zip(got, want):
+        assert a.texts == b.texts
+        np.testing.assert_allclose(a.init_value, b.init_value, atol=1e-5)
+    assert any(len(h) for h in stored.store.held)

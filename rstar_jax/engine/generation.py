@@ -106,19 +106,18 @@ def _prefill(graphdef, state, ids, lengths, rope_lengths):
     return keys, values, _last_logits(model, hidden, lengths)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "width"), donate_argnames=("store",))
-def _extend(graphdef, state, store, rows, ids, starts, lengths, rope_lengths, *, width):
-    """The prefill with a prefix store: prompt b is store row rows[b]'s first starts[b] positions,
-    which the row already holds, followed by ids[b, :lengths[b]].
+def extend_prefix(model, store, rows, ids, starts, lengths, rope_lengths, width: int):
+    """Prefill through a prefix store (traced inside a jitted call): prompt b is store row
+    rows[b]'s first starts[b] positions, which the row already holds, followed by
+    ids[b, :lengths[b]].
 
-    store: per layer (keys [S, K, D, L], values [S, K, L, D]), donated; rows: int32[B] (-1: a
-    padding prompt, which writes nothing); ids: int32[B, N] right-padded; starts, lengths,
-    rope_lengths: int32[B]. The new tokens attend to the held positions and causally to each
-    other; their keys and values are written into the store at positions starts[b] onwards.
-    Returns (store, prefix keys [B, K, D, width] and values [B, K, width, D] per layer: each
-    row's first `width` positions, float32 logits [B, V] after each prompt's last token).
+    store: per layer (keys [S, K, D, L], values [S, K, L, D]); rows: int32[B] (-1: a padding
+    prompt, which writes nothing); ids: int32[B, N] right-padded; starts, lengths, rope_lengths:
+    int32[B]. The new tokens attend to the held positions and causally to each other; their keys
+    and values are written into the store at positions starts[b] onwards. Returns (store, prefix
+    keys [B, K, D, width] and values [B, K, width, D] per layer: each row's first `width`
+    positions, the new tokens' final hidden states [B, N, E]).
     """
-    model = nnx.merge(graphdef, state)
     b, n = ids.shape
     capacity = store[0][0].shape[-1]
     safe = jnp.maximum(rows, 0)
@@ -133,7 +132,16 @@ def _extend(graphdef, state, store, rows, ids, starts, lengths, rope_lengths, *,
                    values.at[safe[:, None], :, at].set(layer.values.transpose(0, 2, 1, 3), mode="drop"))
                   for (keys, values), layer in zip(store, cache.layers))
     return (store, tuple(keys[safe, :, :, :width] for keys, _ in store),
-            tuple(values[safe, :, :width] for _, values in store), _last_logits(model, hidden, lengths))
+            tuple(values[safe, :, :width] for _, values in store), hidden)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "width"), donate_argnames=("store",))
+def _extend(graphdef, state, store, rows, ids, starts, lengths, rope_lengths, *, width):
+    """`extend_prefix` for generation: (store, prefix keys, prefix values, float32 logits [B, V]
+    after each prompt's last token). The store is donated."""
+    model = nnx.merge(graphdef, state)
+    store, keys, values, hidden = extend_prefix(model, store, rows, ids, starts, lengths, rope_lengths, width)
+    return store, keys, values, _last_logits(model, hidden, lengths)
 
 
 def _row_keys(seeds, samples):
@@ -293,6 +301,64 @@ def _common_prefix(a: np.ndarray, b: np.ndarray) -> int:
     return int(differ[0]) if differ.size else n
 
 
+class PrefixStore:
+    """Keys and values of the last prompt each of `rows` store rows was given, up to `length`
+    positions: per layer keys [S, K, D, L] and values [S, K, L, D] (the layout `ForkCache`
+    reads), made on first use, and on the host the tokens each row holds. A jitted call takes
+    the arrays (`take`, donated to it) and gives them back (`keep`)."""
+
+    def __init__(self, config, dtype, rows: int, length: int, sharding=lambda shape: None):
+        if _integer(rows) is None or rows < 0:
+            raise ValueError(f"prefix_rows must be an integer >= 0, got {rows!r}")
+        self.config, self.dtype, self.rows, self.length, self.sharding = config, dtype, rows, length, sharding
+        self._arrays = None
+        self.forget()
+        self._before = self.held
+
+    def forget(self) -> None:
+        """Every row holds nothing (what they held is stale, or with a call that failed)."""
+        self.held = [np.zeros((0,), np.int64)] * self.rows
+
+    def release(self) -> None:
+        self._arrays = None
+        self.forget()
+
+    def plan(self, cache_rows, prompts: Sequence[np.ndarray], what: str = "prompt") -> tuple[list[int], list[int]]:
+        """(row, start) of each prompt: it runs from `start`, the first token its row does not
+        hold, and at least its last token runs."""
+        rows = [_integer(r) for r in np.asarray(cache_rows).ravel().tolist()]
+        if self.rows == 0:
+            raise ValueError("cache_rows needs a prefix store: build it with prefix_rows > 0")
+        if len(rows) != len(prompts) or any(r is None or not 0 <= r < self.rows for r in rows) or \
+                len(set(rows)) != len(rows):
+            raise ValueError(f"cache_rows must give each of the {len(prompts)} {what}s its own store row in "
+                             f"[0, prefix_rows={self.rows}); got {cache_rows!r}")
+        longest = max(len(p) for p in prompts)
+        if longest > self.length:
+            raise ValueError(f"a {what} of {longest} tokens does not fit the prefix store's {self.length} "
+                             "positions; build it with a larger prefix_length")
+        return rows, [min(_common_prefix(self.held[r], p), len(p) - 1) for r, p in zip(rows, prompts)]
+
+    def take(self):
+        if self._arrays is None:
+            c = self.config
+            keys = (self.rows, c.num_key_value_heads, c.head_dim, self.length)
+            values = (self.rows, c.num_key_value_heads, self.length, c.head_dim)
+            self._arrays = tuple((jnp.zeros(keys, self.dtype, device=self.sharding(keys)),
+                                  jnp.zeros(values, self.dtype, device=self.sharding(values)))
+                                 for _ in range(c.num_hidden_layers))
+        arrays, self._arrays = self._arrays, None
+        self._before = self.held
+        self.forget()  # a call that fails loses the arrays: nothing is held then
+        return arrays
+
+    def keep(self, arrays, rows: Sequence[int], prompts: Sequence[np.ndarray]) -> None:
+        """The arrays back from a call that wrote `prompts` into `rows`."""
+        self._arrays = arrays
+        now = dict(zip(rows, prompts))
+        self.held = [np.asarray(now[r], np.int64) if r in now else h for r, h in enumerate(self._before)]
+
+
 class Engine:
     """Generation with one model's weights. Keep one per model and reuse it: it holds the KV
     buffer of the last shape it decoded, and `generate` donates that buffer to the next call.
@@ -322,56 +388,32 @@ class Engine:
         self.graphdef, self.state = nnx.split(model)
         self.mesh = model_mesh(model)
         self._buffers = None
-        if _integer(prefix_rows) is None or prefix_rows < 0:
-            raise ValueError(f"prefix_rows must be an integer >= 0, got {prefix_rows!r}")
-        self.prefix_rows = prefix_rows
-        self.prefix_length = prefix_length or model.config.max_position_embeddings
-        self._store = None  # per layer (keys [S, K, D, L], values [S, K, L, D]), made on first use
-        self._forget()
+        self.store = PrefixStore(model.config, self.dtype, prefix_rows,
+                                 prefix_length or model.config.max_position_embeddings,
+                                 lambda shape: self._sharding(shape, ("act_batch", "act_kv_heads", None, None)))
 
-    def _forget(self) -> None:
-        """Every store row holds nothing (what they held is stale or gone)."""
-        self._held = [np.zeros((0,), np.int64)] * self.prefix_rows
+    @property
+    def prefix_rows(self) -> int:
+        return self.store.rows
 
     def update(self, model: CausalLM) -> None:
         """Use new weights of the same architecture (after a training round)."""
         graphdef, self.state = nnx.split(model)
         if graphdef != self.graphdef:
             raise ValueError("update() needs a model of the same architecture and options; build a new Engine")
-        self._forget()  # the store holds the old weights' keys
+        self.store.forget()  # it holds the old weights' keys
 
     def release(self) -> None:
         """Free the KV buffer kept between calls and the prefix store (for example before training
         on the same devices)."""
-        self._buffers = self._store = None
-        self._forget()
+        self._buffers = None
+        self.store.release()
 
     def _sharding(self, shape, axes):
         if self.mesh is None:
             return None
         # Canonical, so a buffer a jitted call donates back matches it: one compile per shape.
         return NamedSharding(self.mesh, canonical_spec(self.rules.spec(axes, shape, self.mesh), self.mesh))
-
-    def _take_store(self):
-        if self._store is None:
-            c = self.config
-            keys = (self.prefix_rows, c.num_key_value_heads, c.head_dim, self.prefix_length)
-            values = (self.prefix_rows, c.num_key_value_heads, self.prefix_length, c.head_dim)
-            at = [self._sharding(shape, ("act_batch", "act_kv_heads", None, None)) for shape in (keys, values)]
-            self._store = tuple((jnp.zeros(keys, self.dtype, device=at[0]), jnp.zeros(values, self.dtype, device=at[1]))
-                                for _ in range(c.num_hidden_layers))
-        store, self._store = self._store, None
-        return store
-
-    def _store_rows(self, cache_rows, count: int) -> list[int]:
-        rows = [_integer(r) for r in np.asarray(cache_rows).ravel().tolist()]
-        if self.prefix_rows == 0:
-            raise ValueError("cache_rows needs a prefix store: build the Engine with prefix_rows > 0")
-        if len(rows) != count or any(r is None or not 0 <= r < self.prefix_rows for r in rows) or \
-                len(set(rows)) != len(rows):
-            raise ValueError(f"cache_rows must give each of the {count} prompts its own store row in "
-                             f"[0, prefix_rows={self.prefix_rows}); got {cache_rows!r}")
-        return rows
 
     def _prefix(self, rows: list[np.ndarray], cache_rows, batch: int, lengths: np.ndarray,
                 rope_lengths: np.ndarray):
@@ -381,25 +423,15 @@ class Engine:
         if cache_rows is None:
             ids, _ = pack_rows(rows, batch, prompt_bucket(longest), self.pad_id)
             return _prefill(self.graphdef, self.state, ids, lengths, rope_lengths)
-        slots = self._store_rows(cache_rows, len(rows))
-        if longest > self.prefix_length:
-            raise ValueError(f"a prompt of {longest} tokens does not fit the prefix store's {self.prefix_length} "
-                             "positions; build the Engine with a larger prefix_length")
-        # Each prompt runs from the first token its row does not hold; at least its last token
-        # runs, for the logits that choose the first new token.
-        starts = [min(_common_prefix(self._held[r], row), len(row) - 1) for r, row in zip(slots, rows)]
-        suffixes = [row[s:] for s, row in zip(starts, rows)]
-        ids, suffix_lengths = pack_rows(suffixes, batch, prompt_bucket(max(len(x) for x in suffixes)), self.pad_id)
+        slots, starts = self.store.plan(cache_rows, rows)
+        ids, suffix_lengths = pack_rows([row[s:] for s, row in zip(starts, rows)], batch,
+                                        prompt_bucket(max(len(row) - s for s, row in zip(starts, rows))), self.pad_id)
         pad = batch - len(rows)
-        held = self._held
-        self._forget()  # until the store comes back from the call
-        store, keys, values, logits = _extend(
-            self.graphdef, self.state, self._take_store(), np.array(slots + [-1] * pad, np.int32), ids,
+        arrays, keys, values, logits = _extend(
+            self.graphdef, self.state, self.store.take(), np.array(slots + [-1] * pad, np.int32), ids,
             np.array(starts + [0] * pad, np.int32), suffix_lengths, rope_lengths,
-            width=min(self.prefix_length, prompt_bucket(longest)))
-        self._store = store
-        now = dict(zip(slots, rows))
-        self._held = [np.asarray(now[r], np.int64) if r in now else h for r, h in enumerate(held)]
+            width=min(self.store.length, prompt_bucket(longest)))
+        self.store.keep(arrays, slots, rows)
         return keys, values, logits
 
     def _take_buffers(self, rows: int, length: int):

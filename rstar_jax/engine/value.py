@@ -10,9 +10,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import NamedSharding
 
-from rstar_jax.engine.generation import _pow2, model_mesh, pack_rows, prompt_bucket
-from rstar_jax.models.cache import KVCache
+from rstar_jax.engine.generation import PrefixStore, _pow2, extend_prefix, model_mesh, pack_rows, prompt_bucket
+from rstar_jax.models.cache import ForkCache, KVCache
+from rstar_jax.models.sharding import canonical_spec
 from rstar_jax.models.transformer import CausalLM
 
 
@@ -35,9 +37,31 @@ def _fork_values(graphdef, state, prefix_ids, prefix_lengths, ids, lengths, *, s
     _, prefix = model.hidden_states(prefix_ids, positions, cache=KVCache.collect(model.config, model.dtype),
                                     rope_lengths=rope)
     cache = KVCache.fork(prefix, prefix_lengths, samples, ids.shape[1])
+    return _children_values(model, cache, prefix_lengths, rope, ids, lengths, samples)
+
+
+def _children_values(model, cache, prefix_lengths, rope, ids, lengths, samples):
+    """The values of the continuations ids [B*F, T] (lengths [B*F]) read through `cache` (a
+    `KVCache` of `ForkCache`s over the B prefixes)."""
     positions = jnp.repeat(prefix_lengths, samples)[:, None] + jnp.arange(ids.shape[1], dtype=jnp.int32)
     hidden, _ = model.hidden_states(ids, positions, cache=cache, rope_lengths=jnp.repeat(rope, samples))
     return model.value_of(jnp.take_along_axis(hidden, (lengths - 1)[:, None, None], axis=1)[:, 0])
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "samples", "width"), donate_argnames=("store",))
+def _stored_fork_values(graphdef, state, store, rows, new_ids, starts, new_lengths, ids, lengths, *, samples,
+                        width):
+    """`_fork_values` with each prefix through a prefix store (`extend_prefix`): prefix b is
+    store row rows[b]'s first starts[b] positions followed by new_ids[b, :new_lengths[b]].
+    Returns (store, float32[B*F] values); the store is donated."""
+    model = nnx.merge(graphdef, state)
+    prefix_lengths = starts + new_lengths
+    rope = prefix_lengths + ids.shape[1]
+    store, keys, values, _ = extend_prefix(model, store, rows, new_ids, starts, new_lengths, rope, width)
+    own = (ids.shape[0], model.config.num_key_value_heads, ids.shape[1], model.config.head_dim)
+    cache = KVCache(tuple(ForkCache(k, v, prefix_lengths, jnp.zeros(own, k.dtype), jnp.zeros(own, k.dtype))
+                          for k, v in zip(keys, values)))
+    return store, _children_values(model, cache, prefix_lengths, rope, ids, lengths, samples)
 
 
 class ValueScorer:
@@ -46,9 +70,12 @@ class ValueScorer:
     At most `max_rows` rows (rounded down to a power of two) go through the model at once;
     `score_children` runs one prefix's children together even if there are more. A model
     whose head has no tanh (`value_tanh=False`, trained as the reference code trains) is read
-    as tanh(raw / raw_scale), the reference code's inference rule."""
+    as tanh(raw / raw_scale), the reference code's inference rule. prefix_rows: rows of a prefix
+    store (see `Engine`): `score_children(..., rows=)` then runs only the part of each prefix
+    its row does not hold from the last call."""
 
-    def __init__(self, model: CausalLM, *, pad_id: int = 0, max_rows: int = 64, raw_scale: float = 5.0):
+    def __init__(self, model: CausalLM, *, pad_id: int = 0, max_rows: int = 64, raw_scale: float = 5.0,
+                 prefix_rows: int = 0, prefix_length: int | None = None):
         if not model.has_value_head:
             raise ValueError("ValueScorer needs a model with a value head (CausalLM(..., value_head=True))")
         if not 0 <= pad_id < model.config.vocab_size:
@@ -65,11 +92,21 @@ class ValueScorer:
         self.pad_id, self.max_rows = pad_id, 1 << (max_rows.bit_length() - 1)
         self.mesh = model_mesh(model)
 
+        def sharding(shape):
+            if self.mesh is None:
+                return None
+            spec = model.rules.spec(("act_batch", "act_kv_heads", None, None), shape, self.mesh)
+            return NamedSharding(self.mesh, canonical_spec(spec, self.mesh))
+
+        self.store = PrefixStore(model.config, model.dtype, prefix_rows,
+                                 prefix_length or model.config.max_position_embeddings, sharding)
+
     def update(self, model: CausalLM) -> None:
         """Use new weights of the same architecture."""
         graphdef, self.state = nnx.split(model)
         if graphdef != self.graphdef:
             raise ValueError("update() needs a model of the same architecture and options; build a new ValueScorer")
+        self.store.forget()
 
     def _rows(self, what: str, sequences) -> list[np.ndarray]:
         rows = [np.asarray(s, np.int64).reshape(-1) for s in sequences]
@@ -83,11 +120,12 @@ class ValueScorer:
     def _mesh(self):
         return jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext()
 
-    def score_children(self, prefixes: Sequence[Sequence[int]],
-                       children: Sequence[Sequence[Sequence[int]]]) -> list[np.ndarray]:
+    def score_children(self, prefixes: Sequence[Sequence[int]], children: Sequence[Sequence[Sequence[int]]],
+                       rows: Sequence[int] | None = None) -> list[np.ndarray]:
         """The values of prefixes[b] + children[b][j], as `score` gives them, for every b and j,
         computing each prefix once: the K candidate steps of an MCTS expansion share the
-        prompt and path before them. Returns one float32 array per prefix.
+        prompt and path before them. Returns one float32 array per prefix. rows: with a prefix
+        store, the store row of each prefix (distinct), as in `Engine.generate(cache_rows=)`.
         (Under longrope scaling, each group uses the factors of its longest row.)"""
         if len(prefixes) != len(children):
             raise ValueError(f"{len(prefixes)} prefixes but {len(children)} lists of children")
@@ -103,16 +141,34 @@ class ValueScorer:
             batch = _pow2(len(group))
             width = prompt_bucket(max(len(heads[b]) for b in group))
             length = prompt_bucket(max(len(t) for b in group for t in tails[b]))
-            prefix_ids, prefix_lengths = pack_rows([heads[b] for b in group], batch, width, self.pad_id)
             # Row i * samples + j continues prefix i; missing children are padding rows.
             children = [row for b in group for row in tails[b] + [[self.pad_id]] * (samples - len(tails[b]))]
             ids, lengths = pack_rows(children, batch * samples, length, self.pad_id)
             with self._mesh():
-                values = np.asarray(_fork_values(self.graphdef, self.state, prefix_ids, prefix_lengths, ids,
-                                                 lengths, samples=samples))
+                if rows is None:
+                    prefix_ids, prefix_lengths = pack_rows([heads[b] for b in group], batch, width, self.pad_id)
+                    values = _fork_values(self.graphdef, self.state, prefix_ids, prefix_lengths, ids, lengths,
+                                          samples=samples)
+                else:
+                    values = self._stored(group, heads, [rows[b] for b in group], batch, width, ids, lengths, samples)
+                values = np.asarray(values)
             for i, b in enumerate(group):
                 out[b][:] = self._squash(values[i * samples:i * samples + len(tails[b])])
         return out
+
+    def _stored(self, group, heads, rows, batch, width, ids, lengths, samples):
+        """The values of one group of score_children through the prefix store."""
+        prefixes = [heads[b] for b in group]
+        slots, starts = self.store.plan(rows, prefixes, what="prefix")
+        new_ids, new_lengths = pack_rows([p[s:] for s, p in zip(starts, prefixes)], batch,
+                                         prompt_bucket(max(len(p) - s for s, p in zip(starts, prefixes))), self.pad_id)
+        pad = batch - len(group)
+        arrays, values = _stored_fork_values(
+            self.graphdef, self.state, self.store.take(), np.array(slots + [-1] * pad, np.int32), new_ids,
+            np.array(starts + [0] * pad, np.int32), new_lengths, ids, lengths, samples=samples,
+            width=min(self.store.length, width))
+        self.store.keep(arrays, slots, prefixes)
+        return values
 
     def score(self, sequences: Sequence[Sequence[int]]) -> np.ndarray:
         """float32[len(sequences)]: the value of each (non-empty) token sequence."""

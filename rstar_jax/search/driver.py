@@ -100,6 +100,12 @@ class Executor(Protocol):
         ...
 
 
+def _has_store_rows(model, rows) -> bool:
+    """Whether `model` (an Engine or ValueScorer) keeps a prefix store with these rows."""
+    store = getattr(model, "store", None)
+    return rows is not None and store is not None and max(rows, default=0) < store.rows
+
+
 def expansion_seed(seed: int, problem: int, node: int) -> int:
     """The policy's seed for expanding `node` of problem number `problem`: a search is
     reproducible, and a problem's samples do not depend on which problems share its batch."""
@@ -242,7 +248,8 @@ def prompt_ids(tokenizer, question: str, bootstrap: bool = False) -> list[int]:
 
 class EnginePolicy:
     """The policy model as a `Policy`: one `Engine.generate` call per batch of expansions, with
-    the search's sampling settings and the step stop tokens (and EOS)."""
+    the search's sampling settings and the step stop tokens (and EOS). An engine with a prefix
+    store keeps each problem's path in the store row of its batch place."""
 
     def __init__(self, engine, tokenizer, config: SearchConfig):
         ids = tokenizer.step_token_ids
@@ -261,7 +268,7 @@ class EnginePolicy:
                           f"{c.max_step_tokens} exceeds the policy's context of {limit} tokens "
                           "(max_position_embeddings); steps past it are sampled from positions the model "
                           "was not trained on. Lower max_depth or the step budgets.", stacklevel=2)
-        reuse = rows is not None and max(rows, default=0) < getattr(self.engine, "prefix_rows", 0)
+        reuse = _has_store_rows(self.engine, rows)
         res = self.engine.generate(list(prompts), max_new_tokens=c.max_step_tokens, temperature=c.temperature,
                                    top_p=c.top_p, stop_token_ids=self.stop_ids, seed=np.asarray(seeds, np.uint32),
                                    top_k=c.top_k, num_samples=num_samples, cache_rows=list(rows) if reuse else None)
@@ -604,7 +611,9 @@ def _score(scorer: Scorer, candidates: list[_Candidate], prefixes: dict[int, lis
         groups: dict[int, list[_Candidate]] = {}
         for c in candidates:
             groups.setdefault(c.slot, []).append(c)
-        values = scorer.score_children([prefixes[b] for b in groups], [[c.ids for c in g] for g in groups.values()])
+        rows = list(groups)  # each problem's batch place: its store row
+        values = scorer.score_children([prefixes[b] for b in groups], [[c.ids for c in g] for g in groups.values()],
+                                       **({"rows": rows} if _has_store_rows(scorer, rows) else {}))
         values = [np.asarray(v, np.float32).reshape(-1) for v in values]
         counts = ([len(v) for v in values], [len(g) for g in groups.values()])
         candidates = [c for g in groups.values() for c in g]
