@@ -2,6 +2,7 @@
 
     python launch/tpu_evolve.py --config=configs/tiny.py --workdir=runs/tiny
     python launch/tpu_evolve.py --config=configs/tiny.py:smoke --workdir=/tmp/smoke   # the tests' path
+    python scripts/tiny_study.py --workdir=runs/study   # the study variant and its ablation (docs/tiny_world.md)
 
 The policy is the `tiny` preset (1.7M parameters, a 512-piece SentencePiece vocabulary)
 pretrained on the generator's reference solutions of level 1-2 problems
@@ -14,7 +15,7 @@ import ml_collections
 
 from rstar_jax import config_lib
 
-VARIANTS = ("default", "smoke")
+VARIANTS = ("default", "smoke", "study")
 # Generator seeds of the training and test problems; scripts/pretrain_tiny.py keeps the base
 # model's pretraining problems out of both.
 TRAIN_SEED, TEST_SEED = 1, 2
@@ -24,7 +25,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     variant = arg or "default"
     if variant not in VARIANTS:
         raise ValueError(f"unknown tiny variant {variant!r}; known: {', '.join(VARIANTS)}")
-    smoke = variant == "smoke"
+    smoke, study = variant == "smoke", variant == "study"
     config = ml_collections.ConfigDict()
     config.variant = variant
     config.seed = 0
@@ -37,8 +38,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     steps = (2, 2, 2) if smoke else (60, 60, 60)
     config.train.sft.steps, config.train.ppm.steps, config.train.orm.steps = steps
     config.train.ppm.held_out = config.train.orm.held_out = 0.1
-    config.train.orm.rounds = (4,)
-    n_train, n_test = (8, 4) if smoke else (256, 256)
+    config.train.orm.rounds = (1, 2, 3, 4) if study else (4,)
+    n_train, n_test = {"default": (256, 256), "smoke": (8, 4), "study": (256, 1024)}[variant]
     # Programs run in a fraction of what sampling takes: whole batches sample faster than halves.
     budget = {"max_depth": 8, "max_step_tokens": 96, "max_output_tokens": 24, "overlap": False}
     rollouts = 4 if smoke else 8
@@ -54,7 +55,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         bootstrap="base", search=budget, rounds_search=per_round,
         eval_search={"candidates": 4, "rollouts": 4, "temperature": 0.7}, chunk=4 if smoke else 64, batch=64)
     # Rounds 1-3 are evaluated greedily, round 0 and round 4 with every method: the 15-minute budget.
-    config.eval.light_rounds = () if smoke else (1, 2, 3)
+    config.eval.light_rounds = (1, 2, 3) if variant == "default" else ()
     # The tiny model's typical wrong step differs from the right one by a copied number, a few
     # characters: the paper's 20-character filter would drop exactly those pairs. A problem
     # solved once in many trajectories is a hard one the rounds have to learn from, so it is

@@ -269,7 +269,8 @@ COMPARISONS = ((MCTS, BEST_PPM), (BEST_PPM, MAJORITY), (MAJORITY, GREEDY), (BEST
 @dataclasses.dataclass
 class Evaluation:
     """What `evaluate_policy` found: per method its `summary` (results), the reward models'
-    answer ranking on the sampled candidates (quality: PPM and ORM AUCs), and paired
+    answer ranking (quality: the PPM's and ORM's AUC over the sampled answers, pooled and within
+    a problem, and over the greedy answers, `*_auc_greedy`), and paired
     differences between methods (comparisons, "A vs B": A's accuracy minus B's)."""
 
     problems: list[str]
@@ -300,8 +301,11 @@ def evaluate_policy(problems: Sequence[Problem], policy, executor, tokenizer, *,
     n = samples or (search.rollouts * searches if search is not None else 8)
     results, quality = {}, {}
     if "greedy" in methods:
-        results[GREEDY] = summary(solve(problems, policy, executor, tokenizer, search=budget, batch_size=batch_size,
-                                        progress=progress))
+        greedy = solve(problems, policy, executor, tokenizer, search=budget, batch_size=batch_size, progress=progress)
+        results[GREEDY] = summary(greedy)
+        for name, model in (("ppm", ppm), ("orm", orm)):
+            if model is not None:  # one answer a problem: only the pooled AUC, cheap enough for every round
+                quality[f"{name}_auc_greedy"] = _ranking_auc(rescore(greedy, model))["auc"]
     if "sampled" in methods:
         sampled = solve(problems, policy, executor, tokenizer, samples=n, temperature=temperature, search=budget,
                         batch_size=batch_size, progress=progress)

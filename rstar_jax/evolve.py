@@ -485,7 +485,7 @@ class Evolution:
         out = rdir / "data"
         config = ExtractConfig(**self.config.extract.to_dict())
         sft, pairs, stats = extract(records.read_records(rdir / "search", "tree"), config)
-        outcomes = [o for tree in records.read_records(rdir / "search", "tree") for o in extract_outcomes(tree, config)]
+        outcomes = [x for tree in records.read_records(rdir / "search", "tree") for x in extract_outcomes(tree, config)]
         if _process()[0] == 0:
             shutil.rmtree(out, ignore_errors=True)  # a half-written earlier try
             records.write_records(out, "sft", sft)
@@ -578,9 +578,8 @@ class Evolution:
         items = list(records.read_records(rdir / "data", kind))
         if not items:
             prev = self.reward_path(kind, r - 1) if kind == "ppm" else None
-            what = "PPM pairs" if kind == "ppm" else "outcome examples"
-            return {"model": self._rel(prev), "trained": False,
-                    "notes": [f"round {r}: no {what}; " + ("the PPM is carried over" if prev else f"no {kind.upper()}")]}
+            what = "PPM pairs; the PPM is carried over" if prev else f"{kind} data; no {kind.upper()} this round"
+            return {"model": self._rel(prev), "trained": False, "notes": [f"round {r}: no {what}"]}
         held = {x.problem_id for x in items if zlib.crc32(x.problem_id.encode()) % 10_000 < c.held_out * 10_000}
         if len(held) == len({x.problem_id for x in items}):
             held = set()  # too few problems to hold any out

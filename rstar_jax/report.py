@@ -50,7 +50,8 @@ class RoundResult:
     def set_evaluation(self, evaluation: dict, first: RoundResult | None = None) -> None:
         """Takes the eval stage's `evaluate.Evaluation` (as a dict); with `first` (round 0), adds
         this round's greedy accuracy against round 0's on the same problems."""
-        self.accuracy = {name: {k: v for k, v in r.items() if k != "curve"} for name, r in evaluation["results"].items()}
+        self.accuracy = {name: {k: v for k, v in r.items() if k != "curve"}
+                         for name, r in evaluation["results"].items()}
         self.quality, self.comparisons = dict(evaluation["quality"]), dict(evaluation["comparisons"])
         self.greedy = self.accuracy.get(GREEDY, {}).get("accuracy", math.nan)
         self.mcts = self.accuracy.get(MCTS, {}).get("accuracy", math.nan)
@@ -72,8 +73,8 @@ def table(results: Sequence[RoundResult]) -> str:
     methods = [m for m in _METHODS if any(m in x.accuracy for x in results)]
     trajectories = next((x.accuracy[MAJORITY]["trajectories"] for x in results if MAJORITY in x.accuracy), None)
     lines = ["| round | search policy | mode | solved (first search) | SFT examples (steps) | PPM pairs (steps) "
-             "| ORM examples | " + " | ".join(methods) + " | PPM held-out pair acc. | PPM AUC | ORM AUC | minutes |",
-             "|---" * (11 + len(methods)) + "|"]
+             "| ORM examples | " + " | ".join(methods) + " | PPM held-out pair acc. | PPM AUC | ORM AUC "
+             "| PPM AUC (greedy answers) | minutes |", "|---" * (12 + len(methods)) + "|"]
     for x in results:
         solved = f"{x.solved}/{x.problems} {_pct(x.solved / x.problems)} ({x.solved_first})" if x.problems else "-"
         sft = f"{x.sft} ({x.sft_steps})" if x.sft else "-"
@@ -81,10 +82,12 @@ def table(results: Sequence[RoundResult]) -> str:
         accs = " | ".join(_pct(x.accuracy.get(m, {}).get("accuracy")) for m in methods)
         lines.append(f"| {x.round} | {x.policy} | {x.mode} | {solved} | {sft} | {pairs} | {x.outcomes or '-'} | "
                      f"{accs} | {_pct(x.ppm_pair_accuracy)} | {_num(x.quality.get('ppm_auc'))} | "
-                     f"{_num(x.quality.get('orm_auc'))} | {x.minutes:.1f} |")
+                     f"{_num(x.quality.get('orm_auc'))} | {_num(x.quality.get('ppm_auc_greedy'))} | {x.minutes:.1f} |")
     n = next((x.accuracy[GREEDY]["n"] for x in results if GREEDY in x.accuracy), 0)
     lines += ["", f"Test problems: {n}; maj@N, best-of-N and MCTS + PPM use N = {_num(trajectories, 0)} "
-              "trajectories. 95% Wilson intervals in report.json; per level below."]
+              "trajectories. AUCs: how often the reward model scores a right answer above a wrong one, over "
+              "the sampled answers (PPM, ORM) or the greedy ones. 95% Wilson intervals in report.json; per "
+              "level below."]
     levels = sorted({lv for x in results for r in x.accuracy.values() for lv in r.get("levels", {})})
     if levels:
         shown = [m for m in (GREEDY, MCTS) if m in methods]

@@ -138,7 +138,7 @@ def test_evaluate_policy_compares_every_method_at_equal_trajectories(world):
     assert ev.results["maj@N"]["trajectories"] == 4  # N = 2 rollouts x 2 searches
     for r in ev.results.values():
         assert r["n"] == 2 and set(r["correct"]) <= set(ev.problems) and len(r["ci95"]) == 2
-    assert {"ppm_auc", "orm_auc", "ppm_auc_within"} <= set(ev.quality)
+    assert {"ppm_auc", "orm_auc", "ppm_auc_within", "ppm_auc_greedy", "orm_auc_greedy"} <= set(ev.quality)
     assert "MCTS + PPM vs best-of-N (PPM)" in ev.comparisons and ev.comparisons["maj@N vs greedy"]["n"] == 2
     alone = evaluate.evaluate_policy(PROBLEMS, engine, executor, tokenizer, budget=BUDGET, search=search,
                                      methods=["greedy", "sampled"], progress=False)
