@@ -164,14 +164,14 @@ def test_dry_run_compiles_the_sharded_steps_without_a_checkpoint():
     assert "8 x cpu; mesh data=2, fsdp=2, tensor=2" in text
     rows = [line for line in text.splitlines() if line.startswith("| ") and "GiB" not in line][1:]
     assert [r.split(" | ")[0] for r in rows] == ["| sft train step (8 x 512)", "| ppm train step (8 x 512)",
-                                                 "| policy forward (32 x 512)", "| KV cache (128 x 512)",
-                                                 "| PPM forward (32 x 512)"]
+                                                 "| policy forward (64 x 512)", "| KV cache (256 x 512)",
+                                                 "| PPM forward (64 x 512)"]
     for r in rows:
         peak = float(r.strip("| ").split(" | ")[-1])
         assert 0 < peak < 1  # GiB per device of a 1.7M-parameter model
-    # 4 layers x 2 KV heads x 32 dims x 2 (K and V) x 128 rows x 512 tokens x 4 bytes over 4 x 2 devices
+    # 4 layers x 2 KV heads x 32 dims x 2 (K and V) x 256 rows x 512 tokens x 4 bytes over 4 x 2 devices
     kv = float(rows[3].strip("| ").split(" | ")[1])
-    assert kv * 2**30 == pytest.approx(4 * 2 * 32 * 2 * 128 * 512 * 4 / 8, rel=5e-3)  # 3 digits shown
+    assert kv * 2**30 == pytest.approx(4 * 2 * 32 * 2 * 256 * 512 * 4 / 8, rel=5e-3)  # 3 digits shown
 
 
 def _launch(script, *args):
