@@ -151,6 +151,17 @@ def test_four_microbatches_make_the_step_of_the_whole_batch():
         Trainer(tiny(), TrainConfig(microbatches=3), "sft").step(batch)
 
 
+def test_a_model_on_a_one_device_mesh_compiles_its_step_once():
+    # evolve loads the model to train onto the config's mesh, one CPU device here: the optimizer
+    # state must come out of init placed as the step returns it, or step 2 compiles again.
+    mesh = make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, devices=jax.devices()[:1])
+    trainer = Trainer(create_sharded(lambda: tiny(2), mesh), TrainConfig(learning_rate=1e-3), "sft")
+    batches = list(pack_sft(random_sequences(48, seed=2), rows=8, length=128))[:3]
+    for batch in batches:
+        trainer.step(batch)
+    assert trainer._step._cache_size() == 1
+
+
 def test_a_step_on_eight_devices_equals_one_device(tmp_path):
     mesh = make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
     sharded = create_sharded(lambda: tiny(3), mesh)
@@ -350,6 +361,6 @@ def test_devices_from_the_config(monkeypatch):
     config = module.get_config()
     mesh = mesh_from_config(config.mesh)
     assert dict(mesh.shape) == {"data": 8, "fsdp": 1, "tensor": 1}  # 8 simulated devices
-    assert config.train.sft.learning_rate == 1e-3 and config.train.ppm.held_out == 0.05
+    assert config.train.sft.learning_rate == 1e-3 and config.train.ppm.held_out == 0.1
     with pytest.raises(ValueError, match=r"unknown mesh axes \['model'\]"):
         mesh_from_config({"model": 2})

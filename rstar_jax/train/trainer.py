@@ -214,7 +214,10 @@ class Trainer:
         self.graphdef, self.params, self.rest = nnx.split(model, nnx.Param, ...)
         self.tx = make_optimizer(config)
         self.schedule = make_schedule(config)
-        self.mesh = model_mesh(model)
+        # The mesh the weights were loaded onto, even of one device: the optimizer state is then
+        # placed as the step returns it, so the second step does not compile again.
+        sharding = getattr(model.embed[...], "sharding", None)
+        self.mesh = sharding.mesh if isinstance(sharding, NamedSharding) else model_mesh(model)
         with self._mesh():
             if self.mesh is None:
                 self.opt_state = jax.jit(self.tx.init)(self.params)
