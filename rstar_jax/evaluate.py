@@ -37,7 +37,7 @@ from rstar_jax.search.config import Mode, SearchConfig
 from rstar_jax.search.driver import EnginePolicy, Problem, SearchTree, run_search
 from rstar_jax.steps import format as fmt
 
-RULES = ("highest", "top_k_vote", "weighted_vote", "majority")
+RULES = ("highest", "top_k_vote", "weighted_vote", "majority", "oracle")
 
 
 @dataclasses.dataclass
@@ -71,6 +71,8 @@ class Solutions:
             return _vote(pool, lambda c: c.score + 1.0)  # scores in [-1, 1]; weights >= 0
         if rule == "majority":
             return _vote(pool, lambda c: 1.0)
+        if rule == "oracle":  # pass@k: a correct answer if any; the ceiling of every selection rule
+            return next((c for c in pool if c.correct), pool[0])
         raise ValueError(f"unknown selection rule {rule!r}; known: {', '.join(RULES)}")
 
 
@@ -263,6 +265,7 @@ def _ranking_auc(solutions: Sequence[Solutions]) -> dict:
 METHODS = ("greedy", "sampled", "mcts")
 # Method rows, in the order the report shows them; the comparisons are paired on the same problems.
 GREEDY, MAJORITY, BEST_PPM, BEST_ORM, MCTS = "greedy", "maj@N", "best-of-N (PPM)", "best-of-N (ORM)", "MCTS + PPM"
+PASS = "pass@N (oracle)"  # any of the N samples correct: what a perfect verifier would pick
 COMPARISONS = ((MCTS, BEST_PPM), (BEST_PPM, MAJORITY), (MAJORITY, GREEDY), (BEST_PPM, BEST_ORM), (MCTS, GREEDY))
 
 
@@ -310,6 +313,7 @@ def evaluate_policy(problems: Sequence[Problem], policy, executor, tokenizer, *,
         sampled = solve(problems, policy, executor, tokenizer, samples=n, temperature=temperature, search=budget,
                         batch_size=batch_size, progress=progress)
         results[MAJORITY] = summary(sampled, "majority")
+        results[PASS] = summary(sampled, "oracle")
         for name, model in (("ppm", ppm), ("orm", orm)):
             if model is not None:
                 scored = rescore(sampled, model)

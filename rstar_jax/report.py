@@ -18,9 +18,9 @@ import pathlib
 from collections.abc import Sequence
 
 from rstar_jax import evaluate
-from rstar_jax.evaluate import BEST_ORM, BEST_PPM, GREEDY, MAJORITY, MCTS
+from rstar_jax.evaluate import BEST_ORM, BEST_PPM, GREEDY, MAJORITY, MCTS, PASS
 
-_METHODS = (GREEDY, MAJORITY, BEST_PPM, BEST_ORM, MCTS)
+_METHODS = (GREEDY, MAJORITY, BEST_PPM, BEST_ORM, MCTS, PASS)
 
 
 @dataclasses.dataclass
@@ -86,8 +86,8 @@ def table(results: Sequence[RoundResult]) -> str:
     n = next((x.accuracy[GREEDY]["n"] for x in results if GREEDY in x.accuracy), 0)
     lines += ["", f"Test problems: {n}; maj@N, best-of-N and MCTS + PPM use N = {_num(trajectories, 0)} "
               "trajectories. AUCs: how often the reward model scores a right answer above a wrong one, over "
-              "the sampled answers (PPM, ORM) or the greedy ones. 95% Wilson intervals in report.json; per "
-              "level below."]
+              "the sampled answers (PPM, ORM) or the greedy ones. pass@N (oracle): any of the N samples right, "
+              "the ceiling of maj@N and best-of-N. 95% Wilson intervals in report.json; per level below."]
     levels = sorted({lv for x in results for r in x.accuracy.values() for lv in r.get("levels", {})})
     if levels:
         shown = [m for m in (GREEDY, MCTS) if m in methods]

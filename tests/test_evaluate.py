@@ -28,6 +28,8 @@ def test_selection_rules_pick_what_section_3_says():
     heavy = sols(("4", 0.95, False), ("5", -0.9, True), ("5", -0.9, True))
     assert heavy.select("weighted_vote").answer == "4"  # 1.95 > 0.1 + 0.1
     assert sols((None, 0.0, False)).select("highest") is None
+    assert s.select("oracle").answer == "5" and s.select("oracle", k=1).answer == "4"  # pass@k: any correct
+    assert sols(("4", 0.1, False), ("6", 0.9, False)).select("oracle").correct is False
     with pytest.raises(ValueError, match="unknown selection rule 'best'"):
         s.select("best")
 
@@ -133,8 +135,11 @@ def test_evaluate_policy_compares_every_method_at_equal_trajectories(world):
     search = SearchConfig(rollouts=2, candidates=2, max_depth=3, max_step_tokens=24, max_output_tokens=16)
     ev = evaluate.evaluate_policy(PROBLEMS, engine, executor, tokenizer, budget=BUDGET, search=search, ppm=scorer,
                                   orm=scorer, searches=2, progress=False)
-    assert list(ev.results) == ["greedy", "maj@N", "best-of-N (PPM)", "best-of-N (ORM)", "MCTS + PPM",
-                                "MCTS + PPM (weighted vote)"]
+    assert list(ev.results) == ["greedy", "maj@N", "pass@N (oracle)", "best-of-N (PPM)", "best-of-N (ORM)",
+                                "MCTS + PPM", "MCTS + PPM (weighted vote)"]
+    oracle = ev.results["pass@N (oracle)"]  # the ceiling of the selections over the same samples
+    for name in ("maj@N", "best-of-N (PPM)", "best-of-N (ORM)"):
+        assert set(ev.results[name]["correct"]) <= set(oracle["correct"])
     assert ev.results["maj@N"]["trajectories"] == 4  # N = 2 rollouts x 2 searches
     for r in ev.results.values():
         assert r["n"] == 2 and set(r["correct"]) <= set(ev.problems) and len(r["ci95"]) == 2
@@ -142,4 +147,4 @@ def test_evaluate_policy_compares_every_method_at_equal_trajectories(world):
     assert "MCTS + PPM vs best-of-N (PPM)" in ev.comparisons and ev.comparisons["maj@N vs greedy"]["n"] == 2
     alone = evaluate.evaluate_policy(PROBLEMS, engine, executor, tokenizer, budget=BUDGET, search=search,
                                      methods=["greedy", "sampled"], progress=False)
-    assert list(alone.results) == ["greedy", "maj@N"] and not alone.quality
+    assert list(alone.results) == ["greedy", "maj@N", "pass@N (oracle)"] and not alone.quality
