@@ -36,12 +36,17 @@ _EVAL_EVERY = flags.DEFINE_integer("eval_every", 500, "Greedy evaluation every t
 _EXPORT_ONLY = flags.DEFINE_bool("export_only", False, "Export the latest checkpoint to model/ and stop.")
 _EVAL_N = flags.DEFINE_integer("eval_n", 48, "Held-out problems per evaluation (levels 1-3).")
 _FINAL_EVAL_N = flags.DEFINE_integer("final_eval_n", 128, "Held-out problems per level in the final evaluation.")
+_LEVELS = flags.DEFINE_list("levels", ["1", "2"], "Levels of the pretraining problems, in turn (1,2,1,2,3: a "
+                            "fifth of level 3).")
+_INIT = flags.DEFINE_string("init", "", "A model directory to continue from (its tokenizer is kept); empty: "
+                            "random weights and a new tokenizer.")
 SEED = 100  # the generator seed of the pretraining problems; the tiny config's seeds are small
 TINY_SETS = 4096
 
 
 def main(argv):
     del argv
+    import jax.numpy as jnp
     import numpy as np
     from flax import nnx
 
@@ -50,7 +55,7 @@ def main(argv):
     from rstar_jax.data import synthetic
     from rstar_jax.data.dedup import decontaminate
     from rstar_jax.engine import Engine
-    from rstar_jax.models import CausalLM, presets
+    from rstar_jax.models import CausalLM, from_pretrained, presets
     from rstar_jax.search.config import SearchConfig
     from rstar_jax.steps import format as fmt
     from rstar_jax.steps.executor import CodeExecutor
@@ -64,7 +69,8 @@ def main(argv):
     tiny_sets = {f"tiny seed {seed}": synthetic.generate(TINY_SETS, seed=seed)
                  for seed in (tiny.TRAIN_SEED, tiny.TEST_SEED)}
     held_out = synthetic.generate(3 * _FINAL_EVAL_N.value, seed=SEED + 1)  # levels in turn
-    problems = synthetic.generate(_PROBLEMS.value, seed=SEED, levels=(1, 2))
+    levels = [int(x) for x in _LEVELS.value]
+    problems = synthetic.generate(_PROBLEMS.value, seed=SEED, levels=levels)
     problems, overlap = decontaminate(problems, {**tiny_sets, "held_out": held_out})
     print(f"{len(problems)} pretraining problems ({len(overlap.removed_ids)} dropped: in the tiny config's "
           "sets or held out)")
@@ -72,7 +78,10 @@ def main(argv):
     examples = synthetic.reference_examples(problems)
     texts = [fmt.policy_prompt(ex.question) + ex.response for ex in examples[:2000]]  # the tokenizer's corpus
     tok_dir = out / "model"
-    if (tok_dir / "tokenizer.model").exists():  # a resumed run keeps the ids its checkpoints were trained with
+    init = pathlib.Path(_INIT.value) if _INIT.value else None
+    if init is not None:  # the ids the model was trained with
+        tokenizer = Tokenizer.from_dir(init)
+    elif (tok_dir / "tokenizer.model").exists():  # a resumed run keeps the ids its checkpoints were trained with
         tokenizer = Tokenizer.from_dir(tok_dir)
     else:
         tokenizer = Tokenizer.train_sentencepiece(texts, tok_dir, vocab_size=presets.get("tiny").vocab_size)
@@ -82,7 +91,10 @@ def main(argv):
         return epochs(sequences, 0, lambda order: pack_sft(order, rows=_ROWS.value, length=512,
                                                            pad_id=tokenizer.pad_id))
 
-    model = CausalLM(presets.get("tiny"), rngs=nnx.Rngs(0))
+    if init is not None:
+        model = from_pretrained(str(init), dtype=jnp.float32, param_dtype=jnp.float32, remat=False)
+    else:
+        model = CausalLM(presets.get("tiny"), rngs=nnx.Rngs(0))
     schedule = TrainConfig(learning_rate=_LR.value, warmup_steps=min(100, _STEPS.value), total_steps=_STEPS.value,
                            end_lr_fraction=0.1, weight_decay=0.01)
     trainer = Trainer(model, schedule, "sft")
@@ -118,7 +130,10 @@ def main(argv):
     (out / "model" / "PROVENANCE.json").write_text(json.dumps({
         "command": "python " + " ".join(sys.argv), "script": "scripts/pretrain_tiny.py", "steps": trainer.step_count,
         "schedule_steps": _STEPS.value, "rows": _ROWS.value, "length": 512, "lr": _LR.value,
-        "problems": len(problems), "generator_seed": SEED, "levels": [1, 2],
+        "problems": len(problems), "generator_seed": SEED, "levels": levels,
+        "init": str(init) if init is not None else None,
+        "init_provenance": json.loads((init / "PROVENANCE.json").read_text())
+        if init is not None and (init / "PROVENANCE.json").exists() else None,
         "held_out": {"generator_seed": SEED + 1, "problems": counts, "greedy_accuracy": final}},
         indent=2) + "\n")
     print(f"wrote {out / 'model'}")
