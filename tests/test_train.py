@@ -151,7 +151,7 @@ def test_four_microbatches_make_the_step_of_the_whole_batch():
         Trainer(tiny(), TrainConfig(microbatches=3), "sft").step(batch)
 
 
-def test_a_model_on_a_one_device_mesh_compiles_its_step_once():
+def test_a_model_on_a_one_device_mesh_compiles_its_step_once_for_every_trainer():
     # evolve loads the model to train onto the config's mesh, one CPU device here: the optimizer
     # state must come out of init placed as the step returns it, or step 2 compiles again.
     mesh = make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, devices=jax.devices()[:1])
@@ -160,6 +160,10 @@ def test_a_model_on_a_one_device_mesh_compiles_its_step_once():
     for batch in batches:
         trainer.step(batch)
     assert trainer._step._cache_size() == 1
+    # The next round's trainer of the same model reuses that compilation.
+    again = Trainer(create_sharded(lambda: tiny(3), mesh), TrainConfig(learning_rate=1e-3), "sft")
+    again.step(batches[0])
+    assert again._step is trainer._step and again._step._cache_size() == 1
 
 
 def test_a_step_on_eight_devices_equals_one_device(tmp_path):

@@ -97,13 +97,14 @@ def train_step_memory(model_config, mesh, *, task: str, rows: int, length: int, 
 
     graphdef, params, rest = nnx.split(nnx.eval_shape(make), nnx.Param, ...)
     params, rest = _abstract_state(params, mesh, rules), _abstract_state(rest, mesh, rules)
-    tx = make_optimizer(TrainConfig(microbatches=microbatches))
+    config = TrainConfig(microbatches=microbatches)
+    tx = make_optimizer(config)
     with jax.set_mesh(mesh):
         shardings = opt_state_shardings(tx, params, mesh)
         opt_state = _abstract(jax.eval_shape(tx.init, params), shardings)
         batch = _abstract_batch(task, rows, length, microbatches, mesh)
         step = train_step(mesh, params, shardings)
-        compiled = step.lower(graphdef, params, opt_state, rest, batch, task=task, tx=tx).compile()
+        compiled = step.lower(graphdef, params, opt_state, rest, batch, task=task, config=config).compile()
     return _memory(f"{task} train step ({rows} x {length})", compiled)
 
 

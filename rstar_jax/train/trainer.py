@@ -123,7 +123,9 @@ def _loss_sums(model, task: str, batch: dict) -> tuple[jax.Array, jax.Array, jax
     return total, count, correct, pairs
 
 
-def _train_step_fn(graphdef, params, opt_state, rest, batch, *, task, tx):
+def _train_step_fn(graphdef, params, opt_state, rest, batch, *, task, config):
+    tx = make_optimizer(config)  # from the (hashable) config: equal configs share a compilation
+
     def micro(carry, mb):
         grads, sums = carry
 
@@ -146,15 +148,22 @@ def _train_step_fn(graphdef, params, opt_state, rest, batch, *, task, tx):
     return params, opt_state, metrics
 
 
-_JIT = {"static_argnames": ("graphdef", "task", "tx"), "donate_argnums": (1, 2)}  # buffers donated
+_JIT = {"static_argnames": ("graphdef", "task", "config"), "donate_argnums": (1, 2)}  # buffers donated
 _train_step = jax.jit(_train_step_fn, **_JIT)  # one device: compiled once for every trainer
+
+
+_SHARDED_STEPS: dict = {}
 
 
 def train_step(mesh, params, opt_shardings):
     """The jitted training step on `mesh`: its outputs keep the shardings of `params` and
-    `opt_shardings`, so the optimizer state stays sharded like the parameters from step to step."""
+    `opt_shardings`, so the optimizer state stays sharded like the parameters from step to step.
+    One jitted function per set of shardings: the trainers of later rounds reuse its compilations."""
     out = (jax.tree.map(lambda x: x.sharding, params), opt_shardings, NamedSharding(mesh, PartitionSpec()))
-    return jax.jit(_train_step_fn, out_shardings=out, **_JIT)
+    key = (jax.tree.structure(out), tuple(jax.tree.leaves(out)))
+    if key not in _SHARDED_STEPS:
+        _SHARDED_STEPS[key] = jax.jit(_train_step_fn, out_shardings=out, **_JIT)
+    return _SHARDED_STEPS[key]
 
 
 def opt_state_shardings(tx, params, mesh):
@@ -250,7 +259,7 @@ class Trainer:
         lr = float(self.schedule(self.step_count))
         with self._mesh():
             self.params, self.opt_state, metrics = self._step(self.graphdef, self.params, self.opt_state, self.rest,
-                                                               arrays, task=self.task, tx=self.tx)
+                                                               arrays, task=self.task, config=self.config)
         self.step_count += 1
         return {k: float(v) for k, v in jax.device_get(metrics).items()} | {"lr": lr}
 
