@@ -77,7 +77,8 @@ def evolve_config(config: ml_collections.ConfigDict, *, train: str, test: str, b
         "temperature": 0.7,  # of those samples
         "methods": ("greedy", "sampled", "mcts"),  # evaluate.METHODS run in every round...
         "light_rounds": (),  # ...except these rounds, which run only `light_methods` (a time budget)
-        "light_methods": ("greedy",)})
+        "light_methods": ("greedy",),
+        "skip_rounds": ()})  # rounds not evaluated at all (a time budget)
     config.executor = ml_collections.ConfigDict({"workers": 2, "timeout_s": 5.0, "memory_mb": 1024})
     config.allow_config_change = False
     config.dry_run = False  # True: compile the sharded steps on abstract shapes, print memory per device, stop

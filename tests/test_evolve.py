@@ -205,3 +205,14 @@ def test_the_launchers_evaluate_a_run_and_refuse_a_missing_model(straight, tmp_p
     failed = _launch("tpu_evolve.py", "--config=configs/phi3.py", f"--workdir={tmp_path}")
     assert failed.returncode == 2
     assert "config.model.checkpoint='/mnt/models/Phi-3-mini-4k-instruct': no config.json there" in failed.stderr
+
+
+def test_a_skipped_round_is_reported_without_an_evaluation(tmp_path):
+    run = evolve.Evolution(smoke_config(**{"eval.skip_rounds": (2,)}), tmp_path)
+    summary = run._evaluate(tmp_path, 2, load_problems("synthetic:n=2,seed=5"))  # no model is loaded
+    assert summary["evaluation"]["results"] == {} and "not evaluated" in summary["notes"][0]
+    from rstar_jax.report import RoundResult, table
+
+    x = RoundResult(2, "SLM-r1", notes=summary["notes"])
+    x.set_evaluation(summary["evaluation"])
+    assert x.greedy != x.greedy and "not evaluated" in table([x])  # NaN: no figure, and the note says why
