@@ -45,7 +45,7 @@ def main(argv):
     del argv
     from configs import tiny
     from rstar_jax import evolve
-    from rstar_jax.evaluate import BEST_ORM, BEST_PPM, GREEDY, MAJORITY, MCTS
+    from rstar_jax.evaluate import BEST_ORM, BEST_PPM, GREEDY, MAJORITY, MCTS, PASS
 
     top = pathlib.Path(_WORKDIR.value)
     config = tiny.get_config(_VARIANT.value)
@@ -62,7 +62,7 @@ def main(argv):
             shutil.copytree(top / "ppm" / name, target / name)
     evolve.run(ablation, target)
 
-    methods = [GREEDY, MAJORITY, BEST_PPM, BEST_ORM, MCTS]
+    methods = [GREEDY, MAJORITY, BEST_PPM, BEST_ORM, MCTS, PASS]
     print(f"\n| run | round | mode | {' | '.join(methods)} | PPM AUC | ORM AUC |")
     print("|---" * (5 + len(methods)) + "|")
     for name in ("ppm", "terminal"):
