@@ -301,16 +301,27 @@ def _common_prefix(a: np.ndarray, b: np.ndarray) -> int:
     return int(differ[0]) if differ.size else n
 
 
+def activation_sharding(mesh, rules, shape, axes) -> NamedSharding | None:
+    """The sharding of an activation-like array with logical `axes` on `mesh` (None: one device).
+    Canonical, so a buffer a jitted call donates back matches it: one compile per shape."""
+    if mesh is None:
+        return None
+    return NamedSharding(mesh, canonical_spec(rules.spec(axes, shape, mesh), mesh))
+
+
 class PrefixStore:
     """Keys and values of the last prompt each of `rows` store rows was given, up to `length`
     positions: per layer keys [S, K, D, L] and values [S, K, L, D] (the layout `ForkCache`
-    reads), made on first use, and on the host the tokens each row holds. A jitted call takes
-    the arrays (`take`, donated to it) and gives them back (`keep`)."""
+    reads), made on first use (rows over the mesh's batch axes), and on the host the tokens
+    each row holds. A jitted call takes the arrays (`take`, donated to it) and gives them back
+    (`keep`)."""
 
-    def __init__(self, config, dtype, rows: int, length: int, sharding=lambda shape: None):
+    def __init__(self, model: CausalLM, rows: int, length: int | None = None):
         if _integer(rows) is None or rows < 0:
             raise ValueError(f"prefix_rows must be an integer >= 0, got {rows!r}")
-        self.config, self.dtype, self.rows, self.length, self.sharding = config, dtype, rows, length, sharding
+        self.config, self.dtype, self.rows = model.config, model.dtype, rows
+        self.length = length or model.config.max_position_embeddings
+        self.mesh, self.rules = model_mesh(model), model.rules
         self._arrays = None
         self.forget()
         self._before = self.held
@@ -344,9 +355,10 @@ class PrefixStore:
             c = self.config
             keys = (self.rows, c.num_key_value_heads, c.head_dim, self.length)
             values = (self.rows, c.num_key_value_heads, self.length, c.head_dim)
-            self._arrays = tuple((jnp.zeros(keys, self.dtype, device=self.sharding(keys)),
-                                  jnp.zeros(values, self.dtype, device=self.sharding(values)))
-                                 for _ in range(c.num_hidden_layers))
+            at = [activation_sharding(self.mesh, self.rules, shape, ("act_batch", "act_kv_heads", None, None))
+                  for shape in (keys, values)]
+            self._arrays = tuple((jnp.zeros(keys, self.dtype, device=at[0]),
+                                  jnp.zeros(values, self.dtype, device=at[1])) for _ in range(c.num_hidden_layers))
         arrays, self._arrays = self._arrays, None
         self._before = self.held
         self.forget()  # a call that fails loses the arrays: nothing is held then
@@ -388,9 +400,7 @@ class Engine:
         self.graphdef, self.state = nnx.split(model)
         self.mesh = model_mesh(model)
         self._buffers = None
-        self.store = PrefixStore(model.config, self.dtype, prefix_rows,
-                                 prefix_length or model.config.max_position_embeddings,
-                                 lambda shape: self._sharding(shape, ("act_batch", "act_kv_heads", None, None)))
+        self.store = PrefixStore(model, prefix_rows, prefix_length)
 
     @property
     def prefix_rows(self) -> int:
@@ -410,10 +420,7 @@ class Engine:
         self.store.release()
 
     def _sharding(self, shape, axes):
-        if self.mesh is None:
-            return None
-        # Canonical, so a buffer a jitted call donates back matches it: one compile per shape.
-        return NamedSharding(self.mesh, canonical_spec(self.rules.spec(axes, shape, self.mesh), self.mesh))
+        return activation_sharding(self.mesh, self.rules, shape, axes)
 
     def _prefix(self, rows: list[np.ndarray], cache_rows, batch: int, lengths: np.ndarray,
                 rope_lengths: np.ndarray):

@@ -10,11 +10,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import NamedSharding
 
 from rstar_jax.engine.generation import PrefixStore, _pow2, extend_prefix, model_mesh, pack_rows, prompt_bucket
 from rstar_jax.models.cache import ForkCache, KVCache
-from rstar_jax.models.sharding import canonical_spec
 from rstar_jax.models.transformer import CausalLM
 
 
@@ -91,15 +89,7 @@ class ValueScorer:
         self.vocab = model.config.vocab_size
         self.pad_id, self.max_rows = pad_id, 1 << (max_rows.bit_length() - 1)
         self.mesh = model_mesh(model)
-
-        def sharding(shape):
-            if self.mesh is None:
-                return None
-            spec = model.rules.spec(("act_batch", "act_kv_heads", None, None), shape, self.mesh)
-            return NamedSharding(self.mesh, canonical_spec(spec, self.mesh))
-
-        self.store = PrefixStore(model.config, model.dtype, prefix_rows,
-                                 prefix_length or model.config.max_position_embeddings, sharding)
+        self.store = PrefixStore(model, prefix_rows, prefix_length)
 
     def update(self, model: CausalLM) -> None:
         """Use new weights of the same architecture."""
