@@ -618,11 +618,11 @@ class Evolution:
         from rstar_jax import evaluate
 
         e = self.config.eval
+        if r in e.skip_rounds:  # a time budget: the round's training is reported, not its policy
+            return {"evaluation": dataclasses.asdict(evaluate.Evaluation([], {}, {}, {})),
+                    "notes": [f"round {r}: not evaluated (config.eval.skip_rounds)"]}
         ppm, orm = self.reward_path("ppm", r), self.reward_path("orm", r)
         notes = [f"round {r}: no PPM, so no best-of-N (PPM) or MCTS + PPM evaluation"] if r and ppm is None else []
-        if r in e.get("skip_rounds", ()):  # a time budget: the round's training is reported, not its policy
-            notes = [f"round {r}: not evaluated (config.eval.skip_rounds)"]
-            return {"evaluation": dataclasses.asdict(evaluate.Evaluation([], {}, {}, {})), "notes": notes}
         methods = e.light_methods if r in e.light_rounds else e.methods
         if tuple(methods) != tuple(e.methods):
             notes.append(f"round {r}: evaluated with {', '.join(methods)} only (config.eval.light_rounds)")

@@ -23,7 +23,6 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from rstar_jax.engine.generation import model_mesh
 from rstar_jax.train import losses
 from rstar_jax.train.batches import OutcomeBatch, PPMBatch, SFTBatch
 
@@ -226,7 +225,7 @@ class Trainer:
         # The mesh the weights were loaded onto, even of one device: the optimizer state is then
         # placed as the step returns it, so the second step does not compile again.
         sharding = getattr(model.embed[...], "sharding", None)
-        self.mesh = sharding.mesh if isinstance(sharding, NamedSharding) else model_mesh(model)
+        self.mesh = sharding.mesh if isinstance(sharding, NamedSharding) else None
         with self._mesh():
             if self.mesh is None:
                 self.opt_state = jax.jit(self.tx.init)(self.params)
