@@ -214,3 +214,16 @@ def test_problems_no_rollout_solved_are_searched_again_with_the_larger_budget(ex
     for first, final in zip(plain, trees):
         if first.solved:
             assert final.searches == 1 and final.texts == first.texts
+
+
+def test_the_second_search_of_unsolved_problems_keeps_the_first_searchs_tree_shapes(executor):
+    from rstar_jax.search import tree as tree_ops
+
+    config = SearchConfig(rollouts=3, candidates=3, max_depth=4, max_step_tokens=40, max_output_tokens=24, seed=5)
+    problems = [Problem("What is 1 + 3?", ANSWER), Problem("What is 2 + 3?", "5"), Problem("What is 3 + 3?", "6")]
+    run_search(problems, policy(0), executor, TOKENIZER, config)
+    compiled = tree_ops.expand._cache_size()
+    # one unsolved problem of three, with fewer rollouts: a narrower, smaller tree if not padded
+    trees = run_search(problems, policy(0), executor, TOKENIZER, dataclasses.replace(config, unsolved_rollouts=1))
+    assert [t.searches for t in trees] == [1, 2, 2] and trees[1].rollouts == 1
+    assert tree_ops.expand._cache_size() == compiled

@@ -408,18 +408,18 @@ def run_search(problems: Sequence[Problem], policy: Policy, executor: Executor, 
     if grade is None:
         from rstar_jax.steps.grading import is_equivalent as grade
     stats = stats if stats is not None else SearchStats()
-    search = _Search(problems, policy, executor, tokenizer, config, scorer, grade, stats)
-    with tqdm.tqdm(total=len(problems) * config.rollouts, desc="search", unit="rollout", leave=False,
-                   disable=False if progress else None if progress is None else True) as bar:
-        search.bar = bar
-        trees = search.run(min(len(problems), int(batch_size or 32)))
+    width = min(len(problems), int(batch_size or 32))
+    trees = _Search(problems, policy, executor, tokenizer, config, scorer, grade, stats).run(width, progress)
     unsolved = [i for i, t in enumerate(trees) if not t.solved] if config.mode.graded else []
     if config.unsolved_rollouts and unsolved:
-        # A new search, not more rollouts of the old tree: its seed differs, so its samples do.
+        # A new search, not more rollouts of the old tree: its seed differs, so its samples do. Its
+        # trees keep the first search's width and at least its node capacity, so the policy's and
+        # the tree's functions are not compiled again for new shapes.
         again = dataclasses.replace(config, rollouts=config.unsolved_rollouts, unsolved_rollouts=0,
-                                    seed=(config.seed + 1) % 2**32)
-        redone = run_search([problems[i] for i in unsolved], policy, executor, tokenizer, again, scorer=scorer,
-                            grade=grade, batch_size=batch_size, progress=progress, stats=stats)
+                                    seed=(config.seed + 1) % 2**32, capacity=None)
+        again = dataclasses.replace(again, capacity=config.capacity or max(config.nodes, again.nodes))
+        redone = _Search([problems[i] for i in unsolved], policy, executor, tokenizer, again, scorer, grade,
+                         stats).run(width, progress)
         for i, tree in zip(unsolved, redone):
             trees[i] = dataclasses.replace(tree, searches=2)
     return trees
@@ -436,7 +436,13 @@ class _Search:
         self.end_of_code, self.end_of_output = ids[fmt.END_OF_CODE], ids[fmt.END_OF_OUTPUT]
         self.bar = None
 
-    def run(self, width: int) -> list[SearchTree]:
+    def run(self, width: int, progress: bool | None) -> list[SearchTree]:
+        """Searches every problem, `width` at a time (places past the last problem stay empty)."""
+        with tqdm.tqdm(total=len(self.problems) * self.config.rollouts, desc="search", unit="rollout", leave=False,
+                       disable=False if progress else None if progress is None else True) as self.bar:
+            return self._run(width)
+
+    def _run(self, width: int) -> list[SearchTree]:
         c, stats, clock = self.config, self.stats, self.clock
         start = time.perf_counter()
         results: list[SearchTree | None] = [None] * len(self.problems)
