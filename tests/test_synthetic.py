@@ -50,8 +50,20 @@ def test_reference_solutions_run_and_print_their_answers():
         assert result.stdout.strip() == fmt.step_output(steps[-2]), p.question  # the block is what it prints
         assert fmt.insert_output(text[:text.index(fmt.END_OF_CODE) + len(fmt.END_OF_CODE)], result.stdout) \
             == "".join(steps[:-1])
-        assert fmt.extract_answer(text) == p.answer and is_equivalent(result.stdout.strip(), p.answer)
+        assert is_equivalent(fmt.extract_answer(text), p.answer) and is_equivalent(result.stdout.strip(), p.answer)
         assert p.source == f"synthetic/{p.metadata['family']}"
+    styles = collections.defaultdict(set)
+    for p in problems:
+        styles[p.metadata["family"]].add(p.metadata["style"])
+    assert styles == {"arithmetic": {"steps", "running", "direct"}, "fractions": {"steps", "running", "direct"},
+                      "linear": {"left", "right", "sympy"}, "word": {"steps"}}
+
+
+def test_every_style_of_a_family_is_drawn_about_as_often():
+    problems = generate(1200, seed=3)
+    for family in ("arithmetic", "linear"):
+        counts = collections.Counter(p.metadata["style"] for p in problems if p.metadata["family"] == family)
+        assert len(counts) == 3 and min(counts.values()) >= 70, counts  # 100 each expected
 
 
 def test_higher_levels_take_more_steps_and_longer_questions():

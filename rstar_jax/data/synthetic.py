@@ -1,21 +1,26 @@
 r"""Synthetic math problems with exact answers and reference solutions, for the tiny CPU world.
 
-Four families, each at levels 1-3:
+Four families, each at levels 1-3; level 3 is one notch past level 2 (a model trained on levels
+1-2 has seen every kind of step it needs, but not a problem that long or an answer of that kind):
 
-- arithmetic: integer expressions of 2 (level 1), 3-4 (level 2) or 4-6 (level 3) operations,
-  with parentheses from level 2 and negative numbers at level 3;
+- arithmetic: integer expressions of 2 (level 1), 3-4 (level 2) or 5 (level 3) operations, with
+  parentheses from level 2;
 - fractions: sums, differences and products of 2 (level 1), 3 (level 2) or 4 (level 3)
   fractions, answered in lowest terms;
 - linear: one linear equation in x: `ax + b = d` (level 1), `ax + b = cx + d` with an integer
-  root (level 2), or with a fractional root and negative coefficients (level 3);
+  root (level 2), or the same with a root that is not a whole number (level 3);
 - word: shopping, ages, travel, production and sharing stories in several wordings; level 2
-  adds a sentence with an irrelevant number, level 3 chains two stories (the first one's
-  result feeds the second).
+  adds a sentence with an irrelevant number, level 3 two.
 
 Every problem carries `metadata["solution"]`: the response a policy would write after the policy
 prompt, in the step format (RSTAR.md section 2): numbered code steps with the reasoning as
 comments, a last code step that prints the result, the output block the program really prints,
-and an answer with `\boxed{}`. It stands in for the paper's large bootstrap model in round 1.
+and an answer with `\boxed{}`. Its style is one of the family's ways to solve it, drawn for each
+problem (`metadata["style"]`): arithmetic "steps" (products, then the sum in one step), "running"
+(the sum one term a step) or "direct" (the whole expression at once); fractions the same three;
+linear "left" or "right" (where the x terms are collected) or "sympy" (solved and printed in
+LaTeX by sympy). A policy trained on these solves a problem in several ways, and the ways do
+not all carry over to level 3 equally: which do is what a round's search finds out.
 `generate` is deterministic in its arguments and never returns two equal questions.
 """
 
@@ -58,6 +63,12 @@ def solution(steps: Sequence[tuple[str, str]], result: str, printed: str, senten
     return "".join(parts)
 
 
+def answer_sentence(answer: str) -> str:
+    """The answer step's text, the same in every family: what it holds follows from the output
+    block before it, not from the kind of problem."""
+    return f"The answer is $\\boxed{{{answer}}}$."
+
+
 def _printed(value: Fraction | int) -> str:
     return str(Fraction(value)) if Fraction(value).denominator != 1 else str(int(value))
 
@@ -82,12 +93,11 @@ def _evaluate(numbers: Sequence[int], symbols: Sequence[str]) -> int:
 
 
 def _arithmetic(rng: random.Random, level: int):
-    ops = rng.randint(*{1: (2, 2), 2: (3, 4), 3: (4, 6)}[level])
-    hi = {1: 20, 2: 50, 3: 99}[level]
+    ops = {1: 2, 2: rng.randint(3, 4), 3: 5}[level]
+    hi = {1: 20, 2: 50, 3: 50}[level]
 
     def number():
-        x = rng.randint(2, hi)
-        return -x if level == 3 and rng.random() < 0.25 else x
+        return rng.randint(2, hi)
 
     # Build left to right; from level 2 a random run of terms is grouped in parentheses.
     terms = [number() for _ in range(ops + 1)]
@@ -116,7 +126,8 @@ def _arithmetic(rng: random.Random, level: int):
         expr_terms, expr_syms, question_expr = terms, symbols, text(0, ops)
     values = terms if not group else terms[:i] + [_evaluate(terms[i:j + 1], symbols[i:j])] + terms[j + 1:]
     value = _evaluate(values, expr_syms)
-    # Multiplications first, then additions and subtractions left to right, one step each.
+    # Multiplications first, one step each; then the sums and differences left to right, in one
+    # step ("steps") or one term a step ("running"). Or the whole expression at once ("direct").
     code_terms = [t if t == "group" else show(t) for t in expr_terms]
     k = 0
     while "*" in expr_syms:
@@ -126,15 +137,23 @@ def _arithmetic(rng: random.Random, level: int):
         code_terms[i:i + 2] = [name]
         del expr_syms[i]
         k += 1
+    running = list(steps)
     if expr_syms:
         rest = " ".join([code_terms[0]] + [f"{s} {t}" for s, t in zip(expr_syms, code_terms[1:])])
         steps.append(("add and subtract from left to right", f"result = {rest}"))
+        running.append((f"start with {code_terms[0]} {expr_syms[0]} {code_terms[1]}",
+                        f"result = {code_terms[0]} {expr_syms[0]} {code_terms[1]}"))
+        running += [(f"{_OPS[s][1]} {t}", f"result = result {s} {t}") for s, t in zip(expr_syms[1:], code_terms[2:])]
     else:
         steps.append(("the result is what is left", f"result = {code_terms[0]}"))
+        running.append(("the result is what is left", f"result = {code_terms[0]}"))
+    direct = [("evaluate the expression as Python does, products first", f"result = {question_expr}")]
     phrasing = rng.choice(["Compute ${e}$.", "What is the value of ${e}$?", "Evaluate ${e}$.",
                            "Find ${e}$.", "Calculate ${e}$."])
     question = phrasing.format(e=question_expr.replace("*", "\\times"))
-    return question, value, steps, "result", f"The value of the expression is $\\boxed{{{latex(value)}}}$."
+    sentence = answer_sentence(latex(value))
+    return question, value, {name: (s, "result", _printed(value), sentence)
+                             for name, s in (("steps", steps), ("running", running), ("direct", direct))}
 
 
 # --- fractions --------------------------------------------------------------------------------
@@ -143,7 +162,7 @@ def _arithmetic(rng: random.Random, level: int):
 def _fractions(rng: random.Random, level: int):
     count = level + 1
     dens = [2, 3, 4, 5, 6, 8, 9, 10, 12] + ([7, 15, 16] if level > 1 else [])
-    pairs = [(rng.randint(1, d - 1) if level < 3 else rng.randint(1, 2 * d), d)
+    pairs = [(rng.randint(1, d - 1), d)
              for d in (rng.choice(dens) for _ in range(count))]  # as written, not reduced
     fracs = [Fraction(*nd) for nd in pairs]
     ops = [rng.choice("+-" if level == 1 else "+-*") for _ in range(count - 1)]
@@ -156,19 +175,28 @@ def _fractions(rng: random.Random, level: int):
     steps = [("write the fractions exactly", "from fractions import Fraction\n"
               + "\n".join(f"f{i} = Fraction({n}, {d})" for i, (n, d) in enumerate(pairs)))]
     value, acc, expr = fracs[0], "f0", tex(pairs[0])
+    code = "Fraction({}, {})".format  # noqa: UP032 (a template, called with a pair)
+    direct = code(*pairs[0])
+    running = [("start with the first fraction", f"from fractions import Fraction\nresult = {direct}")]
     word = {"+": "add", "-": "subtract", "*": "multiply by"}
     sign = {"+": "+", "-": "-", "*": "\\times"}
     for i, op in enumerate(ops, 1):
         value = _OPS[op][0](value, fracs[i])
         steps.append((f"{word[op]} f{i}, reducing the result", f"r{i} = {acc} {op} f{i}"))
+        running.append((f"{word[op]} {pairs[i][0]}/{pairs[i][1]}", f"result = result {op} {code(*pairs[i])}"))
         acc = f"r{i}"
         if op == "*" and any(o in "+-" for o in ops[:i - 1]):
-            expr = f"\\left({expr}\\right)"
+            expr, direct = f"\\left({expr}\\right)", f"({direct})"
         expr += f" {sign[op]} {tex(pairs[i])}"
+        direct += f" {op} {code(*pairs[i])}"
     phrasing = rng.choice(["Compute ${e}$ and write the answer as a fraction in lowest terms.",
                            "What is ${e}$? Give your answer in simplest form.",
                            "Simplify ${e}$."])
-    return phrasing.format(e=expr), value, steps, acc, f"In lowest terms the result is $\\boxed{{{latex(value)}}}$."
+    sentence = answer_sentence(latex(value))
+    direct = [("write the expression with exact fractions", f"from fractions import Fraction\nresult = {direct}")]
+    return phrasing.format(e=expr), value, {"steps": (steps, acc, _printed(value), sentence),
+                                            "running": (running, "result", _printed(value), sentence),
+                                            "direct": (direct, "result", _printed(value), sentence)}
 
 
 # --- linear equations -------------------------------------------------------------------------
@@ -191,11 +219,13 @@ def _linear(rng: random.Random, level: int):
             c = nz(1, 12)
         b = rng.randint(-30, 30)
         d = (a - c) * root + b
-    else:
-        a, c = nz(-15, 15), nz(-15, 15)
-        while c == a:
-            c = nz(-15, 15)
-        b, d = rng.randint(-40, 40), rng.randint(-40, 40)
+    else:  # as level 2, with a root that is not a whole number
+        a, c = nz(2, 12), nz(1, 12)
+        while abs(c - a) < 2:
+            c = nz(1, 12)
+        b, d = rng.randint(-30, 30), rng.randint(-30, 30)
+        while (d - b) % (a - c) == 0:
+            d = rng.randint(-30, 30)
     root = Fraction(d - b, a - c)
 
     def side(coef, const):
@@ -205,12 +235,33 @@ def _linear(rng: random.Random, level: int):
         return lead + (f" + {const}" if const > 0 else f" - {-const}" if const < 0 else "")
 
     equation = f"{side(a, b)} = {side(c, d)}"
-    steps = [("collect the x terms on the left and the constants on the right",
-              f"coefficient = {a} - ({c})\nconstant = {d} - ({b})"),
-             ("divide both sides by the coefficient of x",
-              "from fractions import Fraction\nx = Fraction(constant, coefficient)")]
+    divide = ("divide both sides by the coefficient of x", "from fractions import Fraction\nx = Fraction(constant, coefficient)")
+    left = [("collect the x terms on the left and the constants on the right",
+             f"coefficient = {a} - ({c})\nconstant = {d} - ({b})"), divide]
+    right = [("collect the x terms on the right and the constants on the left",
+              f"coefficient = {c} - ({a})\nconstant = {b} - ({d})"), divide]
+    # sympy solves it and writes the root in LaTeX; the answer repeats what it printed.
+    printed = sympy_latex(root)
+    solve = [("solve the equation with sympy", "from sympy import Eq, latex, solve, symbols\nx = symbols('x')\n"
+              f"root = solve(Eq({_poly(a, b)}, {_poly(c, d)}), x)[0]")]
     phrasing = rng.choice(["Solve for $x$: ${e}$.", "Find $x$ if ${e}$.", "What value of $x$ satisfies ${e}$?"])
-    return phrasing.format(e=equation), root, steps, "x", f"So $x = \\boxed{{{latex(root)}}}$."
+    sentence = answer_sentence(latex(root))
+    return phrasing.format(e=equation), root, {"left": (left, "x", _printed(root), sentence),
+                                               "right": (right, "x", _printed(root), sentence),
+                                               "sympy": (solve, "latex(root)", printed, answer_sentence(printed))}
+
+
+def _poly(coef: int, const: int) -> str:
+    """`coef*x + const` as Python code: 4*x - 14."""
+    return f"{coef}*x" + (f" + {const}" if const > 0 else f" - {-const}" if const < 0 else "")
+
+
+def sympy_latex(value: Fraction | int) -> str:
+    """What sympy's `latex` prints for a rational: 7, - \\frac{29}{6}."""
+    value = Fraction(value)
+    if value.denominator == 1:
+        return str(value.numerator)
+    return ("- " if value < 0 else "") + f"\\frac{{{abs(value.numerator)}}}{{{value.denominator}}}"
 
 
 # --- word problems ----------------------------------------------------------------------------
@@ -302,16 +353,11 @@ def _word(rng: random.Random, level: int):
     name = rng.choice(NAMES)
     first = rng.choice(sorted(STORIES))
     sentences, question, steps, result, value = STORIES[first](rng, name, None)
-    if level == 3:  # the first story's answer (always > 0) is a number of the second
-        second = rng.choice([s for s in sorted(STORIES) if s != first])
-        first_question, first_result = question, result
-        later, question, more, result, value = STORIES[second](rng, name, value)
-        sentences = [*sentences, f'Call the answer to "{first_question}" N.', *later]
-        steps = [*steps, (f"N is the {first_result} found so far", f"N = {first_result}"), *more]
-    if level >= 2:
+    for _ in range(level - 1):  # sentences with numbers that do not matter
         sentences.insert(rng.randrange(len(sentences) + 1),
                          rng.choice(DISTRACTORS).format(n=rng.randint(3, 60), name=name))
-    return " ".join([*sentences, question]), value, steps, result, f"The answer is $\\boxed{{{latex(value)}}}$."
+    return " ".join([*sentences, question]), value, {"steps": (steps, result, _printed(value),
+                                                               answer_sentence(latex(value)))}
 
 
 _MAKERS = {"arithmetic": _arithmetic, "fractions": _fractions, "linear": _linear, "word": _word}
@@ -337,16 +383,19 @@ def generate(n: int, seed: int = 0, levels: Sequence[int] = LEVELS, families: Se
     for i in range(n):
         family, level = families[i % len(families)], levels[(i // len(families)) % len(levels)]
         for _ in range(1000):
-            question, value, steps, result, sentence = _MAKERS[family](rng, level)
+            question, value, styles = _MAKERS[family](rng, level)
             if question not in seen:
                 break
         else:
             raise ValueError(f"could not find a new {family} problem at level {level} after {len(out)} problems; "
                              "ask for fewer problems or more families and levels")
         seen.add(question)
-        text = solution(steps, result, _printed(value), sentence)
+        # The reference solution's style is drawn apart from the problem, so the problems of a
+        # seed do not depend on how their solutions are written.
+        style = random.Random(f"rstar-synthetic-style/{seed}/{i}").choice(sorted(styles))
+        text = solution(*styles[style])
         out.append(Problem(question, latex(value), source=f"synthetic/{family}",
-                           metadata={"family": family, "level": level, "solution": text}))
+                           metadata={"family": family, "level": level, "solution": text, "style": style}))
     return out
 
 
