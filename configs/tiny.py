@@ -34,7 +34,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.mesh = config_lib.mesh_config(data=-1, fsdp=1)
     # Small batches and a high learning rate: a small model, minutes of training, sized in steps
     # (the paper's 2 epochs of a few hundred examples would be a handful of steps).
-    config.train = config_lib.train_config(sft_lr=1e-3, ppm_lr=1e-3, sft_batch=8, ppm_batch=8, max_length=512)
+    config.train = config_lib.train_config(sft_lr=3e-4, ppm_lr=1e-3, sft_batch=8, ppm_batch=8, max_length=512)
     # A step takes about 1 s here (8 x 512 tokens, or 8 pairs): several passes over a round's
     # examples and pairs.
     steps = (2, 2, 2) if smoke else (20, 10, 10)
