@@ -365,6 +365,6 @@ def test_devices_from_the_config(monkeypatch):
     config = module.get_config()
     mesh = mesh_from_config(config.mesh)
     assert dict(mesh.shape) == {"data": 8, "fsdp": 1, "tensor": 1}  # 8 simulated devices
-    assert config.train.sft.learning_rate == 1e-3 and config.train.ppm.held_out == 0.1
+    assert config.train.sft.learning_rate == 3e-4 and config.train.ppm.held_out == 0.1
     with pytest.raises(ValueError, match=r"unknown mesh axes \['model'\]"):
         mesh_from_config({"model": 2})
