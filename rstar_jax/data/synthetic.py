@@ -19,8 +19,8 @@ and an answer with `\boxed{}`. Its style is one of the family's ways to solve it
 problem (`metadata["style"]`): arithmetic "steps" (products, then the sum in one step), "running"
 (the sum one term a step) or "direct" (the whole expression at once); fractions the same three;
 linear "left" or "right" (where the x terms are collected) or "sympy" (solved and printed in
-LaTeX by sympy). A policy trained on these solves a problem in several ways, and the ways do
-not all carry over to level 3 equally: which do is what a round's search finds out.
+LaTeX by sympy). A policy trained on these solves a problem in several ways: what a round's
+search can choose between.
 `generate` is deterministic in its arguments and never returns two equal questions.
 """
 
@@ -29,6 +29,8 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 from fractions import Fraction
+
+import sympy
 
 from rstar_jax.data.problem import Problem
 from rstar_jax.data.records import SFTExample
@@ -241,7 +243,7 @@ def _linear(rng: random.Random, level: int):
     right = [("collect the x terms on the right and the constants on the left",
               f"coefficient = {c} - ({a})\nconstant = {b} - ({d})"), divide]
     # sympy solves it and writes the root in LaTeX; the answer repeats what it printed.
-    printed = sympy_latex(root)
+    printed = sympy.latex(sympy.Rational(root.numerator, root.denominator))
     solve = [("solve the equation with sympy", "from sympy import Eq, latex, solve, symbols\nx = symbols('x')\n"
               f"root = solve(Eq({_poly(a, b)}, {_poly(c, d)}), x)[0]")]
     phrasing = rng.choice(["Solve for $x$: ${e}$.", "Find $x$ if ${e}$.", "What value of $x$ satisfies ${e}$?"])
@@ -254,14 +256,6 @@ def _linear(rng: random.Random, level: int):
 def _poly(coef: int, const: int) -> str:
     """`coef*x + const` as Python code: 4*x - 14."""
     return f"{coef}*x" + (f" + {const}" if const > 0 else f" - {-const}" if const < 0 else "")
-
-
-def sympy_latex(value: Fraction | int) -> str:
-    """What sympy's `latex` prints for a rational: 7, - \\frac{29}{6}."""
-    value = Fraction(value)
-    if value.denominator == 1:
-        return str(value.numerator)
-    return ("- " if value < 0 else "") + f"\\frac{{{abs(value.numerator)}}}{{{value.denominator}}}"
 
 
 # --- word problems ----------------------------------------------------------------------------

@@ -415,9 +415,9 @@ def run_search(problems: Sequence[Problem], policy: Policy, executor: Executor, 
         # A new search, not more rollouts of the old tree: its seed differs, so its samples do. Its
         # trees keep the first search's width and at least its node capacity, so the policy's and
         # the tree's functions are not compiled again for new shapes.
+        needs = dataclasses.replace(config, rollouts=config.unsolved_rollouts, capacity=None).nodes
         again = dataclasses.replace(config, rollouts=config.unsolved_rollouts, unsolved_rollouts=0,
-                                    seed=(config.seed + 1) % 2**32, capacity=None)
-        again = dataclasses.replace(again, capacity=config.capacity or max(config.nodes, again.nodes))
+                                    seed=(config.seed + 1) % 2**32, capacity=config.capacity or max(config.nodes, needs))
         redone = _Search([problems[i] for i in unsolved], policy, executor, tokenizer, again, scorer, grade,
                          stats).run(width, progress)
         for i, tree in zip(unsolved, redone):
