@@ -11,6 +11,7 @@ import pytest
 
 from rstar_jax import evolve
 from rstar_jax.config_lib import TINY_BASE
+from rstar_jax.data import records
 from rstar_jax.data.sources import load_problems
 
 ROOT = pathlib.Path(__file__).parent.parent
@@ -217,3 +218,18 @@ def test_a_skipped_round_is_reported_without_an_evaluation(tmp_path):
     x = RoundResult(2, "SLM-r1", notes=summary["notes"])
     x.set_evaluation(summary["evaluation"])
     assert math.isnan(x.greedy) and "not evaluated" in table([x])  # no figure, and the note says why
+
+
+def test_search_outcomes_counts_a_rounds_trajectories_per_family(straight):
+    import subprocess
+    import sys
+
+    workdir, _ = straight
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "search_outcomes.py"), str(workdir / "round_1")],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    trees = list(records.read_records(workdir / "round_1" / "search", "tree"))
+    for family in {t.problem.metadata["family"] for t in trees}:
+        mine = [t for t in trees if t.problem.metadata["family"] == family]
+        right = sum(int((t.reward[t.is_answer] > 0).sum()) for t in mine)
+        assert f"| {family} | {right} / {sum(int(t.is_answer.sum()) for t in mine)} |" in done.stdout
