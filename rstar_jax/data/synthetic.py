@@ -1,14 +1,17 @@
 r"""Synthetic math problems with exact answers and reference solutions, for the tiny CPU world.
 
-Four families, each at levels 1-3; level 3 is one notch past level 2 (a model trained on levels
-1-2 has seen every kind of step it needs, but not a problem that long or an answer of that kind):
+Four families, each at levels 1-3; level 3 asks for the steps of level 2 with numbers past the
+ranges of levels 1-2 (a model trained on levels 1-2 has seen every step it needs, but not these
+numbers in these places: it copies them right in some samples and wrong in others, the frontier
+a search can push):
 
-- arithmetic: integer expressions of 2 (level 1), 3-4 (level 2) or 5 (level 3) operations, with
-  parentheses from level 2;
-- fractions: sums, differences and products of 2 (level 1), 3 (level 2) or 4 (level 3)
-  fractions, answered in lowest terms;
-- linear: one linear equation in x: `ax + b = d` (level 1), `ax + b = cx + d` with an integer
-  root (level 2), or the same with a root that is not a whole number (level 3);
+- arithmetic: integer expressions of 2 (level 1) or 3-4 (levels 2-3) operations on numbers up to
+  20, 50 or 85 (level 3), with parentheses from level 2;
+- fractions: sums, differences and products of 2 (level 1) or 3 (levels 2-3) fractions, answered
+  in lowest terms; level 3 adds the denominators 11, 13, 14, 18 and 20;
+- linear: one linear equation in x with an integer root: `ax + b = d` (level 1), `ax + b = cx + d`
+  (level 2), or the same with coefficients up to 25 and constants up to 99 (level 3; level 2: 12
+  and 30);
 - word: shopping, ages, travel, production and sharing stories in several wordings; level 2
   adds a sentence with an irrelevant number, level 3 two.
 
@@ -95,8 +98,9 @@ def _evaluate(numbers: Sequence[int], symbols: Sequence[str]) -> int:
 
 
 def _arithmetic(rng: random.Random, level: int):
-    ops = {1: 2, 2: rng.randint(3, 4), 3: 5}[level]
-    hi = {1: 20, 2: 50, 3: 50}[level]
+    longer = rng.randint(3, 4)  # drawn at every level, so level 1's problems stay what they were
+    ops = 2 if level == 1 else longer
+    hi = {1: 20, 2: 50, 3: 85}[level]
 
     def number():
         return rng.randint(2, hi)
@@ -162,8 +166,8 @@ def _arithmetic(rng: random.Random, level: int):
 
 
 def _fractions(rng: random.Random, level: int):
-    count = level + 1
-    dens = [2, 3, 4, 5, 6, 8, 9, 10, 12] + ([7, 15, 16] if level > 1 else [])
+    count = min(level, 2) + 1
+    dens = [2, 3, 4, 5, 6, 8, 9, 10, 12] + ([7, 15, 16] if level > 1 else []) + ([11, 13, 14, 18, 20] if level > 2 else [])
     pairs = [(rng.randint(1, d - 1), d)
              for d in (rng.choice(dens) for _ in range(count))]  # as written, not reduced
     fracs = [Fraction(*nd) for nd in pairs]
@@ -221,13 +225,12 @@ def _linear(rng: random.Random, level: int):
             c = nz(1, 12)
         b = rng.randint(-30, 30)
         d = (a - c) * root + b
-    else:  # as level 2, with a root that is not a whole number
-        a, c = nz(2, 12), nz(1, 12)
-        while abs(c - a) < 2:
-            c = nz(1, 12)
-        b, d = rng.randint(-30, 30), rng.randint(-30, 30)
-        while (d - b) % (a - c) == 0:
-            d = rng.randint(-30, 30)
+    else:  # as level 2, with coefficients and constants past level 2's ranges
+        a, c, root = nz(2, 25), nz(1, 25), rng.randint(-12, 12)
+        while c == a:
+            c = nz(1, 25)
+        b = rng.randint(-99, 99)
+        d = (a - c) * root + b
     root = Fraction(d - b, a - c)
 
     def side(coef, const):
