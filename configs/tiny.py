@@ -37,7 +37,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.train = config_lib.train_config(sft_lr=3e-4, ppm_lr=1e-3, sft_batch=8, ppm_batch=8, max_length=512)
     # A step takes about 1 s here (8 x 512 tokens, or 8 pairs): several passes over a round's
     # examples and pairs.
-    steps = (2, 2, 2) if smoke else (20, 10, 10)
+    steps = (2, 2, 2) if smoke else (20, 40, 40)
     config.train.sft.steps, config.train.ppm.steps, config.train.orm.steps = steps
     config.train.ppm.held_out = config.train.orm.held_out = 0.1
     config.train.orm.rounds = (1, 2, 3, 4) if study else (4,)

@@ -13,7 +13,8 @@ a search can push):
   (level 2), or the same with coefficients up to 25 and constants up to 99 (level 3; level 2: 12
   and 30);
 - word: shopping, ages, travel, production and sharing stories in several wordings; level 2
-  adds a sentence with an irrelevant number, level 3 two.
+  adds a sentence with an irrelevant number, level 3 two (the one family whose level 3 keeps
+  level 2's numbers).
 
 Every problem carries `metadata["solution"]`: the response a policy would write after the policy
 prompt, in the step format (RSTAR.md section 2): numbered code steps with the reasoning as
