@@ -168,7 +168,8 @@ def _arithmetic(rng: random.Random, level: int):
 
 def _fractions(rng: random.Random, level: int):
     count = min(level, 2) + 1
-    dens = [2, 3, 4, 5, 6, 8, 9, 10, 12] + ([7, 15, 16] if level > 1 else []) + ([11, 13, 14, 18, 20] if level > 2 else [])
+    dens = ([2, 3, 4, 5, 6, 8, 9, 10, 12] + ([7, 15, 16] if level > 1 else [])
+            + ([11, 13, 14, 18, 20] if level > 2 else []))
     pairs = [(rng.randint(1, d - 1), d)
              for d in (rng.choice(dens) for _ in range(count))]  # as written, not reduced
     fracs = [Fraction(*nd) for nd in pairs]
