@@ -16,9 +16,11 @@ import ml_collections
 from rstar_jax import config_lib
 
 VARIANTS = ("default", "smoke", "study")
-# Generator seeds of the training and test problems; scripts/pretrain_tiny.py keeps the base
-# model's pretraining problems out of both.
+# Generator seeds of the training and test problems, and the shipped base's pretraining problems
+# (scripts/pretrain_tiny.py; rstar_jax/assets/tiny_base/PROVENANCE.json), which the rounds drop
+# from both sets.
 TRAIN_SEED, TEST_SEED = 1, 2
+PRETRAINING = "synthetic:n=20000,seed=100,levels=12"
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -55,9 +57,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     per_round["round4"]["unsolved_rollouts"] = 2 * rollouts if study else rollouts // 2
     # The base solves level 1 greedily already; half the training problems are level 3, where
     # the rounds have to find what the base cannot write. The test set is level 1-3 alike.
+    # The base's pretraining problems are dropped from both sets (a few level-1 problems of any
+    # seed are among them): each set is drawn a little larger and cut to its size after the drop.
+    def spec(n, seed, levels):
+        return f"synthetic:n={n + max(4, n // 16)},seed={seed},levels={levels}"
+
     config_lib.evolve_config(
-        config, train=f"synthetic:n={n_train},seed={TRAIN_SEED},levels=1233",
-        test=f"synthetic:n={n_test},seed={TEST_SEED},levels=123",
+        config, train=spec(n_train, TRAIN_SEED, "1233"), test=spec(n_test, TEST_SEED, "123"),
+        exclude=PRETRAINING, max_train=n_train, max_test=n_test,
         bootstrap="base", search=budget, rounds_search=per_round,
         # (2 candidates an expansion in the 15-minute default: the trajectory budget, N = 4, is the same)
         eval_search={"candidates": 2 if variant == "default" else 4, "rollouts": 4, "temperature": 1.0},

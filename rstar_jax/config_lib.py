@@ -52,16 +52,21 @@ def train_config(*, sft_lr: float = 7e-6, ppm_lr: float = 7e-6, sft_batch: int =
 def evolve_config(config: ml_collections.ConfigDict, *, train: str, test: str, bootstrap: str = "few_shot",
                   rounds: int = 4, search: dict | None = None, rounds_search: dict | None = None,
                   eval_search: dict | None = None, searches: int = 1, max_train: int = 0,
-                  chunk: int = 256, batch: int = 32) -> ml_collections.ConfigDict:
+                  exclude: str = "", max_test: int = 0, chunk: int = 256, batch: int = 32
+                  ) -> ml_collections.ConfigDict:
     """Adds what the self-evolution rounds read (`rstar_jax.evolve`) to `config`.
 
     train/test: problem specs (`data.sources.load_problems`: a benchmark name, "synthetic:...",
     a file); bootstrap: the round-1 policy (`evolve.BOOTSTRAP_KINDS`); search: SearchConfig
     fields every round and the evaluation use (budgets); rounds_search: {"round1": {...}, ...}
-    per-round fields over the paper's presets; eval_search: the test-time search's fields.
+    per-round fields over the paper's presets; eval_search: the test-time search's fields;
+    exclude: a problem spec of problems the policy was trained on before round 1 (its
+    pretraining set), dropped from both sets; max_train / max_test: keep at most that many
+    (0: all), after the drops.
     """
     config.rounds = rounds
-    config.problems = ml_collections.ConfigDict({"train": train, "test": test, "max_train": max_train})
+    config.problems = ml_collections.ConfigDict({"train": train, "test": test, "exclude": exclude,
+                                                 "max_train": max_train, "max_test": max_test})
     config.bootstrap = ml_collections.ConfigDict({"kind": bootstrap, "checkpoint": "", "fraction": 0.25})
     config.search = ml_collections.ConfigDict({
         "preset": "paper",  # SearchConfig.preset: "paper" or "reference_code"

@@ -80,10 +80,19 @@ class ConfigError(ValueError):
 
 def problem_sets(c) -> tuple[list[Problem], list[Problem]]:
     """(training, test) problems of a config's `problems` block: `train` and `test` are
-    `load_problems` specs; training problems that are also test problems are dropped, and at
-    most `max_train` kept (0: all)."""
+    `load_problems` specs; problems of `exclude` (a spec of the base policy's pretraining
+    problems, or empty) are dropped from both, then at most `max_test` test problems are kept,
+    training problems that are also test problems are dropped, and at most `max_train` kept
+    (0: all)."""
     test = _load(c.test, "problems.test")
     train = _load(c.train, "problems.train")
+    if c.get("exclude", ""):
+        seen = {"pretraining": _load(c.exclude, "problems.exclude")}
+        (test, in_test), (train, in_train) = decontaminate(test, seen), decontaminate(train, seen)
+        log.info("dropped %d test and %d training problems the base policy was pretrained on",
+                 len(in_test.removed_ids), len(in_train.removed_ids))
+    if c.get("max_test", 0):
+        test = test[:c.max_test]
     train, overlap = decontaminate(train, {"test": test})
     if overlap.exact or overlap.normalized:
         log.info("dropped %d training problems that are test problems", len(overlap.removed_ids))

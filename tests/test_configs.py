@@ -55,3 +55,19 @@ def test_a_checkpoint_of_another_model_is_named_in_the_error():
     presets.check_architecture("qwen25_math_1p5b", other.replace(vocab_size=151936 + 128))
     with pytest.raises(ValueError, match="not a qwen25_math_7b model.*hidden_size: preset 3584, found 1536"):
         presets.check_architecture("qwen25_math_7b", other)
+
+
+@pytest.mark.parametrize("variant,sizes", [("default", (64, 256)), ("study", (256, 1024))])
+def test_tiny_problem_sets_hold_none_of_the_base_models_pretraining_problems(variant, sizes):
+    import json
+
+    from rstar_jax import config_lib, evolve
+    from rstar_jax.data import synthetic
+
+    provenance = json.loads((pathlib.Path(config_lib.TINY_BASE) / "PROVENANCE.json").read_text())
+    seen = {p.question for p in synthetic.generate(20_000, seed=provenance["generator_seed"],
+                                                   levels=provenance["levels"])}
+    train, test = evolve.problem_sets(_load(CONFIG_DIR / "tiny.py", variant).problems)
+    assert (len(train), len(test)) == sizes
+    assert not seen & {p.question for p in train + test}
+    assert not {p.question for p in train} & {p.question for p in test}

@@ -233,3 +233,16 @@ def test_search_outcomes_counts_a_rounds_trajectories_per_family(straight):
         mine = [t for t in trees if t.problem.metadata["family"] == family]
         right = sum(int((t.reward[t.is_answer] > 0).sum()) for t in mine)
         assert f"| {family} | {right} / {sum(int(t.is_answer.sum()) for t in mine)} |" in done.stdout
+
+
+def test_problem_sets_drop_the_excluded_problems_from_both_then_cut_to_size():
+    import ml_collections
+
+    from rstar_jax.data import synthetic
+
+    every = synthetic.generate(12, seed=9)
+    c = ml_collections.ConfigDict({"train": "synthetic:n=12,seed=9", "test": "synthetic:n=10,seed=9",
+                                   "exclude": "synthetic:n=6,seed=9", "max_train": 0, "max_test": 3})
+    train, test = evolve.problem_sets(c)
+    assert [p.id for p in test] == [p.id for p in every[6:9]]  # after the 6 excluded, the first 3
+    assert [p.id for p in train] == [p.id for p in every[9:]]  # neither excluded nor a test problem
