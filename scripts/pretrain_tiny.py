@@ -4,7 +4,8 @@ A 1.7M-parameter model needs tens of minutes of CPU to learn to copy a question'
 its code (DESIGN.md, "The tiny world"), more than the whole 15-minute default may spend. So this
 script does that once: it trains a SentencePiece tokenizer and the `tiny` preset from random
 weights on the generator's reference solutions of levels 1-2 only (level 3 is left for search to
-find), none of them a problem the tiny config trains or evaluates on, and writes a Hugging Face
+find), none of them a problem of the tiny config's seeds at the time it ran (the config also drops
+these problems from its sets: `configs/tiny.py` PRETRAINING), and writes a Hugging Face
 directory (config.json, safetensors, tokenizer.model). The result ships as
 `rstar_jax/assets/tiny_base`; rerun this to rebuild it:
 

@@ -1,7 +1,7 @@
 r"""Synthetic math problems with exact answers and reference solutions, for the tiny CPU world.
 
-Four families, each at levels 1-3; level 3 asks for the steps of level 2 with numbers past the
-ranges of levels 1-2 (a model trained on levels 1-2 has seen every step it needs, but not these
+Four families, each at levels 1-3; level 3 asks for the steps of level 2 with numbers drawn
+from wider ranges than levels 1-2 (most of its problems have a number past them) (a model trained on levels 1-2 has seen every step it needs, but not these
 numbers in these places: it copies them right in some samples and wrong in others, the frontier
 a search can push):
 
@@ -10,8 +10,8 @@ a search can push):
 - fractions: sums, differences and products of 2 (level 1) or 3 (levels 2-3) fractions, answered
   in lowest terms; level 3 adds the denominators 11, 13, 14, 18 and 20;
 - linear: one linear equation in x with an integer root: `ax + b = d` (level 1), `ax + b = cx + d`
-  (level 2), or the same with coefficients up to 25 and constants up to 99 (level 3; level 2: 12
-  and 30);
+  (level 2), or the same with coefficients up to 25 and `b` up to 99 (level 3; level 2: 12 and
+  30; `d` follows from the root);
 - word: shopping, ages, travel, production and sharing stories in several wordings; level 2
   adds a sentence with an irrelevant number, level 3 two (the one family whose level 3 keeps
   level 2's numbers).
@@ -274,7 +274,8 @@ DISTRACTORS = ("The shop has been open for {n} years.", "{name} has {n} cousins.
                "{name}'s house number is {n}.")
 
 # A story: (rng, name, carried) -> (sentences, question, steps, result variable, value). With
-# `carried` (the previous story's answer, level 3) one of its numbers is that answer, written N.
+# `carried` (a previous story's answer; no level uses it now) one of its numbers is that answer,
+# written N.
 Story = Callable[[random.Random, str, "int | None"], tuple]
 
 
