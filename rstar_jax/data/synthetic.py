@@ -1,9 +1,9 @@
 r"""Synthetic math problems with exact answers and reference solutions, for the tiny CPU world.
 
-Four families, each at levels 1-3; level 3 asks for the steps of level 2 with numbers drawn
-from wider ranges than levels 1-2 (most of its problems have a number past them) (a model trained on levels 1-2 has seen every step it needs, but not these
-numbers in these places: it copies them right in some samples and wrong in others, the frontier
-a search can push):
+Four families, each at levels 1-3. Level 3 takes level 2's steps with numbers drawn from wider
+ranges, so most of its problems hold a number past levels 1-2: a model trained on levels 1-2 has
+seen every step it needs but not these numbers in these places, and copies them right in some
+samples and wrong in others, the frontier a search can push.
 
 - arithmetic: integer expressions of 2 (level 1) or 3-4 (levels 2-3) operations on numbers up to
   20, 50 or 85 (level 3), with parentheses from level 2;
@@ -221,17 +221,12 @@ def _linear(rng: random.Random, level: int):
         a, root = nz(2, 9), rng.randint(-10, 15)
         b = rng.randint(-20, 20)
         c, d = 0, a * root + b
-    elif level == 2:
-        a, c, root = nz(2, 12), nz(1, 12), rng.randint(-12, 12)
+    else:  # levels 2-3; level 3 draws the coefficients and b from wider ranges
+        top, wide = (12, 30) if level == 2 else (25, 99)
+        a, c, root = nz(2, top), nz(1, top), rng.randint(-12, 12)
         while c == a:
-            c = nz(1, 12)
-        b = rng.randint(-30, 30)
-        d = (a - c) * root + b
-    else:  # as level 2, with coefficients and constants past level 2's ranges
-        a, c, root = nz(2, 25), nz(1, 25), rng.randint(-12, 12)
-        while c == a:
-            c = nz(1, 25)
-        b = rng.randint(-99, 99)
+            c = nz(1, top)
+        b = rng.randint(-wide, wide)
         d = (a - c) * root + b
     root = Fraction(d - b, a - c)
 
@@ -273,74 +268,67 @@ DISTRACTORS = ("The shop has been open for {n} years.", "{name} has {n} cousins.
                "It was {n} degrees outside that day.", "The bus ride took {n} minutes.",
                "{name}'s house number is {n}.")
 
-# A story: (rng, name, carried) -> (sentences, question, steps, result variable, value). With
-# `carried` (a previous story's answer; no level uses it now) one of its numbers is that answer,
-# written N.
-Story = Callable[[random.Random, str, "int | None"], tuple]
+# A story: (rng, name) -> (sentences, question, steps, result variable, value).
+Story = Callable[[random.Random, str], tuple]
 
 
-def _carry(carried, default):
-    """(value, how the text and the code write it)."""
-    return (default, str(default)) if carried is None else (carried, "N")
-
-
-def _shopping(rng, name, carried):
+def _shopping(rng, name):
     (item, items), price = rng.choice(ITEMS), rng.randint(2, 15)
-    count, c = _carry(carried, rng.randint(2, 12))
+    count = rng.randint(2, 12)
     paid = (count * price // 10 + 1 + rng.randint(0, 3)) * 10
-    sentences = [rng.choice([f"{name} buys {c} {items} that cost {price} dollars each.",
-                             f"{name} needs {c} {items}, and each {item} costs {price} dollars."]),
+    sentences = [rng.choice([f"{name} buys {count} {items} that cost {price} dollars each.",
+                             f"{name} needs {count} {items}, and each {item} costs {price} dollars."]),
                  f"{name} pays with {paid} dollars."]
-    steps = [(f"the {items} cost {c} times {price} dollars", f"cost = {c} * {price}"),
+    steps = [(f"the {items} cost {count} times {price} dollars", f"cost = {count} * {price}"),
              (f"the change is what is left of {paid} dollars", f"change = {paid} - cost")]
     return sentences, f"How much change, in dollars, does {name} get?", steps, "change", paid - count * price
 
 
-def _ages(rng, name, carried):
+def _ages(rng, name):
     other = rng.choice([n for n in NAMES if n != name])
     years, young = rng.randint(2, 10), rng.randint(3, 30)
-    gap, g = _carry(carried, rng.randint(2, 15))
+    gap = rng.randint(2, 15)
     total = 2 * young + gap + 2 * years
-    sentences = [f"{name} is {g} years older than {other}.",
+    sentences = [f"{name} is {gap} years older than {other}.",
                  f"In {years} years, the sum of their ages will be {total}."]
     steps = [(f"in {years} years both are {years} years older, so today the sum is {total} - 2 * {years}",
               f"sum_now = {total} - 2 * {years}"),
-             (f"{other}'s age twice plus {g} is that sum", f"age = (sum_now - {g}) // 2")]
+             (f"{other}'s age twice plus {gap} is that sum", f"age = (sum_now - {gap}) // 2")]
     return sentences, f"How old is {other} now?", steps, "age", young
 
 
-def _travel(rng, name, carried):
+def _travel(rng, name):
     speed, speed2, hours2 = rng.randint(3, 12) * 5, 0, rng.randint(1, 4)
     speed2 = speed + rng.randint(1, 4) * 5
-    hours, h = _carry(carried, rng.randint(2, 6))
-    sentences = [f"{name} drives for {h} hours at {speed} km per hour,",
+    hours = rng.randint(2, 6)
+    sentences = [f"{name} drives for {hours} hours at {speed} km per hour,",
                  f"then for {hours2} hours at {speed2} km per hour."]
-    steps = [("distance of the first part is speed times time", f"first = {speed} * {h}"),
+    steps = [("distance of the first part is speed times time", f"first = {speed} * {hours}"),
              ("distance of the second part", f"second = {speed2} * {hours2}"),
              ("add the two parts", "distance = first + second")]
     return sentences, f"How many kilometres does {name} drive in total?", steps, "distance", speed * hours + speed2 * hours2
 
 
-def _production(rng, name, carried):
+def _production(rng, name):
     per_hour, hours = rng.randint(3, 20), rng.randint(2, 8)
-    days, d = _carry(carried, rng.randint(2, 6))
+    days = rng.randint(2, 6)
     broken = rng.randint(1, per_hour * hours - 1)
     sentences = [f"A machine run by {name} makes {per_hour} toys an hour for {hours} hours a day.",
                  f"Each day {broken} of the toys it makes are broken and thrown away."]
     steps = [("toys made in one day", f"made = {per_hour} * {hours}"),
              ("good toys in one day", f"good = made - {broken}"),
-             (f"good toys in {d} days", f"total = good * {d}")]
-    return sentences, f"How many good toys does it make in {d} days?", steps, "total", (per_hour * hours - broken) * days
+             (f"good toys in {days} days", f"total = good * {days}")]
+    return sentences, f"How many good toys does it make in {days} days?", steps, "total", (per_hour * hours - broken) * days
 
 
-def _sharing(rng, name, carried):
+def _sharing(rng, name):
     _, items = rng.choice(ITEMS)
     friends, each = rng.randint(2, 6), rng.randint(2, 12)
-    kept, k = _carry(carried, rng.randint(1, 9))
+    kept = rng.randint(1, 9)
     total = friends * each + kept
     sentences = [f"{name} has {total} {items}.",
-                 f"{name} keeps {k} and shares the rest equally among {friends} friends."]
-    steps = [(f"{items} to share", f"to_share = {total} - {k}"),
+                 f"{name} keeps {kept} and shares the rest equally among {friends} friends."]
+    steps = [(f"{items} to share", f"to_share = {total} - {kept}"),
              ("each friend's share", f"share = to_share // {friends}")]
     return sentences, f"How many {items} does each friend get?", steps, "share", each
 
@@ -352,7 +340,7 @@ STORIES: dict[str, Story] = {"shopping": _shopping, "ages": _ages, "travel": _tr
 def _word(rng: random.Random, level: int):
     name = rng.choice(NAMES)
     first = rng.choice(sorted(STORIES))
-    sentences, question, steps, result, value = STORIES[first](rng, name, None)
+    sentences, question, steps, result, value = STORIES[first](rng, name)
     for _ in range(level - 1):  # sentences with numbers that do not matter
         sentences.insert(rng.randrange(len(sentences) + 1),
                          rng.choice(DISTRACTORS).format(n=rng.randint(3, 60), name=name))
