@@ -43,7 +43,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.train.sft.steps, config.train.ppm.steps, config.train.orm.steps = steps
     config.train.ppm.held_out = config.train.orm.held_out = 0.1
     config.train.orm.rounds = (1, 2, 3, 4) if study else (4,)
-    n_train, n_test = {"default": (64, 256), "smoke": (8, 4), "study": (256, 1024)}[variant]
+    n_train, n_test = {"default": (64, 256), "smoke": (8, 4), "study": (128, 512)}[variant]
     # Programs run in a fraction of what sampling takes: whole batches sample faster than halves.
     budget = {"max_depth": 8, "max_step_tokens": 96, "max_output_tokens": 24, "overlap": False}
     rollouts = 4 if smoke else 8
@@ -66,16 +66,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config, train=spec(n_train, TRAIN_SEED, "1233"), test=spec(n_test, TEST_SEED, "123"),
         exclude=PRETRAINING, max_train=n_train, max_test=n_test,
         bootstrap="base", search=budget, rounds_search=per_round,
-        # (2 candidates an expansion in the 15-minute default: the trajectory budget, N = 4, is the same)
-        eval_search={"candidates": 2 if variant == "default" else 4, "rollouts": 4, "temperature": 1.0},
+        # (2 candidates an expansion, 4 in the smoke test: the trajectory budget, N = 4, is the same)
+        eval_search={"candidates": 4 if smoke else 2, "rollouts": 4, "temperature": 1.0},
         chunk=4 if smoke else 64, batch=64)
     # Test-time sampling at the paper's test temperature: at 0.7 the samples of a tiny policy are
     # mostly one text, and maj@k and best-of-N would be greedy again.
     config.eval.temperature = 1.0
     # The 15-minute budget: round 0 is evaluated greedily, round 4 with every method, rounds 1-3
     # not at all (each round's search of the training problems, at one budget, shows its
-    # policy's progress). Every method in every round: the study variant.
-    config.eval.light_rounds = (0,) if variant == "default" else ()
+    # policy's progress). The study's 90 minutes: every method in rounds 0 and 4, greedy (and
+    # the PPM's and ORM's AUC over the greedy answers) in rounds 1-3. The smoke test: everything.
+    config.eval.light_rounds = {"default": (0,), "smoke": (), "study": (1, 2, 3)}[variant]
     config.eval.skip_rounds = (1, 2, 3) if variant == "default" else ()
     # The tiny model's typical wrong step differs from the right one by a copied number, a few
     # characters: the paper's 20-character filter would drop exactly those pairs. A problem

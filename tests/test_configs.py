@@ -57,7 +57,7 @@ def test_a_checkpoint_of_another_model_is_named_in_the_error():
         presets.check_architecture("qwen25_math_7b", other)
 
 
-@pytest.mark.parametrize("variant,sizes", [("default", (64, 256)), ("study", (256, 1024))])
+@pytest.mark.parametrize("variant,sizes", [("default", (64, 256)), ("study", (128, 512))])
 def test_tiny_problem_sets_hold_none_of_the_base_models_pretraining_problems(variant, sizes):
     import json
 
