@@ -44,7 +44,7 @@ def _row(x: dict, methods: list[str]) -> str:
 def main(argv):
     del argv
     from configs import tiny
-    from rstar_jax import evolve
+    from rstar_jax import evaluate, evolve
     from rstar_jax.evaluate import BEST_ORM, BEST_PPM, GREEDY, MAJORITY, MCTS, PASS
 
     top = pathlib.Path(_WORKDIR.value)
@@ -69,13 +69,25 @@ def main(argv):
         for x in json.loads((top / name / "report.json").read_text()):
             if name == "ppm" or x["round"] >= 3:
                 print(f"| {name} | {_row(x, methods)} |")
+    def line(comparison, c):
+        lo, hi = c["ci95"]
+        print(f"- {comparison}: {100 * c['difference']:+.1f} points [{100 * lo:+.1f}, {100 * hi:+.1f}], "
+              f"wins/losses {c['wins']}/{c['losses']}")
+
     for name in ("ppm", "terminal"):
         last = json.loads((top / name / "report.json").read_text())[-1]
         print(f"\nPaired differences, round {last['round']}, {name} run:")
         for comparison, c in last["comparisons"].items():
-            lo, hi = c["ci95"]
-            print(f"- {comparison}: {100 * c['difference']:+.1f} points [{100 * lo:+.1f}, {100 * hi:+.1f}], "
-                  f"wins/losses {c['wins']}/{c['losses']}")
+            line(comparison, c)
+    # The ablation itself: the same test problems, rounds 3-4 searched with and without the PPM.
+    r = config.rounds
+    runs = {name: json.loads((top / name / f"round_{r}" / "eval" / "evaluation.json").read_text())
+            for name in ("ppm", "terminal")}
+    print(f"\nPaired differences, round {r}, PPM-augmented minus terminal-guided rounds 3-{r}:")
+    for method in (GREEDY, MAJORITY, BEST_PPM, MCTS):
+        a, b = (runs[name]["results"].get(method) for name in ("ppm", "terminal"))
+        if a and b:
+            line(method, evaluate.compare(runs["ppm"]["problems"], a, b))
     return 0
 
 
