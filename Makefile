@@ -11,11 +11,12 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q -e ".[test,tpu]"  # tpu: the TPU compiler the dry-run tests compile with
 	touch $@
 
+# JAX_PLATFORMS=cpu: the tiny default runs on CPU (with libtpu installed JAX would look for a TPU too).
 demo: $(VENV)/.installed
-	$(PY) launch/tpu_evolve.py --config=configs/tiny.py --workdir=runs/tiny
+	JAX_PLATFORMS=cpu $(PY) launch/tpu_evolve.py --config=configs/tiny.py --workdir=runs/tiny
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q

@@ -3,6 +3,9 @@
 import os
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# With libtpu installed (the `tpu` extra, for the dry run's TPU compiler) JAX would also try to
+# start a TPU backend; the tests run on CPU, and compile for TPU slices through topologies only.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
