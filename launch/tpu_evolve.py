@@ -2,6 +2,8 @@
 
     python launch/tpu_evolve.py --config=configs/tiny.py --workdir=runs/tiny
     python launch/tpu_evolve.py --config=configs/phi3.py --workdir=gs://bucket/run
+    python launch/tpu_evolve.py --config=configs/phi3.py --workdir=/tmp/unused \
+        --config.dry_run=True --config.dry_run_topology=v5p:4x4x4   # compile for a slice, on any machine
 
 Run it again with the same --workdir to resume: finished stages are kept, a stopped search
 keeps its finished chunks, training resumes from its checkpoints.
@@ -31,7 +33,13 @@ def main(argv):
     initialize(_CONFIG.value.train.get("distributed"))  # joins the other hosts of a pod slice
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every save at INFO
     if _CONFIG.value.get("dry_run", False):
-        print(evolve.dry_run(_CONFIG.value))
+        from rstar_jax.dry_run import DoesNotFit
+
+        try:
+            evolve.dry_run(_CONFIG.value)  # prints its tables
+        except DoesNotFit as e:
+            print(f"error: does not fit: {e}", file=sys.stderr)
+            return 3
         return 0
     try:
         evolve.run(_CONFIG.value, _WORKDIR.value, cache_dir=_CACHE_DIR.value)

@@ -86,7 +86,14 @@ def evolve_config(config: ml_collections.ConfigDict, *, train: str, test: str, b
         "skip_rounds": ()})  # rounds not evaluated at all (a time budget)
     config.executor = ml_collections.ConfigDict({"workers": 2, "timeout_s": 5.0, "memory_mb": 1024})
     config.allow_config_change = False
-    config.dry_run = False  # True: compile the sharded steps on abstract shapes, print memory per device, stop
+    # Searches and evaluations: each process runs its own problems with the policy and the PPM on
+    # this mesh over its host's devices (weights in model.dtype; -1 takes the host's devices).
+    config.inference_mesh = mesh_config(data=1, fsdp=1, tensor=1)
+    # True: compile every jitted function of the run for the devices, print memory per chip against
+    # HBM, stop (rstar_jax.dry_run); with a Cloud TPU topology such as "v5p:4x4x4" or "v5e:8x8" the
+    # TPU compiler compiles for that slice without one (pip install -e '.[tpu]').
+    config.dry_run = False
+    config.dry_run_topology = ""
     return config
 
 
@@ -102,4 +109,5 @@ def pretrained_config(preset: str, checkpoint: str) -> ml_collections.ConfigDict
     evolve_config(config, train="/mnt/data/problems.parquet?preset=numina", test="math500",
                   search={"max_depth": 16, "max_step_tokens": 512, "max_output_tokens": 64},
                   eval_search={"rollouts": 64}, chunk=1024, batch=128)
+    config.inference_mesh = mesh_config(data=1, fsdp=1, tensor=-1)  # tensor parallel over a host's chips
     return config

@@ -219,7 +219,10 @@ def _fingerprint(config: ml_collections.ConfigDict) -> dict:
     """What must not change under a resumed run (budgets and paths that shape finished stages)."""
     d = json.loads(config.to_json())
     d.pop("allow_config_change", None)
-    d.pop("dry_run", None)
+    # Neither changes what a run computes (the inference mesh only where its floats round), and a
+    # run may resume on another slice.
+    for key in ("dry_run", "dry_run_topology", "inference_mesh"):
+        d.pop(key, None)
     return d
 
 
@@ -337,13 +340,16 @@ class Evolution:
         import jax.numpy as jnp
 
         from rstar_jax.models import from_pretrained
-        from rstar_jax.train import mesh_from_config
+        from rstar_jax.train import inference_mesh, mesh_from_config
 
         m = self.config.model
         if pathlib.Path(path).is_relative_to(self.dir):
             self._pull(pathlib.Path(path))  # a URL workdir's model comes down when first used
-        mesh = mesh_from_config(self.config.mesh) if training else None
-        return from_pretrained(path, dtype=jnp.dtype(m.dtype), param_dtype=jnp.dtype(m.param_dtype), mesh=mesh,
+        if training:
+            mesh, param_dtype = mesh_from_config(self.config.mesh), m.param_dtype
+        else:  # searches and evaluations: weights in the compute dtype, on this host's inference mesh
+            mesh, param_dtype = inference_mesh(self.config.inference_mesh), m.dtype
+        return from_pretrained(path, dtype=jnp.dtype(m.dtype), param_dtype=jnp.dtype(param_dtype), mesh=mesh,
                                attention=m.attention, remat=m.remat and training, value_head=value_head,
                                value_tanh=self.config.train.ppm.value_tanh if value_head else None)
 
@@ -659,33 +665,65 @@ class Evolution:
             self.push(self.dir / name)
 
 
-def dry_run(config: ml_collections.ConfigDict) -> str:
-    """Compiles the config's sharded training steps and search forwards on abstract shapes for its
-    mesh and returns the memory per device (`train.dry_run`); reads no checkpoint."""
+def dry_run(config: ml_collections.ConfigDict, devices=None) -> str:
+    """Compiles every jitted function a run of `config` calls (`rstar_jax.dry_run`) for
+    `devices` (default: `config.dry_run_topology`'s TPU slice, or this machine's devices) and
+    returns the tables; raises `dry_run.DoesNotFit`, after the tables are printed, when a
+    function needs more memory per chip than the chip has. Reads no checkpoint."""
+    import jax
     import jax.numpy as jnp
 
+    from rstar_jax import dry_run as plan
     from rstar_jax.models import presets
-    from rstar_jax.train import dry_run as plan
-    from rstar_jax.train import mesh_from_config
 
+    topology = config.get("dry_run_topology", "")
+    if devices is None:
+        devices = plan.topology_devices(topology) if topology else jax.devices()
     m, t = config.model, config.train
     model_config = presets.get(m.preset)
-    mesh = mesh_from_config(config.mesh)
-    kw = {"dtype": jnp.dtype(m.dtype), "param_dtype": jnp.dtype(m.param_dtype), "attention": m.attention}
-    # A search prefills its B prompts and paths once each, then decodes B x K samples that read
-    # their prompt's cache (the engine's fan-out).
-    samples = config.search.batch * max(search_config(config, r).candidates for r in range(1, config.rounds + 1))
-    length = min(t.sft.max_length, model_config.max_position_embeddings)
-    memories = [
-        plan.train_step_memory(model_config, mesh, task="sft", rows=t.sft.batch, length=t.sft.max_length,
-                               remat=m.remat, microbatches=t.sft.microbatches, **kw),
-        plan.train_step_memory(model_config, mesh, task="ppm", rows=t.ppm.batch, length=t.ppm.max_length,
-                               remat=m.remat, microbatches=t.ppm.microbatches, **kw),
-        plan.forward_memory(model_config, mesh, rows=config.search.batch, length=length, **kw),
-        plan.kv_cache_memory(model_config, mesh, rows=samples, length=length, dtype=kw["dtype"]),
-        plan.forward_memory(model_config, mesh, rows=config.search.batch, length=length, value_head=True, **kw),
-    ]
-    return plan.table(memories, mesh)
+    train_mesh, infer_mesh = plan.meshes(config, devices)
+    dtype, param_dtype = jnp.dtype(m.dtype), jnp.dtype(m.param_dtype)
+    context = model_config.max_position_embeddings
+    hbm = plan.hbm_gib(devices[0])
+    kw = {"dtype": dtype, "attention": m.attention}
+    trained = [plan.train_step(model_config, train_mesh, task=task, rows=c.batch, length=c.max_length, remat=m.remat,
+                               microbatches=c.microbatches, param_dtype=param_dtype,
+                               field=f"train.{task}.batch / train.{task}.microbatches / mesh", **kw)
+               for task, c in (("sft", t.sft), ("ppm", t.ppm))]
+    trained[0].used_by, trained[1].used_by = "policy SFT", "PPM" + (" and ORM" if t.orm.rounds else "")
+    # Each kind of search the run makes, once: the rounds', and evaluation's (greedy and sampled
+    # solutions are searches of one candidate; the test-time search uses the PPM).
+    shapes: dict[tuple, list[tuple[str, str]]] = {}  # call shape -> (stage, the field that sizes it)
+    for r in range(1, config.rounds + 1):
+        s = search_config(config, r)
+        key = (config.search.batch, s.candidates, s.max_step_tokens, s.step_capacity, s.mode.uses_ppm)
+        shapes.setdefault(key, []).append((f"round {r}", f"search.round{r}.candidates"))
+    budget, test = eval_budget(config), eval_search_config(config)
+    for key, stage in (((config.eval.batch, 1, budget.max_step_tokens, budget.step_capacity, False),
+                        ("evaluation solutions", "eval.batch")),
+                       ((config.eval.batch, test.candidates, test.max_step_tokens, test.step_capacity, True),
+                        ("evaluation MCTS", "eval.search.candidates"))):
+        shapes.setdefault(key, []).append(stage)
+    store_rows = max(config.search.batch, config.eval.batch)  # Evolution.engine's prefix store
+    inferred = []
+    for (batch, k, tokens, capacity, ppm), stages in shapes.items():
+        shape = plan.SearchShape(", ".join(name for name, _ in stages), batch, k, tokens, capacity, ppm,
+                                 " or ".join(dict.fromkeys(field for _, field in stages)))
+        inferred += plan.search_calls(model_config, infer_mesh, shape, context=context, store_rows=store_rows,
+                                      vocab_limit=None, **kw)
+    inferred.append(plan.rescore_call(model_config, infer_mesh, rows=64, context=context, **kw))
+    inferred[-1].used_by = "evaluation best-of-N"
+
+    def describe(mesh):
+        shape = ", ".join(f"{k}={v}" for k, v in mesh.shape.items())
+        return f"{mesh.devices.size} x {mesh.devices.flat[0].device_kind} ({shape})"
+
+    where = f"{topology} " if topology else ""
+    text = "\n".join([plan.table(f"training on {where}{describe(train_mesh)}", trained, hbm),
+                      plan.table(f"search and evaluation, each host: {describe(infer_mesh)}", inferred, hbm)])
+    print(text)
+    plan.check(trained + inferred, hbm)
+    return text
 
 
 def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, progress: bool | None = None,

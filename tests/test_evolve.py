@@ -7,6 +7,8 @@ import pathlib
 import uuid
 
 import fsspec
+import jax
+import jax.numpy as jnp
 import pytest
 
 from rstar_jax import evolve
@@ -160,22 +162,6 @@ def test_the_shipped_base_is_a_complete_checkpoint():
         assert (base / name).exists(), name
 
 
-def test_dry_run_compiles_the_sharded_steps_without_a_checkpoint():
-    config = smoke_config(**{"model.checkpoint": "/nowhere", "mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2})
-    text = evolve.dry_run(config)
-    assert "8 x cpu; mesh data=2, fsdp=2, tensor=2" in text
-    rows = [line for line in text.splitlines() if line.startswith("| ") and "GiB" not in line][1:]
-    assert [r.split(" | ")[0] for r in rows] == ["| sft train step (8 x 512)", "| ppm train step (8 x 512)",
-                                                 "| policy forward (64 x 512)", "| KV cache (256 x 512)",
-                                                 "| PPM forward (64 x 512)"]
-    for r in rows:
-        peak = float(r.strip("| ").split(" | ")[-1])
-        assert 0 < peak < 1  # GiB per device of a 1.7M-parameter model
-    # 4 layers x 2 KV heads x 32 dims x 2 (K and V) x 256 rows x 512 tokens x 4 bytes over 4 x 2 devices
-    kv = float(rows[3].strip("| ").split(" | ")[1])
-    assert kv * 2**30 == pytest.approx(4 * 2 * 32 * 2 * 256 * 512 * 4 / 8, rel=5e-3)  # 3 digits shown
-
-
 def _launch(script, *args):
     import subprocess
     import sys
@@ -246,3 +232,16 @@ def test_problem_sets_drop_the_excluded_problems_from_both_then_cut_to_size():
     train, test = evolve.problem_sets(c)
     assert [p.id for p in test] == [p.id for p in every[6:9]]  # after the 6 excluded, the first 3
     assert [p.id for p in train] == [p.id for p in every[9:]]  # neither excluded nor a test problem
+
+
+def test_searches_run_on_the_inference_mesh_with_weights_in_the_compute_dtype(tmp_path):
+    config = smoke_config(**{"inference_mesh.tensor": 2, "model.dtype": "bfloat16"})
+    run = evolve.Evolution(config, tmp_path)
+    engine, scorer = run.engine(TINY_BASE), run.scorer(TINY_BASE)
+    local = jax.local_devices()
+    for mesh in (engine.mesh, scorer.mesh):
+        assert dict(mesh.shape) == {"data": 1, "fsdp": 1, "tensor": 2} and list(mesh.devices.flat) == local[:2]
+    assert {x.dtype for x in jax.tree.leaves(engine.state)} == {jnp.dtype("bfloat16")}
+    # Training keeps float32 master weights on the training mesh.
+    policy = run._model(TINY_BASE, value_head=False, training=True)
+    assert policy.embed[...].dtype == jnp.float32 and policy.embed[...].sharding.mesh.size == 8

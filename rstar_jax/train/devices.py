@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import jax
 
@@ -41,9 +42,24 @@ def initialize(distributed: bool | None = None) -> bool:
     return True
 
 
-def mesh_from_config(mesh: Mapping[str, int]):
-    """The (data, fsdp, tensor) mesh of a config's `mesh` block (-1 takes the remaining devices)."""
+def mesh_from_config(mesh: Mapping[str, int], devices: Sequence | None = None):
+    """The (data, fsdp, tensor) mesh of a config's `mesh` block over `devices` (default every
+    device of the job); -1 takes the remaining devices, and without one the mesh takes the
+    first devices it needs."""
     unknown = set(mesh) - {"data", "fsdp", "tensor"}
     if unknown:
         raise ValueError(f"unknown mesh axes {sorted(unknown)} in the config; use data, fsdp, tensor")
-    return make_mesh({k: int(v) for k, v in mesh.items()})
+    shape = {k: int(v) for k, v in mesh.items()}
+    devices = list(jax.devices() if devices is None else devices)
+    if -1 not in shape.values():
+        need = math.prod(shape.values())
+        if need > len(devices):
+            raise ValueError(f"mesh {shape} needs {need} devices; there are {len(devices)}")
+        devices = devices[:need]
+    return make_mesh(shape, devices)
+
+
+def inference_mesh(mesh: Mapping[str, int], devices: Sequence | None = None):
+    """The mesh a process searches and evaluates on (`config.inference_mesh`): over its own host's
+    devices (default `jax.local_devices()`), since each process runs its own problems."""
+    return mesh_from_config(mesh, jax.local_devices() if devices is None else devices)

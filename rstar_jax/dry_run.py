@@ -1,0 +1,335 @@
+"""A run's jitted functions compiled ahead of time, with the memory each needs per chip.
+
+    python launch/tpu_evolve.py --config=configs/phi3.py --config.dry_run=True \
+        --config.dry_run_topology=v5p:4x4x4
+
+Every jitted function a run of the config calls is lowered with abstract arguments (shapes,
+dtypes and the shardings the run gives them) and compiled: the SFT and PPM training steps on the
+training mesh (every device), and on the inference mesh (one host's devices, where each
+process searches its own problems) the engine's prefill through the prefix store, its fan-out
+decode and the PPM's scoring, at each round's and the evaluation's batch and candidates.
+Nothing is allocated and no checkpoint is read.
+
+The devices are this machine's, or a Cloud TPU slice's (`dry_run_topology`, e.g. "v5e:8x8",
+"v5p:4x4x4", "v6e:8x8"): the TPU compiler (`libtpu`, `pip install -e '.[tpu]'`) compiles for a
+topology without the hardware, so a config can be proven on a laptop before paying for a slice.
+From XLA's analyses each function reports its arguments, outputs and temporaries per chip, its
+peak against the chip's HBM, its compile time and the cost model's flops and bytes.
+
+Shapes are the largest the run can meet: prompts and paths as long as the model's context (the
+engine's buckets never exceed it), steps of `max_step_tokens`. What a dry run cannot know: the
+host executor's throughput, the input pipeline, preemptions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import time
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
+
+from rstar_jax.engine.generation import _MIN_NEW_BUCKET, _STOP_SLOTS, _decode, _extend, _pow2, activation_sharding, \
+    prompt_bucket
+from rstar_jax.engine.value import _stored_fork_values, _values
+from rstar_jax.models import DEFAULT_RULES, CausalLM
+from rstar_jax.train.devices import inference_mesh, mesh_from_config
+from rstar_jax.train.batches import PPMBatch, SFTBatch
+from rstar_jax.train.trainer import TrainConfig, batch_arrays, make_optimizer, opt_state_shardings, \
+    split_microbatches, variable_sharding
+from rstar_jax.train.trainer import train_step as sharded_train_step
+
+GIB = 2.0**30
+# HBM per chip (device_kind -> GiB), from Cloud TPU's system architecture pages.
+HBM_GIB = {"TPU v4": 32.0, "TPU v5 lite": 16.0, "TPU v5": 95.0, "TPU v6 lite": 32.0}
+
+
+class DoesNotFit(RuntimeError):
+    """A function's peak memory per chip is over the chip's HBM."""
+
+
+@dataclasses.dataclass
+class Compiled:
+    """One compiled function: bytes per chip (XLA's memory analysis), compile seconds, and the
+    cost model's flops and bytes accessed (per chip; -1 where the backend gives none)."""
+
+    name: str
+    arguments: int
+    outputs: int
+    temporaries: int
+    aliased: int  # outputs that reuse donated arguments' buffers
+    seconds: float = 0.0
+    flops: float = -1.0
+    bytes_accessed: float = -1.0
+    field: str = ""  # the config field that sizes it, named when it does not fit
+    used_by: str = ""  # which stages of the run call it
+    error: str = ""  # the compiler's refusal when the function cannot fit a chip (then only temporaries are known)
+
+    @property
+    def peak(self) -> int:
+        return self.arguments + self.outputs + self.temporaries - self.aliased
+
+    def over(self, hbm_gib: float | None) -> bool:
+        """Whether it needs more than a chip's `hbm_gib` (None: unknown, never over)."""
+        return bool(self.error) or (hbm_gib is not None and self.peak > hbm_gib * GIB)
+
+    def row(self, hbm_gib: float | None) -> str:
+        fits = "**no**" if self.over(hbm_gib) else "-" if hbm_gib is None else "yes"
+        cost = [f"{x:.3g}" if x >= 0 else "-" for x in (self.flops, self.bytes_accessed)]
+        return (f"| {self.name} | {self.used_by} | {self.arguments / GIB:.3g} | {self.outputs / GIB:.3g} | "
+                f"{self.temporaries / GIB:.3g} | {self.peak / GIB:.3g} | {fits} | {self.seconds:.1f} | "
+                f"{cost[0]} | {cost[1]} |")
+
+
+def compile_call(name: str, fn: Callable, *args, mesh, field: str = "", **kwargs) -> Compiled:
+    """Lowers and compiles `fn(*args, **kwargs)` (a jitted function, abstract arguments) under `mesh`."""
+    start = time.perf_counter()
+    with jax.set_mesh(mesh):
+        lowered = fn.lower(*args, **kwargs)
+        try:
+            compiled = lowered.compile()
+        except jax.errors.JaxRuntimeError as e:  # the TPU compiler refuses what cannot fit a chip's HBM
+            if "RESOURCE_EXHAUSTED" not in str(e):
+                raise
+            need = re.search(r"\(([\d.]+)([KMGT])\) exceeds available", str(e))
+            size = float(need.group(1)) * 1024 ** "KMGT".index(need.group(2)) * 1024 if need else -1
+            return Compiled(name, 0, 0, int(size), 0, seconds=time.perf_counter() - start, field=field,
+                            error=str(e).splitlines()[0])
+    seconds = time.perf_counter() - start
+    m = compiled.memory_analysis()
+    cost = compiled.cost_analysis()
+    cost = (cost[0] if cost else {}) if isinstance(cost, (list, tuple)) else (cost or {})
+    sizes = (-1, -1, -1, 0) if m is None else (
+        int(m.argument_size_in_bytes), int(m.output_size_in_bytes), int(m.temp_size_in_bytes),
+        int(getattr(m, "alias_size_in_bytes", 0)))
+    return Compiled(name, *sizes, seconds=seconds, flops=float(cost.get("flops", -1.0)),
+                    bytes_accessed=float(cost.get("bytes accessed", -1.0)), field=field)
+
+
+# --------------------------------------------------------------------------- devices
+
+
+def topology_devices(name: str) -> list:
+    """The devices of a Cloud TPU slice (e.g. "v5p:4x4x4"), for compiling only: nothing may run
+    on them."""
+    try:
+        from jax.experimental import topologies
+
+        return list(topologies.get_topology_desc(topology_name=name, platform="tpu").devices)
+    except Exception as e:  # no libtpu, or a name it does not know
+        raise ValueError(f"cannot get the devices of TPU topology {name!r} ({type(e).__name__}: {e}); the TPU "
+                         "compiler comes with `pip install -e '.[tpu]'` (libtpu), and names look like "
+                         "v5e:8x8, v5p:4x4x4, v6e:8x8") from e
+
+
+def hbm_gib(device) -> float | None:
+    """The HBM of one chip of `device`'s kind in GiB, or None when unknown (a CPU)."""
+    if device.platform != "tpu":
+        return None
+    return HBM_GIB.get(device.device_kind)
+
+
+def meshes(config: ml_collections.ConfigDict, devices: Sequence) -> tuple:
+    """(training mesh over every device, inference mesh over the first host's devices), as a run
+    of `config` makes them."""
+    first = [d for d in devices if d.process_index == devices[0].process_index]
+    return mesh_from_config(config.mesh, devices), inference_mesh(config.inference_mesh, first)
+
+
+# --------------------------------------------------------------------------- abstract arguments
+
+
+def _abstract_state(state, mesh, rules):
+    """`state` with each variable's value an abstract array sharded as the real run shards it."""
+
+    def place(v):
+        value = v.get_value()
+        return v.replace(jax.ShapeDtypeStruct(value.shape, value.dtype, sharding=variable_sharding(v, mesh, rules)))
+
+    return jax.tree.map(place, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def _array(shape, dtype, mesh, axes=None, rules=DEFAULT_RULES):
+    """An abstract array: replicated, or laid out by logical `axes` as the engine lays it out."""
+    sharding = activation_sharding(mesh, rules, shape, axes) if axes else NamedSharding(mesh, PartitionSpec())
+    return jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
+
+
+def _model(model_config, mesh, *, dtype, param_dtype, attention="xla", remat=False, value_head=False,
+           lm_head=True, rules=DEFAULT_RULES):
+    def make():
+        return CausalLM(model_config, dtype=dtype, param_dtype=param_dtype, remat=remat, attention=attention,
+                        value_head=value_head, lm_head=lm_head, rules=rules, rngs=nnx.Rngs(0))
+
+    return nnx.eval_shape(make)
+
+
+# --------------------------------------------------------------------------- training
+
+
+def train_step(model_config, mesh, *, task: str, rows: int, length: int, dtype=jnp.bfloat16,
+               param_dtype=jnp.float32, remat: bool = True, attention: str = "xla", microbatches: int = 1,
+               rules=DEFAULT_RULES, field: str = "") -> Compiled:
+    """One training step of `task` ("sft": `rows` packed rows of `length` tokens; "ppm": `rows`
+    pairs), compiled on `mesh` as `Trainer.step` runs it."""
+    model = _model(model_config, mesh, dtype=dtype, param_dtype=param_dtype, attention=attention, remat=remat,
+                   value_head=task == "ppm", rules=rules)
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    params, rest = _abstract_state(params, mesh, rules), _abstract_state(rest, mesh, rules)
+    config = TrainConfig(microbatches=microbatches)
+    tx = make_optimizer(config)
+    # (outside the mesh context: optax builds the state's tree with eager ops, which must not run
+    # on compile-only devices)
+    shardings = opt_state_shardings(tx, params, mesh)
+    opt_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                             jax.eval_shape(tx.init, params), shardings)
+    if task == "sft":
+        batch = SFTBatch(*(np.zeros((rows, length), np.int32) for _ in range(4)), np.zeros((rows, length), np.float32))
+    else:
+        batch = PPMBatch(np.zeros((2 * rows, length), np.int32), np.zeros(2 * rows, np.int32),
+                         np.zeros(rows, np.float32))
+    spec = NamedSharding(mesh, PartitionSpec(None, ("data", "fsdp")))
+    arrays = split_microbatches(task, batch_arrays(task, batch), microbatches)
+    batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=spec) for k, v in arrays.items()}
+    name = f"{task} train step ({rows} x {length}{f', {microbatches} microbatches' if microbatches > 1 else ''})"
+    return compile_call(name, sharded_train_step(mesh, params, shardings), graphdef, params, opt_state, rest, batch,
+                        mesh=mesh, task=task, config=config, field=field)
+
+
+# --------------------------------------------------------------------------- search and evaluation
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchShape:
+    """The engine calls of one kind of search: `batch` problems, `candidates` samples an
+    expansion, steps of `step_tokens` sampled tokens (`step_capacity` with the output block), the
+    PPM scoring the candidates when `ppm`. `field` is the config field that sizes it."""
+
+    name: str
+    batch: int
+    candidates: int
+    step_tokens: int
+    step_capacity: int
+    ppm: bool
+    field: str
+
+
+def _store(c, mesh, rows: int, length: int, dtype, rules):
+    """A prefix store's arrays as `PrefixStore.take` makes them: per layer keys [S, K, D, L], values [S, K, L, D]."""
+    axes = ("act_batch", "act_kv_heads", None, None)
+    keys, values = (rows, c.num_key_value_heads, c.head_dim, length), (rows, c.num_key_value_heads, length, c.head_dim)
+    return tuple((_array(keys, dtype, mesh, axes, rules), _array(values, dtype, mesh, axes, rules))
+                 for _ in range(c.num_hidden_layers))
+
+
+def _split(model, mesh, rules):
+    graphdef, state = nnx.split(model)
+    return graphdef, _abstract_state(state, mesh, rules)
+
+
+def search_calls(model_config, mesh, shape: SearchShape, *, context: int, store_rows: int, dtype=jnp.bfloat16,
+                 attention: str = "xla", vocab_limit: int | None = None, score_rows: int = 64,
+                 rules=DEFAULT_RULES) -> list[Compiled]:
+    """The engine's calls in one expansion of `shape`'s search, compiled on `mesh` with
+    weights in `dtype` as `Engine.generate` and `ValueScorer.score_children` make them: the
+    prefill of the batch's prompts and paths through the prefix store, the decode of `candidates`
+    samples of each, and (with `ppm`) the PPM's values of the candidates through its own store.
+    The last row is what a PPM search holds at once: the decode's peak plus the PPM's weights and store."""
+    c = model_config
+    i32, f32 = np.int32, np.float32
+    b, k = _pow2(shape.batch), shape.candidates
+    rows = b * k
+    width = min(context, prompt_bucket(context))  # the store's length bounds every prefix
+    new = prompt_bucket(context)
+    graphdef, state = _split(_model(c, mesh, dtype=dtype, param_dtype=dtype, attention=attention), mesh, rules)
+
+    def vec(n, dtype=i32):
+        return _array((n,), dtype, mesh)
+
+    out = [compile_call(
+        f"prefill ({b} x {new} through the store)", _extend, graphdef, state,
+        _store(c, mesh, store_rows, context, dtype, rules), vec(b), _array((b, new), i32, mesh), vec(b), vec(b),
+        vec(b), mesh=mesh, width=width, field="search.batch or eval.batch")]
+    axes = ("act_batch", "act_kv_heads", None, None)
+    prefix_keys = tuple(_array((b, c.num_key_value_heads, c.head_dim, width), dtype, mesh, axes, rules)
+                        for _ in range(c.num_hidden_layers))
+    prefix_values = tuple(_array((b, c.num_key_value_heads, width, c.head_dim), dtype, mesh, axes, rules)
+                          for _ in range(c.num_hidden_layers))
+    length = _pow2(shape.step_tokens, _MIN_NEW_BUCKET)
+    buffer = (rows, c.num_key_value_heads, length, c.head_dim)
+    buffers = tuple((_array(buffer, dtype, mesh, axes, rules), _array(buffer, dtype, mesh, axes, rules))
+                    for _ in range(c.num_hidden_layers))
+    decode = compile_call(
+        f"decode ({b} x {k} rows x {length} tokens)", _decode, graphdef, state, prefix_keys,
+        prefix_values, vec(b), vec(b), _array((b, c.vocab_size), f32, mesh, ("act_batch", "act_vocab"), rules),
+        buffers, vec(rows, bool), vec(b, np.uint32), vec(rows, f32), vec(rows), vec(rows, f32), vec(_STOP_SLOTS),
+        _array((), i32, mesh), mesh=mesh, samples=k, vocab_limit=vocab_limit or c.vocab_size, pad_id=0,
+        with_logprobs=False, field=f"{shape.field} or search.batch")
+    out.append(decode)
+    if shape.ppm:
+        samples = _pow2(k)
+        group = _pow2(min(b, max(1, score_rows // samples)))
+        children = prompt_bucket(shape.step_capacity)
+        ppm_graphdef, ppm_state = _split(_model(c, mesh, dtype=dtype, param_dtype=dtype, attention=attention,
+                                                value_head=True, lm_head=False), mesh, rules)
+        score = compile_call(
+            f"PPM values ({group} x {samples} children of {children} tokens)", _stored_fork_values,
+            ppm_graphdef, ppm_state, _store(c, mesh, store_rows, context, dtype, rules), vec(group),
+            _array((group, new), i32, mesh), vec(group), vec(group), _array((group * samples, children), i32, mesh),
+            vec(group * samples), mesh=mesh, samples=samples, width=width, field=f"{shape.field}")
+        out.append(score)
+        out.append(Compiled(f"held at once: decode ({b} x {k}) + PPM weights and store", decode.peak + score.arguments,
+                            0, 0, 0, field=f"{shape.field} or search.batch"))
+    for r in out:
+        r.used_by = shape.name
+    return out
+
+
+def rescore_call(model_config, mesh, *, rows: int, context: int, dtype=jnp.bfloat16, attention: str = "xla",
+                 rules=DEFAULT_RULES) -> Compiled:
+    """The PPM's values of `rows` whole solutions as long as the context (`ValueScorer.score`:
+    best-of-N at evaluation)."""
+    graphdef, state = _split(_model(model_config, mesh, dtype=dtype, param_dtype=dtype, attention=attention,
+                                    value_head=True, lm_head=False), mesh, rules)
+    length = prompt_bucket(context)
+    return compile_call(f"PPM values of {rows} solutions ({length} tokens)", _values, graphdef, state,
+                        _array((rows, length), np.int32, mesh), _array((rows,), np.int32, mesh), mesh=mesh,
+                        field="model")
+
+
+# --------------------------------------------------------------------------- the report
+
+
+def table(title: str, results: Sequence[Compiled], hbm: float | None) -> str:
+    head = f"{title}; HBM per chip: {'unknown' if hbm is None else f'{hbm:g} GiB'}"
+    lines = [head, "", "| function | used by | arguments GiB | outputs GiB | temporaries GiB | peak GiB | fits | "
+             "compile s | flops | bytes |", "|---|---|---|---|---|---|---|---|---|---|"]
+    return "\n".join(lines + [r.row(hbm) for r in merged(results)]) + "\n"
+
+
+def merged(results: Sequence[Compiled]) -> list[Compiled]:
+    """One row per function and shape, its users joined (the same compiled call serves several stages)."""
+    rows: dict[str, Compiled] = {}
+    for r in results:
+        if r.name in rows:
+            first = rows[r.name]
+            rows[r.name] = dataclasses.replace(first, used_by=f"{first.used_by}, {r.used_by}",
+                                               seconds=first.seconds + r.seconds)
+        else:
+            rows[r.name] = r
+    return list(rows.values())
+
+
+def check(results: Sequence[Compiled], hbm: float | None) -> None:
+    """Raises `DoesNotFit` naming each function over `hbm` GiB and the config field to change."""
+    over = [r for r in results if r.over(hbm)]
+    if over:
+        raise DoesNotFit("; ".join(f"{r.name} needs {r.peak / GIB:.3g} GiB per chip, over the chip's {hbm:g} GiB "
+                                   f"(change {r.field or 'the mesh'}){f': {r.error}' if r.error else ''}"
+                                   for r in over))
