@@ -24,6 +24,7 @@ host executor's throughput, the input pipeline, preemptions.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -118,6 +119,9 @@ def compile_call(name: str, fn: Callable, *args, mesh, field: str = "", **kwargs
 def topology_devices(name: str) -> list:
     """The devices of a Cloud TPU slice (e.g. "v5p:4x4x4"), for compiling only: nothing may run
     on them."""
+    # libtpu takes a lock file so that one process drives a host's chips; compiling only drives
+    # none, and a second dry run (or a test) may compile beside the first.
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     try:
         from jax.experimental import topologies
 
@@ -175,14 +179,14 @@ def _model(model_config, mesh, *, dtype, param_dtype, attention="xla", remat=Fal
 
 def train_step(model_config, mesh, *, task: str, rows: int, length: int, dtype=jnp.bfloat16,
                param_dtype=jnp.float32, remat: bool = True, attention: str = "xla", microbatches: int = 1,
-               rules=DEFAULT_RULES, field: str = "") -> Compiled:
+               loss_chunk: int = 0, rules=DEFAULT_RULES, field: str = "") -> Compiled:
     """One training step of `task` ("sft": `rows` packed rows of `length` tokens; "ppm": `rows`
     pairs), compiled on `mesh` as `Trainer.step` runs it."""
     model = _model(model_config, mesh, dtype=dtype, param_dtype=param_dtype, attention=attention, remat=remat,
                    value_head=task == "ppm", rules=rules)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     params, rest = _abstract_state(params, mesh, rules), _abstract_state(rest, mesh, rules)
-    config = TrainConfig(microbatches=microbatches)
+    config = TrainConfig(microbatches=microbatches, loss_chunk=loss_chunk)
     tx = make_optimizer(config)
     # (outside the mesh context: optax builds the state's tree with eager ops, which must not run
     # on compile-only devices)
