@@ -40,7 +40,9 @@ def train_config(*, sft_lr: float = 7e-6, ppm_lr: float = 7e-6, sft_batch: int =
               "save_every": 100}  # optimiser steps between checkpoints
     reward = {**common, "learning_rate": ppm_lr, "epochs": 2, "batch": ppm_batch, "held_out": 0.05}
     return ml_collections.ConfigDict({
-        "sft": {**common, "learning_rate": sft_lr, "epochs": 2, "batch": sft_batch},
+        # loss_chunk: positions whose logits the SFT loss makes at once (0: a row's whole length);
+        # a large vocabulary's float32 logits of a whole batch would not fit a chip.
+        "sft": {**common, "learning_rate": sft_lr, "epochs": 2, "batch": sft_batch, "loss_chunk": 0},
         "ppm": {**reward, "value_tanh": True},  # the paper's tanh head; False trains as the reference code does
         # The outcome reward model, the PPM's baseline (RSTAR.md section 5): trained like the PPM, on
         # whole trajectories labelled right or wrong, in the rounds listed (none: no ORM).
@@ -110,4 +112,5 @@ def pretrained_config(preset: str, checkpoint: str) -> ml_collections.ConfigDict
                   search={"max_depth": 16, "max_step_tokens": 512, "max_output_tokens": 64},
                   eval_search={"rollouts": 64}, chunk=1024, batch=128)
     config.inference_mesh = mesh_config(data=1, fsdp=1, tensor=-1)  # tensor parallel over a host's chips
+    config.train.sft.loss_chunk = 512
     return config

@@ -516,7 +516,7 @@ class Evolution:
         return TrainConfig(learning_rate=c.learning_rate, warmup_steps=min(steps, int(c.warmup_fraction * steps)),
                            total_steps=steps, schedule=c.schedule, weight_decay=c.weight_decay,
                            clip_norm=c.clip_norm, microbatches=c.microbatches,
-                           end_lr_fraction=c.get("end_lr_fraction", 0.0))
+                           end_lr_fraction=c.get("end_lr_fraction", 0.0), loss_chunk=c.get("loss_chunk", 0))
 
     def _export(self, model, out: pathlib.Path) -> str:
         from rstar_jax.models import save_pretrained
@@ -687,7 +687,7 @@ def dry_run(config: ml_collections.ConfigDict, devices=None) -> str:
     hbm = plan.hbm_gib(devices[0])
     kw = {"dtype": dtype, "attention": m.attention}
     trained = [plan.train_step(model_config, train_mesh, task=task, rows=c.batch, length=c.max_length, remat=m.remat,
-                               microbatches=c.microbatches, param_dtype=param_dtype,
+                               microbatches=c.microbatches, param_dtype=param_dtype, loss_chunk=c.get("loss_chunk", 0),
                                field=f"train.{task}.batch / train.{task}.microbatches / mesh", **kw)
                for task, c in (("sft", t.sft), ("ppm", t.ppm))]
     trained[0].used_by, trained[1].used_by = "policy SFT", "PPM" + (" and ORM" if t.orm.rounds else "")

@@ -151,6 +151,21 @@ def test_four_microbatches_make_the_step_of_the_whole_batch():
         Trainer(tiny(), TrainConfig(microbatches=3), "sft").step(batch)
 
 
+def test_the_chunked_sft_loss_makes_the_step_of_the_whole_sequence():
+    (batch,) = list(pack_sft(random_sequences(8), rows=4, length=128))
+    whole = Trainer(tiny(), TrainConfig(learning_rate=1e-3, eps=1e-3), "sft")
+    chunked = Trainer(tiny(), TrainConfig(learning_rate=1e-3, eps=1e-3, loss_chunk=32), "sft")
+    a, b = whole.step(batch), chunked.step(batch)
+    assert a["loss"] == pytest.approx(b["loss"], rel=1e-6) and a["count"] == b["count"]
+    assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-5)
+    for x, y in zip(_params(whole), _params(chunked)):
+        np.testing.assert_allclose(x, y, atol=1e-7)
+    with pytest.raises(ValueError, match=r"loss chunk \(48 positions\) must divide the sequence length 128"):
+        Trainer(tiny(), TrainConfig(loss_chunk=48), "sft").step(batch)
+    with pytest.raises(ValueError, match="loss_chunk must be an int >= 0"):
+        TrainConfig(loss_chunk=-1)
+
+
 def test_a_model_on_a_one_device_mesh_compiles_its_step_once_for_every_trainer():
     # evolve loads the model to train onto the config's mesh, one CPU device here: the optimizer
     # state must come out of init placed as the step returns it, or step 2 compiles again.

@@ -29,6 +29,34 @@ def sft_loss_sum(logits: jax.Array, targets: jax.Array, weights: jax.Array) -> t
     return jnp.sum(nll * weights), jnp.sum(weights)
 
 
+def chunked_sft_loss_sum(logits_fn, hidden: jax.Array, targets: jax.Array, weights: jax.Array, *,
+                         chunk: int) -> tuple[jax.Array, jax.Array]:
+    """`sft_loss_sum(logits_fn(hidden), targets, weights)` without the logits of the whole batch:
+    hidden [B, T, E] goes through `logits_fn` (the LM head: [B, c, E] -> float32 [B, c, V])
+    `chunk` positions at a time, and each chunk's logits are recomputed in the backward pass
+    rather than kept, so a step holds [B, chunk, V] floats instead of [B, T, V] (for a 152k
+    vocabulary and 4096 tokens a row, 2.5 GB a row in float32). chunk must divide T."""
+    b, t, e = hidden.shape
+    if chunk < 1 or t % chunk:
+        raise ValueError(f"the loss chunk ({chunk} positions) must divide the sequence length {t}")
+    n = t // chunk
+
+    def split(x):  # [B, T, ...] -> [n, B, chunk, ...]
+        return jnp.moveaxis(x.reshape(b, n, chunk, *x.shape[2:]), 1, 0)
+
+    @jax.checkpoint
+    def piece(h, tg, w):
+        return sft_loss_sum(logits_fn(h), tg, w)
+
+    def body(sums, xs):
+        total, count = piece(*xs)
+        return (sums[0] + total, sums[1] + count), None
+
+    zero = jnp.zeros((), jnp.float32)
+    (total, count), _ = jax.lax.scan(body, (zero, zero), (split(hidden), split(targets), split(weights)))
+    return total, count
+
+
 def ppm_loss_sum(positive: jax.Array, negative: jax.Array, weights: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Scores float[P] of prompt + positive and prompt + negative, weights float[P] (1 / (|pos|
     |neg|) of the pair's group; 0 for padding) -> (weighted Bradley-Terry loss sum, groups)."""

@@ -46,6 +46,9 @@ class TrainConfig:
     eps: float = 1e-8
     clip_norm: float = 1.0  # global gradient norm; 0 disables
     microbatches: int = 1
+    # SFT: positions whose logits are made at once (0: the whole sequence); see
+    # losses.chunked_sft_loss_sum. It must divide the rows' length.
+    loss_chunk: int = 0
 
     def __post_init__(self):
         if self.schedule not in ("cosine", "linear", "constant"):
@@ -57,6 +60,8 @@ class TrainConfig:
                                  f" int, got {value!r}")
         if self.warmup_steps > self.total_steps:
             raise ValueError(f"warmup_steps={self.warmup_steps} exceeds total_steps={self.total_steps}")
+        if isinstance(self.loss_chunk, bool) or not isinstance(self.loss_chunk, int) or self.loss_chunk < 0:
+            raise ValueError(f"TrainConfig.loss_chunk must be an int >= 0 (0: no chunks), got {self.loss_chunk!r}")
         if not self.learning_rate > 0 or self.clip_norm < 0:
             raise ValueError(f"learning_rate must be > 0 and clip_norm >= 0; got {self.learning_rate}, {self.clip_norm}")
 
@@ -104,12 +109,17 @@ def create_sharded(make, mesh, rules=None):
     return nnx.merge(graphdef, state)
 
 
-def _loss_sums(model, task: str, batch: dict) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+def _loss_sums(model, task: str, batch: dict, loss_chunk: int = 0) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """(loss sum, count, correct, judged) of one microbatch; the last two are the PPM's pairs
-    ranked right and the ORM's outcomes called right (the score's sign), and their counts."""
+    ranked right and the ORM's outcomes called right (the score's sign), and their counts.
+    loss_chunk: see `TrainConfig`."""
     if task == "sft":
-        logits = model(batch["inputs"], batch["positions"], batch["segment_ids"])
-        total, count = losses.sft_loss_sum(logits, batch["targets"], batch["weights"])
+        hidden, _ = model.hidden_states(batch["inputs"], batch["positions"], batch["segment_ids"])
+        if loss_chunk and loss_chunk < hidden.shape[1]:
+            total, count = losses.chunked_sft_loss_sum(model.logits, hidden, batch["targets"], batch["weights"],
+                                                       chunk=loss_chunk)
+        else:
+            total, count = losses.sft_loss_sum(model.logits(hidden), batch["targets"], batch["weights"])
         return total, count, jnp.zeros(()), jnp.zeros(())
     scores = model.value(batch["ids"], batch["lengths"])
     if task == "orm":
@@ -129,7 +139,7 @@ def _train_step_fn(graphdef, params, opt_state, rest, batch, *, task, config):
         grads, sums = carry
 
         def loss_fn(p):
-            total, count, correct, pairs = _loss_sums(nnx.merge(graphdef, p, rest), task, mb)
+            total, count, correct, pairs = _loss_sums(nnx.merge(graphdef, p, rest), task, mb, config.loss_chunk)
             return total, (count, correct, pairs)
 
         (total, aux), g = jax.value_and_grad(loss_fn, has_aux=True)(params)
