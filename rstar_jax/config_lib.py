@@ -96,6 +96,7 @@ def evolve_config(config: ml_collections.ConfigDict, *, train: str, test: str, b
     # TPU compiler compiles for that slice without one (pip install -e '.[tpu]').
     config.dry_run = False
     config.dry_run_topology = ""
+    config.dry_run_parts = "train,search"  # what to compile: the training steps, the search and evaluation calls
     return config
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import sys
 import time
 from collections.abc import Callable, Sequence
 
@@ -90,6 +91,7 @@ class Compiled:
 
 def compile_call(name: str, fn: Callable, *args, mesh, field: str = "", **kwargs) -> Compiled:
     """Lowers and compiles `fn(*args, **kwargs)` (a jitted function, abstract arguments) under `mesh`."""
+    print(f"dry run: compiling {name}", file=sys.stderr, flush=True)  # a large model's step takes minutes
     start = time.perf_counter()
     with jax.set_mesh(mesh):
         lowered = fn.lower(*args, **kwargs)

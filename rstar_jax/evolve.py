@@ -221,7 +221,7 @@ def _fingerprint(config: ml_collections.ConfigDict) -> dict:
     d.pop("allow_config_change", None)
     # Neither changes what a run computes (the inference mesh only where its floats round), and a
     # run may resume on another slice.
-    for key in ("dry_run", "dry_run_topology", "inference_mesh"):
+    for key in ("dry_run", "dry_run_topology", "dry_run_parts", "inference_mesh"):
         d.pop(key, None)
     return d
 
@@ -677,6 +677,9 @@ def dry_run(config: ml_collections.ConfigDict, devices=None) -> str:
     from rstar_jax.models import presets
 
     topology = config.get("dry_run_topology", "")
+    parts = [x.strip() for x in config.get("dry_run_parts", "train,search").split(",") if x.strip()]
+    if not parts or set(parts) - {"train", "search"}:
+        raise ConfigError(f"config.dry_run_parts={config.dry_run_parts!r}: name train, search or both (train,search)")
     if devices is None:
         devices = plan.topology_devices(topology) if topology else jax.devices()
     m, t = config.model, config.train
@@ -686,11 +689,14 @@ def dry_run(config: ml_collections.ConfigDict, devices=None) -> str:
     context = model_config.max_position_embeddings
     hbm = plan.hbm_gib(devices[0])
     kw = {"dtype": dtype, "attention": m.attention}
-    trained = [plan.train_step(model_config, train_mesh, task=task, rows=c.batch, length=c.max_length, remat=m.remat,
-                               microbatches=c.microbatches, param_dtype=param_dtype, loss_chunk=c.get("loss_chunk", 0),
-                               field=f"train.{task}.batch / train.{task}.microbatches / mesh", **kw)
-               for task, c in (("sft", t.sft), ("ppm", t.ppm))]
-    trained[0].used_by, trained[1].used_by = "policy SFT", "PPM" + (" and ORM" if t.orm.rounds else "")
+    trained, inferred = [], []
+    if "train" in parts:
+        trained = [plan.train_step(model_config, train_mesh, task=task, rows=c.batch, length=c.max_length,
+                                   remat=m.remat, microbatches=c.microbatches, param_dtype=param_dtype,
+                                   loss_chunk=c.get("loss_chunk", 0),
+                                   field=f"train.{task}.batch / train.{task}.microbatches / mesh", **kw)
+                   for task, c in (("sft", t.sft), ("ppm", t.ppm))]
+        trained[0].used_by, trained[1].used_by = "policy SFT", "PPM" + (" and ORM" if t.orm.rounds else "")
     # Each kind of search the run makes, once: the rounds', and evaluation's (greedy and sampled
     # solutions are searches of one candidate; the test-time search uses the PPM).
     shapes: dict[tuple, list[tuple[str, str]]] = {}  # call shape -> (stage, the field that sizes it)
@@ -705,22 +711,23 @@ def dry_run(config: ml_collections.ConfigDict, devices=None) -> str:
                         ("evaluation MCTS", "eval.search.candidates"))):
         shapes.setdefault(key, []).append(stage)
     store_rows = max(config.search.batch, config.eval.batch)  # Evolution.engine's prefix store
-    inferred = []
-    for (batch, k, tokens, capacity, ppm), stages in shapes.items():
-        shape = plan.SearchShape(", ".join(name for name, _ in stages), batch, k, tokens, capacity, ppm,
-                                 " or ".join(dict.fromkeys(field for _, field in stages)))
-        inferred += plan.search_calls(model_config, infer_mesh, shape, context=context, store_rows=store_rows,
-                                      vocab_limit=None, **kw)
-    inferred.append(plan.rescore_call(model_config, infer_mesh, rows=64, context=context, **kw))
-    inferred[-1].used_by = "evaluation best-of-N"
+    if "search" in parts:
+        for (batch, k, tokens, capacity, ppm), stages in shapes.items():
+            shape = plan.SearchShape(", ".join(name for name, _ in stages), batch, k, tokens, capacity, ppm,
+                                     " or ".join(dict.fromkeys(field for _, field in stages)))
+            inferred += plan.search_calls(model_config, infer_mesh, shape, context=context, store_rows=store_rows,
+                                          vocab_limit=None, **kw)
+        inferred.append(plan.rescore_call(model_config, infer_mesh, rows=64, context=context, **kw))
+        inferred[-1].used_by = "evaluation best-of-N"
 
     def describe(mesh):
         shape = ", ".join(f"{k}={v}" for k, v in mesh.shape.items())
         return f"{mesh.devices.size} x {mesh.devices.flat[0].device_kind} ({shape})"
 
     where = f"{topology} " if topology else ""
-    text = "\n".join([plan.table(f"training on {where}{describe(train_mesh)}", trained, hbm),
-                      plan.table(f"search and evaluation, each host: {describe(infer_mesh)}", inferred, hbm)])
+    text = "\n".join(([plan.table(f"training on {where}{describe(train_mesh)}", trained, hbm)] if trained else []) +
+                      ([plan.table(f"search and evaluation, each host: {describe(infer_mesh)}", inferred, hbm)]
+                       if inferred else []))
     print(text)
     plan.check(trained + inferred, hbm)
     return text

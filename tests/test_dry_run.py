@@ -98,3 +98,10 @@ def test_a_tpu_slice_compiles_and_a_search_that_does_not_fit_is_named():
     assert decode.peak > 32 * plan.GIB  # at least its KV buffers
     assert "**no**" in plan.table("round 4", calls, hbm)
     plan.check([step], hbm)  # fits: no error
+
+
+def test_the_parts_to_compile_are_chosen():
+    text = evolve.dry_run(_smoke(dry_run_parts="search"))
+    assert "training on" not in text and "search and evaluation, each host" in text
+    with pytest.raises(evolve.ConfigError, match="config.dry_run_parts='tpu': name train, search or both"):
+        evolve.dry_run(_smoke(dry_run_parts="tpu"))
