@@ -89,8 +89,22 @@ class Compiled:
                 f"{cost[0]} | {cost[1]} |")
 
 
-def compile_call(name: str, fn: Callable, *args, mesh, field: str = "", **kwargs) -> Compiled:
-    """Lowers and compiles `fn(*args, **kwargs)` (a jitted function, abstract arguments) under `mesh`."""
+def compile_call(name: str, fn: Callable, *args, mesh, field: str = "", cache: dict | None = None,
+                 **kwargs) -> Compiled:
+    """Lowers and compiles `fn(*args, **kwargs)` (a jitted function, abstract arguments) under
+    `mesh`. With a `cache` (one dry run's), a call compiled before under the same name and mesh
+    is not compiled again: a function the compiler refused is not in JAX's own cache, and a large
+    one costs minutes."""
+    key = (getattr(fn, "__name__", repr(fn)), name, mesh)
+    if cache is not None and key in cache:
+        return dataclasses.replace(cache[key], seconds=0.0, field=field)
+    result = _compile(name, fn, *args, mesh=mesh, field=field, **kwargs)
+    if cache is not None:
+        cache[key] = result
+    return result
+
+
+def _compile(name: str, fn: Callable, *args, mesh, field: str, **kwargs) -> Compiled:
     print(f"dry run: compiling {name}", file=sys.stderr, flush=True)  # a large model's step takes minutes
     start = time.perf_counter()
     with jax.set_mesh(mesh):
@@ -241,7 +255,7 @@ def _split(model, mesh, rules):
 
 def search_calls(model_config, mesh, shape: SearchShape, *, context: int, store_rows: int, dtype=jnp.bfloat16,
                  attention: str = "xla", vocab_limit: int | None = None, score_rows: int = 64,
-                 rules=DEFAULT_RULES) -> list[Compiled]:
+                 rules=DEFAULT_RULES, cache: dict | None = None) -> list[Compiled]:
     """The engine's calls in one expansion of `shape`'s search, compiled on `mesh` with
     weights in `dtype` as `Engine.generate` and `ValueScorer.score_children` make them: the
     prefill of the batch's prompts and paths through the prefix store, the decode of `candidates`
@@ -261,7 +275,7 @@ def search_calls(model_config, mesh, shape: SearchShape, *, context: int, store_
     out = [compile_call(
         f"prefill ({b} x {new} through the store)", _extend, graphdef, state,
         _store(c, mesh, store_rows, context, dtype, rules), vec(b), _array((b, new), i32, mesh), vec(b), vec(b),
-        vec(b), mesh=mesh, width=width, field="search.batch or eval.batch")]
+        vec(b), mesh=mesh, width=width, field="search.batch or eval.batch", cache=cache)]
     axes = ("act_batch", "act_kv_heads", None, None)
     prefix_keys = tuple(_array((b, c.num_key_value_heads, c.head_dim, width), dtype, mesh, axes, rules)
                         for _ in range(c.num_hidden_layers))
@@ -276,7 +290,7 @@ def search_calls(model_config, mesh, shape: SearchShape, *, context: int, store_
         prefix_values, vec(b), vec(b), _array((b, c.vocab_size), f32, mesh, ("act_batch", "act_vocab"), rules),
         buffers, vec(rows, bool), vec(b, np.uint32), vec(rows, f32), vec(rows), vec(rows, f32), vec(_STOP_SLOTS),
         _array((), i32, mesh), mesh=mesh, samples=k, vocab_limit=vocab_limit or c.vocab_size, pad_id=0,
-        with_logprobs=False, field=f"{shape.field} or search.batch")
+        with_logprobs=False, field=f"{shape.field} or search.batch", cache=cache)
     out.append(decode)
     if shape.ppm:
         samples = _pow2(k)
@@ -288,7 +302,7 @@ def search_calls(model_config, mesh, shape: SearchShape, *, context: int, store_
             f"PPM values ({group} x {samples} children of {children} tokens)", _stored_fork_values,
             ppm_graphdef, ppm_state, _store(c, mesh, store_rows, context, dtype, rules), vec(group),
             _array((group, new), i32, mesh), vec(group), vec(group), _array((group * samples, children), i32, mesh),
-            vec(group * samples), mesh=mesh, samples=samples, width=width, field=f"{shape.field}")
+            vec(group * samples), mesh=mesh, samples=samples, width=width, field=f"{shape.field}", cache=cache)
         out.append(score)
         out.append(Compiled(f"held at once: decode ({b} x {k}) + PPM weights and store", decode.peak + score.arguments,
                             0, 0, 0, field=f"{shape.field} or search.batch"))

@@ -712,11 +712,12 @@ def dry_run(config: ml_collections.ConfigDict, devices=None) -> str:
         shapes.setdefault(key, []).append(stage)
     store_rows = max(config.search.batch, config.eval.batch)  # Evolution.engine's prefix store
     if "search" in parts:
+        compiled: dict = {}  # a call the compiler refused would be compiled again for each stage using it
         for (batch, k, tokens, capacity, ppm), stages in shapes.items():
             shape = plan.SearchShape(", ".join(name for name, _ in stages), batch, k, tokens, capacity, ppm,
                                      " or ".join(dict.fromkeys(field for _, field in stages)))
             inferred += plan.search_calls(model_config, infer_mesh, shape, context=context, store_rows=store_rows,
-                                          vocab_limit=None, **kw)
+                                          vocab_limit=None, cache=compiled, **kw)
         inferred.append(plan.rescore_call(model_config, infer_mesh, rows=64, context=context, **kw))
         inferred[-1].used_by = "evaluation best-of-N"
 
