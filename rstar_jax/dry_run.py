@@ -348,7 +348,7 @@ def merged(results: Sequence[Compiled]) -> list[Compiled]:
 
 def check(results: Sequence[Compiled], hbm: float | None) -> None:
     """Raises `DoesNotFit` naming each function over `hbm` GiB and the config field to change."""
-    over = [r for r in results if r.over(hbm)]
+    over = [r for r in merged(results) if r.over(hbm)]
     if over:
         raise DoesNotFit("; ".join(f"{r.name} needs {r.peak / GIB:.3g} GiB per chip, over the chip's {hbm:g} GiB "
                                    f"(change {r.field or 'the mesh'}){f': {r.error}' if r.error else ''}"
