@@ -155,11 +155,24 @@ def hbm_gib(device) -> float | None:
     return HBM_GIB.get(device.device_kind)
 
 
-def meshes(config: ml_collections.ConfigDict, devices: Sequence) -> tuple:
-    """(training mesh over every device, inference mesh over the first host's devices), as a run
-    of `config` makes them."""
+def host_devices(topology: str, devices: Sequence) -> list:
+    """The devices one host's process searches on, for compiling: the first host's devices of a
+    slice, or, where the TPU compiler refuses a program on part of a slice (v5e and v6e: "device
+    assignment should include all slice devices"), the devices of a one-host slice of the same
+    chips and shape (a v5e or v6e host has 4 chips, 2x2)."""
     first = [d for d in devices if d.process_index == devices[0].process_index]
-    return mesh_from_config(config.mesh, devices), inference_mesh(config.inference_mesh, first)
+    if not topology or len(first) == len(devices) or not topology.startswith(("v5e", "v6e")):
+        return first
+    if len(first) != 4:
+        raise ValueError(f"a host of {topology} has {len(first)} chips; the dry run knows 4-chip hosts (2x2)")
+    return topology_devices(f"{topology.split(':')[0]}:2x2")
+
+
+def meshes(config: ml_collections.ConfigDict, devices: Sequence, topology: str = "") -> tuple:
+    """(training mesh over every device, inference mesh over one host's devices), as a run of
+    `config` makes them; `topology`: the slice's name, when `devices` are its compile-only devices."""
+    return (mesh_from_config(config.mesh, devices),
+            inference_mesh(config.inference_mesh, host_devices(topology, devices)))
 
 
 # --------------------------------------------------------------------------- abstract arguments

@@ -70,6 +70,11 @@ def test_the_meshes_of_a_pod_slice():
     # Each process searches its own problems on its own host's chips.
     assert dict(infer.shape) == {"data": 1, "fsdp": 1, "tensor": 4}
     assert {d.process_index for d in infer.devices.flat} == {devices[0].process_index}
+    # A v5e slice's compiler takes no program on part of it: a host is compiled as a one-host v5e slice.
+    v5e = plan.topology_devices("v5e:4x4")
+    _, infer = plan.meshes(config, v5e, "v5e:4x4")
+    assert infer.devices.size == 4 and infer.devices.flat[0].device_kind == "TPU v5 lite"
+    assert {d.process_index for d in v5e} != {0} and len(plan.topology_devices("v5e:2x2")) == 4
     with pytest.raises(ValueError, match="needs 8 devices; there are 4"):
         plan.meshes(_smoke(**{"inference_mesh.tensor": 8}), devices)
     with pytest.raises(ValueError, match="v5e:8x8, v5p:4x4x4"):
