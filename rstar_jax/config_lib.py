@@ -100,9 +100,19 @@ def evolve_config(config: ml_collections.ConfigDict, *, train: str, test: str, b
     return config
 
 
-def pretrained_config(preset: str, checkpoint: str) -> ml_collections.ConfigDict:
+# Problems a host searches (and evaluates) at once, by the slice's chips: what the dry run shows
+# fits a chip's HBM with the policy and the PPM tensor-parallel over a host's 4 chips, at the
+# paper's candidates (docs/tpu.md). "": fits both v5e (16 GiB) and v5p (95 GiB) chips.
+HOST_BATCHES = {"": (4, 2), "v5e": (4, 2), "v5p": (16, 16)}
+
+
+def pretrained_config(preset: str, checkpoint: str, chips: str | None = None) -> ml_collections.ConfigDict:
     """A run whose policy starts from a pretrained checkpoint (Phi-3, Qwen2.5-Math) on a TPU pod:
-    the paper's budgets, NuminaMath-style training problems from a local file, MATH500 to test."""
+    the paper's budgets, NuminaMath-style training problems from a local file, MATH500 to test;
+    `chips` ("v5e", "v5p"; default both) sizes the searches' batches (HOST_BATCHES)."""
+    if (chips or "") not in HOST_BATCHES:
+        raise ValueError(f"unknown chips {chips!r}; known: {', '.join(k for k in HOST_BATCHES if k)}")
+    search_batch, eval_batch = HOST_BATCHES[chips or ""]
     config = ml_collections.ConfigDict()
     config.seed = 0
     config.model = model_config(preset, checkpoint)
@@ -111,7 +121,8 @@ def pretrained_config(preset: str, checkpoint: str) -> ml_collections.ConfigDict
     config.train = train_config()
     evolve_config(config, train="/mnt/data/problems.parquet?preset=numina", test="math500",
                   search={"max_depth": 16, "max_step_tokens": 512, "max_output_tokens": 64},
-                  eval_search={"rollouts": 64}, chunk=1024, batch=128)
+                  eval_search={"rollouts": 64}, chunk=1024, batch=search_batch)
+    config.eval.batch = eval_batch
     config.inference_mesh = mesh_config(data=1, fsdp=1, tensor=-1)  # tensor parallel over a host's chips
     config.train.sft.loss_chunk = 512
     return config

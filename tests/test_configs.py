@@ -71,3 +71,18 @@ def test_tiny_problem_sets_hold_none_of_the_base_models_pretraining_problems(var
     assert (len(train), len(test)) == sizes
     assert not seen & {p.question for p in train + test}
     assert not {p.question for p in train} & {p.question for p in test}
+
+
+@pytest.mark.parametrize("name", ["phi3", "qwen25_math_7b", "qwen25_math_1p5b"])
+def test_pod_configs_size_a_hosts_searches_by_its_chips(name):
+    import importlib
+
+    module = importlib.import_module(f"configs.{name}")
+    default, v5p = module.get_config(), module.get_config("v5p")
+    # docs/tpu.md: what the dry run found fits a v5e chip (16 GiB) fits a v5p one; v5p takes more.
+    assert (default.search.batch, default.eval.batch) == (4, 2)
+    assert (v5p.search.batch, v5p.eval.batch) == (16, 16)
+    assert dict(default.inference_mesh) == {"data": 1, "fsdp": 1, "tensor": -1}
+    assert default.train.sft.loss_chunk == 512
+    with pytest.raises(ValueError, match="unknown chips 'v4'; known: v5e, v5p"):
+        module.get_config("v4")
