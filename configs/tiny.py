@@ -85,5 +85,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.extract.min_distance = 1
     config.extract.min_correct_fraction = 0.0
     if smoke:  # a few optimiser steps, each saved: the tests stop and resume training
+        # (and no compilation cache: the tests run many work directories in one process)
+        config.compilation_cache = ""
         config.train.sft.save_every = config.train.ppm.save_every = config.train.orm.save_every = 1
     return config

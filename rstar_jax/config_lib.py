@@ -94,6 +94,9 @@ def evolve_config(config: ml_collections.ConfigDict, *, train: str, test: str, b
     # True: compile every jitted function of the run for the devices, print memory per chip against
     # HBM, stop (rstar_jax.dry_run); with a Cloud TPU topology such as "v5p:4x4x4" or "v5e:8x8" the
     # TPU compiler compiles for that slice without one (pip install -e '.[tpu]').
+    # JAX's persistent compilation cache: "workdir" (<the run's local directory>/jax_cache), a path
+    # or URL (gs://...), or "" (off). A resumed or preempted run compiles nothing it compiled before.
+    config.compilation_cache = "workdir"
     config.dry_run = False
     config.dry_run_topology = ""
     config.dry_run_parts = "train,search"  # what to compile: the training steps, the search and evaluation calls

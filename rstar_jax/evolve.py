@@ -221,9 +221,25 @@ def _fingerprint(config: ml_collections.ConfigDict) -> dict:
     d.pop("allow_config_change", None)
     # Neither changes what a run computes (the inference mesh only where its floats round), and a
     # run may resume on another slice.
-    for key in ("dry_run", "dry_run_topology", "dry_run_parts", "inference_mesh"):
+    for key in ("dry_run", "dry_run_topology", "dry_run_parts", "inference_mesh", "compilation_cache"):
         d.pop(key, None)
     return d
+
+
+def use_compilation_cache(where: str, workdir: pathlib.Path) -> str | None:
+    """Turns on JAX's persistent compilation cache for this process at `where` ("workdir":
+    <workdir>/jax_cache; a path or URL; "": off) and returns its directory. Every compilation is
+    kept, however short: the tiny world's are, and a pod's take minutes. JAX reads the setting
+    when it first compiles; a process keeps the cache it started with."""
+    if not where:
+        return None
+    import jax
+
+    path = str(workdir / "jax_cache") if where == "workdir" else where
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return path
 
 
 class Evolution:
@@ -247,6 +263,7 @@ class Evolution:
             self.mirror.pull(skip=lambda rel: not {"model", "ckpt", "best", "tb"}.isdisjoint(rel.split("/")[:-1]))
         else:
             self.dir = pathlib.Path(workdir).expanduser().absolute()
+        use_compilation_cache(config.get("compilation_cache", ""), self.dir)
         if not check_workdir:  # reading a run (evaluation): its config is not ours to check
             if not (self.dir / "config.json").exists():
                 raise ConfigError(f"{self.dir} holds no run (no config.json); pass the --workdir of a run")

@@ -182,9 +182,17 @@ def test_the_launchers_evaluate_a_run_and_refuse_a_missing_model(straight, tmp_p
     assert ("| best-of-N (PPM) |" in table) == has_ppm
     assert has_ppm or "has no PPM" in done.stderr
     spec = "synthetic:n=3,seed=77,levels=3"
-    done = _launch("evaluate.py", "--config=configs/tiny.py:smoke", f"--workdir={workdir}", "--round=0",
-                   f"--problems={spec}", "--methods=greedy")
-    assert done.returncode == 0, done.stderr[-2000:]
+    cache = tmp_path / "jax_cache"
+    for again in (False, True):  # the second run compiles nothing: every program comes from the cache
+        done = _launch("evaluate.py", "--config=configs/tiny.py:smoke", f"--workdir={workdir}", "--round=0",
+                       f"--problems={spec}", "--methods=greedy", f"--config.compilation_cache={cache}")
+        assert done.returncode == 0, done.stderr[-2000:]
+        entries = sorted(cache.iterdir())
+        if again:
+            assert entries == first
+        else:
+            first = entries
+            assert any("_decode" in e.name for e in entries) and any("_extend" in e.name for e in entries)
     results = json.loads((workdir / "evaluate" / "synthetic_n_3_seed_77_levels_3-round0" / "results.json").read_text())
     greedy = results["greedy"]
     assert set(greedy) >= {"accuracy", "n", "ci95", "correct", "levels"} and greedy["n"] == 3
