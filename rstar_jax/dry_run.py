@@ -37,7 +37,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from rstar_jax.engine.generation import _MIN_NEW_BUCKET, _STOP_SLOTS, _decode, _extend, _pow2, activation_sharding, \
+from rstar_jax.engine.generation import _STOP_SLOTS, _decode, _extend, _pow2, activation_sharding, decode_bucket, \
     prompt_bucket
 from rstar_jax.engine.value import _stored_fork_values, _values
 from rstar_jax.models import DEFAULT_RULES, CausalLM
@@ -48,8 +48,9 @@ from rstar_jax.train.trainer import TrainConfig, batch_arrays, make_optimizer, o
 from rstar_jax.train.trainer import train_step as sharded_train_step
 
 GIB = 2.0**30
-# HBM per chip (device_kind -> GiB), from Cloud TPU's system architecture pages.
-HBM_GIB = {"TPU v4": 32.0, "TPU v5 lite": 16.0, "TPU v5": 95.0, "TPU v6 lite": 32.0}
+# HBM per chip (device_kind -> GiB), from Cloud TPU's system architecture pages. (A v4 topology
+# lists each of a chip's two cores as a device, so its HBM per device is not one chip's.)
+HBM_GIB = {"TPU v5 lite": 16.0, "TPU v5": 95.0, "TPU v6 lite": 32.0}
 
 
 class DoesNotFit(RuntimeError):
@@ -278,7 +279,7 @@ def search_calls(model_config, mesh, shape: SearchShape, *, context: int, store_
     i32, f32 = np.int32, np.float32
     b, k = _pow2(shape.batch), shape.candidates
     rows = b * k
-    width = min(context, prompt_bucket(context))  # the store's length bounds every prefix
+    width = context  # the store's length (the context) bounds every prefix
     new = prompt_bucket(context)
     graphdef, state = _split(_model(c, mesh, dtype=dtype, param_dtype=dtype, attention=attention), mesh, rules)
 
@@ -294,7 +295,7 @@ def search_calls(model_config, mesh, shape: SearchShape, *, context: int, store_
                         for _ in range(c.num_hidden_layers))
     prefix_values = tuple(_array((b, c.num_key_value_heads, width, c.head_dim), dtype, mesh, axes, rules)
                           for _ in range(c.num_hidden_layers))
-    length = _pow2(shape.step_tokens, _MIN_NEW_BUCKET)
+    length = decode_bucket(shape.step_tokens)
     buffer = (rows, c.num_key_value_heads, length, c.head_dim)
     buffers = tuple((_array(buffer, dtype, mesh, axes, rules), _array(buffer, dtype, mesh, axes, rules))
                     for _ in range(c.num_hidden_layers))
@@ -363,6 +364,7 @@ def check(results: Sequence[Compiled], hbm: float | None) -> None:
     """Raises `DoesNotFit` naming each function over `hbm` GiB and the config field to change."""
     over = [r for r in merged(results) if r.over(hbm)]
     if over:
-        raise DoesNotFit("; ".join(f"{r.name} needs {r.peak / GIB:.3g} GiB per chip, over the chip's {hbm:g} GiB "
+        limit = "its HBM" if hbm is None else f"{hbm:g} GiB"
+        raise DoesNotFit("; ".join(f"{r.name} needs {r.peak / GIB:.3g} GiB per chip, over the chip's {limit} "
                                    f"(change {r.field or 'the mesh'}){f': {r.error}' if r.error else ''}"
                                    for r in over))

@@ -146,6 +146,12 @@ def eval_budget(config: ml_collections.ConfigDict):
     return SearchConfig(**{k: v for k, v in config.search.common.items() if k in _BUDGETS})
 
 
+def prefix_rows(config: ml_collections.ConfigDict) -> int:
+    """Rows of the policy's and the PPM's prefix stores: one for each problem a search or an
+    evaluation has in its batch."""
+    return max(config.search.batch, config.eval.batch)
+
+
 def eval_search_config(config: ml_collections.ConfigDict):
     """The test-time search of evaluation: the preset's "test" stage, `search.common`, then `eval.search`."""
     from rstar_jax.search.config import SearchConfig
@@ -376,15 +382,14 @@ class Evolution:
         tok = self.tokenizer
         # A store row for each problem a search or an evaluation has in its batch: a path's keys
         # and values are computed once, not again at each of its expansions.
-        rows = max(self.config.search.batch, self.config.eval.batch)
         return Engine(self._model(path, value_head=False), vocab_size=tok.vocab_size, pad_id=tok.pad_id,
-                      prefix_rows=rows)
+                      prefix_rows=prefix_rows(self.config))
 
     def scorer(self, path):
         from rstar_jax.engine import ValueScorer
 
         return ValueScorer(self._model(path, value_head=True), pad_id=self.tokenizer.pad_id,
-                           prefix_rows=max(self.config.search.batch, self.config.eval.batch))
+                           prefix_rows=prefix_rows(self.config))
 
     # --- which models a round uses ---
 
@@ -682,11 +687,11 @@ class Evolution:
             self.push(self.dir / name)
 
 
-def dry_run(config: ml_collections.ConfigDict, devices=None) -> str:
+def dry_run(config: ml_collections.ConfigDict) -> str:
     """Compiles every jitted function a run of `config` calls (`rstar_jax.dry_run`) for
-    `devices` (default: `config.dry_run_topology`'s TPU slice, or this machine's devices) and
-    returns the tables; raises `dry_run.DoesNotFit`, after the tables are printed, when a
-    function needs more memory per chip than the chip has. Reads no checkpoint."""
+    `config.dry_run_topology`'s TPU slice, or this machine's devices, and returns the tables;
+    raises `dry_run.DoesNotFit`, after the tables are printed, when a function needs more memory
+    per chip than the chip has. Reads no checkpoint."""
     import jax
     import jax.numpy as jnp
 
@@ -697,8 +702,7 @@ def dry_run(config: ml_collections.ConfigDict, devices=None) -> str:
     parts = [x.strip() for x in config.get("dry_run_parts", "train,search").split(",") if x.strip()]
     if not parts or set(parts) - {"train", "search"}:
         raise ConfigError(f"config.dry_run_parts={config.dry_run_parts!r}: name train, search or both (train,search)")
-    if devices is None:
-        devices = plan.topology_devices(topology) if topology else jax.devices()
+    devices = plan.topology_devices(topology) if topology else jax.devices()
     m, t = config.model, config.train
     model_config = presets.get(m.preset)
     train_mesh, infer_mesh = plan.meshes(config, devices, topology)
@@ -714,27 +718,26 @@ def dry_run(config: ml_collections.ConfigDict, devices=None) -> str:
                                    field=f"train.{task}.batch / train.{task}.microbatches / mesh", **kw)
                    for task, c in (("sft", t.sft), ("ppm", t.ppm))]
         trained[0].used_by, trained[1].used_by = "policy SFT", "PPM" + (" and ORM" if t.orm.rounds else "")
-    # Each kind of search the run makes, once: the rounds', and evaluation's (greedy and sampled
-    # solutions are searches of one candidate; the test-time search uses the PPM).
-    shapes: dict[tuple, list[tuple[str, str]]] = {}  # call shape -> (stage, the field that sizes it)
-    for r in range(1, config.rounds + 1):
-        s = search_config(config, r)
-        key = (config.search.batch, s.candidates, s.max_step_tokens, s.step_capacity, s.mode.uses_ppm)
-        shapes.setdefault(key, []).append((f"round {r}", f"search.round{r}.candidates"))
-    budget, test = eval_budget(config), eval_search_config(config)
-    for key, stage in (((config.eval.batch, 1, budget.max_step_tokens, budget.step_capacity, False),
-                        ("evaluation solutions", "eval.batch")),
-                       ((config.eval.batch, test.candidates, test.max_step_tokens, test.step_capacity, True),
-                        ("evaluation MCTS", "eval.search.candidates"))):
-        shapes.setdefault(key, []).append(stage)
-    store_rows = max(config.search.batch, config.eval.batch)  # Evolution.engine's prefix store
     if "search" in parts:
+        # Each kind of search the run makes, once: the rounds', and evaluation's (greedy and
+        # sampled solutions are searches of one candidate; the test-time search uses the PPM).
+        shapes: dict[tuple, list[tuple[str, str]]] = {}  # call shape -> (stage, the field that sizes it)
+        for r in range(1, config.rounds + 1):
+            s = search_config(config, r)
+            key = (config.search.batch, s.candidates, s.max_step_tokens, s.step_capacity, s.mode.uses_ppm)
+            shapes.setdefault(key, []).append((f"round {r}", f"search.round{r}.candidates"))
+        budget, test = eval_budget(config), eval_search_config(config)
+        for key, stage in (((config.eval.batch, 1, budget.max_step_tokens, budget.step_capacity, False),
+                            ("evaluation solutions", "eval.batch")),
+                           ((config.eval.batch, test.candidates, test.max_step_tokens, test.step_capacity, True),
+                            ("evaluation MCTS", "eval.search.candidates"))):
+            shapes.setdefault(key, []).append(stage)
         compiled: dict = {}  # a call the compiler refused would be compiled again for each stage using it
         for (batch, k, tokens, capacity, ppm), stages in shapes.items():
             shape = plan.SearchShape(", ".join(name for name, _ in stages), batch, k, tokens, capacity, ppm,
                                      " or ".join(dict.fromkeys(field for _, field in stages)))
-            inferred += plan.search_calls(model_config, infer_mesh, shape, context=context, store_rows=store_rows,
-                                          vocab_limit=None, cache=compiled, **kw)
+            inferred += plan.search_calls(model_config, infer_mesh, shape, context=context,
+                                          store_rows=prefix_rows(config), cache=compiled, **kw)
         inferred.append(plan.rescore_call(model_config, infer_mesh, rows=64, context=context, **kw))
         inferred[-1].used_by = "evaluation best-of-N"
 

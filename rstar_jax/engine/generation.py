@@ -64,6 +64,11 @@ def prompt_bucket(length: int) -> int:
     return size
 
 
+def decode_bucket(max_new_tokens: int) -> int:
+    """The length of the decode buffers for `max_new_tokens`: a power of two, at least 8."""
+    return _pow2(max_new_tokens, _MIN_NEW_BUCKET)
+
+
 def _pow2(n: int, minimum: int = 1) -> int:
     return max(minimum, 1 << max(0, n - 1).bit_length())
 
@@ -488,7 +493,7 @@ class Engine:
         stops = _stop_ids(stop_token_ids, vocab)
 
         batch = _pow2(b)
-        length = _pow2(max_new_tokens, _MIN_NEW_BUCKET)
+        length = decode_bucket(max_new_tokens)
         lengths = np.array([len(r) for r in rows] + [1] * (batch - b), np.int32)
         active = np.repeat(np.arange(batch) < b, num_samples)
 
