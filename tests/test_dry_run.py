@@ -9,21 +9,9 @@ import pytest
 from rstar_jax import dry_run as plan
 from rstar_jax import evolve
 from rstar_jax.models import presets
+from test_evolve import smoke_config
 
 TINY = presets.get("tiny")
-
-
-def _smoke(**changes):
-    from configs import tiny
-
-    config = tiny.get_config("smoke")
-    for key, value in changes.items():
-        node = config
-        *head, last = key.split(".")
-        for part in head:
-            node = node[part]
-        node[last] = value
-    return config
 
 
 def _rows(text):
@@ -32,7 +20,7 @@ def _rows(text):
 
 
 def test_every_function_of_a_run_compiles_without_a_checkpoint():
-    config = _smoke(**{"model.checkpoint": "/nowhere", "mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2})
+    config = smoke_config(**{"model.checkpoint": "/nowhere", "mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2})
     text = evolve.dry_run(config)
     assert "training on 8 x cpu (data=2, fsdp=2, tensor=2)" in text
     assert "search and evaluation, each host: 1 x cpu" in text
@@ -64,7 +52,7 @@ def test_every_function_of_a_run_compiles_without_a_checkpoint():
 def test_the_meshes_of_a_pod_slice():
     devices = plan.topology_devices("v5p:4x4x4")  # 16 hosts of 4 chips
     assert len(devices) == 64 and devices[0].device_kind == "TPU v5" and plan.hbm_gib(devices[0]) == 95
-    config = _smoke(**{"mesh.data": 1, "mesh.fsdp": -1, "mesh.tensor": 1, "inference_mesh.tensor": -1})
+    config = smoke_config(**{"mesh.data": 1, "mesh.fsdp": -1, "mesh.tensor": 1, "inference_mesh.tensor": -1})
     train, infer = plan.meshes(config, devices)
     assert dict(train.shape) == {"data": 1, "fsdp": 64, "tensor": 1}
     # Each process searches its own problems on its own host's chips.
@@ -76,14 +64,14 @@ def test_the_meshes_of_a_pod_slice():
     assert infer.devices.size == 4 and infer.devices.flat[0].device_kind == "TPU v5 lite"
     assert {d.process_index for d in v5e} != {0} and len(plan.topology_devices("v5e:2x2")) == 4
     with pytest.raises(ValueError, match="needs 8 devices; there are 4"):
-        plan.meshes(_smoke(**{"inference_mesh.tensor": 8}), devices)
+        plan.meshes(smoke_config(**{"inference_mesh.tensor": 8}), devices)
     with pytest.raises(ValueError, match="v5e:8x8, v5p:4x4x4"):
         plan.topology_devices("v99:1x1")
 
 
 def test_a_tpu_slice_compiles_and_a_search_that_does_not_fit_is_named():
     devices = plan.topology_devices("v5e:2x2")  # one host of 4 chips, 16 GiB each
-    train, infer = plan.meshes(_smoke(**{"mesh.data": 1, "mesh.fsdp": -1, "inference_mesh.tensor": -1}), devices)
+    train, infer = plan.meshes(smoke_config(**{"mesh.data": 1, "mesh.fsdp": -1, "inference_mesh.tensor": -1}), devices)
     # The training step compiles for the TPU (building the optimizer state's shardings runs nothing).
     step = plan.train_step(TINY, train, task="sft", rows=8, length=128, dtype=jnp.bfloat16)
     assert 0 < step.peak < 2**30 and step.flops > 0 and step.bytes_accessed > 0
@@ -106,7 +94,7 @@ def test_a_tpu_slice_compiles_and_a_search_that_does_not_fit_is_named():
 
 
 def test_the_parts_to_compile_are_chosen():
-    text = evolve.dry_run(_smoke(dry_run_parts="search"))
+    text = evolve.dry_run(smoke_config(dry_run_parts="search"))
     assert "training on" not in text and "search and evaluation, each host" in text
     with pytest.raises(evolve.ConfigError, match="config.dry_run_parts='tpu': name train, search or both"):
-        evolve.dry_run(_smoke(dry_run_parts="tpu"))
+        evolve.dry_run(smoke_config(dry_run_parts="tpu"))

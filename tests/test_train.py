@@ -136,30 +136,30 @@ def _params(trainer):
     return jax.tree.leaves(jax.device_get(trainer.params))
 
 
-def test_four_microbatches_make_the_step_of_the_whole_batch():
-    (batch,) = list(pack_sft(random_sequences(8), rows=4, length=128))
+def _assert_same_step(batch, **change):
+    """One SFT step of the tiny model with TrainConfig(**change) equals one with the defaults:
+    loss, count, gradient norm and parameters after it."""
     # Adam's first step is lr * g / (|g| + eps): with the default eps a gradient near 0 turns
     # float rounding into a whole step, so compare with eps large enough to keep it linear.
-    one = Trainer(tiny(), TrainConfig(learning_rate=1e-3, eps=1e-3), "sft")
-    four = Trainer(tiny(), TrainConfig(learning_rate=1e-3, eps=1e-3, microbatches=4), "sft")
-    m1, m4 = one.step(batch), four.step(batch)
-    assert m1["loss"] == pytest.approx(m4["loss"], rel=1e-6) and m1["count"] == m4["count"]
-    assert m1["grad_norm"] == pytest.approx(m4["grad_norm"], rel=1e-5)
-    for a, b in zip(_params(one), _params(four)):
-        np.testing.assert_allclose(a, b, atol=1e-7)
+    base = Trainer(tiny(), TrainConfig(learning_rate=1e-3, eps=1e-3), "sft")
+    other = Trainer(tiny(), TrainConfig(learning_rate=1e-3, eps=1e-3, **change), "sft")
+    a, b = base.step(batch), other.step(batch)
+    assert a["loss"] == pytest.approx(b["loss"], rel=1e-6) and a["count"] == b["count"]
+    assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-5)
+    for x, y in zip(_params(base), _params(other)):
+        np.testing.assert_allclose(x, y, atol=1e-7)
+
+
+def test_four_microbatches_make_the_step_of_the_whole_batch():
+    (batch,) = list(pack_sft(random_sequences(8), rows=4, length=128))
+    _assert_same_step(batch, microbatches=4)
     with pytest.raises(ValueError, match="a batch of 4 rows does not split into 3 microbatches"):
         Trainer(tiny(), TrainConfig(microbatches=3), "sft").step(batch)
 
 
 def test_the_chunked_sft_loss_makes_the_step_of_the_whole_sequence():
     (batch,) = list(pack_sft(random_sequences(8), rows=4, length=128))
-    whole = Trainer(tiny(), TrainConfig(learning_rate=1e-3, eps=1e-3), "sft")
-    chunked = Trainer(tiny(), TrainConfig(learning_rate=1e-3, eps=1e-3, loss_chunk=32), "sft")
-    a, b = whole.step(batch), chunked.step(batch)
-    assert a["loss"] == pytest.approx(b["loss"], rel=1e-6) and a["count"] == b["count"]
-    assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-5)
-    for x, y in zip(_params(whole), _params(chunked)):
-        np.testing.assert_allclose(x, y, atol=1e-7)
+    _assert_same_step(batch, loss_chunk=32)
     with pytest.raises(ValueError, match=r"loss chunk \(48 positions\) must divide the sequence length 128"):
         Trainer(tiny(), TrainConfig(loss_chunk=48), "sft").step(batch)
     with pytest.raises(ValueError, match="loss_chunk must be an int >= 0"):
