@@ -11,7 +11,8 @@ TINY_BASE = str(pathlib.Path(__file__).parent / "assets" / "tiny_base")
 
 
 def model_config(preset: str, checkpoint: str, *, dtype: str = "bfloat16", param_dtype: str = "float32",
-                 attention: str = "xla", remat: bool = True) -> ml_collections.ConfigDict:
+                 attention: str = "xla", remat: bool = True,
+                 scan_layers: bool = True) -> ml_collections.ConfigDict:
     """The policy/PPM model: which architecture (`rstar_jax.models.presets`), where its weights are,
     and how to run it."""
     return ml_collections.ConfigDict({
@@ -21,6 +22,8 @@ def model_config(preset: str, checkpoint: str, *, dtype: str = "bfloat16", param
         "param_dtype": param_dtype,  # master weights
         "attention": attention,  # "xla" (everywhere) or "dot_product" (fused kernel where the backend has one)
         "remat": remat,  # recompute blocks in the backward pass to fit long sequences
+        # training runs the layers as a lax.scan: the compiler sees one block, not every layer
+        "scan_layers": scan_layers,
     })
 
 
@@ -36,6 +39,9 @@ def train_config(*, sft_lr: float = 7e-6, ppm_lr: float = 7e-6, sft_batch: int =
     the PPM). Batches are global: rows per step over every device."""
     common = {"schedule": "cosine", "warmup_fraction": 0.03, "weight_decay": 0.1, "clip_norm": 1.0,
               "microbatches": microbatches, "max_length": max_length,
+              # > 0: microbatches are the fewest that keep each chip's share of one within this
+              # many tokens (a PPM pair counts both sequences), and `microbatches` is not read
+              "tokens_per_chip": 0,
               "steps": 0,  # optimiser steps; 0: `epochs` passes over the round's data
               "save_every": 100}  # optimiser steps between checkpoints
     reward = {**common, "learning_rate": ppm_lr, "epochs": 2, "batch": ppm_batch, "held_out": 0.05}
@@ -107,6 +113,9 @@ def evolve_config(config: ml_collections.ConfigDict, *, train: str, test: str, b
 # fits a chip's HBM with the policy and the PPM tensor-parallel over a host's 4 chips, at the
 # paper's candidates (docs/tpu.md). "": fits both v5e (16 GiB) and v5p (95 GiB) chips.
 HOST_BATCHES = {"": (4, 2), "v5e": (4, 2), "v5p": (16, 16)}
+# Training tokens a chip takes in one microbatch, by the slice's chips: with the layers scanned and
+# rematerialised, Phi-3-mini's and Qwen2.5-Math-7B's steps peak within a chip's HBM (docs/tpu.md).
+TRAIN_TOKENS_PER_CHIP = {"": 8192, "v5e": 8192, "v5p": 32768}
 
 
 def pretrained_config(preset: str, checkpoint: str, chips: str | None = None) -> ml_collections.ConfigDict:
@@ -128,4 +137,6 @@ def pretrained_config(preset: str, checkpoint: str, chips: str | None = None) ->
     config.eval.batch = eval_batch
     config.inference_mesh = mesh_config(data=1, fsdp=1, tensor=-1)  # tensor parallel over a host's chips
     config.train.sft.loss_chunk = 512
+    for task in ("sft", "ppm", "orm"):
+        config.train[task].tokens_per_chip = TRAIN_TOKENS_PER_CHIP[chips or ""]
     return config

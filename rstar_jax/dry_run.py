@@ -42,6 +42,7 @@ from rstar_jax.engine.generation import _STOP_SLOTS, _decode, _extend, _pow2, ac
 from rstar_jax.engine.value import _stored_fork_values, _values
 from rstar_jax.models import DEFAULT_RULES, CausalLM
 from rstar_jax.train.devices import inference_mesh, mesh_from_config
+from rstar_jax.train.loop import flops_per_token
 from rstar_jax.train.batches import PPMBatch, SFTBatch
 from rstar_jax.train.trainer import TrainConfig, batch_arrays, make_optimizer, opt_state_shardings, \
     split_microbatches, variable_sharding
@@ -51,6 +52,8 @@ GIB = 2.0**30
 # HBM per chip (device_kind -> GiB), from Cloud TPU's system architecture pages. (A v4 topology
 # lists each of a chip's two cores as a device, so its HBM per device is not one chip's.)
 HBM_GIB = {"TPU v5 lite": 16.0, "TPU v5": 95.0, "TPU v6 lite": 32.0}
+# A chip's peak: dense bf16 TFLOP/s and HBM GB/s (Cloud TPU's published figures).
+PEAK = {"TPU v5 lite": (197.0, 819.0), "TPU v5": (459.0, 2765.0), "TPU v6 lite": (918.0, 1640.0)}
 
 
 class DoesNotFit(RuntimeError):
@@ -73,6 +76,8 @@ class Compiled:
     field: str = ""  # the config field that sizes it, named when it does not fit
     used_by: str = ""  # which stages of the run call it
     error: str = ""  # the compiler's refusal when the function cannot fit a chip (then only temporaries are known)
+    # seconds a call takes at the chip's peak (`roofline`, or analytic FLOPs for a training step); -1: unknown
+    ideal_s: float = -1.0
 
     @property
     def peak(self) -> int:
@@ -85,9 +90,10 @@ class Compiled:
     def row(self, hbm_gib: float | None) -> str:
         fits = "**no**" if self.over(hbm_gib) else "-" if hbm_gib is None else "yes"
         cost = [f"{x:.3g}" if x >= 0 else "-" for x in (self.flops, self.bytes_accessed)]
+        ideal = f"{1e3 * self.ideal_s:.3g}" if self.ideal_s >= 0 else "-"
         return (f"| {self.name} | {self.used_by} | {self.arguments / GIB:.3g} | {self.outputs / GIB:.3g} | "
                 f"{self.temporaries / GIB:.3g} | {self.peak / GIB:.3g} | {fits} | {self.seconds:.1f} | "
-                f"{cost[0]} | {cost[1]} |")
+                f"{cost[0]} | {cost[1]} | {ideal} |")
 
 
 def compile_call(name: str, fn: Callable, *args, mesh, field: str = "", cache: dict | None = None,
@@ -126,8 +132,30 @@ def _compile(name: str, fn: Callable, *args, mesh, field: str, **kwargs) -> Comp
     sizes = (-1, -1, -1, 0) if m is None else (
         int(m.argument_size_in_bytes), int(m.output_size_in_bytes), int(m.temp_size_in_bytes),
         int(getattr(m, "alias_size_in_bytes", 0)))
-    return Compiled(name, *sizes, seconds=seconds, flops=float(cost.get("flops", -1.0)),
-                    bytes_accessed=float(cost.get("bytes accessed", -1.0)), field=field)
+    flops, bytes_accessed = float(cost.get("flops", -1.0)), float(cost.get("bytes accessed", -1.0))
+    return Compiled(name, *sizes, seconds=seconds, flops=flops, bytes_accessed=bytes_accessed, field=field,
+                    ideal_s=roofline(flops, bytes_accessed, mesh.devices.flat[0].device_kind))
+
+
+def roofline(flops: float, bytes_accessed: float, device_kind: str) -> float:
+    """Seconds a chip of `device_kind` needs at its peak for `flops` and `bytes_accessed`
+    (whichever bounds it), or -1 when the chip's peak or the cost is unknown. XLA's cost analysis
+    counts a loop's body once: for a decode that is one token's step."""
+    peak = PEAK.get(device_kind)
+    if peak is None or flops < 0 or bytes_accessed < 0:
+        return -1.0
+    return max(flops / (peak[0] * 1e12), bytes_accessed / (peak[1] * 1e9))
+
+
+def train_flops(model_config, task: str, rows: int, length: int, remat: bool) -> float:
+    """FLOPs of one training step of the whole batch, counted from the model (the cost analysis
+    counts scanned layers and microbatches once): forward and backward, plus one more forward of
+    the blocks under remat; a PPM pair is two sequences and has no LM head."""
+    per_token = flops_per_token(model_config, length)
+    if task != "sft":
+        per_token -= 6 * model_config.hidden_size * model_config.vocab_size
+    tokens = rows * length * (1 if task == "sft" else 2)
+    return per_token * tokens * (4 / 3 if remat else 1.0)
 
 
 # --------------------------------------------------------------------------- devices
@@ -195,10 +223,11 @@ def _array(shape, dtype, mesh, axes=None, rules=DEFAULT_RULES):
     return jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
 
 
-def _model(model_config, mesh, *, dtype, param_dtype, attention="xla", remat=False, value_head=False,
-           lm_head=True, rules=DEFAULT_RULES):
+def _model(model_config, mesh, *, dtype, param_dtype, attention="xla", remat=False, scan_layers=False,
+           value_head=False, lm_head=True, rules=DEFAULT_RULES):
     def make():
-        return CausalLM(model_config, dtype=dtype, param_dtype=param_dtype, remat=remat, attention=attention,
+        return CausalLM(model_config, dtype=dtype, param_dtype=param_dtype, remat=remat, scan_layers=scan_layers,
+                        attention=attention,
                         value_head=value_head, lm_head=lm_head, rules=rules, rngs=nnx.Rngs(0))
 
     return nnx.eval_shape(make)
@@ -208,12 +237,12 @@ def _model(model_config, mesh, *, dtype, param_dtype, attention="xla", remat=Fal
 
 
 def train_step(model_config, mesh, *, task: str, rows: int, length: int, dtype=jnp.bfloat16,
-               param_dtype=jnp.float32, remat: bool = True, attention: str = "xla", microbatches: int = 1,
-               loss_chunk: int = 0, rules=DEFAULT_RULES, field: str = "") -> Compiled:
+               param_dtype=jnp.float32, remat: bool = True, scan_layers: bool = True, attention: str = "xla",
+               microbatches: int = 1, loss_chunk: int = 0, rules=DEFAULT_RULES, field: str = "") -> Compiled:
     """One training step of `task` ("sft": `rows` packed rows of `length` tokens; "ppm": `rows`
     pairs), compiled on `mesh` as `Trainer.step` runs it."""
     model = _model(model_config, mesh, dtype=dtype, param_dtype=param_dtype, attention=attention, remat=remat,
-                   value_head=task == "ppm", rules=rules)
+                   scan_layers=scan_layers, value_head=task == "ppm", rules=rules)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     params, rest = _abstract_state(params, mesh, rules), _abstract_state(rest, mesh, rules)
     config = TrainConfig(microbatches=microbatches, loss_chunk=loss_chunk)
@@ -232,8 +261,11 @@ def train_step(model_config, mesh, *, task: str, rows: int, length: int, dtype=j
     arrays = split_microbatches(task, batch_arrays(task, batch), microbatches)
     batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=spec) for k, v in arrays.items()}
     name = f"{task} train step ({rows} x {length}{f', {microbatches} microbatches' if microbatches > 1 else ''})"
-    return compile_call(name, sharded_train_step(mesh, params, shardings), graphdef, params, opt_state, rest, batch,
+    step = compile_call(name, sharded_train_step(mesh, params, shardings), graphdef, params, opt_state, rest, batch,
                         mesh=mesh, task=task, config=config, field=field)
+    peak = PEAK.get(mesh.devices.flat[0].device_kind)
+    per_chip = train_flops(model_config, task, rows, length, remat) / mesh.devices.size
+    return dataclasses.replace(step, ideal_s=per_chip / (peak[0] * 1e12) if peak else -1.0)
 
 
 # --------------------------------------------------------------------------- search and evaluation
@@ -343,8 +375,11 @@ def rescore_call(model_config, mesh, *, rows: int, context: int, dtype=jnp.bfloa
 def table(title: str, results: Sequence[Compiled], hbm: float | None) -> str:
     head = f"{title}; HBM per chip: {'unknown' if hbm is None else f'{hbm:g} GiB'}"
     lines = [head, "", "| function | used by | arguments GiB | outputs GiB | temporaries GiB | peak GiB | fits | "
-             "compile s | flops | bytes |", "|---|---|---|---|---|---|---|---|---|---|"]
-    return "\n".join(lines + [r.row(hbm) for r in merged(results)]) + "\n"
+             "compile s | flops | bytes | ideal ms |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    note = ("\nflops, bytes: XLA's cost analysis per chip, a loop's body counted once (a decode's: one token). "
+            "ideal ms: a call at the chip's peak, bf16 FLOP/s or HBM bandwidth, whichever bounds it (a training "
+            "step: its whole batch's FLOPs counted from the model).\n")
+    return "\n".join(lines + [r.row(hbm) for r in merged(results)]) + "\n" + note
 
 
 def merged(results: Sequence[Compiled]) -> list[Compiled]:

@@ -229,7 +229,33 @@ def _fingerprint(config: ml_collections.ConfigDict) -> dict:
     # run may resume on another slice.
     for key in ("dry_run", "dry_run_topology", "dry_run_parts", "inference_mesh", "compilation_cache"):
         d.pop(key, None)
+    d.get("model", {}).pop("scan_layers", None)  # the same step, compiled as a loop
     return d
+
+
+def microbatches(c: ml_collections.ConfigDict, task: str, mesh: ml_collections.ConfigDict,
+                 devices: int | None = None) -> int:
+    """The microbatches of `task`'s step under its config block `c` (`train.sft`, ...): `c.microbatches`,
+    or with `c.tokens_per_chip` set the fewest that keep each chip's share within it, over the
+    data-parallel devices of the training `mesh` block (the job's `devices`, default every one)."""
+    budget = c.get("tokens_per_chip", 0)
+    if not budget:
+        return c.microbatches
+    import jax
+
+    from rstar_jax.train.trainer import microbatches_for
+
+    sizes = {k: int(v) for k, v in mesh.items()}
+    if -1 in sizes.values():
+        known = math.prod(v for v in sizes.values() if v != -1)
+        sizes = {k: (v if v != -1 else (devices or jax.device_count()) // known) for k, v in sizes.items()}
+    shards = sizes.get("data", 1) * sizes.get("fsdp", 1)
+    row_tokens = c.max_length * (1 if task == "sft" else 2)
+    try:
+        return microbatches_for(c.batch, row_tokens, shards, budget)
+    except ValueError as e:
+        raise ConfigError(f"train.{task}: {e} (batch {c.batch}, max_length {c.max_length}, "
+                          f"tokens_per_chip {budget})") from None
 
 
 def use_compilation_cache(where: str, workdir: pathlib.Path) -> str | None:
@@ -373,7 +399,8 @@ class Evolution:
         else:  # searches and evaluations: weights in the compute dtype, on this host's inference mesh
             mesh, param_dtype = inference_mesh(self.config.inference_mesh), m.dtype
         return from_pretrained(path, dtype=jnp.dtype(m.dtype), param_dtype=jnp.dtype(param_dtype), mesh=mesh,
-                               attention=m.attention, remat=m.remat and training, value_head=value_head,
+                               attention=m.attention, remat=m.remat and training,
+                               scan_layers=training and m.get("scan_layers", False), value_head=value_head,
                                value_tanh=self.config.train.ppm.value_tanh if value_head else None)
 
     def engine(self, path):
@@ -532,12 +559,12 @@ class Evolution:
         return {"sft": len(sft), "pairs": len(pairs), "pair_kinds": kinds, "outcomes": len(outcomes),
                 "problems_with_sft": len({x.problem_id for x in sft}), "stats": dataclasses.asdict(stats)}
 
-    def _train_config(self, c, steps: int):
+    def _train_config(self, c, steps: int, task: str):
         from rstar_jax.train import TrainConfig
 
         return TrainConfig(learning_rate=c.learning_rate, warmup_steps=min(steps, int(c.warmup_fraction * steps)),
                            total_steps=steps, schedule=c.schedule, weight_decay=c.weight_decay,
-                           clip_norm=c.clip_norm, microbatches=c.microbatches,
+                           clip_norm=c.clip_norm, microbatches=microbatches(c, task, self.config.mesh),
                            end_lr_fraction=c.get("end_lr_fraction", 0.0), loss_chunk=c.get("loss_chunk", 0))
 
     def _export(self, model, out: pathlib.Path) -> str:
@@ -568,7 +595,7 @@ class Evolution:
 
         steps = c.steps or max(1, int(math.ceil(c.epochs * sum(1 for _ in pack(sequences)))))
 
-        trainer = Trainer(self._model(start, value_head=False, training=True), self._train_config(c, steps), "sft")
+        trainer = Trainer(self._model(start, value_head=False, training=True), self._train_config(c, steps, "sft"), "sft")
         with self._checkpoints(directory / "ckpt", keep=2, every=max(1, c.get("save_every", 100))) as ckpt:
             # The same order on every try: a resumed run skips what it consumed.
             history = fit(trainer, epochs(sequences, seed, pack), steps=steps, checkpoints=ckpt,
@@ -631,7 +658,7 @@ class Evolution:
         steps = c.steps or max(1, int(math.ceil(c.epochs * math.ceil(len(train_items) / c.batch))))
         evals = list(batches(held_items)) if held_items else None
         trainer = Trainer(self._model(self.policy_path(r), value_head=True, training=True),
-                          self._train_config(c, steps), kind)
+                          self._train_config(c, steps, kind), kind)
         d = rdir / kind
         with self._checkpoints(d / "ckpt", keep=2, every=max(1, c.get("save_every", 100))) as ckpt, \
                 self._checkpoints(d / "best", keep=1, async_save=False) as best:
@@ -713,9 +740,11 @@ def dry_run(config: ml_collections.ConfigDict) -> str:
     trained, inferred = [], []
     if "train" in parts:
         trained = [plan.train_step(model_config, train_mesh, task=task, rows=c.batch, length=c.max_length,
-                                   remat=m.remat, microbatches=c.microbatches, param_dtype=param_dtype,
+                                   remat=m.remat, scan_layers=m.get("scan_layers", False),
+                                   microbatches=microbatches(c, task, config.mesh, len(devices)),
+                                   param_dtype=param_dtype,
                                    loss_chunk=c.get("loss_chunk", 0),
-                                   field=f"train.{task}.batch / train.{task}.microbatches / mesh", **kw)
+                                   field=f"train.{task}.batch / .tokens_per_chip (or .microbatches) / mesh", **kw)
                    for task, c in (("sft", t.sft), ("ppm", t.ppm))]
         trained[0].used_by, trained[1].used_by = "policy SFT", "PPM" + (" and ORM" if t.orm.rounds else "")
     if "search" in parts:

@@ -84,5 +84,8 @@ def test_pod_configs_size_a_hosts_searches_by_its_chips(name):
     assert (v5p.search.batch, v5p.eval.batch) == (16, 16)
     assert dict(default.inference_mesh) == {"data": 1, "fsdp": 1, "tensor": -1}
     assert default.train.sft.loss_chunk == 512
+    # Training: microbatches from a chip's token budget, and the layers scanned.
+    assert default.model.scan_layers and default.train.ppm.tokens_per_chip == 8192
+    assert v5p.train.sft.tokens_per_chip == v5p.train.orm.tokens_per_chip == 32768
     with pytest.raises(ValueError, match="unknown chips 'v4'; known: v5e, v5p"):
         module.get_config("v4")

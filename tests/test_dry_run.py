@@ -20,7 +20,8 @@ def _rows(text):
 
 
 def test_every_function_of_a_run_compiles_without_a_checkpoint():
-    config = smoke_config(**{"model.checkpoint": "/nowhere", "mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2})
+    config = smoke_config(**{"model.checkpoint": "/nowhere", "mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2,
+                             "model.scan_layers": True})
     text = evolve.dry_run(config)
     assert "training on 8 x cpu (data=2, fsdp=2, tensor=2)" in text
     assert "search and evaluation, each host: 1 x cpu" in text
@@ -41,6 +42,7 @@ def test_every_function_of_a_run_compiles_without_a_checkpoint():
     assert rows[f"prefill (64 x {TINY.max_position_embeddings} through the store)"][1].count(",") == 5
     for r in rows.values():
         assert 0 < float(r[5]) < 8  # peak GiB per device of a 1.7M-parameter model
+        assert r[10] == "-"  # no peak FLOP/s known for a CPU
     # The decode returns its donated KV buffers: per layer keys and values [64 x 4, 2 heads, 128, 32] float32,
     # beside the tokens [256, 128] and lengths [256] (int32) and the step count.
     c = TINY
@@ -75,6 +77,11 @@ def test_a_tpu_slice_compiles_and_a_search_that_does_not_fit_is_named():
     # The training step compiles for the TPU (building the optimizer state's shardings runs nothing).
     step = plan.train_step(TINY, train, task="sft", rows=8, length=128, dtype=jnp.bfloat16)
     assert 0 < step.peak < 2**30 and step.flops > 0 and step.bytes_accessed > 0
+    # At the chips' peak (197 bf16 TFLOP/s a v5e chip) the step's FLOPs, counted from the model, split over 4 chips:
+    # forward and backward (6 x parameters a token, the LM head's among them) and remat's second forward.
+    flops = plan.train_flops(TINY, "sft", 8, 128, remat=True)
+    assert flops > 8 * TINY.num_params(include_embeddings=False) * 8 * 128
+    assert step.ideal_s == pytest.approx(flops / 4 / 197e12)
     # 8192 problems x 16 candidates: the decode's KV buffers are 4 layers x 2 x 131072 rows x 2 heads x
     # 256 tokens x 32 dims x 2 bytes = 32 GiB, and 2 KV heads do not split over a tensor axis of 4, so
     # every chip would hold all of them.

@@ -243,7 +243,7 @@ def test_problem_sets_drop_the_excluded_problems_from_both_then_cut_to_size():
 
 
 def test_searches_run_on_the_inference_mesh_with_weights_in_the_compute_dtype(tmp_path):
-    config = smoke_config(**{"inference_mesh.tensor": 2, "model.dtype": "bfloat16"})
+    config = smoke_config(**{"inference_mesh.tensor": 2, "model.dtype": "bfloat16", "model.scan_layers": True})
     run = evolve.Evolution(config, tmp_path)
     engine, scorer = run.engine(TINY_BASE), run.scorer(TINY_BASE)
     local = jax.local_devices()
@@ -253,3 +253,5 @@ def test_searches_run_on_the_inference_mesh_with_weights_in_the_compute_dtype(tm
     # Training keeps float32 master weights on the training mesh.
     policy = run._model(TINY_BASE, value_head=False, training=True)
     assert policy.embed[...].dtype == jnp.float32 and policy.embed[...].sharding.mesh.size == 8
+    # ... and scans its layers; the engine decodes layer by layer through its KV cache.
+    assert policy.scan_layers and not run._model(TINY_BASE, value_head=False).scan_layers

@@ -269,3 +269,38 @@ def test_shape_mismatch_names_the_tensor_and_both_shapes(qwen_dir, tmp_path):
     (tmp_path / "model.safetensors").symlink_to(qwen_dir / "model.safetensors")
     with pytest.raises(ValueError, match=r"model\.layers\.0\.mlp\.down_proj\.weight.*\(64, 96\).*\(64, 128\)"):
         from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("remat", [False, True])
+def test_scanned_layers_give_the_same_logits_and_gradients(tmp_path, remat):
+    # Five layers, windows None, None, 7, 7, None: three runs of identical blocks (2, 2 and 1),
+    # on packed rows, so the scan's grouping, order and segment masks are all exercised.
+    checkpoints.save("qwen2_sliding", tmp_path)
+    config = read_config(tmp_path).replace(num_hidden_layers=5, sliding_windows=(None, None, 7, 7, None))
+    ids = jnp.asarray(checkpoints.token_ids(2, 16))
+    segments = jnp.asarray(np.repeat([[1] * 10 + [2] * 6], 2, axis=0), jnp.int32)
+    positions = jnp.asarray(np.repeat([list(range(10)) + list(range(6))], 2, axis=0), jnp.int32)
+
+    def run(scan):
+        model = CausalLM(config, remat=remat, scan_layers=scan, rngs=nnx.Rngs(3))
+
+        def loss(m):
+            logits = m(ids, positions, segments)
+            return jnp.mean(jax.nn.logsumexp(logits, axis=-1) - logits[..., 5]), logits
+
+        (_, logits), grads = nnx.value_and_grad(loss, has_aux=True)(model)
+        return logits, grads, model
+
+    plain_logits, plain_grads, _ = run(False)
+    logits, grads, model = run(True)
+    np.testing.assert_allclose(np.asarray(logits), np.asarray(plain_logits), atol=2e-5)
+    for a, b in zip(jax.tree.leaves(plain_grads), jax.tree.leaves(grads), strict=True):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=2e-6)
+    graphdef, state = nnx.split(model)
+    jaxpr = str(jax.make_jaxpr(lambda s: nnx.merge(graphdef, s)(ids))(state))
+    assert jaxpr.count("scan[") == 3  # one scan per run of identical blocks
+    # With a KV cache (decoding) the layers run one by one as before: the cache is per layer.
+    plain_positions = jnp.broadcast_to(jnp.arange(16, dtype=jnp.int32), (2, 16))
+    hidden, cache = model.hidden_states(ids, plain_positions, cache=KVCache.zeros(config, 2, 32, jnp.float32))
+    assert len(cache.layers) == 5
+    np.testing.assert_allclose(np.asarray(model.logits(hidden)), np.asarray(model(ids)), atol=2e-5)

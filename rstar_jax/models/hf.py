@@ -156,7 +156,7 @@ def _place(view: np.ndarray, dtype, sharding: jax.sharding.Sharding | None) -> j
 
 def from_pretrained(path: str | Path, dtype=jnp.float32, *, param_dtype=None, mesh: jax.sharding.Mesh | None = None,
                     rules: ShardingRules = DEFAULT_RULES, attention: str = "xla", remat: bool = False,
-                    lm_head: bool = True, value_head: bool | None = None,
+                    scan_layers: bool = False, lm_head: bool = True, value_head: bool | None = None,
                     value_tanh: bool | None = None) -> CausalLM:
     """Loads a Hugging Face checkpoint directory (config.json + safetensors) as a `CausalLM`.
 
@@ -177,8 +177,8 @@ def from_pretrained(path: str | Path, dtype=jnp.float32, *, param_dtype=None, me
     param_dtype = param_dtype or dtype
 
     abstract = nnx.eval_shape(lambda: CausalLM(
-        config, dtype=dtype, param_dtype=param_dtype, attention=attention, remat=remat, lm_head=lm_head,
-        value_head=value_head, value_tanh=value_tanh, rules=rules, rngs=nnx.Rngs(0)))
+        config, dtype=dtype, param_dtype=param_dtype, attention=attention, remat=remat, scan_layers=scan_layers,
+        lm_head=lm_head, value_head=value_head, value_tanh=value_tanh, rules=rules, rngs=nnx.Rngs(0)))
     graphdef, state = nnx.split(abstract)
     table = {e.path: e for e in _entries(config, lm_head, value_head)}
     used = set()

@@ -201,6 +201,22 @@ def batch_arrays(task: str, batch) -> dict[str, np.ndarray]:
     return out
 
 
+def microbatches_for(rows: int, row_tokens: int, shards: int, tokens_per_chip: int) -> int:
+    """The fewest microbatches that keep each data-parallel device's share of a microbatch within
+    `tokens_per_chip` tokens: a batch of `rows` rows (an SFT row, or a PPM pair counting its two
+    sequences) of `row_tokens` tokens each, over `shards` devices (data x fsdp), each microbatch
+    splitting evenly over them. Raises ValueError when even one row per device is over budget or
+    the rows do not split over the devices."""
+    if rows % shards:
+        raise ValueError(f"a batch of {rows} rows does not split over {shards} data-parallel devices; "
+                         f"make it a multiple of {shards}")
+    for m in range(1, rows // shards + 1):
+        if rows % (m * shards) == 0 and rows // (m * shards) * row_tokens <= tokens_per_chip:
+            return m
+    raise ValueError(f"one row of {row_tokens} tokens a device is over the budget of {tokens_per_chip} tokens a "
+                     f"chip; raise tokens_per_chip or shorten max_length")
+
+
 def split_microbatches(task: str, arrays: dict, microbatches: int) -> dict:
     """A batch's arrays [rows, ...] as [microbatches, rows / microbatches, ...]; a PPM batch's
     rows are pairs, so its ids and lengths (two rows a pair) split with them."""
