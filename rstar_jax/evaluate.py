@@ -75,6 +75,39 @@ class Solutions:
             return next((c for c in pool if c.correct), pool[0])
         raise ValueError(f"unknown selection rule {rule!r}; known: {', '.join(RULES)}")
 
+    def to_json(self) -> dict:
+        return {"problem": self.problem.id, "candidates": [dataclasses.asdict(c) for c in self.candidates]}
+
+    @classmethod
+    def from_json(cls, d: dict, problem: Problem) -> Solutions:
+        if d["problem"] != problem.id:
+            raise ValueError(f"solutions of problem {d['problem']!r} read as those of {problem.id!r}")
+        return cls(problem, [Candidate(c["answer"], c["score"], c["correct"], tuple(c["ids"])) for c in d["candidates"]])
+
+
+# gather(name, this process's solutions as JSON) -> every process's list, in process order
+Gather = Callable[[str, list[dict]], list[list[dict]]]
+
+
+def share(problems: Sequence[Problem], index: int, count: int, batch_size: int | None) -> list[Problem]:
+    """Process `index` of `count`'s problems: the batches of `batch_size` problems (as a search
+    cuts them, default 32) with batch number j mod count == index, so each batch is searched
+    whole, with the shapes, and so the samples, it has in a one-process run."""
+    width = int(batch_size or 32)
+    batches = [problems[i:i + width] for i in range(0, len(problems), width)]
+    return [p for j, batch in enumerate(batches) if j % count == index for p in batch]
+
+
+def _everyone(problems: Sequence[Problem], mine: list[Solutions], name: str, gather: Gather | None) -> list[Solutions]:
+    """Every problem's solutions, from each process's share (`gather`); with no gather, `mine`."""
+    if gather is None:
+        return mine
+    by_id = {d["problem"]: d for part in gather(name, [s.to_json() for s in mine]) for d in part}
+    missing = [p.id for p in problems if p.id not in by_id]
+    if missing:
+        raise RuntimeError(f"{name}: no process returned solutions of {len(missing)} problems, e.g. {missing[:3]}")
+    return [Solutions.from_json(by_id[p.id], p) for p in problems]
+
 
 def _vote(pool: list[Candidate], weight: Callable[[Candidate], float]) -> Candidate:
     """The candidate of the heaviest group of equivalent answers (ties: the group seen first)."""
@@ -291,37 +324,52 @@ def compare(problems: Sequence[str], a: dict, b: dict, **kwargs) -> dict:
 def evaluate_policy(problems: Sequence[Problem], policy, executor, tokenizer, *, budget: SearchConfig,
                     search: SearchConfig | None = None, ppm=None, orm=None, samples: int | None = None,
                     temperature: float = 0.7, searches: int = 1, methods: Sequence[str] = METHODS,
-                    batch_size: int | None = None, progress: bool | None = None) -> Evaluation:
+                    batch_size: int | None = None, progress: bool | None = None, process: tuple[int, int] = (0, 1),
+                    gather: Gather | None = None) -> Evaluation:
     """Greedy pass@1, maj@N and best-of-N over N sampled solutions (best-of-N with the PPM and,
     given one, an outcome reward model `orm`), and MCTS + PPM with `searches` test-time searches
     of `search`, on `problems`. N defaults to search.rollouts x searches, MCTS's trajectory
     budget, so the methods compare at equal trajectories. MCTS's answer is the highest-scored
     node of its one search, or with several searches the top-k vote (RSTAR.md section 3).
-    Methods needing the PPM are skipped without one. `budget` gives single paths' step budgets."""
+    Methods needing the PPM are skipped without one. `budget` gives single paths' step budgets.
+
+    Several processes (`process` = (index, count), as `jax.process_index()`, `process_count()`)
+    each solve their `share` of the problems and `gather` exchanges the solutions, so that every
+    process returns the evaluation of them all."""
     unknown = set(methods) - set(METHODS)
     if unknown:
         raise ValueError(f"unknown methods {sorted(unknown)}; choose from {', '.join(METHODS)}")
+    index, count = process
+    if count > 1 and gather is None:
+        raise ValueError(f"process {index} of {count}: several processes need a gather to exchange solutions")
+    mine = share(problems, index, count, batch_size) if count > 1 else list(problems)
+
+    def everyone(name: str, solutions: list[Solutions]) -> list[Solutions]:
+        return _everyone(problems, solutions, name, gather if count > 1 else None)
+
     n = samples or (search.rollouts * searches if search is not None else 8)
     results, quality = {}, {}
     if "greedy" in methods:
-        greedy = solve(problems, policy, executor, tokenizer, search=budget, batch_size=batch_size, progress=progress)
-        results[GREEDY] = summary(greedy)
+        greedy = solve(mine, policy, executor, tokenizer, search=budget, batch_size=batch_size, progress=progress)
+        results[GREEDY] = summary(everyone("greedy", greedy))
         for name, model in (("ppm", ppm), ("orm", orm)):
             if model is not None:  # one answer a problem: only the pooled AUC, cheap enough for every round
-                quality[f"{name}_auc_greedy"] = _ranking_auc(rescore(greedy, model))["auc"]
+                scored = everyone(f"greedy scored by the {name}", rescore(greedy, model))
+                quality[f"{name}_auc_greedy"] = _ranking_auc(scored)["auc"]
     if "sampled" in methods:
-        sampled = solve(problems, policy, executor, tokenizer, samples=n, temperature=temperature, search=budget,
+        sampled = solve(mine, policy, executor, tokenizer, samples=n, temperature=temperature, search=budget,
                         batch_size=batch_size, progress=progress)
-        results[MAJORITY] = summary(sampled, "majority")
-        results[PASS] = summary(sampled, "oracle")
+        everyone_sampled = everyone("sampled", sampled)
+        results[MAJORITY] = summary(everyone_sampled, "majority")
+        results[PASS] = summary(everyone_sampled, "oracle")
         for name, model in (("ppm", ppm), ("orm", orm)):
             if model is not None:
-                scored = rescore(sampled, model)
+                scored = everyone(f"sampled scored by the {name}", rescore(sampled, model))
                 results[BEST_PPM if name == "ppm" else BEST_ORM] = summary(scored, "highest")
                 quality |= {f"{name}_{k}": v for k, v in _ranking_auc(scored).items()}
     if "mcts" in methods and ppm is not None and search is not None:
-        found = mcts(problems, policy, ppm, executor, tokenizer, search, searches=searches, batch_size=batch_size,
-                     progress=progress)
+        found = everyone("mcts", mcts(mine, policy, ppm, executor, tokenizer, search, searches=searches,
+                                      batch_size=batch_size, progress=progress))
         results[MCTS] = summary(found, "highest" if searches == 1 else "top_k_vote")
         results[MCTS + " (weighted vote)"] = summary(found, "weighted_vote")
     ids = [p.id for p in problems]

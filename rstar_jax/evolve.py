@@ -327,13 +327,17 @@ class Evolution:
 
     def problems(self) -> tuple[list[Problem], list[Problem]]:
         train_path, test_path = self.dir / "problems" / "train.jsonl", self.dir / "problems" / "test.jsonl"
+        self._pull(train_path.parent)
         if not (train_path.exists() and test_path.exists()):
-            train, test = problem_sets(self.config.problems)
-            if not train:
-                raise ConfigError(f"config.problems.train={self.config.problems.train!r} gave no training problems")
-            _write_problems(test_path, test)
-            _write_problems(train_path, train)
-            self.push(train_path.parent)
+            if _process()[0] == 0:  # one writer; the others read what it wrote
+                train, test = problem_sets(self.config.problems)
+                if not train:
+                    raise ConfigError(f"config.problems.train={self.config.problems.train!r} gave no training problems")
+                _write_problems(test_path, test)
+                _write_problems(train_path, train)
+                self.push(train_path.parent)
+            _barrier("problems written")
+            self._pull(train_path.parent)
         return _read_problems(train_path), _read_problems(test_path)
 
     def round_dir(self, r: int) -> pathlib.Path:
@@ -358,6 +362,25 @@ class Evolution:
         if _process()[0] != 0:
             self._pull(done)  # (a URL workdir: what process 0 wrote, later steps read)
         return summary
+
+    def _gather(self, directory: pathlib.Path) -> Callable[[str, list], list[list]]:
+        """`evaluate.Gather` through files: each process writes its part of `name` under
+        `directory`, and after a barrier reads every process's."""
+
+        def gather(name: str, mine: list) -> list[list]:
+            index, count = _process()
+            stem = name.replace(" ", "_")
+            directory.mkdir(parents=True, exist_ok=True)
+            path = directory / f"{stem}.{index}.json"
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(json.dumps(mine) + "\n")
+            os.replace(tmp, path)
+            self.push(directory)
+            _barrier(f"{directory} {name}")
+            self._pull(directory)
+            return [json.loads((directory / f"{stem}.{i}.json").read_text()) for i in range(count)]
+
+        return gather
 
     def push(self, path: pathlib.Path, *, delete: bool = False) -> None:
         """Uploads what changed under `path` (inside the workdir) when the workdir is a URL."""
@@ -694,7 +717,8 @@ class Evolution:
             test, self.engine(self.policy_path(r)), self._executor, self.tokenizer, budget=eval_budget(self.config),
             search=eval_search_config(self.config), ppm=self.scorer(ppm) if ppm else None,
             orm=self.scorer(orm) if orm else None, samples=e.samples or None, temperature=e.temperature,
-            searches=e.searches, methods=methods, batch_size=e.batch, progress=self.progress)
+            searches=e.searches, methods=methods, batch_size=e.batch, progress=self.progress,
+            process=_process(), gather=self._gather(rdir / "eval" / "parts"))
         evaluate.report(ev, rdir / "eval" if _process()[0] == 0 else None, title=f"round {r}")
         return {"evaluation": dataclasses.asdict(ev), "notes": notes}
 

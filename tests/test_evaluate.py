@@ -148,3 +148,60 @@ def test_evaluate_policy_compares_every_method_at_equal_trajectories(world):
     alone = evaluate.evaluate_policy(PROBLEMS, engine, executor, tokenizer, budget=BUDGET, search=search,
                                      methods=["greedy", "sampled"], progress=False)
     assert list(alone.results) == ["greedy", "maj@N", "pass@N (oracle)"] and not alone.quality
+
+
+def test_processes_evaluate_their_shares_and_gather_the_evaluation_of_all(world, tmp_path):
+    # Two processes, played by two threads with their own engines, scorers and executors, as two
+    # hosts have: each solves every other batch of one problem and they swap solutions at a barrier.
+    import threading
+
+    from rstar_jax.engine import Engine, ValueScorer
+    from rstar_jax.steps.executor import CodeExecutor
+    from rstar_jax.testing import steered_tiny_policy
+
+    tokenizer, engine, scorer, executor = world
+    problems = [*PROBLEMS, Problem("What is 7 - 2?", "5")]
+    search = SearchConfig(rollouts=2, candidates=2, max_depth=3, max_step_tokens=24, max_output_tokens=16)
+    kwargs = dict(budget=BUDGET, search=search, samples=2, temperature=1.0, batch_size=1, progress=False)
+    alone = evaluate.evaluate_policy(problems, engine, executor, tokenizer, ppm=scorer, **kwargs)
+    assert [p.id for p in evaluate.share(problems, 0, 2, 1)] == [problems[0].id, problems[2].id]
+    assert [p.id for p in evaluate.share(problems, 1, 2, 1)] == [problems[1].id]
+
+    barrier, parts, solved, out = threading.Barrier(2, timeout=600), {}, {}, {}
+
+    def gather(index):
+        def exchange(name, mine):
+            parts[name, index] = mine
+            solved.setdefault(index, set()).update(d["problem"] for d in mine)
+            barrier.wait()
+            return [parts[name, 0], parts[name, 1]]
+        return exchange
+
+    def process(index):
+        try:
+            if index == 0:
+                own = (engine, scorer, executor)
+            else:  # the other host's own models (the same weights) and executor pool
+                own = (Engine(steered_tiny_policy(tokenizer, 0), vocab_size=tokenizer.vocab_size, pad_id=tokenizer.pad_id),
+                       ValueScorer(steered_tiny_policy(tokenizer, 1, value_head=True), pad_id=tokenizer.pad_id),
+                       CodeExecutor(num_workers=1))
+            out[index] = evaluate.evaluate_policy(problems, own[0], own[2], tokenizer, ppm=own[1], process=(index, 2),
+                                                  gather=gather(index), **kwargs)
+            if index:
+                own[2].close()
+        except BaseException as e:  # noqa: BLE001 (reported below, in the test's thread)
+            out[index] = e
+            barrier.abort()
+
+    threads = [threading.Thread(target=process, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for index in range(2):
+        assert not isinstance(out[index], BaseException), out[index]
+        assert out[index].results == alone.results and out[index].quality == alone.quality
+        assert out[index].comparisons == alone.comparisons
+    assert solved == {0: {problems[0].id, problems[2].id}, 1: {problems[1].id}}
+    with pytest.raises(ValueError, match="need a gather"):
+        evaluate.evaluate_policy(problems, engine, executor, tokenizer, process=(0, 2), **kwargs)

@@ -383,3 +383,77 @@ def test_devices_from_the_config(monkeypatch):
     assert config.train.sft.learning_rate == 3e-4 and config.train.ppm.held_out == 0.1
     with pytest.raises(ValueError, match=r"unknown mesh axes \['model'\]"):
         mesh_from_config({"model": 2})
+
+
+def test_a_cloud_tpu_vm_slice_is_found_from_its_metadata(monkeypatch):
+    # A slice made with `gcloud compute tpus tpu-vm create` sets no worker variables: its hosts are
+    # listed by the metadata server, served here by a local stand-in.
+    import http.server
+    import threading
+
+    from rstar_jax.train.devices import several_processes, tpu_vm_workers
+
+    endpoints = {"value": "w-0:0:10.0.0.1,w-1:1:10.0.0.2,w-2:2:10.0.0.3,w-3:3:10.0.0.4"}
+    asked = []
+
+    class Metadata(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            asked.append((self.path, self.headers.get("Metadata-Flavor")))
+            body = endpoints["value"].encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Metadata)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        for var in ("JAX_COORDINATOR_ADDRESS", "TPU_WORKER_HOSTNAMES", "TPU_PROCESS_ADDRESSES", "MEGASCALE_NUM_SLICES"):
+            monkeypatch.delenv(var, raising=False)
+        monkeypatch.setenv("GCE_METADATA_IP", f"127.0.0.1:{server.server_port}")
+        assert tpu_vm_workers() == 4 and several_processes()
+        assert asked[0] == ("/computeMetadata/v1/instance/attributes/worker-network-endpoints", "Google")
+        endpoints["value"] = "w-0"  # a one-host slice
+        assert tpu_vm_workers() == 1 and not several_processes()
+        monkeypatch.setenv("MEGASCALE_NUM_SLICES", "2")  # ... but one of two slices
+        assert several_processes()
+    finally:
+        server.shutdown()
+        server.server_close()
+    monkeypatch.delenv("MEGASCALE_NUM_SLICES")
+    monkeypatch.setenv("GCE_METADATA_IP", f"127.0.0.1:{server.server_port}")  # nothing answers now
+    assert tpu_vm_workers(timeout_s=0.5) is None and not several_processes()
+
+
+def test_microbatches_are_the_fewest_within_the_token_budget():
+    from rstar_jax.train.trainer import microbatches_for
+
+    # 128 rows of 4096 tokens over 64 devices: 2 rows (8192 tokens) a device in one microbatch.
+    assert microbatches_for(128, 4096, 64, 8192) == 1
+    assert microbatches_for(128, 4096, 64, 8191) == 2
+    assert microbatches_for(128, 4096, 8, 16384) == 4  # 16 rows a device -> 4 a microbatch
+    assert microbatches_for(96, 100, 8, 500) == 3  # 12 rows a device: 2 microbatches would leave 6 (600 tokens)
+    with pytest.raises(ValueError, match="one row of 4096 tokens"):
+        microbatches_for(128, 4096, 64, 4000)
+    with pytest.raises(ValueError, match="multiple of 64"):
+        microbatches_for(100, 4096, 64, 10**6)
+
+
+def test_evolution_reads_microbatches_from_the_token_budget():
+    from configs import tiny
+    from rstar_jax.evolve import ConfigError, microbatches
+
+    config = tiny.get_config("smoke")
+    c = config.train.ppm  # batch 8 pairs of 512 tokens, each pair two sequences
+    c.microbatches = 2
+    assert microbatches(c, "ppm", config.mesh, devices=1) == 2  # no budget: as configured
+    c.tokens_per_chip = 4096
+    assert microbatches(c, "ppm", config.mesh, devices=1) == 2  # 8 pairs x 1024 tokens = 8192 a chip
+    assert microbatches(c, "ppm", config.mesh, devices=8) == 1  # data=-1 takes 8 devices: one pair each
+    assert microbatches(config.train.sft, "sft", config.mesh, devices=1) == 1  # sft has no budget set
+    c.tokens_per_chip = 1000
+    with pytest.raises(ConfigError, match="train.ppm: one row of 1024 tokens"):
+        microbatches(c, "ppm", config.mesh, devices=1)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import glob
 import logging
 import math
 import os
+import urllib.request
 from collections.abc import Mapping, Sequence
 
 import jax
@@ -14,14 +16,49 @@ from rstar_jax.models import make_mesh
 log = logging.getLogger(__name__)
 
 
+_METADATA = "computeMetadata/v1/instance/attributes"
+
+
+def _on_tpu_vm() -> bool:
+    """A Cloud TPU VM: its chips are /dev/accel* (v2-v4, v5e) or VFIO devices (v5p, v6e)."""
+    return bool(glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*"))
+
+
+def tpu_vm_workers(timeout_s: float = 2.0) -> int | None:
+    """The hosts of this Cloud TPU VM's slice, from the metadata server
+    (`worker-network-endpoints`, one entry a host), or None when no server answers (not on
+    Google Cloud). GCE_METADATA_IP, as JAX reads it, points at another server."""
+    host = os.environ.get("GCE_METADATA_IP", "metadata.google.internal")
+    request = urllib.request.Request(f"http://{host}/{_METADATA}/worker-network-endpoints",
+                                     headers={"Metadata-Flavor": "Google"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            text = response.read().decode()
+    except (OSError, ValueError) as e:  # URLError and timeouts are OSErrors
+        log.info("no Cloud TPU metadata at %s (%s): one process", host, e)
+        return None
+    return len([w for w in text.split(",") if w.strip()])
+
+
 def several_processes() -> bool:
     """Whether the environment describes a job of several processes: an explicit coordinator
     (JAX_COORDINATOR_ADDRESS, with JAX_NUM_PROCESSES and JAX_PROCESS_ID where no cluster
-    detection finds them) or a Cloud TPU slice of several hosts (TPU_WORKER_HOSTNAMES)."""
+    detection finds them), a GKE TPU slice of several hosts (TPU_WORKER_HOSTNAMES or
+    TPU_PROCESS_ADDRESSES), several slices (MEGASCALE_NUM_SLICES), or a Cloud TPU VM whose
+    metadata lists several workers (a slice created with `gcloud compute tpus tpu-vm create`,
+    which sets none of those variables). The metadata server is asked only on a TPU VM, or
+    where GCE_METADATA_IP names one."""
     if os.environ.get("JAX_COORDINATOR_ADDRESS"):
         return True
-    hosts = [h for h in os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",") if h.strip()]
-    return len(hosts) > 1
+    for var in ("TPU_PROCESS_ADDRESSES", "TPU_WORKER_HOSTNAMES"):
+        hosts = [h for h in os.environ.get(var, "").split(",") if h.strip()]
+        if hosts:
+            return len(hosts) > 1
+    if int(os.environ.get("MEGASCALE_NUM_SLICES", "1") or 1) > 1:
+        return True
+    if _on_tpu_vm() or os.environ.get("GCE_METADATA_IP"):
+        return (tpu_vm_workers() or 1) > 1
+    return False
 
 
 def initialize(distributed: bool | None = None) -> bool:
