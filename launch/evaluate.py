@@ -43,7 +43,6 @@ def main(argv):
     del argv
     from rstar_jax import evaluate, evolve
     from rstar_jax.data.sources import load_problems
-    from rstar_jax.steps.executor import CodeExecutor
 
     logging.getLogger("absl").setLevel(logging.WARNING)
     config = _CONFIG.value
@@ -63,8 +62,7 @@ def main(argv):
     if ppm is None and {"mcts", "sampled"} & set(_METHODS.value):
         print(f"round {r} has no PPM: no best-of-N (PPM) or MCTS + PPM", file=sys.stderr)
     orm = run.reward_path("orm", r)
-    e = config.executor
-    with CodeExecutor(num_workers=e.workers, timeout_s=e.timeout_s, memory_mb=e.memory_mb) as executor:
+    with evolve.code_executor(config.executor) as executor:
         ev = evaluate.evaluate_policy(
             problems, run.engine(policy), executor, run.tokenizer, budget=evolve.eval_budget(config),
             search=evolve.eval_search_config(config), ppm=run.scorer(ppm) if ppm else None,

@@ -92,6 +92,8 @@ def evolve_config(config: ml_collections.ConfigDict, *, train: str, test: str, b
         "light_rounds": (),  # ...except these rounds, which run only `light_methods` (a time budget)
         "light_methods": ("greedy",),
         "skip_rounds": ()})  # rounds not evaluated at all (a time budget)
+    # workers: sandboxed Python processes checking steps on each host; 0: as many as the host's
+    # cores allow (steps.executor.host_workers)
     config.executor = ml_collections.ConfigDict({"workers": 2, "timeout_s": 5.0, "memory_mb": 1024})
     config.allow_config_change = False
     # Searches and evaluations: each process runs its own problems with the policy and the PPM on
@@ -137,6 +139,7 @@ def pretrained_config(preset: str, checkpoint: str, chips: str | None = None) ->
     config.eval.batch = eval_batch
     config.inference_mesh = mesh_config(data=1, fsdp=1, tensor=-1)  # tensor parallel over a host's chips
     config.train.sft.loss_chunk = 512
+    config.executor.workers = 0  # a TPU VM host has 100-200 cores
     for task in ("sft", "ppm", "orm"):
         config.train[task].tokens_per_chip = TRAIN_TOKENS_PER_CHIP[chips or ""]
     return config

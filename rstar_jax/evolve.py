@@ -186,6 +186,25 @@ def _barrier(name: str) -> None:
                                                         _BARRIER_HOURS * 3600 * 1000)
 
 
+def _agreed(name: str, decide: Callable[[], bool]) -> bool:
+    """`decide()` as process 0 finds it, on every process (published through the coordination
+    service): whether a stage is done is one process's reading of the work directory, so that a
+    process arriving late, after another finished the stage, still runs the stage's barriers."""
+    if _process()[1] == 1:
+        return decide()
+    from jax._src import distributed
+
+    client, key = distributed.global_state.client, f"rstar_jax decision {next(_decisions)}: {name}"
+    if _process()[0] == 0:
+        value = bool(decide())
+        client.key_value_set(key, "yes" if value else "no")
+        return value
+    return client.blocking_key_value_get(key, _BARRIER_HOURS * 3600 * 1000) == "yes"
+
+
+_decisions = itertools.count()
+
+
 # --- the run ----------------------------------------------------------------------------------
 
 
@@ -258,6 +277,14 @@ def microbatches(c: ml_collections.ConfigDict, task: str, mesh: ml_collections.C
                           f"tokens_per_chip {budget})") from None
 
 
+def code_executor(e: ml_collections.ConfigDict):
+    """The code executor pool of `config.executor` (workers 0: as many as the host's cores allow)."""
+    from rstar_jax.steps.executor import CodeExecutor, host_workers
+
+    workers = e.workers or host_workers(e.memory_mb)
+    return CodeExecutor(num_workers=workers, timeout_s=e.timeout_s, memory_mb=e.memory_mb)
+
+
 def use_compilation_cache(where: str, workdir: pathlib.Path) -> str | None:
     """Turns on JAX's persistent compilation cache for this process at `where` ("workdir":
     <workdir>/jax_cache; a path or URL; "": off) and returns its directory. Every compilation is
@@ -328,7 +355,7 @@ class Evolution:
     def problems(self) -> tuple[list[Problem], list[Problem]]:
         train_path, test_path = self.dir / "problems" / "train.jsonl", self.dir / "problems" / "test.jsonl"
         self._pull(train_path.parent)
-        if not (train_path.exists() and test_path.exists()):
+        if not _agreed("problems written", lambda: train_path.exists() and test_path.exists()):
             if _process()[0] == 0:  # one writer; the others read what it wrote
                 train, test = problem_sets(self.config.problems)
                 if not train:
@@ -346,7 +373,8 @@ class Evolution:
     def _stage(self, directory: pathlib.Path, name: str, fn: Callable[[pathlib.Path], dict]) -> dict:
         """The summary of stage `name` (`directory/name.json`), running `fn(directory)` first if it is not done."""
         done = directory / f"{name}.json"
-        if done.exists():
+        if _agreed(f"{directory} {name} done", done.exists):
+            self._pull(done)
             return json.loads(done.read_text())
         self._pull(directory)  # what an interrupted try (perhaps on another machine) left: records, checkpoints
         directory.mkdir(parents=True, exist_ok=True)
@@ -477,11 +505,8 @@ class Evolution:
     # --- the run ---
 
     def run(self) -> list[RoundResult]:
-        from rstar_jax.steps.executor import CodeExecutor
-
         train, test = self.problems()
-        e = self.config.executor
-        with CodeExecutor(num_workers=e.workers, timeout_s=e.timeout_s, memory_mb=e.memory_mb) as executor:
+        with code_executor(self.config.executor) as executor:
             self._executor = executor
             if self.config.bootstrap.kind == "reference":
                 self._bootstrap(train)

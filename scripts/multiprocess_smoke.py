@@ -6,7 +6,10 @@ device each, so training shards over processes, search chunks are split between 
 stages meet at barriers. It then checks the report against a one-process run on as many
 devices, which searches the same chunks with the same seeds:
 
-    python scripts/multiprocess_smoke.py --processes=2 --workdir=/tmp/mp
+    python scripts/multiprocess_smoke.py --processes=4 --delay=60 --workdir=/tmp/mp
+
+(--delay starts the last process that many seconds after the others: a slow host, which the
+others wait for at every barrier.)
 
 Too slow for the test suite (two evolutions on two cores); run it after changing evolve.py's
 process handling.
@@ -27,6 +30,7 @@ from absl import app, flags
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 _PROCESSES = flags.DEFINE_integer("processes", 2, "JAX processes.")
+_DELAY = flags.DEFINE_float("delay", 0.0, "Seconds the last process starts after the others.")
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/multiprocess_smoke", "Work directories go under here (emptied).")
 
 
@@ -49,10 +53,13 @@ def main(argv):
         s.bind(("localhost", 0))
         port = s.getsockname()[1]
     begin = time.time()
-    jobs = [_launch(base / "processes", {"JAX_COORDINATOR_ADDRESS": f"localhost:{port}", "JAX_NUM_PROCESSES": str(n),
-                                         "JAX_PROCESS_ID": str(i), "JAX_PLATFORMS": "cpu",
-                                         "XLA_FLAGS": "--xla_force_host_platform_device_count=1"})
-            for i in range(n)]
+    jobs = []
+    for i in range(n):
+        if i == n - 1 and _DELAY.value:
+            time.sleep(_DELAY.value)
+        jobs.append(_launch(base / "processes", {
+            "JAX_COORDINATOR_ADDRESS": f"localhost:{port}", "JAX_NUM_PROCESSES": str(n), "JAX_PROCESS_ID": str(i),
+            "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}))
     codes = [job.wait() for job in jobs]
     print(f"{n} processes: exit codes {codes} in {time.time() - begin:.0f} s", flush=True)
     if any(codes):

@@ -414,3 +414,16 @@ def test_lazy_imports_and_system_files_still_work_in_the_sandbox():
     assert os.path.exists(os.path.abspath(__file__))
     with CodeExecutor(num_workers=1) as ex:
         assert ex.run([code]) == [ExecResult(True, "0.5 1/2 True\n", "")]
+
+
+def test_a_host_runs_as_many_workers_as_its_cores_and_memory_allow(monkeypatch):
+    from rstar_jax.steps.executor import host_workers
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(208)))  # a v5p TPU VM host
+    assert host_workers(1024) == min(64, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20 // 2048)
+    assert host_workers(1024, cap=300, reserve=8) <= 200
+    assert host_workers(10**9) == 1  # memory for none: still one
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})  # two cores, both kept for the driver
+    assert host_workers(64) == 1
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
+    assert host_workers(64) == 6
