@@ -1,0 +1,156 @@
+"""Stock checkpoints, as downloaded from the hub, have no step tokens: launch/convert_checkpoint.py
+gives them the tokens, rows at the mean, and changes nothing else."""
+
+import importlib.util
+import io
+import json
+import pathlib
+
+import numpy as np
+import pytest
+import sentencepiece as spm
+import torch
+import transformers
+from absl import flags
+
+import checkpoints
+from rstar_jax.models import from_pretrained, read_config, tensor_files, vocab
+from rstar_jax.tokenizer import STEP_TOKENS, Tokenizer
+
+ROOT = pathlib.Path(__file__).parent.parent
+CORPUS = ["total = 2 * 20 * 12\nprint(total)\n", "The answer is 480 pounds, so 16 times.\n"] * 20
+
+
+@pytest.fixture(scope="module")
+def cli():
+    """`launch/convert_checkpoint.py`'s main, called in-process with the given flags; returns
+    its exit status."""
+    spec = importlib.util.spec_from_file_location("convert_checkpoint_cli", ROOT / "launch" / "convert_checkpoint.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    def run(*args):
+        flags.FLAGS.unparse_flags()
+        flags.FLAGS(["convert_checkpoint.py", *args])
+        try:
+            return module.main([])
+        finally:
+            flags.FLAGS.unparse_flags()
+
+    return run
+
+
+def _sp_tokenizer_without_step_tokens(directory):
+    """A Phi-3-like SentencePiece tokenizer (dummy prefix, BOS) of at most 200 ids and no step tokens."""
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(CORPUS), model_writer=buf, vocab_size=200, hard_vocab_limit=False, model_type="bpe",
+        character_coverage=1.0, normalization_rule_name="identity", add_dummy_prefix=True,
+        remove_extra_whitespaces=False, unk_id=0, bos_id=1, eos_id=2, num_threads=1, minloglevel=2)
+    (directory / "tokenizer.model").write_bytes(buf.getvalue())
+
+
+def _stock(tmp_path, case):
+    """(directory, transformers model) of a random stock checkpoint and its tokenizer, without
+    step tokens. qwen2: an untied head, 256 rows, a tokenizer.json of all 256 ids (the tables
+    must grow). phi3: stored in bfloat16, a SentencePiece tokenizer of at most 200 ids (the new ids fit)."""
+    directory = tmp_path / f"stock_{case}"
+    if case == "qwen2":
+        model = checkpoints.save("qwen2_gqa", directory)
+        checkpoints.bpe_tokenizer_dir(directory, checkpoints.VOCAB, CORPUS)
+    else:
+        model = checkpoints.build("phi3").to(torch.bfloat16)
+        model.save_pretrained(directory)
+        _sp_tokenizer_without_step_tokens(directory)
+    return directory, model
+
+
+@pytest.mark.parametrize("case, rows_after, dtype", [("qwen2", 384, "float32"), ("phi3", 256, "bfloat16")])
+def test_convert_adds_the_step_tokens_with_rows_at_the_mean_and_keeps_the_rest(
+        tmp_path, cli, capsys, case, rows_after, dtype):
+    source, reference = _stock(tmp_path, case)
+    before = Tokenizer.from_dir(source)
+    ids_before = before.vocab_size
+    assert ids_before == 256 if case == "qwen2" else ids_before <= 200
+    assert vocab.missing_step_tokens(before) == list(STEP_TOKENS)
+    out = tmp_path / "converted"
+    assert cli(f"--source={source}", f"--out={out}") == 0
+    printed = capsys.readouterr().out
+    new_ids = dict(zip(STEP_TOKENS, range(ids_before, ids_before + len(STEP_TOKENS))))
+    assert json.dumps(new_ids) in printed and f"embedding rows: 256 -> {rows_after}" in printed
+
+    tokenizer = Tokenizer.from_dir(out)
+    assert tokenizer.step_token_ids == new_ids
+    text = "total = 2 * 20 * 12\nprint(total)"
+    assert tokenizer.encode(f"{text}<end_of_step><code>") == [*before.encode(text), new_ids["<end_of_step>"],
+                                                                new_ids["<code>"]]
+    assert read_config(out).vocab_size == rows_after
+    assert json.loads((out / vocab.CONVERTED_FILE).read_text())["added"] == new_ids
+
+    # The weights keep their dtype; the other rows are the source's, bit for bit.
+    src, dst = tensor_files.TensorFiles.from_dir(source), tensor_files.TensorFiles.from_dir(out)
+    embed = np.asarray(dst.get("model.embed_tokens.weight"))
+    assert embed.dtype.name == dtype and json.loads((out / "config.json").read_text())["torch_dtype"] == dtype
+    old, end = np.asarray(src.get("model.embed_tokens.weight")), ids_before + len(STEP_TOKENS)
+    np.testing.assert_array_equal(embed[:ids_before], old[:ids_before])
+    np.testing.assert_array_equal(embed[end:256], old[end:])  # (unused rows the new ids did not take)
+    model = from_pretrained(out)
+    trained = np.asarray(src.get("model.embed_tokens.weight")[:ids_before], np.float32)
+    mean = trained.mean(0)
+    for i in new_ids.values():  # (mean in float32, then rounded to the stored dtype)
+        np.testing.assert_allclose(np.asarray(model.embed[...])[i], mean, atol=1e-6 if dtype == "float32" else 1e-2)
+    head = np.asarray(model.lm_head[...])  # [E, V]
+    head_mean = np.asarray(src.get("lm_head.weight")[:ids_before], np.float32).mean(0)
+    np.testing.assert_allclose(head[:, new_ids["<answer>"]], head_mean, atol=1e-6 if dtype == "float32" else 1e-2)
+    if rows_after > 256:  # rows added by growing start at the mean too
+        np.testing.assert_allclose(np.asarray(model.embed[...])[-1], mean, atol=1e-6)
+
+    # transformers loads the new directory and gives the old tokens the source's logits.
+    if dtype == "float32":
+        ids = checkpoints.token_ids(2, 12)
+        reloaded = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+        ours = checkpoints.logits(reloaded, ids)
+        assert ours.shape[-1] == rows_after
+        np.testing.assert_allclose(ours[..., :256], checkpoints.logits(reference, ids), atol=1e-4, rtol=0)
+
+    # A converted directory has nothing to convert: said so, nothing written.
+    again = tmp_path / "again"
+    assert cli(f"--source={out}", f"--out={again}") == 0
+    assert "already has every step token" in capsys.readouterr().out and not again.exists()
+
+
+def test_convert_refuses_bad_input_naming_the_path(tmp_path, cli, capsys):
+    missing = tmp_path / "nowhere"
+    assert cli(f"--source={missing}", f"--out={tmp_path / 'out'}") == 2
+    assert f"checkpoint directory {missing} does not exist" in capsys.readouterr().err
+
+    no_config = tmp_path / "no_config"
+    no_config.mkdir()
+    assert cli(f"--source={no_config}", f"--out={tmp_path / 'out'}") == 2
+    assert f"{no_config} has no config.json" in capsys.readouterr().err
+
+    no_tokenizer = tmp_path / "no_tokenizer"
+    checkpoints.save("llama", no_tokenizer)
+    assert cli(f"--source={no_tokenizer}", f"--out={tmp_path / 'out'}") == 2
+    err = capsys.readouterr().err
+    assert f"{no_tokenizer} has no tokenizer" in err and "--tokenizer" in err and "config.json" in err  # (found: ...)
+
+    _sp_tokenizer_without_step_tokens(tmp_path)  # its tokenizer elsewhere: --tokenizer
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "file").write_text("x")
+    assert cli(f"--source={no_tokenizer}", f"--tokenizer={tmp_path}", f"--out={taken}") == 2
+    assert f"output {taken} already exists and is not an empty directory" in capsys.readouterr().err
+    assert cli(f"--source={no_tokenizer}", f"--tokenizer={tmp_path}", f"--out={tmp_path / 'out'}") == 0
+    assert Tokenizer.from_dir(tmp_path / "out").step_token_ids["<code>"] == Tokenizer.from_dir(tmp_path).vocab_size
+
+    too_many = tmp_path / "too_many"  # a tokenizer of more ids than the model has rows
+    checkpoints.save("llama", too_many)
+    checkpoints.bpe_tokenizer_dir(too_many, 300, CORPUS)
+    assert cli(f"--source={too_many}", f"--out={tmp_path / 'out2'}") == 2
+    assert "do not belong together" in capsys.readouterr().err and not (tmp_path / "out2").exists()
+
+
+def test_step_token_ids_of_a_stock_tokenizer_says_to_convert(tmp_path):
+    with pytest.raises(KeyError, match="launch/convert_checkpoint.py"):
+        Tokenizer.from_dir(checkpoints.stock_tiny_base(tmp_path)).step_token_ids
