@@ -1,11 +1,16 @@
 """Stock checkpoints, as downloaded from the hub, have no step tokens: launch/convert_checkpoint.py
-gives them the tokens, rows at the mean, and changes nothing else."""
+and the evolution's first use give them the tokens, rows at the mean, and change nothing else."""
 
 import importlib.util
 import io
 import json
 import pathlib
+import shutil
+import subprocess
+import sys
+import uuid
 
+import ml_collections
 import numpy as np
 import pytest
 import sentencepiece as spm
@@ -14,8 +19,11 @@ import transformers
 from absl import flags
 
 import checkpoints
+from rstar_jax import evolve
+from rstar_jax.config_lib import TINY_BASE
 from rstar_jax.models import from_pretrained, read_config, tensor_files, vocab
 from rstar_jax.tokenizer import STEP_TOKENS, Tokenizer
+from test_evolve import smoke_config
 
 ROOT = pathlib.Path(__file__).parent.parent
 CORPUS = ["total = 2 * 20 * 12\nprint(total)\n", "The answer is 480 pounds, so 16 times.\n"] * 20
@@ -154,3 +162,96 @@ def test_convert_refuses_bad_input_naming_the_path(tmp_path, cli, capsys):
 def test_step_token_ids_of_a_stock_tokenizer_says_to_convert(tmp_path):
     with pytest.raises(KeyError, match="launch/convert_checkpoint.py"):
         Tokenizer.from_dir(checkpoints.stock_tiny_base(tmp_path)).step_token_ids
+
+
+# --- the evolution ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def conversions(monkeypatch):
+    """The calls of `convert_checkpoint`, counted."""
+    calls, real = [], vocab.convert_checkpoint
+
+    def counted(*args, **kwargs):
+        calls.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(vocab, "convert_checkpoint", counted)
+    return calls
+
+
+def test_a_stock_checkpoint_is_converted_once_and_the_rounds_run_on_it(tmp_path, conversions):
+    """The tiny world's base without its step tokens: the run converts it into the workdir and
+    every model of the run (the "reference" bootstrap's SFT starts from the base) has them."""
+    stock = checkpoints.stock_tiny_base(tmp_path / "stock")
+    config = smoke_config(**{"model.checkpoint": str(stock), "rounds": 1, "bootstrap.kind": "reference"})
+    workdir = tmp_path / "run"
+    results = evolve.run(config, workdir, progress=False)
+    assert [x.round for x in results] == [0, 1] and (workdir / "round_1" / "eval.json").exists()
+    assert len(conversions) == 1
+    base = workdir / "base" / "model"
+    ids = dict(zip(STEP_TOKENS, range(512, 519)))
+    assert Tokenizer.from_dir(base).step_token_ids == ids and read_config(base).vocab_size == 640
+    assert json.loads((workdir / "base" / "convert.json").read_text())["model"] == "base/model"
+    # The bootstrap SFT started from the converted base (a stock start would have 512 rows). (The
+    # converted base writes no step tokens yet, so the round solves nothing and trains no policy.)
+    bootstrap = workdir / "bootstrap" / "model"
+    assert Tokenizer.from_dir(bootstrap).step_token_ids == ids and read_config(bootstrap).vocab_size == 640
+    assert vocab.missing_step_tokens(Tokenizer.from_dir(stock)) == list(STEP_TOKENS)  # the source is untouched
+
+    again = evolve.Evolution(config, workdir)  # a resumed run: the converted copy, not a new one
+    assert again.base_checkpoint == str(base) and again.tokenizer.step_token_ids == ids
+    assert again.policy_path(0) == str(workdir / "bootstrap" / "model")
+    assert evolve.run(config, workdir, progress=False)[1].greedy == results[1].greedy
+    assert len(conversions) == 1
+
+
+def test_a_url_workdir_converts_once_and_a_new_machine_pulls_the_copy(tmp_path, conversions):
+    stock = checkpoints.stock_tiny_base(tmp_path / "stock")
+    config = smoke_config(**{"model.checkpoint": str(stock)})
+    url = f"memory://bucket/{uuid.uuid4().hex}"
+    first = evolve.Evolution(config, url, cache_dir=tmp_path / "machine0")
+    assert first.policy_path(0) == str(tmp_path / "machine0" / "base" / "model")
+    second = evolve.Evolution(config, url, cache_dir=tmp_path / "machine1")
+    base = tmp_path / "machine1" / "base" / "model"
+    assert second.base_checkpoint == str(base) and (base / "model.safetensors").exists()
+    assert second.tokenizer.step_token_ids["<code>"] == 512
+    assert len(conversions) == 1
+
+
+def _with_tokenizer(config, path):
+    config.tokenizer = ml_collections.ConfigDict({"path": str(path)})  # (as the pretrained configs have it)
+    return config
+
+
+def test_the_tokenizer_path_is_converted_with_the_model_or_refused(tmp_path, conversions):
+    stock = checkpoints.stock_tiny_base(tmp_path / "stock")
+    weights, tok = tmp_path / "weights", tmp_path / "tok"  # the tokenizer files apart from the weights
+    weights.mkdir(), tok.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(stock / name, weights / name)
+    for name in ("tokenizer.model", "tokenizer_config.json"):
+        shutil.copy(stock / name, tok / name)
+    run = evolve.Evolution(_with_tokenizer(smoke_config(**{"model.checkpoint": str(weights)}), tok), tmp_path / "run")
+    assert run.tokenizer.step_token_ids["<code>"] == 512 and len(conversions) == 1
+    assert run.base_checkpoint == str(tmp_path / "run" / "base" / "model")
+
+    # A tokenizer with the step tokens beside a model that never had them: their rows are padding.
+    paired = _with_tokenizer(smoke_config(**{"model.checkpoint": str(stock)}), TINY_BASE)
+    with pytest.raises(evolve.ConfigError, match="has the step tokens but config.model.checkpoint="):
+        evolve.Evolution(paired, tmp_path / "run2").tokenizer
+    assert len(conversions) == 1
+
+
+def test_evaluating_a_run_that_never_converted_its_stock_checkpoint_says_what_to_do(tmp_path, conversions):
+    stock = checkpoints.stock_tiny_base(tmp_path / "stock")
+    config = smoke_config(**{"model.checkpoint": str(stock)})
+    evolve.Evolution(config, tmp_path / "run")  # a run directory (config.json), nothing converted
+    reading = evolve.Evolution(config, tmp_path / "run", check_workdir=False)
+    with pytest.raises(evolve.ConfigError, match=r"has no step tokens.*launch/convert_checkpoint.py --source="):
+        reading.policy_path(0)
+    assert not conversions
+    done = subprocess.run([sys.executable, str(ROOT / "launch" / "evaluate.py"), "--config=configs/tiny.py:smoke",
+                           f"--workdir={tmp_path / 'run'}", "--round=0", f"--config.model.checkpoint={stock}"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert done.returncode == 2 and f"config.model.checkpoint='{stock}' has no step tokens" in done.stderr, done.stderr
