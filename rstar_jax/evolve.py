@@ -387,6 +387,24 @@ class Evolution:
                               f"config.model.checkpoint={checkpoint!r} only {rows} embedding rows; they do not belong "
                               "together")
 
+    def _check_bootstrap_checkpoint(self) -> None:
+        """The "checkpoint" bootstrap policy is run with the run's tokenizer: its own tokenizer, if it
+        has one, must give the step tokens the same ids (it is not converted here)."""
+        from rstar_jax.tokenizer import BACKENDS, Tokenizer
+
+        path = self.config.bootstrap.checkpoint
+        if not any((pathlib.Path(path) / f).is_file() for f in BACKENDS.values()):
+            return  # no tokenizer of its own
+        own = Tokenizer.from_dir(path)
+        ours = self.tokenizer.step_token_ids
+        theirs = {t: own.token_to_id(t) for t in ours}
+        if theirs != ours:
+            raise ConfigError(
+                f"config.bootstrap.checkpoint={path!r} gives the step tokens the ids {theirs}, the run's tokenizer "
+                f"{ours} (None: it has no such token, as a checkpoint downloaded from the hub). If it shares the "
+                f"base's vocabulary, convert it: `python launch/convert_checkpoint.py --source={path} --out=DIR` "
+                "gives the same ids; then pass --config.bootstrap.checkpoint=DIR")
+
     def problems(self) -> tuple[list[Problem], list[Problem]]:
         train_path, test_path = self.dir / "problems" / "train.jsonl", self.dir / "problems" / "test.jsonl"
         if not (train_path.exists() and test_path.exists()):
@@ -519,6 +537,8 @@ class Evolution:
 
         train, test = self.problems()
         self._base_dirs()  # a stock checkpoint is converted here, once, before any stage uses it
+        if self.config.bootstrap.kind == "checkpoint":
+            self._check_bootstrap_checkpoint()
         e = self.config.executor
         with CodeExecutor(num_workers=e.workers, timeout_s=e.timeout_s, memory_mb=e.memory_mb) as executor:
             self._executor = executor

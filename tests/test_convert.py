@@ -255,3 +255,17 @@ def test_evaluating_a_run_that_never_converted_its_stock_checkpoint_says_what_to
                            f"--workdir={tmp_path / 'run'}", "--round=0", f"--config.model.checkpoint={stock}"],
                           capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert done.returncode == 2 and f"config.model.checkpoint='{stock}' has no step tokens" in done.stderr, done.stderr
+
+
+def test_a_stock_bootstrap_checkpoint_is_refused_with_what_to_do(tmp_path):
+    """The "checkpoint" bootstrap runs with the run's tokenizer: a stock one has no rows for its ids."""
+    stock = checkpoints.stock_tiny_base(tmp_path / "stock")
+    config = smoke_config(**{"bootstrap.kind": "checkpoint", "bootstrap.checkpoint": str(stock)})
+    with pytest.raises(evolve.ConfigError, match=r"config.bootstrap.checkpoint=.*'<code>': None.*convert_checkpoint"):
+        evolve.Evolution(config, tmp_path / "run")._check_bootstrap_checkpoint()
+    vocab.convert_checkpoint(stock, tmp_path / "converted")  # its ids: 512.., the base's (TINY_BASE): 4..
+    config.bootstrap.checkpoint = str(tmp_path / "converted")
+    with pytest.raises(evolve.ConfigError, match=r"'<code>': 512.*'<code>': 4"):
+        evolve.Evolution(config, tmp_path / "run2")._check_bootstrap_checkpoint()
+    config.bootstrap.checkpoint = TINY_BASE
+    evolve.Evolution(config, tmp_path / "run3")._check_bootstrap_checkpoint()
