@@ -51,6 +51,7 @@ def main(argv):
         r = run.last_round() if _ROUND.value < 0 else _ROUND.value
         policy, ppm = run.policy_path(r), run.ppm_path(r)
         problems = load_problems(_PROBLEMS.value) if _PROBLEMS.value else run.problems()[1]
+        tokenizer = run.tokenizer  # (a stock model, without the step tokens, fails here saying what to do)
     except (evolve.ConfigError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -64,7 +65,7 @@ def main(argv):
     orm = run.reward_path("orm", r)
     with evolve.code_executor(config.executor) as executor:
         ev = evaluate.evaluate_policy(
-            problems, run.engine(policy), executor, run.tokenizer, budget=evolve.eval_budget(config),
+            problems, run.engine(policy), executor, tokenizer, budget=evolve.eval_budget(config),
             search=evolve.eval_search_config(config), ppm=run.scorer(ppm) if ppm else None,
             orm=run.scorer(orm) if orm else None, samples=_SAMPLES.value or config.eval.samples or None,
             temperature=config.eval.temperature if _TEMPERATURE.value is None else _TEMPERATURE.value,

@@ -29,6 +29,8 @@ Work directory:
 
     config.json            the config of the run (a resumed run must match it)
     problems/              train.jsonl, test.jsonl: the problems used, after decontamination
+    base/                  model/: config.model.checkpoint with the step tokens, when it had none
+                           (a checkpoint as downloaded from the hub; converted on first use)   convert.json
     bootstrap/             the "reference" bootstrap policy (its checkpoints and model/)
     round_{r}/
       search/              tree record shards          search.json   stage summary
@@ -310,6 +312,8 @@ class Evolution:
         self.config = config
         self.progress = progress
         self._tokenizer = None
+        self._base = None  # (model, tokenizer) directories of the base checkpoint: `_base_dirs`
+        self._reading = not check_workdir
         self._executor = None
         self.mirror = None  # a URL workdir (gs://...) is worked on in a local copy: `rstar_jax.workdir`
         if is_url(workdir):
@@ -348,9 +352,112 @@ class Evolution:
         if self._tokenizer is None:
             from rstar_jax.tokenizer import Tokenizer
 
-            path = self.config.get("tokenizer", {}).get("path", "") or self.config.model.checkpoint
-            self._tokenizer = Tokenizer.from_dir(path)
+            self._tokenizer = Tokenizer.from_dir(self._base_dirs()[1])
         return self._tokenizer
+
+    @property
+    def base_checkpoint(self) -> str:
+        """The base model: where every SFT starts, and the bootstrap policy of kinds "base" and
+        "few_shot". `config.model.checkpoint`, or, when its tokenizer lacks the step tokens (a
+        checkpoint as downloaded from the hub), the copy with them this run made on first use:
+        <workdir>/base/model (`rstar_jax.models.vocab.convert_checkpoint`)."""
+        return self._base_dirs()[0]
+
+    def _base_dirs(self) -> tuple[str, str]:
+        """(model, tokenizer) directories of the base checkpoint; converts it on first use."""
+        if self._base is None:
+            self._base = self._find_base()
+        return self._base
+
+    def _find_base(self) -> tuple[str, str]:
+        from rstar_jax.models import vocab
+        from rstar_jax.tokenizer import Tokenizer
+
+        checkpoint = self.config.model.checkpoint
+        given = self.config.get("tokenizer", {}).get("path", "")
+        done = self.dir / "base" / "convert.json"
+        if _agreed("base converted", done.exists):  # by an earlier try of this run: the source is not read again
+            self._pull(done)
+            path = self.dir / json.loads(done.read_text())["model"]
+            self._pull(path)
+            return str(path), str(path)
+        field, source = ("tokenizer.path", given) if given else ("model.checkpoint", checkpoint)
+        try:
+            tokenizer = Tokenizer.from_dir(source)
+        except (FileNotFoundError, ValueError) as e:
+            raise ConfigError(f"config.{field}={source!r}: {e}") from e
+        missing = vocab.missing_step_tokens(tokenizer)
+        if not missing:
+            if given:
+                self._check_tokenizer_pairing(tokenizer)
+            return checkpoint, source
+        if self._reading:
+            raise ConfigError(
+                f"config.{field}={source!r} has no step tokens ({', '.join(missing)}: a checkpoint as downloaded "
+                f"from the hub) and the run in {self.dir} holds no converted copy (base/convert.json). Pass the "
+                "--workdir of a run launch/tpu_evolve.py started (it converts the checkpoint on first use), or "
+                f"convert it: `python launch/convert_checkpoint.py --source={checkpoint}"
+                f"{f' --tokenizer={given}' if given else ''} --out=DIR`, then pass "
+                "--config.model.checkpoint=DIR")
+        summary = self._stage(self.dir / "base", "convert", lambda d: self._convert_base(d, given))
+        path = self.dir / summary["model"]
+        self._pull(path)
+        return str(path), str(path)
+
+    def _convert_base(self, directory: pathlib.Path, tokenizer: str) -> dict:
+        """config.model.checkpoint (with the tokenizer of config.tokenizer.path, if set) given the
+        step tokens, written to `directory`/model by process 0 (the others wait at the stage's barrier)."""
+        from rstar_jax.models import vocab
+
+        out = directory / "model"
+        summary = {}
+        if _process()[0] == 0:
+            shutil.rmtree(out, ignore_errors=True)  # what an earlier try left before its summary
+            summary = vocab.convert_checkpoint(self.config.model.checkpoint, out, tokenizer=tokenizer or None)
+            print(f"  {self.config.model.checkpoint} has no step tokens: added {summary['added']}, embedding rows "
+                  f"{summary['rows_before']} -> {summary['rows_after']}; the run uses {out}", flush=True)
+        keep = ("source", "tokenizer", "dtype", "added", "present", "rows_before", "rows_after")
+        return {"model": self._rel(str(out)), **{k: summary[k] for k in keep if k in summary}}
+
+    def _check_tokenizer_pairing(self, tokenizer) -> None:
+        """A config.tokenizer.path that has the step tokens must belong to config.model.checkpoint:
+        paired with a model that never had them, their ids would index untrained padding rows."""
+        from rstar_jax.models import read_config, vocab
+        from rstar_jax.tokenizer import BACKENDS, Tokenizer
+
+        checkpoint, given = self.config.model.checkpoint, self.config.tokenizer.path
+        if any((pathlib.Path(checkpoint) / f).is_file() for f in BACKENDS.values()):
+            own = vocab.missing_step_tokens(Tokenizer.from_dir(checkpoint))
+            if own:
+                raise ConfigError(
+                    f"config.tokenizer.path={given!r} has the step tokens but config.model.checkpoint="
+                    f"{checkpoint!r} does not ({', '.join(own)}), so its rows for them were never set. Unset "
+                    "config.tokenizer.path (the run then converts the checkpoint with its own tokenizer once, into "
+                    "<workdir>/base/model), or point config.model.checkpoint at the model that tokenizer was saved "
+                    "with")
+        rows = read_config(checkpoint).vocab_size
+        if tokenizer.vocab_size > rows:
+            raise ConfigError(f"config.tokenizer.path={given!r} has {tokenizer.vocab_size} ids but "
+                              f"config.model.checkpoint={checkpoint!r} only {rows} embedding rows; they do not belong "
+                              "together")
+
+    def _check_bootstrap_checkpoint(self) -> None:
+        """The "checkpoint" bootstrap policy is run with the run's tokenizer: its own tokenizer, if it
+        has one, must give the step tokens the same ids (it is not converted here)."""
+        from rstar_jax.tokenizer import BACKENDS, Tokenizer
+
+        path = self.config.bootstrap.checkpoint
+        if not any((pathlib.Path(path) / f).is_file() for f in BACKENDS.values()):
+            return  # no tokenizer of its own
+        own = Tokenizer.from_dir(path)
+        ours = self.tokenizer.step_token_ids
+        theirs = {t: own.token_to_id(t) for t in ours}
+        if theirs != ours:
+            raise ConfigError(
+                f"config.bootstrap.checkpoint={path!r} gives the step tokens the ids {theirs}, the run's tokenizer "
+                f"{ours} (None: it has no such token, as a checkpoint downloaded from the hub). If it shares the "
+                f"base's vocabulary, convert it: `python launch/convert_checkpoint.py --source={path} --out=DIR` "
+                "gives the same ids; then pass --config.bootstrap.checkpoint=DIR")
 
     def problems(self) -> tuple[list[Problem], list[Problem]]:
         train_path, test_path = self.dir / "problems" / "train.jsonl", self.dir / "problems" / "test.jsonl"
@@ -486,7 +593,7 @@ class Evolution:
                 return self.config.bootstrap.checkpoint
             if kind == "reference":
                 return str(self.dir / "bootstrap" / "model")
-            return self.config.model.checkpoint
+            return self.base_checkpoint
         summary = json.loads((self.round_dir(r) / "policy.json").read_text())
         return str(self.dir / summary["model"])  # (a relative path, or an absolute one from an older run)
 
@@ -506,6 +613,9 @@ class Evolution:
 
     def run(self) -> list[RoundResult]:
         train, test = self.problems()
+        self._base_dirs()  # a stock checkpoint is converted here, once, before any stage uses it
+        if self.config.bootstrap.kind == "checkpoint":
+            self._check_bootstrap_checkpoint()
         with code_executor(self.config.executor) as executor:
             self._executor = executor
             if self.config.bootstrap.kind == "reference":
@@ -662,7 +772,7 @@ class Evolution:
                 raise ConfigError("config.bootstrap.kind='reference' needs problems with reference solutions "
                                   "(metadata['solution'], as the synthetic generator writes); these have none")
             examples = examples[:max(1, int(self.config.bootstrap.fraction * len(examples)))]
-            path, metrics = self._sft(d, self.config.model.checkpoint, examples, seed=0)
+            path, metrics = self._sft(d, self.base_checkpoint, examples, seed=0)
             return {"model": path, **metrics}
 
         self._stage(self.dir / "bootstrap", "bootstrap", run)
@@ -674,7 +784,7 @@ class Evolution:
             return {"model": self._rel(prev), "trained": False,
                     "notes": [f"round {r}: no SFT examples (no problem solved often enough); "
                               "the policy is carried over"]}
-        path, metrics = self._sft(rdir / "policy", self.config.model.checkpoint, examples, seed=r)
+        path, metrics = self._sft(rdir / "policy", self.base_checkpoint, examples, seed=r)
         return {"model": path, "trained": True, **metrics}
 
     def _train_reward(self, rdir: pathlib.Path, r: int, kind: str) -> dict:

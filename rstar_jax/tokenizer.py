@@ -326,8 +326,12 @@ class Tokenizer:
         ids = {t: self.token_to_id(t) for t in STEP_TOKENS}
         missing = [t for t, i in ids.items() if i is None]
         if missing:
-            raise KeyError(f"step tokens {missing} are not in this {self.backend} tokenizer; "
-                           "call add_step_tokens() (and resize the model's embeddings) first")
+            raise KeyError(
+                f"step tokens {missing} are not in this {self.backend} tokenizer (a checkpoint as downloaded "
+                "from the hub has none): convert the checkpoint first with `python launch/convert_checkpoint.py "
+                "--source=DIR --out=NEW_DIR` and use NEW_DIR (launch/tpu_evolve.py converts config.model.checkpoint "
+                "itself on first use), or in code call rstar_jax.models.vocab.add_step_tokens(model, tokenizer), "
+                "which also gives the model rows for them")
         return ids
 
     def _special_id(self, kind: str) -> int | None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pathlib
+import shutil
+
 import numpy as np
 import torch
 import transformers
@@ -82,3 +85,28 @@ def bpe_tokenizer_dir(directory, vocab_size: int, corpus, specials=()) -> None:
 
 def token_ids(batch: int, length: int, seed: int = 0) -> np.ndarray:
     return np.random.RandomState(seed).randint(3, VOCAB, (batch, length)).astype(np.int32)
+
+
+def stock_tiny_base(directory) -> pathlib.Path:
+    """The tiny world's pretrained base as a checkpoint downloaded from the hub would be: the same
+    weights, but a tokenizer without the step tokens. Their pieces become `<unused_k>` (as stock
+    vocabularies hold reserved tokens), so every other id, and the embedding table of 512 rows,
+    stay as they are; a conversion has to grow the table for the step tokens."""
+    from sentencepiece import sentencepiece_model_pb2
+
+    from rstar_jax.config_lib import TINY_BASE
+    from rstar_jax.tokenizer import STEP_TOKENS
+
+    base, directory = pathlib.Path(TINY_BASE), pathlib.Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    for name in ("config.json", "model.safetensors", "tokenizer_config.json"):
+        shutil.copy(base / name, directory / name)
+    proto = sentencepiece_model_pb2.ModelProto.FromString((base / "tokenizer.model").read_bytes())
+    renamed = 0
+    for piece in proto.pieces:
+        if piece.piece in STEP_TOKENS:
+            piece.piece = f"<unused_{renamed}>"
+            renamed += 1
+    assert renamed == len(STEP_TOKENS), renamed
+    (directory / "tokenizer.model").write_bytes(proto.SerializeToString())
+    return directory

@@ -229,13 +229,19 @@ def _to_host(array: jax.Array) -> np.ndarray:
     return np.asarray(multihost_utils.process_allgather(array, tiled=True))
 
 
-def save_pretrained(model: CausalLM, out_dir: str | Path, *, max_shard_bytes: int = 5 * 2**30) -> Path:
+def save_pretrained(model: CausalLM, out_dir: str | Path, *, max_shard_bytes: int = 5 * 2**30,
+                    this_process_only: bool = False) -> Path:
     """Writes config.json and safetensors weights that `transformers.AutoModelForCausalLM` loads,
     plus value_head.safetensors when the model has a value head. Tensors are gathered and written
-    one at a time. Every process must call this; only process 0 writes."""
+    one at a time. Every process must call this; only process 0 writes. `this_process_only`: the
+    model lives on this process's devices alone (e.g. its CPU); this process writes it, and no
+    other takes part."""
     out = _local(out_dir)
     config = model.config
     params = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
+    if this_process_only and not all(v.get_value().is_fully_addressable for v in params.values()):
+        raise ValueError(f"save_pretrained({out}, this_process_only=True): the model is sharded over other "
+                         "processes' devices too; call save_pretrained on every process instead")
     groups: dict[str, list[_Entry]] = {}
     for entry in _entries(config, model.has_lm_head, model.has_value_head):
         groups.setdefault(entry.name, []).append(entry)
@@ -251,12 +257,12 @@ def save_pretrained(model: CausalLM, out_dir: str | Path, *, max_shard_bytes: in
         full = (sum(s[0] for s in shape), *shape[0][1:])
         (head if parts[0].value_head else tensors).append((name, full, np.dtype(first.dtype), produce(parts)))
 
-    if jax.process_index() == 0:
+    if this_process_only or jax.process_index() == 0:
         _write(out, model, tensors, head, max_shard_bytes)
     else:
         for _, _, _, make in tensors + head:
             make()  # gathering is collective: every process takes part, one writes
-    if jax.process_count() > 1:  # nobody reads the directory before process 0 has finished it
+    if jax.process_count() > 1 and not this_process_only:  # nobody reads it before process 0 has finished
         multihost_utils.sync_global_devices(f"save_pretrained {out}")
     return out
 
