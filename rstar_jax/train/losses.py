@@ -35,7 +35,8 @@ def chunked_sft_loss_sum(logits_fn, hidden: jax.Array, targets: jax.Array, weigh
     hidden [B, T, E] goes through `logits_fn` (the LM head: [B, c, E] -> float32 [B, c, V])
     `chunk` positions at a time, and each chunk's logits are recomputed in the backward pass
     rather than kept, so a step holds [B, chunk, V] floats instead of [B, T, V] (for a 152k
-    vocabulary and 4096 tokens a row, 2.5 GB a row in float32). chunk must divide T."""
+    vocabulary and 4096 tokens a row, 2.5 GB a row in float32), and no one-hot of the targets.
+    chunk must divide T."""
     b, t, e = hidden.shape
     if chunk < 1 or t % chunk:
         raise ValueError(f"the loss chunk ({chunk} positions) must divide the sequence length {t}")
@@ -46,7 +47,12 @@ def chunked_sft_loss_sum(logits_fn, hidden: jax.Array, targets: jax.Array, weigh
 
     @jax.checkpoint
     def piece(h, tg, w):
-        return sft_loss_sum(logits_fn(h), tg, w)
+        logits = logits_fn(h).astype(jnp.float32)  # [B, chunk, V]
+        # The target's logit by a gather: no one-hot as large as the chunk's logits.
+        picked = jnp.take_along_axis(logits, tg[..., None], axis=-1)[..., 0]
+        nll = jax.nn.logsumexp(logits, axis=-1) - picked
+        w = w.astype(jnp.float32)
+        return jnp.sum(nll * w), jnp.sum(w)
 
     def body(sums, xs):
         total, count = piece(*xs)
