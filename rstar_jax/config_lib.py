@@ -115,6 +115,9 @@ def evolve_config(config: ml_collections.ConfigDict, *, train: str, test: str, b
 # fits a chip's HBM with the policy and the PPM tensor-parallel over a host's 4 chips, at the
 # paper's candidates (docs/tpu.md). "": fits both v5e (16 GiB) and v5p (95 GiB) chips.
 HOST_BATCHES = {"": (4, 2), "v5e": (4, 2), "v5p": (16, 16)}
+# ... where a model's smaller KV cache takes more: Qwen2.5-Math-7B's 4 KV heads (57 KB a token
+# against Phi-3-mini's 393 KB) let a v5p host search 64 problems (its prefill peaks at 79 GiB).
+MODEL_HOST_BATCHES = {("qwen25_math_7b", "v5p"): (64, 32)}
 # Training tokens a chip takes in one microbatch, by the slice's chips: with the layers scanned and
 # rematerialised, Phi-3-mini's and Qwen2.5-Math-7B's steps peak within a chip's HBM (docs/tpu.md).
 TRAIN_TOKENS_PER_CHIP = {"": 8192, "v5e": 8192, "v5p": 32768}
@@ -126,7 +129,7 @@ def pretrained_config(preset: str, checkpoint: str, chips: str | None = None) ->
     `chips` ("v5e", "v5p"; default both) sizes the searches' batches (HOST_BATCHES)."""
     if (chips or "") not in HOST_BATCHES:
         raise ValueError(f"unknown chips {chips!r}; known: {', '.join(k for k in HOST_BATCHES if k)}")
-    search_batch, eval_batch = HOST_BATCHES[chips or ""]
+    search_batch, eval_batch = MODEL_HOST_BATCHES.get((preset, chips), HOST_BATCHES[chips or ""])
     config = ml_collections.ConfigDict()
     config.seed = 0
     config.model = model_config(preset, checkpoint)

@@ -150,11 +150,11 @@ def roofline(flops: float, bytes_accessed: float, device_kind: str) -> float:
 def train_flops(model_config, task: str, rows: int, length: int, remat: bool) -> float:
     """FLOPs of one training step of the whole batch, counted from the model (the cost analysis
     counts scanned layers and microbatches once): forward and backward, plus one more forward of
-    the blocks under remat; a PPM pair is two sequences and has no LM head."""
+    the blocks under remat; a PPM row is a pair of sequences, and reward models have no LM head."""
     per_token = flops_per_token(model_config, length)
-    if task != "sft":
+    if task != "sft":  # a reward model scores with its value head
         per_token -= 6 * model_config.hidden_size * model_config.vocab_size
-    tokens = rows * length * (1 if task == "sft" else 2)
+    tokens = rows * length * (2 if task == "ppm" else 1)
     return per_token * tokens * (4 / 3 if remat else 1.0)
 
 

@@ -89,13 +89,14 @@ class Solutions:
 Gather = Callable[[str, list[dict]], list[list[dict]]]
 
 
-def share(problems: Sequence[Problem], index: int, count: int, batch_size: int | None) -> list[Problem]:
-    """Process `index` of `count`'s problems: the batches of `batch_size` problems (as a search
-    cuts them, default 32) with batch number j mod count == index, so each batch is searched
-    whole, with the shapes, and so the samples, it has in a one-process run."""
+def share(n: int, index: int, count: int, batch_size: int | None) -> list[int]:
+    """The positions, among `n` problems, that process `index` of `count` solves: every
+    count-th run of `batch_size` problems (default 32, a search's batch), so that each process
+    searches about as many and a process's batches are as wide as a one-process run's. Each
+    problem keeps its position as its seed id (`run_search(seed_ids=)`): its samples are those
+    of a one-process run."""
     width = int(batch_size or 32)
-    batches = [problems[i:i + width] for i in range(0, len(problems), width)]
-    return [p for j, batch in enumerate(batches) if j % count == index for p in batch]
+    return [i for i in range(n) if (i // width) % count == index]
 
 
 def _everyone(problems: Sequence[Problem], mine: list[Solutions], name: str, gather: Gather | None) -> list[Solutions]:
@@ -146,7 +147,8 @@ def _engine_policy(policy, tokenizer, config: SearchConfig):
 
 def solve(problems: Sequence[Problem], policy, executor, tokenizer, *, samples: int = 1,
           temperature: float = 0.0, scorer=None, search: SearchConfig | None = None,
-          batch_size: int | None = None, progress: bool | None = None) -> list[Solutions]:
+          batch_size: int | None = None, progress: bool | None = None,
+          seed_ids: Sequence[int] | None = None) -> list[Solutions]:
     """`samples` single-path solutions of each problem (greedy when temperature is 0).
 
     policy: an `Engine` (or a search `Policy`); scorer: a PPM `ValueScorer` to score each
@@ -163,7 +165,7 @@ def solve(problems: Sequence[Problem], policy, executor, tokenizer, *, samples: 
         config = dataclasses.replace(base, mode=Mode.TERMINAL, candidates=1, rollouts=1, temperature=temperature,
                                      seed=base.seed + i, capacity=None)
         trees = run_search(problems, _engine_policy(policy, tokenizer, config), executor, tokenizer, config,
-                           batch_size=batch_size, progress=progress)
+                           batch_size=batch_size, progress=progress, seed_ids=seed_ids)
         found = [_answers(tree, graded=True)[:1] for tree in trees]
         for sol, f in zip(out, found):
             # No PPM: no score (a Q here would be the grade itself).
@@ -181,7 +183,8 @@ def rescore(solutions: Sequence[Solutions], scorer) -> list[Solutions]:
 
 
 def mcts(problems: Sequence[Problem], policy, scorer, executor, tokenizer, search: SearchConfig, *,
-         searches: int = 1, batch_size: int | None = None, progress: bool | None = None) -> list[Solutions]:
+         searches: int = 1, batch_size: int | None = None, progress: bool | None = None,
+         seed_ids: Sequence[int] | None = None) -> list[Solutions]:
     """`searches` independent test-time searches of each problem with the PPM (RSTAR.md
     section 3); every answer node found is a candidate, scored by the PPM."""
     if scorer is None:
@@ -190,7 +193,7 @@ def mcts(problems: Sequence[Problem], policy, scorer, executor, tokenizer, searc
     for i in range(searches):
         config = dataclasses.replace(search, mode=Mode.TEST, seed=search.seed + i)
         trees = run_search(problems, _engine_policy(policy, tokenizer, config), executor, tokenizer, config,
-                           scorer=scorer, batch_size=batch_size, progress=progress)
+                           scorer=scorer, batch_size=batch_size, progress=progress, seed_ids=seed_ids)
         for sol, tree in zip(out, trees):
             sol.candidates += _answers(tree, graded=False)
     return out
@@ -342,7 +345,9 @@ def evaluate_policy(problems: Sequence[Problem], policy, executor, tokenizer, *,
     index, count = process
     if count > 1 and gather is None:
         raise ValueError(f"process {index} of {count}: several processes need a gather to exchange solutions")
-    mine = share(problems, index, count, batch_size) if count > 1 else list(problems)
+    positions = share(len(problems), index, count, batch_size) if count > 1 else None
+    mine = [problems[i] for i in positions] if count > 1 else list(problems)
+    kw = {"batch_size": batch_size, "progress": progress, "seed_ids": positions}
 
     def everyone(name: str, solutions: list[Solutions]) -> list[Solutions]:
         return _everyone(problems, solutions, name, gather if count > 1 else None)
@@ -350,15 +355,14 @@ def evaluate_policy(problems: Sequence[Problem], policy, executor, tokenizer, *,
     n = samples or (search.rollouts * searches if search is not None else 8)
     results, quality = {}, {}
     if "greedy" in methods:
-        greedy = solve(mine, policy, executor, tokenizer, search=budget, batch_size=batch_size, progress=progress)
+        greedy = solve(mine, policy, executor, tokenizer, search=budget, **kw)
         results[GREEDY] = summary(everyone("greedy", greedy))
         for name, model in (("ppm", ppm), ("orm", orm)):
             if model is not None:  # one answer a problem: only the pooled AUC, cheap enough for every round
                 scored = everyone(f"greedy scored by the {name}", rescore(greedy, model))
                 quality[f"{name}_auc_greedy"] = _ranking_auc(scored)["auc"]
     if "sampled" in methods:
-        sampled = solve(mine, policy, executor, tokenizer, samples=n, temperature=temperature, search=budget,
-                        batch_size=batch_size, progress=progress)
+        sampled = solve(mine, policy, executor, tokenizer, samples=n, temperature=temperature, search=budget, **kw)
         everyone_sampled = everyone("sampled", sampled)
         results[MAJORITY] = summary(everyone_sampled, "majority")
         results[PASS] = summary(everyone_sampled, "oracle")
@@ -368,8 +372,7 @@ def evaluate_policy(problems: Sequence[Problem], policy, executor, tokenizer, *,
                 results[BEST_PPM if name == "ppm" else BEST_ORM] = summary(scored, "highest")
                 quality |= {f"{name}_{k}": v for k, v in _ranking_auc(scored).items()}
     if "mcts" in methods and ppm is not None and search is not None:
-        found = everyone("mcts", mcts(mine, policy, ppm, executor, tokenizer, search, searches=searches,
-                                      batch_size=batch_size, progress=progress))
+        found = everyone("mcts", mcts(mine, policy, ppm, executor, tokenizer, search, searches=searches, **kw))
         results[MCTS] = summary(found, "highest" if searches == 1 else "top_k_vote")
         results[MCTS + " (weighted vote)"] = summary(found, "weighted_vote")
     ids = [p.id for p in problems]

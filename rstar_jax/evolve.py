@@ -207,6 +207,30 @@ def _agreed(name: str, decide: Callable[[], bool]) -> bool:
 _decisions = itertools.count()
 
 
+def _by_process_0(name: str, fn: Callable[[], object]) -> object:
+    """`fn()` run by process 0 alone (a shared file written once) while the others wait for it;
+    its result on process 0, None elsewhere. When it fails, every process raises: the others
+    with process 0's error, instead of waiting at the next barrier for a process that stopped."""
+    index, count = _process()
+    if count == 1:
+        return fn()
+    from jax._src import distributed
+
+    client, key = distributed.global_state.client, f"rstar_jax work {next(_decisions)}: {name}"
+    if index == 0:
+        try:
+            result = fn()
+        except Exception as e:
+            client.key_value_set(key, f"{type(e).__name__}: {e}")
+            raise
+        client.key_value_set(key, "")
+        return result
+    error = client.blocking_key_value_get(key, _BARRIER_HOURS * 3600 * 1000)
+    if error:
+        raise ConfigError(f"process 0 failed at {name}: {error}")
+    return None
+
+
 # --- the run ----------------------------------------------------------------------------------
 
 
@@ -271,7 +295,7 @@ def microbatches(c: ml_collections.ConfigDict, task: str, mesh: ml_collections.C
         known = math.prod(v for v in sizes.values() if v != -1)
         sizes = {k: (v if v != -1 else (devices or jax.device_count()) // known) for k, v in sizes.items()}
     shards = sizes.get("data", 1) * sizes.get("fsdp", 1)
-    row_tokens = c.max_length * (1 if task == "sft" else 2)
+    row_tokens = c.max_length * (2 if task == "ppm" else 1)  # a PPM row is a pair of sequences
     try:
         return microbatches_for(c.batch, row_tokens, shards, budget)
     except ValueError as e:
@@ -406,16 +430,22 @@ class Evolution:
 
     def _convert_base(self, directory: pathlib.Path, tokenizer: str) -> dict:
         """config.model.checkpoint (with the tokenizer of config.tokenizer.path, if set) given the
-        step tokens, written to `directory`/model by process 0 (the others wait at the stage's barrier)."""
+        step tokens, written to `directory`/model by process 0 while the others wait."""
         from rstar_jax.models import vocab
 
         out = directory / "model"
-        summary = {}
-        if _process()[0] == 0:
+
+        def convert() -> dict:
             shutil.rmtree(out, ignore_errors=True)  # what an earlier try left before its summary
-            summary = vocab.convert_checkpoint(self.config.model.checkpoint, out, tokenizer=tokenizer or None)
+            try:
+                summary = vocab.convert_checkpoint(self.config.model.checkpoint, out, tokenizer=tokenizer or None)
+            except (FileNotFoundError, FileExistsError, ValueError) as e:
+                raise ConfigError(f"config.model.checkpoint={self.config.model.checkpoint!r}: {e}") from e
             print(f"  {self.config.model.checkpoint} has no step tokens: added {summary['added']}, embedding rows "
                   f"{summary['rows_before']} -> {summary['rows_after']}; the run uses {out}", flush=True)
+            return summary
+
+        summary = _by_process_0("base conversion", convert) or {}
         keep = ("source", "tokenizer", "dtype", "added", "present", "rows_before", "rows_after")
         return {"model": self._rel(str(out)), **{k: summary[k] for k in keep if k in summary}}
 
@@ -463,14 +493,16 @@ class Evolution:
         train_path, test_path = self.dir / "problems" / "train.jsonl", self.dir / "problems" / "test.jsonl"
         self._pull(train_path.parent)
         if not _agreed("problems written", lambda: train_path.exists() and test_path.exists()):
-            if _process()[0] == 0:  # one writer; the others read what it wrote
+
+            def write():  # one writer; the others read what it wrote
                 train, test = problem_sets(self.config.problems)
                 if not train:
                     raise ConfigError(f"config.problems.train={self.config.problems.train!r} gave no training problems")
                 _write_problems(test_path, test)
                 _write_problems(train_path, train)
                 self.push(train_path.parent)
-            _barrier("problems written")
+
+            _by_process_0("problems written", write)
             self._pull(train_path.parent)
         return _read_problems(train_path), _read_problems(test_path)
 
@@ -480,7 +512,7 @@ class Evolution:
     def _stage(self, directory: pathlib.Path, name: str, fn: Callable[[pathlib.Path], dict]) -> dict:
         """The summary of stage `name` (`directory/name.json`), running `fn(directory)` first if it is not done."""
         done = directory / f"{name}.json"
-        if _agreed(f"{directory} {name} done", done.exists):
+        if _agreed(f"{self._rel(str(directory))} {name} done", done.exists):
             self._pull(done)
             return json.loads(done.read_text())
         self._pull(directory)  # what an interrupted try (perhaps on another machine) left: records, checkpoints
@@ -493,7 +525,7 @@ class Evolution:
             tmp.write_text(json.dumps(summary, indent=2) + "\n")
             os.replace(tmp, done)
         self.push(directory)  # every process: what it wrote
-        _barrier(f"{directory} {name}")
+        _barrier(f"{self._rel(str(directory))} {name}")  # (keys the same on hosts with other local paths)
         if _process()[0] != 0:
             self._pull(done)  # (a URL workdir: what process 0 wrote, later steps read)
         return summary
@@ -511,7 +543,10 @@ class Evolution:
             tmp.write_text(json.dumps(mine) + "\n")
             os.replace(tmp, path)
             self.push(directory)
-            _barrier(f"{directory} {name}")
+            if self.mirror is not None:  # copies an earlier try left would pass for this try's parts
+                for i in set(range(count)) - {index}:
+                    (directory / f"{stem}.{i}.json").unlink(missing_ok=True)
+            _barrier(f"{self._rel(str(directory))} {name}")
             self._pull(directory)
             return [json.loads((directory / f"{stem}.{i}.json").read_text()) for i in range(count)]
 
@@ -738,7 +773,7 @@ class Evolution:
             shutil.rmtree(out, ignore_errors=True)
             os.replace(tmp, out)
             self.push(out, delete=True)
-        _barrier(f"export {out}")
+        _barrier(f"export {self._rel(str(out))}")
         return self._rel(str(out))
 
     def _sft(self, directory: pathlib.Path, start: str, examples: list, seed: int) -> tuple[str, dict]:

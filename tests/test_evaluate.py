@@ -7,6 +7,8 @@ import math
 import numpy as np
 import pytest
 
+from scripted import CharTokenizer, ScriptedPolicy, ScriptedScorer, random_rule, split_prompt
+
 from rstar_jax import evaluate
 from rstar_jax.evaluate import Candidate, Solutions
 from rstar_jax.search.config import SearchConfig
@@ -150,58 +152,71 @@ def test_evaluate_policy_compares_every_method_at_equal_trajectories(world):
     assert list(alone.results) == ["greedy", "maj@N", "pass@N (oracle)"] and not alone.quality
 
 
-def test_processes_evaluate_their_shares_and_gather_the_evaluation_of_all(world, tmp_path):
-    # Two processes, played by two threads with their own engines, scorers and executors, as two
-    # hosts have: each solves every other batch of one problem and they swap solutions at a barrier.
+class _SeededPolicy(ScriptedPolicy):
+    """A scripted policy whose samples follow the seeds it is given, as a model's do."""
+
+    def sample(self, prompts, num_samples, seeds, rows=None):
+        del rows
+        out = []
+        for prompt, seed in zip(prompts, seeds, strict=True):
+            question, response = split_prompt(self.tokenizer.decode([int(t) for t in prompt]))
+            out += [self.step_ids(question, response, int(seed) * 64 + s) for s in range(num_samples)]
+        tokens = np.full((len(out), max([1, *map(len, out)])), self.tokenizer.pad_id, np.int32)
+        for i, row in enumerate(out):
+            tokens[i, :len(row)] = row
+        return tokens, np.array([len(r) for r in out], np.int32)
+
+
+def test_processes_evaluate_their_shares_and_gather_the_evaluation_of_all():
+    # Three processes, played by threads with their own executor pools as hosts have, each solving
+    # its share (every third batch of two problems) and swapping solutions at a barrier; their
+    # evaluation is the one of a single process, sample for sample.
     import threading
 
-    from rstar_jax.engine import Engine, ValueScorer
     from rstar_jax.steps.executor import CodeExecutor
-    from rstar_jax.testing import steered_tiny_policy
 
-    tokenizer, engine, scorer, executor = world
-    problems = [*PROBLEMS, Problem("What is 7 - 2?", "5")]
-    search = SearchConfig(rollouts=2, candidates=2, max_depth=3, max_step_tokens=24, max_output_tokens=16)
-    kwargs = dict(budget=BUDGET, search=search, samples=2, temperature=1.0, batch_size=1, progress=False)
-    alone = evaluate.evaluate_policy(problems, engine, executor, tokenizer, ppm=scorer, **kwargs)
-    assert [p.id for p in evaluate.share(problems, 0, 2, 1)] == [problems[0].id, problems[2].id]
-    assert [p.id for p in evaluate.share(problems, 1, 2, 1)] == [problems[1].id]
+    tokenizer = CharTokenizer()
+    problems = [Problem(f"What is {a} + {a}?", str(2 * a)) for a in range(7)]
+    policy = _SeededPolicy(lambda q, r, s: random_rule(0, str(2 * int(q.split()[2])), "-1")(q, r, s), tokenizer, 48)
+    scorer = ScriptedScorer(tokenizer=tokenizer)
+    search = SearchConfig(rollouts=3, candidates=2, max_depth=3, max_step_tokens=48, max_output_tokens=16)
+    budget = SearchConfig(max_depth=4, max_step_tokens=48, max_output_tokens=16)
+    kwargs = dict(budget=budget, search=search, samples=3, temperature=1.0, batch_size=2, progress=False,
+                  methods=["greedy", "sampled", "mcts"])
+    assert evaluate.share(7, 0, 3, 2) == [0, 1, 6] and evaluate.share(7, 2, 3, 2) == [4, 5]
+    with CodeExecutor(num_workers=1) as executor:
+        alone = evaluate.evaluate_policy(problems, policy, executor, tokenizer, ppm=scorer, orm=scorer, **kwargs)
+    assert 0 < alone.results["maj@N"]["accuracy"] < 1  # answers right and wrong: the samples matter
 
-    barrier, parts, solved, out = threading.Barrier(2, timeout=600), {}, {}, {}
+    count = 3
+    barrier, parts, solved, out = threading.Barrier(count, timeout=600), {}, {}, {}
 
     def gather(index):
         def exchange(name, mine):
             parts[name, index] = mine
             solved.setdefault(index, set()).update(d["problem"] for d in mine)
             barrier.wait()
-            return [parts[name, 0], parts[name, 1]]
+            return [parts[name, i] for i in range(count)]
         return exchange
 
     def process(index):
         try:
-            if index == 0:
-                own = (engine, scorer, executor)
-            else:  # the other host's own models (the same weights) and executor pool
-                own = (Engine(steered_tiny_policy(tokenizer, 0), vocab_size=tokenizer.vocab_size, pad_id=tokenizer.pad_id),
-                       ValueScorer(steered_tiny_policy(tokenizer, 1, value_head=True), pad_id=tokenizer.pad_id),
-                       CodeExecutor(num_workers=1))
-            out[index] = evaluate.evaluate_policy(problems, own[0], own[2], tokenizer, ppm=own[1], process=(index, 2),
-                                                  gather=gather(index), **kwargs)
-            if index:
-                own[2].close()
+            with CodeExecutor(num_workers=1) as executor:
+                out[index] = evaluate.evaluate_policy(problems, policy, executor, tokenizer, ppm=scorer, orm=scorer,
+                                                      process=(index, count), gather=gather(index), **kwargs)
         except BaseException as e:  # noqa: BLE001 (reported below, in the test's thread)
             out[index] = e
             barrier.abort()
 
-    threads = [threading.Thread(target=process, args=(i,)) for i in range(2)]
+    threads = [threading.Thread(target=process, args=(i,)) for i in range(count)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    for index in range(2):
+    for index in range(count):
         assert not isinstance(out[index], BaseException), out[index]
         assert out[index].results == alone.results and out[index].quality == alone.quality
         assert out[index].comparisons == alone.comparisons
-    assert solved == {0: {problems[0].id, problems[2].id}, 1: {problems[1].id}}
-    with pytest.raises(ValueError, match="need a gather"):
-        evaluate.evaluate_policy(problems, engine, executor, tokenizer, process=(0, 2), **kwargs)
+    assert solved == {i: {problems[j].id for j in evaluate.share(7, i, count, 2)} for i in range(count)}
+    with CodeExecutor(num_workers=1) as executor, pytest.raises(ValueError, match="need a gather"):
+        evaluate.evaluate_policy(problems, policy, executor, tokenizer, process=(0, 2), **kwargs)

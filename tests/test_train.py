@@ -454,6 +454,9 @@ def test_evolution_reads_microbatches_from_the_token_budget():
     assert microbatches(c, "ppm", config.mesh, devices=1) == 2  # 8 pairs x 1024 tokens = 8192 a chip
     assert microbatches(c, "ppm", config.mesh, devices=8) == 1  # data=-1 takes 8 devices: one pair each
     assert microbatches(config.train.sft, "sft", config.mesh, devices=1) == 1  # sft has no budget set
+    orm = config.train.orm  # an outcome row is one sequence
+    orm.tokens_per_chip = 4096
+    assert microbatches(orm, "orm", config.mesh, devices=1) == 1
     c.tokens_per_chip = 1000
     with pytest.raises(ConfigError, match="train.ppm: one row of 1024 tokens"):
         microbatches(c, "ppm", config.mesh, devices=1)

@@ -163,7 +163,7 @@ def _scan(blocks, x, cos, sin, positions, segment_ids, remat: bool) -> jax.Array
         return y, None
 
     if remat:
-        body = jax.checkpoint(body)
+        body = jax.checkpoint(body, prevent_cse=False)  # (a scan body needs no CSE barrier)
     x, _ = jax.lax.scan(body, x, stacked)
     return x
 

@@ -383,8 +383,8 @@ def _check(problems, config: SearchConfig, tokenizer, scorer, batch_size) -> lis
 def run_search(problems: Sequence[Problem], policy: Policy, executor: Executor, tokenizer,
                config: SearchConfig, *, scorer: Scorer | None = None,
                grade: Callable[[str, str], bool] | None = None, batch_size: int | None = None,
-               progress: bool | None = None,
-               stats: SearchStats | None = None) -> list[SearchTree]:
+               progress: bool | None = None, stats: SearchStats | None = None,
+               seed_ids: Sequence[int] | None = None) -> list[SearchTree]:
     """Searches every problem (see the module docstring); returns their trees in order.
 
     Up to `batch_size` problems (default: all, at most 32) are searched at once, one expansion
@@ -401,15 +401,23 @@ def run_search(problems: Sequence[Problem], policy: Policy, executor: Executor, 
     A problem's samples do not depend on the batch it shares, so TERMINAL-mode trees are the
     same for any `batch_size`; the PPM's values can move in the last float bit with the shapes
     its forward is padded to, so PPM and TEST trees may differ where two Qs nearly tie.
+
+    seed_ids: the number each problem's samples are seeded by (`expansion_seed`; default its
+    position in `problems`). A process searching its share of a list passes the problems'
+    positions in the whole list, so that its trees are those a search of the whole would grow.
+    (The re-search of unsolved problems numbers them afresh.)
     """
     problems = _check(problems, config, tokenizer, scorer, batch_size)
     if not problems:
         return []
+    seed_ids = list(range(len(problems))) if seed_ids is None else [int(i) for i in seed_ids]
+    if len(seed_ids) != len(problems):
+        raise ValueError(f"{len(seed_ids)} seed_ids for {len(problems)} problems; give one a problem")
     if grade is None:
         from rstar_jax.steps.grading import is_equivalent as grade
     stats = stats if stats is not None else SearchStats()
     width = min(len(problems), int(batch_size or 32))
-    trees = _Search(problems, policy, executor, tokenizer, config, scorer, grade, stats).run(width, progress)
+    trees = _Search(problems, policy, executor, tokenizer, config, scorer, grade, stats, seed_ids).run(width, progress)
     unsolved = [i for i, t in enumerate(trees) if not t.solved] if config.mode.graded else []
     if config.unsolved_rollouts and unsolved:
         # A new search, not more rollouts of the old tree: its seed differs, so its samples do. Its
@@ -419,7 +427,7 @@ def run_search(problems: Sequence[Problem], policy: Policy, executor: Executor, 
         again = dataclasses.replace(config, rollouts=config.unsolved_rollouts, unsolved_rollouts=0,
                                     seed=(config.seed + 1) % 2**32, capacity=config.capacity or max(config.nodes, needs))
         redone = _Search([problems[i] for i in unsolved], policy, executor, tokenizer, again, scorer, grade,
-                         stats).run(width, progress)
+                         stats, range(len(unsolved))).run(width, progress)
         for i, tree in zip(unsolved, redone):
             trees[i] = dataclasses.replace(tree, searches=2)
     return trees
@@ -428,8 +436,9 @@ def run_search(problems: Sequence[Problem], policy: Policy, executor: Executor, 
 class _Search:
     """The state of one `run_search` call."""
 
-    def __init__(self, problems, policy, executor, tokenizer, config, scorer, grade, stats):
+    def __init__(self, problems, policy, executor, tokenizer, config, scorer, grade, stats, seed_ids):
         self.problems, self.policy, self.executor, self.tokenizer = problems, policy, executor, tokenizer
+        self.seed_ids = list(seed_ids)
         self.config, self.scorer, self.grade, self.stats = config, scorer, grade, stats
         self.clock = _Clock(stats)
         ids = tokenizer.step_token_ids
@@ -533,7 +542,7 @@ class _Search:
         """Samples K steps for each leaf of `group`; keeps the first of equal ones and the first
         answer (module docstring, expand step 2)."""
         c, k = self.config, self.config.candidates
-        seeds = [expansion_seed(c.seed, slots[b].index, int(leaf[b])) for b in group]
+        seeds = [expansion_seed(c.seed, self.seed_ids[slots[b].index], int(leaf[b])) for b in group]
         self.clock.charge("host")
         tokens, lengths = self.policy.sample([prefixes[b] for b in group], k, seeds, rows=group)
         tokens, lengths = np.asarray(tokens), np.asarray(lengths)
