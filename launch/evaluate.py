@@ -42,7 +42,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
     del argv
     from rstar_jax import evaluate, evolve
-    from rstar_jax.data.sources import load_problems
+    from rstar_jax.data.load import load_problems
 
     logging.getLogger("absl").setLevel(logging.WARNING)
     config = _CONFIG.value

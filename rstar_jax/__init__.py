@@ -2,6 +2,19 @@
 
 Names are imported on first use, so host-side code (`rstar_jax.steps`: executor, grading) runs
 without importing JAX.
+
+The packages are layered, lowest first; a module imports from its own package or a lower
+layer only, never from a sibling in its layer, and no import (module level or inside a
+function) closes a cycle (tests/test_layers.py holds the code to it):
+
+    steps (format, executor, grading)
+    data (problems, records, searched trees), tokenizer
+    models
+    engine
+    search | train
+    evaluate
+    report, dry_run
+    evolve
 """
 
 from rstar_jax import _lazy

@@ -34,7 +34,9 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from rstar_jax.search.config import Mode, SearchConfig
-from rstar_jax.search.driver import EnginePolicy, Problem, SearchTree, run_search
+from rstar_jax.data.problem import Problem
+from rstar_jax.data.tree import SearchTree
+from rstar_jax.search.driver import EnginePolicy, run_search
 from rstar_jax.steps import format as fmt
 
 RULES = ("highest", "top_k_vote", "weighted_vote", "majority", "oracle")

@@ -62,7 +62,7 @@ import ml_collections
 from rstar_jax.data import records
 from rstar_jax.data.dedup import decontaminate
 from rstar_jax.data.problem import Problem
-from rstar_jax.data.sources import load_problems
+from rstar_jax.data.load import load_problems
 from rstar_jax import report
 from rstar_jax.report import RoundResult
 from rstar_jax.workdir import Mirror, is_url

@@ -63,7 +63,7 @@ def random_search_tree(seed: int, *, nodes: int = 200, candidates: int = 4, max_
     an answer is terminal with -1. Texts are ~step_chars characters of step-format code.
     """
     from rstar_jax.data.problem import Problem
-    from rstar_jax.search.driver import SearchTree
+    from rstar_jax.data.tree import SearchTree
 
     rng = np.random.default_rng(seed)
     parent, depth, kids = [-1], [0], [[]]

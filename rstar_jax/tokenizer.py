@@ -24,13 +24,14 @@ import itertools
 import json
 import pathlib
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import sentencepiece as spm
 import tokenizers
 from sentencepiece import sentencepiece_model_pb2
 
 # The step and chat tokens and the policy prompt live with the step format.
+from rstar_jax.steps import format as fmt
 from rstar_jax.steps.format import CHAT_TOKENS, POLICY_PROMPT, STEP_TOKENS
 
 BACKENDS = {"sentencepiece": "tokenizer.model", "tokenizers": "tokenizer.json"}
@@ -374,3 +375,28 @@ def _added_tokens(config: dict, added_json: dict, path: pathlib.Path) -> tuple[d
         if str(i) not in decoder:
             special.add(i)
     return added, special
+
+
+def continuation_ids(tokenizer, text: str) -> list[int]:
+    """Ids of `text` as it continues a sequence, not as the start of one.
+
+    Llama-style SentencePiece models (Phi-3) put a dummy-prefix space before the first word of a
+    text; a block inserted after a step must not get it. Encoding behind an added token
+    (`<end_of_code>`) and dropping that token works for every tokenizer.
+    """
+    anchor = tokenizer.step_token_ids[fmt.END_OF_CODE]
+    ids = tokenizer.encode(fmt.END_OF_CODE + text)
+    if not ids or ids[0] != anchor:
+        raise ValueError(f"the tokenizer does not encode {fmt.END_OF_CODE!r} as its single id {anchor}; "
+                         f"got {ids[:4]} for {fmt.END_OF_CODE + text[:20]!r}")
+    return ids[1:]
+
+
+def continuation_text(tokenizer, ids: Sequence[int]) -> str:
+    """Text of `ids` as they continue a sequence: a step decoded alone would lose its leading
+    space with a dummy-prefix tokenizer (see `continuation_ids`)."""
+    text = tokenizer.decode([tokenizer.step_token_ids[fmt.END_OF_CODE], *ids])
+    if not text.startswith(fmt.END_OF_CODE):
+        raise ValueError(f"the tokenizer does not decode its {fmt.END_OF_CODE!r} id as that text; "
+                         f"got {text[:40]!r}")
+    return text[len(fmt.END_OF_CODE):]

@@ -14,7 +14,7 @@ import pytest
 from rstar_jax import evolve
 from rstar_jax.config_lib import TINY_BASE
 from rstar_jax.data import records
-from rstar_jax.data.sources import load_problems
+from rstar_jax.data.load import load_problems
 
 ROOT = pathlib.Path(__file__).parent.parent
 

@@ -14,7 +14,7 @@ from rstar_jax.data.extract import (
     extract_sft,
     trajectories,
 )
-from rstar_jax.search.driver import SearchTree
+from rstar_jax.data.tree import SearchTree
 from rstar_jax.steps import format as fmt
 
 QUESTION = "What is 6 * 7?"

@@ -13,7 +13,8 @@ from scripted import (
 )
 
 from rstar_jax.search.config import Mode, SearchConfig
-from rstar_jax.search.driver import Problem, SearchTree, expansion_seed, prompt_ids
+from rstar_jax.data.tree import SearchTree
+from rstar_jax.search.driver import Problem, expansion_seed, prompt_ids
 from rstar_jax.steps import format as fmt
 from rstar_jax.steps.executor import CodeExecutor
 

@@ -15,7 +15,8 @@ import pytest
 import sentencepiece as spm
 
 import checkpoints
-from rstar_jax.search.driver import continuation_ids, continuation_text, output_block_ids
+from rstar_jax.search.driver import output_block_ids
+from rstar_jax.tokenizer import continuation_ids, continuation_text
 from rstar_jax.steps import format as fmt
 from rstar_jax.tokenizer import POLICY_PROMPT, STEP_TOKENS, Tokenizer
 

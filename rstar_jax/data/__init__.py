@@ -6,7 +6,9 @@ from rstar_jax import _lazy
 _EXPORTS = {
     **dict.fromkeys(("Problem", "problem_id"), "rstar_jax.data.problem"),
     **dict.fromkeys(("OutcomeExample", "PPMPair", "SCHEMA_VERSION", "SFTExample"), "rstar_jax.data.records"),
-    **dict.fromkeys(("BENCHMARKS", "load_benchmark", "load_problems", "read_problems"), "rstar_jax.data.sources"),
+    **dict.fromkeys(("BENCHMARKS", "load_benchmark", "read_problems"), "rstar_jax.data.sources"),
+    "load_problems": "rstar_jax.data.load",
+    "SearchTree": "rstar_jax.data.tree",
     **dict.fromkeys(("ExtractConfig", "ExtractStats", "extract", "extract_ppm", "extract_sft", "trajectories"),
                     "rstar_jax.data.extract"),
     **dict.fromkeys(("FAMILIES", "LEVELS", "generate"), "rstar_jax.data.synthetic"),

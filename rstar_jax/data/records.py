@@ -4,7 +4,7 @@ SFTExample: one policy fine-tuning example (question -> response in the step for
 PPMPair: one process-preference pair (shared prefix, a better next step, a worse one).
 OutcomeExample: one whole trajectory and whether its answer is right, for an outcome reward
 model (ORM), the baseline the PPM is compared with (RSTAR.md section 5).
-Trees are `search.driver.SearchTree`s.
+Trees are `data.tree.SearchTree`s.
 
 On disk, each kind lives in `array_record` shards of msgpack records (`RecordWriter`,
 `read_records`), every record carrying the schema version and its kind; array_record because
@@ -29,6 +29,8 @@ import msgpack
 import numpy as np
 from array_record.python.array_record_module import ArrayRecordReader, ArrayRecordWriter
 
+from rstar_jax.data.problem import Problem
+from rstar_jax.data.tree import SearchTree
 from rstar_jax.steps import format as fmt
 
 log = logging.getLogger(__name__)
@@ -134,10 +136,7 @@ def tree_to_dict(tree) -> dict[str, Any]:
     return d
 
 
-def tree_from_dict(d: Mapping[str, Any]):
-    from rstar_jax.data.problem import Problem
-    from rstar_jax.search.driver import SearchTree
-
+def tree_from_dict(d: Mapping[str, Any]) -> SearchTree:
     d = dict(d)
     flat, lengths = d["tokens"]["flat"], d["tokens"]["lengths"]
     ends = np.cumsum(lengths)
@@ -161,8 +160,6 @@ def _record_from_dict(kind: str, d: Mapping[str, Any]):
 
 def _record_type(kind: str):
     if kind == "tree":
-        from rstar_jax.search.driver import SearchTree
-
         return SearchTree
     return _TYPES[kind]
 

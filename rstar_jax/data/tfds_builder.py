@@ -25,6 +25,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from rstar_jax.data import sources
 from rstar_jax.data.problem import Problem
 
 NAME = "rstar_problems"
@@ -41,7 +42,7 @@ def _tfds():
 @functools.cache
 def _builder_class():
     tfds = _tfds()
-    from rstar_jax.data import sources, synthetic
+    from rstar_jax.data import synthetic  # (sympy: slow to import)
 
     @dataclasses.dataclass
     class ProblemsConfig(tfds.core.BuilderConfig):

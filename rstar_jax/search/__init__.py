@@ -4,8 +4,9 @@ from rstar_jax import _lazy
 
 _EXPORTS = {
     **dict.fromkeys(("Mode", "SearchConfig"), "rstar_jax.search.config"),
-    **dict.fromkeys(("EnginePolicy", "Problem", "SearchStats", "SearchTree", "run_search"),
-                    "rstar_jax.search.driver"),
+    **dict.fromkeys(("EnginePolicy", "SearchStats", "run_search"), "rstar_jax.search.driver"),
+    "Problem": "rstar_jax.data.problem",
+    "SearchTree": "rstar_jax.data.tree",
     "Tree": "rstar_jax.search.tree",
 }  # fmt: skip
 __all__ = list(_EXPORTS)  # imported lazily, below

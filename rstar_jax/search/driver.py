@@ -75,9 +75,11 @@ import numpy as np
 import tqdm
 
 from rstar_jax.data.problem import Problem
+from rstar_jax.data.tree import SearchTree, path_to
 from rstar_jax.search import tree as tree_ops
 from rstar_jax.search.config import Mode, SearchConfig
 from rstar_jax.steps import format as fmt
+from rstar_jax.tokenizer import continuation_ids, continuation_text
 
 
 class Policy(Protocol):
@@ -112,31 +114,6 @@ def expansion_seed(seed: int, problem: int, node: int) -> int:
     return zlib.crc32(f"{seed}/{problem}/{node}".encode())
 
 
-def continuation_ids(tokenizer, text: str) -> list[int]:
-    """Ids of `text` as it continues a sequence, not as the start of one.
-
-    Llama-style SentencePiece models (Phi-3) put a dummy-prefix space before the first word of a
-    text; a block inserted after a step must not get it. Encoding behind an added token
-    (`<end_of_code>`) and dropping that token works for every tokenizer.
-    """
-    anchor = tokenizer.step_token_ids[fmt.END_OF_CODE]
-    ids = tokenizer.encode(fmt.END_OF_CODE + text)
-    if not ids or ids[0] != anchor:
-        raise ValueError(f"the tokenizer does not encode {fmt.END_OF_CODE!r} as its single id {anchor}; "
-                         f"got {ids[:4]} for {fmt.END_OF_CODE + text[:20]!r}")
-    return ids[1:]
-
-
-def continuation_text(tokenizer, ids: Sequence[int]) -> str:
-    """Text of `ids` as they continue a sequence: a step decoded alone would lose its leading
-    space with a dummy-prefix tokenizer (see `continuation_ids`)."""
-    text = tokenizer.decode([tokenizer.step_token_ids[fmt.END_OF_CODE], *ids])
-    if not text.startswith(fmt.END_OF_CODE):
-        raise ValueError(f"the tokenizer does not decode its {fmt.END_OF_CODE!r} id as that text; "
-                         f"got {text[:40]!r}")
-    return text[len(fmt.END_OF_CODE):]
-
-
 def output_block_ids(tokenizer, stdout: str, limit: int) -> list[int]:
     """Token ids of `fmt.output_block(stdout)` as it follows a step, at most `limit` of them: a
     long stdout is cut, never the delimiters (ValueError if they alone exceed `limit`)."""
@@ -150,92 +127,6 @@ def output_block_ids(tokenizer, stdout: str, limit: int) -> list[int]:
                          f"max_output_tokens={limit}; raise max_output_tokens")
     body = continuation_ids(tokenizer, fmt.truncate_output(fmt.escape_tokens(stdout.rstrip())))
     return head + body[:limit - len(head) - len(tail)] + tail
-
-
-def _path(parent, node: int) -> list[int]:
-    """The nodes from the root's child down to `node`, given each node's parent."""
-    out = []
-    while node > 0:
-        out.append(node)
-        node = int(parent[node])
-    return out[::-1]
-
-
-@dataclasses.dataclass
-class SearchTree:
-    """One problem's searched tree, on the host; node arrays have one entry per node created."""
-
-    problem: Problem
-    prompt_ids: list[int]
-    parent: np.ndarray  # int32[n], -1 for the root
-    depth: np.ndarray  # int32[n]
-    children: np.ndarray  # int32[n, K], -1 where there is none, in creation order
-    visits: np.ndarray  # int32[n], N
-    value_sum: np.ndarray  # float32[n], W
-    init_value: np.ndarray  # float32[n], the PPM score (0 if not scored)
-    reward: np.ndarray  # float32[n], the value a terminal node was created with (0 for open nodes)
-    terminal: np.ndarray  # bool[n]
-    valid: np.ndarray  # bool[n], the step ran (answers and the root are valid)
-    is_answer: np.ndarray  # bool[n]
-    errors: np.ndarray  # int32[n], consecutive failing steps ending at the node
-    tokens: list[list[int]]  # step tokens of each node (root: [])
-    texts: list[str]  # step text of each node (root: "")
-    rollouts: int  # rollouts counted
-    overflow: bool  # the search ran out of nodes
-    answer: str | None  # the selected answer
-    answer_node: int  # its node, -1 if none
-    searches: int = 1  # 2: no rollout of the first search solved it, and this is the second's tree
-
-    @property
-    def q(self) -> np.ndarray:
-        n = np.maximum(self.visits, 1).astype(np.float32)
-        return np.where(self.visits > 0, self.value_sum / n, np.float32(0)).astype(np.float32)
-
-    @property
-    def num_nodes(self) -> int:
-        return len(self.parent)
-
-    @property
-    def solved(self) -> bool:
-        """Whether a graded answer node of the tree is correct."""
-        return bool((self.is_answer & (self.reward > 0)).any())
-
-    def path(self, node: int) -> list[int]:
-        """The nodes from the root's child down to `node`."""
-        return _path(self.parent, node)
-
-    def render(self, max_depth: int | None = None, width: int = 100) -> str:
-        """The tree as indented text, one node per line: id, N, Q, flags and the step's first
-        line, children in creation order; the selected answer is marked with `<=`.
-
-            0 N=3 Q=+0.33 root
-            ├─ 1 N=1 Q=-1.00 fail x  1/0
-            └─ 2 N=2 Q=+1.00 x = 3 ...
-        """
-        q = self.q
-        lines = []
-
-        def label(node: int) -> str:
-            flags = [name for name, on in (("answer", self.is_answer[node]), ("terminal", self.terminal[node]),
-                                           ("fail", not self.valid[node])) if on]
-            text = " ".join(self.texts[node].split()) or "root"
-            mark = "  <=" if node == self.answer_node else ""
-            return f"{node} N={self.visits[node]} Q={q[node]:+.2f} {' '.join(flags)} {text}".replace("  ", " ")[
-                :width] + mark
-
-        def walk(node: int, prefix: str, last: bool, top: bool) -> None:
-            lines.append(label(node) if top else f"{prefix}{'└─ ' if last else '├─ '}{label(node)}")
-            kids = [int(c) for c in self.children[node] if c >= 0]
-            if max_depth is not None and self.depth[node] >= max_depth:
-                if kids:
-                    lines.append(f"{prefix}{'   ' if last or top else '│  '}… {len(kids)} children")
-                return
-            inner = "" if top else prefix + ("   " if last else "│  ")
-            for i, c in enumerate(kids):
-                walk(c, inner, i == len(kids) - 1, False)
-
-        walk(0, "", True, True)
-        return "\n".join(lines)
 
 
 def prompt_ids(tokenizer, question: str, bootstrap: bool = False) -> list[int]:
@@ -315,7 +206,7 @@ class _Slot:
     rollouts: int = 0
 
     def path(self, node: int) -> list[int]:
-        return _path(self.parent, node)
+        return path_to(self.parent, node)
 
     def add(self, c: _Candidate, parent: int) -> None:
         """Records candidate c as the next node, a child of `parent`."""

@@ -34,14 +34,9 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from rstar_jax.data.records import OutcomeExample, PPMPair, SFTExample
+from rstar_jax.tokenizer import continuation_ids
 
 log = logging.getLogger(__name__)
-
-
-def _continuation(tokenizer, text: str) -> list[int]:
-    from rstar_jax.search.driver import continuation_ids
-
-    return continuation_ids(tokenizer, text)
 
 
 @dataclasses.dataclass
@@ -100,7 +95,7 @@ def tokenize_sft(examples: Iterable[SFTExample], tokenizer) -> Iterator[tuple[li
     eos = [] if tokenizer.eos_id is None else [tokenizer.eos_id]
     for ex in examples:
         prompt = tokenizer.policy_prompt_ids(ex.question)
-        yield prompt + _continuation(tokenizer, ex.response) + eos, len(prompt)
+        yield prompt + continuation_ids(tokenizer, ex.response) + eos, len(prompt)
 
 
 def pack_sft(sequences: Iterable[tuple[Sequence[int], int]], rows: int, length: int, pad_id: int = 0,
@@ -178,7 +173,7 @@ def ppm_batches(pairs: Sequence[PPMPair], tokenizer, batch_pairs: int, max_lengt
     rows, row_weights = [], []
     for pair, w in zip(pairs, weights):
         head = tokenizer.encode(pair.prompt, add_bos=tokenizer.add_bos)
-        a, b = head + _continuation(tokenizer, pair.positive), head + _continuation(tokenizer, pair.negative)
+        a, b = head + continuation_ids(tokenizer, pair.positive), head + continuation_ids(tokenizer, pair.negative)
         if max(len(a), len(b)) > max_length:
             skipped.too_long += 1
             continue
@@ -206,7 +201,7 @@ def outcome_batches(examples: Sequence[OutcomeExample], tokenizer, batch_rows: i
     skipped = Skipped() if skipped is None else skipped
     rows = []
     for ex in examples:
-        ids = tokenizer.policy_prompt_ids(ex.question) + _continuation(tokenizer, ex.response)
+        ids = tokenizer.policy_prompt_ids(ex.question) + continuation_ids(tokenizer, ex.response)
         if len(ids) > max_length:
             skipped.too_long += 1
             continue

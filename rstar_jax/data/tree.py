@@ -1,0 +1,96 @@
+"""A searched tree as the host keeps it: one problem's node arrays, and the record the data
+layer writes, reads and extracts training examples from (`records.py`, `extract.py`)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from rstar_jax.data.problem import Problem
+
+
+def path_to(parent, node: int) -> list[int]:
+    """The nodes from the root's child down to `node`, given each node's parent."""
+    out = []
+    while node > 0:
+        out.append(node)
+        node = int(parent[node])
+    return out[::-1]
+
+
+@dataclasses.dataclass
+class SearchTree:
+    """One problem's searched tree, on the host; node arrays have one entry per node created."""
+
+    problem: Problem
+    prompt_ids: list[int]
+    parent: np.ndarray  # int32[n], -1 for the root
+    depth: np.ndarray  # int32[n]
+    children: np.ndarray  # int32[n, K], -1 where there is none, in creation order
+    visits: np.ndarray  # int32[n], N
+    value_sum: np.ndarray  # float32[n], W
+    init_value: np.ndarray  # float32[n], the PPM score (0 if not scored)
+    reward: np.ndarray  # float32[n], the value a terminal node was created with (0 for open nodes)
+    terminal: np.ndarray  # bool[n]
+    valid: np.ndarray  # bool[n], the step ran (answers and the root are valid)
+    is_answer: np.ndarray  # bool[n]
+    errors: np.ndarray  # int32[n], consecutive failing steps ending at the node
+    tokens: list[list[int]]  # step tokens of each node (root: [])
+    texts: list[str]  # step text of each node (root: "")
+    rollouts: int  # rollouts counted
+    overflow: bool  # the search ran out of nodes
+    answer: str | None  # the selected answer
+    answer_node: int  # its node, -1 if none
+    searches: int = 1  # 2: no rollout of the first search solved it, and this is the second's tree
+
+    @property
+    def q(self) -> np.ndarray:
+        n = np.maximum(self.visits, 1).astype(np.float32)
+        return np.where(self.visits > 0, self.value_sum / n, np.float32(0)).astype(np.float32)
+
+    @property
+    def num_nodes(self) -> int:
+        return len(self.parent)
+
+    @property
+    def solved(self) -> bool:
+        """Whether a graded answer node of the tree is correct."""
+        return bool((self.is_answer & (self.reward > 0)).any())
+
+    def path(self, node: int) -> list[int]:
+        """The nodes from the root's child down to `node`."""
+        return path_to(self.parent, node)
+
+    def render(self, max_depth: int | None = None, width: int = 100) -> str:
+        """The tree as indented text, one node per line: id, N, Q, flags and the step's first
+        line, children in creation order; the selected answer is marked with `<=`.
+
+            0 N=3 Q=+0.33 root
+            ├─ 1 N=1 Q=-1.00 fail x  1/0
+            └─ 2 N=2 Q=+1.00 x = 3 ...
+        """
+        q = self.q
+        lines = []
+
+        def label(node: int) -> str:
+            flags = [name for name, on in (("answer", self.is_answer[node]), ("terminal", self.terminal[node]),
+                                           ("fail", not self.valid[node])) if on]
+            text = " ".join(self.texts[node].split()) or "root"
+            mark = "  <=" if node == self.answer_node else ""
+            return f"{node} N={self.visits[node]} Q={q[node]:+.2f} {' '.join(flags)} {text}".replace("  ", " ")[
+                :width] + mark
+
+        def walk(node: int, prefix: str, last: bool, top: bool) -> None:
+            lines.append(label(node) if top else f"{prefix}{'└─ ' if last else '├─ '}{label(node)}")
+            kids = [int(c) for c in self.children[node] if c >= 0]
+            if max_depth is not None and self.depth[node] >= max_depth:
+                if kids:
+                    lines.append(f"{prefix}{'   ' if last or top else '│  '}… {len(kids)} children")
+                return
+            inner = "" if top else prefix + ("   " if last else "│  ")
+            for i, c in enumerate(kids):
+                walk(c, inner, i == len(kids) - 1, False)
+
+        walk(0, "", True, True)
+        return "\n".join(lines)
