@@ -64,6 +64,7 @@ from rstar_jax.data.dedup import decontaminate
 from rstar_jax.data.problem import Problem
 from rstar_jax.data.load import load_problems
 from rstar_jax import report
+from rstar_jax._files import write_text_atomic
 from rstar_jax.report import RoundResult
 from rstar_jax.workdir import Mirror, is_url
 
@@ -111,10 +112,7 @@ def _load(spec: str, field: str) -> list[Problem]:
 
 
 def _write_problems(path: pathlib.Path, problems: Sequence[Problem]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(p.to_json()) + "\n" for p in problems))
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(json.dumps(p.to_json()) + "\n" for p in problems))
 
 
 def _read_problems(path: pathlib.Path) -> list[Problem]:
@@ -521,9 +519,7 @@ class Evolution:
         print(f"{directory.name}: {name}", flush=True)
         summary = fn(directory) | {"seconds": round(time.time() - begin, 1)}
         if _process()[0] == 0:
-            tmp = done.with_suffix(".tmp")
-            tmp.write_text(json.dumps(summary, indent=2) + "\n")
-            os.replace(tmp, done)
+            write_text_atomic(done, json.dumps(summary, indent=2) + "\n")
         self.push(directory)  # every process: what it wrote
         _barrier(f"{self._rel(str(directory))} {name}")  # (keys the same on hosts with other local paths)
         if _process()[0] != 0:
@@ -537,11 +533,7 @@ class Evolution:
         def gather(name: str, mine: list) -> list[list]:
             index, count = _process()
             stem = name.replace(" ", "_")
-            directory.mkdir(parents=True, exist_ok=True)
-            path = directory / f"{stem}.{index}.json"
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text(json.dumps(mine) + "\n")
-            os.replace(tmp, path)
+            write_text_atomic(directory / f"{stem}.{index}.json", json.dumps(mine) + "\n")
             self.push(directory)
             if self.mirror is not None:  # copies an earlier try left would pass for this try's parts
                 for i in set(range(count)) - {index}:

@@ -29,6 +29,7 @@ import msgpack
 import numpy as np
 from array_record.python.array_record_module import ArrayRecordReader, ArrayRecordWriter
 
+from rstar_jax._checks import positive_int
 from rstar_jax.data.problem import Problem
 from rstar_jax.data.tree import SearchTree
 from rstar_jax.steps import format as fmt
@@ -238,8 +239,7 @@ class RecordWriter:
 
     def __init__(self, directory: str | pathlib.Path, kind: str, *, shard_size: int = 1000, prefix: str = ""):
         _check_kind(kind)
-        if isinstance(shard_size, bool) or not isinstance(shard_size, int) or shard_size < 1:
-            raise ValueError(f"shard_size must be a positive int, got {shard_size!r}")
+        positive_int(shard_size, "shard_size")
         if prefix and not re.fullmatch(r"[A-Za-z0-9_.]+", prefix):
             raise ValueError(f"prefix must be letters, digits, '_' or '.', got {prefix!r}")
         self.directory, self.kind, self.shard_size = pathlib.Path(directory), kind, shard_size

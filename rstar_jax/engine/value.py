@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from rstar_jax._checks import positive_int
 from rstar_jax.engine.generation import PrefixStore, _pow2, extend_prefix, model_mesh, pack_rows, prompt_bucket
 from rstar_jax.models.cache import ForkCache, KVCache
 from rstar_jax.models.transformer import CausalLM
@@ -78,8 +79,7 @@ class ValueScorer:
             raise ValueError("ValueScorer needs a model with a value head (CausalLM(..., value_head=True))")
         if not 0 <= pad_id < model.config.vocab_size:
             raise ValueError(f"pad_id={pad_id} must be a token id in [0, {model.config.vocab_size})")
-        if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1:
-            raise ValueError(f"max_rows must be a positive int, got {max_rows!r}")
+        positive_int(max_rows, "max_rows")
         if not raw_scale > 0:
             raise ValueError(f"raw_scale must be > 0, got {raw_scale!r}")
         # A head trained without tanh (the reference code's way) is read as tanh(raw / raw_scale),

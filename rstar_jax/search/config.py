@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import enum
 
+from rstar_jax._checks import positive_int
+
 
 class Mode(enum.Enum):
     """How nodes get their values (RSTAR.md section 3, "Values and backup")."""
@@ -78,9 +80,7 @@ class SearchConfig:
         object.__setattr__(self, "mode", Mode(self.mode))
         for name in ("rollouts", "candidates", "max_depth", "errors_threshold", "max_step_tokens",
                      "max_output_tokens"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"SearchConfig.{name} must be a positive int, got {value!r}")
+            positive_int(getattr(self, name), f"SearchConfig.{name}")
         if isinstance(self.unsolved_rollouts, bool) or not isinstance(self.unsolved_rollouts, int) \
                 or self.unsolved_rollouts < 0:
             raise ValueError(f"SearchConfig.unsolved_rollouts must be an int >= 0, got {self.unsolved_rollouts!r}")

@@ -74,6 +74,7 @@ import jax
 import numpy as np
 import tqdm
 
+from rstar_jax._checks import positive_int
 from rstar_jax.data.problem import Problem
 from rstar_jax.data.tree import SearchTree, path_to
 from rstar_jax.search import tree as tree_ops
@@ -254,9 +255,8 @@ def _check(problems, config: SearchConfig, tokenizer, scorer, batch_size) -> lis
             raise TypeError(f"problem {i} must be a Problem or a (question, answer) pair of strings; "
                             f"got {type(p).__name__}: {str(p)[:60]!r}")
     problems = out
-    if isinstance(batch_size, (bool, np.bool_)) or (batch_size is not None and (
-            not isinstance(batch_size, (int, np.integer)) or batch_size < 1)):
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if batch_size is not None:
+        positive_int(batch_size, "batch_size")
     delimiters = len(continuation_ids(tokenizer, fmt.output_block("")))
     if delimiters > config.max_output_tokens:
         raise ValueError(f"the output block's delimiters take {delimiters} tokens with this tokenizer, more than "

@@ -74,6 +74,8 @@ import weakref
 from collections.abc import Sequence
 from typing import Self
 
+from rstar_jax._checks import positive_int
+
 _WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_worker.py")
 _MAX_REPLY_BYTES = 1 << 20
 _STARTUP_TIMEOUT_S = 120.0
@@ -179,8 +181,7 @@ class CodeExecutor:
         for name, value in (("num_workers", num_workers), ("memory_mb", memory_mb),
                             ("max_output_chars", max_output_chars),
                             ("max_programs_per_worker", max_programs_per_worker)):  # fmt: skip
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"CodeExecutor: {name} must be a positive int, got {value!r}")
+            positive_int(value, f"CodeExecutor: {name}")
         if max_output_chars * 12 + 4096 > _MAX_REPLY_BYTES:  # JSON escapes up to 12 bytes/char
             raise ValueError(f"CodeExecutor: max_output_chars must be at most "
                              f"{(_MAX_REPLY_BYTES - 4096) // 12}, got {max_output_chars}")  # fmt: skip
