@@ -49,9 +49,9 @@ def main(argv):
     try:
         run = evolve.Evolution(config, _WORKDIR.value, check_workdir=False, cache_dir=_CACHE_DIR.value)
         r = run.last_round() if _ROUND.value < 0 else _ROUND.value
-        policy, ppm = run.policy_path(r), run.ppm_path(r)
+        ppm = run.ppm_path(r)
         problems = load_problems(_PROBLEMS.value) if _PROBLEMS.value else run.problems()[1]
-        tokenizer = run.tokenizer  # (a stock model, without the step tokens, fails here saying what to do)
+        run.tokenizer  # (a stock model, without the step tokens, fails here saying what to do)
     except (evolve.ConfigError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -62,14 +62,9 @@ def main(argv):
         return 2
     if ppm is None and {"mcts", "sampled"} & set(_METHODS.value):
         print(f"round {r} has no PPM: no best-of-N (PPM) or MCTS + PPM", file=sys.stderr)
-    orm = run.reward_path("orm", r)
     with evolve.code_executor(config.executor) as executor:
-        ev = evaluate.evaluate_policy(
-            problems, run.engine(policy), executor, tokenizer, budget=evolve.eval_budget(config),
-            search=evolve.eval_search_config(config), ppm=run.scorer(ppm) if ppm else None,
-            orm=run.scorer(orm) if orm else None, samples=_SAMPLES.value or config.eval.samples or None,
-            temperature=config.eval.temperature if _TEMPERATURE.value is None else _TEMPERATURE.value,
-            searches=_SEARCHES.value or config.eval.searches, methods=_METHODS.value, batch_size=config.eval.batch)
+        ev = run.evaluate(r, problems, executor, methods=_METHODS.value, samples=_SAMPLES.value or None,
+                          temperature=_TEMPERATURE.value, searches=_SEARCHES.value or None)
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", _PROBLEMS.value or "test")
     out = run.dir / "evaluate" / f"{name}-round{r}"
     print(evaluate.report(ev, out, title=f"{len(problems)} problems, round {r}"))

@@ -870,19 +870,33 @@ class Evolution:
         if r in e.skip_rounds:  # a time budget: the round's training is reported, not its policy
             return {"evaluation": dataclasses.asdict(evaluate.Evaluation([], {}, {}, {})),
                     "notes": [f"round {r}: not evaluated (config.eval.skip_rounds)"]}
-        ppm, orm = self.reward_path("ppm", r), self.reward_path("orm", r)
+        ppm = self.reward_path("ppm", r)
         notes = [f"round {r}: no PPM, so no best-of-N (PPM) or MCTS + PPM evaluation"] if r and ppm is None else []
         methods = e.light_methods if r in e.light_rounds else e.methods
         if tuple(methods) != tuple(e.methods):
             notes.append(f"round {r}: evaluated with {', '.join(methods)} only (config.eval.light_rounds)")
-        ev = evaluate.evaluate_policy(
-            test, self.engine(self.policy_path(r)), self._executor, self.tokenizer, budget=eval_budget(self.config),
-            search=eval_search_config(self.config), ppm=self.scorer(ppm) if ppm else None,
-            orm=self.scorer(orm) if orm else None, samples=e.samples or None, temperature=e.temperature,
-            searches=e.searches, methods=methods, batch_size=e.batch, progress=self.progress,
-            process=_process(), gather=self._gather(rdir / "eval" / "parts"))
+        ev = self.evaluate(r, test, self._executor, methods=methods, process=_process(),
+                           gather=self._gather(rdir / "eval" / "parts"))
         evaluate.report(ev, rdir / "eval" if _process()[0] == 0 else None, title=f"round {r}")
         return {"evaluation": dataclasses.asdict(ev), "notes": notes}
+
+    def evaluate(self, r: int, problems: Sequence[Problem], executor, *, methods: Sequence[str] | None = None,
+                 samples: int | None = None, temperature: float | None = None, searches: int | None = None,
+                 process: tuple[int, int] = (0, 1), gather=None):
+        """`evaluate.evaluate_policy` of round r's policy, with its PPM and ORM where trained, on
+        `problems`, by `config.eval` (`methods`, `samples`, `temperature`, `searches` override it):
+        what each round's evaluation stage and `launch/evaluate.py` run."""
+        from rstar_jax import evaluate
+
+        e = self.config.eval
+        ppm, orm = self.reward_path("ppm", r), self.reward_path("orm", r)
+        return evaluate.evaluate_policy(
+            problems, self.engine(self.policy_path(r)), executor, self.tokenizer, budget=eval_budget(self.config),
+            search=eval_search_config(self.config), ppm=self.scorer(ppm) if ppm else None,
+            orm=self.scorer(orm) if orm else None, samples=samples or e.samples or None,
+            temperature=e.temperature if temperature is None else temperature, searches=searches or e.searches,
+            methods=e.methods if methods is None else methods, batch_size=e.batch, progress=self.progress,
+            process=process, gather=gather)
 
     # --- the report ---
 
