@@ -28,6 +28,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
     del argv
     from rstar_jax import evolve
+    from rstar_jax.processes import ProcessFailed
     from rstar_jax.train import initialize
 
     initialize(_CONFIG.value.train.get("distributed"))  # joins the other hosts of a pod slice
@@ -43,7 +44,7 @@ def main(argv):
         return 0
     try:
         evolve.run(_CONFIG.value, _WORKDIR.value, cache_dir=_CACHE_DIR.value)
-    except evolve.ConfigError as e:
+    except (evolve.ConfigError, ProcessFailed) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"report: {_WORKDIR.value.rstrip('/')}/report.md")

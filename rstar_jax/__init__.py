@@ -7,7 +7,7 @@ The packages are layered, lowest first; a module imports from its own package or
 layer only, never from a sibling in its layer, and no import (module level or inside a
 function) closes a cycle (tests/test_layers.py holds the code to it):
 
-    _checks, _files (shared helpers)
+    _checks, _files, processes, workdir (shared helpers)
     steps (format, executor, grading)
     data (problems, records, searched trees), tokenizer
     models

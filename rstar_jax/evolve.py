@@ -46,7 +46,6 @@ A stage is done when its `.json` summary exists; the summary is written last.
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import json
 import logging
 import math
@@ -63,7 +62,7 @@ from rstar_jax.data import records
 from rstar_jax.data.dedup import decontaminate
 from rstar_jax.data.problem import Problem
 from rstar_jax.data.load import load_problems
-from rstar_jax import report
+from rstar_jax import processes, report
 from rstar_jax._files import write_text_atomic
 from rstar_jax.report import RoundResult
 from rstar_jax.workdir import Mirror, is_url
@@ -158,75 +157,6 @@ def eval_search_config(config: ml_collections.ConfigDict):
 
     return SearchConfig.preset(config.search.preset, "test",
                                **{**config.search.common.to_dict(), **config.eval.search.to_dict()})
-
-
-# --- processes --------------------------------------------------------------------------------
-
-
-def _process() -> tuple[int, int]:
-    """(index, count) of this process in the job; (0, 1) on one host."""
-    import jax
-
-    return jax.process_index(), jax.process_count()
-
-
-_BARRIER_HOURS = 48  # a process may wait while another searches more chunks or writes the exports
-_barriers = itertools.count()
-
-
-def _barrier(name: str) -> None:
-    """Waits for every process to reach `name` (nothing to wait for on one host).
-
-    A barrier of the coordination service, not a device collective: processes may arrive hours
-    apart, and a collective's first use (gloo on CPU) gives up after 30 s."""
-    if _process()[1] > 1:
-        from jax._src import distributed
-
-        distributed.global_state.client.wait_at_barrier(f"rstar_jax {next(_barriers)}: {name}",
-                                                        _BARRIER_HOURS * 3600 * 1000)
-
-
-def _agreed(name: str, decide: Callable[[], bool]) -> bool:
-    """`decide()` as process 0 finds it, on every process (published through the coordination
-    service): whether a stage is done is one process's reading of the work directory, so that a
-    process arriving late, after another finished the stage, still runs the stage's barriers."""
-    if _process()[1] == 1:
-        return decide()
-    from jax._src import distributed
-
-    client, key = distributed.global_state.client, f"rstar_jax decision {next(_decisions)}: {name}"
-    if _process()[0] == 0:
-        value = bool(decide())
-        client.key_value_set(key, "yes" if value else "no")
-        return value
-    return client.blocking_key_value_get(key, _BARRIER_HOURS * 3600 * 1000) == "yes"
-
-
-_decisions = itertools.count()
-
-
-def _by_process_0(name: str, fn: Callable[[], object]) -> object:
-    """`fn()` run by process 0 alone (a shared file written once) while the others wait for it;
-    its result on process 0, None elsewhere. When it fails, every process raises: the others
-    with process 0's error, instead of waiting at the next barrier for a process that stopped."""
-    index, count = _process()
-    if count == 1:
-        return fn()
-    from jax._src import distributed
-
-    client, key = distributed.global_state.client, f"rstar_jax work {next(_decisions)}: {name}"
-    if index == 0:
-        try:
-            result = fn()
-        except Exception as e:
-            client.key_value_set(key, f"{type(e).__name__}: {e}")
-            raise
-        client.key_value_set(key, "")
-        return result
-    error = client.blocking_key_value_get(key, _BARRIER_HOURS * 3600 * 1000)
-    if error:
-        raise ConfigError(f"process 0 failed at {name}: {error}")
-    return None
 
 
 # --- the run ----------------------------------------------------------------------------------
@@ -363,7 +293,7 @@ class Evolution:
                 raise ConfigError(
                     f"{self.dir} holds a run with another config (fields {', '.join(changed)} differ); use a new "
                     f"--workdir, or pass --config.allow_config_change=True to continue with the new values")
-        if _process()[0] == 0:
+        if processes.index_and_count()[0] == 0:
             saved.write_text(json.dumps(current, indent=2) + "\n")
             self.push(saved)
 
@@ -398,7 +328,7 @@ class Evolution:
         checkpoint = self.config.model.checkpoint
         given = self.config.get("tokenizer", {}).get("path", "")
         done = self.dir / "base" / "convert.json"
-        if _agreed("base converted", done.exists):  # by an earlier try of this run: the source is not read again
+        if processes.agreed("base converted", done.exists):  # by an earlier try of this run: the source is not read again
             self._pull(done)
             path = self.dir / json.loads(done.read_text())["model"]
             self._pull(path)
@@ -443,7 +373,7 @@ class Evolution:
                   f"{summary['rows_before']} -> {summary['rows_after']}; the run uses {out}", flush=True)
             return summary
 
-        summary = _by_process_0("base conversion", convert) or {}
+        summary = processes.by_process_0("base conversion", convert) or {}
         keep = ("source", "tokenizer", "dtype", "added", "present", "rows_before", "rows_after")
         return {"model": self._rel(str(out)), **{k: summary[k] for k in keep if k in summary}}
 
@@ -490,7 +420,7 @@ class Evolution:
     def problems(self) -> tuple[list[Problem], list[Problem]]:
         train_path, test_path = self.dir / "problems" / "train.jsonl", self.dir / "problems" / "test.jsonl"
         self._pull(train_path.parent)
-        if not _agreed("problems written", lambda: train_path.exists() and test_path.exists()):
+        if not processes.agreed("problems written", lambda: train_path.exists() and test_path.exists()):
 
             def write():  # one writer; the others read what it wrote
                 train, test = problem_sets(self.config.problems)
@@ -500,7 +430,7 @@ class Evolution:
                 _write_problems(train_path, train)
                 self.push(train_path.parent)
 
-            _by_process_0("problems written", write)
+            processes.by_process_0("problems written", write)
             self._pull(train_path.parent)
         return _read_problems(train_path), _read_problems(test_path)
 
@@ -510,7 +440,7 @@ class Evolution:
     def _stage(self, directory: pathlib.Path, name: str, fn: Callable[[pathlib.Path], dict]) -> dict:
         """The summary of stage `name` (`directory/name.json`), running `fn(directory)` first if it is not done."""
         done = directory / f"{name}.json"
-        if _agreed(f"{self._rel(str(directory))} {name} done", done.exists):
+        if processes.agreed(f"{self._rel(str(directory))} {name} done", done.exists):
             self._pull(done)
             return json.loads(done.read_text())
         self._pull(directory)  # what an interrupted try (perhaps on another machine) left: records, checkpoints
@@ -518,11 +448,11 @@ class Evolution:
         begin = time.time()
         print(f"{directory.name}: {name}", flush=True)
         summary = fn(directory) | {"seconds": round(time.time() - begin, 1)}
-        if _process()[0] == 0:
+        if processes.index_and_count()[0] == 0:
             write_text_atomic(done, json.dumps(summary, indent=2) + "\n")
         self.push(directory)  # every process: what it wrote
-        _barrier(f"{self._rel(str(directory))} {name}")  # (keys the same on hosts with other local paths)
-        if _process()[0] != 0:
+        processes.barrier(f"{self._rel(str(directory))} {name}")  # (keys the same on hosts with other local paths)
+        if processes.index_and_count()[0] != 0:
             self._pull(done)  # (a URL workdir: what process 0 wrote, later steps read)
         return summary
 
@@ -531,14 +461,14 @@ class Evolution:
         `directory`, and after a barrier reads every process's."""
 
         def gather(name: str, mine: list) -> list[list]:
-            index, count = _process()
+            index, count = processes.index_and_count()
             stem = name.replace(" ", "_")
             write_text_atomic(directory / f"{stem}.{index}.json", json.dumps(mine) + "\n")
             self.push(directory)
             if self.mirror is not None:  # copies an earlier try left would pass for this try's parts
                 for i in set(range(count)) - {index}:
                     (directory / f"{stem}.{i}.json").unlink(missing_ok=True)
-            _barrier(f"{self._rel(str(directory))} {name}")
+            processes.barrier(f"{self._rel(str(directory))} {name}")
             self._pull(directory)
             return [json.loads((directory / f"{stem}.{i}.json").read_text()) for i in range(count)]
 
@@ -566,7 +496,7 @@ class Evolution:
 
         if self.mirror is None:
             return Checkpoints(directory, **kwargs)
-        if _process()[1] > 1:
+        if processes.index_and_count()[1] > 1:
             return Checkpoints(f"{self.mirror.url}/{directory.relative_to(self.dir).as_posix()}", **kwargs)
         return Checkpoints(directory, on_save=lambda: self.push(directory, delete=True), **kwargs)
 
@@ -648,11 +578,11 @@ class Evolution:
             if self.config.bootstrap.kind == "reference":
                 self._bootstrap(train)
             results = [self._round0(test)]
-            if _process()[0] == 0:
+            if processes.index_and_count()[0] == 0:
                 self._log_round(results[0])
             for r in range(1, self.config.rounds + 1):
                 results.append(self._round(r, train, test, results[0]))
-                if _process()[0] == 0:
+                if processes.index_and_count()[0] == 0:
                     self.write_report(results)
                     self._log_round(results[-1])
         print(report.table(results), flush=True)
@@ -695,7 +625,7 @@ class Evolution:
         chunk = int(self.config.search.chunk)
         chunks = [train[i:i + chunk] for i in range(0, len(train), chunk)]
         done = records.written_problem_ids(out) if out.exists() else set()
-        index, count = _process()  # several hosts: chunk i is searched by process i mod count
+        index, count = processes.index_and_count()  # several hosts: chunk i is searched by process i mod count
         todo = [(i, c) for i, c in enumerate(chunks) if i % count == index and not all(p.id in done for p in c)]
         notes = []
         ppm = self.ppm_path(r - 1) if config.mode.uses_ppm else None
@@ -716,7 +646,7 @@ class Evolution:
                 self.push(out)
                 print(f"  chunk {i + 1}/{len(chunks)}: {sum(t.solved for t in trees)}/{len(trees)} solved",
                       flush=True)
-        _barrier(f"round {r} search written")
+        processes.barrier(f"round {r} search written")
         self._pull(out)  # the other processes' shards
         solved = first = n = again = 0
         for tree in records.read_records(out, "tree"):
@@ -735,7 +665,7 @@ class Evolution:
         config = ExtractConfig(**self.config.extract.to_dict())
         sft, pairs, stats = extract(records.read_records(rdir / "search", "tree"), config)
         outcomes = [x for tree in records.read_records(rdir / "search", "tree") for x in extract_outcomes(tree, config)]
-        if _process()[0] == 0:
+        if processes.index_and_count()[0] == 0:
             shutil.rmtree(out, ignore_errors=True)  # a half-written earlier try
             records.write_records(out, "sft", sft)
             records.write_records(out, "ppm", pairs)
@@ -756,7 +686,7 @@ class Evolution:
         from rstar_jax.models import save_pretrained
 
         tmp = out.with_name(out.name + ".tmp")
-        first = _process()[0] == 0
+        first = processes.index_and_count()[0] == 0
         if first:
             shutil.rmtree(tmp, ignore_errors=True)
         save_pretrained(model, tmp)  # every process takes part; process 0 writes
@@ -765,7 +695,7 @@ class Evolution:
             shutil.rmtree(out, ignore_errors=True)
             os.replace(tmp, out)
             self.push(out, delete=True)
-        _barrier(f"export {self._rel(str(out))}")
+        processes.barrier(f"export {self._rel(str(out))}")
         return self._rel(str(out))
 
     def _sft(self, directory: pathlib.Path, start: str, examples: list, seed: int) -> tuple[str, dict]:
@@ -875,9 +805,9 @@ class Evolution:
         methods = e.light_methods if r in e.light_rounds else e.methods
         if tuple(methods) != tuple(e.methods):
             notes.append(f"round {r}: evaluated with {', '.join(methods)} only (config.eval.light_rounds)")
-        ev = self.evaluate(r, test, self._executor, methods=methods, process=_process(),
+        ev = self.evaluate(r, test, self._executor, methods=methods, process=processes.index_and_count(),
                            gather=self._gather(rdir / "eval" / "parts"))
-        evaluate.report(ev, rdir / "eval" if _process()[0] == 0 else None, title=f"round {r}")
+        evaluate.report(ev, rdir / "eval" if processes.index_and_count()[0] == 0 else None, title=f"round {r}")
         return {"evaluation": dataclasses.asdict(ev), "notes": notes}
 
     def evaluate(self, r: int, problems: Sequence[Problem], executor, *, methods: Sequence[str] | None = None,
@@ -901,12 +831,7 @@ class Evolution:
     # --- the report ---
 
     def _log_round(self, x: RoundResult) -> None:
-        """The round's figures to TensorBoard (`<workdir>/tb`), beside each stage's training curves."""
-        from tensorboardX import SummaryWriter
-
-        with SummaryWriter(str(self.dir / "tb")) as writer:
-            for name, value in report.scalars(x).items():
-                writer.add_scalar(f"rounds/{name}", value, x.round)
+        report.log_round(x, self.dir / "tb")
         self.push(self.dir / "tb")
 
     def write_report(self, results: Sequence[RoundResult]) -> None:

@@ -134,3 +134,13 @@ def scalars(x: RoundResult) -> dict[str, float]:
               **{f"accuracy/{m}": r["accuracy"] for m, r in x.accuracy.items()},
               **{k: v for k, v in x.quality.items() if k.endswith("auc")}}
     return {k: float(v) for k, v in values.items() if not (isinstance(v, float) and math.isnan(v))}
+
+
+def log_round(x: RoundResult, logdir: str | pathlib.Path) -> None:
+    """The round's figures to TensorBoard under `logdir` (`rounds/...`), beside each stage's
+    training curves."""
+    from tensorboardX import SummaryWriter  # (slow to import; only a run's process 0 writes)
+
+    with SummaryWriter(str(logdir)) as writer:
+        for name, value in scalars(x).items():
+            writer.add_scalar(f"rounds/{name}", value, x.round)

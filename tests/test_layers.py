@@ -13,7 +13,7 @@ ROOT = pathlib.Path(rstar_jax.__file__).parent
 
 # Lowest first. Packages in one layer are siblings: neither imports the other.
 LAYERS = (
-    ("_lazy", "_checks", "_files", "workdir", "config_lib"),  # utilities: no rstar_jax imports but _lazy
+    ("_lazy", "_checks", "_files", "processes", "workdir", "config_lib"),  # utilities: no rstar_jax imports but _lazy
     ("steps",),  # format, executor, grading
     ("data", "tokenizer"),
     ("models",),
