@@ -328,29 +328,26 @@ class Evolution:
         checkpoint = self.config.model.checkpoint
         given = self.config.get("tokenizer", {}).get("path", "")
         done = self.dir / "base" / "convert.json"
-        if processes.agreed("base converted", done.exists):  # by an earlier try of this run: the source is not read again
-            self._pull(done)
-            path = self.dir / json.loads(done.read_text())["model"]
-            self._pull(path)
-            return str(path), str(path)
-        field, source = ("tokenizer.path", given) if given else ("model.checkpoint", checkpoint)
-        try:
-            tokenizer = Tokenizer.from_dir(source)
-        except (FileNotFoundError, ValueError) as e:
-            raise ConfigError(f"config.{field}={source!r}: {e}") from e
-        missing = vocab.missing_step_tokens(tokenizer)
-        if not missing:
-            if given:
-                self._check_tokenizer_pairing(tokenizer)
-            return checkpoint, source
-        if self._reading:
-            raise ConfigError(
-                f"config.{field}={source!r} has no step tokens ({', '.join(missing)}: a checkpoint as downloaded "
-                f"from the hub) and the run in {self.dir} holds no converted copy (base/convert.json). Pass the "
-                "--workdir of a run launch/tpu_evolve.py started (it converts the checkpoint on first use), or "
-                f"convert it: `python launch/convert_checkpoint.py --source={checkpoint}"
-                f"{f' --tokenizer={given}' if given else ''} --out=DIR`, then pass "
-                "--config.model.checkpoint=DIR")
+        # Converted by an earlier try of this run: the source is not read again (`_stage` reads the summary).
+        if not processes.agreed("base converted", done.exists):
+            field, source = ("tokenizer.path", given) if given else ("model.checkpoint", checkpoint)
+            try:
+                tokenizer = Tokenizer.from_dir(source)
+            except (FileNotFoundError, ValueError) as e:
+                raise ConfigError(f"config.{field}={source!r}: {e}") from e
+            missing = vocab.missing_step_tokens(tokenizer)
+            if not missing:
+                if given:
+                    self._check_tokenizer_pairing(tokenizer)
+                return checkpoint, source
+            if self._reading:
+                raise ConfigError(
+                    f"config.{field}={source!r} has no step tokens ({', '.join(missing)}: a checkpoint as "
+                    f"downloaded from the hub) and the run in {self.dir} holds no converted copy "
+                    "(base/convert.json). Pass the --workdir of a run launch/tpu_evolve.py started (it converts "
+                    f"the checkpoint on first use), or convert it: `python launch/convert_checkpoint.py "
+                    f"--source={checkpoint}{f' --tokenizer={given}' if given else ''} --out=DIR`, then pass "
+                    "--config.model.checkpoint=DIR")
         summary = self._stage(self.dir / "base", "convert", lambda d: self._convert_base(d, given))
         path = self.dir / summary["model"]
         self._pull(path)
@@ -381,10 +378,10 @@ class Evolution:
         """A config.tokenizer.path that has the step tokens must belong to config.model.checkpoint:
         paired with a model that never had them, their ids would index untrained padding rows."""
         from rstar_jax.models import read_config, vocab
-        from rstar_jax.tokenizer import BACKENDS, Tokenizer
+        from rstar_jax.tokenizer import Tokenizer, backend_of
 
         checkpoint, given = self.config.model.checkpoint, self.config.tokenizer.path
-        if any((pathlib.Path(checkpoint) / f).is_file() for f in BACKENDS.values()):
+        if backend_of(checkpoint) is not None:
             own = vocab.missing_step_tokens(Tokenizer.from_dir(checkpoint))
             if own:
                 raise ConfigError(
@@ -402,10 +399,10 @@ class Evolution:
     def _check_bootstrap_checkpoint(self) -> None:
         """The "checkpoint" bootstrap policy is run with the run's tokenizer: its own tokenizer, if it
         has one, must give the step tokens the same ids (it is not converted here)."""
-        from rstar_jax.tokenizer import BACKENDS, Tokenizer
+        from rstar_jax.tokenizer import Tokenizer, backend_of
 
         path = self.config.bootstrap.checkpoint
-        if not any((pathlib.Path(path) / f).is_file() for f in BACKENDS.values()):
+        if backend_of(path) is None:
             return  # no tokenizer of its own
         own = Tokenizer.from_dir(path)
         ours = self.tokenizer.step_token_ids

@@ -35,6 +35,12 @@ from rstar_jax.steps import format as fmt
 from rstar_jax.steps.format import CHAT_TOKENS, POLICY_PROMPT, STEP_TOKENS
 
 BACKENDS = {"sentencepiece": "tokenizer.model", "tokenizers": "tokenizer.json"}
+
+
+def backend_of(path: str | pathlib.Path) -> str | None:
+    """The backend whose file directory `path` holds (`tokenizer.model` first, as Phi-3 ships
+    both), or None when it holds no tokenizer."""
+    return next((b for b, f in BACKENDS.items() if (pathlib.Path(path) / f).is_file()), None)
 CONFIG_FILE = "tokenizer_config.json"
 
 
@@ -193,7 +199,7 @@ class Tokenizer:
         """Loads `tokenizer.model` (preferred, as Phi-3 ships both) or `tokenizer.json` from `path`."""
         path = pathlib.Path(path)
         if backend is None:
-            backend = next((b for b, f in BACKENDS.items() if (path / f).is_file()), None)
+            backend = backend_of(path)
             if backend is None:
                 raise FileNotFoundError(
                     f"tokenizer dir {path} has none of {list(BACKENDS.values())} (found: "

@@ -24,7 +24,7 @@ from jax.sharding import NamedSharding
 
 from rstar_jax.models import hf, tensor_files
 from rstar_jax.models.transformer import CausalLM
-from rstar_jax.tokenizer import BACKENDS, STEP_TOKENS, Tokenizer
+from rstar_jax.tokenizer import BACKENDS, STEP_TOKENS, Tokenizer, backend_of
 
 CONVERTED_FILE = "CONVERTED.json"  # what convert_checkpoint did, beside the weights
 
@@ -76,7 +76,7 @@ def add_step_tokens(model: CausalLM, tokenizer: Tokenizer, pad_to_multiple: int 
             "they do not belong together"
         )
     trained_rows = tokenizer.vocab_size
-    new = [t for t in STEP_TOKENS if tokenizer.token_to_id(t) is None]
+    new = missing_step_tokens(tokenizer)
     ids = tokenizer.add_step_tokens()
     if new:
         rows = max(model.config.vocab_size, _round_up(tokenizer.vocab_size, pad_to_multiple))
@@ -169,7 +169,7 @@ def _check_source(source: pathlib.Path, tok_dir: pathlib.Path, given: bool) -> N
     if not (source / hf.CONFIG_FILE).is_file():
         raise FileNotFoundError(f"checkpoint directory {source} has no {hf.CONFIG_FILE}; pass the model's Hugging "
                                 "Face directory (e.g. from `huggingface-cli download <repo> --local-dir DIR`)")
-    if not any((tok_dir / f).is_file() for f in BACKENDS.values()):
+    if backend_of(tok_dir) is None:
         where = "tokenizer directory" if given else "checkpoint directory"
         found = sorted(p.name for p in tok_dir.iterdir()) if tok_dir.is_dir() else "no such directory"
         raise FileNotFoundError(
