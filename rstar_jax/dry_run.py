@@ -263,9 +263,8 @@ def train_step(model_config, mesh, *, task: str, rows: int, length: int, dtype=j
     name = f"{task} train step ({rows} x {length}{f', {microbatches} microbatches' if microbatches > 1 else ''})"
     step = compile_call(name, sharded_train_step(mesh, params, shardings), graphdef, params, opt_state, rest, batch,
                         mesh=mesh, task=task, config=config, field=field)
-    peak = PEAK.get(mesh.devices.flat[0].device_kind)
     per_chip = train_flops(model_config, task, rows, length, remat) / mesh.devices.size
-    return dataclasses.replace(step, ideal_s=per_chip / (peak[0] * 1e12) if peak else -1.0)
+    return dataclasses.replace(step, ideal_s=roofline(per_chip, 0.0, mesh.devices.flat[0].device_kind))
 
 
 # --------------------------------------------------------------------------- search and evaluation

@@ -206,23 +206,15 @@ def _fingerprint(config: ml_collections.ConfigDict) -> dict:
     return d
 
 
-def microbatches(c: ml_collections.ConfigDict, task: str, mesh: ml_collections.ConfigDict,
-                 devices: int | None = None) -> int:
+def microbatches(c: ml_collections.ConfigDict, task: str, shards: int) -> int:
     """The microbatches of `task`'s step under its config block `c` (`train.sft`, ...): `c.microbatches`,
-    or with `c.tokens_per_chip` set the fewest that keep each chip's share within it, over the
-    data-parallel devices of the training `mesh` block (the job's `devices`, default every one)."""
+    or with `c.tokens_per_chip` set the fewest that keep each chip's share within it, the batch's
+    rows split over `shards` devices (`train.devices.batch_shards` of the training mesh)."""
     budget = c.get("tokens_per_chip", 0)
     if not budget:
         return c.microbatches
-    import jax
-
     from rstar_jax.train.trainer import microbatches_for
 
-    sizes = {k: int(v) for k, v in mesh.items()}
-    if -1 in sizes.values():
-        known = math.prod(v for v in sizes.values() if v != -1)
-        sizes = {k: (v if v != -1 else (devices or jax.device_count()) // known) for k, v in sizes.items()}
-    shards = sizes.get("data", 1) * sizes.get("fsdp", 1)
     row_tokens = c.max_length * (2 if task == "ppm" else 1)  # a PPM row is a pair of sequences
     try:
         return microbatches_for(c.batch, row_tokens, shards, budget)
@@ -672,11 +664,12 @@ class Evolution:
                 "problems_with_sft": len({x.problem_id for x in sft}), "stats": dataclasses.asdict(stats)}
 
     def _train_config(self, c, steps: int, task: str):
-        from rstar_jax.train import TrainConfig
+        from rstar_jax.train import TrainConfig, batch_shards, mesh_from_config
 
+        shards = batch_shards(mesh_from_config(self.config.mesh))
         return TrainConfig(learning_rate=c.learning_rate, warmup_steps=min(steps, int(c.warmup_fraction * steps)),
                            total_steps=steps, schedule=c.schedule, weight_decay=c.weight_decay,
-                           clip_norm=c.clip_norm, microbatches=microbatches(c, task, self.config.mesh),
+                           clip_norm=c.clip_norm, microbatches=microbatches(c, task, shards),
                            end_lr_fraction=c.get("end_lr_fraction", 0.0), loss_chunk=c.get("loss_chunk", 0))
 
     def _export(self, model, out: pathlib.Path) -> str:
@@ -846,6 +839,7 @@ def dry_run(config: ml_collections.ConfigDict) -> str:
 
     from rstar_jax import dry_run as plan
     from rstar_jax.models import presets
+    from rstar_jax.train import batch_shards
 
     topology = config.get("dry_run_topology", "")
     parts = [x.strip() for x in config.get("dry_run_parts", "train,search").split(",") if x.strip()]
@@ -863,7 +857,7 @@ def dry_run(config: ml_collections.ConfigDict) -> str:
     if "train" in parts:
         trained = [plan.train_step(model_config, train_mesh, task=task, rows=c.batch, length=c.max_length,
                                    remat=m.remat, scan_layers=m.get("scan_layers", False),
-                                   microbatches=microbatches(c, task, config.mesh, len(devices)),
+                                   microbatches=microbatches(c, task, batch_shards(train_mesh)),
                                    param_dtype=param_dtype,
                                    loss_chunk=c.get("loss_chunk", 0),
                                    field=f"train.{task}.batch / .tokens_per_chip (or .microbatches) / mesh", **kw)

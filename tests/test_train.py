@@ -445,18 +445,19 @@ def test_microbatches_are_the_fewest_within_the_token_budget():
 def test_evolution_reads_microbatches_from_the_token_budget():
     from configs import tiny
     from rstar_jax.evolve import ConfigError, microbatches
+    from rstar_jax.train import batch_shards, mesh_from_config
 
     config = tiny.get_config("smoke")
     c = config.train.ppm  # batch 8 pairs of 512 tokens, each pair two sequences
     c.microbatches = 2
-    assert microbatches(c, "ppm", config.mesh, devices=1) == 2  # no budget: as configured
+    assert microbatches(c, "ppm", 1) == 2  # no budget: as configured
     c.tokens_per_chip = 4096
-    assert microbatches(c, "ppm", config.mesh, devices=1) == 2  # 8 pairs x 1024 tokens = 8192 a chip
-    assert microbatches(c, "ppm", config.mesh, devices=8) == 1  # data=-1 takes 8 devices: one pair each
-    assert microbatches(config.train.sft, "sft", config.mesh, devices=1) == 1  # sft has no budget set
+    assert microbatches(c, "ppm", 1) == 2  # 8 pairs x 1024 tokens = 8192 a chip
+    assert microbatches(c, "ppm", batch_shards(mesh_from_config(config.mesh))) == 1  # data=-1: 8 devices, a pair each
+    assert microbatches(config.train.sft, "sft", 1) == 1  # sft has no budget set
     orm = config.train.orm  # an outcome row is one sequence
     orm.tokens_per_chip = 4096
-    assert microbatches(orm, "orm", config.mesh, devices=1) == 1
+    assert microbatches(orm, "orm", 1) == 1
     c.tokens_per_chip = 1000
     with pytest.raises(ConfigError, match="train.ppm: one row of 1024 tokens"):
-        microbatches(c, "ppm", config.mesh, devices=1)
+        microbatches(c, "ppm", 1)

@@ -96,6 +96,11 @@ def mesh_from_config(mesh: Mapping[str, int], devices: Sequence | None = None):
     return make_mesh(shape, devices)
 
 
+def batch_shards(mesh) -> int:
+    """The devices a training batch's rows are split over: the mesh's data x fsdp (1 without a mesh)."""
+    return 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
+
+
 def inference_mesh(mesh: Mapping[str, int], devices: Sequence | None = None):
     """The mesh a process searches and evaluates on (`config.inference_mesh`): over its own host's
     devices (default `jax.local_devices()`), since each process runs its own problems."""

@@ -25,6 +25,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from rstar_jax.train import losses
 from rstar_jax.train.batches import OutcomeBatch, PPMBatch, SFTBatch
+from rstar_jax.train.devices import batch_shards
 
 TASKS = ("sft", "ppm", "orm")  # the policy, the PPM, the outcome reward model (a baseline for the PPM)
 _BATCHES = {"sft": SFTBatch, "ppm": PPMBatch, "orm": OutcomeBatch}
@@ -268,7 +269,7 @@ class Trainer:
     def _place(self, arrays: dict[str, np.ndarray], microbatches: int) -> dict[str, jax.Array]:
         """[rows, ...] -> [microbatches, rows / microbatches, ...], rows over data and fsdp."""
         rows = len(next(iter(arrays.values())))
-        shards = 1 if self.mesh is None else self.mesh.shape["data"] * self.mesh.shape["fsdp"]
+        shards = batch_shards(self.mesh)
         if rows % (microbatches * shards):
             raise ValueError(f"a batch of {rows} {'pairs' if self.task == 'ppm' else 'rows'} does not split into "
                              f"{microbatches} microbatches over {shards} data-parallel devices; "
