@@ -84,7 +84,7 @@ class Solutions:
     def from_json(cls, d: dict, problem: Problem) -> Solutions:
         if d["problem"] != problem.id:
             raise ValueError(f"solutions of problem {d['problem']!r} read as those of {problem.id!r}")
-        return cls(problem, [Candidate(c["answer"], c["score"], c["correct"], tuple(c["ids"])) for c in d["candidates"]])
+        return cls(problem, [Candidate(**{**c, "ids": tuple(c["ids"])}) for c in d["candidates"]])
 
 
 # gather(name, this process's solutions as JSON) -> every process's list, in process order
@@ -101,10 +101,8 @@ def share(n: int, index: int, count: int, batch_size: int | None) -> list[int]:
     return [i for i in range(n) if (i // width) % count == index]
 
 
-def _everyone(problems: Sequence[Problem], mine: list[Solutions], name: str, gather: Gather | None) -> list[Solutions]:
-    """Every problem's solutions, from each process's share (`gather`); with no gather, `mine`."""
-    if gather is None:
-        return mine
+def _everyone(problems: Sequence[Problem], mine: list[Solutions], name: str, gather: Gather) -> list[Solutions]:
+    """Every problem's solutions, from each process's share (`gather`)."""
     by_id = {d["problem"]: d for part in gather(name, [s.to_json() for s in mine]) for d in part}
     missing = [p.id for p in problems if p.id not in by_id]
     if missing:
@@ -347,12 +345,12 @@ def evaluate_policy(problems: Sequence[Problem], policy, executor, tokenizer, *,
     index, count = process
     if count > 1 and gather is None:
         raise ValueError(f"process {index} of {count}: several processes need a gather to exchange solutions")
-    positions = share(len(problems), index, count, batch_size) if count > 1 else None
-    mine = [problems[i] for i in positions] if count > 1 else list(problems)
+    positions = share(len(problems), index, count, batch_size)  # one process: every problem
+    mine = [problems[i] for i in positions]
     kw = {"batch_size": batch_size, "progress": progress, "seed_ids": positions}
 
     def everyone(name: str, solutions: list[Solutions]) -> list[Solutions]:
-        return _everyone(problems, solutions, name, gather if count > 1 else None)
+        return _everyone(problems, solutions, name, gather) if count > 1 else solutions
 
     n = samples or (search.rollouts * searches if search is not None else 8)
     results, quality = {}, {}

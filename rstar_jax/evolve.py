@@ -285,7 +285,7 @@ class Evolution:
                 raise ConfigError(
                     f"{self.dir} holds a run with another config (fields {', '.join(changed)} differ); use a new "
                     f"--workdir, or pass --config.allow_config_change=True to continue with the new values")
-        if processes.index_and_count()[0] == 0:
+        if processes.is_first():
             saved.write_text(json.dumps(current, indent=2) + "\n")
             self.push(saved)
 
@@ -437,11 +437,11 @@ class Evolution:
         begin = time.time()
         print(f"{directory.name}: {name}", flush=True)
         summary = fn(directory) | {"seconds": round(time.time() - begin, 1)}
-        if processes.index_and_count()[0] == 0:
+        if processes.is_first():
             write_text_atomic(done, json.dumps(summary, indent=2) + "\n")
         self.push(directory)  # every process: what it wrote
         processes.barrier(f"{self._rel(str(directory))} {name}")  # (keys the same on hosts with other local paths)
-        if processes.index_and_count()[0] != 0:
+        if not processes.is_first():
             self._pull(done)  # (a URL workdir: what process 0 wrote, later steps read)
         return summary
 
@@ -567,11 +567,11 @@ class Evolution:
             if self.config.bootstrap.kind == "reference":
                 self._bootstrap(train)
             results = [self._round0(test)]
-            if processes.index_and_count()[0] == 0:
+            if processes.is_first():
                 self._log_round(results[0])
             for r in range(1, self.config.rounds + 1):
                 results.append(self._round(r, train, test, results[0]))
-                if processes.index_and_count()[0] == 0:
+                if processes.is_first():
                     self.write_report(results)
                     self._log_round(results[-1])
         print(report.table(results), flush=True)
@@ -654,7 +654,7 @@ class Evolution:
         config = ExtractConfig(**self.config.extract.to_dict())
         sft, pairs, stats = extract(records.read_records(rdir / "search", "tree"), config)
         outcomes = [x for tree in records.read_records(rdir / "search", "tree") for x in extract_outcomes(tree, config)]
-        if processes.index_and_count()[0] == 0:
+        if processes.is_first():
             shutil.rmtree(out, ignore_errors=True)  # a half-written earlier try
             records.write_records(out, "sft", sft)
             records.write_records(out, "ppm", pairs)
@@ -676,7 +676,7 @@ class Evolution:
         from rstar_jax.models import save_pretrained
 
         tmp = out.with_name(out.name + ".tmp")
-        first = processes.index_and_count()[0] == 0
+        first = processes.is_first()
         if first:
             shutil.rmtree(tmp, ignore_errors=True)
         save_pretrained(model, tmp)  # every process takes part; process 0 writes
@@ -797,7 +797,7 @@ class Evolution:
             notes.append(f"round {r}: evaluated with {', '.join(methods)} only (config.eval.light_rounds)")
         ev = self.evaluate(r, test, self._executor, methods=methods, process=processes.index_and_count(),
                            gather=self._gather(rdir / "eval" / "parts"))
-        evaluate.report(ev, rdir / "eval" if processes.index_and_count()[0] == 0 else None, title=f"round {r}")
+        evaluate.report(ev, rdir / "eval" if processes.is_first() else None, title=f"round {r}")
         return {"evaluation": dataclasses.asdict(ev), "notes": notes}
 
     def evaluate(self, r: int, problems: Sequence[Problem], executor, *, methods: Sequence[str] | None = None,

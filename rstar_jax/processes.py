@@ -23,6 +23,11 @@ def index_and_count() -> tuple[int, int]:
     return jax.process_index(), jax.process_count()
 
 
+def is_first() -> bool:
+    """Whether this is process 0, the one that writes what every process shares."""
+    return jax.process_index() == 0
+
+
 BARRIER_HOURS = 48  # a process may wait while another searches more chunks or writes the exports
 _barriers = itertools.count()
 
