@@ -98,22 +98,19 @@ def test_a_search_is_reproducible_and_each_problem_independent_of_its_batch(worl
     assert [t.texts for t in other_seed] != [t.texts for t in together]
 
 
-def test_device_paths_equal_the_steps_the_host_keeps(world):
-    """gather_path packs the tokens of each expandable node's path (depth <= max_depth); check it
-    against the host's copy."""
+def test_device_paths_equal_the_paths_the_host_reads(world):
+    """`paths` gives each expandable node's path (depth <= max_depth), the validity of its nodes
+    and its own depth and errors: check them against the searched tree."""
     t = _search(world, CONFIG)[0]
-    n, k, length = t.num_nodes, CONFIG.candidates, CONFIG.step_capacity
-    dev = tree_ops.init_tree(1, n, k, length)
-    tokens = np.zeros((1, n, length), np.int32)
-    lengths = np.zeros((1, n), np.int32)
-    for node in range(n):
-        tokens[0, node, :len(t.tokens[node])] = t.tokens[node]
-        lengths[0, node] = len(t.tokens[node])
-    dev = dataclasses.replace(dev, parent=t.parent[None], depth=t.depth[None], tokens=tokens, lengths=lengths)
+    dev = tree_ops.init_tree(1, t.num_nodes, CONFIG.candidates)
+    dev = dataclasses.replace(dev, parent=t.parent[None], depth=t.depth[None], valid=t.valid[None],
+                              errors=t.errors[None])
     for node in np.flatnonzero(t.depth <= CONFIG.max_depth):
-        path, size = tree_ops.gather_path(dev, np.array([node], np.int32), max_depth=CONFIG.max_depth)
-        want = [i for m in t.path(node) for i in t.tokens[m]]
-        assert np.asarray(path)[0, :int(size[0])].tolist() == want
+        path = tree_ops.paths(dev, np.array([node], np.int32), max_depth=CONFIG.max_depth)
+        nodes = np.asarray(path.nodes)[0]
+        assert nodes[nodes != tree_ops.NO_NODE].tolist() == t.path(node)
+        assert np.asarray(path.valid)[0, :len(t.path(node))].tolist() == [bool(t.valid[m]) for m in t.path(node)]
+        assert (int(path.depth[0]), int(path.errors[0])) == (t.depth[node], t.errors[node])
 
 
 def test_value_scorer_equals_the_models_value_per_sequence(world):

@@ -8,7 +8,7 @@ import pytest
 from rstar_jax.search import tree as ops
 from rstar_jax.search.config import Mode
 
-B, N, K, L = 2, 8, 3, 4
+B, N, K = 2, 8, 3
 NO = ops.NO_NODE
 
 
@@ -19,25 +19,24 @@ def _expand(tree, leaf, *, keep, failed=None, answer=None, value=None, ppm=None,
         row = np.full((K,), fill, dtype) if x is None else np.asarray(x, dtype)
         return np.stack([row, np.full((K,), fill, dtype)])
 
-    tokens = np.arange(B * K * L, dtype=np.int32).reshape(B, K, L) + 1
-    lengths = np.full((B, K), L, np.int32)
-    return ops.expand(tree, np.array([leaf, NO], np.int32), tokens, lengths, per_slot(keep, bool, False),
-                      per_slot(failed, bool, False), per_slot(answer, bool, False), per_slot(value, np.float32, 0),
-                      per_slot(ppm, np.float32, 0), mode=mode, errors_threshold=errors_threshold,
-                      max_depth=max_depth)
+    children = ops.Children(keep=per_slot(keep, bool, False), failed=per_slot(failed, bool, False),
+                            is_answer=per_slot(answer, bool, False), answer_value=per_slot(value, np.float32, 0),
+                            ppm_value=per_slot(ppm, np.float32, 0))
+    return ops.expand(tree, np.array([leaf, NO], np.int32), children, mode=mode,
+                      errors_threshold=errors_threshold, max_depth=max_depth)
 
 
 def _host(tree):
     return {name: np.asarray(getattr(tree, name)) for name in ("parent", "depth", "children", "visits", "value_sum",
                                                                 "init_value", "reward", "terminal", "valid",
                                                                 "is_answer", "errors", "num_nodes", "rollouts",
-                                                                "cursor", "lengths")}
+                                                                "cursor")}
 
 
 def test_expand_adds_the_kept_candidates_as_children_and_backs_up_answers():
-    before = _host(ops.init_tree(B, N, K, L))
+    before = _host(ops.init_tree(B, N, K))
     # Slot 0 an open step, slot 1 a right answer (+1), slot 2 dropped (a duplicate, say).
-    t = _host(_expand(ops.init_tree(B, N, K, L), ops.ROOT, keep=[1, 1, 0], answer=[0, 1, 0], value=[0, 1, 0]))
+    t = _host(_expand(ops.init_tree(B, N, K), ops.ROOT, keep=[1, 1, 0], answer=[0, 1, 0], value=[0, 1, 0]))
     assert t["num_nodes"].tolist() == [3, 1]
     assert t["children"][0, ops.ROOT].tolist() == [1, 2, NO]
     assert t["parent"][0, :3].tolist() == [NO, 0, 0] and t["depth"][0, :3].tolist() == [0, 1, 1]
@@ -46,13 +45,12 @@ def test_expand_adds_the_kept_candidates_as_children_and_backs_up_answers():
     assert t["is_answer"][0, :3].tolist() == [False, False, True] and t["terminal"][0, :3].tolist() == [0, 0, 1]
     assert t["reward"][0, 2] == 1 and t["visits"][0, :3].tolist() == [1, 0, 1]
     assert t["value_sum"][0, :3].tolist() == [1, 0, 1] and t["init_value"][0, :3].tolist() == [0, 0, 0]
-    assert t["lengths"][0, 1:3].tolist() == [L, L]
     for name, array in t.items():  # the ended problem is untouched
         np.testing.assert_array_equal(array[1], before[name][1], err_msg=name)
 
 
 def test_failing_steps_count_up_and_die_at_the_threshold():
-    tree = _expand(ops.init_tree(B, N, K, L), ops.ROOT, keep=[1, 0, 0], failed=[1, 0, 0])
+    tree = _expand(ops.init_tree(B, N, K), ops.ROOT, keep=[1, 0, 0], failed=[1, 0, 0])
     t = _host(tree)
     assert t["errors"][0, 1] == 1 and not t["valid"][0, 1] and not t["terminal"][0, 1]
     # A second failing step in a row reaches errors_threshold=2: a dead end, valued -1, which is
@@ -64,7 +62,7 @@ def test_failing_steps_count_up_and_die_at_the_threshold():
 
 
 def test_steps_past_the_depth_limit_are_dead_ends_and_answers_are_not():
-    tree = ops.init_tree(B, N, K, L)
+    tree = ops.init_tree(B, N, K)
     for depth in range(1, 3):  # a chain root -> 1 -> 2
         tree = _expand(tree, depth - 1, keep=[1, 0, 0], max_depth=2)
     t = _host(_expand(tree, 2, keep=[1, 1, 0], answer=[0, 1, 0], value=[0, -1, 0], max_depth=2))
@@ -76,7 +74,7 @@ def test_steps_past_the_depth_limit_are_dead_ends_and_answers_are_not():
 
 @pytest.mark.parametrize("mode", [Mode.PPM, Mode.TEST])
 def test_ppm_modes_start_open_nodes_at_their_score(mode):
-    t = _host(_expand(ops.init_tree(B, N, K, L), ops.ROOT, keep=[1, 1, 0], answer=[0, 1, 0], value=[0, 0.5, 0],
+    t = _host(_expand(ops.init_tree(B, N, K), ops.ROOT, keep=[1, 1, 0], answer=[0, 1, 0], value=[0, 0.5, 0],
                       ppm=[0.25, 0, 0], mode=mode))
     assert t["init_value"][0, 1] == 0.25 and t["visits"][0, 1] == 1 and t["value_sum"][0, 1] == 0.25
     # An answer's value is its grade (PPM mode) or the PPM's score of it (TEST mode); only TEST
@@ -85,7 +83,7 @@ def test_ppm_modes_start_open_nodes_at_their_score(mode):
 
 
 def test_select_walks_down_to_an_unexpanded_node_and_ends_rollouts_at_dead_ends():
-    tree = ops.init_tree(B, N, K, L)
+    tree = ops.init_tree(B, N, K)
     tree, leaf = ops.select(tree, rollouts=4, c_uct=2.0)
     assert np.asarray(leaf).tolist() == [ops.ROOT, ops.ROOT]  # empty trees: the root
     tree = _expand(tree, ops.ROOT, keep=[1, 1, 0])  # two open children, unvisited
@@ -102,11 +100,58 @@ def test_select_walks_down_to_an_unexpanded_node_and_ends_rollouts_at_dead_ends(
 
 
 def test_select_ends_a_search_at_its_rollouts_or_when_the_tree_is_full():
-    tree = _expand(ops.init_tree(B, N, K, L), ops.ROOT, keep=[1, 1, 1], answer=[1, 1, 1], value=[1, 1, 1])
+    tree = _expand(ops.init_tree(B, N, K), ops.ROOT, keep=[1, 1, 1], answer=[1, 1, 1], value=[1, 1, 1])
     tree, leaf = ops.select(tree, rollouts=1, c_uct=2.0)  # every child terminal: the root is a dead end
     assert np.asarray(leaf)[0] == NO and np.asarray(tree.terminal)[0, ops.ROOT]
     # A tree with no room for another K children stops instead of expanding, and says so.
-    small = ops.init_tree(B, 1 + K, K, L)
+    small = ops.init_tree(B, 1 + K, K)
     small = _expand(small, ops.ROOT, keep=[1, 1, 1])
     small, leaf = ops.select(small, rollouts=8, c_uct=2.0)
     assert np.asarray(leaf)[0] == NO and np.asarray(small.overflow)[0]
+
+
+def test_paths_give_each_leafs_nodes_their_validity_and_the_leafs_depth_and_errors():
+    tree = _expand(ops.init_tree(B, N, K), ops.ROOT, keep=[1, 1, 0], failed=[0, 1, 0])  # nodes 1, 2
+    tree = _expand(tree, 2, keep=[1, 0, 0], failed=[1, 0, 0])  # node 3 under the failed node 2
+    path = ops.paths(tree, np.array([3, NO], np.int32), max_depth=3)
+    assert np.asarray(path.nodes).tolist() == [[2, 3, NO], [NO, NO, NO]]
+    assert np.asarray(path.valid).tolist() == [[False, False, False], [False, False, False]]
+    assert np.asarray(path.depth).tolist() == [2, 0] and np.asarray(path.errors).tolist() == [2, 0]
+    path = ops.paths(tree, np.array([1, ops.ROOT], np.int32), max_depth=3)
+    assert np.asarray(path.nodes).tolist() == [[1, NO, NO], [NO, NO, NO]]
+    assert np.asarray(path.valid)[0].tolist() == [True, False, False]
+
+
+@pytest.mark.parametrize("mode", list(Mode))
+def test_child_status_is_one_rule_on_the_host_and_on_the_device(mode):
+    """The driver asks the rule on numpy arrays which children the PPM scores; expand applies it
+    traced. Every combination of parent depth and errors, failure and kind agrees."""
+    import jax.numpy as jnp
+
+    grid = np.array(np.meshgrid([0, 1, 2, 3], [0, 1, 2], [False, True], [False, True], indexing="ij"))
+    depth, errors, failed, answer = (g.reshape(-1) for g in grid)
+    failed, answer = failed.astype(bool), answer.astype(bool) & ~failed.astype(bool)
+    settings = dict(mode=mode, errors_threshold=2, max_depth=3)
+    host = ops.child_status(depth, errors, failed, answer, **settings)
+    device = ops.child_status(jnp.asarray(depth), jnp.asarray(errors), jnp.asarray(failed), jnp.asarray(answer),
+                              **settings)
+    for name, h, d in zip(host._fields, host, device):
+        assert isinstance(h, np.ndarray), name
+        np.testing.assert_array_equal(h, np.asarray(d), err_msg=name)
+    # The rule as the driver's docstring states it.
+    assert (host.errors == np.where(failed, errors + 1, 0)).all()
+    assert (host.dead == (~answer & ((failed & (errors + 1 >= 2)) | (depth + 1 > 3)))).all()
+    assert (host.scored == ((~host.terminal & mode.uses_ppm) | (answer & (mode is Mode.TEST)))).all()
+
+
+def test_the_node_fields_are_declared_alike_on_the_device_and_the_host():
+    """`NODE_FIELDS` names the per-node arrays once: the device tree holds each with a batch axis,
+    and a searched tree (`SearchTree`) holds the same arrays in the same order."""
+    import dataclasses
+
+    from rstar_jax.data.tree import NODE_FIELDS, SearchTree
+
+    device = [f.name for f in dataclasses.fields(ops.Tree)]
+    host = [f.name for f in dataclasses.fields(SearchTree)]
+    assert device[:len(NODE_FIELDS)] == list(NODE_FIELDS)
+    assert host[host.index("parent"):host.index("parent") + len(NODE_FIELDS)] == list(NODE_FIELDS)

@@ -10,6 +10,12 @@ import numpy as np
 from rstar_jax.data.problem import Problem
 
 
+# The per-node arrays of a search, as `SearchTree` declares them below and the device tree
+# (`rstar_jax.search.tree.Tree`) holds them with a leading batch axis during the search.
+NODE_FIELDS = ("parent", "depth", "children", "visits", "value_sum", "init_value", "reward", "terminal",
+               "valid", "is_answer", "errors")
+
+
 def path_to(parent, node: int) -> list[int]:
     """The nodes from the root's child down to `node`, given each node's parent."""
     out = []

@@ -76,9 +76,9 @@ import tqdm
 
 from rstar_jax._checks import positive_int
 from rstar_jax.data.problem import Problem
-from rstar_jax.data.tree import SearchTree, path_to
+from rstar_jax.data.tree import NODE_FIELDS, SearchTree
 from rstar_jax.search import tree as tree_ops
-from rstar_jax.search.config import Mode, SearchConfig
+from rstar_jax.search.config import SearchConfig
 from rstar_jax.steps import format as fmt
 from rstar_jax.tokenizer import continuation_ids, continuation_text
 
@@ -171,7 +171,7 @@ class EnginePolicy:
 class SearchStats:
     """Where a search's wall time went, in seconds, and what it did."""
 
-    tree_ops: float = 0.0  # select, gather_path, expand, reset, fetching finished trees (device)
+    tree_ops: float = 0.0  # select, paths, expand, reset, fetching finished trees (device)
     generation: float = 0.0
     execution: float = 0.0
     grading: float = 0.0
@@ -193,42 +193,51 @@ class SearchStats:
 
 @dataclasses.dataclass
 class _Slot:
-    """A problem being searched, and the host's copy of what its tree holds."""
+    """A problem being searched, and the step tokens and text of each of its nodes (the device
+    tree holds everything else)."""
 
     index: int
     problem: Problem
     prompt: list[int]
     tokens: list[list[int]] = dataclasses.field(default_factory=lambda: [[]])
     texts: list[str] = dataclasses.field(default_factory=lambda: [""])
-    parent: list[int] = dataclasses.field(default_factory=lambda: [-1])
-    valid: list[bool] = dataclasses.field(default_factory=lambda: [True])
-    depth: list[int] = dataclasses.field(default_factory=lambda: [0])
-    errors: list[int] = dataclasses.field(default_factory=lambda: [0])
     rollouts: int = 0
 
-    def path(self, node: int) -> list[int]:
-        return path_to(self.parent, node)
-
-    def add(self, c: _Candidate, parent: int) -> None:
-        """Records candidate c as the next node, a child of `parent`."""
-        self.tokens.append(c.ids)
-        self.texts.append(c.text)
-        self.parent.append(parent)
-        self.valid.append(not c.failed)
-        self.depth.append(self.depth[parent] + 1)
-        self.errors.append(self.errors[parent] + 1 if c.failed else 0)
+    def prefix(self, path: np.ndarray) -> list[int]:
+        """The prompt and the step tokens of the path's nodes (int[D], NO_NODE past the path)."""
+        return self.prompt + [t for n in path if n > tree_ops.ROOT for t in self.tokens[n]]
 
 
 @dataclasses.dataclass
-class _Candidate:
-    slot: int  # row in the batch
-    sample: int  # candidate slot j (of K)
-    ids: list[int]
-    text: str
-    kind: fmt.StepKind
-    failed: bool = False
-    value: float = 0.0  # an answer's reward or PPM score
-    ppm: float = 0.0
+class _Expansion:
+    """The K candidate steps of each of the B leaves one search step expands, by batch place and
+    candidate slot: sampling fills it in, then execution, grading and the PPM. Every field is
+    [B, K]; the ragged ones are object arrays, None where no candidate was kept."""
+
+    ids: np.ndarray  # object: list[int], the step's tokens (with its output block once it ran)
+    texts: np.ndarray  # object: str, the tokens' text as they follow the path
+    kinds: np.ndarray  # object: fmt.StepKind
+    keep: np.ndarray  # bool, the candidate becomes a child
+    failed: np.ndarray  # bool
+    is_answer: np.ndarray  # bool
+    answer_value: np.ndarray  # float32, an answer's reward or PPM score
+    ppm_value: np.ndarray  # float32, an open node's PPM score
+
+    @classmethod
+    def empty(cls, width: int, k: int) -> _Expansion:
+        def objects():
+            return np.full((width, k), None, object)
+
+        return cls(objects(), objects(), objects(), *(np.zeros((width, k), bool) for _ in range(3)),
+                   *(np.zeros((width, k), np.float32) for _ in range(2)))
+
+    def kept(self, rows) -> list[tuple[int, int]]:
+        """(b, j) of every kept candidate of batch places `rows`, in order."""
+        return [(b, j) for b in rows for j in np.flatnonzero(self.keep[b])]
+
+    def children(self) -> tree_ops.Children:
+        return tree_ops.Children(keep=self.keep, failed=self.failed, is_answer=self.is_answer,
+                                 answer_value=self.answer_value, ppm_value=self.ppm_value)
 
 
 class _Clock:
@@ -346,7 +355,7 @@ class _Search:
         c, stats, clock = self.config, self.stats, self.clock
         start = time.perf_counter()
         results: list[SearchTree | None] = [None] * len(self.problems)
-        tree = tree_ops.init_tree(width, c.nodes, c.candidates, c.step_capacity)
+        tree = tree_ops.init_tree(width, c.nodes, c.candidates)
         queue = collections.deque(range(len(self.problems)))
         slots: list[_Slot | None] = [None] * width
         with concurrent.futures.ThreadPoolExecutor(1, "rstar-search-exec") as pool:
@@ -390,46 +399,34 @@ class _Search:
     def step(self, tree, slots, leaf, active, pool):
         """Expands the leaves of the `active` problems."""
         c, clock = self.config, self.clock
-        path, path_lengths = jax.device_get(tree_ops.gather_path(tree, leaf, max_depth=c.max_depth))
+        path = jax.device_get(tree_ops.paths(tree, leaf, max_depth=c.max_depth))
         clock.charge("tree_ops")
-        prefixes = {b: slots[b].prompt + path[b, :path_lengths[b]].tolist() for b in active}
+        prefixes = {b: slots[b].prefix(path.nodes[b]) for b in active}
+        x = _Expansion.empty(len(slots), c.candidates)
         half = (len(active) + 1) // 2
         groups = [active[:half], active[half:]] if c.overlap and len(active) > 1 else [active]
-        candidates, pending = [], None
+        pending = None
         for group in groups:
-            mine = self.propose(slots, leaf, group, prefixes)
-            runs = self.programs(slots, leaf, mine)
+            self.propose(x, slots, leaf, group, prefixes)
+            runs = self.programs(x, slots, path, group)
             future = pool.submit(self.executor.run, [p for _, p in runs]) if runs else None
             clock.charge("host")
             if pending is not None:
-                self.finish(slots, leaf, prefixes, *pending)
-            pending = (mine, runs, future)
-            candidates += mine
-        self.finish(slots, leaf, prefixes, *pending)
+                self.finish(x, slots, path, prefixes, *pending)
+            pending = (group, runs, future)
+        self.finish(x, slots, path, prefixes, *pending)
         self.stats.expansions += len(active)
-
-        width, k, length = len(slots), c.candidates, c.step_capacity
-        arrays = {name: np.zeros((width, k), dtype) for name, dtype in (
-            ("keep", bool), ("failed", bool), ("is_answer", bool), ("answer_value", np.float32),
-            ("ppm_value", np.float32), ("lengths", np.int32))}
-        step_tokens = np.zeros((width, k, length), np.int32)
-        for cand in candidates:
-            at = (cand.slot, cand.sample)
-            arrays["keep"][at], arrays["failed"][at] = True, cand.failed
-            arrays["is_answer"][at] = cand.kind is fmt.StepKind.ANSWER
-            arrays["answer_value"][at], arrays["ppm_value"][at] = cand.value, cand.ppm
-            arrays["lengths"][at] = len(cand.ids)
-            step_tokens[cand.slot, cand.sample, :len(cand.ids)] = cand.ids
-            slots[cand.slot].add(cand, int(leaf[cand.slot]))
+        for b, j in x.kept(active):  # the device numbers the new nodes in the same order
+            slots[b].tokens.append(x.ids[b, j])
+            slots[b].texts.append(x.texts[b, j])
         clock.charge("host")
-        tree = tree_ops.expand(tree, leaf, step_tokens, arrays["lengths"], arrays["keep"], arrays["failed"],
-                               arrays["is_answer"], arrays["answer_value"], arrays["ppm_value"], mode=c.mode,
-                               errors_threshold=c.errors_threshold, max_depth=c.max_depth)
+        tree = tree_ops.expand(tree, leaf, x.children(), mode=c.mode, errors_threshold=c.errors_threshold,
+                               max_depth=c.max_depth)
         jax.block_until_ready(tree)
         clock.charge("tree_ops")
         return tree
 
-    def propose(self, slots, leaf, group, prefixes) -> list[_Candidate]:
+    def propose(self, x: _Expansion, slots, leaf, group, prefixes) -> None:
         """Samples K steps for each leaf of `group`; keeps the first of equal ones and the first
         answer (module docstring, expand step 2)."""
         c, k = self.config, self.config.candidates
@@ -442,7 +439,6 @@ class _Search:
             raise ValueError(f"the policy must return {len(group)} x {k} samples of at most max_step_tokens="
                              f"{c.max_step_tokens} tokens; got lengths of shape {lengths.shape}, longest "
                              f"{int(lengths.max(initial=0))}")
-        out = []
         for i, b in enumerate(group):
             answered, seen = False, set()
             for j in range(k):
@@ -458,90 +454,87 @@ class _Search:
                     if answered:
                         continue
                     answered = True
-                out.append(_Candidate(b, j, row, text, kind, failed=not kind.complete))
-        return out
+                x.ids[b, j], x.texts[b, j], x.kinds[b, j] = row, text, kind
+                x.keep[b, j], x.failed[b, j] = True, not kind.complete
+                x.is_answer[b, j] = kind is fmt.StepKind.ANSWER
 
-    def programs(self, slots, leaf, candidates) -> list[tuple[_Candidate, str]]:
-        """The program of every complete code candidate: its valid ancestors' code and its own."""
+    def programs(self, x: _Expansion, slots, path, group) -> list[tuple[tuple[int, int], str]]:
+        """The program of every complete code candidate of `group`: its valid ancestors' code and
+        its own, by (b, j)."""
         runs = []
-        for cand in candidates:
-            if cand.kind is fmt.StepKind.ANSWER or cand.failed:
+        for b, j in x.kept(group):
+            if x.is_answer[b, j] or x.failed[b, j]:
                 continue
-            slot = slots[cand.slot]
-            steps = [slot.texts[n] for n in slot.path(int(leaf[cand.slot])) if slot.valid[n]]
-            runs.append((cand, fmt.assemble_program([*steps, cand.text])))
+            steps = [slots[b].texts[n] for n, ok in zip(path.nodes[b], path.valid[b]) if ok]
+            runs.append(((b, j), fmt.assemble_program([*steps, x.texts[b, j]])))
         return runs
 
-    def finish(self, slots, leaf, prefixes, candidates, runs, future) -> None:
+    def finish(self, x: _Expansion, slots, path, prefixes, group, runs, future) -> None:
         """Reads the executor's results, grades the answers and scores with the PPM."""
         c, clock = self.config, self.clock
         outcomes = list(future.result()) if future is not None else []
         clock.charge("execution")
         if len(outcomes) != len(runs):
             raise RuntimeError(f"the executor returned {len(outcomes)} results for {len(runs)} programs")
-        for (cand, _), out in zip(runs, outcomes):
-            cand.failed = not out.ok
-            if out.ok and cand.kind is fmt.StepKind.LAST_CODE:
-                cand.ids = cand.ids + output_block_ids(self.tokenizer, out.stdout, c.max_output_tokens)
-                cand.text = continuation_text(self.tokenizer, cand.ids)
+        for ((b, j), _), out in zip(runs, outcomes):
+            x.failed[b, j] = not out.ok
+            if out.ok and x.kinds[b, j] is fmt.StepKind.LAST_CODE:
+                x.ids[b, j] = x.ids[b, j] + output_block_ids(self.tokenizer, out.stdout, c.max_output_tokens)
+                x.texts[b, j] = continuation_text(self.tokenizer, x.ids[b, j])
         clock.charge("host")
         if c.mode.graded:
-            for cand in candidates:
-                if cand.kind is fmt.StepKind.ANSWER:
-                    pred = fmt.extract_answer(cand.text)
-                    refs = slots[cand.slot].problem.references  # several for a few MATH problems
+            for b, j in x.kept(group):
+                if x.is_answer[b, j]:
+                    pred = fmt.extract_answer(x.texts[b, j])
+                    refs = slots[b].problem.references  # several for a few MATH problems
                     ok = pred is not None and self.grade(pred, refs[0] if len(refs) == 1 else list(refs))
-                    cand.value = 1.0 if ok else -1.0
+                    x.answer_value[b, j] = 1.0 if ok else -1.0
             clock.charge("grading")
         if c.mode.uses_ppm:
-            _score(self.scorer, [x for x in candidates if _needs_score(x, slots[x.slot], int(leaf[x.slot]), c)],
-                   prefixes)
+            rows = np.asarray(group)
+            status = tree_ops.child_status(path.depth[rows, None], path.errors[rows, None], x.failed[rows],
+                                           x.is_answer[rows], mode=c.mode, errors_threshold=c.errors_threshold,
+                                           max_depth=c.max_depth)
+            scored = dict(zip(group, status.scored))
+            _score(self.scorer, x, [(b, j) for b, j in x.kept(group) if scored[b][j]], prefixes)
             clock.charge("ppm")
 
 
-def _needs_score(c: _Candidate, slot: _Slot, node: int, config: SearchConfig) -> bool:
-    """Whether the PPM's score of candidate c (a child of `node`) is used: answers at test time,
-    and children that will be open nodes (see the module docstring)."""
-    if c.kind is fmt.StepKind.ANSWER:
-        return config.mode is Mode.TEST
-    dead = c.failed and slot.errors[node] + 1 >= config.errors_threshold
-    return not dead and slot.depth[node] + 1 <= config.max_depth
-
-
-def _score(scorer: Scorer, candidates: list[_Candidate], prefixes: dict[int, list[int]]) -> None:
-    """Sets the PPM value of each candidate; one scorer call for them all. A scorer that can
-    (`ValueScorer.score_children`) runs each shared prefix once."""
-    if not candidates:
+def _score(scorer: Scorer, x: _Expansion, which: list[tuple[int, int]], prefixes: dict[int, list[int]]) -> None:
+    """Sets the PPM value of candidates `which` (b, j); one scorer call for them all. A scorer
+    that can (`ValueScorer.score_children`) runs each shared prefix once."""
+    if not which:
         return
     if hasattr(scorer, "score_children"):
-        groups: dict[int, list[_Candidate]] = {}
-        for c in candidates:
-            groups.setdefault(c.slot, []).append(c)
+        groups: dict[int, list[int]] = {}
+        for b, j in which:
+            groups.setdefault(b, []).append(j)
         rows = list(groups)  # each problem's batch place: its store row
-        values = scorer.score_children([prefixes[b] for b in groups], [[c.ids for c in g] for g in groups.values()],
+        values = scorer.score_children([prefixes[b] for b in rows], [[x.ids[b, j] for j in js]
+                                                                      for b, js in groups.items()],
                                        **({"rows": rows} if _has_store_rows(scorer, rows) else {}))
         values = [np.asarray(v, np.float32).reshape(-1) for v in values]
-        counts = ([len(v) for v in values], [len(g) for g in groups.values()])
-        candidates = [c for g in groups.values() for c in g]
+        counts = ([len(v) for v in values], [len(js) for js in groups.values()])
+        which = [(b, j) for b, js in groups.items() for j in js]
         values = np.concatenate(values) if counts[0] == counts[1] else None
     else:
-        values = np.asarray(scorer.score([prefixes[c.slot] + c.ids for c in candidates]), np.float32).reshape(-1)
-        counts = (len(values), len(candidates))
+        values = np.asarray(scorer.score([prefixes[b] + x.ids[b, j] for b, j in which]), np.float32).reshape(-1)
+        counts = (len(values), len(which))
     if counts[0] != counts[1]:
         raise RuntimeError(f"the scorer returned {counts[0]} values for {counts[1]} sequences")
-    for c, v in zip(candidates, values):
-        if c.kind is fmt.StepKind.ANSWER:
-            c.value = float(v)
+    for (b, j), v in zip(which, values):
+        if x.is_answer[b, j]:
+            x.answer_value[b, j] = v
         else:
-            c.ppm = float(v)
+            x.ppm_value[b, j] = v
 
 
 def _result(slot: _Slot, row: dict[str, np.ndarray]) -> SearchTree:
-    """One problem's tree from its arrays (`tree_ops.fetch`) and the host's copy of its steps."""
+    """One problem's tree from its arrays (`tree_ops.fetch`) and the host's steps."""
     n = int(row["num_nodes"])
     if len(slot.tokens) != n:
         raise AssertionError(f"problem {slot.index}: the device tree has {n} nodes, the host {len(slot.tokens)}")
-    tree = SearchTree(problem=slot.problem, prompt_ids=slot.prompt, **{k: row[k][:n] for k in tree_ops.NODE_FIELDS},
+    tree = SearchTree(problem=slot.problem, prompt_ids=slot.prompt, **{k: row[k][:n] for k in NODE_FIELDS},
                       tokens=slot.tokens, texts=slot.texts, rollouts=int(row["rollouts"]),
                       overflow=bool(row["overflow"]), answer=None, answer_node=-1)
     answers = np.flatnonzero(tree.is_answer)

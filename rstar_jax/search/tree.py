@@ -1,26 +1,32 @@
 """The search trees of B problems as fixed-size arrays, and the jitted operations on them.
 
-Shapes: B problems, N nodes per tree (the root is node 0), K children per node, L tokens per
-step. Node arrays are `[B, N]`; unused nodes hold the sentinels below. Each operation works on
-one problem's arrays and is vmapped over B, then jitted with the search's constants static; the
-driver (driver.py, whose docstring states the search exactly) calls, per expansion:
+Shapes: B problems, N nodes per tree (the root is node 0), K children per node, D = max_depth.
+Node arrays are `[B, N]`; unused nodes hold the sentinels below. The device tree holds a
+search's statistics and structure only, as mctx's does; the host owns each node's step tokens
+and text. Each operation works on one problem's arrays and is vmapped over B, then jitted with
+the search's constants static; the driver (driver.py, whose docstring states the search
+exactly) calls, per expansion:
 
-    select       -> the leaf each problem expands next, running whole rollouts' selection
-    gather_path  -> the step tokens from the root to each leaf
-    expand       -> the leaf's children, their values, and the backup of answers
+    select  -> the leaf each problem expands next, running whole rollouts' selection
+    paths   -> the nodes from the root to each leaf, their validity, the leaf's depth and errors
+    expand  -> the leaf's children, their values, and the backup of answers
 
 A problem whose search has ended gets leaf NO_NODE and is left untouched by expand.
+`child_status` is the rule that makes a new child terminal, dead or scored; expand applies it
+on device and the driver on the host, to know which children the PPM must score.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rstar_jax.data.tree import NODE_FIELDS
 from rstar_jax.search.config import Mode
 
 ROOT = 0
@@ -41,21 +47,52 @@ class Tree:
     valid: jax.Array  # bool[B, N], the step's program ran (answers and the root: True)
     is_answer: jax.Array  # bool[B, N]
     errors: jax.Array  # int32[B, N], consecutive failing steps ending at the node
-    tokens: jax.Array  # int32[B, N, L], the step's tokens, then 0
-    lengths: jax.Array  # int32[B, N]
     num_nodes: jax.Array  # int32[B], nodes created, the root included
     cursor: jax.Array  # int32[B], where the current rollout stands (ROOT when it starts)
     rollouts: jax.Array  # int32[B], rollouts ended
     overflow: jax.Array  # bool[B], the tree ran out of nodes
 
     @property
-    def shape(self) -> tuple[int, int, int, int]:
-        """(B, N, K, L)."""
-        b, n, k = self.children.shape
-        return b, n, k, self.tokens.shape[2]
+    def shape(self) -> tuple[int, int, int]:
+        """(B, N, K)."""
+        return self.children.shape
 
 
-def init_tree(batch: int, nodes: int, candidates: int, step_tokens: int) -> Tree:
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Children:
+    """What an expansion decided about each leaf's K candidate steps, by candidate slot j: the
+    argument of `expand`. All [B, K]."""
+
+    keep: jax.Array  # bool, the candidate becomes a child (not a duplicate, not a second answer)
+    failed: jax.Array  # bool, its step is incomplete or malformed, or its program raised
+    is_answer: jax.Array  # bool
+    answer_value: jax.Array  # float32, an answer's graded reward or PPM score
+    ppm_value: jax.Array  # float32, the PPM score of an open node (unused in TERMINAL mode)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Path:
+    """Each leaf's path, from `paths`."""
+
+    nodes: jax.Array  # int32[B, D], the root's child first, down to the leaf; then NO_NODE
+    valid: jax.Array  # bool[B, D], the path node's program ran (False past the path)
+    depth: jax.Array  # int32[B], the leaf's depth
+    errors: jax.Array  # int32[B], the leaf's failing steps in a row
+
+
+class ChildStatus(NamedTuple):
+    """What a new child becomes (`child_status`)."""
+
+    depth: Any  # int
+    errors: Any  # int, failing steps in a row ending at the child
+    dead: Any  # bool, a failing step at errors_threshold, or a non-answer past max_depth
+    terminal: Any  # bool, an answer or dead
+    scored: Any  # bool, its value is the PPM's score: an open node in PPM and TEST modes, an answer in TEST
+
+
+def init_tree(batch: int, nodes: int, candidates: int) -> Tree:
     """B empty trees: each only a root."""
     b, n = batch, nodes
     return Tree(
@@ -70,8 +107,6 @@ def init_tree(batch: int, nodes: int, candidates: int, step_tokens: int) -> Tree
         valid=jnp.zeros((b, n), bool).at[:, ROOT].set(True),
         is_answer=jnp.zeros((b, n), bool),
         errors=jnp.zeros((b, n), jnp.int32),
-        tokens=jnp.zeros((b, n, step_tokens), jnp.int32),
-        lengths=jnp.zeros((b, n), jnp.int32),
         num_nodes=jnp.ones((b,), jnp.int32),
         cursor=jnp.full((b,), ROOT, jnp.int32),
         rollouts=jnp.zeros((b,), jnp.int32),
@@ -81,12 +116,9 @@ def init_tree(batch: int, nodes: int, candidates: int, step_tokens: int) -> Tree
 
 @functools.partial(jax.jit, donate_argnums=0)
 def reset(tree: Tree, rows: jax.Array) -> Tree:
-    """`tree` with the problems where rows (bool[B]) is set replaced by empty trees.
-
-    Step tokens and lengths are left as they are: only created nodes are ever read, and expand
-    writes a new node's whole row. They are by far the largest arrays ([B, N, L])."""
-    b, n, k, _ = tree.shape
-    fresh = dataclasses.replace(init_tree(b, n, k, 0), tokens=tree.tokens, lengths=tree.lengths)
+    """`tree` with the problems where rows (bool[B]) is set replaced by empty trees."""
+    b, n, k = tree.shape
+    fresh = init_tree(b, n, k)
 
     def pick(new, old):
         return jnp.where(rows.reshape((b,) + (1,) * (old.ndim - 1)), new, old)
@@ -141,45 +173,52 @@ def _select_one(t: Tree, rollouts: int, c_uct: float):
     return t, leaf
 
 
-def _path_one(t: Tree, leaf, max_depth: int):
-    """The step tokens of leaf's path, root first, packed: (int32[max_depth * L], length)."""
-    length = t.tokens.shape[1]
+def _path_one(t: Tree, leaf, max_depth: int) -> Path:
+    """Leaf's path (see `paths`) for one problem."""
 
     def up(_, carry):
         node, slots = carry
         slot = jnp.where(node > ROOT, t.depth[node] - 1, max_depth)  # out of range: dropped
         return t.parent[jnp.maximum(node, 0)], slots.at[slot].set(node, mode="drop")
 
-    _, nodes = jax.lax.fori_loop(0, max_depth, up, (leaf, jnp.full((max_depth,), NO_NODE, jnp.int32)))
-    safe = jnp.maximum(nodes, 0)
-    lengths = jnp.where(nodes > ROOT, t.lengths[safe], 0)  # [D]
-    starts = jnp.cumsum(lengths) - lengths
-    j = jnp.arange(length)
-    where = jnp.where(j[None, :] < lengths[:, None], starts[:, None] + j[None, :], max_depth * length)
-    out = jnp.zeros((max_depth * length,), jnp.int32).at[where.reshape(-1)].set(
-        t.tokens[safe].reshape(-1), mode="drop")
-    return out, lengths.sum()
+    empty = jnp.full((max_depth,), NO_NODE, jnp.int32)
+    _, nodes = jax.lax.fori_loop(0, max_depth, up, (leaf, empty))
+    at = jnp.maximum(leaf, 0)
+    return Path(nodes=nodes, valid=(nodes > ROOT) & t.valid[jnp.maximum(nodes, 0)],
+                depth=jnp.where(leaf != NO_NODE, t.depth[at], 0),
+                errors=jnp.where(leaf != NO_NODE, t.errors[at], 0))
 
 
-def _expand_one(t: Tree, leaf, tokens, lengths, keep, failed, is_answer, answer_value, ppm_value, *,
-                mode: Mode, errors_threshold: int, max_depth: int):
-    """Writes leaf's children: candidate slot j (of K) becomes a node when keep[j]."""
+def child_status(parent_depth, parent_errors, failed, is_answer, *, mode: Mode, errors_threshold: int,
+                 max_depth: int) -> ChildStatus:
+    """What a new child becomes (the driver's docstring, expand step 3), from its parent's depth
+    and error count and its own failure and kind. Array arguments broadcast against each other;
+    numpy arrays give numpy arrays and traced ones traced ones, so the host and the device apply
+    the same rule."""
+    depth = parent_depth + 1
+    errors = (parent_errors + 1) * failed  # a step that runs resets the count
+    dead = ~is_answer & ((failed & (errors >= errors_threshold)) | (depth > max_depth))
+    terminal = is_answer | dead
+    scored = (~terminal & mode.uses_ppm) | (is_answer & (mode is Mode.TEST))
+    return ChildStatus(depth=depth, errors=errors, dead=dead, terminal=terminal, scored=scored)
+
+
+def _expand_one(t: Tree, leaf, children: Children, *, mode: Mode, errors_threshold: int, max_depth: int):
+    """Writes leaf's children: candidate slot j (of K) becomes a node when children.keep[j]."""
     capacity, k = t.children.shape
     go = leaf != NO_NODE
-    keep = keep & go
+    keep, failed, is_answer = children.keep & go, children.failed, children.is_answer
+    answer_value, ppm_value = children.answer_value, children.ppm_value
     rank = jnp.cumsum(keep) - 1
     ids = jnp.where(keep, t.num_nodes + rank, capacity)  # capacity: out of range, dropped
     node = jnp.maximum(leaf, 0)
 
-    depth = t.depth[node] + 1
-    errors = jnp.where(failed, t.errors[node] + 1, 0)
-    dead = ~is_answer & ((failed & (errors >= errors_threshold)) | (depth > max_depth))
-    terminal = is_answer | dead
-    scored = (~terminal & mode.uses_ppm) | (is_answer & (mode is Mode.TEST))
-    init = jnp.where(scored, jnp.where(is_answer, answer_value, ppm_value), 0.0)
-    visits = jnp.where(terminal | scored, 1, 0)
-    value = jnp.where(is_answer, answer_value, jnp.where(dead, -1.0, jnp.where(scored, ppm_value, 0.0)))
-    reward = jnp.where(terminal, value, 0.0)
+    status = child_status(t.depth[node], t.errors[node], failed, is_answer, mode=mode,
+                          errors_threshold=errors_threshold, max_depth=max_depth)
+    init = jnp.where(status.scored, jnp.where(is_answer, answer_value, ppm_value), 0.0)
+    visits = jnp.where(status.terminal | status.scored, 1, 0)
+    value = jnp.select([is_answer, status.dead, status.scored], [answer_value, -1.0, ppm_value], 0.0)
+    reward = jnp.where(status.terminal, value, 0.0)
 
     def put(array, values):
         return array.at[ids].set(values, mode="drop")
@@ -197,24 +236,22 @@ def _expand_one(t: Tree, leaf, tokens, lengths, keep, failed, is_answer, answer_
 
     visits_all, value_all = put(t.visits, visits), put(t.value_sum, value)
     # The leaf is at depth <= max_depth: it and its ancestors are at most max_depth + 1 nodes.
-    _, visits_all, value_all = jax.lax.fori_loop(0, max_depth + 1, up,
-                                                 (jnp.where(go, leaf, NO_NODE), visits_all, value_all))
+    start = jnp.where(go, leaf, NO_NODE)
+    _, visits_all, value_all = jax.lax.fori_loop(0, max_depth + 1, up, (start, visits_all, value_all))
     row = jnp.full((k,), NO_NODE, jnp.int32).at[jnp.where(keep, rank, k)].set(ids, mode="drop")
     return dataclasses.replace(
         t,
         parent=put(t.parent, jnp.full((k,), leaf, jnp.int32)),
-        depth=put(t.depth, jnp.broadcast_to(depth, (k,))),
+        depth=put(t.depth, jnp.broadcast_to(status.depth, (k,))),
         children=t.children.at[jnp.where(go, node, capacity)].set(row, mode="drop"),
         visits=visits_all,
         value_sum=value_all,
         init_value=put(t.init_value, init),
         reward=put(t.reward, reward),
-        terminal=put(t.terminal, terminal),
+        terminal=put(t.terminal, status.terminal),
         valid=put(t.valid, ~failed),
         is_answer=put(t.is_answer, is_answer),
-        errors=put(t.errors, errors),
-        tokens=t.tokens.at[ids].set(tokens, mode="drop"),
-        lengths=put(t.lengths, lengths),
+        errors=put(t.errors, status.errors),
         num_nodes=t.num_nodes + keep.sum(),
     )
 
@@ -229,30 +266,20 @@ def select(tree: Tree, *, rollouts: int, c_uct: float) -> tuple[Tree, jax.Array]
 
 
 @functools.partial(jax.jit, static_argnames=("max_depth",))
-def gather_path(tree: Tree, leaf: jax.Array, *, max_depth: int) -> tuple[jax.Array, jax.Array]:
-    """(tokens int32[B, max_depth * L], lengths int32[B]): each leaf's path tokens, root first
-    (a leaf is at depth <= max_depth: deeper nodes are terminal, never expanded)."""
+def paths(tree: Tree, leaf: jax.Array, *, max_depth: int) -> Path:
+    """Each leaf's path: the nodes from the root's child down to the leaf (a leaf is at depth
+    <= max_depth: deeper nodes are terminal, never expanded). NO_NODE leaves get empty paths."""
     return jax.vmap(functools.partial(_path_one, max_depth=max_depth))(tree, leaf)
 
 
 @functools.partial(jax.jit, static_argnames=("mode", "errors_threshold", "max_depth"), donate_argnums=0)
-def expand(tree: Tree, leaf, tokens, lengths, keep, failed, is_answer, answer_value, ppm_value, *,
-           mode: Mode, errors_threshold: int, max_depth: int) -> Tree:
-    """Adds each leaf's children and backs up their answers.
-
-    leaf int32[B] (NO_NODE: unchanged); per candidate slot [B, K]: keep (becomes a child),
-    failed (its step is incomplete or malformed, or its program raised), is_answer,
-    answer_value (an answer's graded reward or PPM score), ppm_value (the PPM score of an open
-    node; ignored in TERMINAL mode); tokens int32[B, K, L] with lengths [B, K].
-    """
+def expand(tree: Tree, leaf: jax.Array, children: Children, *, mode: Mode, errors_threshold: int,
+           max_depth: int) -> Tree:
+    """Adds each leaf's children (leaf int32[B]; NO_NODE: unchanged) and backs up their answers."""
+    children = dataclasses.replace(children, answer_value=jnp.asarray(children.answer_value, jnp.float32),
+                                   ppm_value=jnp.asarray(children.ppm_value, jnp.float32))
     fn = functools.partial(_expand_one, mode=mode, errors_threshold=errors_threshold, max_depth=max_depth)
-    return jax.vmap(fn)(tree, leaf, tokens, lengths, keep, failed, is_answer,
-                        answer_value.astype(jnp.float32), ppm_value.astype(jnp.float32))
-
-
-# What a finished problem's tree hands to the host; its step tokens are already there.
-NODE_FIELDS = ("parent", "depth", "children", "visits", "value_sum", "init_value", "reward", "terminal",
-               "valid", "is_answer", "errors")
+    return jax.vmap(fn)(tree, leaf, children)
 
 
 def fetch(tree: Tree, rows: np.ndarray) -> list[dict[str, np.ndarray]]:
