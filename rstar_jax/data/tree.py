@@ -12,8 +12,8 @@ from rstar_jax.data.problem import Problem
 
 # The per-node arrays of a search, as `SearchTree` declares them below and the device tree
 # (`rstar_jax.search.tree.Tree`) holds them with a leading batch axis during the search.
-NODE_FIELDS = ("parent", "depth", "children", "visits", "value_sum", "init_value", "reward", "terminal",
-               "valid", "is_answer", "errors")
+NODE_FIELDS = ("parent", "depth", "children", "visits", "value_sum", "init_value", "reward",
+               "terminal", "valid", "is_answer", "errors")
 
 
 def path_to(parent, node: int) -> list[int]:
@@ -80,19 +80,22 @@ class SearchTree:
         lines = []
 
         def label(node: int) -> str:
-            flags = [name for name, on in (("answer", self.is_answer[node]), ("terminal", self.terminal[node]),
+            flags = [name for name, on in (("answer", self.is_answer[node]),
+                                           ("terminal", self.terminal[node]),
                                            ("fail", not self.valid[node])) if on]
             text = " ".join(self.texts[node].split()) or "root"
             mark = "  <=" if node == self.answer_node else ""
-            return f"{node} N={self.visits[node]} Q={q[node]:+.2f} {' '.join(flags)} {text}".replace("  ", " ")[
-                :width] + mark
+            line = f"{node} N={self.visits[node]} Q={q[node]:+.2f} {' '.join(flags)} {text}"
+            return line.replace("  ", " ")[:width] + mark
 
         def walk(node: int, prefix: str, last: bool, top: bool) -> None:
-            lines.append(label(node) if top else f"{prefix}{'└─ ' if last else '├─ '}{label(node)}")
+            branch = "└─ " if last else "├─ "
+            lines.append(label(node) if top else f"{prefix}{branch}{label(node)}")
             kids = [int(c) for c in self.children[node] if c >= 0]
             if max_depth is not None and self.depth[node] >= max_depth:
                 if kids:
-                    lines.append(f"{prefix}{'   ' if last or top else '│  '}… {len(kids)} children")
+                    rail = "   " if last or top else "│  "
+                    lines.append(f"{prefix}{rail}… {len(kids)} children")
                 return
             inner = "" if top else prefix + ("   " if last else "│  ")
             for i, c in enumerate(kids):

@@ -1,4 +1,5 @@
-"""Batched MCTS over fixed-size tree arrays (tree.py) and the host driver that runs it (driver.py)."""
+"""Batched MCTS over fixed-size tree arrays (tree.py) and the host driver that runs it
+(driver.py)."""
 
 from rstar_jax import _lazy
 

@@ -41,8 +41,8 @@ _PRESETS = {
 # Rollouts of a second search of the problems a stage's search left unsolved (RSTAR.md section 6:
 # 64-128 in round 4; the reference code has no second search).
 _UNSOLVED_ROLLOUTS = {"paper": {"round4": 64}, "reference_code": {}}
-_STAGE_MODES = {"round1": Mode.TERMINAL, "round2": Mode.TERMINAL, "round3": Mode.PPM, "round4": Mode.PPM,
-                "test": Mode.TEST}
+_STAGE_MODES = {"round1": Mode.TERMINAL, "round2": Mode.TERMINAL, "round3": Mode.PPM,
+                "round4": Mode.PPM, "test": Mode.TEST}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,7 +57,8 @@ class SearchConfig:
     mode: Mode = Mode.TERMINAL
     rollouts: int = 16
     candidates: int = 8  # K: samples per expansion
-    max_depth: int = 16  # a non-answer node deeper than this is terminal (RSTAR.md: depth > max_depth)
+    # A non-answer node deeper than this is terminal (RSTAR.md: depth > max_depth).
+    max_depth: int = 16
     c_uct: float = 2.0
     errors_threshold: int = 1  # consecutive failing steps that end a path (bootstrap: 2)
     max_step_tokens: int = 256  # generation budget of one step
@@ -81,16 +82,19 @@ class SearchConfig:
         for name in ("rollouts", "candidates", "max_depth", "errors_threshold", "max_step_tokens",
                      "max_output_tokens"):
             positive_int(getattr(self, name), f"SearchConfig.{name}")
-        if isinstance(self.unsolved_rollouts, bool) or not isinstance(self.unsolved_rollouts, int) \
-                or self.unsolved_rollouts < 0:
-            raise ValueError(f"SearchConfig.unsolved_rollouts must be an int >= 0, got {self.unsolved_rollouts!r}")
+        unsolved = self.unsolved_rollouts
+        if isinstance(unsolved, bool) or not isinstance(unsolved, int) or unsolved < 0:
+            raise ValueError("SearchConfig.unsolved_rollouts must be an int >= 0, got "
+                             f"{unsolved!r}")
         if self.max_output_tokens < 4:
-            raise ValueError(f"SearchConfig.max_output_tokens must be >= 4 to hold <output>...<end_of_output>, "
-                             f"got {self.max_output_tokens}")
+            raise ValueError("SearchConfig.max_output_tokens must be >= 4 to hold "
+                             f"<output>...<end_of_output>, got {self.max_output_tokens}")
         if not self.c_uct >= 0:
             raise ValueError(f"SearchConfig.c_uct must be >= 0, got {self.c_uct!r}")
-        if self.capacity is not None and (not isinstance(self.capacity, int) or self.capacity < 1 + self.candidates):
-            raise ValueError(f"SearchConfig.capacity must be an int >= 1 + candidates = {1 + self.candidates} "
+        least = 1 + self.candidates  # the root and one expansion
+        capacity = self.capacity
+        if capacity is not None and (not isinstance(capacity, int) or capacity < least):
+            raise ValueError(f"SearchConfig.capacity must be an int >= 1 + candidates = {least} "
                              f"(the root and one expansion), got {self.capacity!r}")
         if not 0 <= self.seed < 2**32:
             raise ValueError(f"SearchConfig.seed must be in [0, 2**32), got {self.seed!r}")
@@ -120,6 +124,6 @@ class SearchConfig:
         # The bootstrap prompt's policy (a large coder) may fix a failing step with the next one,
         # so it tolerates two errors in a row; a policy that writes the format itself does not.
         fields = {"mode": _STAGE_MODES[stage], "candidates": candidates, "rollouts": rollouts,
-                  "temperature": temperature, "bootstrap": bootstrap, "errors_threshold": 2 if bootstrap else 1,
-                  "unsolved_rollouts": unsolved}
+                  "temperature": temperature, "bootstrap": bootstrap,
+                  "errors_threshold": 2 if bootstrap else 1, "unsolved_rollouts": unsolved}
         return cls(**{**fields, **overrides})

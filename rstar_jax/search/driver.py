@@ -124,8 +124,8 @@ def output_block_ids(tokenizer, stdout: str, limit: int) -> list[int]:
     head, tail = fmt.output_block("").split(fmt.OUTPUT)
     head, tail = continuation_ids(tokenizer, head + fmt.OUTPUT), continuation_ids(tokenizer, tail)
     if len(head) + len(tail) > limit:
-        raise ValueError(f"the output block's delimiters take {len(head) + len(tail)} tokens, more than "
-                         f"max_output_tokens={limit}; raise max_output_tokens")
+        raise ValueError(f"the output block's delimiters take {len(head) + len(tail)} tokens, more "
+                         f"than max_output_tokens={limit}; raise max_output_tokens")
     body = continuation_ids(tokenizer, fmt.truncate_output(fmt.escape_tokens(stdout.rstrip())))
     return head + body[:limit - len(head) - len(tail)] + tail
 
@@ -146,7 +146,9 @@ class EnginePolicy:
     def __init__(self, engine, tokenizer, config: SearchConfig):
         ids = tokenizer.step_token_ids
         names = fmt.BOOTSTRAP_STOP_TOKENS if config.bootstrap else fmt.STOP_TOKENS
-        self.stop_ids = [ids[t] for t in names] + ([tokenizer.eos_id] if tokenizer.eos_id is not None else [])
+        self.stop_ids = [ids[t] for t in names]
+        if tokenizer.eos_id is not None:
+            self.stop_ids.append(tokenizer.eos_id)
         self.engine, self.config = engine, config
         self.warned = False
 
@@ -156,14 +158,16 @@ class EnginePolicy:
         longest = max((len(p) for p in prompts), default=0) + c.max_step_tokens
         if limit is not None and longest > limit and not self.warned:
             self.warned = True
-            warnings.warn(f"a prompt and path of {longest - c.max_step_tokens} tokens plus max_step_tokens="
-                          f"{c.max_step_tokens} exceeds the policy's context of {limit} tokens "
-                          "(max_position_embeddings); steps past it are sampled from positions the model "
-                          "was not trained on. Lower max_depth or the step budgets.", stacklevel=2)
-        reuse = _has_store_rows(self.engine, rows)
-        res = self.engine.generate(list(prompts), max_new_tokens=c.max_step_tokens, temperature=c.temperature,
-                                   top_p=c.top_p, stop_token_ids=self.stop_ids, seed=np.asarray(seeds, np.uint32),
-                                   top_k=c.top_k, num_samples=num_samples, cache_rows=list(rows) if reuse else None)
+            warnings.warn(f"a prompt and path of {longest - c.max_step_tokens} tokens plus "
+                          f"max_step_tokens={c.max_step_tokens} exceeds the policy's context of "
+                          f"{limit} tokens (max_position_embeddings); steps past it are sampled "
+                          "from positions the model was not trained on. Lower max_depth or the "
+                          "step budgets.", stacklevel=2)
+        cache_rows = list(rows) if _has_store_rows(self.engine, rows) else None
+        res = self.engine.generate(list(prompts), max_new_tokens=c.max_step_tokens,
+                                   temperature=c.temperature, top_p=c.top_p, top_k=c.top_k,
+                                   stop_token_ids=self.stop_ids, seed=np.asarray(seeds, np.uint32),
+                                   num_samples=num_samples, cache_rows=cache_rows)
         return res.tokens, res.lengths
 
 
@@ -184,10 +188,11 @@ class SearchStats:
 
     def table(self) -> str:
         parts = ("tree_ops", "generation", "execution", "grading", "ppm", "host")
-        lines = [f"{name:<11} {getattr(self, name):8.3f} s {100 * getattr(self, name) / max(self.wall, 1e-9):5.1f}%"
+        wall = max(self.wall, 1e-9)
+        lines = [f"{name:<11} {getattr(self, name):8.3f} s {100 * getattr(self, name) / wall:5.1f}%"
                  for name in parts]
-        total = (f"{'wall':<11} {self.wall:8.3f} s  {self.rollouts} rollouts, {self.expansions} expansions, "
-                 f"{self.nodes} nodes")
+        total = (f"{'wall':<11} {self.wall:8.3f} s  {self.rollouts} rollouts, "
+                 f"{self.expansions} expansions, {self.nodes} nodes")
         return "\n".join([*lines, total])
 
 
@@ -250,31 +255,37 @@ class _Clock:
         self.last = now
 
 
+def _is_text(x) -> bool:
+    return isinstance(x, str) or x is None
+
+
 def _check(problems, config: SearchConfig, tokenizer, scorer, batch_size) -> list[Problem]:
     if isinstance(problems, (str, Problem)):
-        raise TypeError(f"problems must be a sequence of Problem (or (question, answer) pairs); got one "
-                        f"{type(problems).__name__}: {str(problems)[:60]!r}; wrap it in a list")
+        raise TypeError("problems must be a sequence of Problem (or (question, answer) pairs); got "
+                        f"one {type(problems).__name__}: {str(problems)[:60]!r}; wrap it in a list")
     out = []
     for i, p in enumerate(problems):
         if isinstance(p, Problem):
             out.append(p)
-        elif isinstance(p, (tuple, list)) and 1 <= len(p) <= 2 and all(isinstance(x, str) or x is None for x in p):
+        elif isinstance(p, (tuple, list)) and 1 <= len(p) <= 2 and all(_is_text(x) for x in p):
             out.append(Problem(*p))
         else:
-            raise TypeError(f"problem {i} must be a Problem or a (question, answer) pair of strings; "
-                            f"got {type(p).__name__}: {str(p)[:60]!r}")
+            raise TypeError(f"problem {i} must be a Problem or a (question, answer) pair of "
+                            f"strings; got {type(p).__name__}: {str(p)[:60]!r}")
     problems = out
     if batch_size is not None:
         positive_int(batch_size, "batch_size")
     delimiters = len(continuation_ids(tokenizer, fmt.output_block("")))
     if delimiters > config.max_output_tokens:
-        raise ValueError(f"the output block's delimiters take {delimiters} tokens with this tokenizer, more than "
-                         f"max_output_tokens={config.max_output_tokens}; raise max_output_tokens")
+        raise ValueError(f"the output block's delimiters take {delimiters} tokens with this "
+                         f"tokenizer, more than max_output_tokens={config.max_output_tokens}; "
+                         "raise max_output_tokens")
     if config.mode.graded:
         missing = [i for i, p in enumerate(problems) if p.answer is None]
         if missing:
-            raise ValueError(f"mode {config.mode.value!r} grades answers against the reference, but problems "
-                             f"{missing[:10]} have answer=None; give each Problem its answer or use Mode.TEST")
+            raise ValueError(f"mode {config.mode.value!r} grades answers against the reference, "
+                             f"but problems {missing[:10]} have answer=None; give each Problem its "
+                             "answer or use Mode.TEST")
     if config.mode.uses_ppm and scorer is None:
         raise ValueError(f"mode {config.mode.value!r} scores nodes with the PPM: pass scorer=")
     return problems
@@ -312,12 +323,14 @@ def run_search(problems: Sequence[Problem], policy: Policy, executor: Executor, 
         return []
     seed_ids = list(range(len(problems))) if seed_ids is None else [int(i) for i in seed_ids]
     if len(seed_ids) != len(problems):
-        raise ValueError(f"{len(seed_ids)} seed_ids for {len(problems)} problems; give one a problem")
+        raise ValueError(f"{len(seed_ids)} seed_ids for {len(problems)} problems; give one a "
+                         "problem")
     if grade is None:
         from rstar_jax.steps.grading import is_equivalent as grade
     stats = stats if stats is not None else SearchStats()
     width = min(len(problems), int(batch_size or 32))
-    trees = _Search(problems, policy, executor, tokenizer, config, scorer, grade, stats, seed_ids).run(width, progress)
+    search = _Search(problems, policy, executor, tokenizer, config, scorer, grade, stats, seed_ids)
+    trees = search.run(width, progress)
     unsolved = [i for i, t in enumerate(trees) if not t.solved] if config.mode.graded else []
     if config.unsolved_rollouts and unsolved:
         # A new search, not more rollouts of the old tree: its seed differs, so its samples do. Its
@@ -325,9 +338,11 @@ def run_search(problems: Sequence[Problem], policy: Policy, executor: Executor, 
         # the tree's functions are not compiled again for new shapes.
         needs = dataclasses.replace(config, rollouts=config.unsolved_rollouts, capacity=None).nodes
         again = dataclasses.replace(config, rollouts=config.unsolved_rollouts, unsolved_rollouts=0,
-                                    seed=(config.seed + 1) % 2**32, capacity=config.capacity or max(config.nodes, needs))
-        redone = _Search([problems[i] for i in unsolved], policy, executor, tokenizer, again, scorer, grade,
-                         stats, range(len(unsolved))).run(width, progress)
+                                    seed=(config.seed + 1) % 2**32,
+                                    capacity=config.capacity or max(config.nodes, needs))
+        search = _Search([problems[i] for i in unsolved], policy, executor, tokenizer, again,
+                         scorer, grade, stats, range(len(unsolved)))
+        redone = search.run(width, progress)
         for i, tree in zip(unsolved, redone):
             trees[i] = dataclasses.replace(tree, searches=2)
     return trees
@@ -336,8 +351,10 @@ def run_search(problems: Sequence[Problem], policy: Policy, executor: Executor, 
 class _Search:
     """The state of one `run_search` call."""
 
-    def __init__(self, problems, policy, executor, tokenizer, config, scorer, grade, stats, seed_ids):
-        self.problems, self.policy, self.executor, self.tokenizer = problems, policy, executor, tokenizer
+    def __init__(self, problems, policy, executor, tokenizer, config, scorer, grade, stats,
+                 seed_ids):
+        self.problems, self.policy, self.executor = problems, policy, executor
+        self.tokenizer = tokenizer
         self.seed_ids = list(seed_ids)
         self.config, self.scorer, self.grade, self.stats = config, scorer, grade, stats
         self.clock = _Clock(stats)
@@ -347,8 +364,9 @@ class _Search:
 
     def run(self, width: int, progress: bool | None) -> list[SearchTree]:
         """Searches every problem, `width` at a time (places past the last problem stay empty)."""
-        with tqdm.tqdm(total=len(self.problems) * self.config.rollouts, desc="search", unit="rollout", leave=False,
-                       disable=False if progress else None if progress is None else True) as self.bar:
+        disable = None if progress is None else not progress  # None: shown on a terminal
+        with tqdm.tqdm(total=len(self.problems) * self.config.rollouts, desc="search",
+                       unit="rollout", leave=False, disable=disable) as self.bar:
             return self._run(width)
 
     def _run(self, width: int) -> list[SearchTree]:
@@ -364,8 +382,8 @@ class _Search:
                 for b in range(width):
                     if slots[b] is None and queue:
                         i = queue.popleft()
-                        slots[b] = _Slot(i, self.problems[i], prompt_ids(self.tokenizer, self.problems[i].question,
-                                                                         c.bootstrap))
+                        prompt = prompt_ids(self.tokenizer, self.problems[i].question, c.bootstrap)
+                        slots[b] = _Slot(i, self.problems[i], prompt)
                         fresh[b] = True
                 if all(s is None for s in slots):
                     break
@@ -379,7 +397,8 @@ class _Search:
                     if slot is not None:
                         self.bar.update(int(counts[b]) - slot.rollouts)
                         slot.rollouts = int(counts[b])
-                done = [b for b, s in enumerate(slots) if s is not None and leaf[b] == tree_ops.NO_NODE]
+                searching = [b for b, s in enumerate(slots) if s is not None]
+                done = [b for b in searching if leaf[b] == tree_ops.NO_NODE]
                 if done:
                     rows = tree_ops.fetch(tree, np.array(done))
                     clock.charge("tree_ops")
@@ -390,7 +409,7 @@ class _Search:
                         slots[b] = None
                     if queue:
                         continue  # refill the freed places before expanding
-                active = [b for b, s in enumerate(slots) if s is not None and leaf[b] != tree_ops.NO_NODE]
+                active = [b for b in searching if leaf[b] != tree_ops.NO_NODE]
                 if active:
                     tree = self.step(tree, slots, leaf, active, pool)
         stats.wall += time.perf_counter() - start
@@ -420,8 +439,8 @@ class _Search:
             slots[b].tokens.append(x.ids[b, j])
             slots[b].texts.append(x.texts[b, j])
         clock.charge("host")
-        tree = tree_ops.expand(tree, leaf, x.children(), mode=c.mode, errors_threshold=c.errors_threshold,
-                               max_depth=c.max_depth)
+        tree = tree_ops.expand(tree, leaf, x.children(), mode=c.mode,
+                               errors_threshold=c.errors_threshold, max_depth=c.max_depth)
         jax.block_until_ready(tree)
         clock.charge("tree_ops")
         return tree
@@ -436,15 +455,17 @@ class _Search:
         tokens, lengths = np.asarray(tokens), np.asarray(lengths)
         self.clock.charge("generation")
         if lengths.shape != (len(group) * k,) or (lengths > c.max_step_tokens).any():
-            raise ValueError(f"the policy must return {len(group)} x {k} samples of at most max_step_tokens="
-                             f"{c.max_step_tokens} tokens; got lengths of shape {lengths.shape}, longest "
-                             f"{int(lengths.max(initial=0))}")
+            raise ValueError(f"the policy must return {len(group)} x {k} samples of at most "
+                             f"max_step_tokens={c.max_step_tokens} tokens; got lengths of shape "
+                             f"{lengths.shape}, longest {int(lengths.max(initial=0))}")
         for i, b in enumerate(group):
             answered, seen = False, set()
             for j in range(k):
                 row = tokens[i * k + j, :lengths[i * k + j]].tolist()
-                if c.bootstrap and row and row[-1] == self.end_of_output and self.end_of_code in row:
-                    row = row[:len(row) - row[::-1].index(self.end_of_code)]  # drop a written output
+                wrote_output = row and row[-1] == self.end_of_output and self.end_of_code in row
+                if c.bootstrap and wrote_output:
+                    # drop an output block the policy wrote itself
+                    row = row[:len(row) - row[::-1].index(self.end_of_code)]
                 if tuple(row) in seen:
                     continue
                 seen.add(tuple(row))
@@ -475,11 +496,13 @@ class _Search:
         outcomes = list(future.result()) if future is not None else []
         clock.charge("execution")
         if len(outcomes) != len(runs):
-            raise RuntimeError(f"the executor returned {len(outcomes)} results for {len(runs)} programs")
+            raise RuntimeError(f"the executor returned {len(outcomes)} results for {len(runs)} "
+                               "programs")
         for ((b, j), _), out in zip(runs, outcomes):
             x.failed[b, j] = not out.ok
             if out.ok and x.kinds[b, j] is fmt.StepKind.LAST_CODE:
-                x.ids[b, j] = x.ids[b, j] + output_block_ids(self.tokenizer, out.stdout, c.max_output_tokens)
+                block = output_block_ids(self.tokenizer, out.stdout, c.max_output_tokens)
+                x.ids[b, j] = x.ids[b, j] + block
                 x.texts[b, j] = continuation_text(self.tokenizer, x.ids[b, j])
         clock.charge("host")
         if c.mode.graded:
@@ -487,20 +510,22 @@ class _Search:
                 if x.is_answer[b, j]:
                     pred = fmt.extract_answer(x.texts[b, j])
                     refs = slots[b].problem.references  # several for a few MATH problems
-                    ok = pred is not None and self.grade(pred, refs[0] if len(refs) == 1 else list(refs))
+                    ref = refs[0] if len(refs) == 1 else list(refs)
+                    ok = pred is not None and self.grade(pred, ref)
                     x.answer_value[b, j] = 1.0 if ok else -1.0
             clock.charge("grading")
         if c.mode.uses_ppm:
             rows = np.asarray(group)
-            status = tree_ops.child_status(path.depth[rows, None], path.errors[rows, None], x.failed[rows],
-                                           x.is_answer[rows], mode=c.mode, errors_threshold=c.errors_threshold,
-                                           max_depth=c.max_depth)
+            status = tree_ops.child_status(
+                path.depth[rows, None], path.errors[rows, None], x.failed[rows], x.is_answer[rows],
+                mode=c.mode, errors_threshold=c.errors_threshold, max_depth=c.max_depth)
             scored = dict(zip(group, status.scored))
             _score(self.scorer, x, [(b, j) for b, j in x.kept(group) if scored[b][j]], prefixes)
             clock.charge("ppm")
 
 
-def _score(scorer: Scorer, x: _Expansion, which: list[tuple[int, int]], prefixes: dict[int, list[int]]) -> None:
+def _score(scorer: Scorer, x: _Expansion, which: list[tuple[int, int]],
+           prefixes: dict[int, list[int]]) -> None:
     """Sets the PPM value of candidates `which` (b, j); one scorer call for them all. A scorer
     that can (`ValueScorer.score_children`) runs each shared prefix once."""
     if not which:
@@ -510,15 +535,16 @@ def _score(scorer: Scorer, x: _Expansion, which: list[tuple[int, int]], prefixes
         for b, j in which:
             groups.setdefault(b, []).append(j)
         rows = list(groups)  # each problem's batch place: its store row
-        values = scorer.score_children([prefixes[b] for b in rows], [[x.ids[b, j] for j in js]
-                                                                      for b, js in groups.items()],
-                                       **({"rows": rows} if _has_store_rows(scorer, rows) else {}))
+        children = [[x.ids[b, j] for j in js] for b, js in groups.items()]
+        store = {"rows": rows} if _has_store_rows(scorer, rows) else {}
+        values = scorer.score_children([prefixes[b] for b in rows], children, **store)
         values = [np.asarray(v, np.float32).reshape(-1) for v in values]
         counts = ([len(v) for v in values], [len(js) for js in groups.values()])
         which = [(b, j) for b, js in groups.items() for j in js]
         values = np.concatenate(values) if counts[0] == counts[1] else None
     else:
-        values = np.asarray(scorer.score([prefixes[b] + x.ids[b, j] for b, j in which]), np.float32).reshape(-1)
+        values = scorer.score([prefixes[b] + x.ids[b, j] for b, j in which])
+        values = np.asarray(values, np.float32).reshape(-1)
         counts = (len(values), len(which))
     if counts[0] != counts[1]:
         raise RuntimeError(f"the scorer returned {counts[0]} values for {counts[1]} sequences")
@@ -533,9 +559,11 @@ def _result(slot: _Slot, row: dict[str, np.ndarray]) -> SearchTree:
     """One problem's tree from its arrays (`tree_ops.fetch`) and the host's steps."""
     n = int(row["num_nodes"])
     if len(slot.tokens) != n:
-        raise AssertionError(f"problem {slot.index}: the device tree has {n} nodes, the host {len(slot.tokens)}")
-    tree = SearchTree(problem=slot.problem, prompt_ids=slot.prompt, **{k: row[k][:n] for k in NODE_FIELDS},
-                      tokens=slot.tokens, texts=slot.texts, rollouts=int(row["rollouts"]),
+        raise AssertionError(f"problem {slot.index}: the device tree has {n} nodes, the host "
+                             f"{len(slot.tokens)}")
+    nodes = {name: row[name][:n] for name in NODE_FIELDS}
+    tree = SearchTree(problem=slot.problem, prompt_ids=slot.prompt, **nodes, tokens=slot.tokens,
+                      texts=slot.texts, rollouts=int(row["rollouts"]),
                       overflow=bool(row["overflow"]), answer=None, answer_node=-1)
     answers = np.flatnonzero(tree.is_answer)
     if answers.size:

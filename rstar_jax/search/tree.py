@@ -89,7 +89,8 @@ class ChildStatus(NamedTuple):
     errors: Any  # int, failing steps in a row ending at the child
     dead: Any  # bool, a failing step at errors_threshold, or a non-answer past max_depth
     terminal: Any  # bool, an answer or dead
-    scored: Any  # bool, its value is the PPM's score: an open node in PPM and TEST modes, an answer in TEST
+    # bool, its value is the PPM's score: an open node in PPM and TEST modes, an answer in TEST
+    scored: Any
 
 
 def init_tree(batch: int, nodes: int, candidates: int) -> Tree:
@@ -130,13 +131,15 @@ def reset(tree: Tree, rows: jax.Array) -> Tree:
 
 
 def _best_child(t: Tree, node, c_uct: float):
-    """The non-terminal child of `node` with the highest UCT score, the first on ties; NO_NODE if none."""
+    """The non-terminal child of `node` with the highest UCT score, the first on ties; NO_NODE
+    if none."""
     kids = t.children[node]  # [K]
     safe = jnp.maximum(kids, 0)
     n_child = t.visits[safe].astype(jnp.float32)
     n_parent = t.visits[node].astype(jnp.float32)
     q = jnp.where(n_child > 0, t.value_sum[safe] / jnp.maximum(n_child, 1.0), 0.0)
-    bonus = jnp.float32(c_uct) * jnp.sqrt(jnp.log(jnp.maximum(n_parent, 1.0)) / jnp.maximum(n_child, 1.0))
+    explore = jnp.log(jnp.maximum(n_parent, 1.0)) / jnp.maximum(n_child, 1.0)
+    bonus = jnp.float32(c_uct) * jnp.sqrt(explore)
     score = q + jnp.where((n_child > 0) & (n_parent > 0), bonus, 0.0)
     allowed = (kids != NO_NODE) & ~t.terminal[safe]
     best = jnp.argmax(jnp.where(allowed, score, -jnp.inf))  # first maximum
@@ -166,8 +169,8 @@ def _select_one(t: Tree, rollouts: int, c_uct: float):
         node = jnp.where(dead_end, ROOT, jnp.where(running, child, node))
         return node, terminal, count, overflow, leaf, running
 
-    _, terminal, count, overflow, leaf, _ = jax.lax.while_loop(
-        cond, body, (t.cursor, t.terminal, t.rollouts, t.overflow, jnp.int32(NO_NODE), jnp.bool_(True)))
+    start = (t.cursor, t.terminal, t.rollouts, t.overflow, jnp.int32(NO_NODE), jnp.bool_(True))
+    _, terminal, count, overflow, leaf, _ = jax.lax.while_loop(cond, body, start)
     t = dataclasses.replace(t, terminal=terminal, rollouts=count, overflow=overflow,
                             cursor=jnp.where(leaf == NO_NODE, t.cursor, leaf))
     return t, leaf
@@ -189,8 +192,8 @@ def _path_one(t: Tree, leaf, max_depth: int) -> Path:
                 errors=jnp.where(leaf != NO_NODE, t.errors[at], 0))
 
 
-def child_status(parent_depth, parent_errors, failed, is_answer, *, mode: Mode, errors_threshold: int,
-                 max_depth: int) -> ChildStatus:
+def child_status(parent_depth, parent_errors, failed, is_answer, *, mode: Mode,
+                 errors_threshold: int, max_depth: int) -> ChildStatus:
     """What a new child becomes (the driver's docstring, expand step 3), from its parent's depth
     and error count and its own failure and kind. Array arguments broadcast against each other;
     numpy arrays give numpy arrays and traced ones traced ones, so the host and the device apply
@@ -203,7 +206,8 @@ def child_status(parent_depth, parent_errors, failed, is_answer, *, mode: Mode, 
     return ChildStatus(depth=depth, errors=errors, dead=dead, terminal=terminal, scored=scored)
 
 
-def _expand_one(t: Tree, leaf, children: Children, *, mode: Mode, errors_threshold: int, max_depth: int):
+def _expand_one(t: Tree, leaf, children: Children, *, mode: Mode, errors_threshold: int,
+                max_depth: int):
     """Writes leaf's children: candidate slot j (of K) becomes a node when children.keep[j]."""
     capacity, k = t.children.shape
     go = leaf != NO_NODE
@@ -217,7 +221,8 @@ def _expand_one(t: Tree, leaf, children: Children, *, mode: Mode, errors_thresho
                           errors_threshold=errors_threshold, max_depth=max_depth)
     init = jnp.where(status.scored, jnp.where(is_answer, answer_value, ppm_value), 0.0)
     visits = jnp.where(status.terminal | status.scored, 1, 0)
-    value = jnp.select([is_answer, status.dead, status.scored], [answer_value, -1.0, ppm_value], 0.0)
+    value = jnp.select([is_answer, status.dead, status.scored], [answer_value, -1.0, ppm_value],
+                       0.0)
     reward = jnp.where(status.terminal, value, 0.0)
 
     def put(array, values):
@@ -237,7 +242,8 @@ def _expand_one(t: Tree, leaf, children: Children, *, mode: Mode, errors_thresho
     visits_all, value_all = put(t.visits, visits), put(t.value_sum, value)
     # The leaf is at depth <= max_depth: it and its ancestors are at most max_depth + 1 nodes.
     start = jnp.where(go, leaf, NO_NODE)
-    _, visits_all, value_all = jax.lax.fori_loop(0, max_depth + 1, up, (start, visits_all, value_all))
+    carry = (start, visits_all, value_all)
+    _, visits_all, value_all = jax.lax.fori_loop(0, max_depth + 1, up, carry)
     row = jnp.full((k,), NO_NODE, jnp.int32).at[jnp.where(keep, rank, k)].set(ids, mode="drop")
     return dataclasses.replace(
         t,
@@ -272,13 +278,16 @@ def paths(tree: Tree, leaf: jax.Array, *, max_depth: int) -> Path:
     return jax.vmap(functools.partial(_path_one, max_depth=max_depth))(tree, leaf)
 
 
-@functools.partial(jax.jit, static_argnames=("mode", "errors_threshold", "max_depth"), donate_argnums=0)
+@functools.partial(jax.jit, static_argnames=("mode", "errors_threshold", "max_depth"),
+                   donate_argnums=0)
 def expand(tree: Tree, leaf: jax.Array, children: Children, *, mode: Mode, errors_threshold: int,
            max_depth: int) -> Tree:
     """Adds each leaf's children (leaf int32[B]; NO_NODE: unchanged) and backs up their answers."""
-    children = dataclasses.replace(children, answer_value=jnp.asarray(children.answer_value, jnp.float32),
-                                   ppm_value=jnp.asarray(children.ppm_value, jnp.float32))
-    fn = functools.partial(_expand_one, mode=mode, errors_threshold=errors_threshold, max_depth=max_depth)
+    children = dataclasses.replace(
+        children, answer_value=jnp.asarray(children.answer_value, jnp.float32),
+        ppm_value=jnp.asarray(children.ppm_value, jnp.float32))
+    fn = functools.partial(_expand_one, mode=mode, errors_threshold=errors_threshold,
+                           max_depth=max_depth)
     return jax.vmap(fn)(tree, leaf, children)
 
 
