@@ -8,6 +8,7 @@ N=32000).
 """
 
 import importlib.util
+import inspect
 import io
 import json
 
@@ -18,7 +19,8 @@ import checkpoints
 from rstar_jax.search.driver import output_block_ids
 from rstar_jax.tokenizer import continuation_ids, continuation_text
 from rstar_jax.steps import format as fmt
-from rstar_jax.tokenizer import POLICY_PROMPT, STEP_TOKENS, Tokenizer
+from rstar_jax.tokenizer import BACKENDS as FILES
+from rstar_jax.tokenizer import POLICY_PROMPT, STEP_TOKENS, Backend, Tokenizer
 
 WORKED_EXAMPLE = (
     "<code>\n# Step 1: total weight lifted with two 20-pound weights\ntotal = 2 * 20 * 12\n"
@@ -114,6 +116,28 @@ def test_policy_prompt_round_trips_after_optional_bos(dirs, kind):
 def test_skip_special_drops_step_tokens_and_keeps_text(dirs, kind):
     tok = _load_with_steps(dirs, kind)
     assert tok.decode(tok.encode("<answer>x = 1<end_of_answer>"), skip_special=True) == "x = 1"
+
+
+# --- the backend contract ---------------------------------------------------------------------
+
+CONTRACT_METHODS = ("encode", "decode", "token_to_id", "id_to_token", "add", "save")
+
+
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_every_backend_keeps_the_backend_contract(dirs, kind):
+    backend = Tokenizer.from_dir(dirs[kind])._backend
+    assert isinstance(backend, Backend)
+    assert backend.name in FILES and isinstance(backend.vocab_size, int)
+    for name in CONTRACT_METHODS:  # isinstance checks names only; the parameters must match too
+        want = list(inspect.signature(getattr(Backend, name)).parameters)
+        assert list(inspect.signature(getattr(type(backend), name)).parameters) == want, name
+
+
+def test_the_contract_names_every_method_tokenizer_calls_on_a_backend():
+    calls = set()
+    for line in inspect.getsource(Tokenizer).splitlines():
+        calls.update(m.split("(")[0] for m in line.split("self._backend.")[1:])
+    assert calls == {*CONTRACT_METHODS, "name", "vocab_size"}
 
 
 # --- continuations: how the search writes steps and output blocks ----------------------------
