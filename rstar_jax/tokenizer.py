@@ -357,9 +357,46 @@ class Tokenizer:
             raise ValueError(f"id {i} is not a token of this tokenizer (vocab_size={self.vocab_size})")
         return token
 
+    # --- prompts and continuations -----------------------------------------------------------
+
+    def prompt_ids(self, question: str, bootstrap: bool = False) -> list[int]:
+        """The policy's prompt for `question`, with BOS if the model uses one (RSTAR.md section 2):
+        the zero-shot policy prompt (round 2 on, test time, training), or with `bootstrap` the
+        round-1 prompt (instructions and two worked examples). Every prompt's ids come from here.
+        """
+        if bootstrap:
+            text = fmt.bootstrap_prompt(question)
+        else:
+            text = fmt.policy_prompt(question)
+        return self.encode(text, add_bos=self.add_bos)
+
     def policy_prompt_ids(self, question: str) -> list[int]:
-        """The round-2+/test-time policy prompt (RSTAR.md section 2), with BOS if the model uses one."""
-        return self.encode(POLICY_PROMPT.format(question=question), add_bos=self.add_bos)
+        """The zero-shot policy prompt's ids: `prompt_ids(question)`."""
+        return self.prompt_ids(question)
+
+    def continuation_ids(self, text: str) -> list[int]:
+        """Ids of `text` as it continues a sequence, not as the start of one.
+
+        Llama-style SentencePiece models (Phi-3) put a dummy-prefix space before the first word
+        of a text; a step or output block after the prompt must not get it. Text after an added
+        token encodes as a continuation (`Backend.encode`), so `text` is encoded behind
+        `<end_of_code>` and that id dropped, whatever the backend.
+        """
+        anchor = self.step_token_ids[fmt.END_OF_CODE]
+        ids = self.encode(fmt.END_OF_CODE + text)
+        if not ids or ids[0] != anchor:
+            raise ValueError(f"the tokenizer does not encode {fmt.END_OF_CODE!r} as its single id "
+                             f"{anchor}; got {ids[:4]} for {fmt.END_OF_CODE + text[:20]!r}")
+        return ids[1:]
+
+    def continuation_text(self, ids: Iterable[int]) -> str:
+        """Text of `ids` as they continue a sequence: a step decoded alone would lose its leading
+        space with a dummy-prefix tokenizer (see `continuation_ids`)."""
+        text = self.decode([self.step_token_ids[fmt.END_OF_CODE], *ids])
+        if not text.startswith(fmt.END_OF_CODE):
+            raise ValueError(f"the tokenizer does not decode its {fmt.END_OF_CODE!r} id as that "
+                             f"text; got {text[:40]!r}")
+        return text[len(fmt.END_OF_CODE):]
 
     # --- added tokens -------------------------------------------------------------------------
 
@@ -437,25 +474,10 @@ def _added_tokens(config: dict, added_json: dict, path: pathlib.Path) -> tuple[d
 
 
 def continuation_ids(tokenizer, text: str) -> list[int]:
-    """Ids of `text` as it continues a sequence, not as the start of one.
-
-    Llama-style SentencePiece models (Phi-3) put a dummy-prefix space before the first word of a
-    text; a block inserted after a step must not get it. Encoding behind an added token
-    (`<end_of_code>`) and dropping that token works for every tokenizer.
-    """
-    anchor = tokenizer.step_token_ids[fmt.END_OF_CODE]
-    ids = tokenizer.encode(fmt.END_OF_CODE + text)
-    if not ids or ids[0] != anchor:
-        raise ValueError(f"the tokenizer does not encode {fmt.END_OF_CODE!r} as its single id {anchor}; "
-                         f"got {ids[:4]} for {fmt.END_OF_CODE + text[:20]!r}")
-    return ids[1:]
+    """`tokenizer.continuation_ids(text)`."""
+    return tokenizer.continuation_ids(text)
 
 
 def continuation_text(tokenizer, ids: Sequence[int]) -> str:
-    """Text of `ids` as they continue a sequence: a step decoded alone would lose its leading
-    space with a dummy-prefix tokenizer (see `continuation_ids`)."""
-    text = tokenizer.decode([tokenizer.step_token_ids[fmt.END_OF_CODE], *ids])
-    if not text.startswith(fmt.END_OF_CODE):
-        raise ValueError(f"the tokenizer does not decode its {fmt.END_OF_CODE!r} id as that text; "
-                         f"got {text[:40]!r}")
-    return text[len(fmt.END_OF_CODE):]
+    """`tokenizer.continuation_text(ids)`."""
+    return tokenizer.continuation_text(ids)

@@ -187,6 +187,24 @@ def test_stdout_spelling_special_tokens_stays_text(dirs, kind):
                                            "&lt;|user|><end_of_output>\n")
 
 
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_continuation_methods_are_what_the_module_functions_give(dirs, kind):
+    tok = _load_with_steps(dirs, kind)
+    for text in (" x = 1\n<end_of_step>", fmt.output_block("1\n"), WORKED_EXAMPLE, UNICODE, ""):
+        ids = tok.continuation_ids(text)
+        assert ids == continuation_ids(tok, text)
+        assert tok.continuation_text(ids) == continuation_text(tok, ids) == text
+
+
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_one_builder_gives_the_policy_and_the_bootstrap_prompts(dirs, kind):
+    tok = Tokenizer.from_dir(dirs[kind])
+    bos = [tok.bos_id] if tok.add_bos else []
+    assert tok.prompt_ids(QUESTION) == tok.policy_prompt_ids(QUESTION)
+    assert tok.prompt_ids(QUESTION) == bos + tok.encode(fmt.policy_prompt(QUESTION))
+    assert tok.prompt_ids(QUESTION, bootstrap=True) == bos + tok.encode(fmt.bootstrap_prompt(QUESTION))
+
+
 # --- step tokens ------------------------------------------------------------------------------
 
 
