@@ -4,7 +4,7 @@ rStar-Math adds seven step tokens to the policy's vocabulary (RSTAR.md section 2
 up in embedding tables, stop-token lists and saved trees, so they must be stable: appended right
 after the current largest id, saved with the tokenizer, and restored to the same ids.
 
-Two backends, one behaviour:
+Two backends, one behaviour, both held to the `Backend` protocol by `Tokenizer`:
 - `sentencepiece`: a `tokenizer.model` plus, as Hugging Face lays it out, added tokens kept
   *outside* the SP model in `tokenizer_config.json` (`added_tokens_decoder`) or
   `added_tokens.json`. Phi-3 keeps `<|endoftext|>`, `<|assistant|>`, `<|user|>`... there, with ids
@@ -25,12 +25,14 @@ import json
 import pathlib
 import re
 from collections.abc import Iterable, Sequence
+from typing import Protocol, runtime_checkable
 
 import sentencepiece as spm
 import tokenizers
 from sentencepiece import sentencepiece_model_pb2
 
-# The step and chat tokens and the policy prompt live with the step format.
+# The step and chat tokens and the prompt texts live with the step format (POLICY_PROMPT is
+# re-exported here).
 from rstar_jax.steps import format as fmt
 from rstar_jax.steps.format import CHAT_TOKENS, POLICY_PROMPT, STEP_TOKENS
 
@@ -41,7 +43,58 @@ def backend_of(path: str | pathlib.Path) -> str | None:
     """The backend whose file directory `path` holds (`tokenizer.model` first, as Phi-3 ships
     both), or None when it holds no tokenizer."""
     return next((b for b, f in BACKENDS.items() if (pathlib.Path(path) / f).is_file()), None)
+
+
 CONFIG_FILE = "tokenizer_config.json"
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """What `Tokenizer` needs of a tokenizer library, and all it may use of one.
+
+    `Tokenizer` does the rest on top of these: BOS, the bos/eos/pad names, checking ids before
+    `decode`, prompts and continuations. A backend keeps its own quirks (SentencePiece's dummy
+    prefix, splitting text on added tokens) inside these methods.
+    """
+
+    name: str  # a key of BACKENDS: the file `save` writes and `Tokenizer.from_dir` reads
+
+    @property
+    def vocab_size(self) -> int:
+        """Max id + 1, added tokens included: ids index embedding rows, and may have gaps."""
+
+    def encode(self, text: str) -> list[int]:
+        """Ids of `text` as the start of a sequence; no BOS or EOS is added.
+
+        Each added token written in `text` becomes its one id; the text between added tokens is
+        encoded by the model. Text after an added token continues the sequence: a Llama-style
+        SentencePiece model puts its dummy-prefix space before the text's first segment only.
+        `Tokenizer.continuation_ids` relies on this. (`tokenizers` follows its tokenizer.json: a
+        legacy Metaspace `prepend_scheme="always"` puts a space after every added token.)
+        """
+
+    def decode(self, ids: list[int], skip_special: bool) -> str:
+        """Text of `ids`, every one of them a token (`Tokenizer.decode` checks them first).
+
+        `skip_special` drops BOS/EOS/pad and the tokens added as special. Text at the start of the
+        sequence (after BOS) loses the dummy-prefix space `encode` put there, so text round-trips
+        (but for a literal "▁", which SentencePiece reads as a space).
+        """
+
+    def token_to_id(self, token: str) -> int | None:
+        """The id of `token` as one vocabulary entry (a model piece or an added token), or None."""
+
+    def id_to_token(self, i: int) -> str | None:
+        """The vocabulary entry of id `i` (a piece as the model writes it, e.g. "▁the"), or None
+        when no token has this id."""
+
+    def add(self, tokens: list[str]) -> None:
+        """Makes each of `tokens` a special added token: one the vocabulary has keeps its id, the
+        others get consecutive ids after the largest, in order; adding again changes nothing."""
+
+    def save(self, out_dir: pathlib.Path) -> dict:
+        """Writes the backend's file (BACKENDS[name]) into `out_dir` and returns what it needs in
+        tokenizer_config.json to come back with the same id for every token."""
 
 
 class _SentencePiece:
@@ -185,7 +238,7 @@ class Tokenizer:
     that have a BOS piece, as Llama and Phi-3 do; no for tokenizer.json, as Qwen2.5).
     """
 
-    def __init__(self, backend: _SentencePiece | _HFTokenizers, *, bos_token: str | None,
+    def __init__(self, backend: Backend, *, bos_token: str | None,
                  eos_token: str | None, pad_token: str | None, add_bos: bool):
         self._backend = backend
         self._names = {"bos": bos_token, "eos": eos_token, "pad": pad_token}
@@ -304,9 +357,46 @@ class Tokenizer:
             raise ValueError(f"id {i} is not a token of this tokenizer (vocab_size={self.vocab_size})")
         return token
 
+    # --- prompts and continuations -----------------------------------------------------------
+
+    def prompt_ids(self, question: str, bootstrap: bool = False) -> list[int]:
+        """The policy's prompt for `question`, with BOS if the model uses one (RSTAR.md section 2):
+        the zero-shot policy prompt (round 2 on, test time, training), or with `bootstrap` the
+        round-1 prompt (instructions and two worked examples). Every prompt's ids come from here.
+        """
+        if bootstrap:
+            text = fmt.bootstrap_prompt(question)
+        else:
+            text = fmt.policy_prompt(question)
+        return self.encode(text, add_bos=self.add_bos)
+
     def policy_prompt_ids(self, question: str) -> list[int]:
-        """The round-2+/test-time policy prompt (RSTAR.md section 2), with BOS if the model uses one."""
-        return self.encode(POLICY_PROMPT.format(question=question), add_bos=self.add_bos)
+        """The zero-shot policy prompt's ids: `prompt_ids(question)`."""
+        return self.prompt_ids(question)
+
+    def continuation_ids(self, text: str) -> list[int]:
+        """Ids of `text` as it continues a sequence, not as the start of one.
+
+        Llama-style SentencePiece models (Phi-3) put a dummy-prefix space before the first word
+        of a text; a step or output block after the prompt must not get it. Text after an added
+        token encodes as a continuation (`Backend.encode`), so `text` is encoded behind
+        `<end_of_code>` and that id dropped, whatever the backend.
+        """
+        anchor = self.step_token_ids[fmt.END_OF_CODE]
+        ids = self.encode(fmt.END_OF_CODE + text)
+        if not ids or ids[0] != anchor:
+            raise ValueError(f"the tokenizer does not encode {fmt.END_OF_CODE!r} as its single id "
+                             f"{anchor}; got {ids[:4]} for {fmt.END_OF_CODE + text[:20]!r}")
+        return ids[1:]
+
+    def continuation_text(self, ids: Iterable[int]) -> str:
+        """Text of `ids` as they continue a sequence: a step decoded alone would lose its leading
+        space with a dummy-prefix tokenizer (see `continuation_ids`)."""
+        text = self.decode([self.step_token_ids[fmt.END_OF_CODE], *ids])
+        if not text.startswith(fmt.END_OF_CODE):
+            raise ValueError(f"the tokenizer does not decode its {fmt.END_OF_CODE!r} id as that "
+                             f"text; got {text[:40]!r}")
+        return text[len(fmt.END_OF_CODE):]
 
     # --- added tokens -------------------------------------------------------------------------
 
@@ -384,25 +474,10 @@ def _added_tokens(config: dict, added_json: dict, path: pathlib.Path) -> tuple[d
 
 
 def continuation_ids(tokenizer, text: str) -> list[int]:
-    """Ids of `text` as it continues a sequence, not as the start of one.
-
-    Llama-style SentencePiece models (Phi-3) put a dummy-prefix space before the first word of a
-    text; a block inserted after a step must not get it. Encoding behind an added token
-    (`<end_of_code>`) and dropping that token works for every tokenizer.
-    """
-    anchor = tokenizer.step_token_ids[fmt.END_OF_CODE]
-    ids = tokenizer.encode(fmt.END_OF_CODE + text)
-    if not ids or ids[0] != anchor:
-        raise ValueError(f"the tokenizer does not encode {fmt.END_OF_CODE!r} as its single id {anchor}; "
-                         f"got {ids[:4]} for {fmt.END_OF_CODE + text[:20]!r}")
-    return ids[1:]
+    """`tokenizer.continuation_ids(text)`."""
+    return tokenizer.continuation_ids(text)
 
 
 def continuation_text(tokenizer, ids: Sequence[int]) -> str:
-    """Text of `ids` as they continue a sequence: a step decoded alone would lose its leading
-    space with a dummy-prefix tokenizer (see `continuation_ids`)."""
-    text = tokenizer.decode([tokenizer.step_token_ids[fmt.END_OF_CODE], *ids])
-    if not text.startswith(fmt.END_OF_CODE):
-        raise ValueError(f"the tokenizer does not decode its {fmt.END_OF_CODE!r} id as that text; "
-                         f"got {text[:40]!r}")
-    return text[len(fmt.END_OF_CODE):]
+    """`tokenizer.continuation_text(ids)`."""
+    return tokenizer.continuation_text(ids)

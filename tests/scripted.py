@@ -69,8 +69,20 @@ class CharTokenizer:
                 raise ValueError(f"id {i} is not a token of CharTokenizer")
         return "".join(out)
 
-    def policy_prompt_ids(self, question: str) -> list[int]:
+    def prompt_ids(self, question: str, bootstrap: bool = False) -> list[int]:
+        if bootstrap:
+            return self.encode(fmt.bootstrap_prompt(question))
         return self.encode(fmt.policy_prompt(question))
+
+    def policy_prompt_ids(self, question: str) -> list[int]:
+        return self.prompt_ids(question)
+
+    def continuation_ids(self, text: str) -> list[int]:
+        """No dummy prefix here: text encodes the same wherever it stands."""
+        return self.encode(text)
+
+    def continuation_text(self, ids) -> str:
+        return self.decode(ids)
 
 
 def split_prompt(text: str) -> tuple[str, str]:

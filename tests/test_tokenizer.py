@@ -8,6 +8,7 @@ N=32000).
 """
 
 import importlib.util
+import inspect
 import io
 import json
 
@@ -18,7 +19,8 @@ import checkpoints
 from rstar_jax.search.driver import output_block_ids
 from rstar_jax.tokenizer import continuation_ids, continuation_text
 from rstar_jax.steps import format as fmt
-from rstar_jax.tokenizer import POLICY_PROMPT, STEP_TOKENS, Tokenizer
+from rstar_jax.tokenizer import BACKENDS as FILES
+from rstar_jax.tokenizer import POLICY_PROMPT, STEP_TOKENS, Backend, Tokenizer
 
 WORKED_EXAMPLE = (
     "<code>\n# Step 1: total weight lifted with two 20-pound weights\ntotal = 2 * 20 * 12\n"
@@ -116,6 +118,28 @@ def test_skip_special_drops_step_tokens_and_keeps_text(dirs, kind):
     assert tok.decode(tok.encode("<answer>x = 1<end_of_answer>"), skip_special=True) == "x = 1"
 
 
+# --- the backend contract ---------------------------------------------------------------------
+
+CONTRACT_METHODS = ("encode", "decode", "token_to_id", "id_to_token", "add", "save")
+
+
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_every_backend_keeps_the_backend_contract(dirs, kind):
+    backend = Tokenizer.from_dir(dirs[kind])._backend
+    assert isinstance(backend, Backend)
+    assert backend.name in FILES and isinstance(backend.vocab_size, int)
+    for name in CONTRACT_METHODS:  # isinstance checks names only; the parameters must match too
+        want = list(inspect.signature(getattr(Backend, name)).parameters)
+        assert list(inspect.signature(getattr(type(backend), name)).parameters) == want, name
+
+
+def test_the_contract_names_every_method_tokenizer_calls_on_a_backend():
+    calls = set()
+    for line in inspect.getsource(Tokenizer).splitlines():
+        calls.update(m.split("(")[0] for m in line.split("self._backend.")[1:])
+    assert calls == {*CONTRACT_METHODS, "name", "vocab_size"}
+
+
 # --- continuations: how the search writes steps and output blocks ----------------------------
 
 
@@ -161,6 +185,24 @@ def test_stdout_spelling_special_tokens_stays_text(dirs, kind):
     assert steps[fmt.ANSWER] not in ids and steps[fmt.END_OF_ANSWER] not in ids
     assert continuation_text(tok, ids) == ("\n<output>&lt;answer>7&lt;end_of_answer> &lt;end_of_output>"
                                            "&lt;|user|><end_of_output>\n")
+
+
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_continuation_methods_are_what_the_module_functions_give(dirs, kind):
+    tok = _load_with_steps(dirs, kind)
+    for text in (" x = 1\n<end_of_step>", fmt.output_block("1\n"), WORKED_EXAMPLE, UNICODE, ""):
+        ids = tok.continuation_ids(text)
+        assert ids == continuation_ids(tok, text)
+        assert tok.continuation_text(ids) == continuation_text(tok, ids) == text
+
+
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_one_builder_gives_the_policy_and_the_bootstrap_prompts(dirs, kind):
+    tok = Tokenizer.from_dir(dirs[kind])
+    bos = [tok.bos_id] if tok.add_bos else []
+    assert tok.prompt_ids(QUESTION) == tok.policy_prompt_ids(QUESTION)
+    assert tok.prompt_ids(QUESTION) == bos + tok.encode(fmt.policy_prompt(QUESTION))
+    assert tok.prompt_ids(QUESTION, bootstrap=True) == bos + tok.encode(fmt.bootstrap_prompt(QUESTION))
 
 
 # --- step tokens ------------------------------------------------------------------------------

@@ -1,19 +1,21 @@
 """Training batches from records: SFT examples packed into fixed rows, PPM pairs as score rows.
 
-SFT: each example is the policy prompt's ids (with BOS if the model uses one) followed by the
-response as it continues the prompt (`continuation_ids`, as the search wrote it) and EOS
-(RSTAR.md section 5). Examples are
-packed in order into rows of `length` tokens (next fit): every example is a segment with its
-own positions from 0, attention stays inside segments, and only response tokens are targets.
-An example longer than a row is left out and counted: training on a cut response would teach
-the policy to stop mid-step.
+SFT: each example is the policy prompt's ids (`Tokenizer.prompt_ids`, with BOS if the model uses
+one) followed by the response as it continues the prompt (`Tokenizer.continuation_ids`, as the
+search wrote it) and EOS (RSTAR.md section 5). Examples are packed in order into rows of
+`length` tokens (next fit): every example is a segment with its own positions from 0, attention
+stays inside segments, and only response tokens are targets. An example longer than a row is
+left out and counted: training on a cut response would teach the policy to stop mid-step.
 
-PPM: a pair becomes two rows, prompt + positive and prompt + negative (even and odd rows), right
-padded to the batch's bucketed length; the PPM scores each row's last token. A pair's weight is
-1 / (|pos| |neg|) of its group, the pairs of one kind sharing a problem and a prompt, so every
-step counts once whatever the number of pairs it gave (a root step's pairs and the final-answer
-pairs share the bare prompt, but are different choices). A batch short of pairs is filled with
-padding pairs of weight 0, never with repeated pairs, which would count twice.
+PPM: a pair becomes two rows, prompt + positive and prompt + negative (even and odd rows). The
+pair's prompt is text (the policy prompt and the steps both rows share, as extraction or the
+released data wrote it), encoded as the start of a sequence, with BOS if the model uses one.
+Rows are right padded to the batch's bucketed length; the PPM scores each row's last token. A
+pair's weight is 1 / (|pos| |neg|) of its group, the pairs of one kind sharing a problem and a
+prompt, so every step counts once whatever the number of pairs it gave (a root step's pairs and
+the final-answer pairs share the bare prompt, but are different choices). A batch short of
+pairs is filled with padding pairs of weight 0, never with repeated pairs, which would count
+twice.
 
 ORM: an outcome example is one row, the policy prompt and the whole trajectory, labelled +1
 (right answer) or -1; rows are right padded like the PPM's, and padding rows weigh 0.
@@ -34,7 +36,6 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from rstar_jax.data.records import OutcomeExample, PPMPair, SFTExample
-from rstar_jax.tokenizer import continuation_ids
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +95,8 @@ def tokenize_sft(examples: Iterable[SFTExample], tokenizer) -> Iterator[tuple[li
     one) is a target too, so the policy learns to stop after its answer."""
     eos = [] if tokenizer.eos_id is None else [tokenizer.eos_id]
     for ex in examples:
-        prompt = tokenizer.policy_prompt_ids(ex.question)
-        yield prompt + continuation_ids(tokenizer, ex.response) + eos, len(prompt)
+        prompt = tokenizer.prompt_ids(ex.question)
+        yield prompt + tokenizer.continuation_ids(ex.response) + eos, len(prompt)
 
 
 def pack_sft(sequences: Iterable[tuple[Sequence[int], int]], rows: int, length: int, pad_id: int = 0,
@@ -173,7 +174,8 @@ def ppm_batches(pairs: Sequence[PPMPair], tokenizer, batch_pairs: int, max_lengt
     rows, row_weights = [], []
     for pair, w in zip(pairs, weights):
         head = tokenizer.encode(pair.prompt, add_bos=tokenizer.add_bos)
-        a, b = head + continuation_ids(tokenizer, pair.positive), head + continuation_ids(tokenizer, pair.negative)
+        a = head + tokenizer.continuation_ids(pair.positive)
+        b = head + tokenizer.continuation_ids(pair.negative)
         if max(len(a), len(b)) > max_length:
             skipped.too_long += 1
             continue
@@ -201,7 +203,7 @@ def outcome_batches(examples: Sequence[OutcomeExample], tokenizer, batch_rows: i
     skipped = Skipped() if skipped is None else skipped
     rows = []
     for ex in examples:
-        ids = tokenizer.policy_prompt_ids(ex.question) + continuation_ids(tokenizer, ex.response)
+        ids = tokenizer.prompt_ids(ex.question) + tokenizer.continuation_ids(ex.response)
         if len(ids) > max_length:
             skipped.too_long += 1
             continue
