@@ -472,12 +472,3 @@ def _added_tokens(config: dict, added_json: dict, path: pathlib.Path) -> tuple[d
             special.add(i)
     return added, special
 
-
-def continuation_ids(tokenizer, text: str) -> list[int]:
-    """`tokenizer.continuation_ids(text)`."""
-    return tokenizer.continuation_ids(text)
-
-
-def continuation_text(tokenizer, ids: Sequence[int]) -> str:
-    """`tokenizer.continuation_text(ids)`."""
-    return tokenizer.continuation_text(ids)

@@ -9,10 +9,8 @@ import numpy as np
 from rstar_jax.search.config import Mode, SearchConfig
 from rstar_jax.search.driver import (
     Problem,
-    continuation_text,
     expansion_seed,
     output_block_ids,
-    prompt_ids,
 )
 from rstar_jax.steps import format as fmt
 from rstar_jax.steps.grading import is_equivalent
@@ -53,7 +51,7 @@ class _Search:
         self.problem, self.problem_index, self.policy = problem, problem_index, policy
         self.executor, self.tokenizer, self.config = executor, tokenizer, config
         self.scorer, self.grade = scorer, grade
-        self.prompt = list(prompt_ids(tokenizer, problem.question, config.bootstrap))
+        self.prompt = list(tokenizer.prompt_ids(problem.question, config.bootstrap))
         self.nodes = [Node(0, None, [], "")]
         self.rollouts, self.overflow = 0, False
         ids = tokenizer.step_token_ids
@@ -126,7 +124,7 @@ class _Search:
         for s, ids in enumerate(steps):
             if ids in steps[:s]:
                 continue
-            text = continuation_text(self.tokenizer, ids)
+            text = self.tokenizer.continuation_text(ids)
             kind = fmt.classify_step(text)
             if kind is fmt.StepKind.ANSWER:
                 if answered:
@@ -159,7 +157,7 @@ class _Search:
             if not failed and kind is fmt.StepKind.LAST_CODE:
                 block = output_block_ids(self.tokenizer, result.stdout, c.max_output_tokens)
                 child.tokens = child.tokens + block
-                child.text = continuation_text(self.tokenizer, child.tokens)
+                child.text = self.tokenizer.continuation_text(child.tokens)
             child.valid = not failed
             child.errors = node.errors + 1 if failed else 0
             if (failed and child.errors >= c.errors_threshold) or child.depth > c.max_depth:

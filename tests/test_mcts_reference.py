@@ -14,7 +14,7 @@ from scripted import (
 
 from rstar_jax.search.config import Mode, SearchConfig
 from rstar_jax.data.tree import SearchTree
-from rstar_jax.search.driver import Problem, expansion_seed, prompt_ids
+from rstar_jax.search.driver import Problem, expansion_seed
 from rstar_jax.steps import format as fmt
 from rstar_jax.steps.executor import CodeExecutor
 
@@ -299,7 +299,7 @@ def test_bootstrap_cuts_a_written_output_and_runs_the_code(executor):
     code = "<code>\nprint(6 * 7)\n<end_of_code>"
     table = {"": [code + "\n<output>99<end_of_output>", code, A], code + OUT42: [ans(42)] * 3}
     t, policy, _ = search(executor, table, bootstrap=True, stop_ids=stops, rollouts=1)
-    assert policy.calls[0][0] == [prompt_ids(TOK, QUESTION, bootstrap=True)]
+    assert policy.calls[0][0] == [TOK.prompt_ids(QUESTION, bootstrap=True)]
     assert t["texts"] == ["", code + OUT42, A, ans(42)] and t["value_sum"][:2] == [1, 1]
 
 

@@ -17,7 +17,6 @@ import sentencepiece as spm
 
 import checkpoints
 from rstar_jax.search.driver import output_block_ids
-from rstar_jax.tokenizer import continuation_ids, continuation_text
 from rstar_jax.steps import format as fmt
 from rstar_jax.tokenizer import BACKENDS as FILES
 from rstar_jax.tokenizer import POLICY_PROMPT, STEP_TOKENS, Backend, Tokenizer
@@ -150,15 +149,15 @@ def test_output_blocks_encode_as_they_follow_a_step(dirs, kind):
     whole = tok.encode(POLICY_PROMPT.format(question=QUESTION) + step + fmt.output_block(stdout), add_bos=tok.add_bos)
     block = output_block_ids(tok, stdout, 64)
     assert whole == tok.policy_prompt_ids(QUESTION) + tok.encode(step) + block
-    assert continuation_text(tok, tok.encode(step) + block) == fmt.insert_output(step, stdout)
+    assert tok.continuation_text(tok.encode(step) + block) == fmt.insert_output(step, stdout)
 
 
 @pytest.mark.parametrize("kind", BACKENDS)
 def test_a_step_starting_with_a_space_keeps_it(dirs, kind):
     tok = _load_with_steps(dirs, kind)
     step = " x = 1\n<end_of_step>"
-    ids = continuation_ids(tok, step)
-    assert continuation_text(tok, ids) == step
+    ids = tok.continuation_ids(step)
+    assert tok.continuation_text(ids) == step
     assert tok.decode(tok.encode("<end_of_step>" + step)) == "<end_of_step>" + step
     if kind == "phi3":  # decoded alone, a dummy-prefix model's text loses its first space
         assert tok.decode(ids) == step[1:]
@@ -168,9 +167,9 @@ def test_a_step_starting_with_a_space_keeps_it(dirs, kind):
 def test_long_output_is_cut_inside_its_delimiters(dirs, kind):
     tok = _load_with_steps(dirs, kind)
     ids = output_block_ids(tok, "9" * 3000, 12)
-    text = continuation_text(tok, ids)
+    text = tok.continuation_text(ids)
     assert len(ids) == 12 and text.startswith("\n<output>9") and text.endswith("9<end_of_output>\n")
-    delimiters = len(continuation_ids(tok, fmt.output_block("")))
+    delimiters = len(tok.continuation_ids(fmt.output_block("")))
     assert len(output_block_ids(tok, "", delimiters)) == delimiters
     with pytest.raises(ValueError, match=f"delimiters take {delimiters} tokens, more than max_output_tokens=3"):
         output_block_ids(tok, "9" * 30, 3)
@@ -183,17 +182,15 @@ def test_stdout_spelling_special_tokens_stays_text(dirs, kind):
     steps = tok.step_token_ids
     assert ids.count(steps[fmt.OUTPUT]) == ids.count(steps[fmt.END_OF_OUTPUT]) == 1
     assert steps[fmt.ANSWER] not in ids and steps[fmt.END_OF_ANSWER] not in ids
-    assert continuation_text(tok, ids) == ("\n<output>&lt;answer>7&lt;end_of_answer> &lt;end_of_output>"
+    assert tok.continuation_text(ids) == ("\n<output>&lt;answer>7&lt;end_of_answer> &lt;end_of_output>"
                                            "&lt;|user|><end_of_output>\n")
 
 
 @pytest.mark.parametrize("kind", BACKENDS)
-def test_continuation_methods_are_what_the_module_functions_give(dirs, kind):
+def test_continuations_round_trip(dirs, kind):
     tok = _load_with_steps(dirs, kind)
     for text in (" x = 1\n<end_of_step>", fmt.output_block("1\n"), WORKED_EXAMPLE, UNICODE, ""):
-        ids = tok.continuation_ids(text)
-        assert ids == continuation_ids(tok, text)
-        assert tok.continuation_text(ids) == continuation_text(tok, ids) == text
+        assert tok.continuation_text(tok.continuation_ids(text)) == text
 
 
 @pytest.mark.parametrize("kind", BACKENDS)

@@ -57,7 +57,7 @@ class SFTExample:
     metadata: Mapping[str, Any] = dataclasses.field(default_factory=dict, hash=False)
 
     def __post_init__(self):
-        # The prompt is built in one place (`Tokenizer.policy_prompt_ids`, at tokenization): a
+        # The prompt is built in one place (`Tokenizer.prompt_ids`, at tokenization): a
         # question already wrapped in it would train the policy on a prompt it never sees.
         if fmt.is_policy_prompt(self.question):
             raise ValueError(f"SFTExample {self.problem_id!r}: the question already starts with the policy prompt "

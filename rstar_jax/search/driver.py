@@ -34,8 +34,8 @@ expand(n), node n at depth d of problem p:
 2. In sample order, a candidate whose tokens equal an earlier one's is dropped, and so is an
    answer-kind candidate after the first. The rest become n's children in that order, at depth
    d + 1, numbered from the tree's node count on.
-3. Each child's text is its tokens decoded as they follow the path (`continuation_text`); its
-   kind is `classify_step(text)`.
+3. Each child's text is its tokens decoded as they follow the path
+   (`Tokenizer.continuation_text`); its kind is `classify_step(text)`.
    - ANSWER: terminal and valid. Its value v is, when the mode is graded, +1 if
      `extract_answer(text)` is equivalent to the problem's reference answer and -1 otherwise
      (also when no answer can be extracted); at test time, the PPM's score of prompt + path +
@@ -80,7 +80,6 @@ from rstar_jax.data.tree import NODE_FIELDS, SearchTree
 from rstar_jax.search import tree as tree_ops
 from rstar_jax.search.config import SearchConfig
 from rstar_jax.steps import format as fmt
-from rstar_jax.tokenizer import continuation_ids, continuation_text
 
 
 class Policy(Protocol):
@@ -118,24 +117,16 @@ def expansion_seed(seed: int, problem: int, node: int) -> int:
 def output_block_ids(tokenizer, stdout: str, limit: int) -> list[int]:
     """Token ids of `fmt.output_block(stdout)` as it follows a step, at most `limit` of them: a
     long stdout is cut, never the delimiters (ValueError if they alone exceed `limit`)."""
-    ids = continuation_ids(tokenizer, fmt.output_block(stdout))
+    ids = tokenizer.continuation_ids(fmt.output_block(stdout))
     if len(ids) <= limit:
         return ids
     head, tail = fmt.output_block("").split(fmt.OUTPUT)
-    head, tail = continuation_ids(tokenizer, head + fmt.OUTPUT), continuation_ids(tokenizer, tail)
+    head, tail = tokenizer.continuation_ids(head + fmt.OUTPUT), tokenizer.continuation_ids(tail)
     if len(head) + len(tail) > limit:
         raise ValueError(f"the output block's delimiters take {len(head) + len(tail)} tokens, more "
                          f"than max_output_tokens={limit}; raise max_output_tokens")
-    body = continuation_ids(tokenizer, fmt.truncate_output(fmt.escape_tokens(stdout.rstrip())))
+    body = tokenizer.continuation_ids(fmt.truncate_output(fmt.escape_tokens(stdout.rstrip())))
     return head + body[:limit - len(head) - len(tail)] + tail
-
-
-def prompt_ids(tokenizer, question: str, bootstrap: bool = False) -> list[int]:
-    """The policy's prompt for `question`: the zero-shot policy prompt, or in bootstrap mode the
-    round-1 prompt (instructions and two worked examples)."""
-    if bootstrap:
-        return tokenizer.encode(fmt.bootstrap_prompt(question), add_bos=tokenizer.add_bos)
-    return tokenizer.policy_prompt_ids(question)
 
 
 class EnginePolicy:
@@ -275,7 +266,7 @@ def _check(problems, config: SearchConfig, tokenizer, scorer, batch_size) -> lis
     problems = out
     if batch_size is not None:
         positive_int(batch_size, "batch_size")
-    delimiters = len(continuation_ids(tokenizer, fmt.output_block("")))
+    delimiters = len(tokenizer.continuation_ids(fmt.output_block("")))
     if delimiters > config.max_output_tokens:
         raise ValueError(f"the output block's delimiters take {delimiters} tokens with this "
                          f"tokenizer, more than max_output_tokens={config.max_output_tokens}; "
@@ -382,7 +373,7 @@ class _Search:
                 for b in range(width):
                     if slots[b] is None and queue:
                         i = queue.popleft()
-                        prompt = prompt_ids(self.tokenizer, self.problems[i].question, c.bootstrap)
+                        prompt = self.tokenizer.prompt_ids(self.problems[i].question, c.bootstrap)
                         slots[b] = _Slot(i, self.problems[i], prompt)
                         fresh[b] = True
                 if all(s is None for s in slots):
@@ -469,7 +460,7 @@ class _Search:
                 if tuple(row) in seen:
                     continue
                 seen.add(tuple(row))
-                text = continuation_text(self.tokenizer, row)
+                text = self.tokenizer.continuation_text(row)
                 kind = fmt.classify_step(text)
                 if kind is fmt.StepKind.ANSWER:
                     if answered:
@@ -503,7 +494,7 @@ class _Search:
             if out.ok and x.kinds[b, j] is fmt.StepKind.LAST_CODE:
                 block = output_block_ids(self.tokenizer, out.stdout, c.max_output_tokens)
                 x.ids[b, j] = x.ids[b, j] + block
-                x.texts[b, j] = continuation_text(self.tokenizer, x.ids[b, j])
+                x.texts[b, j] = self.tokenizer.continuation_text(x.ids[b, j])
         clock.charge("host")
         if c.mode.graded:
             for b, j in x.kept(group):
