@@ -127,7 +127,9 @@ class _SentencePiece:
         self.by_id = {i: t for t, i in self.added.items()}
         # Longest first, so "<end_of_code>" is never cut at a shorter added token.
         alternatives = sorted(self.added, key=len, reverse=True)
-        self.pattern = re.compile("(" + "|".join(map(re.escape, alternatives)) + ")") if alternatives else None
+        self.pattern = None
+        if alternatives:
+            self.pattern = re.compile("(" + "|".join(map(re.escape, alternatives)) + ")")
 
     @property
     def vocab_size(self) -> int:
@@ -160,7 +162,9 @@ class _SentencePiece:
             group = list(group)
             if is_text:
                 text = self.sp.decode(group)
-                out.append(text[1:] if at_start and self.dummy_prefix and text.startswith(" ") else text)
+                if at_start and self.dummy_prefix and text.startswith(" "):
+                    text = text[1:]
+                out.append(text)
             else:
                 out += [self.by_id.get(i) or self.sp.id_to_piece(i) for i in group
                         if not (skip_special and (self.is_control(i) or i in self.special))]
@@ -249,14 +253,17 @@ class Tokenizer:
 
     @classmethod
     def from_dir(cls, path: str | pathlib.Path, backend: str | None = None) -> Tokenizer:
-        """Loads `tokenizer.model` (preferred, as Phi-3 ships both) or `tokenizer.json` from `path`."""
+        """Loads `tokenizer.model` (preferred, as Phi-3 ships both) or `tokenizer.json` from
+        `path`."""
         path = pathlib.Path(path)
         if backend is None:
             backend = backend_of(path)
             if backend is None:
+                found = "no such directory"
+                if path.is_dir():
+                    found = sorted(p.name for p in path.iterdir())
                 raise FileNotFoundError(
-                    f"tokenizer dir {path} has none of {list(BACKENDS.values())} (found: "
-                    f"{sorted(p.name for p in path.iterdir()) if path.is_dir() else 'no such directory'}); "
+                    f"tokenizer dir {path} has none of {list(BACKENDS.values())} (found: {found}); "
                     "expected a Hugging Face tokenizer directory or one written by Tokenizer.save")
         if backend not in BACKENDS:
             raise ValueError(f"unknown tokenizer backend {backend!r}; valid: {sorted(BACKENDS)}")
@@ -269,7 +276,8 @@ class Tokenizer:
             names = {f"{k}_token": _name(config, f"{k}_token", None) for k in ("bos", "eos", "pad")}
             return cls(impl, **names, add_bos=config.get("add_bos_token", False))
         added, special = _added_tokens(config, _read_json(path / "added_tokens.json"), path)
-        return cls._from_sentencepiece((path / "tokenizer.model").read_bytes(), added, special, config)
+        proto = (path / "tokenizer.model").read_bytes()
+        return cls._from_sentencepiece(proto, added, special, config)
 
     @classmethod
     def _from_sentencepiece(cls, proto: bytes, added: dict[str, int], special: set[int],
@@ -283,7 +291,8 @@ class Tokenizer:
 
     @classmethod
     def train_sentencepiece(cls, texts: Iterable[str], out_dir: str | pathlib.Path,
-                            vocab_size: int = 512, user_defined_symbols: Iterable[str] = ()) -> Tokenizer:
+                            vocab_size: int = 512,
+                            user_defined_symbols: Iterable[str] = ()) -> Tokenizer:
         """Trains a tiny BPE SentencePiece model in-process and writes `out_dir/tokenizer.model`.
 
         Byte fallback makes any unicode round-trip; digits are split like Llama's. Step and chat
@@ -307,7 +316,8 @@ class Tokenizer:
         return cls._from_sentencepiece(buf.getvalue(), {}, set(), {})
 
     def save(self, out_dir: str | pathlib.Path) -> None:
-        """Writes what `from_dir` needs to rebuild this tokenizer with the same id for every token."""
+        """Writes what `from_dir` needs to rebuild this tokenizer with the same id for every
+        token."""
         out_dir = pathlib.Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         config = self._backend.save(out_dir)
@@ -322,7 +332,8 @@ class Tokenizer:
 
     @property
     def vocab_size(self) -> int:
-        """Number of ids including added tokens (max id + 1); embedding tables need at least this."""
+        """Number of ids including added tokens (max id + 1); embedding tables need at least
+        this."""
         return self._backend.vocab_size
 
     def encode(self, text: str, add_bos: bool = False) -> list[int]:
@@ -341,10 +352,12 @@ class Tokenizer:
         the ids before it, or accept that.
         """
         ids = [int(i) for i in ids]
-        bad = [i for i in ids if not 0 <= i < self.vocab_size or self._backend.id_to_token(i) is None]
+        bad = [i for i in ids
+               if not 0 <= i < self.vocab_size or self._backend.id_to_token(i) is None]
         if bad:
             raise ValueError(f"cannot decode ids {bad[:8]}: not tokens of this tokenizer "
-                             f"(vocab_size={self.vocab_size}); mask logits of unused embedding rows")
+                             f"(vocab_size={self.vocab_size}); mask logits of unused embedding "
+                             "rows")
         return self._backend.decode(ids, skip_special)
 
     def token_to_id(self, token: str) -> int | None:
@@ -354,7 +367,8 @@ class Tokenizer:
     def id_to_token(self, i: int) -> str:
         token = self._backend.id_to_token(int(i)) if 0 <= i < self.vocab_size else None
         if token is None:
-            raise ValueError(f"id {i} is not a token of this tokenizer (vocab_size={self.vocab_size})")
+            raise ValueError(f"id {i} is not a token of this tokenizer "
+                             f"(vocab_size={self.vocab_size})")
         return token
 
     # --- prompts and continuations -----------------------------------------------------------
@@ -424,11 +438,12 @@ class Tokenizer:
         missing = [t for t, i in ids.items() if i is None]
         if missing:
             raise KeyError(
-                f"step tokens {missing} are not in this {self.backend} tokenizer (a checkpoint as downloaded "
-                "from the hub has none): convert the checkpoint first with `python launch/convert_checkpoint.py "
-                "--source=DIR --out=NEW_DIR` and use NEW_DIR (launch/tpu_evolve.py converts config.model.checkpoint "
-                "itself on first use), or in code call rstar_jax.models.vocab.add_step_tokens(model, tokenizer), "
-                "which also gives the model rows for them")
+                f"step tokens {missing} are not in this {self.backend} tokenizer (a checkpoint as "
+                "downloaded from the hub has none): convert the checkpoint first with `python "
+                "launch/convert_checkpoint.py --source=DIR --out=NEW_DIR` and use NEW_DIR "
+                "(launch/tpu_evolve.py converts config.model.checkpoint itself on first use), or "
+                "in code call rstar_jax.models.vocab.add_step_tokens(model, tokenizer), which also "
+                "gives the model rows for them")
         return ids
 
     def _special_id(self, kind: str) -> int | None:
@@ -455,7 +470,8 @@ def _name(config: dict, key: str, default: str | None) -> str | None:
     return value["content"] if isinstance(value, dict) else value
 
 
-def _added_tokens(config: dict, added_json: dict, path: pathlib.Path) -> tuple[dict[str, int], set[int]]:
+def _added_tokens(config: dict, added_json: dict,
+                  path: pathlib.Path) -> tuple[dict[str, int], set[int]]:
     """Added tokens (content -> id) and the special ones' ids, from both HF files.
 
     added_tokens.json carries no `special` flag; its tokens are role/control tokens in practice
@@ -466,8 +482,8 @@ def _added_tokens(config: dict, added_json: dict, path: pathlib.Path) -> tuple[d
     special = {int(i) for i, entry in decoder.items() if entry.get("special", True)}
     for token, i in added_json.items():
         if added.setdefault(token, i) != i:
-            raise ValueError(f"tokenizer dir {path}: {token!r} has id {added[token]} in {CONFIG_FILE} "
-                             f"but {i} in added_tokens.json; fix one of them")
+            raise ValueError(f"tokenizer dir {path}: {token!r} has id {added[token]} in "
+                             f"{CONFIG_FILE} but {i} in added_tokens.json; fix one of them")
         if str(i) not in decoder:
             special.add(i)
     return added, special
