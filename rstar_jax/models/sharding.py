@@ -66,7 +66,8 @@ class ShardingRules:
         earlier dim already uses, are dropped too.
         """
         if len(logical_axes) != len(shape):
-            raise ValueError(f"logical axes {tuple(logical_axes)} do not match shape {tuple(shape)}")
+            raise ValueError(f"logical axes {tuple(logical_axes)} do not match shape "
+                             f"{tuple(shape)}")
         used: set[str] = set()
         out = []
         for name, size in zip(logical_axes, shape):
@@ -97,14 +98,16 @@ def canonical_spec(spec: PartitionSpec, mesh: Mesh) -> PartitionSpec:
     """
     entries = []
     for entry in spec:
-        axes = [a for a in ((entry,) if isinstance(entry, str) else entry or ()) if mesh.shape[a] > 1]
+        axes = [a
+                for a in ((entry,) if isinstance(entry, str) else entry or ()) if mesh.shape[a] > 1]
         entries.append(None if not axes else axes[0] if len(axes) == 1 else tuple(axes))
     while entries and entries[-1] is None:
         entries.pop()
     return PartitionSpec(*entries)
 
 
-def make_mesh(shape: dict[str, int] | None = None, devices: Sequence[jax.Device] | None = None) -> Mesh:
+def make_mesh(shape: dict[str, int] | None = None,
+              devices: Sequence[jax.Device] | None = None) -> Mesh:
     """A mesh over `data`, `fsdp` and `tensor` (Auto axis types). One size may be -1 to take the
     remaining devices; the default puts every device on `fsdp`."""
     devices = list(devices if devices is not None else jax.devices())
@@ -118,17 +121,21 @@ def make_mesh(shape: dict[str, int] | None = None, devices: Sequence[jax.Device]
     known = math.prod(s for s in sizes if s != -1)
     if -1 in sizes:
         if len(devices) % known:
-            raise ValueError(f"mesh {shape} cannot use {len(devices)} devices: {known} does not divide it")
+            raise ValueError(f"mesh {shape} cannot use {len(devices)} devices: {known} does not "
+                             "divide it")
         sizes[sizes.index(-1)] = len(devices) // known
     if math.prod(sizes) != len(devices):
         raise ValueError(
-            f"mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices; {len(devices)} are available"
+            f"mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices; {len(devices)} "
+            "are available"
         )
     # jax.make_mesh orders devices by the physical topology (ICI rings on TPU).
-    return jax.make_mesh(sizes, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices)
+    return jax.make_mesh(sizes, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES),
+                         devices=devices)
 
 
-def constrain(x: jax.Array, logical_axes: Sequence[str | None], rules: ShardingRules = DEFAULT_RULES) -> jax.Array:
+def constrain(x: jax.Array, logical_axes: Sequence[str | None],
+              rules: ShardingRules = DEFAULT_RULES) -> jax.Array:
     """Activation sharding hint; a no-op unless a mesh is set with `jax.set_mesh`."""
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty:
