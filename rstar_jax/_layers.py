@@ -47,8 +47,10 @@ def import_sites(path: pathlib.Path, known, package: str = "rstar_jax") -> list[
     out = []
 
     def visit(node, in_function):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == package:
-            for alias in node.names:  # `from rstar_jax.data import tree` imports the module data.tree
+        if (isinstance(node, ast.ImportFrom) and node.module
+                and node.module.split(".")[0] == package):
+            # `from rstar_jax.data import tree` imports the module data.tree
+            for alias in node.names:
                 full = f"{node.module}.{alias.name}"
                 out.append(Import(full if full in known else node.module, node.lineno, in_function))
         elif isinstance(node, ast.Import):
@@ -92,7 +94,7 @@ def back_edges(root: pathlib.Path, layer=None) -> list[tuple[str, Import]]:
             there = package(site.target)
             if there == here or site.target == "rstar_jax" and there == "rstar_jax":
                 continue
-            # (`from rstar_jax import _lazy` reads as the module rstar_jax._lazy, in the lowest layer)
+            # (`from rstar_jax import _lazy` reads as the module rstar_jax._lazy, lowest layer)
             if there == "rstar_jax" or layer.get(there, top) >= layer.get(here, top):
                 wrong.append((module, site))
     return sorted(wrong, key=lambda w: (w[0], w[1].target, w[1].line))
