@@ -71,8 +71,9 @@ def main(argv):
     if ppm is None and {"mcts", "sampled"} & set(_METHODS.value):
         print(f"round {r} has no PPM: no best-of-N (PPM) or MCTS + PPM", file=sys.stderr)
     with evolve.code_executor(config.executor) as executor:
-        ev = run.evaluate(r, problems, executor, methods=_METHODS.value, samples=_SAMPLES.value
-                          or None, temperature=_TEMPERATURE.value, searches=_SEARCHES.value or None)
+        ev = run.evaluate(r, problems, executor, methods=_METHODS.value,
+                          samples=_SAMPLES.value or None, temperature=_TEMPERATURE.value,
+                          searches=_SEARCHES.value or None)
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", _PROBLEMS.value or "test")
     out = run.dir / "evaluate" / f"{name}-round{r}"
     print(evaluate.report(ev, out, title=f"{len(problems)} problems, round {r}"))

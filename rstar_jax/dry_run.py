@@ -350,9 +350,9 @@ def search_calls(model_config, mesh, shape: SearchShape, *, context: int, store_
         prefix_values, vec(b), vec(b), _array((b, c.vocab_size), f32, mesh,
                                               ("act_batch", "act_vocab"), rules),
         buffers, vec(rows, bool), vec(b, np.uint32), vec(rows, f32), vec(rows), vec(rows, f32),
-        vec(_STOP_SLOTS), _array((), i32, mesh), mesh=mesh, samples=k, vocab_limit=vocab_limit
-        or c.vocab_size, pad_id=0, with_logprobs=False, field=f"{shape.field} or search.batch",
-        cache=cache)
+        vec(_STOP_SLOTS), _array((), i32, mesh), mesh=mesh, samples=k,
+        vocab_limit=vocab_limit or c.vocab_size, pad_id=0, with_logprobs=False,
+        field=f"{shape.field} or search.batch", cache=cache)
     out.append(decode)
     if shape.ppm:
         samples = _pow2(k)

@@ -18,8 +18,8 @@ from collections.abc import Iterable, Sequence
 
 from rstar_jax.data.problem import Problem
 
-_LATEX_NOISE = re.compile(r"\\(?:left|right|big|Big|bigg|Bigg|displaystyle|textstyle|[,;:! "
-                          r"])(?![a-zA-Z])|\$")
+_LATEX_NOISE = re.compile(r"\\(?:left|right|big|Big|bigg|Bigg|displaystyle|textstyle|[,;:! ])"
+                          r"(?![a-zA-Z])|\$")
 _FRAC = re.compile(r"\\[dt]frac(?![a-zA-Z])")
 # a point or comma before a digit is part of a number
 _GAPS = re.compile(r"[\s;:!?'\"`]+|[.,](?!\d)")

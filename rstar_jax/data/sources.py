@@ -184,13 +184,16 @@ def read_problems(path: str | pathlib.Path, *, preset: str = "rstar",
         if answer is not None and layout.extract is not None:
             answer = layout.extract(answer)
         if answer is None and require_answer:
-            what = (f"no answer field {layout.answer!r}" if layout.answer
-                    and layout.answer not in row
-                    else f"no final answer found in field {layout.answer!r}" if layout.answer else "no answer field")
+            if layout.answer and layout.answer not in row:
+                what = f"no answer field {layout.answer!r}"
+            elif layout.answer:
+                what = f"no final answer found in field {layout.answer!r}"
+            else:
+                what = "no answer field"
             raise ValueError(f"{where}: {what}; fix the row, pass fields={{'answer': ...}}, "
                              "or require_answer=False to keep it without one")
-        src = source or (str(row.get(layout.source)) if layout.source
-                         and row.get(layout.source) else path.stem)
+        src = source or (str(row.get(layout.source))
+                         if layout.source and row.get(layout.source) else path.stem)
         used = {layout.question, layout.answer, layout.id, layout.source} - {None}
         metadata = {k: _json_like(v) for k, v in row.items() if k not in used}
         if layout.answer and layout.extract is not None:

@@ -83,8 +83,8 @@ def _builder_class():
             if c.kind == "synthetic":
                 return {"train": self._generate_examples(synthetic.generate(c.n, c.seed, c.levels))}
             problems = [p for path in c.paths
-                        for p in sources.read_problems(path, preset=c.preset, fields=dict(c.fields)
-                                                       or None)]
+                        for p in sources.read_problems(path, preset=c.preset,
+                                                       fields=dict(c.fields) or None)]
             return {"train": self._generate_examples(problems)}
 
         def _generate_examples(self, problems: Iterable[Problem]):

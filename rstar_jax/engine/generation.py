@@ -508,18 +508,18 @@ class Engine:
         num_samples = _count("num_samples", num_samples)
         b = len(rows)
         temperature = _per_prompt("temperature", temperature, b, np.float32,
-                                  lambda x: None if math.isfinite(x)
-                                  and x >= 0 else "use a finite value >= 0")
+                                  lambda x: None if math.isfinite(x) and x >= 0
+                                  else "use a finite value >= 0")
         top_p = _per_prompt("top_p", top_p, b, np.float32,
                             lambda x: None if 0 < x <= 1 else "use 0 < top_p <= 1")
         top_k = _per_prompt("top_k", top_k, b, object,
-                            lambda x: None if _integer(x) is not None
-                            and x >= 0 else "use an integer >= 0 (0 = off)")
+                            lambda x: None if _integer(x) is not None and x >= 0
+                            else "use an integer >= 0 (0 = off)")
         # k >= vocab keeps everything
         top_k = np.array([min(_integer(k), vocab) for k in top_k], np.int32)
         seeds = _per_prompt("seed", seed, b, np.uint32,
-                            lambda x: None if float(x).is_integer()
-                            and 0 <= x < 2**32 else "use an integer in [0, 2**32)")
+                            lambda x: None if float(x).is_integer() and 0 <= x < 2**32
+                            else "use an integer in [0, 2**32)")
         stops = _stop_ids(stop_token_ids, vocab)
 
         batch = _pow2(b)

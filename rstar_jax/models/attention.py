@@ -109,7 +109,8 @@ def _allowed(start, stop, lo, hi, causal, window, mask) -> jax.Array | None:
 def _dot_product(q, k, v, causal, window, mask):
     if mask is None:  # plain causal (or unmasked) attention: what the fused kernels implement
         return jax.nn.dot_product_attention(
-            q, k, v, is_causal=causal, local_window_size=(window - 1, 0) if causal
-            and window else None, implementation=_fused_implementation(q.dtype))
+            q, k, v, is_causal=causal,
+            local_window_size=(window - 1, 0) if causal and window else None,
+            implementation=_fused_implementation(q.dtype))
     allowed = _allowed(0, q.shape[1], 0, k.shape[1], causal, window, mask)[:, 0]  # [B, 1, T, S]
     return jax.nn.dot_product_attention(q, k, v, mask=allowed, implementation=None)
