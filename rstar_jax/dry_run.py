@@ -90,7 +90,12 @@ class Compiled:
         return bool(self.error) or (hbm_gib is not None and self.peak > hbm_gib * GIB)
 
     def row(self, hbm_gib: float | None) -> str:
-        fits = "**no**" if self.over(hbm_gib) else "-" if hbm_gib is None else "yes"
+        if self.over(hbm_gib):
+            fits = "**no**"
+        elif hbm_gib is None:
+            fits = "-"
+        else:
+            fits = "yes"
         cost = [f"{x:.3g}" if x >= 0 else "-" for x in (self.flops, self.bytes_accessed)]
         ideal = f"{1e3 * self.ideal_s:.3g}" if self.ideal_s >= 0 else "-"
         return (f"| {self.name} | {self.used_by} | {self.arguments / GIB:.3g} | "
@@ -132,7 +137,10 @@ def _compile(name: str, fn: Callable, *args, mesh, field: str, **kwargs) -> Comp
     seconds = time.perf_counter() - start
     m = compiled.memory_analysis()
     cost = compiled.cost_analysis()
-    cost = (cost[0] if cost else {}) if isinstance(cost, (list, tuple)) else (cost or {})
+    if isinstance(cost, (list, tuple)):
+        cost = cost[0] if cost else {}
+    else:
+        cost = cost or {}
     sizes = (-1, -1, -1, 0) if m is None else (
         int(m.argument_size_in_bytes), int(m.output_size_in_bytes), int(m.temp_size_in_bytes),
         int(getattr(m, "alias_size_in_bytes", 0)))

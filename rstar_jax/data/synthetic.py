@@ -242,10 +242,15 @@ def _linear(rng: random.Random, level: int):
     root = Fraction(d - b, a - c)
 
     def side(coef, const):
-        lead = ("" if coef == 1 else "-" if coef == -1 else str(coef)) + "x" if coef else ""
-        if not lead:
+        if not coef:
             return str(const)
-        return lead + (f" + {const}" if const > 0 else f" - {-const}" if const < 0 else "")
+        if coef == 1:
+            lead = "x"
+        elif coef == -1:
+            lead = "-x"
+        else:
+            lead = f"{coef}x"
+        return lead + _plus(const)
 
     equation = f"{side(a, b)} = {side(c, d)}"
     divide = ("divide both sides by the coefficient of x",
@@ -268,9 +273,16 @@ def _linear(rng: random.Random, level: int):
                                                          answer_sentence(printed))}
 
 
+def _plus(const) -> str:
+    """A constant after another term: " + 3", " - 3", or nothing for 0."""
+    if const > 0:
+        return f" + {const}"
+    return f" - {-const}" if const < 0 else ""
+
+
 def _poly(coef: int, const: int) -> str:
     """`coef*x + const` as Python code: 4*x - 14."""
-    return f"{coef}*x" + (f" + {const}" if const > 0 else f" - {-const}" if const < 0 else "")
+    return f"{coef}*x" + _plus(const)
 
 
 # --- word problems ----------------------------------------------------------------------------

@@ -80,7 +80,10 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = False,
     for start in range(0, t, block):
         stop = min(start + block, t)
         # A causal block reads keys from its window's start to its last row, and nothing else.
-        lo, hi = (max(0, start - window + 1) if window else 0, stop) if causal else (0, s)
+        if causal:
+            lo, hi = max(0, start - window + 1) if window else 0, stop
+        else:
+            lo, hi = 0, s
         scores = jnp.einsum("bkgtd,bkds->bkgts", q[:, :, :, start:stop], k_t[..., lo:hi],
                             preferred_element_type=jnp.float32) * (d**-0.5)
         allowed = _allowed(start, stop, lo, hi, causal, window, mask)

@@ -78,14 +78,22 @@ class ShardingRules:
                 if size % (math.prod(mesh.shape[a] for a in axes) * mesh.shape[axis]) == 0:
                     axes.append(axis)
             used.update(axes)
-            out.append(None if not axes else axes[0] if len(axes) == 1 else tuple(axes))
+            out.append(_entry(axes))
         return PartitionSpec(*out)
 
-    def sharding(self, logical_axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh) -> NamedSharding:
+    def sharding(self, logical_axes: Sequence[str | None], shape: Sequence[int],
+                 mesh: Mesh) -> NamedSharding:
         return NamedSharding(mesh, self.spec(logical_axes, shape, mesh))
 
 
 DEFAULT_RULES = ShardingRules()
+
+
+def _entry(axes: list[str]):
+    """A PartitionSpec entry over mesh `axes`: None for none, the axis for one, else a tuple."""
+    if not axes:
+        return None
+    return axes[0] if len(axes) == 1 else tuple(axes)
 
 
 def canonical_spec(spec: PartitionSpec, mesh: Mesh) -> PartitionSpec:
@@ -98,9 +106,8 @@ def canonical_spec(spec: PartitionSpec, mesh: Mesh) -> PartitionSpec:
     """
     entries = []
     for entry in spec:
-        axes = [a
-                for a in ((entry,) if isinstance(entry, str) else entry or ()) if mesh.shape[a] > 1]
-        entries.append(None if not axes else axes[0] if len(axes) == 1 else tuple(axes))
+        names = (entry,) if isinstance(entry, str) else entry or ()
+        entries.append(_entry([a for a in names if mesh.shape[a] > 1]))
     while entries and entries[-1] is None:
         entries.pop()
     return PartitionSpec(*entries)

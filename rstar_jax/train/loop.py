@@ -56,7 +56,7 @@ def fit(trainer, batches: Iterable, *, steps: int | None = None, eval_batches: l
     stream = itertools.islice(batches, start, None if remaining is None else start + remaining)
     position = start
     with tqdm.tqdm(stream, total=remaining, desc=f"train {trainer.task}", unit="step", leave=False,
-                   disable=False if progress else None if progress is None else True) as bar:
+                   disable=None if progress is None else not progress) as bar:
         for batch in bar:
             begin = time.perf_counter()
             metrics = trainer.step(batch)
