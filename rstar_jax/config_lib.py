@@ -1,4 +1,5 @@
-"""Pieces every config in configs/ shares (configs are Python files read by ml_collections config_flags)."""
+"""Pieces every config in configs/ shares (configs are Python files read by ml_collections
+config_flags)."""
 
 from __future__ import annotations
 
@@ -35,7 +36,8 @@ def mesh_config(data: int = 1, fsdp: int = -1, tensor: int = 1) -> ml_collection
 
 
 def train_config(*, sft_lr: float = 7e-6, ppm_lr: float = 7e-6, sft_batch: int = 128,
-                 ppm_batch: int = 512, max_length: int = 4096, microbatches: int = 1) -> ml_collections.ConfigDict:
+                 ppm_batch: int = 512, max_length: int = 4096,
+                 microbatches: int = 1) -> ml_collections.ConfigDict:
     """SFT and PPM training (RSTAR.md section 5; defaults are the reference code's: lr 7e-6,
     cosine, weight decay 0.1, 2 epochs of batch 128 for the policy, batch 512 and 5% held out for
     the PPM). Batches are global: rows per step over every device."""
@@ -133,7 +135,8 @@ MODEL_HOST_BATCHES = {("qwen25_math_7b", "v5p"): (64, 32)}
 TRAIN_TOKENS_PER_CHIP = {"": 8192, "v5e": 8192, "v5p": 32768}
 
 
-def pretrained_config(preset: str, checkpoint: str, chips: str | None = None) -> ml_collections.ConfigDict:
+def pretrained_config(preset: str, checkpoint: str,
+                      chips: str | None = None) -> ml_collections.ConfigDict:
     """A run whose policy starts from a pretrained checkpoint (Phi-3, Qwen2.5-Math) on a TPU pod:
     the paper's budgets, NuminaMath-style training problems from a local file, MATH500 to test;
     `chips` ("v5e", "v5p"; default both) sizes the searches' batches (HOST_BATCHES)."""

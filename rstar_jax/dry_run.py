@@ -37,15 +37,15 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from rstar_jax.engine.generation import _STOP_SLOTS, _decode, _extend, _pow2, activation_sharding, decode_bucket, \
-    prompt_bucket
+from rstar_jax.engine.generation import _STOP_SLOTS, _decode, _extend, _pow2, activation_sharding, \
+    decode_bucket, prompt_bucket
 from rstar_jax.engine.value import _stored_fork_values, _values
 from rstar_jax.models import DEFAULT_RULES, CausalLM
 from rstar_jax.train.devices import inference_mesh, mesh_from_config
 from rstar_jax.train.loop import flops_per_token
 from rstar_jax.train.batches import PPMBatch, SFTBatch
-from rstar_jax.train.trainer import TrainConfig, batch_arrays, make_optimizer, opt_state_shardings, \
-    split_microbatches, variable_sharding
+from rstar_jax.train.trainer import TrainConfig, batch_arrays, make_optimizer, \
+    opt_state_shardings, split_microbatches, variable_sharding
 from rstar_jax.train.trainer import train_step as sharded_train_step
 
 GIB = 2.0**30
@@ -213,7 +213,8 @@ def host_devices(topology: str, devices: Sequence) -> list:
 
 def meshes(config: ml_collections.ConfigDict, devices: Sequence, topology: str = "") -> tuple:
     """(training mesh over every device, inference mesh over one host's devices), as a run of
-    `config` makes them; `topology`: the slice's name, when `devices` are its compile-only devices."""
+    `config` makes them; `topology`: the slice's name, when `devices` are its compile-only
+    devices."""
     return (mesh_from_config(config.mesh, devices),
             inference_mesh(config.inference_mesh, host_devices(topology, devices)))
 
@@ -234,7 +235,10 @@ def _abstract_state(state, mesh, rules):
 
 def _array(shape, dtype, mesh, axes=None, rules=DEFAULT_RULES):
     """An abstract array: replicated, or laid out by logical `axes` as the engine lays it out."""
-    sharding = activation_sharding(mesh, rules, shape, axes) if axes else NamedSharding(mesh, PartitionSpec())
+    if axes:
+        sharding = activation_sharding(mesh, rules, shape, axes)
+    else:
+        sharding = NamedSharding(mesh, PartitionSpec())
     return jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
 
 
@@ -277,7 +281,8 @@ def train_step(model_config, mesh, *, task: str, rows: int, length: int, dtype=j
     spec = NamedSharding(mesh, PartitionSpec(None, ("data", "fsdp")))
     arrays = split_microbatches(task, batch_arrays(task, batch), microbatches)
     batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=spec) for k, v in arrays.items()}
-    name = f"{task} train step ({rows} x {length}{f', {microbatches} microbatches' if microbatches > 1 else ''})"
+    parts = f", {microbatches} microbatches" if microbatches > 1 else ""
+    name = f"{task} train step ({rows} x {length}{parts})"
     step = compile_call(name, sharded_train_step(mesh, params, shardings), graphdef, params,
                         opt_state, rest, batch, mesh=mesh, task=task, config=config, field=field)
     per_chip = train_flops(model_config, task, rows, length, remat) / mesh.devices.size
@@ -304,9 +309,11 @@ class SearchShape:
 
 
 def _store(c, mesh, rows: int, length: int, dtype, rules):
-    """A prefix store's arrays as `PrefixStore.take` makes them: per layer keys [S, K, D, L], values [S, K, L, D]."""
+    """A prefix store's arrays as `PrefixStore.take` makes them: per layer keys [S, K, D, L],
+    values [S, K, L, D]."""
     axes = ("act_batch", "act_kv_heads", None, None)
-    keys, values = (rows, c.num_key_value_heads, c.head_dim, length), (rows, c.num_key_value_heads, length, c.head_dim)
+    keys = (rows, c.num_key_value_heads, c.head_dim, length)
+    values = (rows, c.num_key_value_heads, length, c.head_dim)
     return tuple((_array(keys, dtype, mesh, axes, rules), _array(values, dtype, mesh, axes, rules))
                  for _ in range(c.num_hidden_layers))
 
@@ -318,12 +325,14 @@ def _split(model, mesh, rules):
 
 def search_calls(model_config, mesh, shape: SearchShape, *, context: int, store_rows: int,
                  dtype=jnp.bfloat16, attention: str = "xla", vocab_limit: int | None = None,
-                 score_rows: int = 64, rules=DEFAULT_RULES, cache: dict | None = None) -> list[Compiled]:
+                 score_rows: int = 64, rules=DEFAULT_RULES,
+                 cache: dict | None = None) -> list[Compiled]:
     """The engine's calls in one expansion of `shape`'s search, compiled on `mesh` with
     weights in `dtype` as `Engine.generate` and `ValueScorer.score_children` make them: the
     prefill of the batch's prompts and paths through the prefix store, the decode of `candidates`
     samples of each, and (with `ppm`) the PPM's values of the candidates through its own store.
-    The last row is what a PPM search holds at once: the decode's peak plus the PPM's weights and store."""
+    The last row is what a PPM search holds at once: the decode's peak plus the PPM's weights and
+    store."""
     c = model_config
     i32, f32 = np.int32, np.float32
     b, k = _pow2(shape.batch), shape.candidates
@@ -415,7 +424,8 @@ def table(title: str, results: Sequence[Compiled], hbm: float | None) -> str:
 
 
 def merged(results: Sequence[Compiled]) -> list[Compiled]:
-    """One row per function and shape, its users joined (the same compiled call serves several stages)."""
+    """One row per function and shape, its users joined (the same compiled call serves several
+    stages)."""
     rows: dict[str, Compiled] = {}
     for r in results:
         if r.name in rows:

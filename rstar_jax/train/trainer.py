@@ -57,14 +57,16 @@ class TrainConfig:
             raise ValueError(f"schedule must be cosine, linear or constant, got {self.schedule!r}")
         for name in ("warmup_steps", "total_steps", "microbatches"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < (1 if name != "warmup_steps" else 0):
+            least = 1 if name != "warmup_steps" else 0
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 raise ValueError(f"TrainConfig.{name} must be a "
                                  f"{'non-negative' if name == 'warmup_steps' else 'positive'} int, "
                                  f"got {value!r}")
         if self.warmup_steps > self.total_steps:
             raise ValueError(f"warmup_steps={self.warmup_steps} exceeds "
                              f"total_steps={self.total_steps}")
-        if isinstance(self.loss_chunk, bool) or not isinstance(self.loss_chunk, int) or self.loss_chunk < 0:
+        chunk = self.loss_chunk
+        if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 0:
             raise ValueError("TrainConfig.loss_chunk must be an int >= 0 (0: no chunks), got "
                              f"{self.loss_chunk!r}")
         if not self.learning_rate > 0 or self.clip_norm < 0:
@@ -97,7 +99,9 @@ def variable_sharding(v: nnx.Variable, mesh, rules) -> NamedSharding:
     has none."""
     axes = getattr(v, "axes", None)
     shape = v.get_value().shape
-    return rules.sharding(axes, shape, mesh) if axes is not None else NamedSharding(mesh, PartitionSpec())
+    if axes is None:
+        return NamedSharding(mesh, PartitionSpec())
+    return rules.sharding(axes, shape, mesh)
 
 
 def create_sharded(make, mesh, rules=None):
@@ -116,7 +120,8 @@ def create_sharded(make, mesh, rules=None):
     return nnx.merge(graphdef, state)
 
 
-def _loss_sums(model, task: str, batch: dict, loss_chunk: int = 0) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+def _loss_sums(model, task: str, batch: dict,
+               loss_chunk: int = 0) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """(loss sum, count, correct, judged) of one microbatch; the last two are the PPM's pairs
     ranked right and the ORM's outcomes called right (the score's sign), and their counts.
     loss_chunk: see `TrainConfig`."""
@@ -177,7 +182,8 @@ _SHARDED_STEPS: dict = {}
 def train_step(mesh, params, opt_shardings):
     """The jitted training step on `mesh`: its outputs keep the shardings of `params` and
     `opt_shardings`, so the optimizer state stays sharded like the parameters from step to step.
-    One jitted function per set of shardings: the trainers of later rounds reuse its compilations."""
+    One jitted function per set of shardings: the trainers of later rounds reuse its
+    compilations."""
     out = (jax.tree.map(lambda x: x.sharding, params), opt_shardings,
            NamedSharding(mesh, PartitionSpec()))
     key = (jax.tree.structure(out), tuple(jax.tree.leaves(out)))
@@ -243,7 +249,8 @@ def split_microbatches(task: str, arrays: dict, microbatches: int) -> dict:
 
 
 class Trainer:
-    """Trains `model` (a CausalLM; with a value head for tasks "ppm" and "orm") in place of its parameters.
+    """Trains `model` (a CausalLM; with a value head for tasks "ppm" and "orm") in place of its
+    parameters.
 
     `step(batch)` runs one optimiser step on an SFTBatch or PPMBatch and returns float metrics
     (loss, count, grad_norm, accuracy for the PPM, lr); `evaluate(batches)` the held-out loss
