@@ -44,9 +44,10 @@ def main():
 
     peak, bandwidth = matmul_peak(args.repeats), read_bandwidth(args.repeats)
     step_params = config.num_params(include_embeddings=False) + config.hidden_size * config.vocab_size
-    print(f"Qwen2 {config.num_params() / 1e6:.1f}M params ({step_params / 1e6:.1f}M read per decode step), "
-          f"prompt {PROMPT}, {NEW} new tokens, float32; XLA matmul peak {peak / 1e9:.0f} GFLOP/s, "
-          f"read bandwidth {bandwidth / 1e9:.1f} GB/s, torch threads {torch.get_num_threads()}")
+    print(f"Qwen2 {config.num_params() / 1e6:.1f}M params ({step_params / 1e6:.1f}M read per "
+          f"decode step), prompt {PROMPT}, {NEW} new tokens, float32; XLA matmul peak "
+          f"{peak / 1e9:.0f} GFLOP/s, read bandwidth {bandwidth / 1e9:.1f} GB/s, torch threads "
+          f"{torch.get_num_threads()}")
     print(f"{'batch':>5s}{'transformers tok/s':>20s}{'rstar_jax tok/s':>17s}{'ratio':>7s}"
           f"{'roofline tok/s':>16s}{'% of roofline':>15s}")
     results = {}
@@ -56,15 +57,16 @@ def main():
 
         def peer(torch_ids=torch_ids):
             with torch.inference_mode():
-                return reference.generate(torch_ids, do_sample=False, max_new_tokens=NEW, min_new_tokens=NEW,
-                                          pad_token_id=0)[:, PROMPT:].numpy()
+                return reference.generate(torch_ids, do_sample=False, max_new_tokens=NEW,
+                                          min_new_tokens=NEW, pad_token_id=0)[:, PROMPT:].numpy()
 
         def ours(ids=ids):
             return engine.generate(ids, max_new_tokens=NEW).tokens
 
         agree = float(np.mean(peer() == ours()))
         if agree < 0.95:
-            raise SystemExit(f"greedy tokens agree on only {agree:.0%} at batch {batch}; timing would mean nothing")
+            raise SystemExit(f"greedy tokens agree on only {agree:.0%} at batch {batch}; timing "
+                             "would mean nothing")
         t_peer, t_ours = median_seconds(peer, args.repeats), median_seconds(ours, args.repeats)
         # The weights dominate the bytes of every forward; the KV cache is small here.
         layers = config.num_params(include_embeddings=False)
@@ -83,23 +85,25 @@ def main():
                            args.repeats)
     rows = rng.randint(3, config.vocab_size, (FAN_OUT, PROMPT)).astype(np.int32)
     lengths = np.full((FAN_OUT,), PROMPT, np.int32)
-    prefix_keys, prefix_values, first = engine_module._prefill(engine.graphdef, engine.state, rows, lengths,
-                                                               lengths + NEW)
+    prefix_keys, prefix_values, first = engine_module._prefill(engine.graphdef, engine.state, rows,
+                                                               lengths, lengths + NEW)
     jax.block_until_ready(prefix_keys)
     buffers = [engine._take_buffers(FAN_OUT, NEW)]
 
     def decode_only():
         tokens, _, _, _, buffers[0] = engine_module._decode(
-            engine.graphdef, engine.state, prefix_keys, prefix_values, lengths, lengths + NEW, first, buffers[0],
-            np.ones((FAN_OUT,), bool),
-            np.arange(FAN_OUT, dtype=np.uint32), np.ones((FAN_OUT,), np.float32), np.zeros((FAN_OUT,), np.int32),
+            engine.graphdef, engine.state, prefix_keys, prefix_values, lengths, lengths + NEW,
+            first, buffers[0], np.ones((FAN_OUT,), bool),
+            np.arange(FAN_OUT, dtype=np.uint32), np.ones((FAN_OUT,), np.float32),
+            np.zeros((FAN_OUT,), np.int32),
             np.ones((FAN_OUT,), np.float32), np.full((8,), -1, np.int32), np.int32(NEW), samples=1,
             vocab_limit=config.vocab_size, pad_id=0, with_logprobs=False)
         return np.asarray(tokens)
 
     t_rows = median_seconds(decode_only, args.repeats)
-    print(f"fan-out K={FAN_OUT} from one {PROMPT}-token prompt: {t_fan * 1e3:.0f} ms; decoding {FAN_OUT} "
-          f"prefilled rows: {t_rows * 1e3:.0f} ms; ratio {t_fan / t_rows:.2f} (target <= 1.2)")
+    print(f"fan-out K={FAN_OUT} from one {PROMPT}-token prompt: {t_fan * 1e3:.0f} ms; decoding "
+          f"{FAN_OUT} prefilled rows: {t_rows * 1e3:.0f} ms; ratio {t_fan / t_rows:.2f} (target <= "
+          "1.2)")
     ours, peer, pct = results[16]
     print(f"RESULT name=decode_tokens_per_s value={ours:.0f} unit=tokens/s peer={peer:.0f} "
           f"ratio={ours / peer:.2f} limit_pct={pct:.1f}")

@@ -59,7 +59,8 @@ def main():
     ours_f32, ours_bf16 = jitted(models[jnp.float32]), jitted(models[jnp.bfloat16])
     error = float(np.abs(np.asarray(ours_f32()) - torch_forward().numpy()).max())
     if error > 1e-3:
-        raise SystemExit(f"the two models disagree (max |logit diff| {error:.1e}); timing them would mean nothing")
+        raise SystemExit(f"the two models disagree (max |logit diff| {error:.1e}); timing them "
+                         "would mean nothing")
 
     tokens = BATCH * LENGTH
     peak = matmul_peak(args.repeats)
@@ -69,12 +70,15 @@ def main():
     t_bf16 = median_seconds(ours_bf16, args.repeats)
     flops = model_flops(config, tokens)
 
-    print(f"prefill {BATCH} x {LENGTH} tokens, Qwen2 {sum(p.numel() for p in reference.parameters()) / 1e6:.1f}M "
-          f"params, {flops / 1e9:.0f} GFLOP per forward; max |logit diff| vs transformers {error:.1e}")
-    print(f"XLA matmul peak (2048^3): float32 {peak / 1e9:.0f} GFLOP/s, bfloat16 {peak_bf16 / 1e9:.0f} GFLOP/s; "
-          f"devices: {jax.devices()[0].platform}, torch threads: {torch.get_num_threads()}")
+    print(f"prefill {BATCH} x {LENGTH} tokens, Qwen2 "
+          f"{sum(p.numel() for p in reference.parameters()) / 1e6:.1f}M params, {flops / 1e9:.0f} "
+          f"GFLOP per forward; max |logit diff| vs transformers {error:.1e}")
+    print(f"XLA matmul peak (2048^3): float32 {peak / 1e9:.0f} GFLOP/s, bfloat16 "
+          f"{peak_bf16 / 1e9:.0f} GFLOP/s; devices: {jax.devices()[0].platform}, torch threads: "
+          f"{torch.get_num_threads()}")
     print(f"{'':28s}{'seconds':>10s}{'tokens/s':>12s}{'GFLOP/s':>10s}{'% of its peak':>15s}")
-    for name, seconds, limit in [("transformers (torch, f32)", t_torch, peak), ("rstar_jax (f32)", t_f32, peak),
+    for name, seconds, limit in [("transformers (torch, f32)", t_torch, peak),
+                                 ("rstar_jax (f32)", t_f32, peak),
                                  ("rstar_jax (bf16 compute)", t_bf16, peak_bf16)]:
         print(f"{name:28s}{seconds:10.3f}{tokens / seconds:12.0f}{flops / seconds / 1e9:10.0f}"
               f"{100 * flops / seconds / limit:14.1f}%")

@@ -83,8 +83,8 @@ def read_json(directory: pathlib.Path) -> int:
     with (directory / "trees.jsonl").open() as f:
         for line in f:
             d = json.loads(line)
-            for k in ("parent", "depth", "children", "visits", "value_sum", "init_value", "reward", "terminal",
-                      "valid", "is_answer", "errors"):
+            for k in ("parent", "depth", "children", "visits", "value_sum", "init_value", "reward",
+                      "terminal", "valid", "is_answer", "errors"):
                 d[k] = np.asarray(d[k])
             n += 1
     return n
@@ -100,15 +100,17 @@ def round_seconds_per_tree(problems: int = 8, rollouts: int = 4) -> float:
     from rstar_jax.testing import steered_tiny_policy, tiny_tokenizer
 
     tokenizer = tiny_tokenizer(tempfile.mkdtemp(prefix="records-bench-tok-"))
-    engine = Engine(steered_tiny_policy(tokenizer, 0), vocab_size=tokenizer.vocab_size, pad_id=tokenizer.pad_id)
-    scorer = ValueScorer(steered_tiny_policy(tokenizer, 1, value_head=True), pad_id=tokenizer.pad_id, max_rows=1024)
-    config = SearchConfig(mode=Mode.PPM, rollouts=rollouts, candidates=4, max_depth=8, errors_threshold=8,
-                          max_step_tokens=32, max_output_tokens=32)
+    engine = Engine(steered_tiny_policy(tokenizer, 0), vocab_size=tokenizer.vocab_size,
+                    pad_id=tokenizer.pad_id)
+    scorer = ValueScorer(steered_tiny_policy(tokenizer, 1, value_head=True),
+                         pad_id=tokenizer.pad_id, max_rows=1024)
+    config = SearchConfig(mode=Mode.PPM, rollouts=rollouts, candidates=4, max_depth=8,
+                          errors_threshold=8, max_step_tokens=32, max_output_tokens=32)
     items = [Problem(f"What is {i} + {i % 7}?", str(i + i % 7)) for i in range(problems)]
     with CodeExecutor(num_workers=2) as executor:
         def once():
-            return run_search(items, EnginePolicy(engine, tokenizer, config), executor, tokenizer, config,
-                              scorer=scorer, batch_size=problems, progress=False)
+            return run_search(items, EnginePolicy(engine, tokenizer, config), executor, tokenizer,
+                              config, scorer=scorer, batch_size=problems, progress=False)
         once()
         seconds, _ = _timed(once)
     return seconds / problems
@@ -134,7 +136,8 @@ def main():
             t, n = _timed(lambda: sum(1 for _ in records.read_records(root / "ours", "tree")))
             assert n == len(trees), n
             rows["read"].append(t)
-            rows["json_write"].append(_timed(lambda: write_json(root / "json", trees, sft, pairs))[0])
+            rows["json_write"].append(_timed(lambda: write_json(root / "json", trees, sft,
+                                                                pairs))[0])
             rows["json_read"].append(_timed(lambda: read_json(root / "json"))[0])
             size = sum(f.stat().st_size for f in (root / "ours").iterdir())
             json_size = sum(f.stat().st_size for f in (root / "json").iterdir())
@@ -154,8 +157,8 @@ def main():
     ours, peer = med["extract"] + med["write"], med["extract"] + med["json_write"]
     per_tree = round_seconds_per_tree()
     share = ours / n / per_tree
-    print(f"a round's search: {per_tree:.2f} s per tree (tiny policy, 4 rollouts, K=4); extraction + writing "
-          f"{1000 * ours / n:.2f} ms per tree = {100 * share:.3f}% of it (target <= 5%)")
+    print(f"a round's search: {per_tree:.2f} s per tree (tiny policy, 4 rollouts, K=4); extraction "
+          f"+ writing {1000 * ours / n:.2f} ms per tree = {100 * share:.3f}% of it (target <= 5%)")
     print(f"RESULT name=records_trees_per_s value={n / ours:.0f} unit=trees/s peer={n / peer:.0f} "
           f"ratio={peer / ours:.2f} limit_pct={math.nan}")
 

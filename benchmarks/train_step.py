@@ -47,19 +47,22 @@ def main():
     ids = rng.integers(0, QWEN2_45M["vocab_size"], size=(BATCH, LENGTH + 1)).astype(np.int32)
     batch = SFTBatch(inputs=ids[:, :-1], targets=ids[:, 1:],
                      positions=np.broadcast_to(np.arange(LENGTH, dtype=np.int32), (BATCH, LENGTH)).copy(),
-                     segment_ids=np.ones((BATCH, LENGTH), np.int32), weights=np.ones((BATCH, LENGTH), np.float32))
+                     segment_ids=np.ones((BATCH, LENGTH), np.int32),
+                     weights=np.ones((BATCH, LENGTH), np.float32))
     tokens = BATCH * LENGTH
 
     reference, (ours_f32,) = random_qwen2((jnp.float32,))
     config = ours_f32.config
-    optimizer = torch.optim.AdamW(reference.parameters(), lr=1e-5, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(reference.parameters(), lr=1e-5, betas=(0.9, 0.95), eps=1e-8,
+                                  weight_decay=0.0)
     reference.train()
     inputs, targets = torch.from_numpy(ids[:, :-1].astype(np.int64)), torch.from_numpy(ids[:, 1:].astype(np.int64))
 
     def torch_step():
         optimizer.zero_grad(set_to_none=True)
         logits = reference(input_ids=inputs).logits
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                                 targets.reshape(-1))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(reference.parameters(), 1.0)
         optimizer.step()
@@ -67,15 +70,18 @@ def main():
     train = TrainConfig(learning_rate=1e-5, total_steps=10_000)
     # bf16 compute with f32 master weights: the same weights, stored f32, computed in bf16.
     mixed = CausalLM(config, dtype=jnp.bfloat16, param_dtype=jnp.float32, rngs=nnx.Rngs(0))
-    nnx.update(mixed, jax.tree.map(jnp.array, nnx.state(ours_f32, nnx.Param)))  # copies: steps donate
+    # copies: steps donate
+    nnx.update(mixed, jax.tree.map(jnp.array, nnx.state(ours_f32, nnx.Param)))
     trainers = {"f32": Trainer(ours_f32, train, "sft"), "bf16": Trainer(mixed, train, "sft")}
 
     t_torch = median_seconds(torch_step, args.repeats)
-    times = {k: median_seconds(lambda t=t: t.step(batch), args.repeats) for k, t in trainers.items()}
+    times = {k: median_seconds(lambda t=t: t.step(batch), args.repeats)
+             for k, t in trainers.items()}
     peak, peak_bf16 = matmul_peak(args.repeats), matmul_peak(args.repeats, jnp.bfloat16)
     flops = train_flops(config, tokens)
     print(f"Qwen2 {config.num_params() / 1e6:.0f}M parameters, batch {BATCH} x {LENGTH}, AdamW; "
-          f"XLA matmul peak float32 {peak / 1e9:.0f} GFLOP/s, bfloat16 {peak_bf16 / 1e9:.0f} GFLOP/s")
+          f"XLA matmul peak float32 {peak / 1e9:.0f} GFLOP/s, bfloat16 {peak_bf16 / 1e9:.0f} "
+          "GFLOP/s")
     print(f"{'':34s}{'s/step':>9s}{'tokens/s':>10s}{'GFLOP/s':>9s}{'% of its peak':>15s}")
     for name, seconds, limit in [("transformers + torch AdamW (f32)", t_torch, peak),
                                  ("rstar_jax Trainer (f32)", times["f32"], peak),

@@ -12,4 +12,5 @@ from rstar_jax import config_lib
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """arg: the slice's chips, "v5e" or "v5p" (configs/phi3.py:v5p), which sizes the searches'
     batches; none: batches that fit both."""
-    return config_lib.pretrained_config("phi3_mini_4k", checkpoint="/mnt/models/Phi-3-mini-4k-instruct", chips=arg)
+    return config_lib.pretrained_config("phi3_mini_4k",
+                                        checkpoint="/mnt/models/Phi-3-mini-4k-instruct", chips=arg)

@@ -12,4 +12,5 @@ from rstar_jax import config_lib
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """arg: the slice's chips, "v5e" or "v5p" (configs/qwen25_math_1p5b.py:v5p), which sizes the searches'
     batches; none: batches that fit both."""
-    return config_lib.pretrained_config("qwen25_math_1p5b", checkpoint="/mnt/models/Qwen2.5-Math-1.5B", chips=arg)
+    return config_lib.pretrained_config("qwen25_math_1p5b",
+                                        checkpoint="/mnt/models/Qwen2.5-Math-1.5B", chips=arg)

@@ -37,7 +37,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.mesh = config_lib.mesh_config(data=-1, fsdp=1)
     # Small batches and a high learning rate: a small model, minutes of training, sized in steps
     # (the paper's 2 epochs of a few hundred examples would be a handful of steps).
-    config.train = config_lib.train_config(sft_lr=3e-4, ppm_lr=1e-3, sft_batch=8, ppm_batch=8, max_length=512)
+    config.train = config_lib.train_config(sft_lr=3e-4, ppm_lr=1e-3, sft_batch=8, ppm_batch=8,
+                                           max_length=512)
     # A step takes about 1 s here (8 x 512 tokens, or 8 pairs): several passes over a round's
     # examples and pairs.
     steps = (2, 2, 2) if smoke else (20, 40, 40)
@@ -52,7 +53,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # far more certain than a 7B model: at the paper's 0.7 its four samples of a step are mostly
     # the same text, and the trees are single paths. Measured on 96 round-1 problems (64 of
     # level 3): 136 trajectories and 2 step pairs at 0.7, 178 and 8 at 1.2.
-    per_round = {f"round{r}": {"candidates": 4, "rollouts": rollouts, "temperature": 1.2} for r in (1, 2, 3, 4)}
+    per_round = {f"round{r}": {"candidates": 4, "rollouts": rollouts, "temperature": 1.2}
+                 for r in (1, 2, 3, 4)}
     # Round 4 searches the problems it left unsolved again (the paper: 64 rollouts instead of
     # 16); here with half the rollouts in the 15-minute default, twice as many in the study.
     per_round["round4"]["unsolved_rollouts"] = 2 * rollouts if study else rollouts // 2
@@ -67,7 +69,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config, train=spec(n_train, TRAIN_SEED, "1233"), test=spec(n_test, TEST_SEED, "123"),
         exclude=PRETRAINING, max_train=n_train, max_test=n_test,
         bootstrap="base", search=budget, rounds_search=per_round,
-        # (2 candidates an expansion, 4 in the smoke test: the trajectory budget, N = 4, is the same)
+        # (2 candidates an expansion, 4 in the smoke test: the trajectory budget, N = 4, is the
+        # same)
         eval_search={"candidates": 4 if smoke else 2, "rollouts": 4, "temperature": 1.0},
         chunk=4 if smoke else 64, batch=64)
     # Test-time sampling at the paper's test temperature: at 0.7 the samples of a tiny policy are

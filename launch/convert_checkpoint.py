@@ -23,12 +23,15 @@ from absl import app, flags
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-_SOURCE = flags.DEFINE_string("source", None, "A Hugging Face model directory: config.json, *.safetensors and the "
+_SOURCE = flags.DEFINE_string("source", None,
+                              "A Hugging Face model directory: config.json, *.safetensors and the "
                               "tokenizer files (tokenizer.model or tokenizer.json).")
 _OUT = flags.DEFINE_string("out", None, "The new directory to write (must not exist, or be empty).")
-_TOKENIZER = flags.DEFINE_string("tokenizer", None, "The checkpoint's tokenizer directory, when its files are not in "
+_TOKENIZER = flags.DEFINE_string("tokenizer", None,
+                                 "The checkpoint's tokenizer directory, when its files are not in "
                                  "--source.")
-_PAD_TO = flags.DEFINE_integer("pad_to_multiple", 128, "When the new ids do not fit the embedding table, it grows to "
+_PAD_TO = flags.DEFINE_integer("pad_to_multiple", 128,
+                               "When the new ids do not fit the embedding table, it grows to "
                                "a multiple of this many rows.")
 flags.mark_flags_as_required(["source", "out"])
 
@@ -45,16 +48,18 @@ def main(argv):
         print(f"error: {e}", file=sys.stderr)
         return 2
     if not summary["written"]:
-        print(f"{summary['tokenizer']} already has every step token ({json.dumps(summary['present'])}): "
-              f"nothing to convert, nothing written; use {summary['source']} as it is")
+        print(f"{summary['tokenizer']} already has every step token "
+              f"({json.dumps(summary['present'])}): nothing to convert, nothing written; use "
+              f"{summary['source']} as it is")
         return 0
     print(f"added {len(summary['added'])} step tokens: {json.dumps(summary['added'])}")
     if summary["present"]:
         print(f"already single tokens, kept: {json.dumps(summary['present'])}")
     grew = "" if summary["rows_after"] == summary["rows_before"] else " (grown)"
-    print(f"embedding rows: {summary['rows_before']} -> {summary['rows_after']}{grew}; tokenizer ids: "
-          f"{summary['tokenizer_ids_before']} -> {summary['tokenizer_ids_after']}; "
-          f"weights in {summary['dtype']}; new rows at the mean of the first {summary['tokenizer_ids_before']}")
+    print(f"embedding rows: {summary['rows_before']} -> {summary['rows_after']}{grew}; tokenizer "
+          f"ids: {summary['tokenizer_ids_before']} -> {summary['tokenizer_ids_after']}; weights in "
+          f"{summary['dtype']}; new rows at the mean of the first "
+          f"{summary['tokenizer_ids_before']}")
     print(f"written to {summary['out']}; use --config.model.checkpoint={summary['out']}")
     return 0
 

@@ -18,9 +18,11 @@ from ml_collections import config_flags
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/tiny.py[:variant].")
+_CONFIG = config_flags.DEFINE_config_file("config", None,
+                                          "Config file, e.g. configs/tiny.py[:variant].")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where rounds, checkpoints and reports go.")
-_CACHE_DIR = flags.DEFINE_string("cache_dir", None, "With a URL --workdir (gs://...): the local copy it is worked "
+_CACHE_DIR = flags.DEFINE_string("cache_dir", None,
+                                 "With a URL --workdir (gs://...): the local copy it is worked "
                                   "in (default ~/.cache/rstar_jax/workdirs/<scheme>/<path>).")
 flags.mark_flags_as_required(["config", "workdir"])
 

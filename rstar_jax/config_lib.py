@@ -1,4 +1,5 @@
-"""Pieces every config in configs/ shares (configs are Python files read by ml_collections config_flags)."""
+"""Pieces every config in configs/ shares (configs are Python files read by ml_collections
+config_flags)."""
 
 from __future__ import annotations
 
@@ -10,17 +11,19 @@ import ml_collections
 TINY_BASE = str(pathlib.Path(__file__).parent / "assets" / "tiny_base")
 
 
-def model_config(preset: str, checkpoint: str, *, dtype: str = "bfloat16", param_dtype: str = "float32",
-                 attention: str = "xla", remat: bool = True,
+def model_config(preset: str, checkpoint: str, *, dtype: str = "bfloat16",
+                 param_dtype: str = "float32", attention: str = "xla", remat: bool = True,
                  scan_layers: bool = True) -> ml_collections.ConfigDict:
     """The policy/PPM model: which architecture (`rstar_jax.models.presets`), where its weights are,
     and how to run it."""
     return ml_collections.ConfigDict({
         "preset": preset,  # checked against the checkpoint's config.json
-        "checkpoint": checkpoint,  # Hugging Face directory (config.json + safetensors); never a hub id
+        # Hugging Face directory (config.json + safetensors); never a hub id
+        "checkpoint": checkpoint,
         "dtype": dtype,  # compute dtype
         "param_dtype": param_dtype,  # master weights
-        "attention": attention,  # "xla" (everywhere) or "dot_product" (fused kernel where the backend has one)
+        # "xla" (everywhere) or "dot_product" (fused kernel where the backend has one)
+        "attention": attention,
         "remat": remat,  # recompute blocks in the backward pass to fit long sequences
         # training runs the layers as a lax.scan: the compiler sees one block, not every layer
         "scan_layers": scan_layers,
@@ -32,8 +35,9 @@ def mesh_config(data: int = 1, fsdp: int = -1, tensor: int = 1) -> ml_collection
     return ml_collections.ConfigDict({"data": data, "fsdp": fsdp, "tensor": tensor})
 
 
-def train_config(*, sft_lr: float = 7e-6, ppm_lr: float = 7e-6, sft_batch: int = 128, ppm_batch: int = 512,
-                 max_length: int = 4096, microbatches: int = 1) -> ml_collections.ConfigDict:
+def train_config(*, sft_lr: float = 7e-6, ppm_lr: float = 7e-6, sft_batch: int = 128,
+                 ppm_batch: int = 512, max_length: int = 4096,
+                 microbatches: int = 1) -> ml_collections.ConfigDict:
     """SFT and PPM training (RSTAR.md section 5; defaults are the reference code's: lr 7e-6,
     cosine, weight decay 0.1, 2 epochs of batch 128 for the policy, batch 512 and 5% held out for
     the PPM). Batches are global: rows per step over every device."""
@@ -48,17 +52,20 @@ def train_config(*, sft_lr: float = 7e-6, ppm_lr: float = 7e-6, sft_batch: int =
     return ml_collections.ConfigDict({
         # loss_chunk: positions whose logits the SFT loss makes at once (0: a row's whole length);
         # a large vocabulary's float32 logits of a whole batch would not fit a chip.
-        "sft": {**common, "learning_rate": sft_lr, "epochs": 2, "batch": sft_batch, "loss_chunk": 0},
-        "ppm": {**reward, "value_tanh": True},  # the paper's tanh head; False trains as the reference code does
-        # The outcome reward model, the PPM's baseline (RSTAR.md section 5): trained like the PPM, on
-        # whole trajectories labelled right or wrong, in the rounds listed (none: no ORM).
+        "sft": {**common, "learning_rate": sft_lr, "epochs": 2, "batch": sft_batch,
+                "loss_chunk": 0},
+        # the paper's tanh head; False trains as the reference code does
+        "ppm": {**reward, "value_tanh": True},
+        # The outcome reward model, the PPM's baseline (RSTAR.md section 5): trained like the PPM,
+        # on whole trajectories labelled right or wrong, in the rounds listed (none: no ORM).
         "orm": {**reward, "rounds": ()},
         "distributed": None,  # None: join other processes when the environment lists several
     })
 
 
-def evolve_config(config: ml_collections.ConfigDict, *, train: str, test: str, bootstrap: str = "few_shot",
-                  rounds: int = 4, search: dict | None = None, rounds_search: dict | None = None,
+def evolve_config(config: ml_collections.ConfigDict, *, train: str, test: str,
+                  bootstrap: str = "few_shot", rounds: int = 4, search: dict | None = None,
+                  rounds_search: dict | None = None,
                   eval_search: dict | None = None, searches: int = 1, max_train: int = 0,
                   exclude: str = "", max_test: int = 0, chunk: int = 256, batch: int = 32
                   ) -> ml_collections.ConfigDict:
@@ -75,7 +82,8 @@ def evolve_config(config: ml_collections.ConfigDict, *, train: str, test: str, b
     config.rounds = rounds
     config.problems = ml_collections.ConfigDict({"train": train, "test": test, "exclude": exclude,
                                                  "max_train": max_train, "max_test": max_test})
-    config.bootstrap = ml_collections.ConfigDict({"kind": bootstrap, "checkpoint": "", "fraction": 0.25})
+    config.bootstrap = ml_collections.ConfigDict({"kind": bootstrap, "checkpoint": "",
+                                                  "fraction": 0.25})
     config.search = ml_collections.ConfigDict({
         "preset": "paper",  # SearchConfig.preset: "paper" or "reference_code"
         "chunk": chunk,  # problems per record shard: a stopped search keeps every finished chunk
@@ -86,10 +94,12 @@ def evolve_config(config: ml_collections.ConfigDict, *, train: str, test: str, b
     config.extract = ml_collections.ConfigDict({})  # ExtractConfig fields; empty: the paper's
     config.eval = ml_collections.ConfigDict({
         "batch": batch, "searches": searches, "search": eval_search or {},
-        "samples": 0,  # maj@N and best-of-N samples; 0: N = the test-time search's rollouts x searches
+        # maj@N and best-of-N samples; 0: N = the test-time search's rollouts x searches
+        "samples": 0,
         "temperature": 0.7,  # of those samples
         "methods": ("greedy", "sampled", "mcts"),  # evaluate.METHODS run in every round...
-        "light_rounds": (),  # ...except these rounds, which run only `light_methods` (a time budget)
+        # ...except these rounds, which run only `light_methods` (a time budget)
+        "light_rounds": (),
         "light_methods": ("greedy",),
         "skip_rounds": ()})  # rounds not evaluated at all (a time budget)
     # workers: sandboxed Python processes checking steps on each host; 0: as many as the host's
@@ -103,11 +113,13 @@ def evolve_config(config: ml_collections.ConfigDict, *, train: str, test: str, b
     # HBM, stop (rstar_jax.dry_run); with a Cloud TPU topology such as "v5p:4x4x4" or "v5e:8x8" the
     # TPU compiler compiles for that slice without one (pip install -e '.[tpu]').
     # JAX's persistent compilation cache: "workdir" (<the run's local directory>/jax_cache), a path
-    # or URL (gs://...), or "" (off). A resumed or preempted run compiles nothing it compiled before.
+    # or URL (gs://...), or "" (off). A resumed or preempted run compiles nothing it compiled
+    # before.
     config.compilation_cache = "workdir"
     config.dry_run = False
     config.dry_run_topology = ""
-    config.dry_run_parts = "train,search"  # what to compile: the training steps, the search and evaluation calls
+    # what to compile: the training steps, the search and evaluation calls
+    config.dry_run_parts = "train,search"
     return config
 
 
@@ -123,12 +135,14 @@ MODEL_HOST_BATCHES = {("qwen25_math_7b", "v5p"): (64, 32)}
 TRAIN_TOKENS_PER_CHIP = {"": 8192, "v5e": 8192, "v5p": 32768}
 
 
-def pretrained_config(preset: str, checkpoint: str, chips: str | None = None) -> ml_collections.ConfigDict:
+def pretrained_config(preset: str, checkpoint: str,
+                      chips: str | None = None) -> ml_collections.ConfigDict:
     """A run whose policy starts from a pretrained checkpoint (Phi-3, Qwen2.5-Math) on a TPU pod:
     the paper's budgets, NuminaMath-style training problems from a local file, MATH500 to test;
     `chips` ("v5e", "v5p"; default both) sizes the searches' batches (HOST_BATCHES)."""
     if (chips or "") not in HOST_BATCHES:
-        raise ValueError(f"unknown chips {chips!r}; known: {', '.join(k for k in HOST_BATCHES if k)}")
+        raise ValueError(f"unknown chips {chips!r}; known: "
+                         f"{', '.join(k for k in HOST_BATCHES if k)}")
     search_batch, eval_batch = MODEL_HOST_BATCHES.get((preset, chips), HOST_BATCHES[chips or ""])
     config = ml_collections.ConfigDict()
     config.seed = 0
@@ -140,7 +154,8 @@ def pretrained_config(preset: str, checkpoint: str, chips: str | None = None) ->
                   search={"max_depth": 16, "max_step_tokens": 512, "max_output_tokens": 64},
                   eval_search={"rollouts": 64}, chunk=1024, batch=search_batch)
     config.eval.batch = eval_batch
-    config.inference_mesh = mesh_config(data=1, fsdp=1, tensor=-1)  # tensor parallel over a host's chips
+    # tensor parallel over a host's chips
+    config.inference_mesh = mesh_config(data=1, fsdp=1, tensor=-1)
     config.train.sft.loss_chunk = 512
     config.executor.workers = 0  # a TPU VM host has 100-200 cores
     for task in ("sft", "ppm", "orm"):

@@ -37,15 +37,15 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from rstar_jax.engine.generation import _STOP_SLOTS, _decode, _extend, _pow2, activation_sharding, decode_bucket, \
-    prompt_bucket
+from rstar_jax.engine.generation import _STOP_SLOTS, _decode, _extend, _pow2, activation_sharding, \
+    decode_bucket, prompt_bucket
 from rstar_jax.engine.value import _stored_fork_values, _values
 from rstar_jax.models import DEFAULT_RULES, CausalLM
 from rstar_jax.train.devices import inference_mesh, mesh_from_config
 from rstar_jax.train.loop import flops_per_token
 from rstar_jax.train.batches import PPMBatch, SFTBatch
-from rstar_jax.train.trainer import TrainConfig, batch_arrays, make_optimizer, opt_state_shardings, \
-    split_microbatches, variable_sharding
+from rstar_jax.train.trainer import TrainConfig, batch_arrays, make_optimizer, \
+    opt_state_shardings, split_microbatches, variable_sharding
 from rstar_jax.train.trainer import train_step as sharded_train_step
 
 GIB = 2.0**30
@@ -75,8 +75,10 @@ class Compiled:
     bytes_accessed: float = -1.0
     field: str = ""  # the config field that sizes it, named when it does not fit
     used_by: str = ""  # which stages of the run call it
-    error: str = ""  # the compiler's refusal when the function cannot fit a chip (then only temporaries are known)
-    # seconds a call takes at the chip's peak (`roofline`, or analytic FLOPs for a training step); -1: unknown
+    # the compiler's refusal when the function cannot fit a chip (then only temporaries are known)
+    error: str = ""
+    # seconds a call takes at the chip's peak (`roofline`, or analytic FLOPs for a training step);
+    # -1: unknown
     ideal_s: float = -1.0
 
     @property
@@ -88,12 +90,17 @@ class Compiled:
         return bool(self.error) or (hbm_gib is not None and self.peak > hbm_gib * GIB)
 
     def row(self, hbm_gib: float | None) -> str:
-        fits = "**no**" if self.over(hbm_gib) else "-" if hbm_gib is None else "yes"
+        if self.over(hbm_gib):
+            fits = "**no**"
+        elif hbm_gib is None:
+            fits = "-"
+        else:
+            fits = "yes"
         cost = [f"{x:.3g}" if x >= 0 else "-" for x in (self.flops, self.bytes_accessed)]
         ideal = f"{1e3 * self.ideal_s:.3g}" if self.ideal_s >= 0 else "-"
-        return (f"| {self.name} | {self.used_by} | {self.arguments / GIB:.3g} | {self.outputs / GIB:.3g} | "
-                f"{self.temporaries / GIB:.3g} | {self.peak / GIB:.3g} | {fits} | {self.seconds:.1f} | "
-                f"{cost[0]} | {cost[1]} | {ideal} |")
+        return (f"| {self.name} | {self.used_by} | {self.arguments / GIB:.3g} | "
+                f"{self.outputs / GIB:.3g} | {self.temporaries / GIB:.3g} | {self.peak / GIB:.3g} "
+                f"| {fits} | {self.seconds:.1f} | {cost[0]} | {cost[1]} | {ideal} |")
 
 
 def compile_call(name: str, fn: Callable, *args, mesh, field: str = "", cache: dict | None = None,
@@ -112,29 +119,35 @@ def compile_call(name: str, fn: Callable, *args, mesh, field: str = "", cache: d
 
 
 def _compile(name: str, fn: Callable, *args, mesh, field: str, **kwargs) -> Compiled:
-    print(f"dry run: compiling {name}", file=sys.stderr, flush=True)  # a large model's step takes minutes
+    # a large model's step takes minutes
+    print(f"dry run: compiling {name}", file=sys.stderr, flush=True)
     start = time.perf_counter()
     with jax.set_mesh(mesh):
         lowered = fn.lower(*args, **kwargs)
         try:
             compiled = lowered.compile()
-        except jax.errors.JaxRuntimeError as e:  # the TPU compiler refuses what cannot fit a chip's HBM
+        except jax.errors.JaxRuntimeError as e:
+            # the TPU compiler refuses what cannot fit a chip's HBM
             if "RESOURCE_EXHAUSTED" not in str(e):
                 raise
             need = re.search(r"\(([\d.]+)([KMGT])\) exceeds available", str(e))
             size = float(need.group(1)) * 1024 ** "KMGT".index(need.group(2)) * 1024 if need else -1
-            return Compiled(name, 0, 0, int(size), 0, seconds=time.perf_counter() - start, field=field,
-                            error=str(e).splitlines()[0])
+            return Compiled(name, 0, 0, int(size), 0, seconds=time.perf_counter() - start,
+                            field=field, error=str(e).splitlines()[0])
     seconds = time.perf_counter() - start
     m = compiled.memory_analysis()
     cost = compiled.cost_analysis()
-    cost = (cost[0] if cost else {}) if isinstance(cost, (list, tuple)) else (cost or {})
+    if isinstance(cost, (list, tuple)):
+        cost = cost[0] if cost else {}
+    else:
+        cost = cost or {}
     sizes = (-1, -1, -1, 0) if m is None else (
         int(m.argument_size_in_bytes), int(m.output_size_in_bytes), int(m.temp_size_in_bytes),
         int(getattr(m, "alias_size_in_bytes", 0)))
     flops, bytes_accessed = float(cost.get("flops", -1.0)), float(cost.get("bytes accessed", -1.0))
-    return Compiled(name, *sizes, seconds=seconds, flops=flops, bytes_accessed=bytes_accessed, field=field,
-                    ideal_s=roofline(flops, bytes_accessed, mesh.devices.flat[0].device_kind))
+    return Compiled(name, *sizes, seconds=seconds, flops=flops, bytes_accessed=bytes_accessed,
+                    field=field, ideal_s=roofline(flops, bytes_accessed,
+                                                  mesh.devices.flat[0].device_kind))
 
 
 def roofline(flops: float, bytes_accessed: float, device_kind: str) -> float:
@@ -172,9 +185,9 @@ def topology_devices(name: str) -> list:
 
         return list(topologies.get_topology_desc(topology_name=name, platform="tpu").devices)
     except Exception as e:  # no libtpu, or a name it does not know
-        raise ValueError(f"cannot get the devices of TPU topology {name!r} ({type(e).__name__}: {e}); the TPU "
-                         "compiler comes with `pip install -e '.[tpu]'` (libtpu), and names look like "
-                         "v5e:8x8, v5p:4x4x4, v6e:8x8") from e
+        raise ValueError(f"cannot get the devices of TPU topology {name!r} ({type(e).__name__}: "
+                         f"{e}); the TPU compiler comes with `pip install -e '.[tpu]'` (libtpu), "
+                         "and names look like v5e:8x8, v5p:4x4x4, v6e:8x8") from e
 
 
 def hbm_gib(device) -> float | None:
@@ -193,13 +206,15 @@ def host_devices(topology: str, devices: Sequence) -> list:
     if not topology or len(first) == len(devices) or not topology.startswith(("v5e", "v6e")):
         return first
     if len(first) != 4:
-        raise ValueError(f"a host of {topology} has {len(first)} chips; the dry run knows 4-chip hosts (2x2)")
+        raise ValueError(f"a host of {topology} has {len(first)} chips; the dry run knows 4-chip "
+                         "hosts (2x2)")
     return topology_devices(f"{topology.split(':')[0]}:2x2")
 
 
 def meshes(config: ml_collections.ConfigDict, devices: Sequence, topology: str = "") -> tuple:
     """(training mesh over every device, inference mesh over one host's devices), as a run of
-    `config` makes them; `topology`: the slice's name, when `devices` are its compile-only devices."""
+    `config` makes them; `topology`: the slice's name, when `devices` are its compile-only
+    devices."""
     return (mesh_from_config(config.mesh, devices),
             inference_mesh(config.inference_mesh, host_devices(topology, devices)))
 
@@ -212,22 +227,26 @@ def _abstract_state(state, mesh, rules):
 
     def place(v):
         value = v.get_value()
-        return v.replace(jax.ShapeDtypeStruct(value.shape, value.dtype, sharding=variable_sharding(v, mesh, rules)))
+        return v.replace(jax.ShapeDtypeStruct(value.shape, value.dtype,
+                                              sharding=variable_sharding(v, mesh, rules)))
 
     return jax.tree.map(place, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
 def _array(shape, dtype, mesh, axes=None, rules=DEFAULT_RULES):
     """An abstract array: replicated, or laid out by logical `axes` as the engine lays it out."""
-    sharding = activation_sharding(mesh, rules, shape, axes) if axes else NamedSharding(mesh, PartitionSpec())
+    if axes:
+        sharding = activation_sharding(mesh, rules, shape, axes)
+    else:
+        sharding = NamedSharding(mesh, PartitionSpec())
     return jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
 
 
-def _model(model_config, mesh, *, dtype, param_dtype, attention="xla", remat=False, scan_layers=False,
-           value_head=False, lm_head=True, rules=DEFAULT_RULES):
+def _model(model_config, mesh, *, dtype, param_dtype, attention="xla", remat=False,
+           scan_layers=False, value_head=False, lm_head=True, rules=DEFAULT_RULES):
     def make():
-        return CausalLM(model_config, dtype=dtype, param_dtype=param_dtype, remat=remat, scan_layers=scan_layers,
-                        attention=attention,
+        return CausalLM(model_config, dtype=dtype, param_dtype=param_dtype, remat=remat,
+                        scan_layers=scan_layers, attention=attention,
                         value_head=value_head, lm_head=lm_head, rules=rules, rngs=nnx.Rngs(0))
 
     return nnx.eval_shape(make)
@@ -237,12 +256,13 @@ def _model(model_config, mesh, *, dtype, param_dtype, attention="xla", remat=Fal
 
 
 def train_step(model_config, mesh, *, task: str, rows: int, length: int, dtype=jnp.bfloat16,
-               param_dtype=jnp.float32, remat: bool = True, scan_layers: bool = True, attention: str = "xla",
-               microbatches: int = 1, loss_chunk: int = 0, rules=DEFAULT_RULES, field: str = "") -> Compiled:
+               param_dtype=jnp.float32, remat: bool = True, scan_layers: bool = True,
+               attention: str = "xla", microbatches: int = 1, loss_chunk: int = 0,
+               rules=DEFAULT_RULES, field: str = "") -> Compiled:
     """One training step of `task` ("sft": `rows` packed rows of `length` tokens; "ppm": `rows`
     pairs), compiled on `mesh` as `Trainer.step` runs it."""
-    model = _model(model_config, mesh, dtype=dtype, param_dtype=param_dtype, attention=attention, remat=remat,
-                   scan_layers=scan_layers, value_head=task == "ppm", rules=rules)
+    model = _model(model_config, mesh, dtype=dtype, param_dtype=param_dtype, attention=attention,
+                   remat=remat, scan_layers=scan_layers, value_head=task == "ppm", rules=rules)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     params, rest = _abstract_state(params, mesh, rules), _abstract_state(rest, mesh, rules)
     config = TrainConfig(microbatches=microbatches, loss_chunk=loss_chunk)
@@ -253,18 +273,21 @@ def train_step(model_config, mesh, *, task: str, rows: int, length: int, dtype=j
     opt_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                              jax.eval_shape(tx.init, params), shardings)
     if task == "sft":
-        batch = SFTBatch(*(np.zeros((rows, length), np.int32) for _ in range(4)), np.zeros((rows, length), np.float32))
+        batch = SFTBatch(*(np.zeros((rows, length), np.int32) for _ in range(4)),
+                         np.zeros((rows, length), np.float32))
     else:
         batch = PPMBatch(np.zeros((2 * rows, length), np.int32), np.zeros(2 * rows, np.int32),
                          np.zeros(rows, np.float32))
     spec = NamedSharding(mesh, PartitionSpec(None, ("data", "fsdp")))
     arrays = split_microbatches(task, batch_arrays(task, batch), microbatches)
     batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=spec) for k, v in arrays.items()}
-    name = f"{task} train step ({rows} x {length}{f', {microbatches} microbatches' if microbatches > 1 else ''})"
-    step = compile_call(name, sharded_train_step(mesh, params, shardings), graphdef, params, opt_state, rest, batch,
-                        mesh=mesh, task=task, config=config, field=field)
+    parts = f", {microbatches} microbatches" if microbatches > 1 else ""
+    name = f"{task} train step ({rows} x {length}{parts})"
+    step = compile_call(name, sharded_train_step(mesh, params, shardings), graphdef, params,
+                        opt_state, rest, batch, mesh=mesh, task=task, config=config, field=field)
     per_chip = train_flops(model_config, task, rows, length, remat) / mesh.devices.size
-    return dataclasses.replace(step, ideal_s=roofline(per_chip, 0.0, mesh.devices.flat[0].device_kind))
+    return dataclasses.replace(step, ideal_s=roofline(per_chip, 0.0,
+                                                      mesh.devices.flat[0].device_kind))
 
 
 # --------------------------------------------------------------------------- search and evaluation
@@ -286,9 +309,11 @@ class SearchShape:
 
 
 def _store(c, mesh, rows: int, length: int, dtype, rules):
-    """A prefix store's arrays as `PrefixStore.take` makes them: per layer keys [S, K, D, L], values [S, K, L, D]."""
+    """A prefix store's arrays as `PrefixStore.take` makes them: per layer keys [S, K, D, L],
+    values [S, K, L, D]."""
     axes = ("act_batch", "act_kv_heads", None, None)
-    keys, values = (rows, c.num_key_value_heads, c.head_dim, length), (rows, c.num_key_value_heads, length, c.head_dim)
+    keys = (rows, c.num_key_value_heads, c.head_dim, length)
+    values = (rows, c.num_key_value_heads, length, c.head_dim)
     return tuple((_array(keys, dtype, mesh, axes, rules), _array(values, dtype, mesh, axes, rules))
                  for _ in range(c.num_hidden_layers))
 
@@ -298,74 +323,88 @@ def _split(model, mesh, rules):
     return graphdef, _abstract_state(state, mesh, rules)
 
 
-def search_calls(model_config, mesh, shape: SearchShape, *, context: int, store_rows: int, dtype=jnp.bfloat16,
-                 attention: str = "xla", vocab_limit: int | None = None, score_rows: int = 64,
-                 rules=DEFAULT_RULES, cache: dict | None = None) -> list[Compiled]:
+def search_calls(model_config, mesh, shape: SearchShape, *, context: int, store_rows: int,
+                 dtype=jnp.bfloat16, attention: str = "xla", vocab_limit: int | None = None,
+                 score_rows: int = 64, rules=DEFAULT_RULES,
+                 cache: dict | None = None) -> list[Compiled]:
     """The engine's calls in one expansion of `shape`'s search, compiled on `mesh` with
     weights in `dtype` as `Engine.generate` and `ValueScorer.score_children` make them: the
     prefill of the batch's prompts and paths through the prefix store, the decode of `candidates`
     samples of each, and (with `ppm`) the PPM's values of the candidates through its own store.
-    The last row is what a PPM search holds at once: the decode's peak plus the PPM's weights and store."""
+    The last row is what a PPM search holds at once: the decode's peak plus the PPM's weights and
+    store."""
     c = model_config
     i32, f32 = np.int32, np.float32
     b, k = _pow2(shape.batch), shape.candidates
     rows = b * k
     width = context  # the store's length (the context) bounds every prefix
     new = prompt_bucket(context)
-    graphdef, state = _split(_model(c, mesh, dtype=dtype, param_dtype=dtype, attention=attention), mesh, rules)
+    graphdef, state = _split(_model(c, mesh, dtype=dtype, param_dtype=dtype, attention=attention),
+                             mesh, rules)
 
     def vec(n, dtype=i32):
         return _array((n,), dtype, mesh)
 
     out = [compile_call(
         f"prefill ({b} x {new} through the store)", _extend, graphdef, state,
-        _store(c, mesh, store_rows, context, dtype, rules), vec(b), _array((b, new), i32, mesh), vec(b), vec(b),
-        vec(b), mesh=mesh, width=width, field="search.batch or eval.batch", cache=cache)]
+        _store(c, mesh, store_rows, context, dtype, rules), vec(b), _array((b, new), i32, mesh),
+        vec(b), vec(b), vec(b), mesh=mesh, width=width, field="search.batch or eval.batch",
+        cache=cache)]
     axes = ("act_batch", "act_kv_heads", None, None)
-    prefix_keys = tuple(_array((b, c.num_key_value_heads, c.head_dim, width), dtype, mesh, axes, rules)
+    prefix_keys = tuple(_array((b, c.num_key_value_heads, c.head_dim, width), dtype, mesh, axes,
+                               rules)
                         for _ in range(c.num_hidden_layers))
-    prefix_values = tuple(_array((b, c.num_key_value_heads, width, c.head_dim), dtype, mesh, axes, rules)
+    prefix_values = tuple(_array((b, c.num_key_value_heads, width, c.head_dim), dtype, mesh, axes,
+                                 rules)
                           for _ in range(c.num_hidden_layers))
     length = decode_bucket(shape.step_tokens)
     buffer = (rows, c.num_key_value_heads, length, c.head_dim)
-    buffers = tuple((_array(buffer, dtype, mesh, axes, rules), _array(buffer, dtype, mesh, axes, rules))
+    buffers = tuple((_array(buffer, dtype, mesh, axes, rules),
+                     _array(buffer, dtype, mesh, axes, rules))
                     for _ in range(c.num_hidden_layers))
     decode = compile_call(
         f"decode ({b} x {k} rows x {length} tokens)", _decode, graphdef, state, prefix_keys,
-        prefix_values, vec(b), vec(b), _array((b, c.vocab_size), f32, mesh, ("act_batch", "act_vocab"), rules),
-        buffers, vec(rows, bool), vec(b, np.uint32), vec(rows, f32), vec(rows), vec(rows, f32), vec(_STOP_SLOTS),
-        _array((), i32, mesh), mesh=mesh, samples=k, vocab_limit=vocab_limit or c.vocab_size, pad_id=0,
-        with_logprobs=False, field=f"{shape.field} or search.batch", cache=cache)
+        prefix_values, vec(b), vec(b), _array((b, c.vocab_size), f32, mesh,
+                                              ("act_batch", "act_vocab"), rules),
+        buffers, vec(rows, bool), vec(b, np.uint32), vec(rows, f32), vec(rows), vec(rows, f32),
+        vec(_STOP_SLOTS), _array((), i32, mesh), mesh=mesh, samples=k,
+        vocab_limit=vocab_limit or c.vocab_size, pad_id=0, with_logprobs=False,
+        field=f"{shape.field} or search.batch", cache=cache)
     out.append(decode)
     if shape.ppm:
         samples = _pow2(k)
         group = _pow2(min(b, max(1, score_rows // samples)))
         children = prompt_bucket(shape.step_capacity)
-        ppm_graphdef, ppm_state = _split(_model(c, mesh, dtype=dtype, param_dtype=dtype, attention=attention,
-                                                value_head=True, lm_head=False), mesh, rules)
+        ppm_graphdef, ppm_state = _split(_model(c, mesh, dtype=dtype, param_dtype=dtype,
+                                                attention=attention, value_head=True,
+                                                lm_head=False), mesh, rules)
         score = compile_call(
             f"PPM values ({group} x {samples} children of {children} tokens)", _stored_fork_values,
             ppm_graphdef, ppm_state, _store(c, mesh, store_rows, context, dtype, rules), vec(group),
-            _array((group, new), i32, mesh), vec(group), vec(group), _array((group * samples, children), i32, mesh),
-            vec(group * samples), mesh=mesh, samples=samples, width=width, field=f"{shape.field}", cache=cache)
+            _array((group, new), i32, mesh), vec(group), vec(group),
+            _array((group * samples, children), i32, mesh),
+            vec(group * samples), mesh=mesh, samples=samples, width=width, field=f"{shape.field}",
+            cache=cache)
         out.append(score)
-        out.append(Compiled(f"held at once: decode ({b} x {k}) + PPM weights and store", decode.peak + score.arguments,
+        out.append(Compiled(f"held at once: decode ({b} x {k}) + PPM weights and store",
+                            decode.peak + score.arguments,
                             0, 0, 0, field=f"{shape.field} or search.batch"))
     for r in out:
         r.used_by = shape.name
     return out
 
 
-def rescore_call(model_config, mesh, *, rows: int, context: int, dtype=jnp.bfloat16, attention: str = "xla",
-                 rules=DEFAULT_RULES) -> Compiled:
+def rescore_call(model_config, mesh, *, rows: int, context: int, dtype=jnp.bfloat16,
+                 attention: str = "xla", rules=DEFAULT_RULES) -> Compiled:
     """The PPM's values of `rows` whole solutions as long as the context (`ValueScorer.score`:
     best-of-N at evaluation)."""
-    graphdef, state = _split(_model(model_config, mesh, dtype=dtype, param_dtype=dtype, attention=attention,
-                                    value_head=True, lm_head=False), mesh, rules)
+    graphdef, state = _split(_model(model_config, mesh, dtype=dtype, param_dtype=dtype,
+                                    attention=attention, value_head=True, lm_head=False), mesh,
+                             rules)
     length = prompt_bucket(context)
-    return compile_call(f"PPM values of {rows} solutions ({length} tokens)", _values, graphdef, state,
-                        _array((rows, length), np.int32, mesh), _array((rows,), np.int32, mesh), mesh=mesh,
-                        field="model")
+    return compile_call(f"PPM values of {rows} solutions ({length} tokens)", _values, graphdef,
+                        state, _array((rows, length), np.int32, mesh),
+                        _array((rows,), np.int32, mesh), mesh=mesh, field="model")
 
 
 # --------------------------------------------------------------------------- the report
@@ -373,16 +412,20 @@ def rescore_call(model_config, mesh, *, rows: int, context: int, dtype=jnp.bfloa
 
 def table(title: str, results: Sequence[Compiled], hbm: float | None) -> str:
     head = f"{title}; HBM per chip: {'unknown' if hbm is None else f'{hbm:g} GiB'}"
-    lines = [head, "", "| function | used by | arguments GiB | outputs GiB | temporaries GiB | peak GiB | fits | "
-             "compile s | flops | bytes | ideal ms |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-    note = ("\nflops, bytes: XLA's cost analysis per chip, a loop's body counted once (a decode's: one token). "
-            "ideal ms: a call at the chip's peak, bf16 FLOP/s or HBM bandwidth, whichever bounds it (a training "
-            "step: its whole batch's FLOPs counted from the model).\n")
+    lines = [head, "",
+             "| function | used by | arguments GiB | outputs GiB | temporaries GiB | peak GiB | "
+             "fits | compile s | flops | bytes | ideal ms "
+             "|", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    note = ("\nflops, bytes: XLA's cost analysis per chip, a loop's body counted once (a decode's: "
+            "one token). ideal ms: a call at the chip's peak, bf16 FLOP/s or HBM bandwidth, "
+            "whichever bounds it (a training step: its whole batch's FLOPs counted from the "
+            "model).\n")
     return "\n".join(lines + [r.row(hbm) for r in merged(results)]) + "\n" + note
 
 
 def merged(results: Sequence[Compiled]) -> list[Compiled]:
-    """One row per function and shape, its users joined (the same compiled call serves several stages)."""
+    """One row per function and shape, its users joined (the same compiled call serves several
+    stages)."""
     rows: dict[str, Compiled] = {}
     for r in results:
         if r.name in rows:
@@ -399,6 +442,7 @@ def check(results: Sequence[Compiled], hbm: float | None) -> None:
     over = [r for r in merged(results) if r.over(hbm)]
     if over:
         limit = "its HBM" if hbm is None else f"{hbm:g} GiB"
-        raise DoesNotFit("; ".join(f"{r.name} needs {r.peak / GIB:.3g} GiB per chip, over the chip's {limit} "
-                                   f"(change {r.field or 'the mesh'}){f': {r.error}' if r.error else ''}"
+        raise DoesNotFit("; ".join(f"{r.name} needs {r.peak / GIB:.3g} GiB per chip, over the "
+                                   f"chip's {limit} (change "
+                                   f"{r.field or 'the mesh'}){f': {r.error}' if r.error else ''}"
                                    for r in over))

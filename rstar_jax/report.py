@@ -32,7 +32,8 @@ class RoundResult:
     mode: str = "-"
     problems: int = 0
     solved: int = 0
-    solved_first: int = 0  # by the round's first search (round 4 searches its unsolved problems again)
+    # by the round's first search (round 4 searches its unsolved problems again)
+    solved_first: int = 0
     sft: int = 0
     sft_steps: int = 0
     pairs: int = 0
@@ -41,7 +42,8 @@ class RoundResult:
     greedy: float = math.nan
     mcts: float = math.nan
     ppm_pair_accuracy: float = math.nan  # held-out step pairs, the problems the PPM never saw
-    accuracy: dict[str, dict] = dataclasses.field(default_factory=dict)  # method -> evaluate.summary
+    # method -> evaluate.summary
+    accuracy: dict[str, dict] = dataclasses.field(default_factory=dict)
     quality: dict[str, float] = dataclasses.field(default_factory=dict)  # ppm_auc, orm_auc, ...
     comparisons: dict[str, dict] = dataclasses.field(default_factory=dict)  # paired differences
     minutes: float = 0.0
@@ -56,7 +58,8 @@ class RoundResult:
         self.greedy = self.accuracy.get(GREEDY, {}).get("accuracy", math.nan)
         self.mcts = self.accuracy.get(MCTS, {}).get("accuracy", math.nan)
         if first is not None and GREEDY in first.accuracy and GREEDY in self.accuracy:
-            self.comparisons[f"greedy: round {self.round} vs round {first.round}"] = evaluate.compare(
+            self.comparisons[f"greedy: round {self.round} vs round "
+                             f"{first.round}"] = evaluate.compare(
                 evaluation["problems"], self.accuracy[GREEDY], first.accuracy[GREEDY])
 
 
@@ -71,27 +74,34 @@ def _num(x, digits: int = 3) -> str:
 def table(results: Sequence[RoundResult]) -> str:
     """The report's markdown: the rounds, accuracy per level, and the paired differences."""
     methods = [m for m in _METHODS if any(m in x.accuracy for x in results)]
-    trajectories = next((x.accuracy[MAJORITY]["trajectories"] for x in results if MAJORITY in x.accuracy), None)
-    lines = ["| round | search policy | mode | solved (first search) | SFT examples (steps) | PPM pairs (steps) "
-             "| ORM examples | " + " | ".join(methods) + " | PPM held-out pair acc. | PPM AUC | ORM AUC "
+    trajectories = next((x.accuracy[MAJORITY]["trajectories"]
+                         for x in results if MAJORITY in x.accuracy), None)
+    lines = ["| round | search policy | mode | solved (first search) | SFT examples (steps) | PPM "
+             "pairs (steps) | ORM examples "
+             "| " + " | ".join(methods) + " | PPM held-out pair acc. | PPM AUC | ORM AUC "
              "| PPM AUC (greedy answers) | minutes |", "|---" * (12 + len(methods)) + "|"]
     for x in results:
         solved = f"{x.solved}/{x.problems} {_pct(x.solved / x.problems)} ({x.solved_first})" if x.problems else "-"
         sft = f"{x.sft} ({x.sft_steps})" if x.sft else "-"
         pairs = f"{x.pairs} ({x.ppm_steps})" if x.pairs else "-"
         accs = " | ".join(_pct(x.accuracy.get(m, {}).get("accuracy")) for m in methods)
-        lines.append(f"| {x.round} | {x.policy} | {x.mode} | {solved} | {sft} | {pairs} | {x.outcomes or '-'} | "
-                     f"{accs} | {_pct(x.ppm_pair_accuracy)} | {_num(x.quality.get('ppm_auc'))} | "
-                     f"{_num(x.quality.get('orm_auc'))} | {_num(x.quality.get('ppm_auc_greedy'))} | {x.minutes:.1f} |")
+        lines.append(f"| {x.round} | {x.policy} | {x.mode} | {solved} | {sft} | {pairs} | "
+                     f"{x.outcomes or '-'} | {accs} | {_pct(x.ppm_pair_accuracy)} | "
+                     f"{_num(x.quality.get('ppm_auc'))} | {_num(x.quality.get('orm_auc'))} | "
+                     f"{_num(x.quality.get('ppm_auc_greedy'))} | {x.minutes:.1f} |")
     n = next((x.accuracy[GREEDY]["n"] for x in results if GREEDY in x.accuracy), 0)
-    lines += ["", f"Test problems: {n}; maj@N, best-of-N and MCTS + PPM use N = {_num(trajectories, 0)} "
-              "trajectories. AUCs: how often the reward model scores a right answer above a wrong one, over "
-              "the sampled answers (PPM, ORM) or the greedy ones. pass@N (oracle): any of the N samples right, "
-              "the ceiling of maj@N and best-of-N. 95% Wilson intervals in report.json; per level below."]
-    levels = sorted({lv for x in results for r in x.accuracy.values() for lv in r.get("levels", {})})
+    lines += ["",
+              f"Test problems: {n}; maj@N, best-of-N and MCTS + PPM use N = "
+              f"{_num(trajectories, 0)} trajectories. AUCs: how often the reward model scores a "
+              "right answer above a wrong one, over the sampled answers (PPM, ORM) or the greedy "
+              "ones. pass@N (oracle): any of the N samples right, the ceiling of maj@N and "
+              "best-of-N. 95% Wilson intervals in report.json; per level below."]
+    levels = sorted({lv for x in results for r in x.accuracy.values()
+                     for lv in r.get("levels", {})})
     if levels:
         shown = [m for m in (GREEDY, MCTS) if m in methods]
-        lines += ["", "| round | " + " | ".join(f"{m} level {lv}" for m in shown for lv in levels) + " |",
+        lines += ["", "| round | " + " | ".join(f"{m} level {lv}" for m in shown
+                                                for lv in levels) + " |",
                   "|---" * (1 + len(shown) * len(levels)) + "|"]
         for x in results:
             cells = []
@@ -102,13 +112,15 @@ def table(results: Sequence[RoundResult]) -> str:
             lines.append(f"| {x.round} | " + " | ".join(cells) + " |")
     last = results[-1]
     if last.comparisons:
-        lines += ["", f"Paired differences in round {last.round} (accuracy points, same problems, paired "
-                  "bootstrap 95% interval):", "", "| comparison | difference [95% CI] | wins / losses |",
+        lines += ["",
+                  f"Paired differences in round {last.round} (accuracy points, same problems, "
+                  "paired bootstrap 95% "
+                  "interval):", "", "| comparison | difference [95% CI] | wins / losses |",
                   "|---|---|---|"]
         for name, c in last.comparisons.items():
             lo, hi = c["ci95"]
-            lines.append(f"| {name} | {100 * c['difference']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}] | "
-                         f"{c['wins']} / {c['losses']} |")
+            lines.append(f"| {name} | {100 * c['difference']:+.1f} [{100 * lo:+.1f}, "
+                         f"{100 * hi:+.1f}] | {c['wins']} / {c['losses']} |")
     notes = [n for x in results for n in x.notes]
     return "\n".join(lines + ([""] + [f"- {n}" for n in notes] if notes else [])) + "\n"
 
@@ -117,12 +129,14 @@ def write(results: Sequence[RoundResult], directory: pathlib.Path, note: str = "
     """Writes report.md, report.json and rounds.png in `directory`; returns their names."""
     text = table(results) + (f"\n{note}\n" if note else "")
     (directory / "report.md").write_text(text)
-    (directory / "report.json").write_text(json.dumps([dataclasses.asdict(x) for x in results], indent=1,
-                                                      default=float) + "\n")
+    (directory / "report.json").write_text(json.dumps([dataclasses.asdict(x) for x in results],
+                                                      indent=1, default=float) + "\n")
     rounds = [x.round for x in results]
     lines = {m: (rounds, [x.accuracy.get(m, {}).get("accuracy", math.nan) for x in results])
              for m in _METHODS if any(m in x.accuracy for x in results)}
-    lines["training problems solved"] = (rounds, [x.solved / x.problems if x.problems else math.nan for x in results])
+    lines["training problems solved"] = (rounds,
+                                         [x.solved / x.problems if x.problems else math.nan
+                                          for x in results])
     evaluate.plot_lines(lines, directory / "rounds.png", xlabel="round", ylabel="%", xticks=rounds)
     return ["report.md", "report.json", "rounds.png"]
 

@@ -40,7 +40,8 @@ def steered_tiny_policy(tokenizer: Tokenizer, seed: int = 0, steer: float = 1.2,
     """
     config = presets.get("tiny")
     if tokenizer.vocab_size > config.vocab_size:
-        raise ValueError(f"the tokenizer has {tokenizer.vocab_size} ids, the tiny model {config.vocab_size}")
+        raise ValueError(f"the tokenizer has {tokenizer.vocab_size} ids, the tiny model "
+                         f"{config.vocab_size}")
     model = CausalLM(config, value_head=value_head, rngs=nnx.Rngs(seed))
     embed = np.array(model.embed[...])
     embed[:, 0] = 0.05
@@ -71,7 +72,8 @@ def random_search_tree(seed: int, *, nodes: int = 200, candidates: int = 4, max_
     terminal, valid, answer = [False], [True], [False]
     texts, tokens = [""], [[]]
     open_nodes = [0]
-    words = ["compute", "the", "total", "value", "of", "x", "then", "add", "each", "term", "so", "we", "get"]
+    words = ["compute", "the", "total", "value", "of", "x", "then", "add", "each", "term", "so",
+             "we", "get"]
     while len(parent) < nodes and open_nodes:
         n = open_nodes.pop(int(rng.integers(len(open_nodes))))
         for _ in range(int(rng.integers(1, candidates + 1))):
@@ -83,7 +85,8 @@ def random_search_tree(seed: int, *, nodes: int = 200, candidates: int = 4, max_
             kind = rng.random()
             if kind < p_answer:
                 r = 1.0 if rng.random() < p_correct else -1.0
-                texts.append(f"{fmt.ANSWER}The answer is \\boxed{{{int(rng.integers(100))}}}{fmt.END_OF_ANSWER}")
+                texts.append(f"{fmt.ANSWER}The answer is "
+                             f"\\boxed{{{int(rng.integers(100))}}}{fmt.END_OF_ANSWER}")
                 visits.append(1), value.append(r), init.append(0.0), reward.append(r)
                 terminal.append(True), valid.append(True), answer.append(True)
                 m = n
@@ -94,7 +97,8 @@ def random_search_tree(seed: int, *, nodes: int = 200, candidates: int = 4, max_
             else:
                 comment = " ".join(rng.choice(words, size=max(1, step_chars // 6)))
                 head = fmt.CODE if n == 0 else ""
-                texts.append(f"{head}\n# {comment}\nx{c} = {int(rng.integers(1000))}\n{fmt.END_OF_STEP}")
+                texts.append(f"{head}\n# {comment}\nx{c} = "
+                             f"{int(rng.integers(1000))}\n{fmt.END_OF_STEP}")
                 failed = rng.random() < p_failed
                 dead = d > max_depth
                 v = -1.0 if dead else float(rng.uniform(-1, 1))
@@ -106,7 +110,8 @@ def random_search_tree(seed: int, *, nodes: int = 200, candidates: int = 4, max_
             if len(parent) >= nodes:
                 break
     count = len(parent)
-    for n in range(count - 1, -1, -1):  # as a search finds out: a node whose children all ended ends
+    for n in range(count - 1, -1, -1):
+        # as a search finds out: a node whose children all ended ends
         if kids[n] and all(terminal[c] for c in kids[n]):
             terminal[n] = True
     children = np.full((count, candidates), -1, np.int32)
@@ -120,11 +125,13 @@ def random_search_tree(seed: int, *, nodes: int = 200, candidates: int = 4, max_
     problem = Problem(f"What is {q} plus {q + 1}?", str(2 * q + 1), source="random")
     answers = [i for i in range(count) if answer[i]]
     tree = SearchTree(problem=problem, prompt_ids=rng.integers(16, 32000, size=60).tolist(),
-                      parent=np.array(parent, np.int32), depth=np.array(depth, np.int32), children=children,
-                      visits=np.array(visits, np.int32), value_sum=np.array(value, np.float32),
+                      parent=np.array(parent, np.int32), depth=np.array(depth, np.int32),
+                      children=children, visits=np.array(visits, np.int32),
+                      value_sum=np.array(value, np.float32),
                       init_value=np.array(init, np.float32), reward=np.array(reward, np.float32),
-                      terminal=np.array(terminal), valid=valid_arr, is_answer=np.array(answer), errors=errors,
-                      tokens=tokens, texts=texts, rollouts=len(answers), overflow=not terminal[0], answer=None, answer_node=-1)
+                      terminal=np.array(terminal), valid=valid_arr, is_answer=np.array(answer),
+                      errors=errors, tokens=tokens, texts=texts, rollouts=len(answers),
+                      overflow=not terminal[0], answer=None, answer_node=-1)
     if answers:
         tree.answer_node = answers[int(np.argmax(tree.q[answers]))]
         tree.answer = fmt.extract_answer(texts[tree.answer_node])

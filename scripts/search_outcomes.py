@@ -24,7 +24,8 @@ _LEVEL = flags.DEFINE_integer("level", 0, "Only problems of this level (0: every
 
 def opening(text: str) -> str:
     """A first step's comment up to its first number or parenthesis: "evaluate the parentheses"."""
-    comment = next((line for line in text.splitlines() if line.startswith("# Step 1:")), "(no numbered step)")
+    comment = next((line for line in text.splitlines() if line.startswith("# Step 1:")),
+                   "(no numbered step)")
     return re.split(r"[\d(]", comment.removeprefix("# Step 1:"))[0].strip()
 
 
@@ -40,7 +41,8 @@ def main(argv):
         if _LEVEL.value and meta.get("level") != _LEVEL.value:
             continue
         for node in np.flatnonzero(tree.is_answer):
-            key = (meta.get("family", "?"), meta.get("level", "?"), opening(tree.texts[tree.path(int(node))[0]]))
+            key = (meta.get("family", "?"), meta.get("level", "?"),
+                   opening(tree.texts[tree.path(int(node))[0]]))
             total[key] += 1
             right[key] += int(tree.reward[node] > 0)
     print("| family | level | first step | right / trajectories |\n|---|---|---|---|")

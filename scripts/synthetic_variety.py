@@ -71,7 +71,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=2000)
     args = parser.parse_args()
-    ours = [(f"{p.metadata['family']}/{p.metadata['level']}", p.question) for p in generate(args.n, seed=0)]
+    ours = [(f"{p.metadata['family']}/{p.metadata['level']}", p.question)
+            for p in generate(args.n, seed=0)]
     theirs = deepmind(args.n)
     print(f"{'':<22}{'problems':>8}{'shapes':>10}{'ratio':>8}{'kinds':>7}{'mean len':>10}")
     report("rstar_jax synthetic", ours)

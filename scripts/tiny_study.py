@@ -26,7 +26,8 @@ from absl import app, flags
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-_WORKDIR = flags.DEFINE_string("workdir", "runs/study", "The two runs go in <workdir>/ppm and <workdir>/terminal.")
+_WORKDIR = flags.DEFINE_string("workdir", "runs/study",
+                               "The two runs go in <workdir>/ppm and <workdir>/terminal.")
 _VARIANT = flags.DEFINE_string("variant", "study", "The configs/tiny.py variant.")
 
 
@@ -37,7 +38,8 @@ def _pct(x) -> str:
 def _row(x: dict, methods: list[str]) -> str:
     accs = [_pct(x["accuracy"].get(m, {}).get("accuracy")) for m in methods]
     q = x["quality"]
-    auc = [f"{q[k]:.3f}" if k in q and not math.isnan(q[k]) else "-" for k in ("ppm_auc", "orm_auc")]
+    auc = [f"{q[k]:.3f}" if k in q and not math.isnan(q[k]) else "-"
+           for k in ("ppm_auc", "orm_auc")]
     return " | ".join([str(x["round"]), x["mode"], *accs, *auc])
 
 
@@ -55,7 +57,8 @@ def main(argv):
     for r in (3, 4):
         ablation.search[f"round{r}"].mode = "terminal"
     target = top / "terminal"
-    if not (target / "config.json").exists():  # (the run writes it, so a resumed ablation keeps its rounds)
+    if not (target / "config.json").exists():
+        # (the run writes it, so a resumed ablation keeps its rounds)
         shutil.rmtree(target, ignore_errors=True)
         target.mkdir(parents=True)
         for name in ("problems", "round_0", "round_1", "round_2"):
@@ -71,8 +74,8 @@ def main(argv):
                 print(f"| {name} | {_row(x, methods)} |")
     def line(comparison, c):
         lo, hi = c["ci95"]
-        print(f"- {comparison}: {100 * c['difference']:+.1f} points [{100 * lo:+.1f}, {100 * hi:+.1f}], "
-              f"wins/losses {c['wins']}/{c['losses']}")
+        print(f"- {comparison}: {100 * c['difference']:+.1f} points [{100 * lo:+.1f}, "
+              f"{100 * hi:+.1f}], wins/losses {c['wins']}/{c['losses']}")
 
     for name in ("ppm", "terminal"):
         last = json.loads((top / name / "report.json").read_text())[-1]

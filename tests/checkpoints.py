@@ -12,24 +12,32 @@ import transformers
 VOCAB = 256
 
 _COMMON = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-               max_position_embeddings=256, rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+               max_position_embeddings=256, rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2,
+               pad_token_id=0)
 
 # name -> (config class, model class, config kwargs)
 CASES = {
-    "llama": ("LlamaConfig", "LlamaForCausalLM", dict(num_attention_heads=4, num_key_value_heads=4)),
+    "llama": ("LlamaConfig", "LlamaForCausalLM",
+              dict(num_attention_heads=4, num_key_value_heads=4)),
     "llama_bias_llama3_rope": ("LlamaConfig", "LlamaForCausalLM", dict(
         num_attention_heads=4, num_key_value_heads=2, attention_bias=True, mlp_bias=True,
-        rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                      "original_max_position_embeddings": 32})),
-    "qwen2_gqa": ("Qwen2Config", "Qwen2ForCausalLM", dict(num_attention_heads=8, num_key_value_heads=2)),
-    "qwen2_sliding": ("Qwen2Config", "Qwen2ForCausalLM", dict(num_attention_heads=4, num_key_value_heads=2,
-                                                              use_sliding_window=True, sliding_window=7,
-                                                              max_window_layers=1)),  # layer 1 slides
-    "qwen2_tied": ("Qwen2Config", "Qwen2ForCausalLM", dict(num_attention_heads=4, num_key_value_heads=2,
+        rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                      "high_freq_factor": 4.0, "original_max_position_embeddings": 32})),
+    "qwen2_gqa": ("Qwen2Config", "Qwen2ForCausalLM",
+                  dict(num_attention_heads=8, num_key_value_heads=2)),
+    "qwen2_sliding": ("Qwen2Config", "Qwen2ForCausalLM",
+                      dict(num_attention_heads=4, num_key_value_heads=2,
+                                                              use_sliding_window=True,
+                           sliding_window=7,
+                                                              # layer 1 slides
+                                                              max_window_layers=1)),
+    "qwen2_tied": ("Qwen2Config", "Qwen2ForCausalLM",
+                   dict(num_attention_heads=4, num_key_value_heads=2,
                                                            tie_word_embeddings=True)),
     "phi3": ("Phi3Config", "Phi3ForCausalLM", dict(num_attention_heads=4, num_key_value_heads=4,
                                                    original_max_position_embeddings=256)),
-    "phi3_gqa_sliding": ("Phi3Config", "Phi3ForCausalLM", dict(num_attention_heads=4, num_key_value_heads=2,
+    "phi3_gqa_sliding": ("Phi3Config", "Phi3ForCausalLM",
+                         dict(num_attention_heads=4, num_key_value_heads=2,
                                                                original_max_position_embeddings=256,
                                                                sliding_window=7)),
     # Phi-3 128k style: sequences longer than 16 tokens switch to the long factors.
@@ -76,7 +84,8 @@ def bpe_tokenizer_dir(directory, vocab_size: int, corpus, specials=()) -> None:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                   show_progress=False)
     tok.train_from_iterator(corpus, trainer)
     tok.add_special_tokens(list(specials))

@@ -53,7 +53,8 @@ def test_tiny_model_is_between_one_and_five_million_parameters():
 def test_a_checkpoint_of_another_model_is_named_in_the_error():
     other = presets.get("qwen25_math_1p5b")
     presets.check_architecture("qwen25_math_1p5b", other.replace(vocab_size=151936 + 128))
-    with pytest.raises(ValueError, match="not a qwen25_math_7b model.*hidden_size: preset 3584, found 1536"):
+    with pytest.raises(ValueError,
+                       match="not a qwen25_math_7b model.*hidden_size: preset 3584, found 1536"):
         presets.check_architecture("qwen25_math_7b", other)
 
 

@@ -33,7 +33,8 @@ CORPUS = ["total = 2 * 20 * 12\nprint(total)\n", "The answer is 480 pounds, so 1
 def cli():
     """`launch/convert_checkpoint.py`'s main, called in-process with the given flags; returns
     its exit status."""
-    spec = importlib.util.spec_from_file_location("convert_checkpoint_cli", ROOT / "launch" / "convert_checkpoint.py")
+    spec = importlib.util.spec_from_file_location("convert_checkpoint_cli",
+                                                  ROOT / "launch" / "convert_checkpoint.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
 
@@ -52,9 +53,10 @@ def _sp_tokenizer_without_step_tokens(directory):
     """A Phi-3-like SentencePiece tokenizer (dummy prefix, BOS) of at most 200 ids and no step tokens."""
     buf = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(CORPUS), model_writer=buf, vocab_size=200, hard_vocab_limit=False, model_type="bpe",
-        character_coverage=1.0, normalization_rule_name="identity", add_dummy_prefix=True,
-        remove_extra_whitespaces=False, unk_id=0, bos_id=1, eos_id=2, num_threads=1, minloglevel=2)
+        sentence_iterator=iter(CORPUS), model_writer=buf, vocab_size=200, hard_vocab_limit=False,
+        model_type="bpe", character_coverage=1.0, normalization_rule_name="identity",
+        add_dummy_prefix=True, remove_extra_whitespaces=False, unk_id=0, bos_id=1, eos_id=2,
+        num_threads=1, minloglevel=2)
     (directory / "tokenizer.model").write_bytes(buf.getvalue())
 
 
@@ -73,7 +75,8 @@ def _stock(tmp_path, case):
     return directory, model
 
 
-@pytest.mark.parametrize("case, rows_after, dtype", [("qwen2", 384, "float32"), ("phi3", 256, "bfloat16")])
+@pytest.mark.parametrize("case, rows_after, dtype",
+                         [("qwen2", 384, "float32"), ("phi3", 256, "bfloat16")])
 def test_convert_adds_the_step_tokens_with_rows_at_the_mean_and_keeps_the_rest(
         tmp_path, cli, capsys, case, rows_after, dtype):
     source, reference = _stock(tmp_path, case)
@@ -90,7 +93,8 @@ def test_convert_adds_the_step_tokens_with_rows_at_the_mean_and_keeps_the_rest(
     tokenizer = Tokenizer.from_dir(out)
     assert tokenizer.step_token_ids == new_ids
     text = "total = 2 * 20 * 12\nprint(total)"
-    assert tokenizer.encode(f"{text}<end_of_step><code>") == [*before.encode(text), new_ids["<end_of_step>"],
+    assert tokenizer.encode(f"{text}<end_of_step><code>") == [*before.encode(text),
+                                                              new_ids["<end_of_step>"],
                                                                 new_ids["<code>"]]
     assert read_config(out).vocab_size == rows_after
     assert json.loads((out / vocab.CONVERTED_FILE).read_text())["added"] == new_ids
@@ -101,15 +105,18 @@ def test_convert_adds_the_step_tokens_with_rows_at_the_mean_and_keeps_the_rest(
     assert embed.dtype.name == dtype and json.loads((out / "config.json").read_text())["torch_dtype"] == dtype
     old, end = np.asarray(src.get("model.embed_tokens.weight")), ids_before + len(STEP_TOKENS)
     np.testing.assert_array_equal(embed[:ids_before], old[:ids_before])
-    np.testing.assert_array_equal(embed[end:256], old[end:])  # (unused rows the new ids did not take)
+    # (unused rows the new ids did not take)
+    np.testing.assert_array_equal(embed[end:256], old[end:])
     model = from_pretrained(out)
     trained = np.asarray(src.get("model.embed_tokens.weight")[:ids_before], np.float32)
     mean = trained.mean(0)
     for i in new_ids.values():  # (mean in float32, then rounded to the stored dtype)
-        np.testing.assert_allclose(np.asarray(model.embed[...])[i], mean, atol=1e-6 if dtype == "float32" else 1e-2)
+        np.testing.assert_allclose(np.asarray(model.embed[...])[i], mean,
+                                   atol=1e-6 if dtype == "float32" else 1e-2)
     head = np.asarray(model.lm_head[...])  # [E, V]
     head_mean = np.asarray(src.get("lm_head.weight")[:ids_before], np.float32).mean(0)
-    np.testing.assert_allclose(head[:, new_ids["<answer>"]], head_mean, atol=1e-6 if dtype == "float32" else 1e-2)
+    np.testing.assert_allclose(head[:, new_ids["<answer>"]], head_mean,
+                               atol=1e-6 if dtype == "float32" else 1e-2)
     if rows_after > 256:  # rows added by growing start at the mean too
         np.testing.assert_allclose(np.asarray(model.embed[...])[-1], mean, atol=1e-6)
 
@@ -119,7 +126,8 @@ def test_convert_adds_the_step_tokens_with_rows_at_the_mean_and_keeps_the_rest(
         reloaded = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
         ours = checkpoints.logits(reloaded, ids)
         assert ours.shape[-1] == rows_after
-        np.testing.assert_allclose(ours[..., :256], checkpoints.logits(reference, ids), atol=1e-4, rtol=0)
+        np.testing.assert_allclose(ours[..., :256], checkpoints.logits(reference, ids), atol=1e-4,
+                                   rtol=0)
 
     # A converted directory has nothing to convert: said so, nothing written.
     again = tmp_path / "again"
@@ -149,7 +157,8 @@ def test_convert_refuses_bad_input_naming_the_path(tmp_path, cli, capsys):
     (taken / "file").write_text("x")
     assert cli(f"--source={no_tokenizer}", f"--tokenizer={tmp_path}", f"--out={taken}") == 2
     assert f"output {taken} already exists and is not an empty directory" in capsys.readouterr().err
-    assert cli(f"--source={no_tokenizer}", f"--tokenizer={tmp_path}", f"--out={tmp_path / 'out'}") == 0
+    assert cli(f"--source={no_tokenizer}", f"--tokenizer={tmp_path}",
+               f"--out={tmp_path / 'out'}") == 0
     assert Tokenizer.from_dir(tmp_path / "out").step_token_ids["<code>"] == Tokenizer.from_dir(tmp_path).vocab_size
 
     too_many = tmp_path / "too_many"  # a tokenizer of more ids than the model has rows
@@ -184,7 +193,8 @@ def test_a_stock_checkpoint_is_converted_once_and_the_rounds_run_on_it(tmp_path,
     """The tiny world's base without its step tokens: the run converts it into the workdir and
     every model of the run (the "reference" bootstrap's SFT starts from the base) has them."""
     stock = checkpoints.stock_tiny_base(tmp_path / "stock")
-    config = smoke_config(**{"model.checkpoint": str(stock), "rounds": 1, "bootstrap.kind": "reference"})
+    config = smoke_config(**{"model.checkpoint": str(stock), "rounds": 1,
+                             "bootstrap.kind": "reference"})
     workdir = tmp_path / "run"
     results = evolve.run(config, workdir, progress=False)
     assert [x.round for x in results] == [0, 1] and (workdir / "round_1" / "eval.json").exists()
@@ -197,7 +207,8 @@ def test_a_stock_checkpoint_is_converted_once_and_the_rounds_run_on_it(tmp_path,
     # converted base writes no step tokens yet, so the round solves nothing and trains no policy.)
     bootstrap = workdir / "bootstrap" / "model"
     assert Tokenizer.from_dir(bootstrap).step_token_ids == ids and read_config(bootstrap).vocab_size == 640
-    assert vocab.missing_step_tokens(Tokenizer.from_dir(stock)) == list(STEP_TOKENS)  # the source is untouched
+    # the source is untouched
+    assert vocab.missing_step_tokens(Tokenizer.from_dir(stock)) == list(STEP_TOKENS)
 
     again = evolve.Evolution(config, workdir)  # a resumed run: the converted copy, not a new one
     assert again.base_checkpoint == str(base) and again.tokenizer.step_token_ids == ids
@@ -220,25 +231,29 @@ def test_a_url_workdir_converts_once_and_a_new_machine_pulls_the_copy(tmp_path, 
 
 
 def _with_tokenizer(config, path):
-    config.tokenizer = ml_collections.ConfigDict({"path": str(path)})  # (as the pretrained configs have it)
+    # (as the pretrained configs have it)
+    config.tokenizer = ml_collections.ConfigDict({"path": str(path)})
     return config
 
 
 def test_the_tokenizer_path_is_converted_with_the_model_or_refused(tmp_path, conversions):
     stock = checkpoints.stock_tiny_base(tmp_path / "stock")
-    weights, tok = tmp_path / "weights", tmp_path / "tok"  # the tokenizer files apart from the weights
+    # the tokenizer files apart from the weights
+    weights, tok = tmp_path / "weights", tmp_path / "tok"
     weights.mkdir(), tok.mkdir()
     for name in ("config.json", "model.safetensors"):
         shutil.copy(stock / name, weights / name)
     for name in ("tokenizer.model", "tokenizer_config.json"):
         shutil.copy(stock / name, tok / name)
-    run = evolve.Evolution(_with_tokenizer(smoke_config(**{"model.checkpoint": str(weights)}), tok), tmp_path / "run")
+    run = evolve.Evolution(_with_tokenizer(smoke_config(**{"model.checkpoint": str(weights)}), tok),
+                           tmp_path / "run")
     assert run.tokenizer.step_token_ids["<code>"] == 512 and len(conversions) == 1
     assert run.base_checkpoint == str(tmp_path / "run" / "base" / "model")
 
     # A tokenizer with the step tokens beside a model that never had them: their rows are padding.
     paired = _with_tokenizer(smoke_config(**{"model.checkpoint": str(stock)}), TINY_BASE)
-    with pytest.raises(evolve.ConfigError, match="has the step tokens but config.model.checkpoint="):
+    with pytest.raises(evolve.ConfigError,
+                       match="has the step tokens but config.model.checkpoint="):
         evolve.Evolution(paired, tmp_path / "run2").tokenizer
     assert len(conversions) == 1
 
@@ -248,11 +263,14 @@ def test_evaluating_a_run_that_never_converted_its_stock_checkpoint_says_what_to
     config = smoke_config(**{"model.checkpoint": str(stock)})
     evolve.Evolution(config, tmp_path / "run")  # a run directory (config.json), nothing converted
     reading = evolve.Evolution(config, tmp_path / "run", check_workdir=False)
-    with pytest.raises(evolve.ConfigError, match=r"has no step tokens.*launch/convert_checkpoint.py --source="):
+    with pytest.raises(evolve.ConfigError,
+                       match=r"has no step tokens.*launch/convert_checkpoint.py --source="):
         reading.policy_path(0)
     assert not conversions
-    done = subprocess.run([sys.executable, str(ROOT / "launch" / "evaluate.py"), "--config=configs/tiny.py:smoke",
-                           f"--workdir={tmp_path / 'run'}", "--round=0", f"--config.model.checkpoint={stock}"],
+    done = subprocess.run([sys.executable, str(ROOT / "launch" / "evaluate.py"),
+                           "--config=configs/tiny.py:smoke",
+                           f"--workdir={tmp_path / 'run'}", "--round=0",
+                           f"--config.model.checkpoint={stock}"],
                           capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert done.returncode == 2 and f"config.model.checkpoint='{stock}' has no step tokens" in done.stderr, done.stderr
 
@@ -261,9 +279,11 @@ def test_a_stock_bootstrap_checkpoint_is_refused_with_what_to_do(tmp_path):
     """The "checkpoint" bootstrap runs with the run's tokenizer: a stock one has no rows for its ids."""
     stock = checkpoints.stock_tiny_base(tmp_path / "stock")
     config = smoke_config(**{"bootstrap.kind": "checkpoint", "bootstrap.checkpoint": str(stock)})
-    with pytest.raises(evolve.ConfigError, match=r"config.bootstrap.checkpoint=.*'<code>': None.*convert_checkpoint"):
+    with pytest.raises(evolve.ConfigError,
+                       match=r"config.bootstrap.checkpoint=.*'<code>': None.*convert_checkpoint"):
         evolve.Evolution(config, tmp_path / "run")._check_bootstrap_checkpoint()
-    vocab.convert_checkpoint(stock, tmp_path / "converted")  # its ids: 512.., the base's (TINY_BASE): 4..
+    # its ids: 512.., the base's (TINY_BASE): 4..
+    vocab.convert_checkpoint(stock, tmp_path / "converted")
     config.bootstrap.checkpoint = str(tmp_path / "converted")
     with pytest.raises(evolve.ConfigError, match=r"'<code>': 512.*'<code>': 4"):
         evolve.Evolution(config, tmp_path / "run2")._check_bootstrap_checkpoint()

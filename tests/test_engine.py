@@ -30,8 +30,8 @@ def _hf_greedy(reference, prompt, new_tokens):
     reference.generation_config.eos_token_id = None
     ids = torch.tensor([prompt], dtype=torch.long)
     with torch.no_grad():
-        out = reference.generate(ids, do_sample=False, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                                 pad_token_id=0)
+        out = reference.generate(ids, do_sample=False, max_new_tokens=new_tokens,
+                                 min_new_tokens=new_tokens, pad_token_id=0)
     return out[0, len(prompt):].numpy()
 
 
@@ -51,7 +51,8 @@ def test_greedy_tokens_equal_transformers_generate(tmp_path, name):
     assert res.tokens.shape == (3, 32) and res.tokens.dtype == np.int32
     np.testing.assert_array_equal(res.lengths, [32, 32, 32])
     for row, prompt in enumerate(prompts):
-        np.testing.assert_array_equal(res.tokens[row], _hf_greedy(reference, prompt, 32), err_msg=f"row {row}")
+        np.testing.assert_array_equal(res.tokens[row], _hf_greedy(reference, prompt, 32),
+                                      err_msg=f"row {row}")
 
 
 def test_stop_tokens_end_each_row_and_nothing_after_is_returned(qwen):
@@ -74,7 +75,8 @@ def test_the_loop_exits_once_every_row_has_stopped(qwen):
     _, _, model = qwen
     prompts = _prompts()
     free = generate(model, prompts, max_new_tokens=8).tokens
-    res = generate(model, prompts, max_new_tokens=200, stop_token_ids=sorted(set(free[:, :3].ravel().tolist())))
+    res = generate(model, prompts, max_new_tokens=200,
+                   stop_token_ids=sorted(set(free[:, :3].ravel().tolist())))
     assert res.lengths.max() <= 3
     assert res.steps == res.lengths.max()
 
@@ -86,7 +88,8 @@ def test_padded_array_with_lengths_equals_ragged_lists(qwen):
     for row, prompt in enumerate(prompts):
         padded[row, :len(prompt)] = prompt
     ragged = generate(model, prompts, max_new_tokens=6, temperature=1.0, seed=3)
-    array = generate(model, padded, max_new_tokens=6, temperature=1.0, seed=3, prompt_lengths=PROMPT_LENGTHS)
+    array = generate(model, padded, max_new_tokens=6, temperature=1.0, seed=3,
+                     prompt_lengths=PROMPT_LENGTHS)
     np.testing.assert_array_equal(array.tokens, ragged.tokens)
 
 
@@ -96,12 +99,14 @@ def test_fan_out_samples_do_not_depend_on_the_rest_of_the_batch(qwen):
     _, _, model = qwen
     a, b, c = _prompts()
     alone = generate(model, [b], max_new_tokens=10, temperature=1.0, seed=11, num_samples=4)
-    batched = generate(model, [a, b, c], max_new_tokens=10, temperature=1.0, seed=[7, 11, 13], num_samples=4)
+    batched = generate(model, [a, b, c], max_new_tokens=10, temperature=1.0, seed=[7, 11, 13],
+                       num_samples=4)
     assert batched.tokens.shape == (12, 10)
     np.testing.assert_array_equal(batched.tokens[4:8], alone.tokens)
     assert len({tuple(row) for row in alone.tokens}) > 1  # the samples differ from one another
     greedy = generate(model, [a, b], max_new_tokens=10, num_samples=3)
-    np.testing.assert_array_equal(greedy.tokens[:3], np.repeat(generate(model, [a], 10).tokens, 3, axis=0))
+    np.testing.assert_array_equal(greedy.tokens[:3],
+                                  np.repeat(generate(model, [a], 10).tokens, 3, axis=0))
 
 
 def test_fan_out_rows_stop_on_their_own_and_keep_their_draws(qwen):
@@ -126,9 +131,10 @@ def test_fan_out_rows_stop_on_their_own_and_keep_their_draws(qwen):
 def test_greedy_and_sampled_prompts_share_a_batch(qwen):
     _, _, model = qwen
     a, b, _ = _prompts()
-    res = generate(model, [a, b], max_new_tokens=8, temperature=[0.0, 1.0], top_k=[0, 50], top_p=[1.0, 0.9],
-                   seed=[1, 2], num_samples=4)
-    np.testing.assert_array_equal(res.tokens[:4], np.repeat(generate(model, [a], 8).tokens, 4, axis=0))
+    res = generate(model, [a, b], max_new_tokens=8, temperature=[0.0, 1.0], top_k=[0, 50],
+                   top_p=[1.0, 0.9], seed=[1, 2], num_samples=4)
+    np.testing.assert_array_equal(res.tokens[:4],
+                                  np.repeat(generate(model, [a], 8).tokens, 4, axis=0))
     assert len({tuple(row) for row in res.tokens[4:]}) > 1
 
 
@@ -173,7 +179,8 @@ def test_sampled_first_tokens_follow_the_softmax(qwen, temperature):
     logits = np.asarray(model(jnp.asarray([prompt])), np.float64)[0, -1] / temperature
     probs = np.exp(logits - logits.max())
     probs /= probs.sum()
-    res = generate(model, [prompt], max_new_tokens=1, temperature=temperature, num_samples=4000, seed=1)
+    res = generate(model, [prompt], max_new_tokens=1, temperature=temperature, num_samples=4000,
+                   seed=1)
     counts = np.bincount(res.tokens[:, 0], minlength=probs.size)
     assert _chi_square_p(counts, probs) > 1e-3
 
@@ -187,7 +194,8 @@ def _draws(logits, n=6000, **params):
     uniform = jax.random.uniform(jax.random.key(0), (n,))
     defaults = dict(temperature=1.0, top_k=0, top_p=1.0)
     defaults.update(params)
-    args = {k: jnp.full((n,), v, jnp.int32 if k == "top_k" else jnp.float32) for k, v in defaults.items()}
+    args = {k: jnp.full((n,), v, jnp.int32 if k == "top_k" else jnp.float32)
+            for k, v in defaults.items()}
     return np.asarray(jax.jit(sampling.sample)(jnp.asarray(rows, jnp.float32), uniform, **args))
 
 
@@ -218,7 +226,8 @@ def test_plain_sampling_reaches_the_tail_and_never_a_zero_probability_token():
     tokens = _draws(logits, n=20000)
     assert 10 not in tokens
     assert (tokens >= 6).any()  # the 0.02 tail is drawn
-    assert _chi_square_p(np.bincount(tokens[tokens < 6], minlength=6), _PROBS[:6] / _PROBS[:6].sum()) > 1e-3
+    assert _chi_square_p(np.bincount(tokens[tokens < 6], minlength=6),
+                         _PROBS[:6] / _PROBS[:6].sum()) > 1e-3
 
 
 def test_greedy_takes_the_first_of_tied_maxima():
@@ -235,7 +244,8 @@ def test_logprobs_are_the_models_log_softmax_of_each_token(qwen):
     _, _, model = qwen
     prompt = _prompts()[0]
     res = generate(model, [prompt], max_new_tokens=8, temperature=1.0, seed=2, return_logprobs=True)
-    np.testing.assert_allclose(res.logprobs[0], _model_logprobs(model, prompt, res.tokens[0]), atol=1e-4)
+    np.testing.assert_allclose(res.logprobs[0], _model_logprobs(model, prompt, res.tokens[0]),
+                               atol=1e-4)
 
 
 def test_bfloat16_engine_keeps_a_bfloat16_cache_and_the_float32_distribution(qwen):
@@ -244,12 +254,14 @@ def test_bfloat16_engine_keeps_a_bfloat16_cache_and_the_float32_distribution(qwe
     prompt = _prompts()[2]
     res = engine.generate([prompt], max_new_tokens=8, temperature=1.0, seed=2, return_logprobs=True)
     assert engine._buffers[0][0].dtype == jnp.bfloat16
-    np.testing.assert_allclose(res.logprobs[0], _model_logprobs(model, prompt, res.tokens[0]), atol=0.15)
+    np.testing.assert_allclose(res.logprobs[0], _model_logprobs(model, prompt, res.tokens[0]),
+                               atol=0.15)
 
 
 def test_ids_at_or_above_the_tokenizer_vocabulary_are_never_generated(qwen):
     _, _, model = qwen
-    res = generate(model, _prompts(), max_new_tokens=16, temperature=2.0, num_samples=8, vocab_size=100)
+    res = generate(model, _prompts(), max_new_tokens=16, temperature=2.0, num_samples=8,
+                   vocab_size=100)
     assert res.tokens.max() < 100
     greedy = generate(model, _prompts(), max_new_tokens=16, vocab_size=100)
     assert greedy.tokens.max() < 100
@@ -270,7 +282,8 @@ def test_sharded_generation_equals_one_device(qwen):
     assert leaf.sharding.spec[0] == ("data", "fsdp") and leaf.sharding.spec[1] == "tensor"
 
 
-@pytest.mark.parametrize("shape", [{"data": 2, "fsdp": 2, "tensor": 2}, {"data": 1, "fsdp": 8, "tensor": 1},
+@pytest.mark.parametrize("shape", [{"data": 2, "fsdp": 2, "tensor": 2},
+                                   {"data": 1, "fsdp": 8, "tensor": 1},
                                    {"data": 1, "fsdp": 1, "tensor": 8}])
 def test_a_sharded_engine_compiles_each_shape_once(qwen, shape):
     """The KV buffer it places on the mesh comes back from the loop with an equal sharding, so
@@ -346,14 +359,16 @@ def test_the_prefix_store_runs_only_the_new_tokens(qwen, monkeypatch):
     prompt = _prompts()[2]
     engine.generate([prompt], max_new_tokens=4, cache_rows=[1])
     engine.generate([prompt + [7, 8, 9]], max_new_tokens=4, cache_rows=[1])
-    engine.generate([prompt + [7, 8, 9]], max_new_tokens=4, cache_rows=[1])  # the same prompt: its last token
+    # the same prompt: its last token
+    engine.generate([prompt + [7, 8, 9]], max_new_tokens=4, cache_rows=[1])
     assert seen == [[len(prompt)], [3], [1]]
     with pytest.raises(ValueError, match="its own store row in"):
         engine.generate([prompt, prompt], max_new_tokens=4, cache_rows=[0, 0])
     with pytest.raises(ValueError, match="needs a prefix store"):
         Engine(model).generate([prompt], max_new_tokens=4, cache_rows=[0])
     with pytest.raises(ValueError, match="does not fit the prefix store's 16 positions"):
-        Engine(model, prefix_rows=1, prefix_length=16).generate([prompt], max_new_tokens=4, cache_rows=[0])
+        Engine(model, prefix_rows=1, prefix_length=16).generate([prompt], max_new_tokens=4,
+                                                                cache_rows=[0])
 
 
 def test_update_swaps_weights_of_the_same_architecture_only(qwen, tmp_path):
@@ -389,7 +404,8 @@ def test_prompt_buckets_grow_by_half_and_third_steps():
     (dict(stop_token_ids=[999]), "stop token id 999"),
     (dict(prompt_lengths=[2]), "prompt_lengths applies to a padded int array"),
     (dict(prompt_ids=np.array([1, 2, 3])), "must be int\\[B, P\\]"),
-    (dict(prompt_ids=np.array([[1, 2, 3]]), prompt_lengths=[4]), "prompt_lengths\\[0\\]=4 must be an integer in"),
+    (dict(prompt_ids=np.array([[1, 2, 3]]), prompt_lengths=[4]),
+     "prompt_lengths\\[0\\]=4 must be an integer in"),
     (dict(prompt_ids=np.array([[1, 2, 3]]), prompt_lengths=[0]), "prompt_lengths\\[0\\]=0"),
     (dict(max_new_tokens=True), "max_new_tokens must be a positive integer"),
     (dict(stop_token_ids=5), "stop_token_ids must be a sequence of token ids"),
@@ -406,7 +422,8 @@ def test_bad_arguments_are_named(qwen, kwargs, message):
 
 def test_numpy_and_jax_integers_and_huge_top_k_are_accepted(qwen):
     _, _, model = qwen
-    res = generate(model, np.array([[1, 2, 3]]), np.int64(3), num_samples=np.int32(2), top_k=2**70, temperature=1.0)
+    res = generate(model, np.array([[1, 2, 3]]), np.int64(3), num_samples=np.int32(2), top_k=2**70,
+                   temperature=1.0)
     assert res.tokens.shape == (2, 3)
     free = generate(model, [[1, 2, 3], [4, 5, 6]], 6).tokens
     stops = jnp.asarray([free[0, 1], free[1, 2]])
@@ -418,8 +435,9 @@ def test_numpy_and_jax_integers_and_huge_top_k_are_accepted(qwen):
 def test_tiny_temperatures_sample_the_argmax():
     logits = np.array([[50.0, 49.0, -50.0, 0.0], [-50.0, -49.0, -60.0, -70.0]], np.float32)
     for temperature in (1e-30, 1e-37):
-        tokens = sampling.sample(jnp.asarray(logits), jnp.asarray([0.3, 0.9]), jnp.full((2,), temperature),
-                                 jnp.zeros((2,), jnp.int32), jnp.ones((2,)))
+        tokens = sampling.sample(jnp.asarray(logits), jnp.asarray([0.3, 0.9]),
+                                 jnp.full((2,), temperature), jnp.zeros((2,), jnp.int32),
+                                 jnp.ones((2,)))
         np.testing.assert_array_equal(tokens, [0, 1])
 
 

@@ -54,11 +54,14 @@ def build(nodes, question=QUESTION) -> SearchTree:
     for i in range(1, n):
         depth[i] = depth[parent[i]] + 1
     answer = np.array(answer)
-    return SearchTree(problem=Problem(question, "42", id="p1"), prompt_ids=[], parent=np.array(parent, np.int32),
-                      depth=np.array(depth, np.int32), children=children, visits=np.ones(n, np.int32),
-                      value_sum=np.array(q, np.float32), init_value=np.zeros(n, np.float32),
-                      reward=np.array(reward, np.float32), terminal=answer.copy(), valid=np.array(valid),
-                      is_answer=answer, errors=np.zeros(n, np.int32), tokens=[[] for _ in range(n)], texts=texts,
+    return SearchTree(problem=Problem(question, "42", id="p1"), prompt_ids=[],
+                      parent=np.array(parent, np.int32),
+                      depth=np.array(depth, np.int32), children=children,
+                      visits=np.ones(n, np.int32), value_sum=np.array(q, np.float32),
+                      init_value=np.zeros(n, np.float32),
+                      reward=np.array(reward, np.float32), terminal=answer.copy(),
+                      valid=np.array(valid), is_answer=answer, errors=np.zeros(n, np.int32),
+                      tokens=[[] for _ in range(n)], texts=texts,
                       rollouts=int(answer.sum()), overflow=False, answer=None, answer_node=-1)
 
 
@@ -69,15 +72,16 @@ def response(*steps) -> str:
 # --- SFT ------------------------------------------------------------------------------------
 
 # 1 s1 (.5) -> 3 right, 4 wrong, 5 right;  2 s2 (0) -> 6 right
-SFT_TREE = [("a", 0, 0.5, "code"), ("b", 0, 0.0, "code"), ("c", 1, 0, "right"), ("d", 1, 0, "wrong"),
-            ("e", 1, 0, "right"), ("f", 2, 0, "right")]
+SFT_TREE = [("a", 0, 0.5, "code"), ("b", 0, 0.0, "code"), ("c", 1, 0, "right"),
+            ("d", 1, 0, "wrong"), ("e", 1, 0, "right"), ("f", 2, 0, "right")]
 
 
 def test_trajectories_have_their_texts_qs_and_flags():
     trajs = trajectories(build(SFT_TREE))
     assert [t.nodes for t in trajs] == [(1, 3), (1, 4), (1, 5), (2, 6)]
     assert [t.correct for t in trajs] == [True, False, True, True]
-    assert [(t.mean_q, t.min_q) for t in trajs] == [(0.75, 0.5), (-0.25, -1.0), (0.75, 0.5), (0.5, 0.0)]
+    assert [(t.mean_q, t.min_q) for t in trajs] == [(0.75, 0.5), (-0.25, -1.0), (0.75, 0.5),
+                                                    (0.5, 0.0)]
     assert trajs[0].response == response(("a", "code"), ("c", "right")) and not any(t.has_error for t in trajs)
 
 
@@ -86,7 +90,8 @@ def test_sft_keeps_the_top_two_correct_by_mean_q_ties_to_the_first_created():
     # (1,3) and (1,5) tie on mean and min Q: node 3 was created first; (2,6) has a lower mean.
     assert [r.response for r in rows] == [response(("a", "code"), ("c", "right")),
                                           response(("a", "code"), ("e", "right"))]
-    assert (rows[0].problem_id, rows[0].question, rows[0].mean_q, rows[0].min_q, rows[0].source) == (
+    assert (rows[0].problem_id, rows[0].question, rows[0].mean_q, rows[0].min_q,
+            rows[0].source) == (
         "p1", QUESTION, 0.75, 0.5, "search")
     assert len(extract_sft(build(SFT_TREE), ExtractConfig(sft_per_problem=3))) == 3
 
@@ -102,22 +107,26 @@ def test_sft_breaks_mean_ties_by_min_q_and_drops_paths_with_a_failed_step():
 
 
 def test_sft_drops_problems_under_the_correct_fraction():
-    tree = build([("a", 0, 0.5, "code"), ("b", 1, 0, "right"), ("c", 1, 0, "wrong"), ("d", 0, 0, "wrong")])
+    tree = build([("a", 0, 0.5, "code"), ("b", 1, 0, "right"), ("c", 1, 0, "wrong"),
+                  ("d", 0, 0, "wrong")])
     assert extract_sft(tree) == []  # 1 of 3 correct < 50%
     assert [r.response for r in extract_sft(tree, ExtractConfig(min_correct_fraction=0))] == [
         response(("a", "code"), ("b", "right"))]
     half = build([("a", 0, 0.5, "code"), ("b", 1, 0, "right"), ("c", 1, 0, "wrong")])
     assert len(extract_sft(half)) == 1  # exactly 50% stays
     _, _, stats = extract([tree, half])
-    assert (stats.problems, stats.trajectories, stats.correct, stats.sft, stats.low_correct_problems) == (2, 5, 2, 1, 1)
+    assert (stats.problems, stats.trajectories, stats.correct, stats.sft,
+            stats.low_correct_problems) == (2, 5, 2, 1, 1)
 
 
 def test_outcome_examples_take_right_and_wrong_in_turn_without_failed_or_repeated_paths():
-    tree = build([("a", 0, 0.5, "code"), ("b", 1, 0, "wrong"), ("c", 1, 0, "wrong"), ("d", 1, 0, "right"),
-                  ("e", 0, 0.9, "fail"), ("f", 5, 0, "right"), ("g", 0, 0, "right")])
+    tree = build([("a", 0, 0.5, "code"), ("b", 1, 0, "wrong"), ("c", 1, 0, "wrong"),
+                  ("d", 1, 0, "right"), ("e", 0, 0.9, "fail"), ("f", 5, 0, "right"),
+                  ("g", 0, 0, "right")])
     got = extract_outcomes(tree)
     assert [(o.response, o.correct) for o in got] == [
-        (response(("a", "code"), ("d", "right")), True), (response(("a", "code"), ("b", "wrong")), False),
+        (response(("a", "code"), ("d", "right")), True),
+        (response(("a", "code"), ("b", "wrong")), False),
         (response(("g", "right")), True), (response(("a", "code"), ("c", "wrong")), False)]
     assert (got[0].problem_id, got[0].question) == ("p1", QUESTION)
     assert len(extract_outcomes(tree, ExtractConfig(outcomes_per_problem=3))) == 3
@@ -127,13 +136,14 @@ def test_outcome_examples_take_right_and_wrong_in_turn_without_failed_or_repeate
 
 # root: 1 (.8, right below), 2 (.5, right and wrong below), 3 (-.4, wrong below),
 #       4 (failing, wrong below), 5 (.2, no answer below)
-PPM_TREE = [("a", 0, 0.8, "code"), ("b", 0, 0.5, "code"), ("c", 0, -0.4, "code"), ("d", 0, -0.9, "fail"),
-            ("e", 0, 0.2, "code"), ("f", 1, 0, "right"), ("g", 2, 0, "right"), ("h", 2, 0, "wrong"),
-            ("i", 3, 0, "wrong"), ("j", 4, 0, "wrong")]
+PPM_TREE = [("a", 0, 0.8, "code"), ("b", 0, 0.5, "code"), ("c", 0, -0.4, "code"),
+            ("d", 0, -0.9, "fail"), ("e", 0, 0.2, "code"), ("f", 1, 0, "right"),
+            ("g", 2, 0, "right"), ("h", 2, 0, "wrong"), ("i", 3, 0, "wrong"), ("j", 4, 0, "wrong")]
 
 
 def _pairs(pairs):
-    return [(p.kind, p.prompt, p.positive, p.negative, round(p.q_positive, 4), round(p.q_negative, 4)) for p in pairs]
+    return [(p.kind, p.prompt, p.positive, p.negative, round(p.q_positive, 4),
+             round(p.q_negative, 4)) for p in pairs]
 
 
 def test_step_and_final_pairs_of_a_tree_written_out():
@@ -155,7 +165,8 @@ def test_step_and_final_pairs_of_a_tree_written_out():
     ]
     _, pairs, stats = extract([build(PPM_TREE)])
     assert _pairs(pairs) == _pairs(got)
-    assert (stats.step_pairs, stats.final_pairs, stats.dropped_margin, stats.dropped_distance) == (3, 4, 1, 0)
+    assert (stats.step_pairs, stats.final_pairs, stats.dropped_margin,
+            stats.dropped_distance) == (3, 4, 1, 0)
     assert _pairs(extract_ppm(build(PPM_TREE), ExtractConfig(final_pairs=0))) == _pairs(got)[:3]
 
 
@@ -166,16 +177,19 @@ def test_one_candidate_on_a_side_lets_the_other_take_four():
     nodes += [("N", 6, 0, "wrong")]
     cfg = ExtractConfig(final_pairs=0)
     got = extract_ppm(build(nodes), cfg)
-    assert [(p.positive, p.negative) for p in got] == [(text(k, "code"), text("n", "code")) for k in "pqrs"]
+    assert [(p.positive, p.negative) for p in got] == [(text(k, "code"), text("n", "code"))
+                                                       for k in "pqrs"]
     # A second negative (-.6): two per side again.
     nodes.insert(6, ("m", 0, -0.6, "code"))
     nodes = [(name, parent + (parent >= 7), q, kind) for name, parent, q, kind in nodes] + [("M", 7, 0, "wrong")]
     got = extract_ppm(build(nodes), cfg)
-    assert [(p.positive[3], p.negative[3]) for p in got] == [("p", "n"), ("p", "m"), ("q", "n"), ("q", "m")]
+    assert [(p.positive[3], p.negative[3]) for p in got] == [("p", "n"), ("p", "m"), ("q", "n"),
+                                                             ("q", "m")]
 
 
 def test_texts_closer_than_min_distance_are_not_a_pair():
-    tree = build([("a", 0, 0.8, "code"), ("b", 0, -0.5, "code"), ("c", 1, 0, "right"), ("d", 2, 0, "wrong")])
+    tree = build([("a", 0, 0.8, "code"), ("b", 0, -0.5, "code"), ("c", 1, 0, "right"),
+                  ("d", 2, 0, "wrong")])
     tree.texts[2] = tree.texts[1].replace("a" * 19, "z" * 19)  # 19 substitutions
     cfg = ExtractConfig(final_pairs=0)
     _, pairs, stats = extract([tree], cfg)
@@ -230,7 +244,8 @@ def test_the_distance_filter_is_levenshtein_at_the_threshold():
 
 def test_a_margin_of_exactly_min_margin_in_float32_is_kept():
     # Q = 0.7 and 0.2 are float32 in a tree; read as Python floats their difference is 0.49999998.
-    tree = build([("a", 0, 0.7, "code"), ("b", 0, 0.2, "code"), ("c", 1, 0, "right"), ("d", 2, 0, "wrong")])
+    tree = build([("a", 0, 0.7, "code"), ("b", 0, 0.2, "code"), ("c", 1, 0, "right"),
+                  ("d", 2, 0, "wrong")])
     assert float(tree.q[1]) - float(tree.q[2]) < 0.5
     pairs = extract_ppm(tree, ExtractConfig(final_pairs=0))
     assert [(p.positive, p.negative) for p in pairs] == [(text("a", "code"), text("b", "code"))]

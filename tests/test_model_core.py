@@ -69,7 +69,8 @@ def test_forked_samples_read_one_shared_prefix_and_match_full_forwards(tmp_path,
     got = []
     for t in range(steps):
         hidden, cache = model.hidden_states(jnp.asarray(continuation[:, t:t + 1]),
-                                            jnp.asarray(starts + t, jnp.int32)[:, None], cache=cache)
+                                            jnp.asarray(starts + t, jnp.int32)[:, None],
+                                            cache=cache)
         got.append(np.asarray(model.logits(hidden))[:, 0])
     got = np.stack(got, axis=1)  # [rows, steps, V]
 
@@ -113,7 +114,8 @@ def test_causal_attention_kernels_match_attention_written_out(window, packed, im
         segments = jnp.asarray(np.repeat(order[None] // 100, b, axis=0))
         mask = segment_mask(segments)
         allowed = allowed & np.asarray(mask)
-    got = attend(q, key, value, causal=True, window=window, mask=mask, implementation=implementation)
+    got = attend(q, key, value, causal=True, window=window, mask=mask,
+                 implementation=implementation)
     want = _plain_attention(q, key, value, jnp.asarray(allowed))
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)
 
@@ -156,18 +158,22 @@ def test_longrope_value_does_not_depend_on_padding(tmp_path):
     """The value head passes each row's real length to the rotary embedding: under longrope
     (factors switch past 16 tokens) a 10-token row scores the same padded to 12 or to 24."""
     checkpoints.save("phi3_longrope", tmp_path)
-    model = from_pretrained(tmp_path, value_head=True, value_tanh=False)  # raw scores: tanh would saturate
+    # raw scores: tanh would saturate
+    model = from_pretrained(tmp_path, value_head=True, value_tanh=False)
     model.value_head[...] = jax.random.normal(jax.random.key(0), model.value_head[...].shape)
     ids = checkpoints.token_ids(1, 10, seed=4)
     short, long = (np.pad(ids, ((0, 0), (0, width - 10))) for width in (12, 24))
     lengths = jnp.asarray([10])
-    np.testing.assert_allclose(model.value(jnp.asarray(long), lengths), model.value(jnp.asarray(short), lengths),
-                               rtol=1e-5, atol=1e-5)  # raw scores are ~10: float32 sums differ by ~1e-5
+    np.testing.assert_allclose(model.value(jnp.asarray(long), lengths),
+                               model.value(jnp.asarray(short), lengths),
+                               # raw scores are ~10: float32 sums differ by ~1e-5
+                               rtol=1e-5, atol=1e-5)
 
 
 def test_new_value_head_starts_at_zero_weights(qwen_dir):
     model = from_pretrained(qwen_dir, value_head=True, value_tanh=False)
-    np.testing.assert_array_equal(np.asarray(model.value(jnp.asarray(checkpoints.token_ids(3, 9)))), 0.0)
+    np.testing.assert_array_equal(np.asarray(model.value(jnp.asarray(checkpoints.token_ids(3, 9)))),
+                                  0.0)
 
 
 def test_value_head_is_saved_beside_the_model_and_reloaded(qwen_dir, tmp_path):
@@ -193,13 +199,14 @@ def test_value_model_without_lm_head_refuses_logits(qwen_dir):
 
 def test_model_built_from_scratch_saves_and_reloads(tmp_path):
     config = ModelConfig(model_type="llama", vocab_size=128, hidden_size=32, intermediate_size=64,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
-                         tie_word_embeddings=True)
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         head_dim=8, tie_word_embeddings=True)
     model = CausalLM(config, rngs=nnx.Rngs(3))
     save_pretrained(model, tmp_path)
     assert read_config(tmp_path) == config
     ids = jnp.asarray(checkpoints.token_ids(2, 8) % 128)
-    np.testing.assert_allclose(np.asarray(from_pretrained(tmp_path)(ids)), np.asarray(model(ids)), atol=1e-6)
+    np.testing.assert_allclose(np.asarray(from_pretrained(tmp_path)(ids)), np.asarray(model(ids)),
+                               atol=1e-6)
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -209,8 +216,9 @@ def test_model_built_from_scratch_saves_and_reloads(tmp_path):
     (dict(model_type="llama", sliding_windows=(4, 8)), r"different sliding windows \[4, 8\]"),
 ])
 def test_configs_no_checkpoint_can_hold_are_refused(kwargs, message):
-    base = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                num_key_value_heads=2, head_dim=8, qkv_bias=kwargs.get("model_type") == "qwen2")
+    base = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+                qkv_bias=kwargs.get("model_type") == "qwen2")
     with pytest.raises(ValueError, match=message):
         ModelConfig(**(base | kwargs))
 
@@ -231,7 +239,8 @@ def test_remote_paths_are_refused_with_what_to_do():
 
 def test_param_count_matches_the_parameters():
     config = ModelConfig(model_type="qwen2", vocab_size=100, hidden_size=32, intermediate_size=48,
-                         num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, head_dim=8, qkv_bias=True)
+                         num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+                         head_dim=8, qkv_bias=True)
     model = CausalLM(config, rngs=nnx.Rngs(0))
     count = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
     assert config.num_params() == count
@@ -267,7 +276,8 @@ def test_shape_mismatch_names_the_tensor_and_both_shapes(qwen_dir, tmp_path):
     config = json.loads((qwen_dir / "config.json").read_text()) | {"intermediate_size": 128}
     (tmp_path / "config.json").write_text(json.dumps(config))
     (tmp_path / "model.safetensors").symlink_to(qwen_dir / "model.safetensors")
-    with pytest.raises(ValueError, match=r"model\.layers\.0\.mlp\.down_proj\.weight.*\(64, 96\).*\(64, 128\)"):
+    with pytest.raises(ValueError,
+                       match=r"model\.layers\.0\.mlp\.down_proj\.weight.*\(64, 96\).*\(64, 128\)"):
         from_pretrained(tmp_path)
 
 
@@ -276,7 +286,8 @@ def test_scanned_layers_give_the_same_logits_and_gradients(tmp_path, remat):
     # Five layers, windows None, None, 7, 7, None: three runs of identical blocks (2, 2 and 1),
     # on packed rows, so the scan's grouping, order and segment masks are all exercised.
     checkpoints.save("qwen2_sliding", tmp_path)
-    config = read_config(tmp_path).replace(num_hidden_layers=5, sliding_windows=(None, None, 7, 7, None))
+    config = read_config(tmp_path).replace(num_hidden_layers=5,
+                                           sliding_windows=(None, None, 7, 7, None))
     ids = jnp.asarray(checkpoints.token_ids(2, 16))
     segments = jnp.asarray(np.repeat([[1] * 10 + [2] * 6], 2, axis=0), jnp.int32)
     positions = jnp.asarray(np.repeat([list(range(10)) + list(range(6))], 2, axis=0), jnp.int32)
@@ -301,6 +312,7 @@ def test_scanned_layers_give_the_same_logits_and_gradients(tmp_path, remat):
     assert jaxpr.count("scan[") == 3  # one scan per run of identical blocks
     # With a KV cache (decoding) the layers run one by one as before: the cache is per layer.
     plain_positions = jnp.broadcast_to(jnp.arange(16, dtype=jnp.int32), (2, 16))
-    hidden, cache = model.hidden_states(ids, plain_positions, cache=KVCache.zeros(config, 2, 32, jnp.float32))
+    hidden, cache = model.hidden_states(ids, plain_positions,
+                                        cache=KVCache.zeros(config, 2, 32, jnp.float32))
     assert len(cache.layers) == 5
     np.testing.assert_allclose(np.asarray(model.logits(hidden)), np.asarray(model(ids)), atol=2e-5)

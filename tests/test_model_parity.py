@@ -55,7 +55,8 @@ def test_bfloat16_params_with_float32_compute(saved):
     model = from_pretrained(directory, dtype=jnp.float32, param_dtype=jnp.bfloat16)
     assert model.layers[0].attn.q_proj[...].dtype == jnp.bfloat16
     ids = checkpoints.token_ids(1, 16)
-    np.testing.assert_allclose(np.asarray(model(jnp.asarray(ids))), checkpoints.logits(reference, ids), atol=0.3)
+    np.testing.assert_allclose(np.asarray(model(jnp.asarray(ids))),
+                               checkpoints.logits(reference, ids), atol=0.3)
 
 
 @pytest.mark.parametrize("name", ["llama_bias_llama3_rope", "qwen2_tied", "phi3_longrope"])
@@ -65,7 +66,8 @@ def test_saved_checkpoint_loads_in_transformers_with_same_logits(saved, tmp_path
     save_pretrained(model, tmp_path)
     reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
     ids = checkpoints.token_ids(2, 24)
-    np.testing.assert_allclose(checkpoints.logits(reloaded, ids), np.asarray(model(jnp.asarray(ids))), atol=1e-4)
+    np.testing.assert_allclose(checkpoints.logits(reloaded, ids),
+                               np.asarray(model(jnp.asarray(ids))), atol=1e-4)
 
 
 def test_multi_file_checkpoints_load_and_save(saved, tmp_path):

@@ -76,4 +76,5 @@ def test_sharded_model_saves_a_checkpoint_transformers_loads(tmp_path, mesh):
     save_pretrained(model, tmp_path / "ours")
     reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "ours", dtype=torch.float32).eval()
     ids = checkpoints.token_ids(2, 16)
-    np.testing.assert_allclose(checkpoints.logits(reloaded, ids), checkpoints.logits(reference, ids), atol=1e-5)
+    np.testing.assert_allclose(checkpoints.logits(reloaded, ids),
+                               checkpoints.logits(reference, ids), atol=1e-5)

@@ -32,12 +32,15 @@ def unicode_tree():
     tree.texts[1] = "<code>\n# π ≈ 3.14, 日本語 🙂\nx = 1\n<end_of_step>"
     tree.init_value[2] = np.nan
     tree.tokens[0] = []
-    return dataclasses.replace(tree, problem=dataclasses.replace(tree.problem, metadata={"level": 3, "tags": ["a"]}))
+    return dataclasses.replace(tree,
+                               problem=dataclasses.replace(tree.problem,
+                                                           metadata={"level": 3, "tags": ["a"]}))
 
 
 def test_every_kind_round_trips_exactly(tmp_path):
     tree = unicode_tree()
-    sft = SFTExample("p1", "What is 1?", "<answer>\\boxed{1}<end_of_answer>", 0.5, math.nan, "search", {"k": 1})
+    sft = SFTExample("p1", "What is 1?", "<answer>\\boxed{1}<end_of_answer>", 0.5, math.nan,
+                     "search", {"k": 1})
     pair = PPMPair("p1", "prompt", "pos", "neg", 0.75, -0.25, "final", "search")
     for kind, item in (("tree", tree), ("sft", sft), ("ppm", pair)):
         rec.write_records(tmp_path, kind, [item, item])
@@ -46,7 +49,8 @@ def test_every_kind_round_trips_exactly(tmp_path):
         if kind == "tree":
             assert_same_tree(back[0], tree)
         else:
-            assert repr(back[0]) == repr(back[1]) == repr(item)  # NaN compares unequal; repr does not
+            # NaN compares unequal; repr does not
+            assert repr(back[0]) == repr(back[1]) == repr(item)
     assert rec.count_records(tmp_path, "tree") == 2
 
 
@@ -88,14 +92,18 @@ def test_wrong_kind_newer_schema_and_wrong_types_are_named(tmp_path):
     rec.write_records(tmp_path, "sft", [SFTExample("p", "q", "r")])
     shard = rec.shard_paths(tmp_path, "sft")[0]
     shard.rename(tmp_path / "ppm-00000.arrayrecord")
-    with pytest.raises(ValueError, match="a 'sft' record where 'ppm' records were expected; read it with kind='sft'"):
+    with pytest.raises(ValueError,
+                       match="a 'sft' record where 'ppm' records were expected; read it with "
+                             "kind='sft'"):
         list(rec.read_records(tmp_path, "ppm"))
     newer = msgpack.packb([rec.SCHEMA_VERSION + 1, "sft", "p", b""], use_bin_type=True)
-    with pytest.raises(ValueError, match=f"schema {rec.SCHEMA_VERSION + 1} is newer than this rstar_jax reads"):
+    with pytest.raises(ValueError,
+                       match=f"schema {rec.SCHEMA_VERSION + 1} is newer than this rstar_jax reads"):
         rec.decode("sft", newer)
     with pytest.raises(TypeError, match="a 'ppm' record is a PPMPair, got SFTExample"):
         rec.RecordWriter(tmp_path, "ppm").write(SFTExample("p", "q", "r"))
-    with pytest.raises(ValueError, match="unknown record kind 'trees'; choose one of tree, sft, ppm"):
+    with pytest.raises(ValueError,
+                       match="unknown record kind 'trees'; choose one of tree, sft, ppm"):
         rec.RecordWriter(tmp_path, "trees")
     with pytest.raises(ValueError, match="shard_size must be a positive int, got 0"):
         rec.RecordWriter(tmp_path, "tree", shard_size=0)
@@ -116,7 +124,9 @@ def test_released_rstar_data_imports():
 def test_released_files_with_bad_rows_are_named(tmp_path):
     (tmp_path / "a.jsonl").write_text(json.dumps({"query": "q", "response": "r"}) + "\n"
                                       + json.dumps({"query": "q2", "answer": "r"}) + "\n")
-    with pytest.raises(ValueError, match=r"a.jsonl, row 1: key 'response' is missing \(keys: \['answer', 'query'\]\)"):
+    with pytest.raises(ValueError,
+                       match=r"a.jsonl, row 1: key 'response' is missing \(keys: \['answer', "
+                             r"'query'\]\)"):
         rec.import_rstar_sft(tmp_path / "a.jsonl")
     (tmp_path / "b.json").write_text(json.dumps([{"prompt": "p", "pos": 1, "neg": "n"}]))
     with pytest.raises(ValueError, match="row 0: key 'pos' is a int, not a string"):

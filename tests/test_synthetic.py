@@ -48,22 +48,26 @@ def test_reference_solutions_run_and_print_their_answers():
         assert all(k is fmt.StepKind.CODE for k in kinds[:-2]) and 1 <= len(kinds) - 2 <= 7
         assert steps[0].startswith("<code>\n# Step 1: ")
         assert result.ok, (p.question, result.error)
-        assert result.stdout.strip() == fmt.step_output(steps[-2]), p.question  # the block is what it prints
-        assert fmt.insert_output(text[:text.index(fmt.END_OF_CODE) + len(fmt.END_OF_CODE)], result.stdout) \
+        # the block is what it prints
+        assert result.stdout.strip() == fmt.step_output(steps[-2]), p.question
+        assert fmt.insert_output(text[:text.index(fmt.END_OF_CODE) + len(fmt.END_OF_CODE)],
+                                 result.stdout) \
             == "".join(steps[:-1])
         assert is_equivalent(fmt.extract_answer(text), p.answer) and is_equivalent(result.stdout.strip(), p.answer)
         assert p.source == f"synthetic/{p.metadata['family']}"
     styles = collections.defaultdict(set)
     for p in problems:
         styles[p.metadata["family"]].add(p.metadata["style"])
-    assert styles == {"arithmetic": {"steps", "running", "direct"}, "fractions": {"steps", "running", "direct"},
+    assert styles == {"arithmetic": {"steps", "running", "direct"},
+                      "fractions": {"steps", "running", "direct"},
                       "linear": {"left", "right", "sympy"}, "word": {"steps"}}
 
 
 def test_every_style_of_a_family_is_drawn_about_as_often():
     problems = generate(1200, seed=3)
     for family in ("arithmetic", "linear"):
-        counts = collections.Counter(p.metadata["style"] for p in problems if p.metadata["family"] == family)
+        counts = collections.Counter(p.metadata["style"]
+                                     for p in problems if p.metadata["family"] == family)
         assert len(counts) == 3 and min(counts.values()) >= 70, counts  # 100 each expected
 
 
@@ -71,7 +75,8 @@ def test_level_2_takes_more_steps_and_longer_questions_than_level_1():
     problems = generate(600, seed=2, levels=(1, 2))
     by_level = collections.defaultdict(list)
     for p in problems:
-        by_level[p.metadata["level"]].append((len(fmt.split_steps(p.metadata["solution"])), len(p.question)))
+        by_level[p.metadata["level"]].append((len(fmt.split_steps(p.metadata["solution"])),
+                                              len(p.question)))
     steps = {lv: sum(s for s, _ in v) / len(v) for lv, v in by_level.items()}
     chars = {lv: sum(c for _, c in v) / len(v) for lv, v in by_level.items()}
     assert steps[1] < steps[2] and chars[1] < chars[2]
@@ -116,7 +121,8 @@ def test_levels_1_and_2_are_the_problems_the_shipped_base_was_trained_on():
 
 @pytest.mark.parametrize("kwargs,message", [
     ({"n": -1}, "n must be an int >= 0, got -1"),
-    ({"n": 3, "families": ["geometry"]}, "families must be some of arithmetic, fractions, linear, word; got"),
+    ({"n": 3, "families": ["geometry"]},
+     "families must be some of arithmetic, fractions, linear, word; got"),
     ({"n": 3, "levels": [0]}, r"levels must be some of \(1, 2, 3\); got \[0\]"),
 ])
 def test_bad_arguments_are_named(kwargs, message):

@@ -43,7 +43,8 @@ def test_synthetic_and_file_configs(tmp_path):
             {"problem": "What is $1 + 1$?", "solution": "$\\boxed{2}$", "source": "gsm"}]
     jsonl = tmp_path / "numina.jsonl"
     jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    problems = tb.problems_source(tb.build_files("numina_small", [jsonl], tmp_path, preset="numina"))
+    problems = tb.problems_source(tb.build_files("numina_small", [jsonl], tmp_path,
+                                                 preset="numina"))
     assert [(p.question, p.answer, p.source) for p in problems] == [
         ("Find $x$ if $2x = 6$.", "3", "amc"), ("What is $1 + 1$?", "2", "gsm")]
 
@@ -58,7 +59,8 @@ def test_grain_reads_a_built_split(tmp_path):
 def test_bad_requests_are_named(tmp_path):
     with pytest.raises(ValueError, match="unknown config 'math501'; choose one of math500"):
         tb.build("math501", tmp_path)
-    with pytest.raises(ValueError, match="n, seed and levels are options of the synthetic config, not 'gsm8k'"):
+    with pytest.raises(ValueError,
+                       match="n, seed and levels are options of the synthetic config, not 'gsm8k'"):
         tb.build("gsm8k", tmp_path, n=3)
     with pytest.raises(FileNotFoundError, match="missing: .*nope.jsonl"):
         tb.build_files("mine", [tmp_path / "nope.jsonl"], tmp_path)
@@ -67,6 +69,7 @@ def test_bad_requests_are_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="is not a built dataset"):
         tb.problems_source(tmp_path)
     twice = tmp_path / "twice.jsonl"
-    twice.write_text('{"index": 1, "question": "a?", "answer": "1"}\n{"index": 1, "question": "b?", "answer": "2"}\n')
+    twice.write_text('{"index": 1, "question": "a?", "answer": "1"}\n{"index": 1, "question": '
+                     '"b?", "answer": "2"}\n')
     with pytest.raises(Exception, match="problem id 'twice/1' appears twice"):
         tb.build_files("twice", [twice], tmp_path)

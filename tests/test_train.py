@@ -36,7 +36,8 @@ def tiny(seed=0, value_head=False):
 
 def random_sequences(n, seed=0, low=20, high=60):
     rng = np.random.default_rng(seed)
-    return [(rng.integers(3, 500, size=rng.integers(low, high)).tolist(), int(rng.integers(2, 10))) for _ in range(n)]
+    return [(rng.integers(3, 500, size=rng.integers(low, high)).tolist(), int(rng.integers(2, 10)))
+            for _ in range(n)]
 
 
 # --- losses and batches ---------------------------------------------------------------------
@@ -46,14 +47,15 @@ def test_sft_loss_is_the_masked_token_cross_entropy():
     logits = jnp.log(jnp.array([[[0.5, 0.25, 0.25], [0.1, 0.8, 0.1]]]))
     total, count = sft_loss_sum(logits, jnp.array([[0, 1]]), jnp.array([[0.0, 1.0]]))
     assert float(count) == 1 and float(total) == pytest.approx(-np.log(0.8), rel=1e-6)
-    total, count = ppm_loss_sum(jnp.array([1.0, 0.0]), jnp.array([0.0, 0.0]), jnp.array([0.5, 0.25]))
+    total, count = ppm_loss_sum(jnp.array([1.0, 0.0]), jnp.array([0.0, 0.0]),
+                                jnp.array([0.5, 0.25]))
     assert float(total) == pytest.approx(0.5 * np.log1p(np.exp(-1.0)) + 0.25 * np.log(2), rel=1e-6)
     assert float(count) == 0.75
 
 
 def test_sft_examples_pack_into_segments_with_response_targets_only():
-    batches = list(pack_sft([([5, 6, 7, 8], 2), ([9, 10, 11], 1), ([12, 13, 14, 15, 16], 3)], rows=2, length=6,
-                            pad_id=0))
+    batches = list(pack_sft([([5, 6, 7, 8], 2), ([9, 10, 11], 1), ([12, 13, 14, 15, 16], 3)],
+                            rows=2, length=6, pad_id=0))
     assert len(batches) == 1
     b = batches[0]
     # Row 0: example 1 (3 inputs) then example 2 (2 inputs); row 1: example 3 (4 inputs).
@@ -94,12 +96,14 @@ def test_every_pair_is_in_each_epoch_once_and_padding_pairs_weigh_nothing():
     tok = CharTokenizer()
     pairs = [PPMPair(f"p{i}", "A", f"x{i}", f"y{i}") for i in range(5)]
     seen = []
-    for batch in itertools.islice(epochs(pairs, 0, lambda order: ppm_batches(order, tok, 4, 100)), 4):
+    for batch in itertools.islice(epochs(pairs, 0, lambda order: ppm_batches(order, tok, 4, 100)),
+                                  4):
         assert batch.ids.shape[0] == 8  # always whole batches: a batch splits over devices
         for i, w in enumerate(batch.weights):
             seen.append(tok.decode(batch.ids[2 * i, :batch.lengths[2 * i]]) if w > 0 else None)
     assert sorted(filter(None, seen[:8])) == sorted(filter(None, seen[8:])) == [f"Ax{i}" for i in range(5)]
-    assert seen.count(None) == 6 and seen[:8] != seen[8:]  # 3 padding pairs an epoch; a new order each epoch
+    # 3 padding pairs an epoch; a new order each epoch
+    assert seen.count(None) == 6 and seen[:8] != seen[8:]
 
 
 def test_records_become_batches_with_a_tokenizer():
@@ -108,7 +112,8 @@ def test_records_become_batches_with_a_tokenizer():
     ((ids, prompt_len),) = tokenize_sft([SFTExample("p", "What is 1?", step)], tok)
     assert ids == tok.policy_prompt_ids("What is 1?") + tok.encode(step) + [tok.eos_id] and prompt_len == len(
         tok.policy_prompt_ids("What is 1?"))
-    pairs = [PPMPair("p", "A", "x1", "y1"), PPMPair("p", "A", "x1", "y2"), PPMPair("p", "A", "x2", "y1"),
+    pairs = [PPMPair("p", "A", "x1", "y1"), PPMPair("p", "A", "x1", "y2"),
+             PPMPair("p", "A", "x2", "y1"),
              PPMPair("p", "B", "x", "y"), PPMPair("q", "A", "x", "y")]
     np.testing.assert_allclose(pair_weights(pairs), [0.25, 0.25, 0.25, 1, 1])
     batch, = list(ppm_batches(pairs[:3], tok, batch_pairs=4, max_length=100))
@@ -121,7 +126,8 @@ def test_schedules_warm_up_and_decay():
     cosine = make_schedule(TrainConfig(learning_rate=1.0, warmup_steps=10, total_steps=110))
     assert [float(cosine(s)) for s in (0, 5, 10)] == [0.0, 0.5, 1.0]
     assert float(cosine(60)) == pytest.approx(0.5, abs=1e-6) and float(cosine(110)) == pytest.approx(0, abs=1e-6)
-    linear = make_schedule(TrainConfig(learning_rate=1.0, schedule="linear", total_steps=10, end_lr_fraction=0.1))
+    linear = make_schedule(TrainConfig(learning_rate=1.0, schedule="linear", total_steps=10,
+                                       end_lr_fraction=0.1))
     assert float(linear(5)) == pytest.approx(0.55)
     with pytest.raises(ValueError, match="schedule must be cosine, linear or constant, got 'step'"):
         TrainConfig(schedule="step")
@@ -160,7 +166,8 @@ def test_four_microbatches_make_the_step_of_the_whole_batch():
 def test_the_chunked_sft_loss_makes_the_step_of_the_whole_sequence():
     (batch,) = list(pack_sft(random_sequences(8), rows=4, length=128))
     _assert_same_step(batch, loss_chunk=32)
-    with pytest.raises(ValueError, match=r"loss chunk \(48 positions\) must divide the sequence length 128"):
+    with pytest.raises(ValueError,
+                       match=r"loss chunk \(48 positions\) must divide the sequence length 128"):
         Trainer(tiny(), TrainConfig(loss_chunk=48), "sft").step(batch)
     with pytest.raises(ValueError, match="loss_chunk must be an int >= 0"):
         TrainConfig(loss_chunk=-1)
@@ -184,11 +191,15 @@ def test_a_model_on_a_one_device_mesh_compiles_its_step_once_for_every_trainer()
 def test_a_step_on_eight_devices_equals_one_device(tmp_path):
     mesh = make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
     sharded = create_sharded(lambda: tiny(3), mesh)
-    assert sharded.layers[0].mlp.gate_proj[...].sharding.spec != jax.sharding.PartitionSpec()  # really sharded
-    for a, b in zip(jax.tree.leaves(nnx.state(sharded, nnx.Param)), jax.tree.leaves(nnx.state(tiny(3), nnx.Param))):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6)  # created in shards, same values
+    # really sharded
+    assert sharded.layers[0].mlp.gate_proj[...].sharding.spec != jax.sharding.PartitionSpec()
+    for a, b in zip(jax.tree.leaves(nnx.state(sharded, nnx.Param)),
+                    jax.tree.leaves(nnx.state(tiny(3), nnx.Param))):
+        # created in shards, same values
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6)
     local = tiny(3)
-    nnx.update(local, jax.tree.map(jnp.asarray, jax.device_get(nnx.state(sharded))))  # the very same start
+    # the very same start
+    nnx.update(local, jax.tree.map(jnp.asarray, jax.device_get(nnx.state(sharded))))
     (batch,) = list(pack_sft(random_sequences(16, seed=1), rows=8, length=128))
     config = TrainConfig(learning_rate=1e-3, eps=1e-3, microbatches=2)  # eps: see the test above
     wide, single = Trainer(sharded, config, "sft"), Trainer(local, config, "sft")
@@ -197,7 +208,8 @@ def test_a_step_on_eight_devices_equals_one_device(tmp_path):
         # Adam's moments sit in the shards of their parameters, from creation on: replicated they
         # would cost every device 2x the whole model in float32.
         pairs = []
-        optax.tree_utils.tree_map_params(wide.tx, lambda m, p: pairs.append((m.sharding, p.sharding)),
+        optax.tree_utils.tree_map_params(wide.tx,
+                                         lambda m, p: pairs.append((m.sharding, p.sharding)),
                                          wide.opt_state, wide.params)
         assert len(pairs) == 2 * len(jax.tree.leaves(wide.params))  # mu and nu
         for m, p in pairs:
@@ -244,7 +256,8 @@ def test_the_ppm_learns_separable_pairs():
     rng = np.random.default_rng(0)
 
     def batch(n):
-        # Prompt: random tokens; the positive step contains token 7 three times, the negative token 8.
+        # Prompt: random tokens; the positive step contains token 7 three times, the negative token
+        # 8.
         ids = rng.integers(20, 500, size=(2 * n, 24)).astype(np.int32)
         ids[0::2, 16:19] = 7
         ids[1::2, 16:19] = 8
@@ -326,7 +339,8 @@ def test_a_killed_run_resumes_where_it_stopped(tmp_path):
         assert checkpoints.manager.all_steps() == [3, 4]  # keep=2
     for a, b in zip(_params(straight), _params(resumed)):
         np.testing.assert_array_equal(a, b)
-    for a, b in zip(jax.tree.leaves(jax.device_get(straight.opt_state)), jax.tree.leaves(jax.device_get(resumed.opt_state))):
+    for a, b in zip(jax.tree.leaves(jax.device_get(straight.opt_state)),
+                    jax.tree.leaves(jax.device_get(resumed.opt_state))):
         np.testing.assert_array_equal(a, b)
     assert Checkpoints(tmp_path / "empty").restore_latest(Trainer(tiny(), config, "sft")) is None
 
@@ -342,8 +356,9 @@ def test_fit_resumes_keeps_the_best_and_logs(tmp_path):
     def run(steps, model):
         trainer = Trainer(model, config, "sft")
         with Checkpoints(tmp_path / "last", keep=1) as last, Checkpoints(tmp_path / "best", keep=1) as best:
-            history = fit(trainer, batches, steps=steps, eval_batches=held, eval_every=1, checkpoints=last,
-                          best=best, logdir=tmp_path / "tb", peak_flops=2e11, progress=False)
+            history = fit(trainer, batches, steps=steps, eval_batches=held, eval_every=1,
+                          checkpoints=last, best=best, logdir=tmp_path / "tb", peak_flops=2e11,
+                          progress=False)
         return trainer, history
 
     _, first = run(3, tiny(7))
@@ -411,11 +426,13 @@ def test_a_cloud_tpu_vm_slice_is_found_from_its_metadata(monkeypatch):
     server = http.server.HTTPServer(("127.0.0.1", 0), Metadata)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        for var in ("JAX_COORDINATOR_ADDRESS", "TPU_WORKER_HOSTNAMES", "TPU_PROCESS_ADDRESSES", "MEGASCALE_NUM_SLICES"):
+        for var in ("JAX_COORDINATOR_ADDRESS", "TPU_WORKER_HOSTNAMES", "TPU_PROCESS_ADDRESSES",
+                    "MEGASCALE_NUM_SLICES"):
             monkeypatch.delenv(var, raising=False)
         monkeypatch.setenv("GCE_METADATA_IP", f"127.0.0.1:{server.server_port}")
         assert tpu_vm_workers() == 4 and several_processes()
-        assert asked[0] == ("/computeMetadata/v1/instance/attributes/worker-network-endpoints", "Google")
+        assert asked[0] == ("/computeMetadata/v1/instance/attributes/worker-network-endpoints",
+                            "Google")
         endpoints["value"] = "w-0"  # a one-host slice
         assert tpu_vm_workers() == 1 and not several_processes()
         monkeypatch.setenv("MEGASCALE_NUM_SLICES", "2")  # ... but one of two slices
@@ -435,7 +452,8 @@ def test_microbatches_are_the_fewest_within_the_token_budget():
     assert microbatches_for(128, 4096, 64, 8192) == 1
     assert microbatches_for(128, 4096, 64, 8191) == 2
     assert microbatches_for(128, 4096, 8, 16384) == 4  # 16 rows a device -> 4 a microbatch
-    assert microbatches_for(96, 100, 8, 500) == 3  # 12 rows a device: 2 microbatches would leave 6 (600 tokens)
+    # 12 rows a device: 2 microbatches would leave 6 (600 tokens)
+    assert microbatches_for(96, 100, 8, 500) == 3
     with pytest.raises(ValueError, match="one row of 4096 tokens"):
         microbatches_for(128, 4096, 64, 4000)
     with pytest.raises(ValueError, match="multiple of 64"):
@@ -453,7 +471,8 @@ def test_evolution_reads_microbatches_from_the_token_budget():
     assert microbatches(c, "ppm", 1) == 2  # no budget: as configured
     c.tokens_per_chip = 4096
     assert microbatches(c, "ppm", 1) == 2  # 8 pairs x 1024 tokens = 8192 a chip
-    assert microbatches(c, "ppm", batch_shards(mesh_from_config(config.mesh))) == 1  # data=-1: 8 devices, a pair each
+    # data=-1: 8 devices, a pair each
+    assert microbatches(c, "ppm", batch_shards(mesh_from_config(config.mesh))) == 1
     assert microbatches(config.train.sft, "sft", 1) == 1  # sft has no budget set
     orm = config.train.orm  # an outcome row is one sequence
     orm.tokens_per_chip = 4096

@@ -14,14 +14,15 @@ from rstar_jax.tokenizer import STEP_TOKENS, Tokenizer
 
 
 def _bpe_tokenizer(directory, vocab_size):
-    checkpoints.bpe_tokenizer_dir(directory, vocab_size, ["total = 2 * 20 * 12\nprint(total)\n"] * 10)
+    checkpoints.bpe_tokenizer_dir(directory, vocab_size,
+                                  ["total = 2 * 20 * 12\nprint(total)\n"] * 10)
     return Tokenizer.from_dir(directory)
 
 
 def _model(vocab_size, tie=False, seed=0):
-    config = ModelConfig(model_type="qwen2", vocab_size=vocab_size, hidden_size=32, intermediate_size=64,
-                         num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
-                         qkv_bias=True, tie_word_embeddings=tie)
+    config = ModelConfig(model_type="qwen2", vocab_size=vocab_size, hidden_size=32,
+                         intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+                         num_key_value_heads=2, head_dim=8, qkv_bias=True, tie_word_embeddings=tie)
     return CausalLM(config, rngs=nnx.Rngs(seed))
 
 
@@ -33,10 +34,12 @@ def test_new_tokens_take_free_rows_initialised_to_the_mean(tmp_path):
     assert list(ids.values()) == list(range(262, 269))
     assert model.config.vocab_size == 384  # they fit: no growth
     embed = np.asarray(model.embed[...])
-    np.testing.assert_allclose(embed[262:269], np.broadcast_to(before_embed[:262].mean(0), (7, 32)), atol=1e-6)
+    np.testing.assert_allclose(embed[262:269], np.broadcast_to(before_embed[:262].mean(0), (7, 32)),
+                               atol=1e-6)
     np.testing.assert_array_equal(embed[:262], before_embed[:262])
     np.testing.assert_array_equal(embed[269:], before_embed[269:])
-    np.testing.assert_allclose(np.asarray(model.lm_head[...])[:, 262], before_head[:, :262].mean(1), atol=1e-6)
+    np.testing.assert_allclose(np.asarray(model.lm_head[...])[:, 262], before_head[:, :262].mean(1),
+                               atol=1e-6)
 
 
 def test_tables_grow_to_a_multiple_of_128_when_ids_do_not_fit(tmp_path):

@@ -18,9 +18,11 @@ from collections.abc import Iterable, Sequence
 
 from rstar_jax.data.problem import Problem
 
-_LATEX_NOISE = re.compile(r"\\(?:left|right|big|Big|bigg|Bigg|displaystyle|textstyle|[,;:! ])(?![a-zA-Z])|\$")
+_LATEX_NOISE = re.compile(r"\\(?:left|right|big|Big|bigg|Bigg|displaystyle|textstyle|[,;:! ])"
+                          r"(?![a-zA-Z])|\$")
 _FRAC = re.compile(r"\\[dt]frac(?![a-zA-Z])")
-_GAPS = re.compile(r"[\s;:!?'\"`]+|[.,](?!\d)")  # a point or comma before a digit is part of a number
+# a point or comma before a digit is part of a number
+_GAPS = re.compile(r"[\s;:!?'\"`]+|[.,](?!\d)")
 
 
 def normalize_question(text: str) -> str:
@@ -35,7 +37,8 @@ class OverlapReport:
     """What `deduplicate` / `decontaminate` removed: counts per reason, and the ids."""
 
     kept: int = 0
-    exact: collections.Counter = dataclasses.field(default_factory=collections.Counter)  # by benchmark
+    # by benchmark
+    exact: collections.Counter = dataclasses.field(default_factory=collections.Counter)
     normalized: collections.Counter = dataclasses.field(default_factory=collections.Counter)
     removed_ids: list[str] = dataclasses.field(default_factory=list)
 
@@ -72,7 +75,8 @@ def deduplicate(problems: Iterable[Problem]) -> tuple[list[Problem], OverlapRepo
     return kept, report
 
 
-def decontaminate(problems: Iterable[Problem], against: Sequence[str] | dict[str, Iterable[Problem]] | None = None
+def decontaminate(problems: Iterable[Problem],
+                  against: Sequence[str] | dict[str, Iterable[Problem]] | None = None
                   ) -> tuple[list[Problem], OverlapReport]:
     """The problems whose question is in none of the benchmarks `against` (names from
     `sources.BENCHMARKS`, default all of them, or {name: problems}), and the counts of

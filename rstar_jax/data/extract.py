@@ -51,7 +51,8 @@ from rapidfuzz.distance import Levenshtein
 from rstar_jax.data.records import OutcomeExample, PPMPair, SFTExample
 from rstar_jax.steps import format as fmt
 
-# Qs are float32: 0.7 and 0.2 read as Python floats differ by 0.49999998, and a 0.5 margin must keep that pair.
+# Qs are float32: 0.7 and 0.2 read as Python floats differ by 0.49999998, and a 0.5 margin must keep
+# that pair.
 _SLACK = 1e-6
 
 
@@ -70,18 +71,20 @@ class ExtractConfig:
     outcomes_per_problem: int = 8
 
     def __post_init__(self):
-        for name in ("sft_per_problem", "pairs_per_side", "fallback_per_side", "min_distance", "final_pairs",
-                     "outcomes_per_problem"):
+        for name in ("sft_per_problem", "pairs_per_side", "fallback_per_side", "min_distance",
+                     "final_pairs", "outcomes_per_problem"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
                 raise ValueError(f"ExtractConfig.{name} must be an int >= 0, got {value!r}")
         if not 0 <= self.min_correct_fraction <= 1:
-            raise ValueError(f"ExtractConfig.min_correct_fraction must be in [0, 1], got {self.min_correct_fraction!r}")
+            raise ValueError("ExtractConfig.min_correct_fraction must be in [0, 1], got "
+                             f"{self.min_correct_fraction!r}")
         if not 0 <= self.min_margin <= 2:
-            raise ValueError(f"ExtractConfig.min_margin must be in [0, 2] (Q is in [-1, 1]), got {self.min_margin!r}")
+            raise ValueError("ExtractConfig.min_margin must be in [0, 2] (Q is in [-1, 1]), got "
+                             f"{self.min_margin!r}")
         if self.fallback_per_side < self.pairs_per_side:
-            raise ValueError(f"ExtractConfig.fallback_per_side={self.fallback_per_side} must be at least "
-                             f"pairs_per_side={self.pairs_per_side}")
+            raise ValueError(f"ExtractConfig.fallback_per_side={self.fallback_per_side} must be at "
+                             f"least pairs_per_side={self.pairs_per_side}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,8 +118,9 @@ def _check_graded(tree) -> np.ndarray:
     bad = [int(a) for a in answers if tree.reward[a] not in (1.0, -1.0)]
     if bad:
         raise ValueError(f"problem {tree.problem.id}: answer nodes {bad[:5]} have rewards "
-                         f"{[float(tree.reward[a]) for a in bad[:5]]}, not +1/-1: extraction needs a tree from a "
-                         "graded search (Mode.TERMINAL or Mode.PPM), not a test-time one")
+                         f"{[float(tree.reward[a]) for a in bad[:5]]}, not +1/-1: extraction needs "
+                         "a tree from a graded search (Mode.TERMINAL or Mode.PPM), not a test-time "
+                         "one")
     return answers
 
 
@@ -133,8 +137,8 @@ def trajectories(tree) -> list[Trajectory]:
     for a in answers.tolist():
         path = tree.path(a)
         out.append(Trajectory(nodes=tuple(path), response="".join(tree.texts[n] for n in path),
-                              correct=bool(tree.reward[a] > 0), mean_q=total[a] / len(path), min_q=low[a],
-                              has_error=error[a]))
+                              correct=bool(tree.reward[a] > 0), mean_q=total[a] / len(path),
+                              min_q=low[a], has_error=error[a]))
     return out
 
 
@@ -155,10 +159,11 @@ def extract_sft(tree, config: ExtractConfig = ExtractConfig(), *, source: str = 
     trajs = trajectories(tree) if trajs is None else trajs
     if not trajs or _too_few_correct(trajs, config):
         return []
-    good = sorted((t for t in trajs if t.correct and not t.has_error), key=lambda t: (-t.mean_q, -t.min_q, t.nodes[-1]))
+    good = sorted((t for t in trajs if t.correct and not t.has_error),
+                  key=lambda t: (-t.mean_q, -t.min_q, t.nodes[-1]))
     p = tree.problem
-    return [SFTExample(problem_id=p.id, question=p.question, response=t.response, mean_q=t.mean_q, min_q=t.min_q,
-                       source=source) for t in good[:config.sft_per_problem]]
+    return [SFTExample(problem_id=p.id, question=p.question, response=t.response, mean_q=t.mean_q,
+                       min_q=t.min_q, source=source) for t in good[:config.sft_per_problem]]
 
 
 def _sides(pos: list, neg: list, config: ExtractConfig) -> tuple[list, list]:
@@ -192,8 +197,9 @@ def extract_ppm(tree, config: ExtractConfig = ExtractConfig(), *, source: str = 
         elif not _far(p_text, n_text, config.min_distance):
             stats.dropped_distance += 1
         else:
-            out.append(PPMPair(problem_id=pid, prompt=head, positive=p_text, negative=n_text, q_positive=float(qp),
-                               q_negative=float(qn), kind=kind, source=source))
+            out.append(PPMPair(problem_id=pid, prompt=head, positive=p_text, negative=n_text,
+                               q_positive=float(qp), q_negative=float(qn), kind=kind,
+                               source=source))
 
     q_list = q.tolist()
     # Only a node with a correct and a wrong answer below can have a pair among its children.

@@ -29,11 +29,13 @@ def load_problems(spec: str) -> list[Problem]:
         raise ValueError(f"{spec!r}: options are name=value pairs separated by commas")
     pairs = dict(item.split("=", 1) for item in items)
     if head == "synthetic":
-        from rstar_jax.data import synthetic  # (sympy: slow to import, and only this source needs it)
+        # (sympy: slow to import, and only this source needs it)
+        from rstar_jax.data import synthetic
 
         unknown = set(pairs) - {"n", "seed", "levels"}
         if unknown:
-            raise ValueError(f"{spec!r}: unknown synthetic options {sorted(unknown)}; use n, seed, levels")
+            raise ValueError(f"{spec!r}: unknown synthetic options {sorted(unknown)}; use n, seed, "
+                             "levels")
         levels = tuple(int(c) for c in pairs.get("levels", "")) or synthetic.LEVELS
         return synthetic.generate(int(pairs.get("n", 1000)), int(pairs.get("seed", 0)), levels)
     path = pathlib.Path(head).expanduser()
@@ -42,7 +44,9 @@ def load_problems(spec: str) -> list[Problem]:
     if path.is_file():
         unknown = set(pairs) - {"preset", "source"}
         if unknown:
-            raise ValueError(f"{spec!r}: unknown file options {sorted(unknown)}; use preset, source")
+            raise ValueError(f"{spec!r}: unknown file options {sorted(unknown)}; use preset, "
+                             "source")
         return sources.read_problems(path, **pairs)
-    raise ValueError(f"{spec!r} is neither a benchmark ({', '.join(sources.BENCHMARKS)}), 'synthetic[:options]', "
-                     "an existing problem file nor a built TFDS dataset directory")
+    raise ValueError(f"{spec!r} is neither a benchmark ({', '.join(sources.BENCHMARKS)}), "
+                     "'synthetic[:options]', an existing problem file nor a built TFDS dataset "
+                     "directory")

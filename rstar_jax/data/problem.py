@@ -36,15 +36,18 @@ class Problem:
 
     def __post_init__(self):
         if not isinstance(self.question, str) or not self.question.strip():
-            raise TypeError(f"Problem.question must be a non-empty string, got {self.question!r:.80}")
+            raise TypeError("Problem.question must be a non-empty string, got "
+                            f"{self.question!r:.80}")
         if self.answer is not None and not isinstance(self.answer, str):
-            raise TypeError(f"Problem.answer must be a string or None, got {type(self.answer).__name__} "
-                            f"{self.answer!r:.40}; convert numbers with str()")
+            raise TypeError("Problem.answer must be a string or None, got "
+                            f"{type(self.answer).__name__} {self.answer!r:.40}; convert numbers "
+                            "with str()")
         for name in ("id", "source"):
             if not isinstance(getattr(self, name), str):
                 raise TypeError(f"Problem.{name} must be a string, got {getattr(self, name)!r:.40}")
         if not isinstance(self.metadata, Mapping):
-            raise TypeError(f"Problem.metadata must be a mapping, got {type(self.metadata).__name__}")
+            raise TypeError("Problem.metadata must be a mapping, got "
+                            f"{type(self.metadata).__name__}")
         if not self.id:
             object.__setattr__(self, "id", problem_id(self.question, self.source))
 
@@ -58,8 +61,8 @@ class Problem:
         return () if self.answer is None else (self.answer,)
 
     def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "question": self.question, "answer": self.answer, "source": self.source,
-                "metadata": dict(self.metadata)}
+        return {"id": self.id, "question": self.question, "answer": self.answer,
+                "source": self.source, "metadata": dict(self.metadata)}
 
     @classmethod
     def from_json(cls, row: Mapping[str, Any]) -> Problem:

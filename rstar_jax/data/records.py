@@ -60,8 +60,9 @@ class SFTExample:
         # The prompt is built in one place (`Tokenizer.prompt_ids`, at tokenization): a
         # question already wrapped in it would train the policy on a prompt it never sees.
         if fmt.is_policy_prompt(self.question):
-            raise ValueError(f"SFTExample {self.problem_id!r}: the question already starts with the policy prompt "
-                             f"({self.question[:60]!r}); pass the bare question, the prompt is added when tokenized")
+            raise ValueError(f"SFTExample {self.problem_id!r}: the question already starts with "
+                             f"the policy prompt ({self.question[:60]!r}); pass the bare question, "
+                             "the prompt is added when tokenized")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,7 +179,8 @@ def encode(kind: str, item) -> bytes:
     """One record's bytes (see the comment above)."""
     _check_kind(kind)
     if not isinstance(item, _record_type(kind)):
-        raise TypeError(f"a {kind!r} record is a {_record_type(kind).__name__}, got {type(item).__name__}")
+        raise TypeError(f"a {kind!r} record is a {_record_type(kind).__name__}, got "
+                        f"{type(item).__name__}")
     rid = item.problem.id if kind == "tree" else item.problem_id
     payload = msgpack.packb(_record_to_dict(kind, item), default=_pack_default, use_bin_type=True)
     return msgpack.packb([SCHEMA_VERSION, kind, rid, payload], use_bin_type=True)
@@ -187,8 +189,8 @@ def encode(kind: str, item) -> bytes:
 def _envelope(data: bytes, kind: str, where: str) -> tuple[str, bytes]:
     schema, got, rid, payload = msgpack.unpackb(data, raw=False)
     if schema > SCHEMA_VERSION:
-        raise ValueError(f"{where}: record schema {schema} is newer than this rstar_jax reads ({SCHEMA_VERSION}); "
-                         "upgrade rstar_jax")
+        raise ValueError(f"{where}: record schema {schema} is newer than this rstar_jax reads "
+                         f"({SCHEMA_VERSION}); upgrade rstar_jax")
     if got != kind:
         raise ValueError(f"{where}: a {got!r} record where {kind!r} records were expected; "
                          f"read it with kind={got!r}")
@@ -237,7 +239,8 @@ class RecordWriter:
     current shard early; `close()` (or leaving the `with` block) completes the last one.
     """
 
-    def __init__(self, directory: str | pathlib.Path, kind: str, *, shard_size: int = 1000, prefix: str = ""):
+    def __init__(self, directory: str | pathlib.Path, kind: str, *, shard_size: int = 1000,
+                 prefix: str = ""):
         _check_kind(kind)
         positive_int(shard_size, "shard_size")
         if prefix and not re.fullmatch(r"[A-Za-z0-9_.]+", prefix):
@@ -249,7 +252,8 @@ class RecordWriter:
             log.warning("removing %s, a shard an interrupted writer did not finish", stale)
             stale.unlink()
         pattern = re.compile(re.escape(self.stem) + r"(\d+)" + re.escape(SUFFIX))
-        taken = [int(m.group(1)) for p in self.directory.iterdir() if (m := pattern.fullmatch(p.name))]
+        taken = [int(m.group(1))
+                 for p in self.directory.iterdir() if (m := pattern.fullmatch(p.name))]
         self.index = max(taken, default=-1) + 1
         self.written = 0  # records in completed shards
         self._writer, self._count, self._tmp = None, 0, None
@@ -301,7 +305,8 @@ def _raw(directory, kind) -> Iterator[tuple[str, bytes]]:
         try:
             n = reader.num_records()
             for start in range(0, n, _READ_CHUNK):
-                for i, data in enumerate(reader.read(list(range(start, min(start + _READ_CHUNK, n))))):
+                for i, data in enumerate(reader.read(list(range(start,
+                                                                min(start + _READ_CHUNK, n))))):
                     yield f"{path.name}, record {start + i}", data
         finally:
             reader.close()
@@ -379,6 +384,6 @@ def import_rstar_ppm(path: str | pathlib.Path) -> list[PPMPair]:
     scores prompt + pos against prompt + neg."""
     from rstar_jax.data.problem import problem_id
 
-    return [PPMPair(problem_id=problem_id(r["prompt"], "rstar_release"), prompt=r["prompt"], positive=r["pos"],
-                    negative=r["neg"], kind="released", source="rstar_release")
+    return [PPMPair(problem_id=problem_id(r["prompt"], "rstar_release"), prompt=r["prompt"],
+                    positive=r["pos"], negative=r["neg"], kind="released", source="rstar_release")
             for r in _released_rows(path, ("prompt", "pos", "neg"))]

@@ -97,8 +97,10 @@ class Layout:
 
 PRESETS: dict[str, Layout] = {
     "rstar": Layout(id="index"),
-    "numina": Layout(question="problem", answer="solution", source="source", extract=fmt.extract_boxed),
-    "metamath": Layout(question="query", answer="response", source="type", extract=_after(_ANSWER_IS)),
+    "numina": Layout(question="problem", answer="solution", source="source",
+                     extract=fmt.extract_boxed),
+    "metamath": Layout(question="query", answer="response", source="type",
+                       extract=_after(_ANSWER_IS)),
     "gsm8k": Layout(extract=_after(_GSM8K, drop=",")),
 }
 
@@ -112,12 +114,13 @@ def _rows(path: pathlib.Path) -> Iterator[dict]:
                     try:
                         yield json.loads(line)
                     except json.JSONDecodeError as e:
-                        raise ValueError(f"{path}, line {n}: not JSON ({e.msg}): {line[:80]!r}") from None
+                        raise ValueError(f"{path}, line {n}: not JSON ({e.msg}): "
+                                         f"{line[:80]!r}") from None
     elif suffix == ".json":
         data = json.loads(path.read_text(encoding="utf-8"))
         if not isinstance(data, list):
-            raise ValueError(f"{path}: a JSON problem file holds a list of objects, got a {type(data).__name__}; "
-                             "use JSONL for one object per line")
+            raise ValueError(f"{path}: a JSON problem file holds a list of objects, got a "
+                             f"{type(data).__name__}; use JSONL for one object per line")
         yield from data
     elif suffix == ".parquet":
         import pyarrow.parquet as pq
@@ -142,7 +145,8 @@ def _json_like(value: Any) -> Any:
     return str(value)
 
 
-def read_problems(path: str | pathlib.Path, *, preset: str = "rstar", fields: Mapping[str, str | None] | None = None,
+def read_problems(path: str | pathlib.Path, *, preset: str = "rstar",
+                  fields: Mapping[str, str | None] | None = None,
                   source: str | None = None, require_answer: bool = True) -> list[Problem]:
     """Problems from a JSONL, JSON or Parquet file (see the module docstring for presets).
 
@@ -161,7 +165,8 @@ def read_problems(path: str | pathlib.Path, *, preset: str = "rstar", fields: Ma
     if fields:
         unknown = set(fields) - {"question", "answer", "id", "source"}
         if unknown:
-            raise ValueError(f"unknown field names {sorted(unknown)}; fields= may set question, answer, id, source")
+            raise ValueError(f"unknown field names {sorted(unknown)}; fields= may set question, "
+                             "answer, id, source")
         layout = dataclasses.replace(layout, **fields)
     out = []
     for i, row in enumerate(_rows(path)):
@@ -170,24 +175,30 @@ def read_problems(path: str | pathlib.Path, *, preset: str = "rstar", fields: Ma
             raise ValueError(f"{where}: a problem is an object, got {type(row).__name__} {str(row)[:60]!r}")  # noqa: TRY004 (bad file content)
         question = row.get(layout.question)
         if not isinstance(question, str) or not question.strip():
-            raise ValueError(f"{where}: no question in field {layout.question!r} (keys: {sorted(row)[:12]}); "
-                             f"pick the preset for this layout ({', '.join(PRESETS)}) or pass fields={{'question': ...}}")
+            raise ValueError(f"{where}: no question in field {layout.question!r} (keys: "
+                             f"{sorted(row)[:12]}); pick the preset for this layout "
+                             f"({', '.join(PRESETS)}) or pass fields={{'question': ...}}")
         answer = row.get(layout.answer) if layout.answer else None
         if answer is not None and not isinstance(answer, str):
             answer = str(_json_like(answer))
         if answer is not None and layout.extract is not None:
             answer = layout.extract(answer)
         if answer is None and require_answer:
-            what = (f"no answer field {layout.answer!r}" if layout.answer and layout.answer not in row
-                    else f"no final answer found in field {layout.answer!r}" if layout.answer else "no answer field")
+            if layout.answer and layout.answer not in row:
+                what = f"no answer field {layout.answer!r}"
+            elif layout.answer:
+                what = f"no final answer found in field {layout.answer!r}"
+            else:
+                what = "no answer field"
             raise ValueError(f"{where}: {what}; fix the row, pass fields={{'answer': ...}}, "
                              "or require_answer=False to keep it without one")
-        src = source or (str(row.get(layout.source)) if layout.source and row.get(layout.source) else path.stem)
+        src = source or (str(row.get(layout.source))
+                         if layout.source and row.get(layout.source) else path.stem)
         used = {layout.question, layout.answer, layout.id, layout.source} - {None}
         metadata = {k: _json_like(v) for k, v in row.items() if k not in used}
         if layout.answer and layout.extract is not None:
             metadata[layout.answer] = row[layout.answer]  # the full solution, for reference
         rid = row.get(layout.id) if layout.id else None
-        out.append(Problem(question, answer, id=f"{src}/{rid}" if rid is not None else "", source=src,
-                           metadata=metadata))
+        out.append(Problem(question, answer, id=f"{src}/{rid}" if rid is not None else "",
+                           source=src, metadata=metadata))
     return out

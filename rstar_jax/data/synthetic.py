@@ -118,7 +118,8 @@ def _arithmetic(rng: random.Random, level: int):
         return f"({x})" if x < 0 else str(x)
 
     def text(i, j):
-        return " ".join([show(terms[i])] + [f"{s} {show(t)}" for s, t in zip(symbols[i:j], terms[i + 1:j + 1])])
+        return " ".join([show(terms[i])] + [f"{s} {show(t)}"
+                                            for s, t in zip(symbols[i:j], terms[i + 1:j + 1])])
 
     steps, names = [], [f"v{i}" for i in range(ops + 1)]
     if group:
@@ -128,10 +129,12 @@ def _arithmetic(rng: random.Random, level: int):
         expr_terms = terms[:i] + ["group"] + terms[j + 1:]
         expr_syms = symbols[:i] + symbols[j:]
         shown = text(0, i - 1) + f" {symbols[i - 1]} " if i > 0 else ""
-        question_expr = shown + f"({inner})" + ("".join(f" {s} {show(t)}" for s, t in zip(symbols[j:], terms[j + 1:])))
+        question_expr = shown + f"({inner})" + ("".join(f" {s} {show(t)}"
+                                                        for s, t in zip(symbols[j:], terms[j + 1:])))
     else:
         expr_terms, expr_syms, question_expr = terms, symbols, text(0, ops)
-    values = terms if not group else terms[:i] + [_evaluate(terms[i:j + 1], symbols[i:j])] + terms[j + 1:]
+    values = terms if not group else terms[:i] + [_evaluate(terms[i:j + 1],
+                                                            symbols[i:j])] + terms[j + 1:]
     value = _evaluate(values, expr_syms)
     # Multiplications first, one step each; then the sums and differences left to right, in one
     # step ("steps") or one term a step ("running"). Or the whole expression at once ("direct").
@@ -140,7 +143,8 @@ def _arithmetic(rng: random.Random, level: int):
     while "*" in expr_syms:
         i = expr_syms.index("*")
         name = names[k]
-        steps.append((f"multiply {code_terms[i]} by {code_terms[i + 1]}", f"{name} = {code_terms[i]} * {code_terms[i + 1]}"))
+        steps.append((f"multiply {code_terms[i]} by {code_terms[i + 1]}",
+                      f"{name} = {code_terms[i]} * {code_terms[i + 1]}"))
         code_terms[i:i + 2] = [name]
         del expr_syms[i]
         k += 1
@@ -150,17 +154,20 @@ def _arithmetic(rng: random.Random, level: int):
         steps.append(("add and subtract from left to right", f"result = {rest}"))
         running.append((f"start with {code_terms[0]} {expr_syms[0]} {code_terms[1]}",
                         f"result = {code_terms[0]} {expr_syms[0]} {code_terms[1]}"))
-        running += [(f"{_OPS[s][1]} {t}", f"result = result {s} {t}") for s, t in zip(expr_syms[1:], code_terms[2:])]
+        running += [(f"{_OPS[s][1]} {t}", f"result = result {s} {t}")
+                    for s, t in zip(expr_syms[1:], code_terms[2:])]
     else:
         steps.append(("the result is what is left", f"result = {code_terms[0]}"))
         running.append(("the result is what is left", f"result = {code_terms[0]}"))
-    direct = [("evaluate the expression as Python does, products first", f"result = {question_expr}")]
+    direct = [("evaluate the expression as Python does, products first",
+               f"result = {question_expr}")]
     phrasing = rng.choice(["Compute ${e}$.", "What is the value of ${e}$?", "Evaluate ${e}$.",
                            "Find ${e}$.", "Calculate ${e}$."])
     question = phrasing.format(e=question_expr.replace("*", "\\times"))
     sentence = answer_sentence(latex(value))
     return question, value, {name: (s, "result", _printed(value), sentence)
-                             for name, s in (("steps", steps), ("running", running), ("direct", direct))}
+                             for name, s in (("steps", steps), ("running", running),
+                                             ("direct", direct))}
 
 
 # --- fractions --------------------------------------------------------------------------------
@@ -185,13 +192,15 @@ def _fractions(rng: random.Random, level: int):
     value, acc, expr = fracs[0], "f0", tex(pairs[0])
     code = "Fraction({}, {})".format  # noqa: UP032 (a template, called with a pair)
     direct = code(*pairs[0])
-    running = [("start with the first fraction", f"from fractions import Fraction\nresult = {direct}")]
+    running = [("start with the first fraction",
+                f"from fractions import Fraction\nresult = {direct}")]
     word = {"+": "add", "-": "subtract", "*": "multiply by"}
     sign = {"+": "+", "-": "-", "*": "\\times"}
     for i, op in enumerate(ops, 1):
         value = _OPS[op][0](value, fracs[i])
         steps.append((f"{word[op]} f{i}, reducing the result", f"r{i} = {acc} {op} f{i}"))
-        running.append((f"{word[op]} {pairs[i][0]}/{pairs[i][1]}", f"result = result {op} {code(*pairs[i])}"))
+        running.append((f"{word[op]} {pairs[i][0]}/{pairs[i][1]}",
+                        f"result = result {op} {code(*pairs[i])}"))
         acc = f"r{i}"
         if op == "*" and any(o in "+-" for o in ops[:i - 1]):
             expr, direct = f"\\left({expr}\\right)", f"({direct})"
@@ -201,9 +210,11 @@ def _fractions(rng: random.Random, level: int):
                            "What is ${e}$? Give your answer in simplest form.",
                            "Simplify ${e}$."])
     sentence = answer_sentence(latex(value))
-    direct = [("write the expression with exact fractions", f"from fractions import Fraction\nresult = {direct}")]
+    direct = [("write the expression with exact fractions",
+               f"from fractions import Fraction\nresult = {direct}")]
     return phrasing.format(e=expr), value, {"steps": (steps, acc, _printed(value), sentence),
-                                            "running": (running, "result", _printed(value), sentence),
+                                            "running": (running, "result", _printed(value),
+                                                        sentence),
                                             "direct": (direct, "result", _printed(value), sentence)}
 
 
@@ -231,39 +242,56 @@ def _linear(rng: random.Random, level: int):
     root = Fraction(d - b, a - c)
 
     def side(coef, const):
-        lead = ("" if coef == 1 else "-" if coef == -1 else str(coef)) + "x" if coef else ""
-        if not lead:
+        if not coef:
             return str(const)
-        return lead + (f" + {const}" if const > 0 else f" - {-const}" if const < 0 else "")
+        if coef == 1:
+            lead = "x"
+        elif coef == -1:
+            lead = "-x"
+        else:
+            lead = f"{coef}x"
+        return lead + _plus(const)
 
     equation = f"{side(a, b)} = {side(c, d)}"
-    divide = ("divide both sides by the coefficient of x", "from fractions import Fraction\nx = Fraction(constant, coefficient)")
+    divide = ("divide both sides by the coefficient of x",
+              "from fractions import Fraction\nx = Fraction(constant, coefficient)")
     left = [("collect the x terms on the left and the constants on the right",
              f"coefficient = {a} - ({c})\nconstant = {d} - ({b})"), divide]
     right = [("collect the x terms on the right and the constants on the left",
               f"coefficient = {c} - ({a})\nconstant = {b} - ({d})"), divide]
     # sympy solves it and writes the root in LaTeX; the answer repeats what it printed.
     printed = sympy.latex(sympy.Rational(root.numerator, root.denominator))
-    solve = [("solve the equation with sympy", "from sympy import Eq, latex, solve, symbols\nx = symbols('x')\n"
+    solve = [("solve the equation with sympy",
+              "from sympy import Eq, latex, solve, symbols\nx = symbols('x')\n"
               f"root = solve(Eq({_poly(a, b)}, {_poly(c, d)}), x)[0]")]
-    phrasing = rng.choice(["Solve for $x$: ${e}$.", "Find $x$ if ${e}$.", "What value of $x$ satisfies ${e}$?"])
+    phrasing = rng.choice(["Solve for $x$: ${e}$.", "Find $x$ if ${e}$.",
+                           "What value of $x$ satisfies ${e}$?"])
     sentence = answer_sentence(latex(root))
     return phrasing.format(e=equation), root, {"left": (left, "x", _printed(root), sentence),
                                                "right": (right, "x", _printed(root), sentence),
-                                               "sympy": (solve, "latex(root)", printed, answer_sentence(printed))}
+                                               "sympy": (solve, "latex(root)", printed,
+                                                         answer_sentence(printed))}
+
+
+def _plus(const) -> str:
+    """A constant after another term: " + 3", " - 3", or nothing for 0."""
+    if const > 0:
+        return f" + {const}"
+    return f" - {-const}" if const < 0 else ""
 
 
 def _poly(coef: int, const: int) -> str:
     """`coef*x + const` as Python code: 4*x - 14."""
-    return f"{coef}*x" + (f" + {const}" if const > 0 else f" - {-const}" if const < 0 else "")
+    return f"{coef}*x" + _plus(const)
 
 
 # --- word problems ----------------------------------------------------------------------------
 
-NAMES = ("Ava", "Ben", "Chloe", "Dev", "Elena", "Farid", "Grace", "Hiro", "Ines", "Jonas", "Kemi", "Liam",
-         "Maya", "Noor", "Omar", "Priya", "Quinn", "Rosa", "Sam", "Tariq")
-ITEMS = (("notebook", "notebooks"), ("pencil", "pencils"), ("apple", "apples"), ("ticket", "tickets"),
-         ("sticker", "stickers"), ("book", "books"), ("cupcake", "cupcakes"), ("marble", "marbles"))
+NAMES = ("Ava", "Ben", "Chloe", "Dev", "Elena", "Farid", "Grace", "Hiro", "Ines", "Jonas", "Kemi",
+         "Liam", "Maya", "Noor", "Omar", "Priya", "Quinn", "Rosa", "Sam", "Tariq")
+ITEMS = (("notebook", "notebooks"), ("pencil", "pencils"), ("apple", "apples"),
+         ("ticket", "tickets"), ("sticker", "stickers"), ("book", "books"), ("cupcake", "cupcakes"),
+         ("marble", "marbles"))
 DISTRACTORS = ("The shop has been open for {n} years.", "{name} has {n} cousins.",
                "It was {n} degrees outside that day.", "The bus ride took {n} minutes.",
                "{name}'s house number is {n}.")
@@ -277,7 +305,8 @@ def _shopping(rng, name):
     count = rng.randint(2, 12)
     paid = (count * price // 10 + 1 + rng.randint(0, 3)) * 10
     sentences = [rng.choice([f"{name} buys {count} {items} that cost {price} dollars each.",
-                             f"{name} needs {count} {items}, and each {item} costs {price} dollars."]),
+                             f"{name} needs {count} {items}, and each {item} costs {price} "
+                             "dollars."]),
                  f"{name} pays with {paid} dollars."]
     steps = [(f"the {items} cost {count} times {price} dollars", f"cost = {count} * {price}"),
              (f"the change is what is left of {paid} dollars", f"change = {paid} - cost")]
@@ -291,7 +320,8 @@ def _ages(rng, name):
     total = 2 * young + gap + 2 * years
     sentences = [f"{name} is {gap} years older than {other}.",
                  f"In {years} years, the sum of their ages will be {total}."]
-    steps = [(f"in {years} years both are {years} years older, so today the sum is {total} - 2 * {years}",
+    steps = [(f"in {years} years both are {years} years older, so today the sum is {total} - 2 * "
+              f"{years}",
               f"sum_now = {total} - 2 * {years}"),
              (f"{other}'s age twice plus {gap} is that sum", f"age = (sum_now - {gap}) // 2")]
     return sentences, f"How old is {other} now?", steps, "age", young
@@ -333,8 +363,8 @@ def _sharing(rng, name):
     return sentences, f"How many {items} does each friend get?", steps, "share", each
 
 
-STORIES: dict[str, Story] = {"shopping": _shopping, "ages": _ages, "travel": _travel, "production": _production,
-                             "sharing": _sharing}
+STORIES: dict[str, Story] = {"shopping": _shopping, "ages": _ages, "travel": _travel,
+                             "production": _production, "sharing": _sharing}
 
 
 def _word(rng: random.Random, level: int):
@@ -354,7 +384,8 @@ _MAKERS = {"arithmetic": _arithmetic, "fractions": _fractions, "linear": _linear
 # --- the generator ----------------------------------------------------------------------------
 
 
-def generate(n: int, seed: int = 0, levels: Sequence[int] = LEVELS, families: Sequence[str] | None = None
+def generate(n: int, seed: int = 0, levels: Sequence[int] = LEVELS,
+             families: Sequence[str] | None = None
              ) -> list[Problem]:
     """`n` distinct problems, families and levels in turn (problem i: family i mod F, level
     (i div F) mod L), the same for the same arguments."""
@@ -375,15 +406,17 @@ def generate(n: int, seed: int = 0, levels: Sequence[int] = LEVELS, families: Se
             if question not in seen:
                 break
         else:
-            raise ValueError(f"could not find a new {family} problem at level {level} after {len(out)} problems; "
-                             "ask for fewer problems or more families and levels")
+            raise ValueError(f"could not find a new {family} problem at level {level} after "
+                             f"{len(out)} problems; ask for fewer problems or more families and "
+                             "levels")
         seen.add(question)
         # The reference solution's style is drawn apart from the problem, so the problems of a
         # seed do not depend on how their solutions are written.
         style = random.Random(f"rstar-synthetic-style/{seed}/{i}").choice(sorted(styles))
         text = solution(*styles[style])
         out.append(Problem(question, latex(value), source=f"synthetic/{family}",
-                           metadata={"family": family, "level": level, "solution": text, "style": style}))
+                           metadata={"family": family, "level": level, "solution": text,
+                                     "style": style}))
     return out
 
 

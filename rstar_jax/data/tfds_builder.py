@@ -59,16 +59,20 @@ def _builder_class():
 
         VERSION = tfds.core.Version(VERSION)
         BUILDER_CONFIGS = [  # noqa: RUF012 (the TFDS convention)
-            *(ProblemsConfig(name=b, description=f"the {b} test set shipped with rstar_jax") for b in sources.BENCHMARKS),
-            ProblemsConfig(name="synthetic", kind="synthetic", description="rstar_jax.data.synthetic problems"),
+            *(ProblemsConfig(name=b, description=f"the {b} test set shipped with rstar_jax")
+              for b in sources.BENCHMARKS),
+            ProblemsConfig(name="synthetic", kind="synthetic",
+                           description="rstar_jax.data.synthetic problems"),
         ]
 
         def _info(self):
             text = tfds.features.Text()
             features = tfds.features.FeaturesDict({
-                "id": text, "question": text, "answer": text, "has_answer": tfds.features.Scalar(dtype=np.bool_),
+                "id": text, "question": text, "answer": text,
+                "has_answer": tfds.features.Scalar(dtype=np.bool_),
                 "source": text, "metadata": text})
-            # DatasetInfo directly: dataset_info_from_configs looks for metadata files beside the module.
+            # DatasetInfo directly: dataset_info_from_configs looks for metadata files beside the
+            # module.
             return tfds.core.DatasetInfo(builder=self, description=self.builder_config.description,
                                          features=features, disable_shuffling=True)
 
@@ -79,15 +83,16 @@ def _builder_class():
             if c.kind == "synthetic":
                 return {"train": self._generate_examples(synthetic.generate(c.n, c.seed, c.levels))}
             problems = [p for path in c.paths
-                        for p in sources.read_problems(path, preset=c.preset, fields=dict(c.fields) or None)]
+                        for p in sources.read_problems(path, preset=c.preset,
+                                                       fields=dict(c.fields) or None)]
             return {"train": self._generate_examples(problems)}
 
         def _generate_examples(self, problems: Iterable[Problem]):
             seen = set()
             for p in problems:
                 if p.id in seen:
-                    raise ValueError(f"problem id {p.id!r} appears twice; TFDS keys must be unique: "
-                                     "deduplicate the problems or give them distinct ids")
+                    raise ValueError(f"problem id {p.id!r} appears twice; TFDS keys must be "
+                                     "unique: deduplicate the problems or give them distinct ids")
                 seen.add(p.id)
                 yield p.id, {"id": p.id, "question": p.question, "answer": p.answer or "",
                              "has_answer": p.answer is not None, "source": p.source,
@@ -104,30 +109,35 @@ def configs() -> list[str]:
 
 def _prepare(config, data_dir) -> pathlib.Path:
     builder_cls, _ = _builder_class()
-    builder = builder_cls(config=config, data_dir=str(pathlib.Path(data_dir).expanduser()), file_format="array_record")
+    builder = builder_cls(config=config, data_dir=str(pathlib.Path(data_dir).expanduser()),
+                          file_format="array_record")
     builder.download_and_prepare()  # a no-op when this version is already built there
     return pathlib.Path(builder.data_dir)
 
 
-def build(config: str, data_dir: str | pathlib.Path, *, n: int | None = None, seed: int | None = None,
-          levels: Sequence[int] | None = None) -> pathlib.Path:
+def build(config: str, data_dir: str | pathlib.Path, *, n: int | None = None,
+          seed: int | None = None, levels: Sequence[int] | None = None) -> pathlib.Path:
     """Builds a built-in config (a benchmark name or "synthetic", with n / seed / levels) into
     `data_dir` and returns the dataset's directory."""
     builder_cls, config_cls = _builder_class()
     known = {c.name: c for c in builder_cls.BUILDER_CONFIGS}
     if config not in known:
-        raise ValueError(f"unknown config {config!r}; choose one of {', '.join(known)}, or use build_files")
+        raise ValueError(f"unknown config {config!r}; choose one of {', '.join(known)}, or use "
+                         "build_files")
     chosen = known[config]
-    overrides = {k: v for k, v in (("n", n), ("seed", seed), ("levels", tuple(levels) if levels else None))
+    overrides = {k: v for k, v in (("n", n), ("seed", seed),
+                                   ("levels", tuple(levels) if levels else None))
                  if v is not None}
     if overrides:
         if config != "synthetic":
-            raise ValueError(f"n, seed and levels are options of the synthetic config, not {config!r}")
+            raise ValueError("n, seed and levels are options of the synthetic config, not "
+                             f"{config!r}")
         # A different draw is a different dataset: name it after its options.
         options = {"n": chosen.n, "seed": chosen.seed, "levels": chosen.levels, **overrides}
         tag = f"n{options['n']}_seed{options['seed']}" + (
             "_levels" + "".join(map(str, options["levels"])) if "levels" in overrides else "")
-        chosen = config_cls(name=f"synthetic_{tag}", kind="synthetic", description=chosen.description, **options)
+        chosen = config_cls(name=f"synthetic_{tag}", kind="synthetic",
+                            description=chosen.description, **options)
     return _prepare(chosen, data_dir)
 
 
@@ -140,7 +150,8 @@ def build_files(name: str, paths: Sequence[str | pathlib.Path], data_dir: str | 
         raise ValueError(f"{name!r} is a built-in config; give the file config another name")
     missing = [str(p) for p in paths if not pathlib.Path(p).is_file()]
     if not paths or missing:
-        raise FileNotFoundError(f"build_files needs existing problem files; missing: {missing or 'no paths given'}")
+        raise FileNotFoundError("build_files needs existing problem files; missing: "
+                                f"{missing or 'no paths given'}")
     config = config_cls(name=name, kind="files", description=f"problems from {len(paths)} file(s)",
                         paths=tuple(str(pathlib.Path(p).resolve()) for p in paths), preset=preset,
                         fields=tuple(sorted((fields or {}).items())))
@@ -160,8 +171,8 @@ class ProblemSource:
     def __getitem__(self, index: int) -> Problem:
         row = self._source[index]
         text = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in row.items()}
-        return Problem(text["question"], text["answer"] if row["has_answer"] else None, id=text["id"],
-                       source=text["source"], metadata=json.loads(text["metadata"]))
+        return Problem(text["question"], text["answer"] if row["has_answer"] else None,
+                       id=text["id"], source=text["source"], metadata=json.loads(text["metadata"]))
 
     def __iter__(self):
         return (self[i] for i in range(len(self)))

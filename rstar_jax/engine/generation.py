@@ -105,7 +105,8 @@ def _prefill(graphdef, state, ids, lengths, rope_lengths):
     float32 logits [B, V] after each prompt's last token)."""
     model = nnx.merge(graphdef, state)
     positions = jnp.broadcast_to(jnp.arange(ids.shape[1], dtype=jnp.int32), ids.shape)
-    hidden, cache = model.hidden_states(ids, positions, cache=KVCache.collect(model.config, model.dtype),
+    hidden, cache = model.hidden_states(ids, positions,
+                                        cache=KVCache.collect(model.config, model.dtype),
                                         rope_lengths=rope_lengths)
     keys, values = zip(*(ForkCache.prefix_layout(layer) for layer in cache.layers))
     return keys, values, _last_logits(model, hidden, lengths)
@@ -128,13 +129,16 @@ def extend_prefix(model, store, rows, ids, starts, lengths, rope_lengths, width:
     safe = jnp.maximum(rows, 0)
     own = (b, model.config.num_key_value_heads, n, model.config.head_dim)
     cache = KVCache(tuple(ForkCache(keys[safe, :, :, :width], values[safe, :, :width], starts,
-                                    jnp.zeros(own, keys.dtype), jnp.zeros(own, keys.dtype)) for keys, values in store))
+                                    jnp.zeros(own, keys.dtype), jnp.zeros(own, keys.dtype))
+                          for keys, values in store))
     positions = starts[:, None] + jnp.arange(n, dtype=jnp.int32)
     hidden, cache = model.hidden_states(ids, positions, cache=cache, rope_lengths=rope_lengths)
     # Position capacity is out of range: padding tokens and padding prompts are dropped.
     at = jnp.where((jnp.arange(n) < lengths[:, None]) & (rows[:, None] >= 0), positions, capacity)
-    store = tuple((keys.at[safe[:, None], :, :, at].set(layer.keys.transpose(0, 2, 1, 3), mode="drop"),
-                   values.at[safe[:, None], :, at].set(layer.values.transpose(0, 2, 1, 3), mode="drop"))
+    store = tuple((keys.at[safe[:, None], :, :, at].set(layer.keys.transpose(0, 2, 1, 3),
+                                                        mode="drop"),
+                   values.at[safe[:, None], :, at].set(layer.values.transpose(0, 2, 1, 3),
+                                                       mode="drop"))
                   for (keys, values), layer in zip(store, cache.layers))
     return (store, tuple(keys[safe, :, :, :width] for keys, _ in store),
             tuple(values[safe, :, :width] for _, values in store), hidden)
@@ -145,7 +149,8 @@ def _extend(graphdef, state, store, rows, ids, starts, lengths, rope_lengths, *,
     """`extend_prefix` for generation: (store, prefix keys, prefix values, float32 logits [B, V]
     after each prompt's last token). The store is donated."""
     model = nnx.merge(graphdef, state)
-    store, keys, values, hidden = extend_prefix(model, store, rows, ids, starts, lengths, rope_lengths, width)
+    store, keys, values, hidden = extend_prefix(model, store, rows, ids, starts, lengths,
+                                                rope_lengths, width)
     return store, keys, values, _last_logits(model, hidden, lengths)
 
 
@@ -156,11 +161,12 @@ def _row_keys(seeds, samples):
     return jax.vmap(lambda seed, s: jax.random.fold_in(jax.random.key(seed), s))(seeds, index)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "samples", "vocab_limit", "pad_id", "with_logprobs"),
+@functools.partial(jax.jit, static_argnames=("graphdef", "samples", "vocab_limit", "pad_id",
+                                             "with_logprobs"),
                    donate_argnames=("buffers",))
-def _decode(graphdef, state, prefix_keys, prefix_values, prefix_lengths, rope_lengths, first_logits, buffers,
-            active, seeds, temperature, top_k, top_p, stop_ids, max_new, *, samples, vocab_limit, pad_id,
-            with_logprobs):
+def _decode(graphdef, state, prefix_keys, prefix_values, prefix_lengths, rope_lengths, first_logits,
+            buffers, active, seeds, temperature, top_k, top_p, stop_ids, max_new, *, samples,
+            vocab_limit, pad_id, with_logprobs):
     """Samples up to max_new tokens for R = B * samples rows.
 
     prefix_keys, prefix_values: per layer [B, K, D, P] and [B, K, P, D], as _prefill returns
@@ -204,16 +210,19 @@ def _decode(graphdef, state, prefix_keys, prefix_values, prefix_lengths, rope_le
         t, token, cache, tokens, logprobs, lengths, done = carry
         hidden, cache = model.hidden_states(token[:, None], (starts + t - 1)[:, None], cache=cache,
                                             rope_lengths=rope_lengths)
-        token, tokens, logprobs, lengths, done = emit(t, model.logits(hidden)[:, 0], tokens, logprobs, lengths, done)
+        token, tokens, logprobs, lengths, done = emit(t, model.logits(hidden)[:, 0], tokens,
+                                                      logprobs, lengths, done)
         return t + 1, token, cache, tokens, logprobs, lengths, done
 
     def cond(carry):
         t, done = carry[0], carry[-1]
         return (t < max_new) & ~jnp.all(done)
 
-    carry = jax.lax.while_loop(cond, body, (jnp.int32(1), token, cache, tokens, logprobs, lengths, done))
+    carry = jax.lax.while_loop(cond, body, (jnp.int32(1), token, cache, tokens, logprobs, lengths,
+                                            done))
     steps, _, cache, tokens, logprobs, lengths, _ = carry
-    return tokens, lengths, logprobs, steps, tuple((layer.keys, layer.values) for layer in cache.layers)
+    return tokens, lengths, logprobs, steps, tuple((layer.keys, layer.values)
+                                                   for layer in cache.layers)
 
 
 # --------------------------------------------------------------------------- host side
@@ -225,7 +234,8 @@ def _per_prompt(name: str, value, count: int, dtype, check) -> np.ndarray:
     if array.ndim == 0:
         array = np.full((count,), array)
     if array.shape != (count,):
-        raise ValueError(f"{name} must be a scalar or one value per prompt ({count}); got shape {array.shape}")
+        raise ValueError(f"{name} must be a scalar or one value per prompt ({count}); got shape "
+                         f"{array.shape}")
     for item in array.tolist():
         problem = check(item)
         if problem:
@@ -275,27 +285,31 @@ def _prompt_rows(prompt_ids, prompt_lengths, vocab: int) -> list[np.ndarray]:
         width = array.shape[1]
         given = [width] * array.shape[0] if prompt_lengths is None else list(prompt_lengths)
         if len(given) != array.shape[0]:
-            raise ValueError(f"prompt_lengths has {len(given)} entries for {array.shape[0]} prompts")
+            raise ValueError(f"prompt_lengths has {len(given)} entries for {array.shape[0]} "
+                             "prompts")
         lengths = [_integer(n) for n in given]
         for i, n in enumerate(lengths):
             if n is None or not 1 <= n <= width:
-                raise ValueError(f"prompt_lengths[{i}]={given[i]!r} must be an integer in [1, {width}] "
-                                 "(the padded width)")
+                raise ValueError(f"prompt_lengths[{i}]={given[i]!r} must be an integer in [1, "
+                                 f"{width}] (the padded width)")
         rows = [array[i, :n] for i, n in enumerate(lengths)]
     else:
         if prompt_lengths is not None:
-            raise ValueError("prompt_lengths applies to a padded int array [B, P]; ragged lists carry their lengths")
+            raise ValueError("prompt_lengths applies to a padded int array [B, P]; ragged lists "
+                             "carry their lengths")
         rows = [np.asarray(row) for row in prompt_ids]
     if not rows:
         raise ValueError("no prompts: prompt_ids is empty")
     for i, row in enumerate(rows):
         if row.ndim != 1 or row.size == 0:
-            raise ValueError(f"prompt {i} must be a non-empty list of token ids; got shape {row.shape}")
+            raise ValueError(f"prompt {i} must be a non-empty list of token ids; got shape "
+                             f"{row.shape}")
         if not np.issubdtype(row.dtype, np.integer):
             raise ValueError(f"prompt {i} holds {row.dtype} values; token ids are integers")
         bad = row[(row < 0) | (row >= vocab)]
         if bad.size:
-            raise ValueError(f"prompt {i} has token id {int(bad[0])} outside the model's vocabulary [0, {vocab})")
+            raise ValueError(f"prompt {i} has token id {int(bad[0])} outside the model's "
+                             f"vocabulary [0, {vocab})")
     return rows
 
 
@@ -347,23 +361,26 @@ class PrefixStore:
             raise ValueError("cache_rows needs a prefix store: build it with prefix_rows > 0")
         if len(rows) != len(prompts) or any(r is None or not 0 <= r < self.rows for r in rows) or \
                 len(set(rows)) != len(rows):
-            raise ValueError(f"cache_rows must give each of the {len(prompts)} {what}s its own store row in "
-                             f"[0, prefix_rows={self.rows}); got {cache_rows!r}")
+            raise ValueError(f"cache_rows must give each of the {len(prompts)} {what}s its own "
+                             f"store row in [0, prefix_rows={self.rows}); got {cache_rows!r}")
         longest = max(len(p) for p in prompts)
         if longest > self.length:
-            raise ValueError(f"a {what} of {longest} tokens does not fit the prefix store's {self.length} "
-                             "positions; build it with a larger prefix_length")
-        return rows, [min(_common_prefix(self.held[r], p), len(p) - 1) for r, p in zip(rows, prompts)]
+            raise ValueError(f"a {what} of {longest} tokens does not fit the prefix store's "
+                             f"{self.length} positions; build it with a larger prefix_length")
+        return rows, [min(_common_prefix(self.held[r], p), len(p) - 1)
+                      for r, p in zip(rows, prompts)]
 
     def take(self):
         if self._arrays is None:
             c = self.config
             keys = (self.rows, c.num_key_value_heads, c.head_dim, self.length)
             values = (self.rows, c.num_key_value_heads, self.length, c.head_dim)
-            at = [activation_sharding(self.mesh, self.rules, shape, ("act_batch", "act_kv_heads", None, None))
+            at = [activation_sharding(self.mesh, self.rules, shape,
+                                      ("act_batch", "act_kv_heads", None, None))
                   for shape in (keys, values)]
             self._arrays = tuple((jnp.zeros(keys, self.dtype, device=at[0]),
-                                  jnp.zeros(values, self.dtype, device=at[1])) for _ in range(c.num_hidden_layers))
+                                  jnp.zeros(values, self.dtype, device=at[1]))
+                                 for _ in range(c.num_hidden_layers))
         arrays, self._arrays = self._arrays, None
         self._before = self.held
         self.forget()  # a call that fails loses the arrays: nothing is held then
@@ -373,7 +390,8 @@ class PrefixStore:
         """The arrays back from a call that wrote `prompts` into `rows`."""
         self._arrays = arrays
         now = dict(zip(rows, prompts))
-        self.held = [np.asarray(now[r], np.int64) if r in now else h for r, h in enumerate(self._before)]
+        self.held = [np.asarray(now[r], np.int64) if r in now else h
+                     for r, h in enumerate(self._before)]
 
 
 class Engine:
@@ -391,12 +409,15 @@ class Engine:
     def __init__(self, model: CausalLM, *, vocab_size: int | None = None, pad_id: int = 0,
                  prefix_rows: int = 0, prefix_length: int | None = None):
         if not model.has_lm_head:
-            raise ValueError("this model has no LM head (lm_head=False): it scores values and cannot generate")
+            raise ValueError("this model has no LM head (lm_head=False): it scores values and "
+                             "cannot generate")
         rows = model.config.vocab_size
         if vocab_size is not None and not 0 < vocab_size <= rows:
-            raise ValueError(f"vocab_size={vocab_size} must be in [1, {rows}] (the model's embedding rows)")
+            raise ValueError(f"vocab_size={vocab_size} must be in [1, {rows}] (the model's "
+                             "embedding rows)")
         if not 0 <= pad_id < rows:
-            raise ValueError(f"pad_id={pad_id} must be a token id in [0, {rows}): it pads prompts fed to the model")
+            raise ValueError(f"pad_id={pad_id} must be a token id in [0, {rows}): it pads prompts "
+                             "fed to the model")
         self.config = model.config
         self.dtype = model.dtype
         self.vocab_size = vocab_size or rows
@@ -415,7 +436,8 @@ class Engine:
         """Use new weights of the same architecture (after a training round)."""
         graphdef, self.state = nnx.split(model)
         if graphdef != self.graphdef:
-            raise ValueError("update() needs a model of the same architecture and options; build a new Engine")
+            raise ValueError("update() needs a model of the same architecture and options; build a "
+                             "new Engine")
         self.store.forget()  # it holds the old weights' keys
 
     def release(self) -> None:
@@ -437,11 +459,13 @@ class Engine:
             return _prefill(self.graphdef, self.state, ids, lengths, rope_lengths)
         slots, starts = self.store.plan(cache_rows, rows)
         ids, suffix_lengths = pack_rows([row[s:] for s, row in zip(starts, rows)], batch,
-                                        prompt_bucket(max(len(row) - s for s, row in zip(starts, rows))), self.pad_id)
+                                        prompt_bucket(max(len(row) - s
+                                                          for s, row in zip(starts, rows))),
+                                        self.pad_id)
         pad = batch - len(rows)
         arrays, keys, values, logits = _extend(
-            self.graphdef, self.state, self.store.take(), np.array(slots + [-1] * pad, np.int32), ids,
-            np.array(starts + [0] * pad, np.int32), suffix_lengths, rope_lengths,
+            self.graphdef, self.state, self.store.take(), np.array(slots + [-1] * pad, np.int32),
+            ids, np.array(starts + [0] * pad, np.int32), suffix_lengths, rope_lengths,
             width=min(self.store.length, prompt_bucket(longest)))
         self.store.keep(arrays, slots, rows)
         return keys, values, logits
@@ -454,7 +478,8 @@ class Engine:
             return buffers
         buffers = None  # free the old one before allocating
         device = self._sharding(shape, ("act_batch", "act_kv_heads", None, None))
-        return tuple((jnp.zeros(shape, self.dtype, device=device), jnp.zeros(shape, self.dtype, device=device))
+        return tuple((jnp.zeros(shape, self.dtype, device=device),
+                      jnp.zeros(shape, self.dtype, device=device))
                      for _ in range(c.num_hidden_layers))
 
     def generate(self, prompt_ids, max_new_tokens: int = 64, temperature=0.0, top_p=1.0,
@@ -483,13 +508,18 @@ class Engine:
         num_samples = _count("num_samples", num_samples)
         b = len(rows)
         temperature = _per_prompt("temperature", temperature, b, np.float32,
-                                  lambda x: None if math.isfinite(x) and x >= 0 else "use a finite value >= 0")
-        top_p = _per_prompt("top_p", top_p, b, np.float32, lambda x: None if 0 < x <= 1 else "use 0 < top_p <= 1")
+                                  lambda x: None if math.isfinite(x) and x >= 0
+                                  else "use a finite value >= 0")
+        top_p = _per_prompt("top_p", top_p, b, np.float32,
+                            lambda x: None if 0 < x <= 1 else "use 0 < top_p <= 1")
         top_k = _per_prompt("top_k", top_k, b, object,
-                            lambda x: None if _integer(x) is not None and x >= 0 else "use an integer >= 0 (0 = off)")
-        top_k = np.array([min(_integer(k), vocab) for k in top_k], np.int32)  # k >= vocab keeps everything
+                            lambda x: None if _integer(x) is not None and x >= 0
+                            else "use an integer >= 0 (0 = off)")
+        # k >= vocab keeps everything
+        top_k = np.array([min(_integer(k), vocab) for k in top_k], np.int32)
         seeds = _per_prompt("seed", seed, b, np.uint32,
-                            lambda x: None if float(x).is_integer() and 0 <= x < 2**32 else "use an integer in [0, 2**32)")
+                            lambda x: None if float(x).is_integer() and 0 <= x < 2**32
+                            else "use an integer in [0, 2**32)")
         stops = _stop_ids(stop_token_ids, vocab)
 
         batch = _pow2(b)
@@ -498,20 +528,22 @@ class Engine:
         active = np.repeat(np.arange(batch) < b, num_samples)
 
         def pad(values, fill):
-            return np.repeat(np.concatenate([values, np.full((batch - b,), fill, values.dtype)]), num_samples)
+            return np.repeat(np.concatenate([values, np.full((batch - b,), fill, values.dtype)]),
+                             num_samples)
 
         stop_ids = np.full((_STOP_SLOTS * max(1, -(-len(stops) // _STOP_SLOTS)),), -1, np.int32)
         stop_ids[:len(stops)] = stops
         with jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext():
             rope_lengths = lengths + np.int32(max_new_tokens)
-            prefix_keys, prefix_values, first = self._prefix(rows, cache_rows, batch, lengths, rope_lengths)
+            prefix_keys, prefix_values, first = self._prefix(rows, cache_rows, batch, lengths,
+                                                             rope_lengths)
             buffers = self._take_buffers(batch * num_samples, length)
             tokens, out_lengths, logprobs, steps, buffers = _decode(
-                self.graphdef, self.state, prefix_keys, prefix_values, lengths, rope_lengths, first, buffers,
-                active, np.concatenate([seeds, np.zeros((batch - b,), np.uint32)]), pad(temperature, 0.0),
-                pad(top_k, 0), pad(top_p, 1.0), stop_ids, np.int32(max_new_tokens),
-                samples=num_samples, vocab_limit=self.vocab_size, pad_id=self.pad_id,
-                with_logprobs=return_logprobs)
+                self.graphdef, self.state, prefix_keys, prefix_values, lengths, rope_lengths, first,
+                buffers, active, np.concatenate([seeds, np.zeros((batch - b,), np.uint32)]),
+                pad(temperature, 0.0), pad(top_k, 0), pad(top_p, 1.0), stop_ids,
+                np.int32(max_new_tokens), samples=num_samples, vocab_limit=self.vocab_size,
+                pad_id=self.pad_id, with_logprobs=return_logprobs)
             self._buffers = buffers
         n = b * num_samples
         return GenerationResult(
@@ -522,10 +554,11 @@ class Engine:
 
 
 def generate(model: CausalLM, prompt_ids, max_new_tokens: int = 64, temperature=0.0, top_p=1.0,
-             stop_token_ids: Sequence[int] = (), seed=0, *, top_k=0, num_samples: int = 1, prompt_lengths=None,
-             return_logprobs: bool = False, vocab_size: int | None = None, pad_id: int = 0) -> GenerationResult:
+             stop_token_ids: Sequence[int] = (), seed=0, *, top_k=0, num_samples: int = 1,
+             prompt_lengths=None, return_logprobs: bool = False, vocab_size: int | None = None, pad_id: int = 0) -> GenerationResult:
     """One-off generation; see `Engine.generate`. A search calls an `Engine` instead, which keeps
     its KV buffer between calls. Compiled steps are shared either way."""
     engine = Engine(model, vocab_size=vocab_size, pad_id=pad_id)
-    return engine.generate(prompt_ids, max_new_tokens, temperature, top_p, stop_token_ids, seed, top_k=top_k,
-                           num_samples=num_samples, prompt_lengths=prompt_lengths, return_logprobs=return_logprobs)
+    return engine.generate(prompt_ids, max_new_tokens, temperature, top_p, stop_token_ids, seed,
+                           top_k=top_k, num_samples=num_samples, prompt_lengths=prompt_lengths,
+                           return_logprobs=return_logprobs)

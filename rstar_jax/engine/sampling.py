@@ -69,7 +69,8 @@ def top_p_mask(weights: jax.Array, p: jax.Array) -> jax.Array:
     bits = jax.lax.bitcast_convert_type(weights, jnp.int32)
     # A set within float32 rounding of p counts as reaching it (0.3 of a 0.3-probability token).
     target = jnp.where(p < 1.0, p, 1.0) * jnp.sum(weights, axis=-1) * (1.0 - _MASS_TOLERANCE)
-    threshold = _threshold(weights, lambda keep: jnp.sum(jnp.where(keep, weights, 0.0), axis=-1) >= target)
+    threshold = _threshold(weights, lambda keep: jnp.sum(jnp.where(keep, weights, 0.0),
+                                                         axis=-1) >= target)
     keep = bits >= threshold[:, None]
     return jnp.where((p >= 1.0)[:, None], True, keep)
 
@@ -83,7 +84,9 @@ def _inverse_cdf(weights: jax.Array, uniform: jax.Array) -> jax.Array:
     totals = jnp.cumsum(jnp.sum(chunks, axis=-1), axis=-1)  # [R, C]
     target = (1.0 - uniform) * totals[:, -1]  # in (0, total]
     chunk = jnp.minimum(jnp.sum(totals < target[:, None], axis=-1), totals.shape[1] - 1)
-    before = jnp.where(chunk > 0, jnp.take_along_axis(totals, jnp.maximum(chunk - 1, 0)[:, None], 1)[:, 0], 0.0)
+    before = jnp.where(chunk > 0,
+                       jnp.take_along_axis(totals, jnp.maximum(chunk - 1, 0)[:, None], 1)[:, 0],
+                       0.0)
     inner = jnp.take_along_axis(chunks, chunk[:, None, None], 1)[:, 0] # [R, 128]
     within = jnp.cumsum(inner, axis=-1) + before[:, None]
     index = jnp.minimum(jnp.sum(within < target[:, None], axis=-1), _CHUNK - 1)
@@ -107,11 +110,14 @@ def sample(logits: jax.Array, uniform: jax.Array, temperature: jax.Array, top_k:
     def draw():
         # Shift before dividing: a tiny temperature would overflow the logits to inf.
         shifted = logits - jnp.max(logits, axis=-1, keepdims=True)
-        weights = jnp.exp(shifted / jnp.where(temperature > 0, temperature, 1.0)[:, None])  # in [0, 1], max 1
+        # in [0, 1], max 1
+        weights = jnp.exp(shifted / jnp.where(temperature > 0, temperature, 1.0)[:, None])
         weights = jax.lax.cond(jnp.any((top_k > 0) & (temperature > 0)),
-                               lambda w: jnp.where(top_k_mask(w, top_k), w, 0.0), lambda w: w, weights)
+                               lambda w: jnp.where(top_k_mask(w, top_k), w, 0.0), lambda w: w,
+                               weights)
         weights = jax.lax.cond(jnp.any((top_p < 1.0) & (temperature > 0)),
-                               lambda w: jnp.where(top_p_mask(w, top_p), w, 0.0), lambda w: w, weights)
+                               lambda w: jnp.where(top_p_mask(w, top_p), w, 0.0), lambda w: w,
+                               weights)
         return jnp.where(temperature > 0, _inverse_cdf(weights, uniform), argmax)
 
     return jax.lax.cond(jnp.any(temperature > 0), draw, lambda: argmax)

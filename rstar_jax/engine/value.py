@@ -33,7 +33,8 @@ def _fork_values(graphdef, state, prefix_ids, prefix_lengths, ids, lengths, *, s
     model = nnx.merge(graphdef, state)
     rope = prefix_lengths + ids.shape[1]  # longrope: the longest a row of the group may be
     positions = jnp.broadcast_to(jnp.arange(prefix_ids.shape[1], dtype=jnp.int32), prefix_ids.shape)
-    _, prefix = model.hidden_states(prefix_ids, positions, cache=KVCache.collect(model.config, model.dtype),
+    _, prefix = model.hidden_states(prefix_ids, positions,
+                                    cache=KVCache.collect(model.config, model.dtype),
                                     rope_lengths=rope)
     cache = KVCache.fork(prefix, prefix_lengths, samples, ids.shape[1])
     return _children_values(model, cache, prefix_lengths, rope, ids, lengths, samples)
@@ -43,22 +44,26 @@ def _children_values(model, cache, prefix_lengths, rope, ids, lengths, samples):
     """The values of the continuations ids [B*F, T] (lengths [B*F]) read through `cache` (a
     `KVCache` of `ForkCache`s over the B prefixes)."""
     positions = jnp.repeat(prefix_lengths, samples)[:, None] + jnp.arange(ids.shape[1], dtype=jnp.int32)
-    hidden, _ = model.hidden_states(ids, positions, cache=cache, rope_lengths=jnp.repeat(rope, samples))
+    hidden, _ = model.hidden_states(ids, positions, cache=cache,
+                                    rope_lengths=jnp.repeat(rope, samples))
     return model.value_of(jnp.take_along_axis(hidden, (lengths - 1)[:, None, None], axis=1)[:, 0])
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "samples", "width"), donate_argnames=("store",))
-def _stored_fork_values(graphdef, state, store, rows, new_ids, starts, new_lengths, ids, lengths, *, samples,
-                        width):
+@functools.partial(jax.jit, static_argnames=("graphdef", "samples", "width"),
+                   donate_argnames=("store",))
+def _stored_fork_values(graphdef, state, store, rows, new_ids, starts, new_lengths, ids, lengths, *,
+                        samples, width):
     """`_fork_values` with each prefix through a prefix store (`extend_prefix`): prefix b is
     store row rows[b]'s first starts[b] positions followed by new_ids[b, :new_lengths[b]].
     Returns (store, float32[B*F] values); the store is donated."""
     model = nnx.merge(graphdef, state)
     prefix_lengths = starts + new_lengths
     rope = prefix_lengths + ids.shape[1]
-    store, keys, values, _ = extend_prefix(model, store, rows, new_ids, starts, new_lengths, rope, width)
+    store, keys, values, _ = extend_prefix(model, store, rows, new_ids, starts, new_lengths, rope,
+                                           width)
     own = (ids.shape[0], model.config.num_key_value_heads, ids.shape[1], model.config.head_dim)
-    cache = KVCache(tuple(ForkCache(k, v, prefix_lengths, jnp.zeros(own, k.dtype), jnp.zeros(own, k.dtype))
+    cache = KVCache(tuple(ForkCache(k, v, prefix_lengths, jnp.zeros(own, k.dtype),
+                                    jnp.zeros(own, k.dtype))
                           for k, v in zip(keys, values)))
     return store, _children_values(model, cache, prefix_lengths, rope, ids, lengths, samples)
 
@@ -73,12 +78,14 @@ class ValueScorer:
     store (see `Engine`): `score_children(..., rows=)` then runs only the part of each prefix
     its row does not hold from the last call."""
 
-    def __init__(self, model: CausalLM, *, pad_id: int = 0, max_rows: int = 64, raw_scale: float = 5.0,
-                 prefix_rows: int = 0, prefix_length: int | None = None):
+    def __init__(self, model: CausalLM, *, pad_id: int = 0, max_rows: int = 64,
+                 raw_scale: float = 5.0, prefix_rows: int = 0, prefix_length: int | None = None):
         if not model.has_value_head:
-            raise ValueError("ValueScorer needs a model with a value head (CausalLM(..., value_head=True))")
+            raise ValueError("ValueScorer needs a model with a value head (CausalLM(..., "
+                             "value_head=True))")
         if not 0 <= pad_id < model.config.vocab_size:
-            raise ValueError(f"pad_id={pad_id} must be a token id in [0, {model.config.vocab_size})")
+            raise ValueError(f"pad_id={pad_id} must be a token id in [0, "
+                             f"{model.config.vocab_size})")
         positive_int(max_rows, "max_rows")
         if not raw_scale > 0:
             raise ValueError(f"raw_scale must be > 0, got {raw_scale!r}")
@@ -95,7 +102,8 @@ class ValueScorer:
         """Use new weights of the same architecture."""
         graphdef, self.state = nnx.split(model)
         if graphdef != self.graphdef:
-            raise ValueError("update() needs a model of the same architecture and options; build a new ValueScorer")
+            raise ValueError("update() needs a model of the same architecture and options; build a "
+                             "new ValueScorer")
         self.store.forget()
 
     def _rows(self, what: str, sequences) -> list[np.ndarray]:
@@ -104,13 +112,15 @@ class ValueScorer:
             if r.size == 0:
                 raise ValueError(f"{what} {i} is empty; the PPM scores at least one token")
             if r.min() < 0 or r.max() >= self.vocab:
-                raise ValueError(f"{what} {i} has ids outside [0, {self.vocab}): min {r.min()}, max {r.max()}")
+                raise ValueError(f"{what} {i} has ids outside [0, {self.vocab}): min {r.min()}, "
+                                 f"max {r.max()}")
         return rows
 
     def _mesh(self):
         return jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext()
 
-    def score_children(self, prefixes: Sequence[Sequence[int]], children: Sequence[Sequence[Sequence[int]]],
+    def score_children(self, prefixes: Sequence[Sequence[int]],
+                       children: Sequence[Sequence[Sequence[int]]],
                        rows: Sequence[int] | None = None) -> list[np.ndarray]:
         """The values of prefixes[b] + children[b][j], as `score` gives them, for every b and j,
         computing each prefix once: the K candidate steps of an MCTS expansion share the
@@ -132,15 +142,18 @@ class ValueScorer:
             width = prompt_bucket(max(len(heads[b]) for b in group))
             length = prompt_bucket(max(len(t) for b in group for t in tails[b]))
             # Row i * samples + j continues prefix i; missing children are padding rows.
-            children = [row for b in group for row in tails[b] + [[self.pad_id]] * (samples - len(tails[b]))]
+            children = [row for b in group
+                        for row in tails[b] + [[self.pad_id]] * (samples - len(tails[b]))]
             ids, lengths = pack_rows(children, batch * samples, length, self.pad_id)
             with self._mesh():
                 if rows is None:
-                    prefix_ids, prefix_lengths = pack_rows([heads[b] for b in group], batch, width, self.pad_id)
-                    values = _fork_values(self.graphdef, self.state, prefix_ids, prefix_lengths, ids, lengths,
-                                          samples=samples)
+                    prefix_ids, prefix_lengths = pack_rows([heads[b] for b in group], batch, width,
+                                                           self.pad_id)
+                    values = _fork_values(self.graphdef, self.state, prefix_ids, prefix_lengths,
+                                          ids, lengths, samples=samples)
                 else:
-                    values = self._stored(group, heads, [rows[b] for b in group], batch, width, ids, lengths, samples)
+                    values = self._stored(group, heads, [rows[b] for b in group], batch, width, ids,
+                                          lengths, samples)
                 values = np.asarray(values)
             for i, b in enumerate(group):
                 out[b][:] = self._squash(values[i * samples:i * samples + len(tails[b])])
@@ -151,12 +164,14 @@ class ValueScorer:
         prefixes = [heads[b] for b in group]
         slots, starts = self.store.plan(rows, prefixes, what="prefix")
         new_ids, new_lengths = pack_rows([p[s:] for s, p in zip(starts, prefixes)], batch,
-                                         prompt_bucket(max(len(p) - s for s, p in zip(starts, prefixes))), self.pad_id)
+                                         prompt_bucket(max(len(p) - s
+                                                           for s, p in zip(starts, prefixes))),
+                                         self.pad_id)
         pad = batch - len(group)
         arrays, values = _stored_fork_values(
-            self.graphdef, self.state, self.store.take(), np.array(slots + [-1] * pad, np.int32), new_ids,
-            np.array(starts + [0] * pad, np.int32), new_lengths, ids, lengths, samples=samples,
-            width=min(self.store.length, width))
+            self.graphdef, self.state, self.store.take(), np.array(slots + [-1] * pad, np.int32),
+            new_ids, np.array(starts + [0] * pad, np.int32), new_lengths, ids, lengths,
+            samples=samples, width=min(self.store.length, width))
         self.store.keep(arrays, slots, prefixes)
         return values
 
@@ -166,7 +181,8 @@ class ValueScorer:
         out = np.zeros((len(rows),), np.float32)
         for start in range(0, len(rows), self.max_rows):
             chunk = rows[start:start + self.max_rows]
-            ids, lengths = pack_rows(chunk, _pow2(len(chunk)), prompt_bucket(max(len(r) for r in chunk)), self.pad_id)
+            ids, lengths = pack_rows(chunk, _pow2(len(chunk)),
+                                     prompt_bucket(max(len(r) for r in chunk)), self.pad_id)
             with self._mesh():
                 values = _values(self.graphdef, self.state, ids, lengths)
             out[start:start + len(chunk)] = self._squash(np.asarray(values)[:len(chunk)])

@@ -51,8 +51,9 @@ def _fused_implementation(dtype) -> str | None:
     return None  # JAX's XLA implementation
 
 
-def attend(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = False, window: int | None = None,
-           mask: jax.Array | None = None, implementation: str = "xla") -> jax.Array:
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = False,
+           window: int | None = None, mask: jax.Array | None = None,
+           implementation: str = "xla") -> jax.Array:
     """q: [B, T, H, D]; k, v: [B, S, K, D] with H a multiple of K.
 
     causal: k and v are the queries' own tokens, in order (S == T): query t reads keys s <= t,
@@ -60,11 +61,13 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = False, wi
     Returns [B, T, H, D] in q's dtype.
     """
     if causal and k.shape[1] != q.shape[1]:
-        raise ValueError(f"causal attention needs as many keys as queries; got {k.shape[1]} and {q.shape[1]}")
+        raise ValueError(f"causal attention needs as many keys as queries; got {k.shape[1]} and "
+                         f"{q.shape[1]}")
     if implementation == "dot_product":
         return _dot_product(q, k, v, causal, window, mask)
     if implementation != "xla":
-        raise ValueError(f"unknown attention implementation {implementation!r}; use one of {ATTENTION_IMPLEMENTATIONS}")
+        raise ValueError(f"unknown attention implementation {implementation!r}; use one of "
+                         f"{ATTENTION_IMPLEMENTATIONS}")
     b, t, h, d = q.shape
     s, kv_heads = k.shape[1], k.shape[2]
     # Layouts chosen so both products are plain batched matmuls over (B, K): [G*rows, D] x [D, S]
@@ -77,7 +80,10 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = False, wi
     for start in range(0, t, block):
         stop = min(start + block, t)
         # A causal block reads keys from its window's start to its last row, and nothing else.
-        lo, hi = (max(0, start - window + 1) if window else 0, stop) if causal else (0, s)
+        if causal:
+            lo, hi = max(0, start - window + 1) if window else 0, stop
+        else:
+            lo, hi = 0, s
         scores = jnp.einsum("bkgtd,bkds->bkgts", q[:, :, :, start:stop], k_t[..., lo:hi],
                             preferred_element_type=jnp.float32) * (d**-0.5)
         allowed = _allowed(start, stop, lo, hi, causal, window, mask)
@@ -106,7 +112,8 @@ def _allowed(start, stop, lo, hi, causal, window, mask) -> jax.Array | None:
 def _dot_product(q, k, v, causal, window, mask):
     if mask is None:  # plain causal (or unmasked) attention: what the fused kernels implement
         return jax.nn.dot_product_attention(
-            q, k, v, is_causal=causal, local_window_size=(window - 1, 0) if causal and window else None,
+            q, k, v, is_causal=causal,
+            local_window_size=(window - 1, 0) if causal and window else None,
             implementation=_fused_implementation(q.dtype))
     allowed = _allowed(0, q.shape[1], 0, k.shape[1], causal, window, mask)[:, 0]  # [B, 1, T, S]
     return jax.nn.dot_product_attention(q, k, v, mask=allowed, implementation=None)

@@ -52,7 +52,8 @@ class SlotCache:
         keys = _store(self.keys, positions, k, rules)
         values = _store(self.values, positions, v, rules)
         mask = cache_mask(positions, keys.shape[1], window)
-        out = attend(q, keys.astype(q.dtype), values.astype(q.dtype), mask=mask, implementation=implementation)
+        out = attend(q, keys.astype(q.dtype), values.astype(q.dtype), mask=mask,
+                     implementation=implementation)
         return out, SlotCache(keys, values)
 
 
@@ -122,7 +123,8 @@ class ForkCache:
         q_own = (q * d**-0.5).reshape(rows, new, kv_heads, groups, d).transpose(0, 2, 1, 3, 4).reshape(
             rows, kv_heads, m, d)
         batch = ((0, 1), (0, 1))
-        prefix_scores = jax.lax.dot_general(by_prefix(q_own), self.prefix_keys.astype(dtype), (((3,), (2,)), batch),
+        prefix_scores = jax.lax.dot_general(by_prefix(q_own), self.prefix_keys.astype(dtype),
+                                            (((3,), (2,)), batch),
                                             preferred_element_type=jnp.float32)  # [B, K, F*M, P]
         own_scores = jax.lax.dot_general(q_own, keys.astype(dtype), (((3,), (3,)), batch),
                                          preferred_element_type=jnp.float32)  # [B*F, K, M, T]
@@ -140,12 +142,14 @@ class ForkCache:
         prefix_weights = jnp.exp(prefix_scores - by_prefix(top)[..., None])
         own_weights = jnp.exp(own_scores - top[..., None])
         total = by_row(prefix_weights.sum(-1)) + own_weights.sum(-1)
-        out = by_row(jax.lax.dot_general(prefix_weights.astype(dtype), self.prefix_values.astype(dtype),
-                                         (((3,), (2,)), batch)))
-        out = out + jax.lax.dot_general(own_weights.astype(dtype), values.astype(dtype), (((3,), (2,)), batch))
+        out = by_row(jax.lax.dot_general(prefix_weights.astype(dtype),
+                                         self.prefix_values.astype(dtype), (((3,), (2,)), batch)))
+        out = out + jax.lax.dot_general(own_weights.astype(dtype), values.astype(dtype),
+                                        (((3,), (2,)), batch))
         out = (out / total[..., None].astype(out.dtype)).astype(dtype)  # [B*F, K, M, D]
         out = out.reshape(rows, kv_heads, new, groups, d).transpose(0, 2, 1, 3, 4).reshape(rows, new, heads, d)
-        return out, ForkCache(self.prefix_keys, self.prefix_values, self.prefix_lengths, keys, values)
+        return out, ForkCache(self.prefix_keys, self.prefix_values, self.prefix_lengths, keys,
+                              values)
 
 
 @jax.tree_util.register_dataclass
@@ -174,7 +178,8 @@ class KVCache:
         layers = []
         for layer in prefix.layers:
             if not isinstance(layer, SlotCache):
-                raise TypeError(f"fork needs a SlotCache prefix (a prefill's output); got {type(layer).__name__}")
+                raise TypeError("fork needs a SlotCache prefix (a prefill's output); got "
+                                f"{type(layer).__name__}")
             b, _, kv_heads, d = layer.keys.shape
             shape = (b * samples, kv_heads, length, d)
             keys, values = jnp.zeros(shape, layer.keys.dtype), jnp.zeros(shape, layer.keys.dtype)

@@ -16,7 +16,8 @@ SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "longrope")
 _DEFAULTS = {"llama": {"rms_norm_eps": 1e-6, "max_position_embeddings": 2048},
              "qwen2": {"rms_norm_eps": 1e-6, "max_position_embeddings": 32768},
              "phi3": {"rms_norm_eps": 1e-5, "max_position_embeddings": 4096}}
-_ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "phi3": "Phi3ForCausalLM"}
+_ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM",
+                  "phi3": "Phi3ForCausalLM"}
 
 
 def _freeze(value: Any) -> Any:
@@ -29,7 +30,8 @@ def _freeze(value: Any) -> Any:
 
 
 def _thaw(value: Any) -> Any:
-    if isinstance(value, tuple) and value and all(isinstance(v, tuple) and len(v) == 2 and isinstance(v[0], str) for v in value):
+    if isinstance(value, tuple) and value and all(isinstance(v, tuple) and len(v) == 2
+                                                  and isinstance(v[0], str) for v in value):
         return {k: _thaw(v) for k, v in value}
     if isinstance(value, tuple):
         return [_thaw(v) for v in value]
@@ -68,7 +70,8 @@ class ModelConfig:
     def __post_init__(self):
         if self.model_type not in SUPPORTED_MODEL_TYPES:
             raise ValueError(
-                f"unsupported model_type {self.model_type!r}; supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
+                f"unsupported model_type {self.model_type!r}; supported: "
+                f"{', '.join(SUPPORTED_MODEL_TYPES)}"
             )
         if self.num_attention_heads % self.num_key_value_heads:
             raise ValueError(
@@ -77,14 +80,16 @@ class ModelConfig:
             )
         if self.rope_type not in SUPPORTED_ROPE_TYPES:
             raise ValueError(
-                f"unsupported RoPE scaling type {self.rope_type!r}; supported: {', '.join(SUPPORTED_ROPE_TYPES)}"
+                f"unsupported RoPE scaling type {self.rope_type!r}; supported: "
+                f"{', '.join(SUPPORTED_ROPE_TYPES)}"
             )
         self._check_checkpoint_expressible()
         if not self.sliding_windows:
             object.__setattr__(self, "sliding_windows", (None,) * self.num_hidden_layers)
         if len(self.sliding_windows) != self.num_hidden_layers:
             raise ValueError(
-                f"sliding_windows has {len(self.sliding_windows)} entries for {self.num_hidden_layers} layers"
+                f"sliding_windows has {len(self.sliding_windows)} entries for "
+                f"{self.num_hidden_layers} layers"
             )
 
     def _check_checkpoint_expressible(self) -> None:
@@ -95,12 +100,14 @@ class ModelConfig:
                   "phi3": not (self.qkv_bias or self.o_bias or self.mlp_bias)}
         if not biases[self.model_type]:
             raise ValueError(
-                f"a {self.model_type} checkpoint cannot hold qkv_bias={self.qkv_bias}, o_bias={self.o_bias}, "
-                f"mlp_bias={self.mlp_bias}; llama has q/k/v/o biases together or none, qwen2 q/k/v only, phi3 none"
+                f"a {self.model_type} checkpoint cannot hold qkv_bias={self.qkv_bias}, "
+                f"o_bias={self.o_bias}, mlp_bias={self.mlp_bias}; llama has q/k/v/o biases "
+                "together or none, qwen2 q/k/v only, phi3 none"
             )
         windows = {w for w in self.sliding_windows if w is not None}
         if len(windows) > 1:
-            raise ValueError(f"layers use different sliding windows {sorted(windows)}; config.json holds only one")
+            raise ValueError(f"layers use different sliding windows {sorted(windows)}; config.json "
+                             "holds only one")
         if windows and self.model_type == "phi3" and None in self.sliding_windows:
             raise ValueError("phi3 applies its sliding window to every layer or to none")
 
@@ -143,10 +150,12 @@ class ModelConfig:
         model_type = hf.get("model_type")
         if model_type not in SUPPORTED_MODEL_TYPES:
             raise ValueError(
-                f"unsupported model_type {model_type!r} in config.json; supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
+                f"unsupported model_type {model_type!r} in config.json; supported: "
+                f"{', '.join(SUPPORTED_MODEL_TYPES)}"
             )
         if hf.get("hidden_act", "silu") != "silu":
-            raise ValueError(f"unsupported hidden_act {hf['hidden_act']!r}; only 'silu' is implemented")
+            raise ValueError(f"unsupported hidden_act {hf['hidden_act']!r}; only 'silu' is "
+                             "implemented")
         heads = hf["num_attention_heads"]
         rope = dict(hf.get("rope_parameters") or {})
         if hf.get("rope_scaling"):
@@ -190,7 +199,8 @@ class ModelConfig:
             num_key_value_heads=hf.get("num_key_value_heads") or heads,
             head_dim=hf.get("head_dim") or hf["hidden_size"] // heads,
             rms_norm_eps=hf.get("rms_norm_eps", _DEFAULTS[model_type]["rms_norm_eps"]),
-            max_position_embeddings=hf.get("max_position_embeddings", _DEFAULTS[model_type]["max_position_embeddings"]),
+            max_position_embeddings=hf.get("max_position_embeddings",
+                                           _DEFAULTS[model_type]["max_position_embeddings"]),
             rope_theta=float(theta),
             rope_scaling=_freeze(rope_scaling),
             partial_rotary_factor=float(partial),
@@ -244,7 +254,8 @@ class ModelConfig:
             ]
             # Older releases derive the layer types from this: windows from this layer on.
             hf["max_window_layers"] = next(
-                (i for i, w in enumerate(self.sliding_windows) if w is not None), self.num_hidden_layers)
+                (i for i, w in enumerate(self.sliding_windows) if w is not None),
+                self.num_hidden_layers)
         elif self.model_type == "phi3":
             hf["sliding_window"] = windows.pop() if windows else None
         if self.model_type == "llama":

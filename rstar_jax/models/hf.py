@@ -64,23 +64,28 @@ def _entries(config: ModelConfig, lm_head: bool, value_head: bool) -> list[_Entr
                     _Entry(at + ("k_proj",), qkv, "heads_in", (h * d, (h + k) * d)),
                     _Entry(at + ("v_proj",), qkv, "heads_in", ((h + k) * d, (h + 2 * k) * d))]
         else:
-            out += [_Entry(at + (f"{x}_proj",), p + f"self_attn.{x}_proj.weight", "heads_in") for x in "qkv"]
+            out += [_Entry(at + (f"{x}_proj",), p + f"self_attn.{x}_proj.weight", "heads_in")
+                    for x in "qkv"]
         if config.qkv_bias:
-            out += [_Entry(at + (f"{x}_bias",), p + f"self_attn.{x}_proj.bias", "head_bias") for x in "qkv"]
+            out += [_Entry(at + (f"{x}_bias",), p + f"self_attn.{x}_proj.bias", "head_bias")
+                    for x in "qkv"]
         out.append(_Entry(at + ("o_proj",), p + "self_attn.o_proj.weight", "heads_out"))
         if config.o_bias:
             out.append(_Entry(at + ("o_bias",), p + "self_attn.o_proj.bias"))
-        out.append(_Entry(("layers", n, "post_attention_norm", "scale"), p + "post_attention_layernorm.weight"))
+        out.append(_Entry(("layers", n, "post_attention_norm", "scale"),
+                          p + "post_attention_layernorm.weight"))
         mlp = ("layers", n, "mlp")
         if config.model_type == "phi3":
             gate_up = p + "mlp.gate_up_proj.weight"
             out += [_Entry(mlp + ("gate_proj",), gate_up, "linear", (0, i)),
                     _Entry(mlp + ("up_proj",), gate_up, "linear", (i, 2 * i))]
         else:
-            out += [_Entry(mlp + (f"{x}_proj",), p + f"mlp.{x}_proj.weight", "linear") for x in ("gate", "up")]
+            out += [_Entry(mlp + (f"{x}_proj",), p + f"mlp.{x}_proj.weight", "linear")
+                    for x in ("gate", "up")]
         out.append(_Entry(mlp + ("down_proj",), p + "mlp.down_proj.weight", "linear"))
         if config.mlp_bias:
-            out += [_Entry(mlp + (f"{x}_bias",), p + f"mlp.{x}_proj.bias") for x in ("gate", "up", "down")]
+            out += [_Entry(mlp + (f"{x}_bias",), p + f"mlp.{x}_proj.bias")
+                    for x in ("gate", "up", "down")]
     out.append(_Entry(("norm", "scale"), "model.norm.weight"))
     if lm_head and not config.tie_word_embeddings:
         out.append(_Entry(("lm_head",), "lm_head.weight", "linear"))
@@ -144,20 +149,23 @@ def read_config(path: str | Path) -> ModelConfig:
     if not path.is_dir():
         raise FileNotFoundError(f"checkpoint dir {path} does not exist")
     if not (path / CONFIG_FILE).exists():
-        raise FileNotFoundError(f"checkpoint dir {path} has no {CONFIG_FILE}; expected a Hugging Face model directory")
+        raise FileNotFoundError(f"checkpoint dir {path} has no {CONFIG_FILE}; expected a Hugging "
+                                "Face model directory")
     return ModelConfig.from_hf_dict(json.loads((path / CONFIG_FILE).read_text()))
 
 
 def _place(view: np.ndarray, dtype, sharding: jax.sharding.Sharding | None) -> jax.Array:
     if sharding is None:
         return jnp.asarray(np.asarray(view).astype(dtype))
-    return jax.make_array_from_callback(view.shape, sharding, lambda index: np.asarray(view[index]).astype(dtype))
+    return jax.make_array_from_callback(view.shape, sharding,
+                                        lambda index: np.asarray(view[index]).astype(dtype))
 
 
-def from_pretrained(path: str | Path, dtype=jnp.float32, *, param_dtype=None, mesh: jax.sharding.Mesh | None = None,
-                    rules: ShardingRules = DEFAULT_RULES, attention: str = "xla", remat: bool = False,
-                    scan_layers: bool = False, lm_head: bool = True, value_head: bool | None = None,
-                    value_tanh: bool | None = None) -> CausalLM:
+def from_pretrained(path: str | Path, dtype=jnp.float32, *, param_dtype=None,
+                    mesh: jax.sharding.Mesh | None = None,
+                    rules: ShardingRules = DEFAULT_RULES, attention: str = "xla",
+                    remat: bool = False, scan_layers: bool = False, lm_head: bool = True,
+                    value_head: bool | None = None, value_tanh: bool | None = None) -> CausalLM:
     """Loads a Hugging Face checkpoint directory (config.json + safetensors) as a `CausalLM`.
 
     dtype is the compute dtype; param_dtype (default: dtype) the dtype weights are stored in.
@@ -177,14 +185,16 @@ def from_pretrained(path: str | Path, dtype=jnp.float32, *, param_dtype=None, me
     param_dtype = param_dtype or dtype
 
     abstract = nnx.eval_shape(lambda: CausalLM(
-        config, dtype=dtype, param_dtype=param_dtype, attention=attention, remat=remat, scan_layers=scan_layers,
-        lm_head=lm_head, value_head=value_head, value_tanh=value_tanh, rules=rules, rngs=nnx.Rngs(0)))
+        config, dtype=dtype, param_dtype=param_dtype, attention=attention, remat=remat,
+        scan_layers=scan_layers, lm_head=lm_head, value_head=value_head, value_tanh=value_tanh,
+        rules=rules, rngs=nnx.Rngs(0)))
     graphdef, state = nnx.split(abstract)
     table = {e.path: e for e in _entries(config, lm_head, value_head)}
     used = set()
     loaded = []
     flat = nnx.to_flat_state(state)
-    for param_path, variable in tqdm(flat, desc=f"loading {path.name}", unit="tensor", disable=None, leave=False):
+    for param_path, variable in tqdm(flat, desc=f"loading {path.name}", unit="tensor", disable=None,
+                                     leave=False):
         shape = variable.get_value().shape
         entry = table[param_path]
         source = head_files if entry.value_head else files
@@ -202,11 +212,13 @@ def from_pretrained(path: str | Path, dtype=jnp.float32, *, param_dtype=None, me
     return nnx.merge(graphdef, nnx.from_flat_state(loaded))
 
 
-def _checkpoint_view(files: tensor_files.TensorFiles, entry: _Entry, shape, path: Path) -> np.ndarray:
+def _checkpoint_view(files: tensor_files.TensorFiles, entry: _Entry, shape,
+                     path: Path) -> np.ndarray:
     if entry.name not in files:
         raise KeyError(
-            f"checkpoint {path} has no tensor {entry.name!r} (needed for parameter {'/'.join(map(str, entry.path))}); "
-            "its weights do not match its config.json, or a safetensors file is missing"
+            f"checkpoint {path} has no tensor {entry.name!r} (needed for parameter "
+            f"{'/'.join(map(str, entry.path))}); its weights do not match its config.json, or a "
+            "safetensors file is missing"
         )
     tensor = files.get(entry.name)
     expected = _checkpoint_shape(shape, entry.layout)
@@ -217,8 +229,8 @@ def _checkpoint_view(files: tensor_files.TensorFiles, entry: _Entry, shape, path
         tensor = tensor[begin:end]
     if tuple(tensor.shape) != expected:
         raise ValueError(
-            f"tensor {where} in {path} has shape {tuple(tensor.shape)}, but config.json implies {expected}; "
-            "the weights and config.json come from different models"
+            f"tensor {where} in {path} has shape {tuple(tensor.shape)}, but config.json implies "
+            f"{expected}; the weights and config.json come from different models"
         )
     return _to_ours(tensor, entry.layout, shape)
 
@@ -240,8 +252,9 @@ def save_pretrained(model: CausalLM, out_dir: str | Path, *, max_shard_bytes: in
     config = model.config
     params = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
     if this_process_only and not all(v.get_value().is_fully_addressable for v in params.values()):
-        raise ValueError(f"save_pretrained({out}, this_process_only=True): the model is sharded over other "
-                         "processes' devices too; call save_pretrained on every process instead")
+        raise ValueError(f"save_pretrained({out}, this_process_only=True): the model is sharded "
+                         "over other processes' devices too; call save_pretrained on every process "
+                         "instead")
     groups: dict[str, list[_Entry]] = {}
     for entry in _entries(config, model.has_lm_head, model.has_value_head):
         groups.setdefault(entry.name, []).append(entry)
@@ -255,14 +268,16 @@ def save_pretrained(model: CausalLM, out_dir: str | Path, *, max_shard_bytes: in
         first = params[parts[0].path].get_value()
         shape = [_checkpoint_shape(params[e.path].get_value().shape, e.layout) for e in parts]
         full = (sum(s[0] for s in shape), *shape[0][1:])
-        (head if parts[0].value_head else tensors).append((name, full, np.dtype(first.dtype), produce(parts)))
+        (head if parts[0].value_head else tensors).append((name, full, np.dtype(first.dtype),
+                                                           produce(parts)))
 
     if this_process_only or jax.process_index() == 0:
         _write(out, model, tensors, head, max_shard_bytes)
     else:
         for _, _, _, make in tensors + head:
             make()  # gathering is collective: every process takes part, one writes
-    if jax.process_count() > 1 and not this_process_only:  # nobody reads it before process 0 has finished
+    if jax.process_count() > 1 and not this_process_only:
+        # nobody reads it before process 0 has finished
         multihost_utils.sync_global_devices(f"save_pretrained {out}")
     return out
 
@@ -275,6 +290,7 @@ def _write(out: Path, model: CausalLM, tensors, head, max_shard_bytes: int) -> N
     tensor_files.write_sharded(out, tensors, max_shard_bytes)
     if head:
         tensor_files.write(out / VALUE_HEAD_FILE, head,
-                           metadata={"format": "pt", "tanh": "true" if model.value_tanh else "false"})
+                           metadata={"format": "pt",
+                                     "tanh": "true" if model.value_tanh else "false"})
     else:
         (out / VALUE_HEAD_FILE).unlink(missing_ok=True)

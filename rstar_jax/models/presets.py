@@ -14,9 +14,10 @@ from rstar_jax.models.config import ModelConfig
 PHI3_MINI_4K: dict[str, Any] = {
     "model_type": "phi3", "vocab_size": 32064, "hidden_size": 3072, "intermediate_size": 8192,
     "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 32,
-    "max_position_embeddings": 4096, "original_max_position_embeddings": 4096, "rope_theta": 10000.0,
-    "rope_scaling": None, "rms_norm_eps": 1e-5, "sliding_window": 2047, "tie_word_embeddings": False,
-    "bos_token_id": 1, "eos_token_id": 32000, "pad_token_id": 32000, "hidden_act": "silu",
+    "max_position_embeddings": 4096, "original_max_position_embeddings": 4096,
+    "rope_theta": 10000.0, "rope_scaling": None, "rms_norm_eps": 1e-5, "sliding_window": 2047,
+    "tie_word_embeddings": False, "bos_token_id": 1, "eos_token_id": 32000, "pad_token_id": 32000,
+    "hidden_act": "silu",
 }
 
 # Qwen/Qwen2.5-Math-7B
@@ -25,7 +26,8 @@ QWEN25_MATH_7B: dict[str, Any] = {
     "num_hidden_layers": 28, "num_attention_heads": 28, "num_key_value_heads": 4,
     "max_position_embeddings": 4096, "rope_theta": 10000.0, "rms_norm_eps": 1e-6,
     "sliding_window": 4096, "use_sliding_window": False, "max_window_layers": 28,
-    "tie_word_embeddings": False, "bos_token_id": 151643, "eos_token_id": 151643, "hidden_act": "silu",
+    "tie_word_embeddings": False, "bos_token_id": 151643, "eos_token_id": 151643,
+    "hidden_act": "silu",
 }
 
 # Qwen/Qwen2.5-Math-1.5B
@@ -34,7 +36,8 @@ QWEN25_MATH_1P5B: dict[str, Any] = {
     "num_hidden_layers": 28, "num_attention_heads": 12, "num_key_value_heads": 2,
     "max_position_embeddings": 4096, "rope_theta": 10000.0, "rms_norm_eps": 1e-6,
     "sliding_window": 4096, "use_sliding_window": False, "max_window_layers": 21,
-    "tie_word_embeddings": True, "bos_token_id": 151643, "eos_token_id": 151643, "hidden_act": "silu",
+    "tie_word_embeddings": True, "bos_token_id": 151643, "eos_token_id": 151643,
+    "hidden_act": "silu",
 }
 
 # The CPU default: a Llama-style model of about 1.7M parameters, trained from scratch with a
@@ -43,7 +46,8 @@ TINY: dict[str, Any] = {
     "model_type": "llama", "vocab_size": 512, "hidden_size": 192, "intermediate_size": 512,
     "num_hidden_layers": 4, "num_attention_heads": 6, "num_key_value_heads": 2, "head_dim": 32,
     "max_position_embeddings": 1024, "rope_theta": 10000.0, "rms_norm_eps": 1e-5,
-    "tie_word_embeddings": True, "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 3, "hidden_act": "silu",
+    "tie_word_embeddings": True, "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 3,
+    "hidden_act": "silu",
 }
 
 PRESETS = {"phi3_mini_4k": PHI3_MINI_4K, "qwen25_math_7b": QWEN25_MATH_7B,
@@ -70,4 +74,5 @@ def check_architecture(name: str, actual: ModelConfig, where: str = "the checkpo
     }
     if diffs:
         listed = "; ".join(f"{k}: preset {e!r}, found {a!r}" for k, (e, a) in diffs.items())
-        raise ValueError(f"{where} is not a {name} model ({listed}); point the config at the right checkpoint")
+        raise ValueError(f"{where} is not a {name} model ({listed}); point the config at the right "
+                         "checkpoint")

@@ -66,7 +66,8 @@ class ShardingRules:
         earlier dim already uses, are dropped too.
         """
         if len(logical_axes) != len(shape):
-            raise ValueError(f"logical axes {tuple(logical_axes)} do not match shape {tuple(shape)}")
+            raise ValueError(f"logical axes {tuple(logical_axes)} do not match shape "
+                             f"{tuple(shape)}")
         used: set[str] = set()
         out = []
         for name, size in zip(logical_axes, shape):
@@ -77,14 +78,22 @@ class ShardingRules:
                 if size % (math.prod(mesh.shape[a] for a in axes) * mesh.shape[axis]) == 0:
                     axes.append(axis)
             used.update(axes)
-            out.append(None if not axes else axes[0] if len(axes) == 1 else tuple(axes))
+            out.append(_entry(axes))
         return PartitionSpec(*out)
 
-    def sharding(self, logical_axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh) -> NamedSharding:
+    def sharding(self, logical_axes: Sequence[str | None], shape: Sequence[int],
+                 mesh: Mesh) -> NamedSharding:
         return NamedSharding(mesh, self.spec(logical_axes, shape, mesh))
 
 
 DEFAULT_RULES = ShardingRules()
+
+
+def _entry(axes: list[str]):
+    """A PartitionSpec entry over mesh `axes`: None for none, the axis for one, else a tuple."""
+    if not axes:
+        return None
+    return axes[0] if len(axes) == 1 else tuple(axes)
 
 
 def canonical_spec(spec: PartitionSpec, mesh: Mesh) -> PartitionSpec:
@@ -97,14 +106,15 @@ def canonical_spec(spec: PartitionSpec, mesh: Mesh) -> PartitionSpec:
     """
     entries = []
     for entry in spec:
-        axes = [a for a in ((entry,) if isinstance(entry, str) else entry or ()) if mesh.shape[a] > 1]
-        entries.append(None if not axes else axes[0] if len(axes) == 1 else tuple(axes))
+        names = (entry,) if isinstance(entry, str) else entry or ()
+        entries.append(_entry([a for a in names if mesh.shape[a] > 1]))
     while entries and entries[-1] is None:
         entries.pop()
     return PartitionSpec(*entries)
 
 
-def make_mesh(shape: dict[str, int] | None = None, devices: Sequence[jax.Device] | None = None) -> Mesh:
+def make_mesh(shape: dict[str, int] | None = None,
+              devices: Sequence[jax.Device] | None = None) -> Mesh:
     """A mesh over `data`, `fsdp` and `tensor` (Auto axis types). One size may be -1 to take the
     remaining devices; the default puts every device on `fsdp`."""
     devices = list(devices if devices is not None else jax.devices())
@@ -118,17 +128,21 @@ def make_mesh(shape: dict[str, int] | None = None, devices: Sequence[jax.Device]
     known = math.prod(s for s in sizes if s != -1)
     if -1 in sizes:
         if len(devices) % known:
-            raise ValueError(f"mesh {shape} cannot use {len(devices)} devices: {known} does not divide it")
+            raise ValueError(f"mesh {shape} cannot use {len(devices)} devices: {known} does not "
+                             "divide it")
         sizes[sizes.index(-1)] = len(devices) // known
     if math.prod(sizes) != len(devices):
         raise ValueError(
-            f"mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices; {len(devices)} are available"
+            f"mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices; {len(devices)} "
+            "are available"
         )
     # jax.make_mesh orders devices by the physical topology (ICI rings on TPU).
-    return jax.make_mesh(sizes, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices)
+    return jax.make_mesh(sizes, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES),
+                         devices=devices)
 
 
-def constrain(x: jax.Array, logical_axes: Sequence[str | None], rules: ShardingRules = DEFAULT_RULES) -> jax.Array:
+def constrain(x: jax.Array, logical_axes: Sequence[str | None],
+              rules: ShardingRules = DEFAULT_RULES) -> jax.Array:
     """Activation sharding hint; a no-op unless a mesh is set with `jax.set_mesh`."""
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty:

@@ -21,7 +21,8 @@ from tqdm import tqdm
 
 _DTYPES = {
     "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
-    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_,
+    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
+    "BOOL": np.bool_,
 }
 _NAMES = {np.dtype(v): k for k, v in _DTYPES.items()}
 INDEX_FILE = "model.safetensors.index.json"
@@ -68,7 +69,8 @@ class TensorFiles:
             )
         missing = [str(f) for f in files if not f.exists()]
         if missing:
-            raise FileNotFoundError(f"{INDEX_FILE} in {directory} lists files that do not exist: {missing}")
+            raise FileNotFoundError(f"{INDEX_FILE} in {directory} lists files that do not exist: "
+                                    f"{missing}")
         return cls(files)
 
     def __contains__(self, name: str) -> bool:
@@ -85,8 +87,8 @@ class TensorFiles:
         path, info, data_start = self._where[name]
         if info["dtype"] not in _DTYPES:
             raise ValueError(
-                f"tensor {name} in {path} has dtype {info['dtype']}, which this reader does not support "
-                f"(supported: {', '.join(_DTYPES)}); convert the checkpoint to bf16 or f32"
+                f"tensor {name} in {path} has dtype {info['dtype']}, which this reader does not "
+                f"support (supported: {', '.join(_DTYPES)}); convert the checkpoint to bf16 or f32"
             )
         if path not in self._maps:
             self._maps[path] = np.memmap(path, dtype=np.uint8, mode="r")
@@ -95,7 +97,8 @@ class TensorFiles:
         return raw.view(_DTYPES[info["dtype"]]).reshape(info["shape"])
 
 
-def write(path: str | Path, tensors: Iterable[tuple[str, tuple[int, ...], np.dtype, Callable[[], np.ndarray]]],
+def write(path: str | Path, tensors: Iterable[tuple[str, tuple[int, ...], np.dtype,
+                                                    Callable[[], np.ndarray]]],
           metadata: dict[str, str] | None = None) -> None:
     """Writes one safetensors file. `tensors` yields (name, shape, dtype, produce); `produce()` is
     called once per tensor, in order, just before its bytes are written."""
@@ -107,22 +110,25 @@ def write(path: str | Path, tensors: Iterable[tuple[str, tuple[int, ...], np.dty
         if dtype not in _NAMES:
             raise ValueError(f"cannot write tensor {name}: dtype {dtype} has no safetensors name")
         size = _nbytes(shape, dtype)
-        header[name] = {"dtype": _NAMES[dtype], "shape": list(shape), "data_offsets": [offset, offset + size]}
+        header[name] = {"dtype": _NAMES[dtype], "shape": list(shape),
+                        "data_offsets": [offset, offset + size]}
         offset += size
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)  # the format aligns the data section to 8 bytes
     with open(path, "wb") as f:
         f.write(struct.pack("<Q", len(blob)))
         f.write(blob)
-        for name, shape, dtype, produce in tqdm(entries, desc=f"writing {Path(path).name}", unit="tensor",
-                                                disable=None, leave=False):
+        for name, shape, dtype, produce in tqdm(entries, desc=f"writing {Path(path).name}",
+                                                unit="tensor", disable=None, leave=False):
             array = np.ascontiguousarray(produce(), dtype=dtype)
             if array.shape != tuple(shape):
-                raise ValueError(f"tensor {name}: announced shape {tuple(shape)}, produced {array.shape}")
+                raise ValueError(f"tensor {name}: announced shape {tuple(shape)}, produced "
+                                 f"{array.shape}")
             f.write(array.tobytes())
 
 
-def write_sharded(directory: str | Path, tensors: Sequence[tuple[str, tuple[int, ...], np.dtype, Callable]],
+def write_sharded(directory: str | Path,
+                  tensors: Sequence[tuple[str, tuple[int, ...], np.dtype, Callable]],
                   max_shard_bytes: int = 5 * 2**30) -> list[Path]:
     """Writes `model.safetensors`, or numbered shards plus `model.safetensors.index.json` when the
     tensors exceed `max_shard_bytes` (the layout transformers reads)."""
@@ -137,7 +143,8 @@ def write_sharded(directory: str | Path, tensors: Sequence[tuple[str, tuple[int,
         shards[-1].append(entry)
         size += nbytes
     # Weights of an earlier save would shadow these: loaders pick the single file or the index.
-    for stale in [directory / "model.safetensors", directory / INDEX_FILE, *directory.glob("model-*-of-*.safetensors")]:
+    for stale in [directory / "model.safetensors", directory / INDEX_FILE,
+                  *directory.glob("model-*-of-*.safetensors")]:
         stale.unlink(missing_ok=True)
     if len(shards) == 1:
         names = ["model.safetensors"]

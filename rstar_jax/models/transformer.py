@@ -53,8 +53,8 @@ class RMSNorm(nnx.Module):
 
 
 class Attention(nnx.Module):
-    def __init__(self, config: ModelConfig, window: int | None, *, dtype, param_dtype, implementation: str,
-                 rules: ShardingRules, rngs: nnx.Rngs):
+    def __init__(self, config: ModelConfig, window: int | None, *, dtype, param_dtype,
+                 implementation: str, rules: ShardingRules, rngs: nnx.Rngs):
         e, h, k, d = config.hidden_size, config.num_attention_heads, config.num_key_value_heads, config.head_dim
         self.q_proj = _param(rngs, (e, h, d), ("embed", "heads", "head_dim"), param_dtype)
         self.k_proj = _param(rngs, (e, k, d), ("embed", "kv_heads", "head_dim"), param_dtype)
@@ -85,10 +85,11 @@ class Attention(nnx.Module):
         q = constrain(q, ("act_batch", "act_seq", "act_heads", None), self.rules)
         if cache is None:  # keys are the queries' own tokens, in order
             mask = None if segment_ids is None else segment_mask(segment_ids)
-            out = attend(q, k, v, causal=True, window=self.window, mask=mask, implementation=self.implementation)
+            out = attend(q, k, v, causal=True, window=self.window, mask=mask,
+                         implementation=self.implementation)
         else:
-            out, cache = cache.attend(q, k, v, positions, window=self.window, implementation=self.implementation,
-                                      rules=self.rules)
+            out, cache = cache.attend(q, k, v, positions, window=self.window,
+                                      implementation=self.implementation, rules=self.rules)
         y = jnp.einsum("bthd,hde->bte", out, self.o_proj[...].astype(self.dtype))
         if hasattr(self, "o_bias"):
             y = y + self.o_bias[...].astype(self.dtype)
@@ -96,7 +97,8 @@ class Attention(nnx.Module):
 
 
 class MLP(nnx.Module):
-    def __init__(self, config: ModelConfig, *, dtype, param_dtype, rules: ShardingRules, rngs: nnx.Rngs):
+    def __init__(self, config: ModelConfig, *, dtype, param_dtype, rules: ShardingRules,
+                 rngs: nnx.Rngs):
         e, i = config.hidden_size, config.intermediate_size
         self.gate_proj = _param(rngs, (e, i), ("embed", "mlp"), param_dtype)
         self.up_proj = _param(rngs, (e, i), ("embed", "mlp"), param_dtype)
@@ -123,9 +125,11 @@ class Block(nnx.Module):
     def __init__(self, config: ModelConfig, layer: int, *, dtype, param_dtype, implementation: str,
                  rules: ShardingRules, rngs: nnx.Rngs):
         self.input_norm = RMSNorm(config.hidden_size, config.rms_norm_eps, param_dtype, rngs)
-        self.attn = Attention(config, config.sliding_windows[layer], dtype=dtype, param_dtype=param_dtype,
-                              implementation=implementation, rules=rules, rngs=rngs)
-        self.post_attention_norm = RMSNorm(config.hidden_size, config.rms_norm_eps, param_dtype, rngs)
+        self.attn = Attention(config, config.sliding_windows[layer], dtype=dtype,
+                              param_dtype=param_dtype, implementation=implementation, rules=rules,
+                              rngs=rngs)
+        self.post_attention_norm = RMSNorm(config.hidden_size, config.rms_norm_eps, param_dtype,
+                                           rngs)
         self.mlp = MLP(config, dtype=dtype, param_dtype=param_dtype, rules=rules, rngs=rngs)
         self.rules = rules
 
@@ -180,8 +184,9 @@ class CausalLM(nnx.Module):
     output into (-1, 1) as the paper does (the reference code trains without it).
     """
 
-    def __init__(self, config: ModelConfig, *, dtype=jnp.float32, param_dtype=None, attention: str = "xla",
-                 remat: bool = False, scan_layers: bool = False, lm_head: bool = True, value_head: bool = False,
+    def __init__(self, config: ModelConfig, *, dtype=jnp.float32, param_dtype=None,
+                 attention: str = "xla", remat: bool = False, scan_layers: bool = False,
+                 lm_head: bool = True, value_head: bool = False,
                  value_tanh: bool = True, rules: ShardingRules = DEFAULT_RULES, rngs: nnx.Rngs):
         param_dtype = param_dtype or dtype
         self.config = config
@@ -190,15 +195,18 @@ class CausalLM(nnx.Module):
         self.scan_layers = scan_layers
         self.value_tanh = value_tanh
         self.rules = rules
-        self.embed = _param(rngs, (config.vocab_size, config.hidden_size), ("vocab", "embed"), param_dtype)
+        self.embed = _param(rngs, (config.vocab_size, config.hidden_size), ("vocab", "embed"),
+                            param_dtype)
         self.layers = nnx.List([
-            Block(config, i, dtype=dtype, param_dtype=param_dtype, implementation=attention, rules=rules, rngs=rngs)
+            Block(config, i, dtype=dtype, param_dtype=param_dtype, implementation=attention,
+                  rules=rules, rngs=rngs)
             for i in range(config.num_hidden_layers)
         ])
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, param_dtype, rngs)
         self.has_lm_head = lm_head
         if lm_head and not config.tie_word_embeddings:
-            self.lm_head = _param(rngs, (config.hidden_size, config.vocab_size), ("embed", "vocab"), param_dtype)
+            self.lm_head = _param(rngs, (config.hidden_size, config.vocab_size), ("embed", "vocab"),
+                                  param_dtype)
         if value_head:
             self.value_head = _param(rngs, (config.hidden_size, 1), ("embed", "value"), param_dtype)
             self.value_bias = _param(rngs, (1,), ("value",), param_dtype, init="zeros")
@@ -224,8 +232,10 @@ class CausalLM(nnx.Module):
             raise ValueError("segment_ids (packed sequences) cannot be combined with a KV cache")
         if positions is None:
             if cache is not None:
-                raise ValueError("positions are required with a KV cache: they say which slots to write")
-            positions = jnp.broadcast_to(jnp.arange(input_ids.shape[1], dtype=jnp.int32), input_ids.shape)
+                raise ValueError("positions are required with a KV cache: they say which slots to "
+                                 "write")
+            positions = jnp.broadcast_to(jnp.arange(input_ids.shape[1], dtype=jnp.int32),
+                                         input_ids.shape)
         x = jnp.take(self.embed[...], input_ids, axis=0).astype(self.dtype)
         x = constrain(x, ("act_batch", "act_seq", "act_embed"), self.rules)
         cos, sin = _rotary(self.config)(positions, rope_lengths)
@@ -250,7 +260,8 @@ class CausalLM(nnx.Module):
     def logits(self, hidden: jax.Array) -> jax.Array:
         """hidden: [B, T, E] -> float32 logits [B, T, V]."""
         if not self.has_lm_head:
-            raise ValueError("this model was built without an LM head (lm_head=False); it only scores values")
+            raise ValueError("this model was built without an LM head (lm_head=False); it only "
+                             "scores values")
         if self.config.tie_word_embeddings:
             out = jnp.einsum("bte,ve->btv", hidden, self.embed[...].astype(self.dtype),
                              preferred_element_type=jnp.float32)

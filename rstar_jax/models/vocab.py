@@ -45,7 +45,8 @@ def set_new_rows(model: CausalLM, new_ids: list[int], trained_rows: int, num_row
     every row added by growing, to the mean of rows [0, trained_rows)."""
     config = model.config
     if num_rows < config.vocab_size:
-        raise ValueError(f"cannot shrink the vocabulary from {config.vocab_size} to {num_rows} rows")
+        raise ValueError(f"cannot shrink the vocabulary from {config.vocab_size} to {num_rows} "
+                         "rows")
     grow = num_rows - config.vocab_size
     ids = jnp.asarray(new_ids, jnp.int32)
 
@@ -56,7 +57,8 @@ def set_new_rows(model: CausalLM, new_ids: list[int], trained_rows: int, num_row
     if hasattr(model, "lm_head"):
         head = model.lm_head[...]  # [E, V]
         mean = head[:, :trained_rows].astype(jnp.float32).mean(axis=1).astype(head.dtype)
-        head = jnp.concatenate([head, jnp.broadcast_to(mean[:, None], (head.shape[0], grow))], axis=1)
+        head = jnp.concatenate([head, jnp.broadcast_to(mean[:, None], (head.shape[0], grow))],
+                               axis=1)
         _replace(model.lm_head, head.at[:, ids].set(mean[:, None]), model.rules)
     model.config = config.replace(vocab_size=num_rows)
 
@@ -72,8 +74,8 @@ def add_step_tokens(model: CausalLM, tokenizer: Tokenizer, pad_to_multiple: int 
     checkpoint would leave their rows as the base model's untrained padding."""
     if tokenizer.vocab_size > model.config.vocab_size:
         raise ValueError(
-            f"tokenizer has {tokenizer.vocab_size} ids but the model only {model.config.vocab_size} rows; "
-            "they do not belong together"
+            f"tokenizer has {tokenizer.vocab_size} ids but the model only "
+            f"{model.config.vocab_size} rows; they do not belong together"
         )
     trained_rows = tokenizer.vocab_size
     new = missing_step_tokens(tokenizer)
@@ -99,7 +101,8 @@ def _host_device():
 
 
 def convert_checkpoint(source: str | os.PathLike, out: str | os.PathLike, *,
-                       tokenizer: str | os.PathLike | None = None, pad_to_multiple: int = 128) -> dict:
+                       tokenizer: str | os.PathLike | None = None,
+                       pad_to_multiple: int = 128) -> dict:
     """Writes to `out` the checkpoint at `source` (a Hugging Face directory: config.json,
     safetensors, the tokenizer files) with the step tokens: its tokenizer with them added and the
     model with a row for each at the mean of the trained rows (`add_step_tokens`). The weights keep
@@ -123,21 +126,24 @@ def convert_checkpoint(source: str | os.PathLike, out: str | os.PathLike, *,
     _check_source(source, tok_dir, given=tokenizer is not None)
     tok = Tokenizer.from_dir(tok_dir)
     summary = {"source": str(source), "out": str(out), "tokenizer": str(tok_dir),
-               "rows_before": hf.read_config(source).vocab_size, "tokenizer_ids_before": tok.vocab_size}
+               "rows_before": hf.read_config(source).vocab_size,
+               "tokenizer_ids_before": tok.vocab_size}
     missing = missing_step_tokens(tok)
     if not missing:
         ids = tok.step_token_ids
-        return summary | {"dtype": None, "added": {}, "present": ids, "rows_after": summary["rows_before"],
+        return summary | {"dtype": None, "added": {}, "present": ids,
+                          "rows_after": summary["rows_before"],
                           "tokenizer_ids_after": tok.vocab_size, "written": False}
     if out.resolve() == source.resolve():
-        raise ValueError(f"output {out} is the source directory; write the converted checkpoint to a new one")
+        raise ValueError(f"output {out} is the source directory; write the converted checkpoint to "
+                         "a new one")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise FileExistsError(f"output {out} already exists and is not an empty directory; remove it or "
-                              "choose another output directory")
+        raise FileExistsError(f"output {out} already exists and is not an empty directory; remove "
+                              "it or choose another output directory")
     files = tensor_files.TensorFiles.from_dir(source)
     if "model.embed_tokens.weight" not in files:
-        raise ValueError(f"checkpoint {source} has no tensor 'model.embed_tokens.weight'; it is not a "
-                         "Llama, Qwen2 or Phi-3 causal LM this repository can load")
+        raise ValueError(f"checkpoint {source} has no tensor 'model.embed_tokens.weight'; it is "
+                         "not a Llama, Qwen2 or Phi-3 causal LM this repository can load")
     dtype = jnp.dtype(files.get("model.embed_tokens.weight").dtype)
 
     device = _host_device()
@@ -150,7 +156,8 @@ def convert_checkpoint(source: str | os.PathLike, out: str | os.PathLike, *,
     tok.save(tmp)
     summary |= {"dtype": dtype.name, "added": {t: ids[t] for t in missing},
                 "present": {t: i for t, i in ids.items() if t not in missing},
-                "rows_after": model.config.vocab_size, "tokenizer_ids_after": tok.vocab_size, "written": True}
+                "rows_after": model.config.vocab_size, "tokenizer_ids_after": tok.vocab_size,
+                "written": True}
     (tmp / CONVERTED_FILE).write_text(json.dumps(summary, indent=2) + "\n")
     if out.exists():
         out.rmdir()  # (empty: checked above)
@@ -164,14 +171,17 @@ def _check_source(source: pathlib.Path, tok_dir: pathlib.Path, given: bool) -> N
     if "://" in str(source):
         raise ValueError(f"checkpoint {source} is a URL; copy it to a local directory first")
     if not source.is_dir():
-        raise FileNotFoundError(f"checkpoint directory {source} does not exist; pass a Hugging Face model "
-                                "directory (config.json, *.safetensors, the tokenizer files)")
+        raise FileNotFoundError(f"checkpoint directory {source} does not exist; pass a Hugging "
+                                "Face model directory (config.json, *.safetensors, the tokenizer "
+                                "files)")
     if not (source / hf.CONFIG_FILE).is_file():
-        raise FileNotFoundError(f"checkpoint directory {source} has no {hf.CONFIG_FILE}; pass the model's Hugging "
-                                "Face directory (e.g. from `huggingface-cli download <repo> --local-dir DIR`)")
+        raise FileNotFoundError(f"checkpoint directory {source} has no {hf.CONFIG_FILE}; pass the "
+                                "model's Hugging Face directory (e.g. from `huggingface-cli "
+                                "download <repo> --local-dir DIR`)")
     if backend_of(tok_dir) is None:
         where = "tokenizer directory" if given else "checkpoint directory"
         found = sorted(p.name for p in tok_dir.iterdir()) if tok_dir.is_dir() else "no such directory"
         raise FileNotFoundError(
-            f"{where} {tok_dir} has no tokenizer ({' or '.join(BACKENDS.values())}; found: {found}); download "
-            "the checkpoint's tokenizer files too, or name the directory that holds them (--tokenizer)")
+            f"{where} {tok_dir} has no tokenizer ({' or '.join(BACKENDS.values())}; found: "
+            f"{found}); download the checkpoint's tokenizer files too, or name the directory that "
+            "holds them (--tokenizer)")

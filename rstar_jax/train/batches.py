@@ -99,8 +99,8 @@ def tokenize_sft(examples: Iterable[SFTExample], tokenizer) -> Iterator[tuple[li
         yield prompt + tokenizer.continuation_ids(ex.response) + eos, len(prompt)
 
 
-def pack_sft(sequences: Iterable[tuple[Sequence[int], int]], rows: int, length: int, pad_id: int = 0,
-             skipped: Skipped | None = None) -> Iterator[SFTBatch]:
+def pack_sft(sequences: Iterable[tuple[Sequence[int], int]], rows: int, length: int,
+             pad_id: int = 0, skipped: Skipped | None = None) -> Iterator[SFTBatch]:
     """Batches of `rows` x `length` packed from (ids, prompt length) pairs; the last batch is
     padded with empty rows."""
     if rows < 1 or length < 2:
@@ -108,7 +108,8 @@ def pack_sft(sequences: Iterable[tuple[Sequence[int], int]], rows: int, length: 
     skipped = Skipped() if skipped is None else skipped
 
     def empty():
-        out = {k: np.zeros((rows, length), np.int32) for k in ("targets", "positions", "segment_ids")}
+        out = {k: np.zeros((rows, length), np.int32)
+               for k in ("targets", "positions", "segment_ids")}
         return out | {"inputs": np.full((rows, length), pad_id, np.int32),
                       "weights": np.zeros((rows, length), np.float32)}
 
@@ -165,8 +166,8 @@ def _bucket(n: int, multiple: int = 64) -> int:
     return -(-n // multiple) * multiple
 
 
-def ppm_batches(pairs: Sequence[PPMPair], tokenizer, batch_pairs: int, max_length: int, pad_id: int = 0,
-                skipped: Skipped | None = None) -> Iterator[PPMBatch]:
+def ppm_batches(pairs: Sequence[PPMPair], tokenizer, batch_pairs: int, max_length: int,
+                pad_id: int = 0, skipped: Skipped | None = None) -> Iterator[PPMBatch]:
     """Batches of `batch_pairs` pairs in order, each padded to the next multiple of 64 of its
     longest row (at most max_length); pairs with a row longer than max_length are left out."""
     skipped = Skipped() if skipped is None else skipped
@@ -193,7 +194,8 @@ def ppm_batches(pairs: Sequence[PPMPair], tokenizer, batch_pairs: int, max_lengt
         weights_out[:len(chunk)] = w
         yield PPMBatch(ids=ids, lengths=lengths, weights=weights_out)
     if skipped.too_long:
-        log.warning("%d PPM pairs longer than max_length=%d were left out", skipped.too_long, max_length)
+        log.warning("%d PPM pairs longer than max_length=%d were left out", skipped.too_long,
+                    max_length)
 
 
 def outcome_batches(examples: Sequence[OutcomeExample], tokenizer, batch_rows: int, max_length: int,
@@ -210,11 +212,13 @@ def outcome_batches(examples: Sequence[OutcomeExample], tokenizer, batch_rows: i
         rows.append((ids, 1.0 if ex.correct else -1.0))
     for start in range(0, len(rows), batch_rows):
         chunk = rows[start:start + batch_rows]
-        ids = np.full((batch_rows, min(max_length, _bucket(max(len(r) for r, _ in chunk)))), pad_id, np.int32)
+        ids = np.full((batch_rows, min(max_length, _bucket(max(len(r) for r, _ in chunk)))), pad_id,
+                      np.int32)
         lengths, labels, weights = np.ones((batch_rows,), np.int32), np.zeros((batch_rows,), np.float32), \
             np.zeros((batch_rows,), np.float32)
         for i, (row, label) in enumerate(chunk):
             ids[i, :len(row)], lengths[i], labels[i], weights[i] = row, len(row), label, 1.0
         yield OutcomeBatch(ids=ids, lengths=lengths, labels=labels, weights=weights)
     if skipped.too_long:
-        log.warning("%d outcome examples longer than max_length=%d were left out", skipped.too_long, max_length)
+        log.warning("%d outcome examples longer than max_length=%d were left out", skipped.too_long,
+                    max_length)

@@ -31,8 +31,8 @@ class Checkpoints:
     writes itself (gs://...). `on_save()`, if given, runs after each save is complete (the save
     then blocks): an evolution with a URL workdir uploads its local checkpoints there."""
 
-    def __init__(self, directory: str | pathlib.Path, *, keep: int = 3, every: int = 1, async_save: bool = True,
-                 on_save: Callable[[], None] | None = None):
+    def __init__(self, directory: str | pathlib.Path, *, keep: int = 3, every: int = 1,
+                 async_save: bool = True, on_save: Callable[[], None] | None = None):
         if keep < 1 or every < 1:
             raise ValueError(f"keep and every must be >= 1, got keep={keep}, every={every}")
         if "://" in str(directory):

@@ -74,8 +74,8 @@ def initialize(distributed: bool | None = None) -> bool:
     job = {key: int(os.environ[var]) for key, var in (("num_processes", "JAX_NUM_PROCESSES"),
                                                       ("process_id", "JAX_PROCESS_ID")) if os.environ.get(var)}
     jax.distributed.initialize(**job)
-    log.info("process %d of %d, %d local and %d global devices", jax.process_index(), jax.process_count(),
-             jax.local_device_count(), jax.device_count())
+    log.info("process %d of %d, %d local and %d global devices", jax.process_index(),
+             jax.process_count(), jax.local_device_count(), jax.device_count())
     return True
 
 
@@ -85,7 +85,8 @@ def mesh_from_config(mesh: Mapping[str, int], devices: Sequence | None = None):
     first devices it needs."""
     unknown = set(mesh) - {"data", "fsdp", "tensor"}
     if unknown:
-        raise ValueError(f"unknown mesh axes {sorted(unknown)} in the config; use data, fsdp, tensor")
+        raise ValueError(f"unknown mesh axes {sorted(unknown)} in the config; use data, fsdp, "
+                         "tensor")
     shape = {k: int(v) for k, v in mesh.items()}
     devices = list(jax.devices() if devices is None else devices)
     if -1 not in shape.values():

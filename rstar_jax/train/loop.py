@@ -34,17 +34,20 @@ def flops_per_token(config, length: int) -> float:
 
 
 def fit(trainer, batches: Iterable, *, steps: int | None = None, eval_batches: list | None = None,
-        eval_every: int = 0, checkpoints: Checkpoints | None = None, best: Checkpoints | None = None,
-        logdir: str | pathlib.Path | None = None, log_every: int = 50, peak_flops: float | None = None,
-        progress: bool | None = None) -> list[dict[str, float]]:
+        eval_every: int = 0, checkpoints: Checkpoints | None = None,
+        best: Checkpoints | None = None,
+        logdir: str | pathlib.Path | None = None, log_every: int = 50,
+        peak_flops: float | None = None, progress: bool | None = None) -> list[dict[str, float]]:
     """Trains on `batches` (at most `steps`); returns the metrics of every step run here."""
     metric = "loss" if trainer.task == "sft" else "accuracy"
     start, best_value = 0, None
     if checkpoints is not None and (meta := checkpoints.restore_latest(trainer)) is not None:
         start, best_value = meta["data_position"], meta.get("best")
-        log.info("resumed at step %d (batch %d) from %s", trainer.step_count, start, checkpoints.directory)
+        log.info("resumed at step %d (batch %d) from %s", trainer.step_count, start,
+                 checkpoints.directory)
     writer = None
-    if logdir is not None and jax.process_index() == 0:  # one writer a job: every process has the same metrics
+    if logdir is not None and jax.process_index() == 0:
+        # one writer a job: every process has the same metrics
         from tensorboardX import SummaryWriter
 
         writer = SummaryWriter(str(logdir))
@@ -53,7 +56,7 @@ def fit(trainer, batches: Iterable, *, steps: int | None = None, eval_batches: l
     stream = itertools.islice(batches, start, None if remaining is None else start + remaining)
     position = start
     with tqdm.tqdm(stream, total=remaining, desc=f"train {trainer.task}", unit="step", leave=False,
-                   disable=False if progress else None if progress is None else True) as bar:
+                   disable=None if progress is None else not progress) as bar:
         for batch in bar:
             begin = time.perf_counter()
             metrics = trainer.step(batch)
@@ -72,12 +75,14 @@ def fit(trainer, batches: Iterable, *, steps: int | None = None, eval_batches: l
                     if best is not None:
                         best.save(trainer, data_position=position, force=True, best=best_value)
             history.append(metrics)
-            bar.set_postfix({k: f"{metrics[k]:.3g}" for k in ("loss", "tokens_per_s", "mfu") if k in metrics})
+            bar.set_postfix({k: f"{metrics[k]:.3g}"
+                             for k in ("loss", "tokens_per_s", "mfu") if k in metrics})
             if writer is not None:
                 for k, v in metrics.items():
                     writer.add_scalar(f"{trainer.task}/{k}", v, trainer.step_count)
             if log_every and trainer.step_count % log_every == 0:
-                log.info("step %d: %s", trainer.step_count, {k: round(v, 4) for k, v in metrics.items()})
+                log.info("step %d: %s", trainer.step_count,
+                         {k: round(v, 4) for k, v in metrics.items()})
             if checkpoints is not None:
                 checkpoints.save(trainer, data_position=position, best=best_value)
     if writer is not None:

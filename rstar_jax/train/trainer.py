@@ -27,7 +27,8 @@ from rstar_jax.train import losses
 from rstar_jax.train.batches import OutcomeBatch, PPMBatch, SFTBatch
 from rstar_jax.train.devices import batch_shards
 
-TASKS = ("sft", "ppm", "orm")  # the policy, the PPM, the outcome reward model (a baseline for the PPM)
+# the policy, the PPM, the outcome reward model (a baseline for the PPM)
+TASKS = ("sft", "ppm", "orm")
 _BATCHES = {"sft": SFTBatch, "ppm": PPMBatch, "orm": OutcomeBatch}
 
 
@@ -56,15 +57,21 @@ class TrainConfig:
             raise ValueError(f"schedule must be cosine, linear or constant, got {self.schedule!r}")
         for name in ("warmup_steps", "total_steps", "microbatches"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < (1 if name != "warmup_steps" else 0):
-                raise ValueError(f"TrainConfig.{name} must be a {'non-negative' if name == 'warmup_steps' else 'positive'}"
-                                 f" int, got {value!r}")
+            least = 1 if name != "warmup_steps" else 0
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f"TrainConfig.{name} must be a "
+                                 f"{'non-negative' if name == 'warmup_steps' else 'positive'} int, "
+                                 f"got {value!r}")
         if self.warmup_steps > self.total_steps:
-            raise ValueError(f"warmup_steps={self.warmup_steps} exceeds total_steps={self.total_steps}")
-        if isinstance(self.loss_chunk, bool) or not isinstance(self.loss_chunk, int) or self.loss_chunk < 0:
-            raise ValueError(f"TrainConfig.loss_chunk must be an int >= 0 (0: no chunks), got {self.loss_chunk!r}")
+            raise ValueError(f"warmup_steps={self.warmup_steps} exceeds "
+                             f"total_steps={self.total_steps}")
+        chunk = self.loss_chunk
+        if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 0:
+            raise ValueError("TrainConfig.loss_chunk must be an int >= 0 (0: no chunks), got "
+                             f"{self.loss_chunk!r}")
         if not self.learning_rate > 0 or self.clip_norm < 0:
-            raise ValueError(f"learning_rate must be > 0 and clip_norm >= 0; got {self.learning_rate}, {self.clip_norm}")
+            raise ValueError("learning_rate must be > 0 and clip_norm >= 0; got "
+                             f"{self.learning_rate}, {self.clip_norm}")
 
 
 def make_schedule(c: TrainConfig) -> optax.Schedule:
@@ -78,7 +85,8 @@ def make_schedule(c: TrainConfig) -> optax.Schedule:
         decay = optax.cosine_decay_schedule(peak, decay_steps, alpha=c.end_lr_fraction)
     if not c.warmup_steps:
         return decay
-    return optax.join_schedules([optax.linear_schedule(0.0, peak, c.warmup_steps), decay], [c.warmup_steps])
+    return optax.join_schedules([optax.linear_schedule(0.0, peak, c.warmup_steps), decay],
+                                [c.warmup_steps])
 
 
 def make_optimizer(c: TrainConfig) -> optax.GradientTransformation:
@@ -91,7 +99,9 @@ def variable_sharding(v: nnx.Variable, mesh, rules) -> NamedSharding:
     has none."""
     axes = getattr(v, "axes", None)
     shape = v.get_value().shape
-    return rules.sharding(axes, shape, mesh) if axes is not None else NamedSharding(mesh, PartitionSpec())
+    if axes is None:
+        return NamedSharding(mesh, PartitionSpec())
+    return rules.sharding(axes, shape, mesh)
 
 
 def create_sharded(make, mesh, rules=None):
@@ -110,17 +120,19 @@ def create_sharded(make, mesh, rules=None):
     return nnx.merge(graphdef, state)
 
 
-def _loss_sums(model, task: str, batch: dict, loss_chunk: int = 0) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+def _loss_sums(model, task: str, batch: dict,
+               loss_chunk: int = 0) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """(loss sum, count, correct, judged) of one microbatch; the last two are the PPM's pairs
     ranked right and the ORM's outcomes called right (the score's sign), and their counts.
     loss_chunk: see `TrainConfig`."""
     if task == "sft":
         hidden, _ = model.hidden_states(batch["inputs"], batch["positions"], batch["segment_ids"])
         if loss_chunk and loss_chunk < hidden.shape[1]:
-            total, count = losses.chunked_sft_loss_sum(model.logits, hidden, batch["targets"], batch["weights"],
-                                                       chunk=loss_chunk)
+            total, count = losses.chunked_sft_loss_sum(model.logits, hidden, batch["targets"],
+                                                       batch["weights"], chunk=loss_chunk)
         else:
-            total, count = losses.sft_loss_sum(model.logits(hidden), batch["targets"], batch["weights"])
+            total, count = losses.sft_loss_sum(model.logits(hidden), batch["targets"],
+                                               batch["weights"])
         return total, count, jnp.zeros(()), jnp.zeros(())
     scores = model.value(batch["ids"], batch["lengths"])
     if task == "orm":
@@ -140,7 +152,8 @@ def _train_step_fn(graphdef, params, opt_state, rest, batch, *, task, config):
         grads, sums = carry
 
         def loss_fn(p):
-            total, count, correct, pairs = _loss_sums(nnx.merge(graphdef, p, rest), task, mb, config.loss_chunk)
+            total, count, correct, pairs = _loss_sums(nnx.merge(graphdef, p, rest), task, mb,
+                                                      config.loss_chunk)
             return total, (count, correct, pairs)
 
         (total, aux), g = jax.value_and_grad(loss_fn, has_aux=True)(params)
@@ -158,7 +171,8 @@ def _train_step_fn(graphdef, params, opt_state, rest, batch, *, task, config):
     return params, opt_state, metrics
 
 
-_JIT = {"static_argnames": ("graphdef", "task", "config"), "donate_argnums": (1, 2)}  # buffers donated
+# buffers donated
+_JIT = {"static_argnames": ("graphdef", "task", "config"), "donate_argnums": (1, 2)}
 _train_step = jax.jit(_train_step_fn, **_JIT)  # one device: compiled once for every trainer
 
 
@@ -168,8 +182,10 @@ _SHARDED_STEPS: dict = {}
 def train_step(mesh, params, opt_shardings):
     """The jitted training step on `mesh`: its outputs keep the shardings of `params` and
     `opt_shardings`, so the optimizer state stays sharded like the parameters from step to step.
-    One jitted function per set of shardings: the trainers of later rounds reuse its compilations."""
-    out = (jax.tree.map(lambda x: x.sharding, params), opt_shardings, NamedSharding(mesh, PartitionSpec()))
+    One jitted function per set of shardings: the trainers of later rounds reuse its
+    compilations."""
+    out = (jax.tree.map(lambda x: x.sharding, params), opt_shardings,
+           NamedSharding(mesh, PartitionSpec()))
     key = (jax.tree.structure(out), tuple(jax.tree.leaves(out)))
     if key not in _SHARDED_STEPS:
         _SHARDED_STEPS[key] = jax.jit(_train_step_fn, out_shardings=out, **_JIT)
@@ -182,7 +198,8 @@ def opt_state_shardings(tx, params, mesh):
     only read the parameters' shapes, on every device."""
     abstract = jax.eval_shape(tx.init, params)
     replicated = NamedSharding(mesh, PartitionSpec())
-    return optax.tree_utils.tree_map_params(tx, lambda _, s: s, abstract, jax.tree.map(lambda x: x.sharding, params),
+    return optax.tree_utils.tree_map_params(tx, lambda _, s: s, abstract,
+                                            jax.tree.map(lambda x: x.sharding, params),
                                             transform_non_params=lambda _: replicated)
 
 
@@ -209,20 +226,22 @@ def microbatches_for(rows: int, row_tokens: int, shards: int, tokens_per_chip: i
     splitting evenly over them. Raises ValueError when even one row per device is over budget or
     the rows do not split over the devices."""
     if rows % shards:
-        raise ValueError(f"a batch of {rows} rows does not split over {shards} data-parallel devices; "
-                         f"make it a multiple of {shards}")
+        raise ValueError(f"a batch of {rows} rows does not split over {shards} data-parallel "
+                         f"devices; make it a multiple of {shards}")
     for m in range(1, rows // shards + 1):
         if rows % (m * shards) == 0 and rows // (m * shards) * row_tokens <= tokens_per_chip:
             return m
-    raise ValueError(f"one row of {row_tokens} tokens a device is over the budget of {tokens_per_chip} tokens a "
-                     f"chip; raise tokens_per_chip or shorten max_length")
+    raise ValueError(f"one row of {row_tokens} tokens a device is over the budget of "
+                     f"{tokens_per_chip} tokens a chip; raise tokens_per_chip or shorten "
+                     "max_length")
 
 
 def split_microbatches(task: str, arrays: dict, microbatches: int) -> dict:
     """A batch's arrays [rows, ...] as [microbatches, rows / microbatches, ...]; a PPM batch's
     rows are pairs, so its ids and lengths (two rows a pair) split with them."""
     rows = len(arrays["weights"])
-    out = {k: v.reshape(microbatches, rows // microbatches, *v.shape[1:]) for k, v in arrays.items()}
+    out = {k: v.reshape(microbatches, rows // microbatches, *v.shape[1:])
+           for k, v in arrays.items()}
     if task == "ppm":
         out["ids"] = out["ids"].reshape(microbatches, -1, out["ids"].shape[-1])
         out["lengths"] = out["lengths"].reshape(microbatches, -1)
@@ -230,7 +249,8 @@ def split_microbatches(task: str, arrays: dict, microbatches: int) -> dict:
 
 
 class Trainer:
-    """Trains `model` (a CausalLM; with a value head for tasks "ppm" and "orm") in place of its parameters.
+    """Trains `model` (a CausalLM; with a value head for tasks "ppm" and "orm") in place of its
+    parameters.
 
     `step(batch)` runs one optimiser step on an SFTBatch or PPMBatch and returns float metrics
     (loss, count, grad_norm, accuracy for the PPM, lr); `evaluate(batches)` the held-out loss
@@ -271,9 +291,10 @@ class Trainer:
         rows = len(next(iter(arrays.values())))
         shards = batch_shards(self.mesh)
         if rows % (microbatches * shards):
-            raise ValueError(f"a batch of {rows} {'pairs' if self.task == 'ppm' else 'rows'} does not split into "
-                             f"{microbatches} microbatches over {shards} data-parallel devices; "
-                             f"make it a multiple of {microbatches * shards}")
+            raise ValueError(f"a batch of {rows} {'pairs' if self.task == 'ppm' else 'rows'} does "
+                             f"not split into {microbatches} microbatches over {shards} "
+                             "data-parallel devices; make it a multiple of "
+                             f"{microbatches * shards}")
         out = split_microbatches(self.task, arrays, microbatches)
         if self.mesh is None:
             return out
@@ -284,8 +305,10 @@ class Trainer:
         arrays = self._place(batch_arrays(self.task, batch), self.config.microbatches)
         lr = float(self.schedule(self.step_count))
         with self._mesh():
-            self.params, self.opt_state, metrics = self._step(self.graphdef, self.params, self.opt_state, self.rest,
-                                                               arrays, task=self.task, config=self.config)
+            self.params, self.opt_state, metrics = self._step(self.graphdef, self.params,
+                                                              self.opt_state, self.rest,
+                                                               arrays, task=self.task,
+                                                              config=self.config)
         self.step_count += 1
         return {k: float(v) for k, v in jax.device_get(metrics).items()} | {"lr": lr}
 
@@ -295,7 +318,8 @@ class Trainer:
         for batch in batches:
             arrays = {k: v[0] for k, v in self._place(batch_arrays(self.task, batch), 1).items()}
             with self._mesh():
-                sums += np.asarray(_eval_step(self.graphdef, self.params, self.rest, arrays, task=self.task))
+                sums += np.asarray(_eval_step(self.graphdef, self.params, self.rest, arrays,
+                                              task=self.task))
         out = {"loss": sums[0] / max(sums[1], 1.0), "count": sums[1]}
         if self.task != "sft":
             out["accuracy"] = sums[2] / max(sums[3], 1.0)
