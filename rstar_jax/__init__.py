@@ -5,7 +5,8 @@ without importing JAX.
 
 The packages are layered, lowest first; a module imports from its own package or a lower
 layer only, never from a sibling in its layer, and no import (module level or inside a
-function) closes a cycle (tests/test_layers.py holds the code to it):
+function) closes a cycle. rstar_jax/_layers.py states the layers and tests/test_layers.py
+holds the code to them:
 
     _checks, _files, processes, workdir (shared helpers)
     steps (format, executor, grading)

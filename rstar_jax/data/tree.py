@@ -97,7 +97,9 @@ class SearchTree:
                     rail = "   " if last or top else "│  "
                     lines.append(f"{prefix}{rail}… {len(kids)} children")
                 return
-            inner = "" if top else prefix + ("   " if last else "│  ")
+            inner = ""
+            if not top:
+                inner = prefix + ("   " if last else "│  ")
             for i, c in enumerate(kids):
                 walk(c, inner, i == len(kids) - 1, False)
 
