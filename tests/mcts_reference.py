@@ -137,7 +137,8 @@ class _Search:
 
         # Step 3: run the complete code steps, all in one executor call.
         ancestors = [m.text for m in node.path() if m.valid]
-        runs = [(child, kind) for child, kind in kept if kind in (fmt.StepKind.CODE, fmt.StepKind.LAST_CODE)]
+        runs = [(child, kind)
+                for child, kind in kept if kind in (fmt.StepKind.CODE, fmt.StepKind.LAST_CODE)]
         programs = [fmt.assemble_program([*ancestors, ch.text]) for ch, _ in runs]
         results = self.executor.run(programs) if programs else []
         assert len(results) == len(runs)
@@ -167,7 +168,8 @@ class _Search:
                 to_score.append(child)
 
         if to_score:
-            values = np.asarray(self.scorer.score([prefix + ch.tokens for ch in to_score]), np.float32)
+            values = np.asarray(self.scorer.score([prefix + ch.tokens for ch in to_score]),
+                                np.float32)
             assert values.shape == (len(to_score),), values.shape
             for child, value in zip(to_score, values):
                 child.init_value = F32(value)
@@ -215,8 +217,8 @@ class _Search:
         }
 
 
-def reference_search(problem: Problem, problem_index: int, policy, executor, tokenizer, config: SearchConfig,
-                     scorer=None, grade=is_equivalent) -> dict:
+def reference_search(problem: Problem, problem_index: int, policy, executor, tokenizer,
+                     config: SearchConfig, scorer=None, grade=is_equivalent) -> dict:
     """Searches one problem as the driver's docstring says; the tree as lists in creation order
     (keys: parent, depth, children, visits, value_sum, init_value, reward, terminal, valid,
     is_answer, errors, tokens, texts, rollouts, overflow, answer, answer_node)."""
@@ -256,8 +258,8 @@ def compare_trees(got, want: dict) -> None:
         first = next((i for i in range(min(n, m)) if parent[i] != want["parent"][i]
                       or list(got.tokens[i]) != want["tokens"][i]), min(n, m))
         raise AssertionError(f"node count: got {n}, want {m} (rollouts got {got.rollouts}, want "
-                             f"{want['rollouts']}; overflow got {got.overflow}, want {want['overflow']}); "
-                             f"first differing node: {_describe(want, first)}")
+                             f"{want['rollouts']}; overflow got {got.overflow}, want "
+                             f"{want['overflow']}); first differing node: {_describe(want, first)}")
     rows = np.asarray(got.children).tolist()
     children = []
     for i, row in enumerate(rows):

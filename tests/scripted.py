@@ -49,7 +49,8 @@ class CharTokenizer:
                     i += len(token)
                     continue
             if ord(text[i]) >= 128:
-                raise ValueError(f"CharTokenizer encodes ASCII only, got {text[i]!r} at {i} in {text[:60]!r}")
+                raise ValueError(f"CharTokenizer encodes ASCII only, got {text[i]!r} at {i} in "
+                                 f"{text[:60]!r}")
             out.append(CHAR_OFFSET + ord(text[i]))
             i += 1
         return out
@@ -140,7 +141,8 @@ class ScriptedPolicy:
 
 def stable_hash(*parts) -> int:
     """A 64-bit hash of the parts' str() that is the same in every process (unlike hash())."""
-    return int.from_bytes(hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()[:8], "little")
+    return int.from_bytes(hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()[:8],
+                          "little")
 
 
 def random_rule(seed: int, answer: str, wrong: str = "-987") -> Rule:
@@ -212,7 +214,8 @@ class ScriptedScorer:
     [-1, 1] from a stable hash of the text (so float32 sums of a few are exact). Calls are
     recorded in `calls` (the sequences, as lists)."""
 
-    def __init__(self, fn: Callable[[str], float] | None = None, tokenizer: CharTokenizer | None = None):
+    def __init__(self, fn: Callable[[str], float] | None = None,
+                 tokenizer: CharTokenizer | None = None):
         self.fn = fn or (lambda text: (stable_hash(text) % 17 - 8) / 8)
         self.tokenizer = tokenizer or CharTokenizer()
         self.calls: list[list[list[int]]] = []

@@ -39,5 +39,6 @@ def test_the_checks_catch_a_back_edge_and_a_cycle(tmp_path, monkeypatch):
     monkeypatch.setitem(globals(), "ROOT", root)
     with pytest.raises(AssertionError, match="rstar_jax.data.b imports rstar_jax.search.c"):
         test_imports_go_down_the_layers()
-    with pytest.raises(AssertionError, match="rstar_jax.data.a -> rstar_jax.data.b -> rstar_jax.data.a"):
+    with pytest.raises(AssertionError,
+                       match="rstar_jax.data.a -> rstar_jax.data.b -> rstar_jax.data.a"):
         test_no_import_closes_a_cycle()

@@ -135,10 +135,12 @@ def test_a_code_then_output_then_right_answer(executor):
     assert expanded(policy) == [0, 1, 3]
     paths = ["", A, A + PRINT + OUT42]
     assert [p for p, _ in policy.calls] == [[PROMPT + TOK.encode(path)] for path in paths]
-    assert ex.calls == [["\nx = 6 * 7\n", "\nraise ValueError('no')\n"], ["\nx = 6 * 7\n\nprint(x)\n"]]
+    assert ex.calls == [["\nx = 6 * 7\n", "\nraise ValueError('no')\n"],
+                        ["\nx = 6 * 7\n\nprint(x)\n"]]
 
 
-@pytest.mark.parametrize("step, answer", [(ans(41), "41"), ("<answer>No idea.<end_of_answer>", None)])
+@pytest.mark.parametrize("step, answer", [(ans(41), "41"),
+                                          ("<answer>No idea.<end_of_answer>", None)])
 def test_b_a_wrong_or_missing_answer_backs_up_minus_one(executor, step, answer):
     t, _, _ = search(executor, {"": [A] * 3, A: [PRINT] * 3, A + PRINT + OUT42: [step] * 3})
     assert t["visits"] == [1, 1, 1, 1] and t["value_sum"] == [-1, -1, -1, -1]
@@ -157,7 +159,8 @@ def test_c_one_answer_per_expansion(executor):
 
 @pytest.mark.parametrize("rollouts, counted, root_terminal", [(2, 2, False), (10, 3, True)])
 def test_d_all_terminal_children_end_the_rollout(executor, rollouts, counted, root_terminal):
-    fails = ["\nraise ValueError('a')\n<end_of_step>", "\n1/0\n<end_of_step>", "\nq = (\n<end_of_step>"]
+    fails = ["\nraise ValueError('a')\n<end_of_step>", "\n1/0\n<end_of_step>",
+             "\nq = (\n<end_of_step>"]
     t, policy, _ = search(executor, {"": [A, B, A], A: fails, B: [ans(42)] * 3}, rollouts=rollouts)
     # Rollout 1: root -> node 1 (tie) -> three failing children -> node 1 terminal.
     # Rollout 2: root -> node 2 -> an answer -> node 2 terminal. Rollout 3: the root.
@@ -304,11 +307,13 @@ def test_bootstrap_cuts_a_written_output_and_runs_the_code(executor):
 
 
 def random_tree(executor, mode, seed):
-    config = SearchConfig(mode=mode, candidates=4, rollouts=6, max_depth=5, errors_threshold=1 + seed % 2,
+    config = SearchConfig(mode=mode, candidates=4, rollouts=6, max_depth=5,
+                          errors_threshold=1 + seed % 2,
                           max_step_tokens=48, max_output_tokens=16, seed=seed)
     problem = Problem(QUESTION, "42") if mode.graded else Problem(QUESTION)
     policy = ScriptedPolicy(random_rule(seed, "42"), TOK, config.max_step_tokens)
-    return reference_search(problem, seed, policy, executor, TOK, config, scorer=ScriptedScorer()), config
+    return reference_search(problem, seed, policy, executor, TOK, config,
+                            scorer=ScriptedScorer()), config
 
 
 @pytest.mark.parametrize("mode", list(Mode))
@@ -325,7 +330,8 @@ def test_random_trees_are_deterministic_and_consistent(executor, mode):
         depth = max(depth, *t["depth"])
         for node in range(n):
             kids = t["children"][node]
-            assert all(t["parent"][c] == node and t["depth"][c] == t["depth"][node] + 1 for c in kids)
+            assert all(t["parent"][c] == node and t["depth"][c] == t["depth"][node] + 1
+                       for c in kids)
             if kids and mode is Mode.TERMINAL:
                 live = [c for c in kids if t["is_answer"][c] or t["reward"][c] != -1]
                 assert t["visits"][node] == sum(t["visits"][c] for c in live)
@@ -344,9 +350,10 @@ def as_search_tree(want, k):
         ("parent", np.int32), ("depth", np.int32), ("visits", np.int32), ("value_sum", np.float32),
         ("init_value", np.float32), ("reward", np.float32), ("terminal", bool), ("valid", bool),
         ("is_answer", bool), ("errors", np.int32))}
-    return SearchTree(problem=PROBLEM, prompt_ids=PROMPT, children=children, **arrays, tokens=want["tokens"],
-                      texts=want["texts"], rollouts=want["rollouts"], overflow=want["overflow"],
-                      answer=want["answer"], answer_node=want["answer_node"])
+    return SearchTree(problem=PROBLEM, prompt_ids=PROMPT, children=children, **arrays,
+                      tokens=want["tokens"], texts=want["texts"], rollouts=want["rollouts"],
+                      overflow=want["overflow"], answer=want["answer"],
+                      answer_node=want["answer_node"])
 
 
 def test_compare_trees_accepts_the_tree_and_names_each_difference(executor):
@@ -371,6 +378,7 @@ def test_compare_trees_accepts_the_tree_and_names_each_difference(executor):
         change(got)
         with pytest.raises(AssertionError, match=message):
             compare_trees(got, want)
-    short = {**want, **{name: want[name][:4] for name in ("parent", "depth", "children", "tokens", "texts")}}
+    short = {**want, **{name: want[name][:4] for name in ("parent", "depth", "children", "tokens",
+                                                          "texts")}}
     with pytest.raises(AssertionError, match="node count: got 5, want 4"):
         compare_trees(as_search_tree(want, 3), short)

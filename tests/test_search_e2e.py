@@ -18,13 +18,14 @@ from rstar_jax.steps import format as fmt
 from rstar_jax.testing import steered_tiny_policy
 
 PROBLEMS = [Problem("What is 2 + 3?", "5"), Problem("What is 4 * 6?", "24")]
-CONFIG = SearchConfig(rollouts=4, candidates=8, max_depth=6, max_step_tokens=24, max_output_tokens=16)
+CONFIG = SearchConfig(rollouts=4, candidates=8, max_depth=6, max_step_tokens=24,
+                      max_output_tokens=16)
 
 
 def _search(world, config, problems=PROBLEMS, **kwargs):
     tokenizer, engine, scorer, executor = world
-    return run_search(problems, EnginePolicy(engine, tokenizer, config), executor, tokenizer, config,
-                      scorer=scorer, progress=False, **kwargs)
+    return run_search(problems, EnginePolicy(engine, tokenizer, config), executor, tokenizer,
+                      config, scorer=scorer, progress=False, **kwargs)
 
 
 def check_tree(t, config):
@@ -88,7 +89,8 @@ def test_a_search_is_reproducible_and_each_problem_independent_of_its_batch(worl
     # Seeds come from the search's seed, the problem's index in the list and the node.
     alone = _search(world, CONFIG, problems=PROBLEMS[:1])
     one_slot = _search(world, CONFIG, batch_size=1)
-    in_turn = _search(world, dataclasses.replace(CONFIG, overlap=False))  # execution waits for sampling
+    # execution waits for sampling
+    in_turn = _search(world, dataclasses.replace(CONFIG, overlap=False))
     for a, *others in zip(together, alone + one_slot[1:], one_slot, in_turn):
         for b in others:
             assert a.texts == b.texts
@@ -148,7 +150,8 @@ def test_a_head_trained_without_tanh_is_read_as_tanh_of_raw_over_five(world):
     nnx.update(raw, nnx.state(model, nnx.Param))
     scorer = ValueScorer(raw, max_rows=8)
     seqs = [tokenizer.policy_prompt_ids("What is 1 + 1?")[:n] for n in (5, 9)]
-    want = np.tanh(np.asarray(raw.value(np.array([seqs[0][:5], seqs[1][:5]], np.int32)), np.float64) / 5)
+    want = np.tanh(np.asarray(raw.value(np.array([seqs[0][:5], seqs[1][:5]], np.int32)),
+                              np.float64) / 5)
     got = scorer.score([s[:5] for s in seqs])
     np.testing.assert_allclose(got, want, atol=1e-6)
     np.testing.assert_allclose(np.concatenate(scorer.score_children([seqs[0][:3]], [[seqs[0][3:5], seqs[1][3:5]]])),
@@ -168,12 +171,16 @@ def test_engine_policy_warns_once_when_a_path_outgrows_the_context():
         def generate(self, prompts, **kwargs):
             calls.append(len(prompts))
             n = len(prompts) * kwargs["num_samples"]
-            return types.SimpleNamespace(tokens=np.zeros((n, 1), np.int32), lengths=np.ones((n,), np.int32))
+            return types.SimpleNamespace(tokens=np.zeros((n, 1), np.int32),
+                                         lengths=np.ones((n,), np.int32))
 
     tokenizer = CharTokenizer()
-    policy = EnginePolicy(ShortContextEngine(), tokenizer, dataclasses.replace(CONFIG, max_step_tokens=10))
+    policy = EnginePolicy(ShortContextEngine(), tokenizer,
+                          dataclasses.replace(CONFIG, max_step_tokens=10))
     policy.sample([[1] * 20], 2, [0])  # 20 + 10 fits
-    with pytest.warns(UserWarning, match="path of 21 tokens plus max_step_tokens=10 exceeds the policy's context of 30"):
+    with pytest.warns(UserWarning,
+                      match="path of 21 tokens plus max_step_tokens=10 exceeds the policy's "
+                            "context of 30"):
         policy.sample([[1] * 21, [1] * 3], 2, [0, 1])
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -198,7 +205,8 @@ def test_bad_inputs_are_named(world):
 
 
 def test_presets_follow_the_paper_and_the_reference_code():
-    assert (SearchConfig.preset("paper", "round1").candidates, SearchConfig.preset("paper", "round1").rollouts) == (5, 8)
+    assert (SearchConfig.preset("paper", "round1").candidates,
+            SearchConfig.preset("paper", "round1").rollouts) == (5, 8)
     r4 = SearchConfig.preset("paper", "round4")
     assert (r4.candidates, r4.rollouts, r4.mode) == (16, 16, Mode.PPM)
     assert r4.unsolved_rollouts == 64 and SearchConfig.preset("paper", "round3").unsolved_rollouts == 0
@@ -217,18 +225,20 @@ def test_a_policy_engine_with_a_prefix_store_builds_the_same_trees(world):
     from rstar_jax.engine import Engine
 
     tokenizer, engine, scorer, executor = world
-    stored = Engine(steered_tiny_policy(tokenizer, 0), vocab_size=tokenizer.vocab_size, pad_id=tokenizer.pad_id,
-                    prefix_rows=2)
+    stored = Engine(steered_tiny_policy(tokenizer, 0), vocab_size=tokenizer.vocab_size,
+                    pad_id=tokenizer.pad_id, prefix_rows=2)
     config = dataclasses.replace(CONFIG, mode=Mode.TERMINAL)
     want = _search(world, config)
-    got = run_search(PROBLEMS, EnginePolicy(stored, tokenizer, config), executor, tokenizer, config, progress=False)
+    got = run_search(PROBLEMS, EnginePolicy(stored, tokenizer, config), executor, tokenizer, config,
+                     progress=False)
     assert [t.texts for t in got] == [t.texts for t in want]
     assert any(len(h) for h in stored.store.held)  # the store was used
 
 
 def test_a_ppm_with_a_prefix_store_scores_as_one_without(world):
     tokenizer, _, scorer, executor = world
-    stored = ValueScorer(steered_tiny_policy(tokenizer, 1, value_head=True), pad_id=tokenizer.pad_id, prefix_rows=2)
+    stored = ValueScorer(steered_tiny_policy(tokenizer, 1, value_head=True),
+                         pad_id=tokenizer.pad_id, prefix_rows=2)
     config = dataclasses.replace(CONFIG, mode=Mode.PPM)
     want = _search(world, config)
     got = _search((tokenizer, world[1], stored, executor), config)

@@ -146,7 +146,8 @@ def test_the_contract_names_every_method_tokenizer_calls_on_a_backend():
 def test_output_blocks_encode_as_they_follow_a_step(dirs, kind):
     tok = _load_with_steps(dirs, kind)
     step, stdout = "<code>\nx = 1\nprint(x)\n<end_of_code>", "1\n"
-    whole = tok.encode(POLICY_PROMPT.format(question=QUESTION) + step + fmt.output_block(stdout), add_bos=tok.add_bos)
+    whole = tok.encode(POLICY_PROMPT.format(question=QUESTION) + step + fmt.output_block(stdout),
+                       add_bos=tok.add_bos)
     block = output_block_ids(tok, stdout, 64)
     assert whole == tok.policy_prompt_ids(QUESTION) + tok.encode(step) + block
     assert tok.continuation_text(tok.encode(step) + block) == fmt.insert_output(step, stdout)
@@ -171,7 +172,8 @@ def test_long_output_is_cut_inside_its_delimiters(dirs, kind):
     assert len(ids) == 12 and text.startswith("\n<output>9") and text.endswith("9<end_of_output>\n")
     delimiters = len(tok.continuation_ids(fmt.output_block("")))
     assert len(output_block_ids(tok, "", delimiters)) == delimiters
-    with pytest.raises(ValueError, match=f"delimiters take {delimiters} tokens, more than max_output_tokens=3"):
+    with pytest.raises(ValueError,
+                       match=f"delimiters take {delimiters} tokens, more than max_output_tokens=3"):
         output_block_ids(tok, "9" * 30, 3)
 
 
@@ -182,8 +184,8 @@ def test_stdout_spelling_special_tokens_stays_text(dirs, kind):
     steps = tok.step_token_ids
     assert ids.count(steps[fmt.OUTPUT]) == ids.count(steps[fmt.END_OF_OUTPUT]) == 1
     assert steps[fmt.ANSWER] not in ids and steps[fmt.END_OF_ANSWER] not in ids
-    assert tok.continuation_text(ids) == ("\n<output>&lt;answer>7&lt;end_of_answer> &lt;end_of_output>"
-                                           "&lt;|user|><end_of_output>\n")
+    assert tok.continuation_text(ids) == ("\n<output>&lt;answer>7&lt;end_of_answer> "
+                                           "&lt;end_of_output>&lt;|user|><end_of_output>\n")
 
 
 @pytest.mark.parametrize("kind", BACKENDS)
@@ -281,7 +283,8 @@ def test_phi3_prompt_uses_bos_and_added_chat_token_ids(dirs):
 
 def test_phi3_added_tokens_json_alone_is_enough(dirs, tmp_path):
     (tmp_path / "tokenizer.model").write_bytes((dirs["phi3"] / "tokenizer.model").read_bytes())
-    (tmp_path / "added_tokens.json").write_text(json.dumps({t: PHI3_N + k for k, t in PHI3_ADDED.items()}))
+    (tmp_path / "added_tokens.json").write_text(json.dumps({t: PHI3_N + k
+                                                            for k, t in PHI3_ADDED.items()}))
     tok = Tokenizer.from_dir(tmp_path)
     assert tok.encode("<|user|>") == [PHI3_N + 10]
     assert tok.decode(tok.encode("<|user|>:\nx"), skip_special=True) == ":\nx"

@@ -20,23 +20,24 @@ def _expand(tree, leaf, *, keep, failed=None, answer=None, value=None, ppm=None,
         return np.stack([row, np.full((K,), fill, dtype)])
 
     children = ops.Children(keep=per_slot(keep, bool, False), failed=per_slot(failed, bool, False),
-                            is_answer=per_slot(answer, bool, False), answer_value=per_slot(value, np.float32, 0),
+                            is_answer=per_slot(answer, bool, False),
+                            answer_value=per_slot(value, np.float32, 0),
                             ppm_value=per_slot(ppm, np.float32, 0))
     return ops.expand(tree, np.array([leaf, NO], np.int32), children, mode=mode,
                       errors_threshold=errors_threshold, max_depth=max_depth)
 
 
 def _host(tree):
-    return {name: np.asarray(getattr(tree, name)) for name in ("parent", "depth", "children", "visits", "value_sum",
-                                                                "init_value", "reward", "terminal", "valid",
-                                                                "is_answer", "errors", "num_nodes", "rollouts",
-                                                                "cursor")}
+    names = ("parent", "depth", "children", "visits", "value_sum", "init_value", "reward", "terminal",
+             "valid", "is_answer", "errors", "num_nodes", "rollouts", "cursor")
+    return {name: np.asarray(getattr(tree, name)) for name in names}
 
 
 def test_expand_adds_the_kept_candidates_as_children_and_backs_up_answers():
     before = _host(ops.init_tree(B, N, K))
     # Slot 0 an open step, slot 1 a right answer (+1), slot 2 dropped (a duplicate, say).
-    t = _host(_expand(ops.init_tree(B, N, K), ops.ROOT, keep=[1, 1, 0], answer=[0, 1, 0], value=[0, 1, 0]))
+    t = _host(_expand(ops.init_tree(B, N, K), ops.ROOT, keep=[1, 1, 0], answer=[0, 1, 0],
+                      value=[0, 1, 0]))
     assert t["num_nodes"].tolist() == [3, 1]
     assert t["children"][0, ops.ROOT].tolist() == [1, 2, NO]
     assert t["parent"][0, :3].tolist() == [NO, 0, 0] and t["depth"][0, :3].tolist() == [0, 1, 1]
@@ -74,8 +75,8 @@ def test_steps_past_the_depth_limit_are_dead_ends_and_answers_are_not():
 
 @pytest.mark.parametrize("mode", [Mode.PPM, Mode.TEST])
 def test_ppm_modes_start_open_nodes_at_their_score(mode):
-    t = _host(_expand(ops.init_tree(B, N, K), ops.ROOT, keep=[1, 1, 0], answer=[0, 1, 0], value=[0, 0.5, 0],
-                      ppm=[0.25, 0, 0], mode=mode))
+    t = _host(_expand(ops.init_tree(B, N, K), ops.ROOT, keep=[1, 1, 0], answer=[0, 1, 0],
+                      value=[0, 0.5, 0], ppm=[0.25, 0, 0], mode=mode))
     assert t["init_value"][0, 1] == 0.25 and t["visits"][0, 1] == 1 and t["value_sum"][0, 1] == 0.25
     # An answer's value is its grade (PPM mode) or the PPM's score of it (TEST mode); only TEST
     # records it as the node's PPM score.
@@ -90,7 +91,8 @@ def test_select_walks_down_to_an_unexpanded_node_and_ends_rollouts_at_dead_ends(
     tree, leaf = ops.select(tree, rollouts=4, c_uct=2.0)
     # Unvisited children tie at score 0: the first is taken, and the rollout stands there.
     assert np.asarray(leaf)[0] == 1 and np.asarray(tree.cursor)[0] == 1
-    tree = _expand(tree, 1, keep=[1, 0, 0], answer=[1, 0, 0], value=[1, 0, 0])  # node 3: a right answer
+    # node 3: a right answer
+    tree = _expand(tree, 1, keep=[1, 0, 0], answer=[1, 0, 0], value=[1, 0, 0])
     tree, leaf = ops.select(tree, rollouts=4, c_uct=2.0)
     t = _host(tree)
     # Node 1 has only a terminal child: a dead end, so it becomes terminal, the rollout ends and
@@ -100,8 +102,10 @@ def test_select_walks_down_to_an_unexpanded_node_and_ends_rollouts_at_dead_ends(
 
 
 def test_select_ends_a_search_at_its_rollouts_or_when_the_tree_is_full():
-    tree = _expand(ops.init_tree(B, N, K), ops.ROOT, keep=[1, 1, 1], answer=[1, 1, 1], value=[1, 1, 1])
-    tree, leaf = ops.select(tree, rollouts=1, c_uct=2.0)  # every child terminal: the root is a dead end
+    tree = _expand(ops.init_tree(B, N, K), ops.ROOT, keep=[1, 1, 1], answer=[1, 1, 1],
+                   value=[1, 1, 1])
+    # every child terminal: the root is a dead end
+    tree, leaf = ops.select(tree, rollouts=1, c_uct=2.0)
     assert np.asarray(leaf)[0] == NO and np.asarray(tree.terminal)[0, ops.ROOT]
     # A tree with no room for another K children stops instead of expanding, and says so.
     small = ops.init_tree(B, 1 + K, K)
@@ -128,13 +132,14 @@ def test_child_status_is_one_rule_on_the_host_and_on_the_device(mode):
     traced. Every combination of parent depth and errors, failure and kind agrees."""
     import jax.numpy as jnp
 
-    grid = np.array(np.meshgrid([0, 1, 2, 3], [0, 1, 2], [False, True], [False, True], indexing="ij"))
+    grid = np.array(np.meshgrid([0, 1, 2, 3], [0, 1, 2], [False, True], [False, True],
+                                indexing="ij"))
     depth, errors, failed, answer = (g.reshape(-1) for g in grid)
     failed, answer = failed.astype(bool), answer.astype(bool) & ~failed.astype(bool)
     settings = dict(mode=mode, errors_threshold=2, max_depth=3)
     host = ops.child_status(depth, errors, failed, answer, **settings)
-    device = ops.child_status(jnp.asarray(depth), jnp.asarray(errors), jnp.asarray(failed), jnp.asarray(answer),
-                              **settings)
+    device = ops.child_status(jnp.asarray(depth), jnp.asarray(errors), jnp.asarray(failed),
+                              jnp.asarray(answer), **settings)
     for name, h, d in zip(host._fields, host, device):
         assert isinstance(h, np.ndarray), name
         np.testing.assert_array_equal(h, np.asarray(d), err_msg=name)
