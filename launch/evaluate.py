@@ -41,7 +41,7 @@ _SEARCHES = flags.DEFINE_integer("searches", 0,
 _LIMIT = flags.DEFINE_integer("limit", 0, "Evaluate only the first N problems (0: all).")
 _CACHE_DIR = flags.DEFINE_string("cache_dir", None,
                                  "With a URL --workdir (gs://...): the local copy it is worked "
-                                  "in (default ~/.cache/rstar_jax/workdirs/<scheme>/<path>).")
+                                 "in (default ~/.cache/rstar_jax/workdirs/<scheme>/<path>).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 

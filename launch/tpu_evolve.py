@@ -23,7 +23,7 @@ _CONFIG = config_flags.DEFINE_config_file("config", None,
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where rounds, checkpoints and reports go.")
 _CACHE_DIR = flags.DEFINE_string("cache_dir", None,
                                  "With a URL --workdir (gs://...): the local copy it is worked "
-                                  "in (default ~/.cache/rstar_jax/workdirs/<scheme>/<path>).")
+                                 "in (default ~/.cache/rstar_jax/workdirs/<scheme>/<path>).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
