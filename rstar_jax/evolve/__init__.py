@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import math
 import os
 import pathlib
@@ -59,55 +58,24 @@ from collections.abc import Callable, Sequence
 import ml_collections
 
 from rstar_jax.data import records
-from rstar_jax.data.dedup import decontaminate
 from rstar_jax.data.problem import Problem
-from rstar_jax.data.load import load_problems
 from rstar_jax import processes, report
 from rstar_jax._files import write_text_atomic
+from rstar_jax.evolve.config import BOOTSTRAP_KINDS, ConfigError, check_config, code_executor, \
+    eval_budget, eval_search_config, fingerprint, microbatches, prefix_rows, problem_sets, \
+    search_config, use_compilation_cache
+from rstar_jax.evolve.plan import dry_run
 from rstar_jax.report import RoundResult
 from rstar_jax.workdir import Mirror, is_url
 
-log = logging.getLogger(__name__)
 
-BOOTSTRAP_KINDS = ("base", "few_shot", "checkpoint", "reference")
+__all__ = ["BOOTSTRAP_KINDS", "STAGES", "ConfigError", "Evolution", "check_config",
+           "code_executor", "dry_run", "eval_budget", "eval_search_config", "microbatches",
+           "prefix_rows", "problem_sets", "run", "search_config", "use_compilation_cache"]
 STAGES = ("search", "extract", "policy", "ppm", "orm", "eval")
 
 
-class ConfigError(ValueError):
-    """A config field or path that cannot work; the message names it."""
-
-
 # --- problems ---------------------------------------------------------------------------------
-
-
-def problem_sets(c) -> tuple[list[Problem], list[Problem]]:
-    """(training, test) problems of a config's `problems` block: `train` and `test` are
-    `load_problems` specs; problems of `exclude` (a spec of the base policy's pretraining
-    problems, or empty) are dropped from both, then at most `max_test` test problems are kept,
-    training problems that are also test problems are dropped, and at most `max_train` kept
-    (0: all)."""
-    test = _load(c.test, "problems.test")
-    train = _load(c.train, "problems.train")
-    if c.get("exclude", ""):
-        seen = {"pretraining": _load(c.exclude, "problems.exclude")}
-        (test, in_test), (train, in_train) = decontaminate(test, seen), decontaminate(train, seen)
-        log.info("dropped %d test and %d training problems the base policy was pretrained on",
-                 len(in_test.removed_ids), len(in_train.removed_ids))
-    if c.get("max_test", 0):
-        test = test[:c.max_test]
-    train, overlap = decontaminate(train, {"test": test})
-    if overlap.exact or overlap.normalized:
-        log.info("dropped %d training problems that are test problems", len(overlap.removed_ids))
-    if c.get("max_train", 0):
-        train = train[:c.max_train]
-    return train, test
-
-
-def _load(spec: str, field: str) -> list[Problem]:
-    try:
-        return load_problems(spec)
-    except (ValueError, FileNotFoundError, KeyError) as e:
-        raise ConfigError(f"config.{field}={spec!r}: {e}") from e
 
 
 def _write_problems(path: pathlib.Path, problems: Sequence[Problem]) -> None:
@@ -118,133 +86,7 @@ def _read_problems(path: pathlib.Path) -> list[Problem]:
     return [Problem.from_json(json.loads(line)) for line in path.read_text().splitlines() if line]
 
 
-def search_config(config: ml_collections.ConfigDict, r: int):
-    """Round r's SearchConfig: the preset's stage (rounds past 4 repeat round 4), the budgets of
-    `search.common`, then `search.round{r}`. Round 1 uses the few-shot prompt unless its policy
-    already writes the format (bootstrap kinds "base" and "reference")."""
-    from rstar_jax.search.config import SearchConfig
-
-    s = config.search
-    stage = f"round{min(r, 4)}"
-    overrides = {**s.common.to_dict(), **s.get(stage, ml_collections.ConfigDict()).to_dict()}
-    if r == 1:
-        overrides.setdefault("bootstrap", config.bootstrap.kind in ("few_shot", "checkpoint"))
-    try:
-        return SearchConfig.preset(s.preset, stage, **overrides)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"config.search (round {r}): {e}") from e
-
-
-_BUDGETS = ("max_depth", "max_step_tokens", "max_output_tokens", "overlap")
-
-
-def eval_budget(config: ml_collections.ConfigDict):
-    """The step budgets of single-path solutions (greedy, sampled): `search.common`'s."""
-    from rstar_jax.search.config import SearchConfig
-
-    return SearchConfig(**{k: v for k, v in config.search.common.items() if k in _BUDGETS})
-
-
-def prefix_rows(config: ml_collections.ConfigDict) -> int:
-    """Rows of the policy's and the PPM's prefix stores: one for each problem a search or an
-    evaluation has in its batch."""
-    return max(config.search.batch, config.eval.batch)
-
-
-def eval_search_config(config: ml_collections.ConfigDict):
-    """The test-time search of evaluation: the preset's "test" stage, `search.common`, then `eval.search`."""
-    from rstar_jax.search.config import SearchConfig
-
-    return SearchConfig.preset(config.search.preset, "test",
-                               **{**config.search.common.to_dict(), **config.eval.search.to_dict()})
-
-
 # --- the run ----------------------------------------------------------------------------------
-
-
-def check_config(config: ml_collections.ConfigDict) -> None:
-    """Fails early, naming the field, on what would fail hours into a run."""
-    for field in ("model.checkpoint", "problems.train", "problems.test", "rounds", "bootstrap.kind"):
-        node = config
-        for part in field.split("."):
-            if part not in node:
-                raise ConfigError(f"config.{field} is missing; see configs/tiny.py for a complete config")
-            node = node[part]
-    if not isinstance(config.rounds, int) or not 1 <= config.rounds <= 8:
-        raise ConfigError(f"config.rounds must be an int in 1..8, got {config.rounds!r}")
-    if config.bootstrap.kind not in BOOTSTRAP_KINDS:
-        raise ConfigError(f"config.bootstrap.kind must be one of {', '.join(BOOTSTRAP_KINDS)}, "
-                          f"got {config.bootstrap.kind!r}")
-    _check_checkpoint(config.model.checkpoint, "model.checkpoint")
-    if config.bootstrap.kind == "checkpoint":
-        _check_checkpoint(config.bootstrap.checkpoint, "bootstrap.checkpoint")
-    if config.bootstrap.kind == "reference" and not 0 < config.bootstrap.fraction <= 1:
-        raise ConfigError(f"config.bootstrap.fraction must be in (0, 1], got {config.bootstrap.fraction!r}")
-
-
-def _check_checkpoint(path: str, field: str) -> None:
-    if not path:
-        raise ConfigError(f"config.{field} is empty: set it to a local Hugging Face directory "
-                          "(config.json, *.safetensors, the tokenizer files)")
-    p = pathlib.Path(path).expanduser()
-    if not (p / "config.json").is_file():
-        raise ConfigError(
-            f"config.{field}={path!r}: no config.json there. Weights are never downloaded at run time: put the "
-            f"model's Hugging Face directory at that path (e.g. `huggingface-cli download <repo> --local-dir {path}` "
-            f"on a machine with access, then copy it), or pass --config.{field}=/path/to/model")
-
-
-def _fingerprint(config: ml_collections.ConfigDict) -> dict:
-    """What must not change under a resumed run (budgets and paths that shape finished stages)."""
-    d = json.loads(config.to_json())
-    d.pop("allow_config_change", None)
-    # Neither changes what a run computes (the inference mesh only where its floats round), and a
-    # run may resume on another slice.
-    for key in ("dry_run", "dry_run_topology", "dry_run_parts", "inference_mesh", "compilation_cache"):
-        d.pop(key, None)
-    d.get("model", {}).pop("scan_layers", None)  # the same step, compiled as a loop
-    return d
-
-
-def microbatches(c: ml_collections.ConfigDict, task: str, shards: int) -> int:
-    """The microbatches of `task`'s step under its config block `c` (`train.sft`, ...): `c.microbatches`,
-    or with `c.tokens_per_chip` set the fewest that keep each chip's share within it, the batch's
-    rows split over `shards` devices (`train.devices.batch_shards` of the training mesh)."""
-    budget = c.get("tokens_per_chip", 0)
-    if not budget:
-        return c.microbatches
-    from rstar_jax.train.trainer import microbatches_for
-
-    row_tokens = c.max_length * (2 if task == "ppm" else 1)  # a PPM row is a pair of sequences
-    try:
-        return microbatches_for(c.batch, row_tokens, shards, budget)
-    except ValueError as e:
-        raise ConfigError(f"train.{task}: {e} (batch {c.batch}, max_length {c.max_length}, "
-                          f"tokens_per_chip {budget})") from None
-
-
-def code_executor(e: ml_collections.ConfigDict):
-    """The code executor pool of `config.executor` (workers 0: as many as the host's cores allow)."""
-    from rstar_jax.steps.executor import CodeExecutor, host_workers
-
-    workers = e.workers or host_workers(e.memory_mb)
-    return CodeExecutor(num_workers=workers, timeout_s=e.timeout_s, memory_mb=e.memory_mb)
-
-
-def use_compilation_cache(where: str, workdir: pathlib.Path) -> str | None:
-    """Turns on JAX's persistent compilation cache for this process at `where` ("workdir":
-    <workdir>/jax_cache; a path or URL; "": off) and returns its directory. Every compilation is
-    kept, however short: the tiny world's are, and a pod's take minutes. JAX reads the setting
-    when it first compiles; a process keeps the cache it started with."""
-    if not where:
-        return None
-    import jax
-
-    path = str(workdir / "jax_cache") if where == "workdir" else where
-    jax.config.update("jax_compilation_cache_dir", path)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    return path
 
 
 class Evolution:
@@ -277,7 +119,7 @@ class Evolution:
             return
         self.dir.mkdir(parents=True, exist_ok=True)
         saved = self.dir / "config.json"
-        current = _fingerprint(config)
+        current = fingerprint(config)
         if saved.exists():
             before = json.loads(saved.read_text())
             changed = sorted(k for k in set(before) | set(current) if before.get(k) != current.get(k))
@@ -827,76 +669,6 @@ class Evolution:
     def write_report(self, results: Sequence[RoundResult]) -> None:
         for name in report.write(results, self.dir, self.config.get("report_note", "")):
             self.push(self.dir / name)
-
-
-def dry_run(config: ml_collections.ConfigDict) -> str:
-    """Compiles every jitted function a run of `config` calls (`rstar_jax.dry_run`) for
-    `config.dry_run_topology`'s TPU slice, or this machine's devices, and returns the tables;
-    raises `dry_run.DoesNotFit`, after the tables are printed, when a function needs more memory
-    per chip than the chip has. Reads no checkpoint."""
-    import jax
-    import jax.numpy as jnp
-
-    from rstar_jax import dry_run as plan
-    from rstar_jax.models import presets
-    from rstar_jax.train import batch_shards
-
-    topology = config.get("dry_run_topology", "")
-    parts = [x.strip() for x in config.get("dry_run_parts", "train,search").split(",") if x.strip()]
-    if not parts or set(parts) - {"train", "search"}:
-        raise ConfigError(f"config.dry_run_parts={config.dry_run_parts!r}: name train, search or both (train,search)")
-    devices = plan.topology_devices(topology) if topology else jax.devices()
-    m, t = config.model, config.train
-    model_config = presets.get(m.preset)
-    train_mesh, infer_mesh = plan.meshes(config, devices, topology)
-    dtype, param_dtype = jnp.dtype(m.dtype), jnp.dtype(m.param_dtype)
-    context = model_config.max_position_embeddings
-    hbm = plan.hbm_gib(devices[0])
-    kw = {"dtype": dtype, "attention": m.attention}
-    trained, inferred = [], []
-    if "train" in parts:
-        trained = [plan.train_step(model_config, train_mesh, task=task, rows=c.batch, length=c.max_length,
-                                   remat=m.remat, scan_layers=m.get("scan_layers", False),
-                                   microbatches=microbatches(c, task, batch_shards(train_mesh)),
-                                   param_dtype=param_dtype,
-                                   loss_chunk=c.get("loss_chunk", 0),
-                                   field=f"train.{task}.batch / .tokens_per_chip (or .microbatches) / mesh", **kw)
-                   for task, c in (("sft", t.sft), ("ppm", t.ppm))]
-        trained[0].used_by, trained[1].used_by = "policy SFT", "PPM" + (" and ORM" if t.orm.rounds else "")
-    if "search" in parts:
-        # Each kind of search the run makes, once: the rounds', and evaluation's (greedy and
-        # sampled solutions are searches of one candidate; the test-time search uses the PPM).
-        shapes: dict[tuple, list[tuple[str, str]]] = {}  # call shape -> (stage, the field that sizes it)
-        for r in range(1, config.rounds + 1):
-            s = search_config(config, r)
-            key = (config.search.batch, s.candidates, s.max_step_tokens, s.step_capacity, s.mode.uses_ppm)
-            shapes.setdefault(key, []).append((f"round {r}", f"search.round{r}.candidates"))
-        budget, test = eval_budget(config), eval_search_config(config)
-        for key, stage in (((config.eval.batch, 1, budget.max_step_tokens, budget.step_capacity, False),
-                            ("evaluation solutions", "eval.batch")),
-                           ((config.eval.batch, test.candidates, test.max_step_tokens, test.step_capacity, True),
-                            ("evaluation MCTS", "eval.search.candidates"))):
-            shapes.setdefault(key, []).append(stage)
-        compiled: dict = {}  # a call the compiler refused would be compiled again for each stage using it
-        for (batch, k, tokens, capacity, ppm), stages in shapes.items():
-            shape = plan.SearchShape(", ".join(name for name, _ in stages), batch, k, tokens, capacity, ppm,
-                                     " or ".join(dict.fromkeys(field for _, field in stages)))
-            inferred += plan.search_calls(model_config, infer_mesh, shape, context=context,
-                                          store_rows=prefix_rows(config), cache=compiled, **kw)
-        inferred.append(plan.rescore_call(model_config, infer_mesh, rows=64, context=context, **kw))
-        inferred[-1].used_by = "evaluation best-of-N"
-
-    def describe(mesh):
-        shape = ", ".join(f"{k}={v}" for k, v in mesh.shape.items())
-        return f"{mesh.devices.size} x {mesh.devices.flat[0].device_kind} ({shape})"
-
-    where = f"{topology} " if topology else ""
-    text = "\n".join(([plan.table(f"training on {where}{describe(train_mesh)}", trained, hbm)] if trained else []) +
-                      ([plan.table(f"search and evaluation, each host: {describe(infer_mesh)}", inferred, hbm)]
-                       if inferred else []))
-    print(text)
-    plan.check(trained + inferred, hbm)
-    return text
 
 
 def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, progress: bool | None = None,
