@@ -281,11 +281,11 @@ def test_a_stock_bootstrap_checkpoint_is_refused_with_what_to_do(tmp_path):
     config = smoke_config(**{"bootstrap.kind": "checkpoint", "bootstrap.checkpoint": str(stock)})
     with pytest.raises(evolve.ConfigError,
                        match=r"config.bootstrap.checkpoint=.*'<code>': None.*convert_checkpoint"):
-        evolve.Evolution(config, tmp_path / "run")._check_bootstrap_checkpoint()
+        evolve.Evolution(config, tmp_path / "run").models.check_bootstrap_checkpoint()
     # its ids: 512.., the base's (TINY_BASE): 4..
     vocab.convert_checkpoint(stock, tmp_path / "converted")
     config.bootstrap.checkpoint = str(tmp_path / "converted")
     with pytest.raises(evolve.ConfigError, match=r"'<code>': 512.*'<code>': 4"):
-        evolve.Evolution(config, tmp_path / "run2")._check_bootstrap_checkpoint()
+        evolve.Evolution(config, tmp_path / "run2").models.check_bootstrap_checkpoint()
     config.bootstrap.checkpoint = TINY_BASE
-    evolve.Evolution(config, tmp_path / "run3")._check_bootstrap_checkpoint()
+    evolve.Evolution(config, tmp_path / "run3").models.check_bootstrap_checkpoint()

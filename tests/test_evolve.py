@@ -205,7 +205,8 @@ def test_the_launchers_evaluate_a_run_and_refuse_a_missing_model(straight, tmp_p
 
 def test_a_skipped_round_is_reported_without_an_evaluation(tmp_path):
     run = evolve.Evolution(smoke_config(**{"eval.skip_rounds": (2,)}), tmp_path)
-    summary = run._evaluate(tmp_path, 2, load_problems("synthetic:n=2,seed=5"))  # no model is loaded
+    problems = load_problems("synthetic:n=2,seed=5")
+    summary = run._evaluate(tmp_path, 2, problems).to_json()  # no model is loaded
     assert summary["evaluation"]["results"] == {} and "not evaluated" in summary["notes"][0]
     from rstar_jax.report import RoundResult, table
 
@@ -251,7 +252,7 @@ def test_searches_run_on_the_inference_mesh_with_weights_in_the_compute_dtype(tm
         assert dict(mesh.shape) == {"data": 1, "fsdp": 1, "tensor": 2} and list(mesh.devices.flat) == local[:2]
     assert {x.dtype for x in jax.tree.leaves(engine.state)} == {jnp.dtype("bfloat16")}
     # Training keeps float32 master weights on the training mesh.
-    policy = run._model(TINY_BASE, value_head=False, training=True)
+    policy = run.models.model(TINY_BASE, value_head=False, training=True)
     assert policy.embed[...].dtype == jnp.float32 and policy.embed[...].sharding.mesh.size == 8
     # ... and scans its layers; the engine decodes layer by layer through its KV cache.
-    assert policy.scan_layers and not run._model(TINY_BASE, value_head=False).scan_layers
+    assert policy.scan_layers and not run.models.model(TINY_BASE, value_head=False).scan_layers
