@@ -8,6 +8,7 @@ short note on what the prediction changes."""
 from __future__ import annotations
 
 import functools
+import importlib.resources
 import json
 import pathlib
 import re
@@ -26,7 +27,7 @@ from rstar_jax.steps.grading import (
     normalize_answer,
 )
 
-EVAL_DIR = pathlib.Path(grading.__file__).resolve().parents[1] / "assets" / "rstar" / "eval"
+EVAL_DIR = importlib.resources.files("rstar_jax") / "assets" / "rstar" / "eval"
 EVAL_FILES = ("MATH_test.json", "math500_test.json", "amc23_test.json", "aime2024_test.json",
               "collegemath_test.json", "GSM8K_test.json", "gaokao2023en_test.json")
 PAIRS_FILE = pathlib.Path(__file__).parent / "data" / "grading_pairs.jsonl"
