@@ -33,6 +33,7 @@ from math_verify import parser as mv_parser
 
 from rstar_jax.steps import grading
 from rstar_jax.steps.grading import clear_caches, is_equivalent
+from rstar_jax.steps.grading.normalize import key, normalize_uncached
 
 PAIRS_FILE = pathlib.Path(__file__).resolve().parents[1] / "tests" / "data" / "grading_pairs.jsonl"
 OURS, OURS_WARM = "ours (is_equivalent, cold caches)", "ours (warm parse caches)"
@@ -66,8 +67,8 @@ def peer_wrapped(pred: str, ref: str) -> bool:
 
 
 def limit(pred: str, ref: str) -> bool:
-    a, b = grading._normalize_uncached(pred), grading._normalize_uncached(ref)
-    return bool(a) and grading._key(a) == grading._key(b)
+    a, b = normalize_uncached(pred), normalize_uncached(ref)
+    return bool(a) and key(a) == key(b)
 
 
 def main():

@@ -77,7 +77,7 @@ What bounds time, honestly:
 
 The deadline is wall time, so a slow pair can come out differently on a loaded machine (many
 grading threads share the GIL); the pair cache keeps repeated calls consistent within a
-process. Only inputs of up to ``_CACHE_MAX_CHARS`` characters are cached, so memory stays
+process. Only inputs of up to ``CACHE_MAX_CHARS`` characters are cached, so memory stays
 bounded whatever the input.
 
 The input is a final answer, not a whole solution: the last ``\boxed{}`` is unwrapped, but
@@ -97,16 +97,22 @@ from fractions import Fraction
 import sympy
 from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
 
-from rstar_jax.steps.format import closing_brace, extract_boxed
+from rstar_jax.steps.grading.brackets import bracketed, split_top
 from rstar_jax.steps.grading.deadline import arm_deadline, grade_within
+from rstar_jax.steps.grading.normalize import (
+    CACHE_MAX_CHARS,
+    MAX_INPUT_CHARS,
+    key,
+    last_boxed,
+    normalize_answer,
+    normalize_cached,
+)
 
 __all__ = ["clear_caches", "is_equivalent", "is_equivalent_batch", "normalize_answer"]
 
-MAX_INPUT_CHARS = 10_000  # longer: exact match only
 MAX_SYMBOLIC_CHARS = 400  # longer (after normalisation): no sympy
 MAX_ELEMENTS = 64  # tuples / sets / matrices with more elements are compared as strings
 TIME_LIMIT_SECONDS = 3.0  # deadline per pair, any thread (see the module docstring)
-_CACHE_MAX_CHARS = 1_000  # longer strings are not cached (bounded memory)
 REL_TOL = Fraction(1, 10_000)
 _MAX_EXPONENT = 10_000  # powers of a number or a symbol with a larger exponent are not evaluated
 _MAX_COMPOUND_EXPONENT = 64  # (x+1)^n, (1+\sqrt2)^n: expansion grows fast
@@ -115,182 +121,9 @@ _MAX_NODES = 2_000
 _MAX_DEPTH = 8  # nesting of tuples / sets / matrices
 _local = threading.local()  # per-thread: structure depth
 
-# ----------------------------------------------------------------------------------------------
-# Normalisation
-# ----------------------------------------------------------------------------------------------
-
-
-def _last_boxed(s: str) -> str:
-    """Content of the last \\boxed{...} / \\fbox{...}, or s itself."""
-    boxed = extract_boxed(s)
-    return s if boxed is None else boxed
-
-
-_TEXT_CMD = re.compile(
-    r"\\(?:text(?:normal|bf|it|rm|sf|tt|up)?|mbox|mathrm|mathbf|mathit|mathsf)\s*(?=\{)"
-)
-_UNIT_CMD = re.compile(r"\\(?:text(?:normal|rm|up)?|mbox|mathrm)\s*$")
-_UNIT_CHARS = re.compile(r"^[A-Za-z~\s.\-/^{}\d]*$")
-_SUPERSCRIPT_TAIL = re.compile(r"^\s*(?:\^\s*\{?\s*[23]\s*\}?)?\s*\.?\s*$")
-_SINGLE_LETTER_UNITS = set("mgshlLNJWVK")
-_GLUED_UNITS = (
-    r"cm|mm|km|kg|mg|ml|mL|ft|yd|mph|kph|km/h|m/s|sec|min|hrs?|lbs?|oz|sq\s*ft|sq\s*m|"
-    r"units?|cents?|dollars?|degrees?|inches|meters?|metres?"
-)
-_GLUED_UNIT_RE = re.compile(
-    rf"^(?P<val>[-+]?(?:\d[\d,]*(?:\.\d+)?|\.\d+))\s*(?:{_GLUED_UNITS})\s*(?:\^\s*\{{?[23]\}}?)?$"
-)
-_UNIT_TOKEN = re.compile(r"^[A-Za-z]+(?:[.\-/][A-Za-z]*)*(?:\^\{?[23]\}?)?$")
-_DEGREES = re.compile(
-    r"(?:\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|\\circ|°|\\degree|\s+degrees?|(?<=\d)degrees?)\s*(?=$|,|\))"
-)
-_SET_BUILDER = re.compile(r"^\\\{\s*[A-Za-z]\s*(?:\||\\mid)\s*(.+)\\\}$")
 _BASE = re.compile(r"^(-?[0-9A-Z]+)_\{?(\d{1,2})\}?$")
-_INNER_DEGREES = re.compile(r"(?<![\d.])(\d+(?:\.\d+)?)\s*\^\s*(?:\{\s*\\circ\s*\}|\\circ)")
-_PREFIX_VAR = re.compile(
-    r"^\s*(?:[A-Za-z](?:_\{?[A-Za-z0-9]+\}?)?(?:\s*\(\s*[a-z]\s*\))?|\\[A-Za-z]+)\s*=(?![=<>])\s*"
-)
-_PREFIX_IN = re.compile(r"^\s*[A-Za-z]\s*\\in(?![A-Za-z])\s*")
 _THOUSANDS = re.compile(r"^[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
-_SPACING = re.compile(r"(?<!\\)\\[,;:> ]|\\q?quad\b|~|\\displaystyle|\\textstyle")
-_LEFT_RIGHT = re.compile(
-    r"\\(?:left|right|bigl|bigr|Bigl|Bigr|biggl|biggr|big|Big|bigg|Bigg)(?![A-Za-z])\s*(\.)?"
-)
-_FRAC_SHORT = [
-    (re.compile(r"\\frac\s*(\d)\s*(\d)"), r"\\frac{\1}{\2}"),
-    (re.compile(r"\\frac\s*(\d)\s*(?=\{)"), r"\\frac{\1}"),
-    (re.compile(r"\\frac\s*(\\[A-Za-z]+)\s*(\d)"), r"\\frac{\1}{\2}"),
-    (re.compile(r"(\\frac\s*\{[^{}]*\})\s*(\d|\\[A-Za-z]+|[A-Za-z])"), r"\1{\2}"),
-    (re.compile(r"\\sqrt\s*(\d|\\[A-Za-z]+|[A-Za-z])"), r"\\sqrt{\1}"),
-]
 _WORDS_RE = re.compile(r"^[A-Za-z]+(?: [A-Za-z]+)*$")
-
-
-def _strip_text_groups(s: str) -> str:
-    r"""Drop trailing unit-like \text{..} groups after some content; unwrap all other ones."""
-    for _ in range(3):  # "5 \text{ m}/\text{s}" style tails, at most a few
-        matches = list(_TEXT_CMD.finditer(s))
-        if not matches:
-            break
-        m = matches[-1]
-        close = closing_brace(s, m.end() + 1)
-        if close is None:
-            break
-        content = s[m.end() + 1 : close]
-        before = s[: m.start()].strip()
-        if (
-            before
-            and _UNIT_CMD.match(s[m.start() : m.end()])
-            and _SUPERSCRIPT_TAIL.match(s[close + 1 :])
-            and _is_unit_words(content)
-            and not before.endswith(("=", "(", ",", "{", "+", "-"))
-        ):
-            s = before.rstrip("/\\ ")
-            continue
-        break
-    out, pos = [], 0
-    for m in _TEXT_CMD.finditer(s):
-        if m.start() < pos:
-            continue
-        close = closing_brace(s, m.end() + 1)
-        if close is None:
-            break
-        out.append(s[pos : m.start()])
-        out.append(s[m.end() + 1 : close])
-        pos = close + 1
-    out.append(s[pos:])
-    return "".join(out)
-
-
-def _is_unit_words(text: str) -> bool:
-    """Words that read like a unit: "cm", " square units", "m/s", "~kg"; not "i", "and"."""
-    if not _UNIT_CHARS.match(text):
-        return False
-    words = re.findall(r"[A-Za-z]+", text)
-    return bool(words) and all(
-        (len(w) > 1 or w in _SINGLE_LETTER_UNITS) and w.lower() not in ("and", "or") for w in words
-    )
-
-
-def _strip_trailing_units(s: str) -> str:
-    """ "5 cm", "99\\pi square inches", "22.1cm^2" -> the value. The value must have no bare
-    letters (letters only inside \\commands) and end like a number."""
-    m = _GLUED_UNIT_RE.match(s)
-    if m:
-        return m.group("val")
-    tokens = s.split(" ")
-    k = len(tokens)
-    while k > 1 and (_UNIT_TOKEN.match(tokens[k - 1]) or (  # "N - m": a joiner between unit words
-            tokens[k - 1] in ("-", "/") and k > 2 and _UNIT_TOKEN.match(tokens[k - 2]))):
-        k -= 1
-    value, unit = " ".join(tokens[:k]), " ".join(tokens[k:])
-    bare = re.sub(r"\\[A-Za-z]+", "", value)
-    if (unit and _is_unit_words(unit) and not re.search(r"[A-Za-z]", bare)
-            and re.search(r"(?:\d|\\pi|\})\s*%?$", value)):
-        return value
-    return s
-
-
-def normalize_answer(answer: str) -> str:
-    r"""MATH-style normal form of one answer string ("" for non-strings or inputs over
-    ``MAX_INPUT_CHARS``). Meaning-preserving up to the deliberate liberties documented in the
-    module docstring (units, "x =" prefixes, degrees dropped; percent kept as a trailing %)."""
-    if not isinstance(answer, str) or len(answer) > MAX_INPUT_CHARS:
-        return ""
-    if len(answer) > _CACHE_MAX_CHARS:
-        return _normalize_uncached(answer)
-    return _normalize(answer)
-
-
-def _normalize_uncached(answer: str) -> str:
-    s = _last_boxed(answer.strip())
-    s = s.replace("\n", " ").replace("\t", " ").replace("\r", " ")
-    s = s.replace("\\$", "").replace("$", "")
-    s = re.sub(r"^\\[\[(]|\\[\])]$", "", s.strip())
-    s = s.replace("\\!", "")
-    s = _SPACING.sub(" ", s)
-    s = _LEFT_RIGHT.sub("", s)
-    s = re.sub(r"\s+", " ", s)  # early: single spaces keep the \s* patterns below linear
-    s = re.sub(r"\\[dtc]frac", r"\\frac", s)
-    s = re.sub(r"\\(?:leqslant|leq)(?![A-Za-z])", r"\\le", s)
-    s = re.sub(r"\\(?:geqslant|geq)(?![A-Za-z])", r"\\ge", s)
-    s = re.sub(r"\\(?:neq)(?![A-Za-z])", r"\\ne", s)
-    s = re.sub(r"\\(?:varnothing)(?![A-Za-z])", r"\\emptyset", s)
-    s = re.sub(r"\\infinity|(?<![\\A-Za-z])inf(?:inity)?(?![A-Za-z])", r"\\infty", s)
-    s = re.sub(r"\+\s*\\infty", r"\\infty", s)
-    if not re.search(r"\\(?:sin|cos|tan|cot|sec|csc)(?![a-z])", s):
-        s = _DEGREES.sub("", s)  # "60^\circ" is the number 60 ...
-    s = _INNER_DEGREES.sub(r"(\\frac{\1\\pi}{180})", s)  # ... but in "\sin 45^\circ" it is pi/4
-    s = re.sub(r"\\%|\s*\bper\s?cent(?:age)?\b", "%", s)
-    s = s.replace("{,}", ",")
-    s = _strip_text_groups(s)
-    s = re.sub(r"^\s*\\approx", "", s)
-    m = _SET_BUILDER.match(s.strip())
-    if m and _split_top(m.group(1)) == [m.group(1).strip()]:  # {x | x > 0} -> x > 0
-        s = m.group(1)
-    s = re.sub(r"\s+", " ", s).strip()
-    s = (
-        re.sub(r"\s*(?:,\s*)?\b(?:and|or)\b\s*", ", ", s)
-        if re.search(r"\S\s+(?:and|or)\s+\S", s)
-        else s
-    )
-    if s.count("=") == 1:
-        s = _PREFIX_VAR.sub("", s, count=1)
-    s = _PREFIX_IN.sub("", s, count=1)
-    s = _strip_trailing_units(s)
-    for pattern, repl in _FRAC_SHORT:
-        s = pattern.sub(repl, s)
-    s = s.strip().rstrip(".").strip()
-    if s.startswith("+") and len(s) > 1:
-        s = s[1:]
-    return s
-
-
-_normalize = functools.lru_cache(maxsize=16384)(_normalize_uncached)
-
-
-def _key(s: str) -> str:
-    return re.sub(r"\s+", "", s)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -400,53 +233,6 @@ def _matrix(s: str) -> list[list[str]] | None:
     return grid
 
 
-def _split_top(s: str, sep: str = ",") -> list[str] | None:
-    """Split at top-level separators (outside (), [], {}); None if brackets are unbalanced."""
-    parts, depth, start, i = [], 0, 0, 0
-    while i < len(s):
-        c = s[i]
-        if c == "\\" and i + 1 < len(s) and s[i + 1] in "{}":
-            depth += 1 if s[i + 1] == "{" else -1
-            i += 2
-            continue
-        if c in "([{":
-            depth += 1
-        elif c in ")]}":
-            depth -= 1
-        elif depth == 0 and s.startswith(sep, i):
-            parts.append(s[start:i].strip())
-            start = i + len(sep)
-            i = start
-            continue
-        if depth < 0:
-            return None
-        i += 1
-    if depth != 0:
-        return None
-    parts.append(s[start:].strip())
-    return parts
-
-
-def _bracketed(s: str) -> tuple[str, str, str] | None:
-    r"""(open, inner, close) when s is one bracketed group: (..), [..], (..], \{..\}, \langle..\rangle."""
-    for lo, hi in (("\\{", "\\}"), ("\\langle", "\\rangle")):
-        if s.startswith(lo) and s.endswith(hi):
-            inner = s[len(lo) : -len(hi)]
-            if _split_top(inner) is not None:
-                return lo, inner, hi
-    if len(s) < 2 or s[0] not in "([" or s[-1] not in ")]":
-        return None
-    depth = 0
-    for i, c in enumerate(s):
-        if c in "([{":
-            depth += 1
-        elif c in ")]}":
-            depth -= 1
-            if depth == 0 and i != len(s) - 1:
-                return None  # "(1,2)\cup(3,4)" or "(a)(b)": not one group
-    return (s[0], s[1:-1], s[-1]) if depth == 0 else None
-
-
 def _expand_pm(items: list[str]) -> list[str]:
     r""" "1 \pm \sqrt5" stands for two elements."""
     out = []
@@ -463,19 +249,19 @@ def _structure(s: str):
     ("union", pieces) or ("list", items); None for a scalar."""
     if grid := _matrix(s):
         return ("matrix", grid)
-    pieces = _split_top(s, "\\cup")
+    pieces = split_top(s, "\\cup")
     if pieces and len(pieces) > 1:
         return ("union", pieces)
-    b = _bracketed(s)
+    b = bracketed(s)
     if b:
         lo, inner, hi = b
-        items = _split_top(inner)
+        items = split_top(inner)
         if items is None or len(items) > MAX_ELEMENTS:
             return None
         if lo == "\\{":
             return ("set", _expand_pm(items))
         return ("tuple", lo, items, hi) if len(items) >= 2 else None
-    items = _split_top(s)
+    items = split_top(s)
     if items and all(items) and len(_expand_pm(items)) > 1 and len(items) <= MAX_ELEMENTS:
         return ("list", _expand_pm(items))  # "1, 2" or "1 \pm \sqrt2"
     return None
@@ -485,10 +271,10 @@ def _match_unordered(xs: list[str], ys: list[str]) -> bool:
     if len(xs) != len(ys):
         return False
     remaining = list(ys)  # cheap pass first: identical elements
-    keys = [_key(normalize_answer(y)) for y in remaining]
+    keys = [key(normalize_answer(y)) for y in remaining]
     rest = []
     for x in xs:
-        k = _key(normalize_answer(x))
+        k = key(normalize_answer(x))
         if k in keys:
             i = keys.index(k)
             del keys[i], remaining[i]
@@ -697,16 +483,16 @@ def _decide(a: str, b: str) -> bool | None:
     """Stages 2-5 on two normalised strings: True/False if decided, None to go symbolic."""
     if not a or not b:
         return False
-    if _key(a) == _key(b):
+    if key(a) == key(b):
         return True
     if len(a) > 1 and _WORDS_RE.match(a) and _WORDS_RE.match(b) and a.lower() == b.lower():
         return True
     ca, cb = _choice(a), _choice(b)
     if isinstance(ca, str) or isinstance(cb, str) or (ca is not None and cb is not None):
         return ca == cb
-    ba, bb = (m if (m := _BASE.match(_key(x))) and re.search(r"\d", m.group(1)) else None for x in (a, b))
+    ba, bb = (m if (m := _BASE.match(key(x))) and re.search(r"\d", m.group(1)) else None for x in (a, b))
     if ba or bb:  # "2516_8": same digits, and the same base when both give one
-        da, db = (ba.group(1) if ba else _key(a)), (bb.group(1) if bb else _key(b))
+        da, db = (ba.group(1) if ba else key(a)), (bb.group(1) if bb else key(b))
         return da.lower() == db.lower() and not (ba and bb and int(ba.group(2)) != int(bb.group(2)))
     na, nb = _number_of(a), _number_of(b)
     if na is not None and nb is not None:
@@ -719,7 +505,7 @@ def _decide(a: str, b: str) -> bool | None:
 
 
 def _number_of(s: str):
-    return None if re.search(r"\d\s+\d", s) else _number(_key(s))
+    return None if re.search(r"\d\s+\d", s) else _number(key(s))
 
 
 def _short(a: str, b: str) -> bool:
@@ -751,7 +537,7 @@ def _grade(a: str, b: str) -> bool:
         if _parse(na) and _parse(nb) and "=" not in na + nb:
             return False  # read both and said no; raw strings only help with a stripped "y ="
     # The raw strings, in case our normalisation produced something math-verify cannot read.
-    ra, rb = _last_boxed(a.strip()), _last_boxed(b.strip())
+    ra, rb = last_boxed(a.strip()), last_boxed(b.strip())
     return (ra, rb) != (na, nb) and _short(ra, rb) and _symbolic(ra, rb)
 
 
@@ -790,7 +576,7 @@ def is_equivalent(pred, ref) -> bool:
         for x in xs:
             for y in ys:
                 a, b = (x, y) if x <= y else (y, x)  # canonical order: symmetric by construction
-                cached = len(a) + len(b) <= _CACHE_MAX_CHARS
+                cached = len(a) + len(b) <= CACHE_MAX_CHARS
                 if (_grade_cached if cached else _grade_guarded)(a, b):
                     return True
         return False
@@ -813,7 +599,7 @@ def clear_caches() -> None:
     """Empty the pair, parse and normalisation caches (for benchmarks and tests)."""
     _grade_cached.cache_clear()
     _parse.cache_clear()
-    _normalize.cache_clear()
+    normalize_cached.cache_clear()
 
 
 class _DropTimeoutWarning(logging.Filter):
