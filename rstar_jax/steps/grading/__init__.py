@@ -92,7 +92,6 @@ import math
 import re
 import threading
 from collections.abc import Sequence
-from fractions import Fraction
 
 import sympy
 from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
@@ -107,13 +106,13 @@ from rstar_jax.steps.grading.normalize import (
     normalize_answer,
     normalize_cached,
 )
+from rstar_jax.steps.grading.numbers import REL_TOL, numbers_equal, parse_number
 
 __all__ = ["clear_caches", "is_equivalent", "is_equivalent_batch", "normalize_answer"]
 
 MAX_SYMBOLIC_CHARS = 400  # longer (after normalisation): no sympy
 MAX_ELEMENTS = 64  # tuples / sets / matrices with more elements are compared as strings
 TIME_LIMIT_SECONDS = 3.0  # deadline per pair, any thread (see the module docstring)
-REL_TOL = Fraction(1, 10_000)
 _MAX_EXPONENT = 10_000  # powers of a number or a symbol with a larger exponent are not evaluated
 _MAX_COMPOUND_EXPONENT = 64  # (x+1)^n, (1+\sqrt2)^n: expansion grows fast
 _MAX_FACTORIAL = 5_000
@@ -122,7 +121,6 @@ _MAX_DEPTH = 8  # nesting of tuples / sets / matrices
 _local = threading.local()  # per-thread: structure depth
 
 _BASE = re.compile(r"^(-?[0-9A-Z]+)_\{?(\d{1,2})\}?$")
-_THOUSANDS = re.compile(r"^[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
 _WORDS_RE = re.compile(r"^[A-Za-z]+(?: [A-Za-z]+)*$")
 
 
@@ -144,73 +142,6 @@ def _choice(s: str) -> str | frozenset | None:
     if m:
         return next(g for g in m.groups() if g)
     return None
-
-
-# ----------------------------------------------------------------------------------------------
-# Plain numbers
-# ----------------------------------------------------------------------------------------------
-
-_NUM = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)"
-_DECIMAL_RE = re.compile(rf"^({_NUM})(?:[eE]([-+]?\d{{1,3}}))?$")
-_SLASH_RE = re.compile(rf"^({_NUM})\s*/\s*({_NUM})$")
-_FRAC_RE = re.compile(rf"^([-+]?)\\frac\{{\s*({_NUM})\s*\}}\{{\s*({_NUM})\s*\}}$")
-_REPEATING_RE = re.compile(r"^([-+]?)(\d*)\.(\d*)\\overline\{(\d{1,20})\}$")
-_SCI_RE = re.compile(
-    rf"^({_NUM})\s*(?:\\times|\\cdot|\*|×)\s*10\s*\^\s*\{{?\s*([-+]?\d{{1,3}})\s*\}}?$"
-)
-
-
-def _number(s: str) -> tuple[Fraction, bool, bool] | None:
-    """(value, exact, percent) of a plain number, else None. Exact means no decimal point."""
-    percent = s.endswith("%")
-    if percent:
-        s = s[:-1].strip()
-    if _THOUSANDS.match(s):
-        s = s.replace(",", "")
-    if len(s) > 80:
-        return None
-    try:
-        if m := _DECIMAL_RE.match(s):
-            value = Fraction(m.group(1)) * Fraction(10) ** int(m.group(2) or 0)
-            return value, not re.search(r"[.eE]", s), percent
-        if m := _SCI_RE.match(s):
-            return (
-                Fraction(m.group(1)) * Fraction(10) ** int(m.group(2)),
-                "." not in m.group(1),
-                percent,
-            )
-        if m := _SLASH_RE.match(s):
-            value = Fraction(m.group(1)) / Fraction(m.group(2))
-            return value, "." not in s, percent
-        if m := _REPEATING_RE.match(s):  # 0.1\overline{6} = 1/6
-            sign, whole, fixed, period = m.groups()
-            scale = Fraction(10) ** len(fixed)
-            value = int(whole or 0) + Fraction(int(fixed or 0)) / scale
-            value += Fraction(int(period), 10 ** len(period) - 1) / scale
-            return (-value if sign == "-" else value), True, percent
-        if m := _FRAC_RE.match(s):
-            value = Fraction(m.group(2)) / Fraction(m.group(3))
-            return (-value if m.group(1) == "-" else value), "." not in s, percent
-    except (ZeroDivisionError, ValueError, OverflowError):
-        return None
-    return None
-
-
-def _close(a: Fraction, b: Fraction, exact: bool) -> bool:
-    if exact:
-        return a == b
-    return abs(a - b) <= REL_TOL * max(abs(a), abs(b))
-
-
-def _numbers_equal(x: tuple[Fraction, bool, bool], y: tuple[Fraction, bool, bool]) -> bool:
-    (a, a_exact, a_pct), (b, b_exact, b_pct) = x, y
-    exact = a_exact and b_exact
-    if _close(a, b, exact):
-        return True
-    if a_pct != b_pct:  # one side is "50%": the other may be 50 or 0.5
-        pct, other = (a, b) if a_pct else (b, a)
-        return _close(pct / 100, other, exact)
-    return False
 
 
 # ----------------------------------------------------------------------------------------------
@@ -496,7 +427,7 @@ def _decide(a: str, b: str) -> bool | None:
         return da.lower() == db.lower() and not (ba and bb and int(ba.group(2)) != int(bb.group(2)))
     na, nb = _number_of(a), _number_of(b)
     if na is not None and nb is not None:
-        if _numbers_equal(na, nb):
+        if numbers_equal(na, nb):
             return True
         if "," not in a + b:
             return False
@@ -505,7 +436,7 @@ def _decide(a: str, b: str) -> bool | None:
 
 
 def _number_of(s: str):
-    return None if re.search(r"\d\s+\d", s) else _number(key(s))
+    return None if re.search(r"\d\s+\d", s) else parse_number(key(s))
 
 
 def _short(a: str, b: str) -> bool:
