@@ -97,6 +97,7 @@ import sympy
 from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
 
 from rstar_jax.steps.grading.brackets import bracketed, split_top
+from rstar_jax.steps.grading.choices import choice
 from rstar_jax.steps.grading.deadline import arm_deadline, grade_within
 from rstar_jax.steps.grading.normalize import (
     CACHE_MAX_CHARS,
@@ -122,26 +123,6 @@ _local = threading.local()  # per-thread: structure depth
 
 _BASE = re.compile(r"^(-?[0-9A-Z]+)_\{?(\d{1,2})\}?$")
 _WORDS_RE = re.compile(r"^[A-Za-z]+(?: [A-Za-z]+)*$")
-
-
-# ----------------------------------------------------------------------------------------------
-# Multiple choice
-# ----------------------------------------------------------------------------------------------
-
-_CHOICE_SINGLE = re.compile(r"^\(?([A-Z])\)?[.:]?$|^\(([A-Z])\)\s*\S.*$|^([A-J])[.):]\s+\S.*$")
-_CHOICE_SET = re.compile(r"^\(?[A-H]\)?(?:\s*,?\s*\(?[A-H]\)?)+$")
-
-
-def _choice(s: str) -> str | frozenset | None:
-    """A single choice letter, a set of several letters, or None."""
-    if _CHOICE_SET.match(s):
-        letters = re.findall(r"[A-H]", s)
-        if len(set(letters)) == len(letters):
-            return frozenset(letters)
-    m = _CHOICE_SINGLE.match(s)
-    if m:
-        return next(g for g in m.groups() if g)
-    return None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -418,7 +399,7 @@ def _decide(a: str, b: str) -> bool | None:
         return True
     if len(a) > 1 and _WORDS_RE.match(a) and _WORDS_RE.match(b) and a.lower() == b.lower():
         return True
-    ca, cb = _choice(a), _choice(b)
+    ca, cb = choice(a), choice(b)
     if isinstance(ca, str) or isinstance(cb, str) or (ca is not None and cb is not None):
         return ca == cb
     ba, bb = (m if (m := _BASE.match(key(x))) and re.search(r"\d", m.group(1)) else None for x in (a, b))
