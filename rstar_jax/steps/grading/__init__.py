@@ -90,13 +90,11 @@ import functools
 import logging
 import math
 import re
-import threading
 from collections.abc import Sequence
 
 import sympy
 from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
 
-from rstar_jax.steps.grading.brackets import bracketed, split_top
 from rstar_jax.steps.grading.choices import choice
 from rstar_jax.steps.grading.deadline import arm_deadline, grade_within
 from rstar_jax.steps.grading.normalize import (
@@ -108,158 +106,19 @@ from rstar_jax.steps.grading.normalize import (
     normalize_cached,
 )
 from rstar_jax.steps.grading.numbers import REL_TOL, numbers_equal, parse_number
+from rstar_jax.steps.grading.structures import compare_structures, parse_structure
 
 __all__ = ["clear_caches", "is_equivalent", "is_equivalent_batch", "normalize_answer"]
 
 MAX_SYMBOLIC_CHARS = 400  # longer (after normalisation): no sympy
-MAX_ELEMENTS = 64  # tuples / sets / matrices with more elements are compared as strings
 TIME_LIMIT_SECONDS = 3.0  # deadline per pair, any thread (see the module docstring)
 _MAX_EXPONENT = 10_000  # powers of a number or a symbol with a larger exponent are not evaluated
 _MAX_COMPOUND_EXPONENT = 64  # (x+1)^n, (1+\sqrt2)^n: expansion grows fast
 _MAX_FACTORIAL = 5_000
 _MAX_NODES = 2_000
-_MAX_DEPTH = 8  # nesting of tuples / sets / matrices
-_local = threading.local()  # per-thread: structure depth
 
 _BASE = re.compile(r"^(-?[0-9A-Z]+)_\{?(\d{1,2})\}?$")
 _WORDS_RE = re.compile(r"^[A-Za-z]+(?: [A-Za-z]+)*$")
-
-
-# ----------------------------------------------------------------------------------------------
-# Structures: matrices, tuples, intervals, sets, lists
-# ----------------------------------------------------------------------------------------------
-
-_MATRIX_RE = re.compile(
-    r"^[\[(]?\s*\\begin\{([pbBvV]?matrix|array)\}(?:\{[^{}]*\})?(.*)\\end\{\1\}\s*[\])]?$", re.DOTALL
-)
-
-
-def _matrix(s: str) -> list[list[str]] | None:
-    m = _MATRIX_RE.match(s)
-    if not m or m.group(1) in ("vmatrix", "Vmatrix"):  # determinants are numbers, not matrices
-        return None
-    rows = [r for r in re.split(r"\\\\", m.group(2)) if r.strip()]
-    grid = [[c.strip() for c in r.split("&")] for r in rows]
-    if not grid or len({len(r) for r in grid}) != 1 or sum(map(len, grid)) > MAX_ELEMENTS:
-        return None
-    return grid
-
-
-def _expand_pm(items: list[str]) -> list[str]:
-    r""" "1 \pm \sqrt5" stands for two elements."""
-    out = []
-    for item in items:
-        if item.count("\\pm") == 1 and "\\mp" not in item:
-            out += [item.replace("\\pm", "+"), item.replace("\\pm", "-")]
-        else:
-            out.append(item)
-    return out
-
-
-def _structure(s: str):
-    """Classify s as ("matrix", grid), ("set", items), ("tuple", open, items, close),
-    ("union", pieces) or ("list", items); None for a scalar."""
-    if grid := _matrix(s):
-        return ("matrix", grid)
-    pieces = split_top(s, "\\cup")
-    if pieces and len(pieces) > 1:
-        return ("union", pieces)
-    b = bracketed(s)
-    if b:
-        lo, inner, hi = b
-        items = split_top(inner)
-        if items is None or len(items) > MAX_ELEMENTS:
-            return None
-        if lo == "\\{":
-            return ("set", _expand_pm(items))
-        return ("tuple", lo, items, hi) if len(items) >= 2 else None
-    items = split_top(s)
-    if items and all(items) and len(_expand_pm(items)) > 1 and len(items) <= MAX_ELEMENTS:
-        return ("list", _expand_pm(items))  # "1, 2" or "1 \pm \sqrt2"
-    return None
-
-
-def _match_unordered(xs: list[str], ys: list[str]) -> bool:
-    if len(xs) != len(ys):
-        return False
-    remaining = list(ys)  # cheap pass first: identical elements
-    keys = [key(normalize_answer(y)) for y in remaining]
-    rest = []
-    for x in xs:
-        k = key(normalize_answer(x))
-        if k in keys:
-            i = keys.index(k)
-            del keys[i], remaining[i]
-        else:
-            rest.append(x)
-    for x in rest:
-        for j, y in enumerate(remaining):
-            if _core(x, y):
-                del remaining[j]
-                break
-        else:
-            return False
-    return True
-
-
-def _match_ordered(xs: list[str], ys: list[str]) -> bool:
-    return len(xs) == len(ys) and all(_core(x, y) for x, y in zip(xs, ys))
-
-
-def _compare_structures(a, b) -> bool | None:
-    """True/False when both sides are structures that can be compared; None otherwise.
-    Structures nested more than _MAX_DEPTH deep are not equal (no real answer is)."""
-    if a is None or b is None:
-        return None
-    depth = getattr(_local, "depth", 0)
-    if depth >= _MAX_DEPTH:
-        return False
-    _local.depth = depth + 1
-    try:
-        return _compare_structures_at(a, b)
-    finally:
-        _local.depth = depth
-
-
-def _compare_structures_at(a, b) -> bool | None:
-    kind_a, kind_b = a[0], b[0]
-    if kind_a == "matrix" or kind_b == "matrix":
-        if kind_a == kind_b:
-            ga, gb = a[1], b[1]
-            return (
-                len(ga) == len(gb)
-                and len(ga[0]) == len(gb[0])
-                and _match_ordered([c for r in ga for c in r], [c for r in gb for c in r])
-            )
-        mat, other = (a, b) if kind_a == "matrix" else (b, a)
-        grid = mat[1]
-        if other[0] == "tuple" and (
-            len(grid) == 1 or len(grid[0]) == 1
-        ):  # a vector written as a tuple
-            return _match_ordered([c for r in grid for c in r], other[2])
-        return None
-    if kind_a == "union" and kind_b == "union":
-        return _match_unordered(a[1], b[1])
-    unordered = {"set", "list"}
-    if kind_a in unordered and kind_b in unordered:
-        return _match_unordered(a[1], b[1])
-    if kind_a == "tuple" and kind_b == "tuple":
-        (_, lo_a, xs, hi_a), (_, lo_b, ys, hi_b) = a, b
-        if len(xs) != len(ys):
-            return False
-        ends_a, ends_b = (
-            (lo_a.replace("\\langle", "("), hi_a.replace("\\rangle", ")")),
-            (lo_b.replace("\\langle", "("), hi_b.replace("\\rangle", ")")),
-        )
-        if len(xs) == 2 and ends_a != ends_b:
-            return False  # intervals with different ends: [1,2) vs [1,2]
-        return _match_ordered(xs, ys)
-    if {kind_a, kind_b} == {"set", "tuple"}:
-        return False
-    if {kind_a, kind_b} == {"list", "tuple"}:  # "(1,2)" written without its parentheses
-        tup, lst = (a, b) if kind_a == "tuple" else (b, a)
-        return tup[1] in ("(", "\\langle") and tup[3] in (")", "\\rangle") and _match_ordered(tup[2], lst[1])
-    return None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -413,7 +272,7 @@ def _decide(a: str, b: str) -> bool | None:
         if "," not in a + b:
             return False
         # "70,110" is 70110 or the list 70, 110 (both occur as MATH answers): try the list too.
-    return _compare_structures(_structure(a), _structure(b))
+    return compare_structures(parse_structure(a), parse_structure(b), _core)
 
 
 def _number_of(s: str):
