@@ -32,8 +32,9 @@ from math_verify import parse, verify
 from math_verify import parser as mv_parser
 
 from rstar_jax.steps import grading
-from rstar_jax.steps.grading import clear_caches, is_equivalent
+from rstar_jax.steps.grading import clear_caches, is_equivalent, normalize_answer
 from rstar_jax.steps.grading.normalize import key, normalize_uncached
+from rstar_jax.steps.grading.pipeline import decide
 
 PAIRS_FILE = pathlib.Path(__file__).resolve().parents[1] / "tests" / "data" / "grading_pairs.jsonl"
 OURS, OURS_WARM = "ours (is_equivalent, cold caches)", "ours (warm parse caches)"
@@ -98,8 +99,7 @@ def main():
         seconds[name] = median_seconds(lambda grade=grade: [grade(p, r) for p, r in pairs], args.repeats, before)
 
     clear_caches()
-    symbolic = sum(grading._decide(grading.normalize_answer(p), grading.normalize_answer(r)) is None
-                   for p, r in pairs)
+    symbolic = sum(decide(normalize_answer(p), normalize_answer(r)) is None for p, r in pairs)
     sources = len({(r["source"], r["index"]) for r in rows})
     print(f"{n} labelled pairs ({positives} equivalent, {n - positives} not) against {sources} reference "
           f"answers of the rStar eval sets; {symbolic} ({100 * symbolic / n:.0f}%) reach our sympy stage")

@@ -2,7 +2,7 @@ r"""Answer grading: is a predicted final answer equivalent to the reference answ
 
 rStar-Math (section 8) grades with exact match, else a battery of equivalence checks (numbers
 within relative tolerance 1e-4, percent x100 / /100, tuples, intervals, matrices, equations,
-sympy on parsed LaTeX) tried in both orders, then multiple-choice handling. This module does
+sympy on parsed LaTeX) tried in both orders, then multiple-choice handling. This package does
 the same with its own MATH-style normaliser, a few cheap decisive checks, and math-verify
 (``math_verify.parse`` / ``math_verify.verify``) plus sympy for everything symbolic.
 
@@ -82,107 +82,32 @@ bounded whatever the input.
 
 The input is a final answer, not a whole solution: the last ``\boxed{}`` is unwrapped, but
 no answer is extracted from prose.
+
+Modules: ``normalize`` (stage 2), ``choices`` (3), ``numbers`` (5), ``structures`` (6, with
+``brackets`` for splitting at top-level commas), ``symbolic`` (7), ``pipeline`` (the stages in
+order, base subscripts of stage 4 included) and ``deadline`` (the watchdog). This one adds
+stage 0, the pair cache and the deadline of ``TIME_LIMIT_SECONDS``.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-import re
 from collections.abc import Sequence
 
-from rstar_jax.steps.grading.choices import choice
 from rstar_jax.steps.grading.deadline import grade_within
-from rstar_jax.steps.grading.normalize import (
-    CACHE_MAX_CHARS,
-    MAX_INPUT_CHARS,
-    key,
-    last_boxed,
-    normalize_answer,
-    normalize_cached,
-)
-from rstar_jax.steps.grading.numbers import numbers_equal, parse_number
-from rstar_jax.steps.grading.structures import compare_structures, parse_structure
-from rstar_jax.steps.grading.symbolic import MAX_SYMBOLIC_CHARS, parse_answer, symbolic_equal
+from rstar_jax.steps.grading.normalize import CACHE_MAX_CHARS, normalize_answer, normalize_cached
+from rstar_jax.steps.grading.pipeline import grade
+from rstar_jax.steps.grading.symbolic import parse_answer
 
 __all__ = ["clear_caches", "is_equivalent", "is_equivalent_batch", "normalize_answer"]
 
 TIME_LIMIT_SECONDS = 3.0  # deadline per pair, any thread (see the module docstring)
 
-_BASE = re.compile(r"^(-?[0-9A-Z]+)_\{?(\d{1,2})\}?$")
-_WORDS_RE = re.compile(r"^[A-Za-z]+(?: [A-Za-z]+)*$")
-
-
-# ----------------------------------------------------------------------------------------------
-# The pipeline
-# ----------------------------------------------------------------------------------------------
-
-
-def _decide(a: str, b: str) -> bool | None:
-    """Stages 2-5 on two normalised strings: True/False if decided, None to go symbolic."""
-    if not a or not b:
-        return False
-    if key(a) == key(b):
-        return True
-    if len(a) > 1 and _WORDS_RE.match(a) and _WORDS_RE.match(b) and a.lower() == b.lower():
-        return True
-    ca, cb = choice(a), choice(b)
-    if isinstance(ca, str) or isinstance(cb, str) or (ca is not None and cb is not None):
-        return ca == cb
-    ba, bb = (m if (m := _BASE.match(key(x))) and re.search(r"\d", m.group(1)) else None for x in (a, b))
-    if ba or bb:  # "2516_8": same digits, and the same base when both give one
-        da, db = (ba.group(1) if ba else key(a)), (bb.group(1) if bb else key(b))
-        return da.lower() == db.lower() and not (ba and bb and int(ba.group(2)) != int(bb.group(2)))
-    na, nb = _number_of(a), _number_of(b)
-    if na is not None and nb is not None:
-        if numbers_equal(na, nb):
-            return True
-        if "," not in a + b:
-            return False
-        # "70,110" is 70110 or the list 70, 110 (both occur as MATH answers): try the list too.
-    return compare_structures(parse_structure(a), parse_structure(b), _core)
-
-
-def _number_of(s: str):
-    return None if re.search(r"\d\s+\d", s) else parse_number(key(s))
-
-
-def _short(a: str, b: str) -> bool:
-    return len(a) <= MAX_SYMBOLIC_CHARS and len(b) <= MAX_SYMBOLIC_CHARS
-
-
-def _core(a: str, b: str) -> bool:
-    """Stages 2-6 on two element strings (of a tuple, set, matrix...)."""
-    na, nb = normalize_answer(a), normalize_answer(b)
-    decided = _decide(na, nb)
-    if decided is not None:
-        return decided
-    return _short(na, nb) and symbolic_equal(na, nb)
-
-
-def _grade(a: str, b: str) -> bool:
-    """The whole pipeline on one pair of strings."""
-    if a.strip() == b.strip():
-        return bool(a.strip())
-    if len(a) > MAX_INPUT_CHARS or len(b) > MAX_INPUT_CHARS:
-        return False
-    na, nb = normalize_answer(a), normalize_answer(b)
-    decided = _decide(na, nb)
-    if decided is not None:
-        return decided
-    if _short(na, nb):
-        if symbolic_equal(na, nb):
-            return True
-        if parse_answer(na) and parse_answer(nb) and "=" not in na + nb:
-            return False  # read both and said no; raw strings only help with a stripped "y ="
-    # The raw strings, in case our normalisation produced something math-verify cannot read.
-    ra, rb = last_boxed(a.strip()), last_boxed(b.strip())
-    return (ra, rb) != (na, nb) and _short(ra, rb) and symbolic_equal(ra, rb)
-
 
 def _grade_guarded(a: str, b: str) -> bool:
-    """_grade under the deadline; False on timeout or on any error."""
-    return grade_within(_grade, a, b, TIME_LIMIT_SECONDS)  # read here: tests shorten it
+    """grade under the deadline; False on timeout or on any error."""
+    return grade_within(grade, a, b, TIME_LIMIT_SECONDS)  # read here: tests shorten it
 
 
 _grade_cached = functools.lru_cache(maxsize=65536)(_grade_guarded)
