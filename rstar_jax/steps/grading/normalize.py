@@ -137,6 +137,7 @@ def normalize_answer(answer: str) -> str:
 
 
 def normalize_uncached(answer: str) -> str:
+    """normalize_answer without its cache and its checks of the input."""
     s = last_boxed(answer.strip())
     s = s.replace("\n", " ").replace("\t", " ").replace("\r", " ")
     s = s.replace("\\$", "").replace("$", "")
@@ -181,4 +182,5 @@ normalize_cached = functools.lru_cache(maxsize=16384)(normalize_uncached)
 
 
 def key(s: str) -> str:
+    """s with all whitespace removed: two normal forms with the same key are equal."""
     return re.sub(r"\s+", "", s)
