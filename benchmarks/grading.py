@@ -32,7 +32,9 @@ from math_verify import parse, verify
 from math_verify import parser as mv_parser
 
 from rstar_jax.steps import grading
-from rstar_jax.steps.grading import clear_caches, is_equivalent
+from rstar_jax.steps.grading import clear_caches, is_equivalent, normalize_answer
+from rstar_jax.steps.grading.normalize import key, normalize_uncached
+from rstar_jax.steps.grading.pipeline import decide
 
 PAIRS_FILE = pathlib.Path(__file__).resolve().parents[1] / "tests" / "data" / "grading_pairs.jsonl"
 OURS, OURS_WARM = "ours (is_equivalent, cold caches)", "ours (warm parse caches)"
@@ -53,7 +55,8 @@ def median_seconds(fn, repeats: int, before=lambda: None) -> float:
 
 
 def clear_math_verify_caches():
-    for cached in (mv_parser.parse_latex_cached, mv_parser.parse_expr_cached, mv_parser.extract_latex):
+    caches = (mv_parser.parse_latex_cached, mv_parser.parse_expr_cached, mv_parser.extract_latex)
+    for cached in caches:
         cached.cache_clear()
 
 
@@ -66,8 +69,8 @@ def peer_wrapped(pred: str, ref: str) -> bool:
 
 
 def limit(pred: str, ref: str) -> bool:
-    a, b = grading._normalize_uncached(pred), grading._normalize_uncached(ref)
-    return bool(a) and grading._key(a) == grading._key(b)
+    a, b = normalize_uncached(pred), normalize_uncached(ref)
+    return bool(a) and key(a) == key(b)
 
 
 def main():
@@ -94,24 +97,28 @@ def main():
         before()
         answers[name] = [grade(p, r) for p, r in pairs]
         symmetric[name] = sum(grade(r, p) == a for (p, r), a in zip(pairs, answers[name]))
-        seconds[name] = median_seconds(lambda grade=grade: [grade(p, r) for p, r in pairs], args.repeats, before)
+        seconds[name] = median_seconds(
+            lambda grade=grade: [grade(p, r) for p, r in pairs], args.repeats, before
+        )
 
     clear_caches()
-    symbolic = sum(grading._decide(grading.normalize_answer(p), grading.normalize_answer(r)) is None
-                   for p, r in pairs)
+    symbolic = sum(decide(normalize_answer(p), normalize_answer(r)) is None for p, r in pairs)
     sources = len({(r["source"], r["index"]) for r in rows})
-    print(f"{n} labelled pairs ({positives} equivalent, {n - positives} not) against {sources} reference "
-          f"answers of the rStar eval sets; {symbolic} ({100 * symbolic / n:.0f}%) reach our sympy stage")
-    print(f"median of {args.repeats} runs; limit = plain normalised string equality (limit_pct = ours / limit); "
-          f"false+ = pairs wrongly called equivalent; symmetric = pairs graded alike both ways")
-    print(f"{'':38s}{'pairs/s':>10s}{'ms/pair':>10s}{'accuracy':>10s}{'recall':>9s}{'false+':>8s}{'symmetric':>11s}")
+    print(f"{n} labelled pairs ({positives} equivalent, {n - positives} not) against {sources} "
+          f"reference answers of the rStar eval sets; {symbolic} ({100 * symbolic / n:.0f}%) "
+          f"reach our sympy stage")
+    print(f"median of {args.repeats} runs; limit = plain normalised string equality "
+          f"(limit_pct = ours / limit); false+ = pairs wrongly called equivalent; "
+          f"symmetric = pairs graded alike both ways")
+    print(f"{'':38s}{'pairs/s':>10s}{'ms/pair':>10s}{'accuracy':>10s}{'recall':>9s}"
+          f"{'false+':>8s}{'symmetric':>11s}")
     for name, secs in seconds.items():
         got = answers[name]
         correct = sum(g == y for g, y in zip(got, labels))
         recall = sum(g and y for g, y in zip(got, labels)) / positives
         false_pos = sum(g and not y for g, y in zip(got, labels))
-        print(f"{name:38s}{n / secs:10.0f}{1000 * secs / n:10.2f}{100 * correct / n:9.1f}%{100 * recall:8.1f}%"
-              f"{false_pos:8d}{100 * symmetric[name] / n:10.1f}%")
+        print(f"{name:38s}{n / secs:10.0f}{1000 * secs / n:10.2f}{100 * correct / n:9.1f}%"
+              f"{100 * recall:8.1f}%{false_pos:8d}{100 * symmetric[name] / n:10.1f}%")
     ours, peer_rate, limit_rate = (n / seconds[name] for name in (OURS, PEER, LIMIT))
     print(f"RESULT name=grading_pairs value={ours:.0f} unit=pairs/s peer={peer_rate:.0f} "
           f"ratio={ours / peer_rate:.2f} limit_pct={100 * ours / limit_rate:.1f}")

@@ -8,6 +8,7 @@ short note on what the prediction changes."""
 from __future__ import annotations
 
 import functools
+import importlib.resources
 import json
 import pathlib
 import re
@@ -26,7 +27,7 @@ from rstar_jax.steps.grading import (
     normalize_answer,
 )
 
-EVAL_DIR = pathlib.Path(grading.__file__).resolve().parents[1] / "assets" / "rstar" / "eval"
+EVAL_DIR = importlib.resources.files("rstar_jax") / "assets" / "rstar" / "eval"
 EVAL_FILES = ("MATH_test.json", "math500_test.json", "amc23_test.json", "aime2024_test.json",
               "collegemath_test.json", "GSM8K_test.json", "gaokao2023en_test.json")
 PAIRS_FILE = pathlib.Path(__file__).parent / "data" / "grading_pairs.jsonl"
@@ -147,7 +148,8 @@ def reformat(answer: str) -> str:
 
 @pytest.mark.parametrize(("answer", "variant"), [
     (r"\frac{7}{4}", "1.75"), ("27648", "27,648"), ("33", "x = 33"), ("3.21", "3.210"),
-    ("Navin", r"\text{Navin}"), ("C", r"\text{(C)}"), (r"-\frac{\sqrt{3}}{2}", r"-\dfrac{\sqrt{3}}{2}"),
+    ("Navin", r"\text{Navin}"), ("C", r"\text{(C)}"),
+    (r"-\frac{\sqrt{3}}{2}", r"-\dfrac{\sqrt{3}}{2}"),
     ("(3,4]", r"\left(3, 4\right]"), (r"120^\circ", r"120^{\circ}"), ("y=2x+3", "y = 2x+3"),
     ("58,500", "$58,500$"), (r"\$32,\!348", r"$\$32,\!348$"), ("x^3+3x-6", "x^3 + 3x - 6"),
     (r"\sqrt{13}", r"$\sqrt{13}$"), ("2516_8", "$2516_8$"),
@@ -228,8 +230,8 @@ def test_batch():
     refs = [p["ref"] for p in PAIRS[:40]]
     assert is_equivalent_batch(preds, refs) == [p["label"] for p in PAIRS[:40]]
     many = [r"\frac{1}{2}", "0.5", "1/2", "0.4", "(1,2)", "", None, r"50\%"]
-    assert is_equivalent_batch(many, [r"\dfrac12"] * len(many)) == [True, True, True, False, False, False,
-                                                                     False, True]
+    assert is_equivalent_batch(many, [r"\dfrac12"] * len(many)) == [True, True, True, False, False,
+                                                                     False, False, True]
     with pytest.raises(ValueError, match="predictions"):
         is_equivalent_batch(["1"], ["1", "2"])
 
@@ -237,7 +239,8 @@ def test_batch():
 @pytest.mark.parametrize(("raw", "normal"), [
     (r"\dfrac{1}{2}", r"\frac{1}{2}"), (r"\tfrac12", r"\frac{1}{2}"), (r"\sqrt2", r"\sqrt{2}"),
     (r"5 \text{ cm}", "5"), (r"\text{(B)}", "(B)"), (r"x = 3", "3"), (r"\$15,\!000", "15,000"),
-    (r"76^\circ", "76"), (r"50\%", "50%"), (r"\left( 1, 2 \right)", "( 1, 2 )"), (r"\boxed{42}", "42"),
+    (r"76^\circ", "76"), (r"50\%", "50%"), (r"\left( 1, 2 \right)", "( 1, 2 )"),
+    (r"\boxed{42}", "42"),
     (r"864 \mbox{ inches}^2", "864"), (r"22.1cm^{2}", "22.1"), (r"[2,+\infty)", r"[2,\infty)"),
     (r"\{x \mid x > 0\}", "x > 0"), (r"x \in [-2,7]", "[-2,7]"), (r"\text{Friday}", "Friday"),
     (None, ""), (5, ""), ("x" * 20_000, ""),
@@ -250,11 +253,11 @@ def test_normalize_answer(raw, normal):
 # Garbage, threads, time
 # ----------------------------------------------------------------------------------------------
 
-GARBAGE = ["", "   ", "\n\t", None, b"5", object(), [], {}, 3 + 4j, "{{{", "}}}", "\\frac{", "\\boxed{",
-           "$$", "\\", "\x00\x01\xff\xfe", "\ud800", "\\begin{pmatrix}", "(((", ")(", "1/0", "0/0",
-           "\\frac{1}{0}", "\\left(", "\\text{", "^^^", "_", "&&&", "\\\\\\\\", "%", "\\%", ",,,",
-           bytes(range(256)).decode("latin-1"), "x" * 100_000, "(" * 5000 + ")" * 5000,
-           "\\sqrt{" * 3000, "1," * 4000, "\\{" * 2000]
+GARBAGE = ["", "   ", "\n\t", None, b"5", object(), [], {}, 3 + 4j, "{{{", "}}}", "\\frac{",
+           "\\boxed{", "$$", "\\", "\x00\x01\xff\xfe", "\ud800", "\\begin{pmatrix}", "(((", ")(",
+           "1/0", "0/0", "\\frac{1}{0}", "\\left(", "\\text{", "^^^", "_", "&&&", "\\\\\\\\", "%",
+           "\\%", ",,,", bytes(range(256)).decode("latin-1"), "x" * 100_000,
+           "(" * 5000 + ")" * 5000, "\\sqrt{" * 3000, "1," * 4000, "\\{" * 2000]
 REAL = ["5", r"\frac{1}{2}", "(1,2)", "x+1", r"\begin{pmatrix} 1 \\ 2 \end{pmatrix}", "A", ""]
 
 
@@ -342,7 +345,8 @@ def test_default_deadline_holds_off_the_main_thread():
     assert out["value"] is False
     assert out["seconds"] < grading.TIME_LIMIT_SECONDS + 5, out
     time.sleep(0.2)
-    assert not [t for t in threading.enumerate() if t.name == "grading-watchdog"]  # nothing left behind
+    # nothing left behind
+    assert not [t for t in threading.enumerate() if t.name == "grading-watchdog"]
 
 
 def test_long_inputs_are_not_cached():
