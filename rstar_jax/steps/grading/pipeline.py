@@ -17,7 +17,8 @@ _WORDS_RE = re.compile(r"^[A-Za-z]+(?: [A-Za-z]+)*$")
 
 
 def decide(a: str, b: str) -> bool | None:
-    """Stages 2-5 on two normalised strings: True/False if decided, None to go symbolic."""
+    """Stages 2-6 on two normalised strings: True/False if decided, None to go symbolic (a
+    structure's elements may themselves be decided symbolically, through `_core`)."""
     if not a or not b:
         return False
     if key(a) == key(b):
@@ -63,7 +64,7 @@ def _short(a: str, b: str) -> bool:
 
 
 def _core(a: str, b: str) -> bool:
-    """Stages 2-6 on two element strings (of a tuple, set, matrix...)."""
+    """Stages 2-7 on two element strings (of a tuple, set, matrix...)."""
     na, nb = normalize_answer(a), normalize_answer(b)
     decided = decide(na, nb)
     if decided is not None:
