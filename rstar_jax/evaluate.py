@@ -78,12 +78,14 @@ class Solutions:
         raise ValueError(f"unknown selection rule {rule!r}; known: {', '.join(RULES)}")
 
     def to_json(self) -> dict:
-        return {"problem": self.problem.id, "candidates": [dataclasses.asdict(c) for c in self.candidates]}
+        return {"problem": self.problem.id, "candidates": [dataclasses.asdict(c)
+                                                           for c in self.candidates]}
 
     @classmethod
     def from_json(cls, d: dict, problem: Problem) -> Solutions:
         if d["problem"] != problem.id:
-            raise ValueError(f"solutions of problem {d['problem']!r} read as those of {problem.id!r}")
+            raise ValueError(f"solutions of problem {d['problem']!r} read as those of "
+                             f"{problem.id!r}")
         return cls(problem, [Candidate(**{**c, "ids": tuple(c["ids"])}) for c in d["candidates"]])
 
 
@@ -101,12 +103,14 @@ def share(n: int, index: int, count: int, batch_size: int | None) -> list[int]:
     return [i for i in range(n) if (i // width) % count == index]
 
 
-def _everyone(problems: Sequence[Problem], mine: list[Solutions], name: str, gather: Gather) -> list[Solutions]:
+def _everyone(problems: Sequence[Problem], mine: list[Solutions], name: str,
+              gather: Gather) -> list[Solutions]:
     """Every problem's solutions, from each process's share (`gather`)."""
     by_id = {d["problem"]: d for part in gather(name, [s.to_json() for s in mine]) for d in part}
     missing = [p.id for p in problems if p.id not in by_id]
     if missing:
-        raise RuntimeError(f"{name}: no process returned solutions of {len(missing)} problems, e.g. {missing[:3]}")
+        raise RuntimeError(f"{name}: no process returned solutions of {len(missing)} problems, "
+                           f"e.g. {missing[:3]}")
     return [Solutions.from_json(by_id[p.id], p) for p in problems]
 
 
@@ -122,12 +126,14 @@ def _vote(pool: list[Candidate], weight: Callable[[Candidate], float]) -> Candid
                 break
         else:
             groups.append([c])
-    best = max(groups, key=lambda g: sum(weight(c) for c in g))  # max keeps the first of equal totals
+    # max keeps the first of equal totals
+    best = max(groups, key=lambda g: sum(weight(c) for c in g))
     return max(best, key=lambda c: c.score)
 
 
 def _answers(tree: SearchTree, graded: bool) -> list[Candidate]:
-    """The answer nodes of a tree, in creation order, with their Q (their PPM score at test time)."""
+    """The answer nodes of a tree, in creation order, with their Q (their PPM score at test
+    time)."""
     from rstar_jax.steps.grading import is_equivalent
 
     out = []
@@ -135,7 +141,8 @@ def _answers(tree: SearchTree, graded: bool) -> list[Candidate]:
     for node in np.flatnonzero(tree.is_answer):
         answer = fmt.extract_answer(tree.texts[node])
         correct = bool(tree.reward[node] > 0) if graded else (
-            answer is not None and is_equivalent(answer, tree.problem.references or tree.problem.answer))
+            answer is not None and is_equivalent(answer, tree.problem.references
+                                                 or tree.problem.answer))
         ids = (*tree.prompt_ids, *(t for n in tree.path(int(node)) for t in tree.tokens[n]))
         out.append(Candidate(answer, float(q[node]), correct, ids))
     return out
@@ -158,28 +165,38 @@ def solve(problems: Sequence[Problem], policy, executor, tokenizer, *, samples: 
     base = search or SearchConfig()
     out = [Solutions(p, []) for p in problems]
     if temperature == 0 and samples > 1:
-        raise ValueError(f"greedy decoding gives one solution; ask for samples=1 or a temperature > 0, "
-                         f"got samples={samples}")
+        raise ValueError("greedy decoding gives one solution; ask for samples=1 or a temperature > "
+                         f"0, got samples={samples}")
     for i in range(samples):
-        # Graded as in training; the PPM scores each finished solution once, not every step on its way.
-        config = dataclasses.replace(base, mode=Mode.TERMINAL, candidates=1, rollouts=1, temperature=temperature,
-                                     seed=base.seed + i, capacity=None)
-        trees = run_search(problems, _engine_policy(policy, tokenizer, config), executor, tokenizer, config,
-                           batch_size=batch_size, progress=progress, seed_ids=seed_ids)
+        # Graded as in training; the PPM scores each finished solution once, not every step on its
+        # way.
+        config = dataclasses.replace(base, mode=Mode.TERMINAL, candidates=1, rollouts=1,
+                                     temperature=temperature, seed=base.seed + i, capacity=None)
+        trees = run_search(problems, _engine_policy(policy, tokenizer, config), executor, tokenizer,
+                           config, batch_size=batch_size, progress=progress, seed_ids=seed_ids)
         found = [_answers(tree, graded=True)[:1] for tree in trees]
         for sol, f in zip(out, found):
             # No PPM: no score (a Q here would be the grade itself).
-            sol.candidates.append(dataclasses.replace(f[0], score=0.0) if f else Candidate(None, -1.0, False))
+            if f:
+                sol.candidates.append(dataclasses.replace(f[0], score=0.0))
+            else:
+                sol.candidates.append(Candidate(None, -1.0, False))
     return rescore(out, scorer) if scorer is not None else out
 
 
 def rescore(solutions: Sequence[Solutions], scorer) -> list[Solutions]:
     """The same solutions with each answer's score from `scorer` (a `ValueScorer`: a PPM or an
     ORM), all in one call; a trajectory without an answer keeps its score."""
-    scored = [c for s in solutions for c in s.candidates if c.answer is not None and c.ids]
+    def answered(c: Candidate) -> bool:
+        return c.answer is not None and bool(c.ids)
+
+    scored = [c for s in solutions for c in s.candidates if answered(c)]
     values = iter(scorer.score([c.ids for c in scored]).tolist() if scored else [])
-    return [Solutions(s.problem, [dataclasses.replace(c, score=next(values)) if c.answer is not None and c.ids
-                                  else c for c in s.candidates]) for s in solutions]
+
+    def rescored(c: Candidate) -> Candidate:
+        return dataclasses.replace(c, score=next(values)) if answered(c) else c
+
+    return [Solutions(s.problem, [rescored(c) for c in s.candidates]) for s in solutions]
 
 
 def mcts(problems: Sequence[Problem], policy, scorer, executor, tokenizer, search: SearchConfig, *,
@@ -188,18 +205,21 @@ def mcts(problems: Sequence[Problem], policy, scorer, executor, tokenizer, searc
     """`searches` independent test-time searches of each problem with the PPM (RSTAR.md
     section 3); every answer node found is a candidate, scored by the PPM."""
     if scorer is None:
-        raise ValueError("MCTS evaluation needs a PPM scorer: test-time search scores answers with it")
+        raise ValueError("MCTS evaluation needs a PPM scorer: test-time search scores answers with "
+                         "it")
     out = [Solutions(p, []) for p in problems]
     for i in range(searches):
         config = dataclasses.replace(search, mode=Mode.TEST, seed=search.seed + i)
-        trees = run_search(problems, _engine_policy(policy, tokenizer, config), executor, tokenizer, config,
-                           scorer=scorer, batch_size=batch_size, progress=progress, seed_ids=seed_ids)
+        trees = run_search(problems, _engine_policy(policy, tokenizer, config), executor, tokenizer,
+                           config, scorer=scorer, batch_size=batch_size, progress=progress,
+                           seed_ids=seed_ids)
         for sol, tree in zip(out, trees):
             sol.candidates += _answers(tree, graded=False)
     return out
 
 
-def accuracy(solutions: Sequence[Solutions], rule: str = "highest", k: int | None = None, top_k: int = 4) -> float:
+def accuracy(solutions: Sequence[Solutions], rule: str = "highest", k: int | None = None,
+             top_k: int = 4) -> float:
     """The fraction of problems whose selected answer is correct."""
     if not solutions:
         return math.nan
@@ -207,8 +227,10 @@ def accuracy(solutions: Sequence[Solutions], rule: str = "highest", k: int | Non
     return sum(bool(c and c.correct) for c in picked) / len(solutions)
 
 
-def accuracy_curve(solutions: Sequence[Solutions], rule: str, top_k: int = 4) -> list[tuple[int, float]]:
-    """(k, accuracy with the first k trajectories) for k = 1, 2, 4, ... up to the most any problem has."""
+def accuracy_curve(solutions: Sequence[Solutions], rule: str,
+                   top_k: int = 4) -> list[tuple[int, float]]:
+    """(k, accuracy with the first k trajectories) for k = 1, 2, 4, ... up to the most any
+    problem has."""
     most = max((len(s.candidates) for s in solutions), default=0)
     ks = [2**i for i in range(most.bit_length()) if 2**i < most] + ([most] if most else [])
     return [(k, accuracy(solutions, rule, k, top_k)) for k in ks]
@@ -230,16 +252,18 @@ def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, floa
     return max(0.0, center - half), min(1.0, center + half)
 
 
-def paired_difference(a: Sequence[float], b: Sequence[float], *, samples: int = 10_000, seed: int = 0,
-                      level: float = 0.95) -> dict:
+def paired_difference(a: Sequence[float], b: Sequence[float], *, samples: int = 10_000,
+                      seed: int = 0, level: float = 0.95) -> dict:
     """mean(a) - mean(b) of two methods' outcomes (1 right, 0 wrong) on the same problems, with
     the percentile interval of a paired bootstrap: problems are resampled with replacement and
     each keeps both its outcomes, so what the two methods share does not widen the interval."""
     d = np.asarray(a, np.float64) - np.asarray(b, np.float64)
     if d.ndim != 1 or len(a) != len(b):
-        raise ValueError(f"paired outcomes need two sequences of one length, got {len(a)} and {len(b)}")
+        raise ValueError(f"paired outcomes need two sequences of one length, got {len(a)} and "
+                         f"{len(b)}")
     if not d.size:
-        return {"difference": math.nan, "ci95": [math.nan, math.nan], "n": 0, "wins": 0, "losses": 0}
+        return {"difference": math.nan, "ci95": [math.nan, math.nan], "n": 0, "wins": 0,
+                "losses": 0}
     means = d[np.random.default_rng(seed).integers(0, d.size, size=(samples, d.size))].mean(axis=1)
     lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
     return {"difference": float(d.mean()), "ci95": [float(lo), float(hi)], "n": int(d.size),
@@ -266,14 +290,16 @@ def proportion(right: Sequence[bool]) -> dict:
     return {"accuracy": k / n if n else math.nan, "n": n, "ci95": list(wilson_interval(k, n))}
 
 
-def summary(solutions: Sequence[Solutions], rule: str = "highest", k: int | None = None, top_k: int = 4) -> dict:
+def summary(solutions: Sequence[Solutions], rule: str = "highest", k: int | None = None,
+            top_k: int = 4) -> dict:
     """One method's figures: `proportion` of the answers `rule` picks, the ids of the problems
     it got right, the mean number of trajectories it chose from, the accuracy curve over
     trajectories, and the same per level when problems carry `metadata["level"]`."""
     right = [bool(c and c.correct) for c in (s.select(rule, k, top_k) for s in solutions)]
+    trajectories = float(np.mean([len(s.candidates[:k]) for s in solutions])) if solutions else 0.0
     out = proportion(right) | {
         "correct": [s.problem.id for s, r in zip(solutions, right) if r],
-        "trajectories": float(np.mean([len(s.candidates[:k]) for s in solutions])) if solutions else 0.0}
+        "trajectories": trajectories}
     if max((len(s.candidates) for s in solutions), default=0) > 1:
         out["curve"] = accuracy_curve(solutions, rule, top_k)
     levels: dict[str, list[bool]] = {}
@@ -289,7 +315,8 @@ def _ranking_auc(solutions: Sequence[Solutions]) -> dict:
     """How well the candidates' scores put correct answers above wrong ones: over all answers
     pooled, and within each problem that has both (averaged)."""
     answered = [[c for c in s.candidates if c.answer is not None] for s in solutions]
-    pooled = auc([c.score for cs in answered for c in cs], [c.correct for cs in answered for c in cs])
+    pooled = auc([c.score for cs in answered for c in cs],
+                 [c.correct for cs in answered for c in cs])
     within = [auc([c.score for c in cs], [c.correct for c in cs]) for cs in answered]
     within = [x for x in within if not math.isnan(x)]
     return {"auc": pooled, "auc_within": float(np.mean(within)) if within else math.nan,
@@ -300,9 +327,11 @@ def _ranking_auc(solutions: Sequence[Solutions]) -> dict:
 
 METHODS = ("greedy", "sampled", "mcts")
 # Method rows, in the order the report shows them; the comparisons are paired on the same problems.
-GREEDY, MAJORITY, BEST_PPM, BEST_ORM, MCTS = "greedy", "maj@N", "best-of-N (PPM)", "best-of-N (ORM)", "MCTS + PPM"
+GREEDY, MAJORITY, MCTS = "greedy", "maj@N", "MCTS + PPM"
+BEST_PPM, BEST_ORM = "best-of-N (PPM)", "best-of-N (ORM)"
 PASS = "pass@N (oracle)"  # any of the N samples correct: what a perfect verifier would pick
-COMPARISONS = ((MCTS, BEST_PPM), (BEST_PPM, MAJORITY), (MAJORITY, GREEDY), (BEST_PPM, BEST_ORM), (MCTS, GREEDY))
+COMPARISONS = ((MCTS, BEST_PPM), (BEST_PPM, MAJORITY), (MAJORITY, GREEDY), (BEST_PPM, BEST_ORM),
+               (MCTS, GREEDY))
 
 
 @dataclasses.dataclass
@@ -321,14 +350,16 @@ class Evaluation:
 def compare(problems: Sequence[str], a: dict, b: dict, **kwargs) -> dict:
     """`paired_difference` of two summaries of the same problems (ids, in any order)."""
     right_a, right_b = set(a["correct"]), set(b["correct"])
-    return paired_difference([p in right_a for p in problems], [p in right_b for p in problems], **kwargs)
+    return paired_difference([p in right_a for p in problems], [p in right_b for p in problems],
+                             **kwargs)
 
 
-def evaluate_policy(problems: Sequence[Problem], policy, executor, tokenizer, *, budget: SearchConfig,
-                    search: SearchConfig | None = None, ppm=None, orm=None, samples: int | None = None,
-                    temperature: float = 0.7, searches: int = 1, methods: Sequence[str] = METHODS,
-                    batch_size: int | None = None, progress: bool | None = None, process: tuple[int, int] = (0, 1),
-                    gather: Gather | None = None) -> Evaluation:
+def evaluate_policy(problems: Sequence[Problem], policy, executor, tokenizer, *,
+                    budget: SearchConfig, search: SearchConfig | None = None, ppm=None, orm=None,
+                    samples: int | None = None, temperature: float = 0.7, searches: int = 1,
+                    methods: Sequence[str] = METHODS,
+                    batch_size: int | None = None, progress: bool | None = None,
+                    process: tuple[int, int] = (0, 1), gather: Gather | None = None) -> Evaluation:
     """Greedy pass@1, maj@N and best-of-N over N sampled solutions (best-of-N with the PPM and,
     given one, an outcome reward model `orm`), and MCTS + PPM with `searches` test-time searches
     of `search`, on `problems`. N defaults to search.rollouts x searches, MCTS's trajectory
@@ -344,7 +375,8 @@ def evaluate_policy(problems: Sequence[Problem], policy, executor, tokenizer, *,
         raise ValueError(f"unknown methods {sorted(unknown)}; choose from {', '.join(METHODS)}")
     index, count = process
     if count > 1 and gather is None:
-        raise ValueError(f"process {index} of {count}: several processes need a gather to exchange solutions")
+        raise ValueError(f"process {index} of {count}: several processes need a gather to exchange "
+                         "solutions")
     positions = share(len(problems), index, count, batch_size)  # one process: every problem
     mine = [problems[i] for i in positions]
     kw = {"batch_size": batch_size, "progress": progress, "seed_ids": positions}
@@ -358,11 +390,13 @@ def evaluate_policy(problems: Sequence[Problem], policy, executor, tokenizer, *,
         greedy = solve(mine, policy, executor, tokenizer, search=budget, **kw)
         results[GREEDY] = summary(everyone("greedy", greedy))
         for name, model in (("ppm", ppm), ("orm", orm)):
-            if model is not None:  # one answer a problem: only the pooled AUC, cheap enough for every round
+            if model is not None:
+                # one answer a problem: only the pooled AUC, cheap enough for every round
                 scored = everyone(f"greedy scored by the {name}", rescore(greedy, model))
                 quality[f"{name}_auc_greedy"] = _ranking_auc(scored)["auc"]
     if "sampled" in methods:
-        sampled = solve(mine, policy, executor, tokenizer, samples=n, temperature=temperature, search=budget, **kw)
+        sampled = solve(mine, policy, executor, tokenizer, samples=n, temperature=temperature,
+                        search=budget, **kw)
         everyone_sampled = everyone("sampled", sampled)
         results[MAJORITY] = summary(everyone_sampled, "majority")
         results[PASS] = summary(everyone_sampled, "oracle")
@@ -372,7 +406,8 @@ def evaluate_policy(problems: Sequence[Problem], policy, executor, tokenizer, *,
                 results[BEST_PPM if name == "ppm" else BEST_ORM] = summary(scored, "highest")
                 quality |= {f"{name}_{k}": v for k, v in _ranking_auc(scored).items()}
     if "mcts" in methods and ppm is not None and search is not None:
-        found = everyone("mcts", mcts(mine, policy, ppm, executor, tokenizer, search, searches=searches, **kw))
+        found = everyone("mcts", mcts(mine, policy, ppm, executor, tokenizer, search,
+                                      searches=searches, **kw))
         results[MCTS] = summary(found, "highest" if searches == 1 else "top_k_vote")
         results[MCTS + " (weighted vote)"] = summary(found, "weighted_vote")
     ids = [p.id for p in problems]
@@ -390,36 +425,47 @@ def _interval(r: dict) -> str:
     return f"{_pct(r['accuracy'])} [{_pct(lo)}, {_pct(hi)}]"
 
 
-def report(evaluation: Evaluation, out_dir: str | pathlib.Path | None = None, title: str = "evaluation") -> str:
+def report(evaluation: Evaluation, out_dir: str | pathlib.Path | None = None,
+           title: str = "evaluation") -> str:
     """Markdown of an evaluation: a row per method (accuracy, 95% interval, n, trajectories,
     per level), the reward models' AUCs and the paired differences. With `out_dir`, also
     `results.json` ({method: summary}), `results.md`, `evaluation.json` (all of it) and
     `accuracy.png` (accuracy against trajectories, a line per method with a curve)."""
     results = evaluation.results
     levels = sorted({lv for r in results.values() for lv in r.get("levels", {})})
-    head = f"| {title} | accuracy [95% CI] | n | trajectories |" + "".join(f" level {lv} |" for lv in levels)
+    head = f"| {title} | accuracy [95% CI] | n | trajectories |"
+    head += "".join(f" level {lv} |" for lv in levels)
     lines = [head, "|---" * (4 + len(levels)) + "|"]
+
+    def level_cell(r: dict, lv) -> str:
+        if lv not in r.get("levels", {}):
+            return " - |"
+        return f" {_pct(r['levels'][lv]['accuracy'])} ({r['levels'][lv]['n']}) |"
+
     for name, r in results.items():
-        cells = "".join(f" {_pct(r['levels'][lv]['accuracy'])} ({r['levels'][lv]['n']}) |" if lv in r.get("levels", {})
-                        else " - |" for lv in levels)
+        cells = "".join(level_cell(r, lv) for lv in levels)
         lines.append(f"| {name} | {_interval(r)} | {r['n']} | {r['trajectories']:.1f} |{cells}")
     if evaluation.quality:
         q = evaluation.quality
-        lines += ["", "| reward model | AUC (all answers) | AUC (within a problem) |", "|---|---|---|"]
-        lines += [f"| {m.upper()} | {q[f'{m}_auc']:.3f} | {q[f'{m}_auc_within']:.3f} |" for m in ("ppm", "orm")
+        lines += ["", "| reward model | AUC (all answers) | AUC (within a problem) |",
+                  "|---|---|---|"]
+        lines += [f"| {m.upper()} | {q[f'{m}_auc']:.3f} | {q[f'{m}_auc_within']:.3f} |"
+                  for m in ("ppm", "orm")
                   if f"{m}_auc" in q]
     if evaluation.comparisons:
-        lines += ["", "| paired difference | accuracy points [95% CI] | wins / losses |", "|---|---|---|"]
+        lines += ["", "| paired difference | accuracy points [95% CI] | wins / losses |",
+                  "|---|---|---|"]
         for name, c in evaluation.comparisons.items():
             lo, hi = c["ci95"]
-            lines.append(f"| {name} | {100 * c['difference']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}] | "
-                         f"{c['wins']} / {c['losses']} |")
+            lines.append(f"| {name} | {100 * c['difference']:+.1f} [{100 * lo:+.1f}, "
+                         f"{100 * hi:+.1f}] | {c['wins']} / {c['losses']} |")
     table = "\n".join(lines) + "\n"
     if out_dir is not None:
         out = pathlib.Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
-        (out / "evaluation.json").write_text(json.dumps(dataclasses.asdict(evaluation), indent=1) + "\n")
+        (out / "evaluation.json").write_text(json.dumps(dataclasses.asdict(evaluation),
+                                                        indent=1) + "\n")
         (out / "results.md").write_text(table)
         curves = {name: r["curve"] for name, r in results.items() if len(r.get("curve", ())) > 1}
         if curves:
@@ -428,12 +474,12 @@ def report(evaluation: Evaluation, out_dir: str | pathlib.Path | None = None, ti
 
 
 def _plot(curves: dict[str, list], path: pathlib.Path, title: str) -> None:
-    plot_lines({name: tuple(zip(*curve)) for name, curve in curves.items()}, path, xlabel="trajectories per problem",
-               ylabel="accuracy (%)", title=title, log2_x=True)
+    plot_lines({name: tuple(zip(*curve)) for name, curve in curves.items()}, path,
+               xlabel="trajectories per problem", ylabel="accuracy (%)", title=title, log2_x=True)
 
 
-def plot_lines(lines: dict[str, tuple], path: pathlib.Path, *, xlabel: str, ylabel: str, title: str = "",
-               log2_x: bool = False, xticks: Sequence | None = None) -> None:
+def plot_lines(lines: dict[str, tuple], path: pathlib.Path, *, xlabel: str, ylabel: str,
+               title: str = "", log2_x: bool = False, xticks: Sequence | None = None) -> None:
     """Writes a PNG with one line per {name: (xs, fractions)}; fractions are drawn as percents."""
     import matplotlib
 

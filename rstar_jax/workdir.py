@@ -37,7 +37,8 @@ def default_cache(url: str) -> pathlib.Path:
 
 
 class Mirror:
-    """The remote directory `url` and its local copy `cache`; the remote is the truth for what it holds."""
+    """The remote directory `url` and its local copy `cache`; the remote is the truth for what
+    it holds."""
 
     def __init__(self, url: str, cache: str | os.PathLike | None = None):
         import fsspec
@@ -46,12 +47,18 @@ class Mirror:
         try:
             self.fs, self.root = fsspec.core.url_to_fs(self.url)
         except (ImportError, ValueError) as e:
-            extra = " (`pip install 'rstar_jax[gcs]'`, i.e. gcsfs)" if self.url.startswith("gs://") else ""
+            extra = ""
+            if self.url.startswith("gs://"):
+                extra = " (`pip install 'rstar_jax[gcs]'`, i.e. gcsfs)"
             raise ValueError(f"--workdir={self.url}: no filesystem for this URL{extra}: {e}") from e
         self.root = self.root.rstrip("/")
-        self.local = pathlib.Path(cache).expanduser().absolute() if cache else default_cache(self.url)
+        if cache:
+            self.local = pathlib.Path(cache).expanduser().absolute()
+        else:
+            self.local = default_cache(self.url)
         self.local.mkdir(parents=True, exist_ok=True)
-        self._synced: dict[str, tuple[int, int]] = {}  # rel path -> local (size, mtime_ns) when last synced
+        # rel path -> local (size, mtime_ns) when last synced
+        self._synced: dict[str, tuple[int, int]] = {}
 
     def _remote(self, rel: str) -> str:
         return posixpath.join(self.root, rel) if rel else self.root
@@ -61,9 +68,13 @@ class Mirror:
         path = self._remote(rel)
         if not self.fs.exists(path):
             return {}
-        found = self.fs.find(path, detail=True) if self.fs.isdir(path) else {path: self.fs.info(path)}
+        if self.fs.isdir(path):
+            found = self.fs.find(path, detail=True)
+        else:
+            found = {path: self.fs.info(path)}
         root = self.fs._strip_protocol(self.root)
-        return {posixpath.relpath(self.fs._strip_protocol(p), root): int(info["size"]) for p, info in found.items()
+        return {posixpath.relpath(self.fs._strip_protocol(p), root): int(info["size"])
+                for p, info in found.items()
                 if info.get("type", "file") == "file"}
 
     def _stat(self, rel: str) -> tuple[int, int]:

@@ -81,7 +81,8 @@ def split_policy_prompt(text: str) -> tuple[str, str]:
     """
     end = text.find(_PROMPT_TAIL)
     if not text.startswith(_PROMPT_HEAD) or end < len(_PROMPT_HEAD):
-        raise ValueError(f"text does not start with the policy prompt {POLICY_PROMPT!r}: {text[:80]!r}")
+        raise ValueError(f"text does not start with the policy prompt {POLICY_PROMPT!r}: "
+                         f"{text[:80]!r}")
     return text[len(_PROMPT_HEAD):end], text[end + len(_PROMPT_TAIL):]
 
 
@@ -217,7 +218,8 @@ def truncate_output(stdout: str, limit: int = MAX_OUTPUT_CHARS) -> str:
 
 # Spellings that tokenizers turn into single special ids: the step and chat tokens, and the
 # `<|...|>` family (Phi-3's and Qwen's end-of-text and role tokens).
-_TOKEN_SPELLING = re.compile("|".join([*map(re.escape, (*STEP_TOKENS, *CHAT_TOKENS)), r"<\|[^<>|\s]*\|>"]))
+_TOKEN_SPELLING = re.compile("|".join([*map(re.escape, (*STEP_TOKENS, *CHAT_TOKENS)),
+                                       r"<\|[^<>|\s]*\|>"]))
 
 
 def escape_tokens(text: str) -> str:
@@ -239,7 +241,8 @@ def output_block(stdout: str) -> str:
 def insert_output(text: str, stdout: str) -> str:
     """`text` (a step or a response ending with `<end_of_code>`) followed by `output_block(stdout)`."""
     if not text.endswith(END_OF_CODE):
-        raise ValueError(f"an output block follows {END_OF_CODE}, but the text ends with {text[-40:]!r}")
+        raise ValueError(f"an output block follows {END_OF_CODE}, but the text ends with "
+                         f"{text[-40:]!r}")
     return text + output_block(stdout)
 
 
