@@ -54,7 +54,8 @@ class RoundResult:
         this round's greedy accuracy against round 0's on the same problems."""
         self.accuracy = {name: {k: v for k, v in r.items() if k != "curve"}
                          for name, r in evaluation["results"].items()}
-        self.quality, self.comparisons = dict(evaluation["quality"]), dict(evaluation["comparisons"])
+        self.quality = dict(evaluation["quality"])
+        self.comparisons = dict(evaluation["comparisons"])
         self.greedy = self.accuracy.get(GREEDY, {}).get("accuracy", math.nan)
         self.mcts = self.accuracy.get(MCTS, {}).get("accuracy", math.nan)
         if first is not None and GREEDY in first.accuracy and GREEDY in self.accuracy:
@@ -81,7 +82,9 @@ def table(results: Sequence[RoundResult]) -> str:
              "| " + " | ".join(methods) + " | PPM held-out pair acc. | PPM AUC | ORM AUC "
              "| PPM AUC (greedy answers) | minutes |", "|---" * (12 + len(methods)) + "|"]
     for x in results:
-        solved = f"{x.solved}/{x.problems} {_pct(x.solved / x.problems)} ({x.solved_first})" if x.problems else "-"
+        solved = "-"
+        if x.problems:
+            solved = f"{x.solved}/{x.problems} {_pct(x.solved / x.problems)} ({x.solved_first})"
         sft = f"{x.sft} ({x.sft_steps})" if x.sft else "-"
         pairs = f"{x.pairs} ({x.ppm_steps})" if x.pairs else "-"
         accs = " | ".join(_pct(x.accuracy.get(m, {}).get("accuracy")) for m in methods)

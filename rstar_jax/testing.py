@@ -59,9 +59,10 @@ def random_search_tree(seed: int, *, nodes: int = 200, candidates: int = 4, max_
     and tests of what consumes trees (records, extraction).
 
     Expansions of random open nodes add 1..candidates children until `nodes` exist (the search
-    then overflows) or no node is open (the root is then terminal): answers (+1 or -1, terminal, backed up to the root), failing code steps, and
-    open code steps with a random PPM value (N = 1, W = value); a step at max_depth that is not
-    an answer is terminal with -1. Texts are ~step_chars characters of step-format code.
+    then overflows) or no node is open (the root is then terminal): answers (+1 or -1, terminal,
+    backed up to the root), failing code steps, and open code steps with a random PPM value
+    (N = 1, W = value); a step at max_depth that is not an answer is terminal with -1. Texts are
+    ~step_chars characters of step-format code.
     """
     from rstar_jax.data.problem import Problem
     from rstar_jax.data.tree import SearchTree
@@ -102,7 +103,8 @@ def random_search_tree(seed: int, *, nodes: int = 200, candidates: int = 4, max_
                 failed = rng.random() < p_failed
                 dead = d > max_depth
                 v = -1.0 if dead else float(rng.uniform(-1, 1))
-                visits.append(1), value.append(v), init.append(0.0 if dead else v), reward.append(-1.0 if dead else 0.0)
+                visits.append(1), value.append(v)
+                init.append(0.0 if dead else v), reward.append(-1.0 if dead else 0.0)
                 terminal.append(dead), valid.append(not failed), answer.append(False)
                 if not dead:
                     open_nodes.append(c)

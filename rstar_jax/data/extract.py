@@ -145,7 +145,9 @@ def trajectories(tree) -> list[Trajectory]:
 def _far(a: str, b: str, min_distance: int) -> bool:
     """Whether the edit distance of a and b is at least min_distance (rapidfuzz stops counting
     at the cutoff, so long texts cost little)."""
-    return min_distance == 0 or Levenshtein.distance(a, b, score_cutoff=min_distance) >= min_distance
+    if min_distance == 0:
+        return True
+    return Levenshtein.distance(a, b, score_cutoff=min_distance) >= min_distance
 
 
 def _too_few_correct(trajs: list[Trajectory], config: ExtractConfig) -> bool:
@@ -173,7 +175,8 @@ def _sides(pos: list, neg: list, config: ExtractConfig) -> tuple[list, list]:
 
 
 def extract_ppm(tree, config: ExtractConfig = ExtractConfig(), *, source: str = "search",
-                trajs: list[Trajectory] | None = None, stats: ExtractStats | None = None) -> list[PPMPair]:
+                trajs: list[Trajectory] | None = None,
+                stats: ExtractStats | None = None) -> list[PPMPair]:
     """The step and final-step PPM pairs of one tree (module docstring)."""
     stats = ExtractStats() if stats is None else stats
     answers = _check_graded(tree)

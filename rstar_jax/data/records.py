@@ -357,12 +357,15 @@ def _released_rows(path: str | pathlib.Path, keys: tuple[str, ...]) -> list[dict
                              f"got a {type(rows).__name__}")
     for i, row in enumerate(rows):
         if not isinstance(row, dict):
-            raise ValueError(f"{path}, row {i}: expected an object with keys {list(keys)}, "  # noqa: TRY004 (bad file)
+            # a bad file, not a bad argument: ValueError
+            raise ValueError(f"{path}, row {i}: expected an object with keys {list(keys)}, "
                              f"got {type(row).__name__}")
         for key in keys:
             if not isinstance(row.get(key), str):
-                what = "is missing" if key not in row else f"is a {type(row[key]).__name__}, not a string"
-                raise ValueError(f"{path}, row {i}: key {key!r} {what} (keys: {sorted(row)}); "  # noqa: TRY004
+                what = "is missing"
+                if key in row:
+                    what = f"is a {type(row[key]).__name__}, not a string"
+                raise ValueError(f"{path}, row {i}: key {key!r} {what} (keys: {sorted(row)}); "
                                  f"released rStar-Math rows have {list(keys)}")
     return rows
 

@@ -172,7 +172,9 @@ def read_problems(path: str | pathlib.Path, *, preset: str = "rstar",
     for i, row in enumerate(_rows(path)):
         where = f"{path}, row {i}"
         if not isinstance(row, Mapping):
-            raise ValueError(f"{where}: a problem is an object, got {type(row).__name__} {str(row)[:60]!r}")  # noqa: TRY004 (bad file content)
+            # a bad file's content, not a bad argument: ValueError
+            raise ValueError(f"{where}: a problem is an object, got {type(row).__name__} "
+                             f"{str(row)[:60]!r}")
         question = row.get(layout.question)
         if not isinstance(question, str) or not question.strip():
             raise ValueError(f"{where}: no question in field {layout.question!r} (keys: "

@@ -129,8 +129,8 @@ def _arithmetic(rng: random.Random, level: int):
         expr_terms = terms[:i] + ["group"] + terms[j + 1:]
         expr_syms = symbols[:i] + symbols[j:]
         shown = text(0, i - 1) + f" {symbols[i - 1]} " if i > 0 else ""
-        question_expr = shown + f"({inner})" + ("".join(f" {s} {show(t)}"
-                                                        for s, t in zip(symbols[j:], terms[j + 1:])))
+        rest = "".join(f" {s} {show(t)}" for s, t in zip(symbols[j:], terms[j + 1:]))
+        question_expr = shown + f"({inner})" + rest
     else:
         expr_terms, expr_syms, question_expr = terms, symbols, text(0, ops)
     values = terms if not group else terms[:i] + [_evaluate(terms[i:j + 1],
@@ -310,7 +310,8 @@ def _shopping(rng, name):
                  f"{name} pays with {paid} dollars."]
     steps = [(f"the {items} cost {count} times {price} dollars", f"cost = {count} * {price}"),
              (f"the change is what is left of {paid} dollars", f"change = {paid} - cost")]
-    return sentences, f"How much change, in dollars, does {name} get?", steps, "change", paid - count * price
+    question = f"How much change, in dollars, does {name} get?"
+    return sentences, question, steps, "change", paid - count * price
 
 
 def _ages(rng, name):
@@ -336,7 +337,8 @@ def _travel(rng, name):
     steps = [("distance of the first part is speed times time", f"first = {speed} * {hours}"),
              ("distance of the second part", f"second = {speed2} * {hours2}"),
              ("add the two parts", "distance = first + second")]
-    return sentences, f"How many kilometres does {name} drive in total?", steps, "distance", speed * hours + speed2 * hours2
+    question = f"How many kilometres does {name} drive in total?"
+    return sentences, question, steps, "distance", speed * hours + speed2 * hours2
 
 
 def _production(rng, name):
@@ -348,7 +350,8 @@ def _production(rng, name):
     steps = [("toys made in one day", f"made = {per_hour} * {hours}"),
              ("good toys in one day", f"good = made - {broken}"),
              (f"good toys in {days} days", f"total = good * {days}")]
-    return sentences, f"How many good toys does it make in {days} days?", steps, "total", (per_hour * hours - broken) * days
+    question = f"How many good toys does it make in {days} days?"
+    return sentences, question, steps, "total", (per_hour * hours - broken) * days
 
 
 def _sharing(rng, name):

@@ -266,7 +266,10 @@ def _stop_ids(value, vocab: int) -> list[int]:
     """Stop token ids from any sequence or array of integers, each checked."""
     if isinstance(value, str | bytes) or _integer(value) is not None:
         raise ValueError(f"stop_token_ids must be a sequence of token ids; got {value!r}")
-    items = np.asarray(value).ravel().tolist() if isinstance(value, np.ndarray | jax.Array) else list(value)
+    if isinstance(value, np.ndarray | jax.Array):
+        items = np.asarray(value).ravel().tolist()
+    else:
+        items = list(value)
     stops = [_integer(s) for s in items]
     if None in stops:
         raise ValueError(f"stop_token_ids must be a sequence of token ids; got {value!r}")
@@ -353,7 +356,8 @@ class PrefixStore:
         self._arrays = None
         self.forget()
 
-    def plan(self, cache_rows, prompts: Sequence[np.ndarray], what: str = "prompt") -> tuple[list[int], list[int]]:
+    def plan(self, cache_rows, prompts: Sequence[np.ndarray],
+             what: str = "prompt") -> tuple[list[int], list[int]]:
         """(row, start) of each prompt: it runs from `start`, the first token its row does not
         hold, and at least its last token runs."""
         rows = [_integer(r) for r in np.asarray(cache_rows).ravel().tolist()]
@@ -484,7 +488,8 @@ class Engine:
 
     def generate(self, prompt_ids, max_new_tokens: int = 64, temperature=0.0, top_p=1.0,
                  stop_token_ids: Sequence[int] = (), seed=0, *, top_k=0, num_samples: int = 1,
-                 prompt_lengths=None, return_logprobs: bool = False, cache_rows=None) -> GenerationResult:
+                 prompt_lengths=None, return_logprobs: bool = False,
+                 cache_rows=None) -> GenerationResult:
         """Samples `num_samples` continuations of each prompt.
 
         prompt_ids: int[B, P] (every row full unless prompt_lengths says otherwise) or B lists of
@@ -555,7 +560,8 @@ class Engine:
 
 def generate(model: CausalLM, prompt_ids, max_new_tokens: int = 64, temperature=0.0, top_p=1.0,
              stop_token_ids: Sequence[int] = (), seed=0, *, top_k=0, num_samples: int = 1,
-             prompt_lengths=None, return_logprobs: bool = False, vocab_size: int | None = None, pad_id: int = 0) -> GenerationResult:
+             prompt_lengths=None, return_logprobs: bool = False, vocab_size: int | None = None,
+             pad_id: int = 0) -> GenerationResult:
     """One-off generation; see `Engine.generate`. A search calls an `Engine` instead, which keeps
     its KV buffer between calls. Compiled steps are shared either way."""
     engine = Engine(model, vocab_size=vocab_size, pad_id=pad_id)

@@ -12,7 +12,8 @@ import numpy as np
 from flax import nnx
 
 from rstar_jax._checks import positive_int
-from rstar_jax.engine.generation import PrefixStore, _pow2, extend_prefix, model_mesh, pack_rows, prompt_bucket
+from rstar_jax.engine.generation import (PrefixStore, _pow2, extend_prefix, model_mesh, pack_rows,
+                                         prompt_bucket)
 from rstar_jax.models.cache import ForkCache, KVCache
 from rstar_jax.models.transformer import CausalLM
 
@@ -43,7 +44,8 @@ def _fork_values(graphdef, state, prefix_ids, prefix_lengths, ids, lengths, *, s
 def _children_values(model, cache, prefix_lengths, rope, ids, lengths, samples):
     """The values of the continuations ids [B*F, T] (lengths [B*F]) read through `cache` (a
     `KVCache` of `ForkCache`s over the B prefixes)."""
-    positions = jnp.repeat(prefix_lengths, samples)[:, None] + jnp.arange(ids.shape[1], dtype=jnp.int32)
+    steps = jnp.arange(ids.shape[1], dtype=jnp.int32)
+    positions = jnp.repeat(prefix_lengths, samples)[:, None] + steps
     hidden, _ = model.hidden_states(ids, positions, cache=cache,
                                     rope_lengths=jnp.repeat(rope, samples))
     return model.value_of(jnp.take_along_axis(hidden, (lengths - 1)[:, None, None], axis=1)[:, 0])
@@ -189,4 +191,6 @@ class ValueScorer:
         return out
 
     def _squash(self, values: np.ndarray) -> np.ndarray:
-        return values if self.raw_scale is None else np.tanh(values / self.raw_scale).astype(np.float32)
+        if self.raw_scale is None:
+            return values
+        return np.tanh(values / self.raw_scale).astype(np.float32)

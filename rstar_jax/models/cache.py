@@ -90,7 +90,8 @@ class ForkCache:
 
     @staticmethod
     def prefix_layout(prefix: SlotCache) -> tuple[jax.Array, jax.Array]:
-        """A prefill's SlotCache [B, P, K, D] as prefix keys [B, K, D, P] and values [B, K, P, D]."""
+        """A prefill's SlotCache [B, P, K, D] as prefix keys [B, K, D, P] and values
+        [B, K, P, D]."""
         return prefix.keys.transpose(0, 2, 3, 1), prefix.values.transpose(0, 2, 1, 3)
 
     @classmethod
@@ -120,8 +121,8 @@ class ForkCache:
             x = x.reshape(b, kv_heads, f, m, *x.shape[3:])
             return jnp.swapaxes(x, 1, 2).reshape(rows, kv_heads, m, *x.shape[4:])
 
-        q_own = (q * d**-0.5).reshape(rows, new, kv_heads, groups, d).transpose(0, 2, 1, 3, 4).reshape(
-            rows, kv_heads, m, d)
+        q_own = (q * d**-0.5).reshape(rows, new, kv_heads, groups, d)
+        q_own = q_own.transpose(0, 2, 1, 3, 4).reshape(rows, kv_heads, m, d)
         batch = ((0, 1), (0, 1))
         prefix_scores = jax.lax.dot_general(by_prefix(q_own), self.prefix_keys.astype(dtype),
                                             (((3,), (2,)), batch),
@@ -132,8 +133,8 @@ class ForkCache:
         prefix_ok = jnp.arange(p) < self.prefix_lengths[:, None, None, None]
         own_ok = jnp.arange(length) <= own_slot
         if window is not None:
-            pos = by_prefix(jnp.broadcast_to(jnp.repeat(positions, groups, axis=1)[:, None, :, None],
-                                             (rows, kv_heads, m, 1)))
+            query_pos = jnp.repeat(positions, groups, axis=1)[:, None, :, None]
+            pos = by_prefix(jnp.broadcast_to(query_pos, (rows, kv_heads, m, 1)))
             prefix_ok = prefix_ok & (pos - jnp.arange(p) < window)
             own_ok = own_ok & (own_slot - jnp.arange(length) < window)
         prefix_scores = jnp.where(prefix_ok, prefix_scores, MASKED)
@@ -147,7 +148,8 @@ class ForkCache:
         out = out + jax.lax.dot_general(own_weights.astype(dtype), values.astype(dtype),
                                         (((3,), (2,)), batch))
         out = (out / total[..., None].astype(out.dtype)).astype(dtype)  # [B*F, K, M, D]
-        out = out.reshape(rows, kv_heads, new, groups, d).transpose(0, 2, 1, 3, 4).reshape(rows, new, heads, d)
+        out = out.reshape(rows, kv_heads, new, groups, d).transpose(0, 2, 1, 3, 4)
+        out = out.reshape(rows, new, heads, d)
         return out, ForkCache(self.prefix_keys, self.prefix_values, self.prefix_lengths, keys,
                               values)
 

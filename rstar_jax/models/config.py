@@ -126,7 +126,8 @@ class ModelConfig:
         return int(self.head_dim * self.partial_rotary_factor)
 
     def num_params(self, include_embeddings: bool = True) -> int:
-        """Parameter count of the LM (no value head); non-embedding counts exclude the embedding and LM head."""
+        """Parameter count of the LM (no value head); non-embedding counts exclude the embedding
+        and LM head."""
         e, h, k, d, i = (self.hidden_size, self.num_attention_heads, self.num_key_value_heads,
                          self.head_dim, self.intermediate_size)
         attn = e * (h + 2 * k) * d + h * d * e
@@ -233,14 +234,16 @@ class ModelConfig:
             "rope_scaling": None,
             "tie_word_embeddings": self.tie_word_embeddings,
             "bos_token_id": self.bos_token_id,
-            "eos_token_id": list(self.eos_token_id) if isinstance(self.eos_token_id, tuple) else self.eos_token_id,
+            "eos_token_id": (list(self.eos_token_id) if isinstance(self.eos_token_id, tuple)
+                             else self.eos_token_id),
             "pad_token_id": self.pad_token_id,
         }
         if self.rope_scaling:
             params = self.rope_params
             if self.model_type == "phi3" and self.rope_type == "longrope":
                 # The layout Phi-3's own checkpoints use, which every transformers release reads.
-                hf["original_max_position_embeddings"] = params.pop("original_max_position_embeddings")
+                original = params.pop("original_max_position_embeddings")
+                hf["original_max_position_embeddings"] = original
                 params = {"type": params.pop("rope_type"), **params}
             hf["rope_scaling"] = params
         if self.partial_rotary_factor != 1.0:

@@ -177,7 +177,9 @@ def from_pretrained(path: str | Path, dtype=jnp.float32, *, param_dtype=None,
     config = read_config(path)
     files = tensor_files.TensorFiles.from_dir(path)
     head_file = path / VALUE_HEAD_FILE
-    head_files = tensor_files.TensorFiles([head_file]) if head_file.exists() and value_head is not False else None
+    head_files = None
+    if head_file.exists() and value_head is not False:
+        head_files = tensor_files.TensorFiles([head_file])
     if value_head is None:
         value_head = head_files is not None
     if value_tanh is None:

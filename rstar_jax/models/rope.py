@@ -69,7 +69,8 @@ class RotaryEmbedding:
         self.inv_freq = inv_freq.astype(np.float32)  # [rotary_dim / 2]
         self.long_inv_freq = long_inv_freq.astype(np.float32)  # [rotary_dim / 2]
 
-    def __call__(self, positions: jax.Array, lengths: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    def __call__(self, positions: jax.Array,
+                 lengths: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
         """positions: int32[B, T] -> (cos, sin), each float32[B, T, rotary_dim].
 
         Under longrope a sequence longer than the pretraining length uses the long factors at

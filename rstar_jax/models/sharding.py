@@ -57,7 +57,8 @@ class ShardingRules:
             return ()
         return (target,) if isinstance(target, str) else tuple(target)
 
-    def spec(self, logical_axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh) -> PartitionSpec:
+    def spec(self, logical_axes: Sequence[str | None], shape: Sequence[int],
+             mesh: Mesh) -> PartitionSpec:
         """PartitionSpec for an array of `shape` whose dims are named `logical_axes`.
 
         A mesh axis is dropped for a dim it does not divide (for example 4 KV heads on a tensor

@@ -55,7 +55,8 @@ class RMSNorm(nnx.Module):
 class Attention(nnx.Module):
     def __init__(self, config: ModelConfig, window: int | None, *, dtype, param_dtype,
                  implementation: str, rules: ShardingRules, rngs: nnx.Rngs):
-        e, h, k, d = config.hidden_size, config.num_attention_heads, config.num_key_value_heads, config.head_dim
+        e, h = config.hidden_size, config.num_attention_heads
+        k, d = config.num_key_value_heads, config.head_dim
         self.q_proj = _param(rngs, (e, h, d), ("embed", "heads", "head_dim"), param_dtype)
         self.k_proj = _param(rngs, (e, k, d), ("embed", "kv_heads", "head_dim"), param_dtype)
         self.v_proj = _param(rngs, (e, k, d), ("embed", "kv_heads", "head_dim"), param_dtype)
@@ -286,12 +287,14 @@ class CausalLM(nnx.Module):
         if lengths is None:
             lengths = jnp.full((input_ids.shape[0],), input_ids.shape[1], jnp.int32)
         hidden, _ = self.hidden_states(input_ids, positions, rope_lengths=lengths)
-        return self.value_of(jnp.take_along_axis(hidden, (lengths - 1)[:, None, None], axis=1)[:, 0])
+        last = jnp.take_along_axis(hidden, (lengths - 1)[:, None, None], axis=1)[:, 0]
+        return self.value_of(last)
 
     def value_of(self, hidden: jax.Array) -> jax.Array:
         """The value head on final hidden states [..., E] -> float32[...]."""
         if not self.has_value_head:
             raise ValueError("this model has no value head; build it with value_head=True")
         score = jnp.einsum("...e,eo->...o", hidden, self.value_head[...].astype(self.dtype),
-                           preferred_element_type=jnp.float32)[..., 0] + self.value_bias[...].astype(jnp.float32)[0]
+                           preferred_element_type=jnp.float32)[..., 0]
+        score = score + self.value_bias[...].astype(jnp.float32)[0]
         return jnp.tanh(score) if self.value_tanh else score

@@ -63,7 +63,8 @@ def set_new_rows(model: CausalLM, new_ids: list[int], trained_rows: int, num_row
     model.config = config.replace(vocab_size=num_rows)
 
 
-def add_step_tokens(model: CausalLM, tokenizer: Tokenizer, pad_to_multiple: int = 128) -> dict[str, int]:
+def add_step_tokens(model: CausalLM, tokenizer: Tokenizer,
+                    pad_to_multiple: int = 128) -> dict[str, int]:
     """Adds the step tokens to `tokenizer` (a no-op for tokens it has) and gives each newly added
     token a row starting at the mean embedding. The tables grow, to a multiple of
     `pad_to_multiple` rows (so a tensor axis can shard them), only when the ids do not fit.
@@ -87,7 +88,8 @@ def add_step_tokens(model: CausalLM, tokenizer: Tokenizer, pad_to_multiple: int 
 
 
 def missing_step_tokens(tokenizer: Tokenizer) -> list[str]:
-    """The step tokens `tokenizer` does not have as single tokens (a stock checkpoint: all seven)."""
+    """The step tokens `tokenizer` does not have as single tokens (a stock checkpoint: all
+    seven)."""
     return [t for t in STEP_TOKENS if tokenizer.token_to_id(t) is None]
 
 
@@ -180,7 +182,9 @@ def _check_source(source: pathlib.Path, tok_dir: pathlib.Path, given: bool) -> N
                                 "download <repo> --local-dir DIR`)")
     if backend_of(tok_dir) is None:
         where = "tokenizer directory" if given else "checkpoint directory"
-        found = sorted(p.name for p in tok_dir.iterdir()) if tok_dir.is_dir() else "no such directory"
+        found = "no such directory"
+        if tok_dir.is_dir():
+            found = sorted(p.name for p in tok_dir.iterdir())
         raise FileNotFoundError(
             f"{where} {tok_dir} has no tokenizer ({' or '.join(BACKENDS.values())}; found: "
             f"{found}); download the checkpoint's tokenizer files too, or name the directory that "

@@ -4,10 +4,10 @@ Standard library only: this module runs inside the worker process before any pro
 Both mechanisms are applied to the calling process and cannot be undone by it.
 
 * Landlock (Linux >= 5.13): file reads only beneath an allowlist of directories (the Python
-  installation, system libraries, loader and time zone files, the worker's own /proc entry), file writes only
-  beneath the scratch directory (and to /dev/null), no execve of anything; from ABI 4 no TCP
-  bind/connect; from ABI 6 no signals to processes outside the sandbox and no abstract unix
-  sockets.
+  installation, system libraries, loader and time zone files, the worker's own /proc entry),
+  file writes only beneath the scratch directory (and to /dev/null), no execve of anything;
+  from ABI 4 no TCP bind/connect; from ABI 6 no signals to processes outside the sandbox and no
+  abstract unix sockets.
 * seccomp (x86_64, aarch64): no new processes or threads, no exec, no sockets; no signals to
   another process (kill, tkill, tgkill, sigqueue, pidfd, fcntl F_SETOWN/F_SETSIG); no raising
   resource limits; no scheduling or priority changes to any process; no memfd (memory that

@@ -382,7 +382,8 @@ def main() -> None:
     os.dup2(devnull, 2)
     _send(proto_out, {"ready": report})
     with open("/proc/self/statm") as f:
-        rss_limit = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") + settings["max_rss_growth_mb"] * 2**20
+        resident = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    rss_limit = resident + settings["max_rss_growth_mb"] * 2**20
     max_programs = settings["max_programs"]
     for count in range(1, max_programs + 1):
         try:

@@ -157,7 +157,10 @@ def host_workers(memory_mb: int, *, reserve: int = 2, cap: int = 64) -> int:
     """Workers this host can run side by side: its usable cores less `reserve` for the process
     driving the accelerators, at most `cap`, and no more than half the host's memory allows at
     `memory_mb` each (at least 1)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if hasattr(os, "sched_getaffinity"):
+        cores = len(os.sched_getaffinity(0))
+    else:
+        cores = os.cpu_count() or 1
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
     return max(1, min(cores - reserve, cap, memory // 2 // max(1, memory_mb)))
 

@@ -93,7 +93,8 @@ def _asset(name: str):
 
 
 def few_shot_examples() -> tuple[str, ...]:
-    """The two worked examples of the bootstrap prompt: `Question: ...\\n<code>...<end_of_answer>`."""
+    """The two worked examples of the bootstrap prompt:
+    `Question: ...\\n<code>...<end_of_answer>`."""
     return tuple(_asset("few_shots.json"))
 
 
@@ -239,7 +240,8 @@ def output_block(stdout: str) -> str:
 
 
 def insert_output(text: str, stdout: str) -> str:
-    """`text` (a step or a response ending with `<end_of_code>`) followed by `output_block(stdout)`."""
+    """`text` (a step or a response ending with `<end_of_code>`) followed by
+    `output_block(stdout)`."""
     if not text.endswith(END_OF_CODE):
         raise ValueError(f"an output block follows {END_OF_CODE}, but the text ends with "
                          f"{text[-40:]!r}")

@@ -214,8 +214,9 @@ def outcome_batches(examples: Sequence[OutcomeExample], tokenizer, batch_rows: i
         chunk = rows[start:start + batch_rows]
         ids = np.full((batch_rows, min(max_length, _bucket(max(len(r) for r, _ in chunk)))), pad_id,
                       np.int32)
-        lengths, labels, weights = np.ones((batch_rows,), np.int32), np.zeros((batch_rows,), np.float32), \
-            np.zeros((batch_rows,), np.float32)
+        lengths = np.ones((batch_rows,), np.int32)
+        labels = np.zeros((batch_rows,), np.float32)
+        weights = np.zeros((batch_rows,), np.float32)
         for i, (row, label) in enumerate(chunk):
             ids[i, :len(row)], lengths[i], labels[i], weights[i] = row, len(row), label, 1.0
         yield OutcomeBatch(ids=ids, lengths=lengths, labels=labels, weights=weights)

@@ -71,8 +71,8 @@ def initialize(distributed: bool | None = None) -> bool:
         return False
     # Cloud TPU, SLURM and the like describe the job themselves; elsewhere the environment says
     # how many processes there are and which one this is, beside JAX_COORDINATOR_ADDRESS.
-    job = {key: int(os.environ[var]) for key, var in (("num_processes", "JAX_NUM_PROCESSES"),
-                                                      ("process_id", "JAX_PROCESS_ID")) if os.environ.get(var)}
+    names = (("num_processes", "JAX_NUM_PROCESSES"), ("process_id", "JAX_PROCESS_ID"))
+    job = {key: int(os.environ[var]) for key, var in names if os.environ.get(var)}
     jax.distributed.initialize(**job)
     log.info("process %d of %d, %d local and %d global devices", jax.process_index(),
              jax.process_count(), jax.local_device_count(), jax.device_count())
@@ -98,7 +98,8 @@ def mesh_from_config(mesh: Mapping[str, int], devices: Sequence | None = None):
 
 
 def batch_shards(mesh) -> int:
-    """The devices a training batch's rows are split over: the mesh's data x fsdp (1 without a mesh)."""
+    """The devices a training batch's rows are split over: the mesh's data x fsdp (1 without a
+    mesh)."""
     return 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
 
 

@@ -30,7 +30,8 @@ def flops_per_token(config, length: int) -> float:
     """Training FLOPs per token: 3 x (2 x matmul parameters, LM head included, + causal attention
     over the full square of a `length`-token row)."""
     params = config.num_params(include_embeddings=False) + config.hidden_size * config.vocab_size
-    return 3 * (2 * params + 4 * config.num_hidden_layers * config.num_attention_heads * config.head_dim * length)
+    attention = config.num_hidden_layers * config.num_attention_heads * config.head_dim * length
+    return 3 * (2 * params + 4 * attention)
 
 
 def fit(trainer, batches: Iterable, *, steps: int | None = None, eval_batches: list | None = None,
@@ -65,12 +66,19 @@ def fit(trainer, batches: Iterable, *, steps: int | None = None, eval_batches: l
             metrics["tokens_per_s"] = batch.tokens / seconds
             if peak_flops:
                 length = batch.inputs.shape[1] if trainer.task == "sft" else batch.ids.shape[1]
-                metrics["mfu"] = metrics["tokens_per_s"] * flops_per_token(trainer.model_config, length) / peak_flops
+                flops = metrics["tokens_per_s"] * flops_per_token(trainer.model_config, length)
+                metrics["mfu"] = flops / peak_flops
             if eval_every and eval_batches and trainer.step_count % eval_every == 0:
                 held = trainer.evaluate(eval_batches)
                 metrics |= {f"eval_{k}": v for k, v in held.items()}
                 value = held[metric]
-                if best_value is None or (value > best_value if metric == "accuracy" else value < best_value):
+                if best_value is None:
+                    better = True
+                elif metric == "accuracy":
+                    better = value > best_value
+                else:
+                    better = value < best_value
+                if better:
                     best_value = value
                     if best is not None:
                         best.save(trainer, data_position=position, force=True, best=best_value)

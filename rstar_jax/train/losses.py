@@ -16,7 +16,8 @@ import jax
 import jax.numpy as jnp
 
 
-def sft_loss_sum(logits: jax.Array, targets: jax.Array, weights: jax.Array) -> tuple[jax.Array, jax.Array]:
+def sft_loss_sum(logits: jax.Array, targets: jax.Array,
+                 weights: jax.Array) -> tuple[jax.Array, jax.Array]:
     """logits float[B, T, V], targets int32[B, T] (the next token), weights float[B, T] (1 on
     response targets, 0 elsewhere) -> (sum of weighted negative log-likelihoods, sum of weights)."""
     logits = logits.astype(jnp.float32)
@@ -65,7 +66,8 @@ def chunked_sft_loss_sum(logits_fn, hidden: jax.Array, targets: jax.Array, weigh
     return total, count
 
 
-def ppm_loss_sum(positive: jax.Array, negative: jax.Array, weights: jax.Array) -> tuple[jax.Array, jax.Array]:
+def ppm_loss_sum(positive: jax.Array, negative: jax.Array,
+                 weights: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Scores float[P] of prompt + positive and prompt + negative, weights float[P] (1 / (|pos|
     |neg|) of the pair's group; 0 for padding) -> (weighted Bradley-Terry loss sum, groups)."""
     margin = positive.astype(jnp.float32) - negative.astype(jnp.float32)
@@ -73,13 +75,15 @@ def ppm_loss_sum(positive: jax.Array, negative: jax.Array, weights: jax.Array) -
     return jnp.sum(-jax.nn.log_sigmoid(margin) * weights), jnp.sum(weights)
 
 
-def pair_accuracy(positive: jax.Array, negative: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+def pair_accuracy(positive: jax.Array, negative: jax.Array,
+                  mask: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(pairs ranked right, pairs) over the rows where mask is set."""
     mask = mask.astype(jnp.float32)
     return jnp.sum((positive > negative).astype(jnp.float32) * mask), jnp.sum(mask)
 
 
-def outcome_loss_sum(scores: jax.Array, labels: jax.Array, weights: jax.Array) -> tuple[jax.Array, jax.Array]:
+def outcome_loss_sum(scores: jax.Array, labels: jax.Array,
+                     weights: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Scores float[B] of whole trajectories, labels float[B] (+1 right answer, -1 wrong), weights
     float[B] (0 for padding) -> (weighted squared error sum, weight sum)."""
     weights = weights.astype(jnp.float32)
