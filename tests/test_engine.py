@@ -371,6 +371,26 @@ def test_the_prefix_store_runs_only_the_new_tokens(qwen, monkeypatch):
                                                                 cache_rows=[0])
 
 
+def test_token_counts_say_what_was_given_and_what_ran(qwen):
+    _, _, model = qwen
+    prompt = _prompts()[2]
+    plain = Engine(model)
+    a = plain.generate([prompt, prompt[:5]], max_new_tokens=6, temperature=1.0, seed=[3, 4],
+                       num_samples=3)
+    c = plain.counts
+    assert (c.calls, c.prompt_tokens, c.prefill_tokens) == (1, len(prompt) + 5, len(prompt) + 5)
+    # Every row computes until the last one stops: the loop's steps for each of the 6 rows.
+    assert c.decode_steps == 6 * a.steps and c.decoded_tokens == a.lengths.sum()
+    assert c.stopped_share == pytest.approx(1 - a.lengths.sum() / (6 * a.steps))
+    assert c.computed == c.prefill_tokens + c.decode_steps
+    stored = Engine(model, prefix_rows=2)
+    stored.generate([prompt], max_new_tokens=4, cache_rows=[1])
+    b = stored.generate([prompt + [7, 8, 9]], max_new_tokens=4, cache_rows=[1], num_samples=2)
+    c = stored.counts
+    assert (c.calls, c.prompt_tokens, c.prefill_tokens) == (2, 2 * len(prompt) + 3, len(prompt) + 3)
+    assert c.decoded_tokens >= b.lengths.sum() and c.decode_steps >= 2 * b.steps
+
+
 def test_update_swaps_weights_of_the_same_architecture_only(qwen, tmp_path):
     directory, _, model = qwen
     engine = Engine(model)

@@ -246,3 +246,9 @@ def test_a_ppm_with_a_prefix_store_scores_as_one_without(world):
         assert a.texts == b.texts
         np.testing.assert_allclose(a.init_value, b.init_value, atol=1e-5)
     assert any(len(h) for h in stored.store.held)
+    # The same prefixes were given to both; the store ran fewer of their tokens, and the
+    # children's tokens ran in full either way.
+    plain, kept = scorer.counts, stored.counts
+    assert kept.prompt_tokens > kept.prefill_tokens and kept.scored_tokens > 0
+    assert plain.prompt_tokens == plain.prefill_tokens
+    assert kept.computed == kept.prefill_tokens + kept.scored_tokens

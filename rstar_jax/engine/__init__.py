@@ -3,9 +3,11 @@
 from rstar_jax.engine.generation import (
     Engine,
     GenerationResult,
+    TokenCounts,
     generate,
     prompt_bucket,
 )
 from rstar_jax.engine.value import ValueScorer
 
-__all__ = ["Engine", "GenerationResult", "ValueScorer", "generate", "prompt_bucket"]
+__all__ = ["Engine", "GenerationResult", "TokenCounts", "ValueScorer", "generate",
+           "prompt_bucket"]

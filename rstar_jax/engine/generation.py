@@ -56,6 +56,29 @@ class GenerationResult:
     steps: int = 0  # tokens chosen per row before the loop exited (it exits once every row is done)
 
 
+@dataclasses.dataclass
+class TokenCounts:
+    """The tokens a model was given and the tokens it computed, summed over calls; padding rows
+    and positions are not counted. `Engine.counts` and `ValueScorer.counts`."""
+
+    calls: int = 0
+    prompt_tokens: int = 0  # prompts' (the PPM: prefixes') tokens given
+    prefill_tokens: int = 0  # of them, run through the model (the rest came from a prefix store)
+    decode_steps: int = 0  # decode loop steps x rows: a row computes until every row is done
+    decoded_tokens: int = 0  # tokens the rows kept, their stop tokens included
+    scored_tokens: int = 0  # the PPM: children's tokens run after their prefixes
+
+    @property
+    def computed(self) -> int:
+        """Tokens the model ran: prefill, decode steps (a stopped row's included) and children."""
+        return self.prefill_tokens + self.decode_steps + self.scored_tokens
+
+    @property
+    def stopped_share(self) -> float:
+        """The share of decode steps spent on rows that had already stopped."""
+        return 1.0 - self.decoded_tokens / self.decode_steps if self.decode_steps else 0.0
+
+
 def prompt_bucket(length: int) -> int:
     """Smallest of 16, 24, 32, 48, 64, 96, ... (powers of two and 1.5x between) >= length."""
     size = _MIN_PROMPT_BUCKET
@@ -431,6 +454,7 @@ class Engine:
         self.mesh = model_mesh(model)
         self._buffers = None
         self.store = PrefixStore(model, prefix_rows, prefix_length)
+        self.counts = TokenCounts()
 
     @property
     def prefix_rows(self) -> int:
@@ -458,10 +482,13 @@ class Engine:
         """(prefix keys, values, next-token logits) of the prompts, through the prefix store when
         cache_rows is given (see the class docstring), else by a plain prefill."""
         longest = int(lengths.max())
+        self.counts.prompt_tokens += sum(len(row) for row in rows)
         if cache_rows is None:
+            self.counts.prefill_tokens += sum(len(row) for row in rows)
             ids, _ = pack_rows(rows, batch, prompt_bucket(longest), self.pad_id)
             return _prefill(self.graphdef, self.state, ids, lengths, rope_lengths)
         slots, starts = self.store.plan(cache_rows, rows)
+        self.counts.prefill_tokens += sum(len(row) - s for s, row in zip(starts, rows))
         ids, suffix_lengths = pack_rows([row[s:] for s, row in zip(starts, rows)], batch,
                                         prompt_bucket(max(len(row) - s
                                                           for s, row in zip(starts, rows))),
@@ -551,9 +578,13 @@ class Engine:
                 pad_id=self.pad_id, with_logprobs=return_logprobs)
             self._buffers = buffers
         n = b * num_samples
+        out_lengths = np.asarray(out_lengths)[:n]
+        self.counts.calls += 1
+        self.counts.decode_steps += int(steps) * n
+        self.counts.decoded_tokens += int(out_lengths.sum())
         return GenerationResult(
             tokens=np.asarray(tokens)[:n, :max_new_tokens],
-            lengths=np.asarray(out_lengths)[:n],
+            lengths=out_lengths,
             logprobs=np.asarray(logprobs)[:n, :max_new_tokens] if return_logprobs else None,
             steps=int(steps))
 

@@ -12,8 +12,8 @@ import numpy as np
 from flax import nnx
 
 from rstar_jax._checks import positive_int
-from rstar_jax.engine.generation import (PrefixStore, _pow2, extend_prefix, model_mesh, pack_rows,
-                                         prompt_bucket)
+from rstar_jax.engine.generation import (PrefixStore, TokenCounts, _pow2, extend_prefix,
+                                         model_mesh, pack_rows, prompt_bucket)
 from rstar_jax.models.cache import ForkCache, KVCache
 from rstar_jax.models.transformer import CausalLM
 
@@ -99,6 +99,7 @@ class ValueScorer:
         self.pad_id, self.max_rows = pad_id, 1 << (max_rows.bit_length() - 1)
         self.mesh = model_mesh(model)
         self.store = PrefixStore(model, prefix_rows, prefix_length)
+        self.counts = TokenCounts()  # prompt and prefill tokens: prefixes; scored: the rest
 
     def update(self, model: CausalLM) -> None:
         """Use new weights of the same architecture."""
@@ -147,6 +148,11 @@ class ValueScorer:
             children = [row for b in group
                         for row in tails[b] + [[self.pad_id]] * (samples - len(tails[b]))]
             ids, lengths = pack_rows(children, batch * samples, length, self.pad_id)
+            self.counts.calls += 1
+            self.counts.prompt_tokens += sum(len(heads[b]) for b in group)
+            self.counts.scored_tokens += sum(len(t) for b in group for t in tails[b])
+            if rows is None:
+                self.counts.prefill_tokens += sum(len(heads[b]) for b in group)
             with self._mesh():
                 if rows is None:
                     prefix_ids, prefix_lengths = pack_rows([heads[b] for b in group], batch, width,
@@ -165,6 +171,7 @@ class ValueScorer:
         """The values of one group of score_children through the prefix store."""
         prefixes = [heads[b] for b in group]
         slots, starts = self.store.plan(rows, prefixes, what="prefix")
+        self.counts.prefill_tokens += sum(len(p) - s for s, p in zip(starts, prefixes))
         new_ids, new_lengths = pack_rows([p[s:] for s, p in zip(starts, prefixes)], batch,
                                          prompt_bucket(max(len(p) - s
                                                            for s, p in zip(starts, prefixes))),
@@ -183,6 +190,8 @@ class ValueScorer:
         out = np.zeros((len(rows),), np.float32)
         for start in range(0, len(rows), self.max_rows):
             chunk = rows[start:start + self.max_rows]
+            self.counts.calls += 1
+            self.counts.scored_tokens += sum(len(r) for r in chunk)
             ids, lengths = pack_rows(chunk, _pow2(len(chunk)),
                                      prompt_bucket(max(len(r) for r in chunk)), self.pad_id)
             with self._mesh():

@@ -1,0 +1,180 @@
+"""Prefix reuse in the search: tokens the policy and the PPM compute per expansion against the
+tokens no earlier expansion of the problem computed, and rollouts/s with reuse against without.
+
+The search is `benchmarks/mcts.py`'s: the tiny steered policy and a random tiny PPM, K = 8,
+PPM-augmented, 4 rollouts per problem to depth 8, the real executor; 32 problems, B = 32 at
+a time. It runs twice in one process, each after an untimed warm-up of the same shapes:
+- without reuse: every expansion prefills its prompt and path whole, and the PPM its prefix;
+- with reuse: the engine's and the PPM's prefix stores (`prefix_rows` = B), which keep each
+  batch place's last prompt, so a prompt runs only what it does not share with it.
+
+Tokens (not counting padding):
+- new: for the policy, the prompt tokens that no earlier call for the problem computed (as a
+  prompt, or as a prompt and one of its samples) plus the tokens sampled; for the PPM, the
+  prefix tokens it has not computed for the problem before plus the children's tokens;
+- computed: what the models ran (`TokenCounts.computed`): prefill tokens, decode steps of
+  every row until the call's last row stops (a row that stopped early still computes), and
+  the PPM's children.
+The target is computed / new <= 1.2 for each model. `stopped` is the share of decode steps
+spent on rows that had already stopped (the cost of decoding in lockstep).
+
+RESULT: value = rollouts/s with reuse, peer = without, limit_pct = 100 x new / computed (policy
+and PPM together, with reuse): 100 means nothing is computed twice.
+
+    python benchmarks/prefix_reuse.py [--repeats 3] [--problems 32] [--batch 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import statistics
+import tempfile
+from collections.abc import Sequence
+
+from rstar_jax.engine import Engine, TokenCounts, ValueScorer
+from rstar_jax.search.config import Mode, SearchConfig
+from rstar_jax.search.driver import EnginePolicy, Problem, SearchStats, run_search
+from rstar_jax.steps.executor import CodeExecutor
+from rstar_jax.testing import steered_tiny_policy, tiny_tokenizer
+
+
+def _shared(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+class Seen:
+    """The token sequences a model computed for each problem: a new sequence's novel tokens are
+    those past its longest common start with any of them."""
+
+    def __init__(self, prompts: Sequence[Sequence[int]]):
+        self.prompts = [list(p) for p in prompts]
+        self.sequences: dict[int, list[list[int]]] = {i: [] for i in range(len(prompts))}
+
+    def problem(self, sequence: Sequence[int]) -> int:
+        for i, p in enumerate(self.prompts):
+            if list(sequence[:len(p)]) == p:
+                return i
+        raise ValueError("a sequence that starts with no problem's prompt")
+
+    def novel(self, sequence: Sequence[int]) -> int:
+        """Tokens of `sequence` not computed before; it is computed from now on."""
+        done = self.sequences[self.problem(sequence)]
+        known = max((_shared(s, sequence) for s in done), default=0)
+        done.append(list(sequence))
+        return len(sequence) - known
+
+
+@dataclasses.dataclass
+class New:
+    tokens: int = 0
+
+
+class CountingPolicy:
+    """A `Policy` that counts the new tokens of each call (see the module docstring)."""
+
+    def __init__(self, policy: EnginePolicy, seen: Seen):
+        self.policy, self.seen, self.new = policy, seen, New()
+
+    def sample(self, prompts, num_samples, seeds, rows=None):
+        tokens, lengths = self.policy.sample(prompts, num_samples, seeds, rows=rows)
+        for b, prompt in enumerate(prompts):
+            self.new.tokens += self.seen.novel(prompt)
+            for s in range(num_samples):
+                row = b * num_samples + s
+                self.seen.novel([*prompt, *tokens[row, :lengths[row]].tolist()])
+                self.new.tokens += int(lengths[row])
+        return tokens, lengths
+
+
+class CountingScorer:
+    """A PPM scorer that counts the new tokens of each call; its `store` is the scorer's."""
+
+    def __init__(self, scorer: ValueScorer, seen: Seen):
+        self.scorer, self.seen, self.new = scorer, seen, New()
+        self.store = scorer.store
+
+    def score(self, sequences):
+        self.new.tokens += sum(self.seen.novel(s) for s in sequences)
+        return self.scorer.score(sequences)
+
+    def score_children(self, prefixes, children, rows=None):
+        for prefix, kids in zip(prefixes, children):
+            self.new.tokens += self.seen.novel(prefix)
+            self.new.tokens += sum(self.seen.novel([*prefix, *kid]) for kid in kids)
+        return self.scorer.score_children(prefixes, children, rows=rows)
+
+
+def _run(args, tokenizer, problems, executor, *, reuse: bool) -> dict:
+    rows = args.batch if reuse else 0
+    engine = Engine(steered_tiny_policy(tokenizer, 0), vocab_size=tokenizer.vocab_size,
+                    pad_id=tokenizer.pad_id, prefix_rows=rows)
+    scorer = ValueScorer(steered_tiny_policy(tokenizer, 1, value_head=True),
+                         pad_id=tokenizer.pad_id, max_rows=1024, prefix_rows=rows)
+    config = SearchConfig(mode=Mode.PPM, rollouts=args.rollouts, candidates=8, max_depth=8,
+                          errors_threshold=8, max_step_tokens=32, max_output_tokens=32)
+    prompts = [tokenizer.prompt_ids(p.question) for p in problems]
+
+    def once():
+        engine.counts, scorer.counts = TokenCounts(), TokenCounts()
+        policy = CountingPolicy(EnginePolicy(engine, tokenizer, config), Seen(prompts))
+        ppm = CountingScorer(scorer, Seen(prompts))
+        stats = SearchStats()
+        run_search(problems, policy, executor, tokenizer, config, scorer=ppm,
+                   batch_size=args.batch, progress=False, stats=stats)
+        return stats, engine.counts, scorer.counts, policy.new.tokens, ppm.new.tokens
+
+    once()  # compile every shape the search meets
+    runs = [once() for _ in range(args.repeats)]
+    stats, policy_counts, ppm_counts, policy_new, ppm_new = runs[0]  # the search is the same
+    return {
+        "rollouts_per_s": statistics.median(r[0].rollouts / r[0].wall for r in runs),
+        "expansions": stats.expansions,
+        "policy": (policy_counts.computed, policy_new),
+        "ppm": (ppm_counts.computed, ppm_new),
+        "prompt": (policy_counts.prompt_tokens, policy_counts.prefill_tokens),
+        "stopped": policy_counts.stopped_share,
+    }
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--problems", type=int, default=32)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--rollouts", type=int, default=4)
+    args = parser.parse_args()
+    tokenizer = tiny_tokenizer(tempfile.mkdtemp(prefix="prefix-bench-tok-"))
+    problems = [Problem(f"What is {i} + {i % 7}?", str(i + i % 7)) for i in range(args.problems)]
+    print(f"tiny policy + PPM (random, steered), K=8, PPM mode, {args.rollouts} rollouts, depth 8; "
+          f"{args.problems} problems, B={args.batch}; medians of {args.repeats}")
+    print(f"{'':<14}{'rollouts/s':>11}{'policy tok/exp':>16}{'new/exp':>9}{'ratio':>7}"
+          f"{'PPM tok/exp':>13}{'new/exp':>9}{'ratio':>7}{'prefill/prompt':>16}{'stopped':>9}")
+    results = {}
+    with CodeExecutor(num_workers=2) as executor:
+        for reuse in (False, True):
+            r = results[reuse] = _run(args, tokenizer, problems, executor, reuse=reuse)
+            n = r["expansions"]
+            (pc, pn), (vc, vn), (given, ran) = r["policy"], r["ppm"], r["prompt"]
+            print(f"{'with reuse' if reuse else 'without':<14}{r['rollouts_per_s']:>11.2f}"
+                  f"{pc / n:>16.0f}{pn / n:>9.0f}{pc / pn:>7.2f}{vc / n:>13.0f}{vn / n:>9.0f}"
+                  f"{vc / vn:>7.2f}{ran / given:>16.2f}{100 * r['stopped']:>8.1f}%")
+    ours, peer = results[True], results[False]
+    computed = ours["policy"][0] + ours["ppm"][0]
+    new = ours["policy"][1] + ours["ppm"][1]
+    print(f"with reuse: computed / new = {ours['policy'][0] / ours['policy'][1]:.2f} (policy), "
+          f"{ours['ppm'][0] / ours['ppm'][1]:.2f} (PPM); target <= 1.2 each. Rollouts/s "
+          f"{ours['rollouts_per_s'] / peer['rollouts_per_s']:.2f}x without (target >= 2x at "
+          f"B = 32). Decode steps on stopped rows: {100 * ours['stopped']:.1f}%.")
+    print(f"RESULT name=mcts_prefix_reuse value={ours['rollouts_per_s']:.2f} unit=rollouts/s "
+          f"peer={peer['rollouts_per_s']:.2f} "
+          f"ratio={ours['rollouts_per_s'] / peer['rollouts_per_s']:.2f} "
+          f"limit_pct={100 * new / computed:.1f}")
+
+
+if __name__ == "__main__":
+    main()
