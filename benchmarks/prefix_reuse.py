@@ -21,7 +21,10 @@ spent on rows that had already stopped (the cost of decoding in lockstep).
 RESULT: value = rollouts/s with reuse, peer = without, limit_pct = 100 x new / computed (policy
 and PPM together, with reuse): 100 means nothing is computed twice.
 
-    python benchmarks/prefix_reuse.py [--repeats 3] [--problems 32] [--batch 32]
+    python benchmarks/prefix_reuse.py [--repeats 3] [--problems 32] [--batch 32] [--deep]
+
+`--deep`: steps of up to 112 tokens (a weaker steer), so paths reach hundreds of tokens: where
+reuse should gain most.
 """
 
 from __future__ import annotations
@@ -111,12 +114,14 @@ class CountingScorer:
 
 def _run(args, tokenizer, problems, executor, *, reuse: bool) -> dict:
     rows = args.batch if reuse else 0
-    engine = Engine(steered_tiny_policy(tokenizer, 0), vocab_size=tokenizer.vocab_size,
+    engine = Engine(steered_tiny_policy(tokenizer, 0, steer=args.steer),
+                    vocab_size=tokenizer.vocab_size,
                     pad_id=tokenizer.pad_id, prefix_rows=rows)
-    scorer = ValueScorer(steered_tiny_policy(tokenizer, 1, value_head=True),
+    scorer = ValueScorer(steered_tiny_policy(tokenizer, 1, steer=args.steer, value_head=True),
                          pad_id=tokenizer.pad_id, max_rows=1024, prefix_rows=rows)
     config = SearchConfig(mode=Mode.PPM, rollouts=args.rollouts, candidates=8, max_depth=8,
-                          errors_threshold=8, max_step_tokens=32, max_output_tokens=32)
+                          errors_threshold=8, max_step_tokens=args.step_tokens,
+                          max_output_tokens=32)
     prompts = [tokenizer.prompt_ids(p.question) for p in problems]
 
     def once():
@@ -132,6 +137,7 @@ def _run(args, tokenizer, problems, executor, *, reuse: bool) -> dict:
     runs = [once() for _ in range(args.repeats)]
     stats, policy_counts, ppm_counts, policy_new, ppm_new = runs[0]  # the search is the same
     return {
+        "tokens_per_step": policy_counts.decoded_tokens / max(stats.expansions * 8, 1),
         "rollouts_per_s": statistics.median(r[0].rollouts / r[0].wall for r in runs),
         "expansions": stats.expansions,
         "policy": (policy_counts.computed, policy_new),
@@ -147,11 +153,20 @@ def main():
     parser.add_argument("--problems", type=int, default=32)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--rollouts", type=int, default=4)
+    parser.add_argument("--step_tokens", type=int, default=32, help="max_step_tokens")
+    parser.add_argument("--steer", type=float, default=1.2,
+                        help="how strongly the random policy is pushed to step tokens: lower, "
+                             "longer steps")
+    parser.add_argument("--deep", action="store_true",
+                        help="deep paths: steps of up to 112 tokens (steer 0.25), 2 rollouts")
     args = parser.parse_args()
+    if args.deep:
+        args.step_tokens, args.steer, args.rollouts = 112, 0.25, 2
     tokenizer = tiny_tokenizer(tempfile.mkdtemp(prefix="prefix-bench-tok-"))
     problems = [Problem(f"What is {i} + {i % 7}?", str(i + i % 7)) for i in range(args.problems)]
-    print(f"tiny policy + PPM (random, steered), K=8, PPM mode, {args.rollouts} rollouts, depth 8; "
-          f"{args.problems} problems, B={args.batch}; medians of {args.repeats}")
+    print(f"tiny policy + PPM (random, steer {args.steer}), K=8, PPM mode, {args.rollouts} "
+          f"rollouts, depth 8, steps of up to {args.step_tokens} tokens; {args.problems} problems, "
+          f"B={args.batch}; medians of {args.repeats}")
     print(f"{'':<14}{'rollouts/s':>11}{'policy tok/exp':>16}{'new/exp':>9}{'ratio':>7}"
           f"{'PPM tok/exp':>13}{'new/exp':>9}{'ratio':>7}{'prefill/prompt':>16}{'stopped':>9}")
     results = {}
@@ -164,6 +179,7 @@ def main():
                   f"{pc / n:>16.0f}{pn / n:>9.0f}{pc / pn:>7.2f}{vc / n:>13.0f}{vn / n:>9.0f}"
                   f"{vc / vn:>7.2f}{ran / given:>16.2f}{100 * r['stopped']:>8.1f}%")
     ours, peer = results[True], results[False]
+    print(f"a sampled step: {ours['tokens_per_step']:.0f} tokens on average")
     computed = ours["policy"][0] + ours["ppm"][0]
     new = ours["policy"][1] + ours["ppm"][1]
     print(f"with reuse: computed / new = {ours['policy'][0] / ours['policy'][1]:.2f} (policy), "
