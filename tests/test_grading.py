@@ -381,16 +381,21 @@ def test_grading_under_a_profiler_terminates(monkeypatch):
     left CPython 3.11's eval breaker set, and under a profiler the next call looped forever."""
     import cProfile
 
-    monkeypatch.setattr(grading, "TIME_LIMIT_SECONDS", 0.5)
     out = []
+
+    def limit(seconds):  # the pairs that must be decided get room on a loaded machine
+        monkeypatch.setattr(grading, "TIME_LIMIT_SECONDS", seconds)
 
     def profiled():
         clear_caches()
         profiler = cProfile.Profile()
         profiler.enable()
         try:
+            limit(20.0)
             out.append(is_equivalent("4.4641", r"1+2\sqrt{3}"))
+            limit(0.5)
             out.append(is_equivalent("x^{50}+x=1", "x=2"))  # the deadline fires
+            limit(20.0)
             out.append(is_equivalent(r"1+2\sqrt{2}", r"1+2\sqrt{3}"))
         finally:
             profiler.disable()
