@@ -42,25 +42,28 @@ def main():
     sizes = [int(s) for s in args.sizes.split(",")]
 
     tokenizer = tiny_tokenizer(tempfile.mkdtemp(prefix="mcts-bench-tok-"))
-    engine = Engine(steered_tiny_policy(tokenizer, 0), vocab_size=tokenizer.vocab_size, pad_id=tokenizer.pad_id)
-    scorer = ValueScorer(steered_tiny_policy(tokenizer, 1, value_head=True), pad_id=tokenizer.pad_id, max_rows=1024)
-    config = SearchConfig(mode=Mode.PPM, rollouts=args.rollouts, candidates=8, max_depth=8, errors_threshold=8,
-                          max_step_tokens=32, max_output_tokens=32)
+    engine = Engine(steered_tiny_policy(tokenizer, 0), vocab_size=tokenizer.vocab_size,
+                    pad_id=tokenizer.pad_id)
+    scorer = ValueScorer(steered_tiny_policy(tokenizer, 1, value_head=True),
+                         pad_id=tokenizer.pad_id, max_rows=1024)
+    config = SearchConfig(mode=Mode.PPM, rollouts=args.rollouts, candidates=8, max_depth=8,
+                          errors_threshold=8, max_step_tokens=32, max_output_tokens=32)
     policy = EnginePolicy(engine, tokenizer, config)
-    print(f"tiny policy + PPM (random, steered), K={config.candidates}, {config.rollouts} rollouts per problem, "
-          f"max depth {config.max_depth}, {config.max_step_tokens} tokens per step, executor 2 workers; "
-          f"each size searches max(B, 32) problems, B at a time")
+    print(f"tiny policy + PPM (random, steered), K={config.candidates}, {config.rollouts} rollouts "
+          f"per problem, max depth {config.max_depth}, {config.max_step_tokens} tokens per step, "
+          "executor 2 workers; each size searches max(B, 32) problems, B at a time")
     print(f"{'B':>4s}{'rollouts/s':>12s}{'ms/rollout':>12s}" + "".join(f"{p:>12s}" for p in PARTS)
           + f"{'nodes':>8s}")
     results = {}
     with CodeExecutor(num_workers=2) as executor:
         for b in sizes:
-            problems = [Problem(f"What is {i} + {i % 7}?", str(i + i % 7)) for i in range(max(b, 32))]
+            problems = [Problem(f"What is {i} + {i % 7}?", str(i + i % 7))
+                        for i in range(max(b, 32))]
 
             def once(problems=problems, b=b):
                 stats = SearchStats()
-                run_search(problems, policy, executor, tokenizer, config, scorer=scorer, batch_size=b, progress=False,
-                           stats=stats)
+                run_search(problems, policy, executor, tokenizer, config, scorer=scorer,
+                           batch_size=b, progress=False, stats=stats)
                 return stats
 
             once()  # compile every shape this size meets
@@ -76,7 +79,8 @@ def main():
         print(f"B=32: tree ops + host glue {100 * overhead:.1f}% of the wall time (target <= 10%); "
               f"rollouts/s {ours / peer:.1f}x B=1 (target >= 6x)")
         print(f"RESULT name=mcts_rollouts_per_s value={ours:.2f} unit=rollouts/s peer={peer:.2f} "
-              f"ratio={ours / peer:.2f} limit_pct={100 * (share['generation'] + share['execution']):.1f}")
+              f"ratio={ours / peer:.2f} "
+              f"limit_pct={100 * (share['generation'] + share['execution']):.1f}")
 
 
 if __name__ == "__main__":

@@ -31,7 +31,8 @@ from absl import app, flags
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 _PROCESSES = flags.DEFINE_integer("processes", 2, "JAX processes.")
 _DELAY = flags.DEFINE_float("delay", 0.0, "Seconds the last process starts after the others.")
-_WORKDIR = flags.DEFINE_string("workdir", "/tmp/multiprocess_smoke", "Work directories go under here (emptied).")
+_WORKDIR = flags.DEFINE_string("workdir", "/tmp/multiprocess_smoke",
+                               "Work directories go under here (emptied).")
 
 
 def _launch(workdir: pathlib.Path, env: dict[str, str]) -> subprocess.Popen:
@@ -58,14 +59,16 @@ def main(argv):
         if i == n - 1 and _DELAY.value:
             time.sleep(_DELAY.value)
         jobs.append(_launch(base / "processes", {
-            "JAX_COORDINATOR_ADDRESS": f"localhost:{port}", "JAX_NUM_PROCESSES": str(n), "JAX_PROCESS_ID": str(i),
-            "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}))
+            "JAX_COORDINATOR_ADDRESS": f"localhost:{port}", "JAX_NUM_PROCESSES": str(n),
+            "JAX_PROCESS_ID": str(i), "JAX_PLATFORMS": "cpu",
+            "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}))
     codes = [job.wait() for job in jobs]
     print(f"{n} processes: exit codes {codes} in {time.time() - begin:.0f} s", flush=True)
     if any(codes):
         return 1
     begin = time.time()
-    one = _launch(base / "one", {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"--xla_force_host_platform_device_count={n}"})
+    one = _launch(base / "one", {"JAX_PLATFORMS": "cpu",
+                                 "XLA_FLAGS": f"--xla_force_host_platform_device_count={n}"})
     if one.wait():
         return 1
     print(f"1 process, {n} devices: {time.time() - begin:.0f} s", flush=True)

@@ -24,8 +24,10 @@ def world(tmp_path_factory):
     from rstar_jax.testing import steered_tiny_policy, tiny_tokenizer
 
     tokenizer = tiny_tokenizer(tmp_path_factory.mktemp("tok"))
-    engine = Engine(steered_tiny_policy(tokenizer, 0), vocab_size=tokenizer.vocab_size, pad_id=tokenizer.pad_id)
-    scorer = ValueScorer(steered_tiny_policy(tokenizer, 1, value_head=True), pad_id=tokenizer.pad_id)
+    engine = Engine(steered_tiny_policy(tokenizer, 0), vocab_size=tokenizer.vocab_size,
+                    pad_id=tokenizer.pad_id)
+    scorer = ValueScorer(steered_tiny_policy(tokenizer, 1, value_head=True),
+                         pad_id=tokenizer.pad_id)
     with CodeExecutor(num_workers=2) as executor:
         yield tokenizer, engine, scorer, executor
 

@@ -20,17 +20,21 @@ def sols(*cands, answer="5"):
 
 
 def test_selection_rules_pick_what_section_3_says():
-    s = sols(("4", 0.9, False), ("5", 0.8, True), ("5.0", 0.7, True), ("6", 0.1, False), (None, 1.0, False))
-    assert s.select("highest").answer == "4"  # the best-scored trajectory (a missing answer never counts)
+    s = sols(("4", 0.9, False), ("5", 0.8, True), ("5.0", 0.7, True), ("6", 0.1, False),
+             (None, 1.0, False))
+    # the best-scored trajectory (a missing answer never counts)
+    assert s.select("highest").answer == "4"
     assert s.select("majority").answer == "5"  # 5 and 5.0 are one answer: two votes
-    assert s.select("top_k_vote", top_k=2).answer == "4"  # {4, 5}: a tie goes to the group seen first
+    # {4, 5}: a tie goes to the group seen first
+    assert s.select("top_k_vote", top_k=2).answer == "4"
     assert s.select("top_k_vote", top_k=3).answer == "5"
     assert s.select("weighted_vote").answer == "5"  # (0.8 + 1) + (0.7 + 1) > 0.9 + 1
     assert s.select("highest", k=1).answer == "4" and s.select("majority", k=1).answer == "4"
     heavy = sols(("4", 0.95, False), ("5", -0.9, True), ("5", -0.9, True))
     assert heavy.select("weighted_vote").answer == "4"  # 1.95 > 0.1 + 0.1
     assert sols((None, 0.0, False)).select("highest") is None
-    assert s.select("oracle").answer == "5" and s.select("oracle", k=1).answer == "4"  # pass@k: any correct
+    # pass@k: any correct
+    assert s.select("oracle").answer == "5" and s.select("oracle", k=1).answer == "4"
     assert sols(("4", 0.1, False), ("6", 0.9, False)).select("oracle").correct is False
     with pytest.raises(ValueError, match="unknown selection rule 'best'"):
         s.select("best")
@@ -77,25 +81,29 @@ def test_a_summary_has_the_interval_the_right_ids_and_levels():
         return Solutions(Problem(f"q{i}", "5", id=f"p{i}", metadata={"level": lv}),
                          [Candidate("5" if right else "4", 0.0, right)])
 
-    out = evaluate.summary([level(0, 1, True), level(1, 1, False), level(2, 2, True), level(3, 3, True)])
+    out = evaluate.summary([level(0, 1, True), level(1, 1, False), level(2, 2, True),
+                            level(3, 3, True)])
     assert (out["accuracy"], out["n"], out["correct"]) == (0.75, 4, ["p0", "p2", "p3"])
     assert out["ci95"] == list(evaluate.wilson_interval(3, 4)) and out["trajectories"] == 1
-    assert out["levels"]["1"] == {"accuracy": 0.5, "n": 2, "ci95": list(evaluate.wilson_interval(1, 2))}
+    assert out["levels"]["1"] == {"accuracy": 0.5, "n": 2,
+                                  "ci95": list(evaluate.wilson_interval(1, 2))}
     assert set(out["levels"]) == {"1", "2", "3"} and "curve" not in out
 
 
 def test_report_writes_a_table_json_and_a_plot(tmp_path):
     greedy = {"accuracy": 0.25, "n": 4, "ci95": [0.05, 0.7], "correct": ["a"], "trajectories": 1.0}
-    mcts = {"accuracy": 0.5, "n": 4, "ci95": [0.15, 0.85], "correct": ["a", "b"], "trajectories": 4.0,
-            "curve": [(1, 0.25), (2, 0.4), (4, 0.5)]}
+    mcts = {"accuracy": 0.5, "n": 4, "ci95": [0.15, 0.85], "correct": ["a", "b"],
+            "trajectories": 4.0, "curve": [(1, 0.25), (2, 0.4), (4, 0.5)]}
     ids = ["a", "b", "c", "d"]
-    ev = evaluate.Evaluation(ids, {"greedy": greedy, "MCTS + PPM": mcts}, {"ppm_auc": 0.8, "ppm_auc_within": 0.7},
+    ev = evaluate.Evaluation(ids, {"greedy": greedy, "MCTS + PPM": mcts},
+                             {"ppm_auc": 0.8, "ppm_auc_within": 0.7},
                              {"MCTS + PPM vs greedy": evaluate.compare(ids, mcts, greedy)})
     table = evaluate.report(ev, tmp_path, title="test")
     assert "| greedy | 25.0% [5.0%, 70.0%] | 4 | 1.0 |" in table and "| PPM | 0.800 | 0.700 |" in table
     assert "| MCTS + PPM vs greedy | +25.0 [" in table and "| 1 / 0 |" in table
     results = json.loads((tmp_path / "results.json").read_text())
-    assert results["MCTS + PPM"]["correct"] == ["a", "b"] and results["greedy"]["ci95"] == [0.05, 0.7]
+    assert results["MCTS + PPM"]["correct"] == ["a", "b"]
+    assert results["greedy"]["ci95"] == [0.05, 0.7]
     assert json.loads((tmp_path / "evaluation.json").read_text())["quality"]["ppm_auc"] == 0.8
     assert (tmp_path / "accuracy.png").stat().st_size > 1000
 
@@ -109,11 +117,12 @@ def test_greedy_is_one_deterministic_path_and_samples_differ(world):
     a = evaluate.solve(PROBLEMS, engine, executor, tokenizer, search=BUDGET, progress=False)
     b = evaluate.solve(PROBLEMS, engine, executor, tokenizer, search=BUDGET, progress=False)
     assert [len(s.candidates) for s in a] == [1, 1]
-    assert [c.answer for s in a for c in s.candidates] == [c.answer for s in b for c in s.candidates]
+    assert [c.answer for s in a for c in s.candidates] == [c.answer for s in b
+                                                           for c in s.candidates]
     with pytest.raises(ValueError, match="greedy decoding gives one solution"):
         evaluate.solve(PROBLEMS, engine, executor, tokenizer, samples=2, search=BUDGET)
-    scored = evaluate.solve(PROBLEMS, engine, executor, tokenizer, samples=3, temperature=1.0, scorer=scorer,
-                            search=BUDGET, progress=False)
+    scored = evaluate.solve(PROBLEMS, engine, executor, tokenizer, samples=3, temperature=1.0,
+                            scorer=scorer, search=BUDGET, progress=False)
     assert [len(s.candidates) for s in scored] == [3, 3]
     for s in scored:  # a scored answer carries the PPM's value; a path without one gets -1
         for c in s.candidates:
@@ -122,11 +131,15 @@ def test_greedy_is_one_deterministic_path_and_samples_differ(world):
 
 def test_mcts_pools_the_answers_of_independent_searches(world):
     tokenizer, engine, scorer, executor = world
-    search = SearchConfig(rollouts=4, candidates=4, max_depth=4, max_step_tokens=24, max_output_tokens=16)
-    one = evaluate.mcts(PROBLEMS, engine, scorer, executor, tokenizer, search, searches=1, progress=False)
-    two = evaluate.mcts(PROBLEMS, engine, scorer, executor, tokenizer, search, searches=2, progress=False)
+    search = SearchConfig(rollouts=4, candidates=4, max_depth=4, max_step_tokens=24,
+                          max_output_tokens=16)
+    one = evaluate.mcts(PROBLEMS, engine, scorer, executor, tokenizer, search, searches=1,
+                        progress=False)
+    two = evaluate.mcts(PROBLEMS, engine, scorer, executor, tokenizer, search, searches=2,
+                        progress=False)
     for a, b in zip(one, two):
-        assert b.candidates[:len(a.candidates)] == a.candidates  # the first search is the same search
+        # the first search is the same search
+        assert b.candidates[:len(a.candidates)] == a.candidates
         assert all(c.answer is not None for c in b.candidates)
     with pytest.raises(ValueError, match="needs a PPM scorer"):
         evaluate.mcts(PROBLEMS, engine, None, executor, tokenizer, search)
@@ -134,11 +147,12 @@ def test_mcts_pools_the_answers_of_independent_searches(world):
 
 def test_evaluate_policy_compares_every_method_at_equal_trajectories(world):
     tokenizer, engine, scorer, executor = world
-    search = SearchConfig(rollouts=2, candidates=2, max_depth=3, max_step_tokens=24, max_output_tokens=16)
-    ev = evaluate.evaluate_policy(PROBLEMS, engine, executor, tokenizer, budget=BUDGET, search=search, ppm=scorer,
-                                  orm=scorer, searches=2, progress=False)
-    assert list(ev.results) == ["greedy", "maj@N", "pass@N (oracle)", "best-of-N (PPM)", "best-of-N (ORM)",
-                                "MCTS + PPM", "MCTS + PPM (weighted vote)"]
+    search = SearchConfig(rollouts=2, candidates=2, max_depth=3, max_step_tokens=24,
+                          max_output_tokens=16)
+    ev = evaluate.evaluate_policy(PROBLEMS, engine, executor, tokenizer, budget=BUDGET,
+                                  search=search, ppm=scorer, orm=scorer, searches=2, progress=False)
+    assert list(ev.results) == ["greedy", "maj@N", "pass@N (oracle)", "best-of-N (PPM)",
+                                "best-of-N (ORM)", "MCTS + PPM", "MCTS + PPM (weighted vote)"]
     oracle = ev.results["pass@N (oracle)"]  # the ceiling of the selections over the same samples
     for name in ("maj@N", "best-of-N (PPM)", "best-of-N (ORM)"):
         assert set(ev.results[name]["correct"]) <= set(oracle["correct"])
@@ -147,8 +161,8 @@ def test_evaluate_policy_compares_every_method_at_equal_trajectories(world):
         assert r["n"] == 2 and set(r["correct"]) <= set(ev.problems) and len(r["ci95"]) == 2
     assert {"ppm_auc", "orm_auc", "ppm_auc_within", "ppm_auc_greedy", "orm_auc_greedy"} <= set(ev.quality)
     assert "MCTS + PPM vs best-of-N (PPM)" in ev.comparisons and ev.comparisons["maj@N vs greedy"]["n"] == 2
-    alone = evaluate.evaluate_policy(PROBLEMS, engine, executor, tokenizer, budget=BUDGET, search=search,
-                                     methods=["greedy", "sampled"], progress=False)
+    alone = evaluate.evaluate_policy(PROBLEMS, engine, executor, tokenizer, budget=BUDGET,
+                                     search=search, methods=["greedy", "sampled"], progress=False)
     assert list(alone.results) == ["greedy", "maj@N", "pass@N (oracle)"] and not alone.quality
 
 
@@ -160,7 +174,8 @@ class _SeededPolicy(ScriptedPolicy):
         out = []
         for prompt, seed in zip(prompts, seeds, strict=True):
             question, response = split_prompt(self.tokenizer.decode([int(t) for t in prompt]))
-            out += [self.step_ids(question, response, int(seed) * 64 + s) for s in range(num_samples)]
+            out += [self.step_ids(question, response, int(seed) * 64 + s)
+                    for s in range(num_samples)]
         tokens = np.full((len(out), max([1, *map(len, out)])), self.tokenizer.pad_id, np.int32)
         for i, row in enumerate(out):
             tokens[i, :len(row)] = row
@@ -179,13 +194,15 @@ def test_processes_evaluate_their_shares_and_gather_the_evaluation_of_all():
     problems = [Problem(f"What is {a} + {a}?", str(2 * a)) for a in range(7)]
     policy = _SeededPolicy(lambda q, r, s: random_rule(0, str(2 * int(q.split()[2])), "-1")(q, r, s), tokenizer, 48)
     scorer = ScriptedScorer(tokenizer=tokenizer)
-    search = SearchConfig(rollouts=3, candidates=2, max_depth=3, max_step_tokens=48, max_output_tokens=16)
+    search = SearchConfig(rollouts=3, candidates=2, max_depth=3, max_step_tokens=48,
+                          max_output_tokens=16)
     budget = SearchConfig(max_depth=4, max_step_tokens=48, max_output_tokens=16)
-    kwargs = dict(budget=budget, search=search, samples=3, temperature=1.0, batch_size=2, progress=False,
-                  methods=["greedy", "sampled", "mcts"])
+    kwargs = dict(budget=budget, search=search, samples=3, temperature=1.0, batch_size=2,
+                  progress=False, methods=["greedy", "sampled", "mcts"])
     assert evaluate.share(7, 0, 3, 2) == [0, 1, 6] and evaluate.share(7, 2, 3, 2) == [4, 5]
     with CodeExecutor(num_workers=1) as executor:
-        alone = evaluate.evaluate_policy(problems, policy, executor, tokenizer, ppm=scorer, orm=scorer, **kwargs)
+        alone = evaluate.evaluate_policy(problems, policy, executor, tokenizer, ppm=scorer,
+                                         orm=scorer, **kwargs)
     assert 0 < alone.results["maj@N"]["accuracy"] < 1  # answers right and wrong: the samples matter
 
     count = 3
@@ -202,8 +219,10 @@ def test_processes_evaluate_their_shares_and_gather_the_evaluation_of_all():
     def process(index):
         try:
             with CodeExecutor(num_workers=1) as executor:
-                out[index] = evaluate.evaluate_policy(problems, policy, executor, tokenizer, ppm=scorer, orm=scorer,
-                                                      process=(index, count), gather=gather(index), **kwargs)
+                out[index] = evaluate.evaluate_policy(problems, policy, executor, tokenizer,
+                                                      ppm=scorer, orm=scorer,
+                                                      process=(index, count), gather=gather(index),
+                                                      **kwargs)
         except BaseException as e:  # noqa: BLE001 (reported below, in the test's thread)
             out[index] = e
             barrier.abort()
@@ -217,6 +236,7 @@ def test_processes_evaluate_their_shares_and_gather_the_evaluation_of_all():
         assert not isinstance(out[index], BaseException), out[index]
         assert out[index].results == alone.results and out[index].quality == alone.quality
         assert out[index].comparisons == alone.comparisons
-    assert solved == {i: {problems[j].id for j in evaluate.share(7, i, count, 2)} for i in range(count)}
+    assert solved == {i: {problems[j].id for j in evaluate.share(7, i, count, 2)}
+                      for i in range(count)}
     with CodeExecutor(num_workers=1) as executor, pytest.raises(ValueError, match="need a gather"):
         evaluate.evaluate_policy(problems, policy, executor, tokenizer, process=(0, 2), **kwargs)

@@ -56,7 +56,8 @@ def test_smoke_rounds_run_every_stage_and_write_the_report(straight):
     assert json.loads((workdir / "report.json").read_text())[4]["round"] == 4
     assert (workdir / "rounds.png").stat().st_size > 1000
     assert (workdir / "round_1" / "eval" / "results.md").exists()
-    assert list((workdir / "tb").glob("events.out.tfevents.*"))  # the round figures, for TensorBoard
+    # the round figures, for TensorBoard
+    assert list((workdir / "tb").glob("events.out.tfevents.*"))
     assert list((workdir / "round_1" / "policy" / "tb").glob("events.out.tfevents.*")) or results[1].sft == 0
 
 
@@ -73,7 +74,8 @@ def test_killed_in_search_and_in_training_resumes_to_the_same_report(straight, t
     workdir = f"memory://bucket/{uuid.uuid4().hex}"
 
     def run():
-        return evolve.run(config, workdir, progress=False, cache_dir=tmp_path / f"machine{next(tries)}")
+        return evolve.run(config, workdir, progress=False,
+                          cache_dir=tmp_path / f"machine{next(tries)}")
 
     def finished(rel):
         return fsspec.filesystem("memory").exists(f"{workdir}/{rel}")
@@ -110,17 +112,20 @@ def test_killed_in_search_and_in_training_resumes_to_the_same_report(straight, t
         run()
     monkeypatch.setattr(trainer_lib.Trainer, "step", real_step)
     assert finished("round_1/search.json")
-    assert calls["resumed search"] == 1  # the resumed search did only the chunk that was not written
+    # the resumed search did only the chunk that was not written
+    assert calls["resumed search"] == 1
 
     resumed = run()
     assert finished("report.md") and finished("rounds.png")
-    untimed = [json.dumps([dataclasses.asdict(x) | {"minutes": 0} for x in rs]) for rs in (resumed, reference)]
+    untimed = [json.dumps([dataclasses.asdict(x) | {"minutes": 0} for x in rs])
+               for rs in (resumed, reference)]
     assert untimed[0] == untimed[1]  # (as JSON: NaN, no MCTS figure, equals itself there)
     assert any(x.sft for x in reference), "the smoke run should train a policy, or the kill in training tests nothing"
 
 
 def test_a_missing_checkpoint_names_the_field_and_the_path(tmp_path):
-    with pytest.raises(evolve.ConfigError, match=r"config.model.checkpoint='/nowhere/phi3': no config.json there"):
+    with pytest.raises(evolve.ConfigError,
+                       match=r"config.model.checkpoint='/nowhere/phi3': no config.json there"):
         evolve.run(smoke_config(**{"model.checkpoint": "/nowhere/phi3"}), tmp_path)
     from configs import phi3
 
@@ -132,8 +137,10 @@ def test_a_missing_checkpoint_names_the_field_and_the_path(tmp_path):
     ("bootstrap.kind", "oracle",
      "config.bootstrap.kind must be one of base, few_shot, checkpoint, reference, got 'oracle'"),
     ("rounds", 0, "config.rounds must be an int in 1..8, got 0"),
-    ("problems.train", "synthetic:n=4,colour=red", "config.problems.train='synthetic:n=4,colour=red'"),
-    ("search.round2", {"rollouts": -1}, r"config.search \(round 2\): SearchConfig.rollouts must be a positive int"),
+    ("problems.train", "synthetic:n=4,colour=red",
+     "config.problems.train='synthetic:n=4,colour=red'"),
+    ("search.round2", {"rollouts": -1},
+     r"config.search \(round 2\): SearchConfig.rollouts must be a positive int"),
 ])
 def test_bad_fields_are_named(tmp_path, field, value, message):
     config = smoke_config(**{field: value})
@@ -143,7 +150,8 @@ def test_bad_fields_are_named(tmp_path, field, value, message):
 
 
 @pytest.mark.parametrize("kind, bootstrap, errors", [("base", False, 1), ("reference", False, 1),
-                                                     ("few_shot", True, 2), ("checkpoint", True, 2)])
+                                                     ("few_shot", True, 2),
+                                                     ("checkpoint", True, 2)])
 def test_round_one_tolerates_two_errors_only_with_the_bootstrap_prompt(kind, bootstrap, errors):
     config = evolve.search_config(smoke_config(**{"bootstrap.kind": kind}), 1)
     assert (config.bootstrap, config.errors_threshold) == (bootstrap, errors)
@@ -166,14 +174,14 @@ def _launch(script, *args):
     import subprocess
     import sys
 
-    return subprocess.run([sys.executable, str(ROOT / "launch" / script), *args], capture_output=True, text=True,
-                          cwd=ROOT, timeout=600)
+    return subprocess.run([sys.executable, str(ROOT / "launch" / script), *args],
+                          capture_output=True, text=True, cwd=ROOT, timeout=600)
 
 
 def test_the_launchers_evaluate_a_run_and_refuse_a_missing_model(straight, tmp_path):
     workdir, _ = straight
-    done = _launch("evaluate.py", "--config=configs/tiny.py:smoke", f"--workdir={workdir}", "--limit=2",
-                   "--methods=greedy,sampled", "--samples=2")
+    done = _launch("evaluate.py", "--config=configs/tiny.py:smoke", f"--workdir={workdir}",
+                   "--limit=2", "--methods=greedy,sampled", "--samples=2")
     assert done.returncode == 0, done.stderr[-2000:]
     table = (workdir / "evaluate" / "test-round4" / "results.md").read_text()
     assert "| greedy |" in table and "| maj@N |" in table
@@ -183,9 +191,11 @@ def test_the_launchers_evaluate_a_run_and_refuse_a_missing_model(straight, tmp_p
     assert has_ppm or "has no PPM" in done.stderr
     spec = "synthetic:n=3,seed=77,levels=3"
     cache = tmp_path / "jax_cache"
-    for again in (False, True):  # the second run compiles nothing: every program comes from the cache
-        done = _launch("evaluate.py", "--config=configs/tiny.py:smoke", f"--workdir={workdir}", "--round=0",
-                       f"--problems={spec}", "--methods=greedy", f"--config.compilation_cache={cache}")
+    for again in (False, True):
+        # the second run compiles nothing: every program comes from the cache
+        done = _launch("evaluate.py", "--config=configs/tiny.py:smoke", f"--workdir={workdir}",
+                       "--round=0", f"--problems={spec}", "--methods=greedy",
+                       f"--config.compilation_cache={cache}")
         assert done.returncode == 0, done.stderr[-2000:]
         entries = sorted(cache.iterdir())
         if again:
@@ -212,7 +222,8 @@ def test_a_skipped_round_is_reported_without_an_evaluation(tmp_path):
 
     x = RoundResult(2, "SLM-r1", notes=summary["notes"])
     x.set_evaluation(summary["evaluation"])
-    assert math.isnan(x.greedy) and "not evaluated" in table([x])  # no figure, and the note says why
+    # no figure, and the note says why
+    assert math.isnan(x.greedy) and "not evaluated" in table([x])
 
 
 def test_search_outcomes_counts_a_rounds_trajectories_per_family(straight):
@@ -220,7 +231,8 @@ def test_search_outcomes_counts_a_rounds_trajectories_per_family(straight):
     import sys
 
     workdir, _ = straight
-    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "search_outcomes.py"), str(workdir / "round_1")],
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "search_outcomes.py"),
+                           str(workdir / "round_1")],
                           capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     trees = list(records.read_records(workdir / "round_1" / "search", "tree"))
@@ -236,15 +248,18 @@ def test_problem_sets_drop_the_excluded_problems_from_both_then_cut_to_size():
     from rstar_jax.data import synthetic
 
     every = synthetic.generate(12, seed=9)
-    c = ml_collections.ConfigDict({"train": "synthetic:n=12,seed=9", "test": "synthetic:n=10,seed=9",
-                                   "exclude": "synthetic:n=6,seed=9", "max_train": 0, "max_test": 3})
+    c = ml_collections.ConfigDict({"train": "synthetic:n=12,seed=9",
+                                   "test": "synthetic:n=10,seed=9",
+                                   "exclude": "synthetic:n=6,seed=9", "max_train": 0,
+                                   "max_test": 3})
     train, test = evolve.problem_sets(c)
     assert [p.id for p in test] == [p.id for p in every[6:9]]  # after the 6 excluded, the first 3
     assert [p.id for p in train] == [p.id for p in every[9:]]  # neither excluded nor a test problem
 
 
 def test_searches_run_on_the_inference_mesh_with_weights_in_the_compute_dtype(tmp_path):
-    config = smoke_config(**{"inference_mesh.tensor": 2, "model.dtype": "bfloat16", "model.scan_layers": True})
+    config = smoke_config(**{"inference_mesh.tensor": 2, "model.dtype": "bfloat16",
+                             "model.scan_layers": True})
     run = evolve.Evolution(config, tmp_path)
     engine, scorer = run.engine(TINY_BASE), run.scorer(TINY_BASE)
     local = jax.local_devices()

@@ -98,7 +98,8 @@ HOSTILE = {
     "huge_numpy": ("import numpy as np\nx = np.ones(10**10)",
                    lambda r: r.error.startswith("MemoryError") or "Unable to allocate" in r.error),
     "print_100mb_lines": ("for _ in range(10**6):\n    print('x' * 99)",
-                          lambda r: _timeout(r) or (r.ok and r.stdout == (("x" * 99 + "\n") * 11)[:1024])),
+                          lambda r: _timeout(r)
+                          or (r.ok and r.stdout == (("x" * 99 + "\n") * 11)[:1024])),
     "print_100mb_string": ("print('y' * 10**8)", lambda r: r.ok and r.stdout == "y" * 1024),
     "deep_recursion": ("def f(n):\n    return f(n + 1)\nf(0)",
                        lambda r: r.error.startswith("RecursionError")),
@@ -297,7 +298,8 @@ def test_a_spare_killed_while_starting_is_replaced():
 
 def test_results_in_input_order_and_programs_independent():
     programs = [f"v = {i}\nprint(v * v)" for i in range(200)]
-    programs += ["secret = 5", "print(secret)", "open('f', 'w').write('x')", "import os\nprint(os.listdir('.'))"]
+    programs += ["secret = 5", "print(secret)", "open('f', 'w').write('x')",
+                 "import os\nprint(os.listdir('.'))"]
     with CodeExecutor(num_workers=2, timeout_s=5.0) as ex:
         results = ex.run(programs)
         again = ex.run(["import random, numpy\nprint(random.random(), numpy.random.rand())"] * 4)
@@ -323,7 +325,8 @@ def test_workers_are_not_recycled_because_the_parent_is_large():
 
 def test_output_truncated_and_errors_on_one_line():
     with CodeExecutor(num_workers=1, timeout_s=5.0, max_output_chars=10) as ex:
-        long, syntax, multi = ex.run(["print('a' * 5000)", "x = (1,\n", "raise ValueError('a\\nb')"])
+        long, syntax, multi = ex.run(["print('a' * 5000)", "x = (1,\n",
+                                      "raise ValueError('a\\nb')"])
     assert long == ExecResult(True, "a" * 10, "")
     assert syntax.error.startswith("SyntaxError: ") and "\n" not in syntax.error
     assert multi.error == "ValueError: a b"
@@ -420,10 +423,12 @@ def test_a_host_runs_as_many_workers_as_its_cores_and_memory_allow(monkeypatch):
     from rstar_jax.steps.executor import host_workers
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(208)))  # a v5p TPU VM host
-    assert host_workers(1024) == min(64, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20 // 2048)
+    memory_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
+    assert host_workers(1024) == min(64, memory_mb // 2048)
     assert host_workers(1024, cap=300, reserve=8) <= 200
     assert host_workers(10**9) == 1  # memory for none: still one
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})  # two cores, both kept for the driver
+    # two cores, both kept for the driver
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
     assert host_workers(64) == 1
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
     assert host_workers(64) == 6

@@ -37,7 +37,8 @@ def _few_shot_response(example):
 FEW_SHOT_RESPONSES = [_few_shot_response(e) for e in FEW_SHOTS]
 SFT_RESPONSES = [r["response"] for r in SFT]
 PPM_TEXTS = [r[k] for r in PPM for k in ("prompt", "pos", "neg")]
-PPM_RESPONSES = [fmt.split_policy_prompt(r["prompt"] + r[k])[1] for r in PPM for k in ("pos", "neg")]
+PPM_RESPONSES = [fmt.split_policy_prompt(r["prompt"] + r[k])[1] for r in PPM
+                 for k in ("pos", "neg")]
 ALL_TEXTS = [*FEW_SHOTS, *FEW_SHOT_RESPONSES, *SFT_RESPONSES, *PPM_TEXTS, *PPM_RESPONSES]
 # Responses that run to an answer step; the one PPM negative that does not is tested on its own.
 FINISHED = [*FEW_SHOT_RESPONSES, *SFT_RESPONSES,

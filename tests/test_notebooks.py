@@ -29,7 +29,9 @@ def test_the_quickstart_runs_at_smoke_size(smoke_run, tmp_path):
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert "round_1: search" not in _text(code[3])  # the copied run is read back, not redone
     assert "| round | search policy |" in "".join(_text(c) for c in code)  # the round table
-    assert any("image/png" in out.get("data", {}) for c in code for out in c.get("outputs", []))  # the plot
+    # the plot
+    assert any("image/png" in out.get("data", {}) for c in code for out in c.get("outputs", []))
     assert "root" in _text(code[-3])  # a rendered search tree
-    assert "search, " in _text(code[-1]) and "answer" in _text(code[-1])  # the test-time search on a new question
+    # the test-time search on a new question
+    assert "search, " in _text(code[-1]) and "answer" in _text(code[-1])
     assert (tmp_path / "run" / "report.md").exists()

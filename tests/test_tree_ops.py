@@ -28,8 +28,8 @@ def _expand(tree, leaf, *, keep, failed=None, answer=None, value=None, ppm=None,
 
 
 def _host(tree):
-    names = ("parent", "depth", "children", "visits", "value_sum", "init_value", "reward", "terminal",
-             "valid", "is_answer", "errors", "num_nodes", "rollouts", "cursor")
+    names = ("parent", "depth", "children", "visits", "value_sum", "init_value", "reward",
+             "terminal", "valid", "is_answer", "errors", "num_nodes", "rollouts", "cursor")
     return {name: np.asarray(getattr(tree, name)) for name in names}
 
 

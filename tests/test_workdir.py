@@ -56,7 +56,8 @@ def test_pull_skips_what_it_is_told_and_push_deletes_old_checkpoints(url, tmp_pa
 
 
 def test_a_url_without_a_filesystem_is_a_clear_error(tmp_path):
-    with pytest.raises(ValueError, match=r"--workdir=nosuch://bucket/run: no filesystem for this URL"):
+    with pytest.raises(ValueError,
+                       match=r"--workdir=nosuch://bucket/run: no filesystem for this URL"):
         Mirror("nosuch://bucket/run", tmp_path)
 
 
