@@ -30,7 +30,7 @@ reuse should gain most.
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import os.path
 import statistics
 import tempfile
 from collections.abc import Sequence
@@ -40,14 +40,6 @@ from rstar_jax.search.config import Mode, SearchConfig
 from rstar_jax.search.driver import EnginePolicy, Problem, SearchStats, run_search
 from rstar_jax.steps.executor import CodeExecutor
 from rstar_jax.testing import steered_tiny_policy, tiny_tokenizer
-
-
-def _shared(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
 
 
 class Seen:
@@ -67,30 +59,25 @@ class Seen:
     def novel(self, sequence: Sequence[int]) -> int:
         """Tokens of `sequence` not computed before; it is computed from now on."""
         done = self.sequences[self.problem(sequence)]
-        known = max((_shared(s, sequence) for s in done), default=0)
+        known = max((len(os.path.commonprefix([s, list(sequence)])) for s in done), default=0)
         done.append(list(sequence))
         return len(sequence) - known
-
-
-@dataclasses.dataclass
-class New:
-    tokens: int = 0
 
 
 class CountingPolicy:
     """A `Policy` that counts the new tokens of each call (see the module docstring)."""
 
     def __init__(self, policy: EnginePolicy, seen: Seen):
-        self.policy, self.seen, self.new = policy, seen, New()
+        self.policy, self.seen, self.new = policy, seen, 0
 
     def sample(self, prompts, num_samples, seeds, rows=None):
         tokens, lengths = self.policy.sample(prompts, num_samples, seeds, rows=rows)
         for b, prompt in enumerate(prompts):
-            self.new.tokens += self.seen.novel(prompt)
+            self.new += self.seen.novel(prompt)
             for s in range(num_samples):
                 row = b * num_samples + s
                 self.seen.novel([*prompt, *tokens[row, :lengths[row]].tolist()])
-                self.new.tokens += int(lengths[row])
+                self.new += int(lengths[row])
         return tokens, lengths
 
 
@@ -98,17 +85,17 @@ class CountingScorer:
     """A PPM scorer that counts the new tokens of each call; its `store` is the scorer's."""
 
     def __init__(self, scorer: ValueScorer, seen: Seen):
-        self.scorer, self.seen, self.new = scorer, seen, New()
+        self.scorer, self.seen, self.new = scorer, seen, 0
         self.store = scorer.store
 
     def score(self, sequences):
-        self.new.tokens += sum(self.seen.novel(s) for s in sequences)
+        self.new += sum(self.seen.novel(s) for s in sequences)
         return self.scorer.score(sequences)
 
     def score_children(self, prefixes, children, rows=None):
         for prefix, kids in zip(prefixes, children):
-            self.new.tokens += self.seen.novel(prefix)
-            self.new.tokens += sum(self.seen.novel([*prefix, *kid]) for kid in kids)
+            self.new += self.seen.novel(prefix)
+            self.new += sum(self.seen.novel([*prefix, *kid]) for kid in kids)
         return self.scorer.score_children(prefixes, children, rows=rows)
 
 
@@ -131,7 +118,7 @@ def _run(args, tokenizer, problems, executor, *, reuse: bool) -> dict:
         stats = SearchStats()
         run_search(problems, policy, executor, tokenizer, config, scorer=ppm,
                    batch_size=args.batch, progress=False, stats=stats)
-        return stats, engine.counts, scorer.counts, policy.new.tokens, ppm.new.tokens
+        return stats, engine.counts, scorer.counts, policy.new, ppm.new
 
     once()  # compile every shape the search meets
     runs = [once() for _ in range(args.repeats)]
