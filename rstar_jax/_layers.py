@@ -92,7 +92,7 @@ def back_edges(root: pathlib.Path, layer=None) -> list[tuple[str, Import]]:
         here = package(module)
         for site in import_sites(path, found):
             there = package(site.target)
-            if there == here or site.target == "rstar_jax" and there == "rstar_jax":
+            if there == here:
                 continue
             # (`from rstar_jax import _lazy` reads as the module rstar_jax._lazy, lowest layer)
             if there == "rstar_jax" or layer.get(there, top) >= layer.get(here, top):
