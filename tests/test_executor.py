@@ -432,3 +432,12 @@ def test_a_host_runs_as_many_workers_as_its_cores_and_memory_allow(monkeypatch):
     assert host_workers(64) == 1
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
     assert host_workers(64) == 6
+
+
+def test_numpy_int_settings_reach_the_workers_as_ints():
+    """The settings go to the workers as JSON: a NumPy int is taken as the int it holds."""
+    import numpy as np
+
+    with CodeExecutor(num_workers=np.int64(1), memory_mb=np.int64(1024),
+                      max_output_chars=np.int32(100)) as ex:
+        assert ex.run(["print(6 * 7)"])[0].stdout == "42\n"

@@ -242,7 +242,7 @@ class RecordWriter:
     def __init__(self, directory: str | pathlib.Path, kind: str, *, shard_size: int = 1000,
                  prefix: str = ""):
         _check_kind(kind)
-        positive_int(shard_size, "shard_size")
+        shard_size = positive_int(shard_size, "shard_size")
         if prefix and not re.fullmatch(r"[A-Za-z0-9_.]+", prefix):
             raise ValueError(f"prefix must be letters, digits, '_' or '.', got {prefix!r}")
         self.directory, self.kind, self.shard_size = pathlib.Path(directory), kind, shard_size

@@ -88,7 +88,7 @@ class ValueScorer:
         if not 0 <= pad_id < model.config.vocab_size:
             raise ValueError(f"pad_id={pad_id} must be a token id in [0, "
                              f"{model.config.vocab_size})")
-        positive_int(max_rows, "max_rows")
+        max_rows = positive_int(max_rows, "max_rows")
         if not raw_scale > 0:
             raise ValueError(f"raw_scale must be > 0, got {raw_scale!r}")
         # A head trained without tanh (the reference code's way) is read as tanh(raw / raw_scale),

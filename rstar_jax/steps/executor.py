@@ -181,10 +181,12 @@ class CodeExecutor:
         sandbox: bool = True,
         preload: Sequence[str] = PRELOAD,
     ):
-        for name, value in (("num_workers", num_workers), ("memory_mb", memory_mb),
-                            ("max_output_chars", max_output_chars),
-                            ("max_programs_per_worker", max_programs_per_worker)):  # fmt: skip
-            positive_int(value, f"CodeExecutor: {name}")
+        # As Python ints: the settings go to the workers as JSON, which has no NumPy ints.
+        num_workers = positive_int(num_workers, "CodeExecutor: num_workers")
+        memory_mb = positive_int(memory_mb, "CodeExecutor: memory_mb")
+        max_output_chars = positive_int(max_output_chars, "CodeExecutor: max_output_chars")
+        max_programs_per_worker = positive_int(max_programs_per_worker,
+                                               "CodeExecutor: max_programs_per_worker")
         if max_output_chars * 12 + 4096 > _MAX_REPLY_BYTES:  # JSON escapes up to 12 bytes/char
             raise ValueError(f"CodeExecutor: max_output_chars must be at most "
                              f"{(_MAX_REPLY_BYTES - 4096) // 12}, got {max_output_chars}")  # fmt: skip
