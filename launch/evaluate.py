@@ -56,6 +56,7 @@ def main(argv):
         run = evolve.Evolution(config, _WORKDIR.value, check_workdir=False,
                                cache_dir=_CACHE_DIR.value)
         r = run.last_round() if _ROUND.value < 0 else _ROUND.value
+        run.policy_path(r)  # (a round not yet trained fails here, saying which file is missing)
         ppm = run.ppm_path(r)
         problems = load_problems(_PROBLEMS.value) if _PROBLEMS.value else run.problems()[1]
         run.tokenizer  # (a stock model, without the step tokens, fails here saying what to do)
@@ -78,7 +79,10 @@ def main(argv):
     out = run.dir / "evaluate" / f"{name}-round{r}"
     print(evaluate.report(ev, out, title=f"{len(problems)} problems, round {r}"))
     run.push(out)
-    print(f"written to {out}" + (f" and {run.mirror.url}/{out.relative_to(run.dir).as_posix()}" if run.mirror else ""))
+    where = f"written to {out}"
+    if run.mirror:
+        where += f" and {run.mirror.url}/{out.relative_to(run.dir).as_posix()}"
+    print(where)
     return 0
 
 

@@ -208,6 +208,10 @@ def test_the_launchers_evaluate_a_run_and_refuse_a_missing_model(straight, tmp_p
     assert set(greedy) >= {"accuracy", "n", "ci95", "correct", "levels"} and greedy["n"] == 3
     ids = {p.id for p in load_problems(spec)}
     assert set(greedy["correct"]) <= ids and greedy["accuracy"] == len(greedy["correct"]) / 3
+    # A round the run never trained: a message, not a traceback.
+    failed = _launch("evaluate.py", "--config=configs/tiny.py:smoke", f"--workdir={workdir}",
+                     "--round=9", "--methods=greedy")
+    assert failed.returncode == 2 and "round_9" in failed.stderr, failed.stderr[-2000:]
     failed = _launch("tpu_evolve.py", "--config=configs/phi3.py", f"--workdir={tmp_path}")
     assert failed.returncode == 2
     assert "config.model.checkpoint='/mnt/models/Phi-3-mini-4k-instruct': no config.json there" in failed.stderr
