@@ -3,7 +3,8 @@ tokens no earlier expansion of the problem computed, and rollouts/s with reuse a
 
 The search is `benchmarks/mcts.py`'s: the tiny steered policy and a random tiny PPM, K = 8,
 PPM-augmented, 4 rollouts per problem to depth 8, the real executor; 32 problems, B = 32 at
-a time. It runs twice in one process, each after an untimed warm-up of the same shapes:
+a time. It runs twice in one process; each time one untimed search counts the tokens (and
+compiles every shape), then the timed repeats run without the counting wrappers:
 - without reuse: every expansion prefills its prompt and path whole, and the PPM its prefix;
 - with reuse: the engine's and the PPM's prefix stores (`prefix_rows` = B), which keep each
   batch place's last prompt, so a prompt runs only what it does not share with it.
@@ -37,7 +38,8 @@ from collections.abc import Sequence
 
 from rstar_jax.engine import Engine, TokenCounts, ValueScorer
 from rstar_jax.search.config import Mode, SearchConfig
-from rstar_jax.search.driver import EnginePolicy, Problem, SearchStats, run_search
+from rstar_jax.data.problem import Problem
+from rstar_jax.search.driver import EnginePolicy, SearchStats, run_search
 from rstar_jax.steps.executor import CodeExecutor
 from rstar_jax.testing import steered_tiny_policy, tiny_tokenizer
 
@@ -111,21 +113,26 @@ def _run(args, tokenizer, problems, executor, *, reuse: bool) -> dict:
                           max_output_tokens=32)
     prompts = [tokenizer.prompt_ids(p.question) for p in problems]
 
-    def once():
-        engine.counts, scorer.counts = TokenCounts(), TokenCounts()
-        policy = CountingPolicy(EnginePolicy(engine, tokenizer, config), Seen(prompts))
-        ppm = CountingScorer(scorer, Seen(prompts))
+    def search(policy, ppm) -> SearchStats:
         stats = SearchStats()
         run_search(problems, policy, executor, tokenizer, config, scorer=ppm,
                    batch_size=args.batch, progress=False, stats=stats)
-        return stats, engine.counts, scorer.counts, policy.new, ppm.new
+        return stats
 
-    once()  # compile every shape the search meets
-    runs = [once() for _ in range(args.repeats)]
-    stats, policy_counts, ppm_counts, policy_new, ppm_new = runs[0]  # the search is the same
+    # Counted once (it also compiles every shape the search meets), then timed without the
+    # counting wrappers: the search is the same every time.
+    engine.counts, scorer.counts = TokenCounts(), TokenCounts()
+    policy = CountingPolicy(EnginePolicy(engine, tokenizer, config), Seen(prompts))
+    ppm = CountingScorer(scorer, Seen(prompts))
+    stats = search(policy, ppm)
+    policy_counts, ppm_counts = engine.counts, scorer.counts
+    policy_new, ppm_new = policy.new, ppm.new
+    bare = EnginePolicy(engine, tokenizer, config)
+    runs = [search(bare, scorer) for _ in range(args.repeats)]
     return {
-        "tokens_per_step": policy_counts.decoded_tokens / max(stats.expansions * 8, 1),
-        "rollouts_per_s": statistics.median(r[0].rollouts / r[0].wall for r in runs),
+        "tokens_per_step": (policy_counts.decoded_tokens
+                            / max(stats.expansions * config.candidates, 1)),
+        "rollouts_per_s": statistics.median(r.rollouts / r.wall for r in runs),
         "expansions": stats.expansions,
         "policy": (policy_counts.computed, policy_new),
         "ppm": (ppm_counts.computed, ppm_new),
