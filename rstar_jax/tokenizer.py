@@ -24,8 +24,8 @@ import itertools
 import json
 import pathlib
 import re
-from collections.abc import Iterable, Sequence
-from typing import Protocol, runtime_checkable
+from collections.abc import Iterable
+from typing import Protocol
 
 import sentencepiece as spm
 import tokenizers
@@ -45,10 +45,14 @@ def backend_of(path: str | pathlib.Path) -> str | None:
     return next((b for b, f in BACKENDS.items() if (pathlib.Path(path) / f).is_file()), None)
 
 
+def listing(path: pathlib.Path) -> list[str] | str:
+    """What a directory holds, for an error message that says which files were found."""
+    return sorted(p.name for p in path.iterdir()) if path.is_dir() else "no such directory"
+
+
 CONFIG_FILE = "tokenizer_config.json"
 
 
-@runtime_checkable
 class Backend(Protocol):
     """What `Tokenizer` needs of a tokenizer library, and all it may use of one.
 
@@ -58,10 +62,9 @@ class Backend(Protocol):
     """
 
     name: str  # a key of BACKENDS: the file `save` writes and `Tokenizer.from_dir` reads
-
-    @property
-    def vocab_size(self) -> int:
-        """Max id + 1, added tokens included: ids index embedding rows, and may have gaps."""
+    # Max id + 1, added tokens included: ids index embedding rows, and may have gaps. Kept up to
+    # date by `add`: `Tokenizer.decode` reads it for every id.
+    vocab_size: int
 
     def encode(self, text: str) -> list[int]:
         """Ids of `text` as the start of a sequence; no BOS or EOS is added.
@@ -130,10 +133,7 @@ class _SentencePiece:
         self.pattern = None
         if alternatives:
             self.pattern = re.compile("(" + "|".join(map(re.escape, alternatives)) + ")")
-
-    @property
-    def vocab_size(self) -> int:
-        return max([self.sp.get_piece_size() - 1, *self.added.values()]) + 1
+        self.vocab_size = max([self.sp.get_piece_size() - 1, *self.added.values()]) + 1
 
     def encode(self, text: str) -> list[int]:
         # Even indices of the split are text, odd ones are added tokens. Control tokens (<s>)
@@ -186,6 +186,7 @@ class _SentencePiece:
         for token in tokens:
             i = self.token_to_id(token)
             self.added[token] = self.vocab_size if i is None else i
+            self.vocab_size = max(self.vocab_size, self.added[token] + 1)
             self.special.add(self.added[token])
         self._reindex()
 
@@ -259,11 +260,9 @@ class Tokenizer:
         if backend is None:
             backend = backend_of(path)
             if backend is None:
-                found = "no such directory"
-                if path.is_dir():
-                    found = sorted(p.name for p in path.iterdir())
                 raise FileNotFoundError(
-                    f"tokenizer dir {path} has none of {list(BACKENDS.values())} (found: {found}); "
+                    f"tokenizer dir {path} has none of {list(BACKENDS.values())} (found: "
+                    f"{listing(path)}); "
                     "expected a Hugging Face tokenizer directory or one written by Tokenizer.save")
         if backend not in BACKENDS:
             raise ValueError(f"unknown tokenizer backend {backend!r}; valid: {sorted(BACKENDS)}")
@@ -352,8 +351,8 @@ class Tokenizer:
         the ids before it, or accept that.
         """
         ids = [int(i) for i in ids]
-        bad = [i for i in ids
-               if not 0 <= i < self.vocab_size or self._backend.id_to_token(i) is None]
+        size = self.vocab_size
+        bad = [i for i in ids if not 0 <= i < size or self._backend.id_to_token(i) is None]
         if bad:
             raise ValueError(f"cannot decode ids {bad[:8]}: not tokens of this tokenizer "
                              f"(vocab_size={self.vocab_size}); mask logits of unused embedding "
@@ -396,7 +395,7 @@ class Tokenizer:
         token encodes as a continuation (`Backend.encode`), so `text` is encoded behind
         `<end_of_code>` and that id dropped, whatever the backend.
         """
-        anchor = self.step_token_ids[fmt.END_OF_CODE]
+        anchor = self._end_of_code()
         ids = self.encode(fmt.END_OF_CODE + text)
         if not ids or ids[0] != anchor:
             raise ValueError(f"the tokenizer does not encode {fmt.END_OF_CODE!r} as its single id "
@@ -406,11 +405,16 @@ class Tokenizer:
     def continuation_text(self, ids: Iterable[int]) -> str:
         """Text of `ids` as they continue a sequence: a step decoded alone would lose its leading
         space with a dummy-prefix tokenizer (see `continuation_ids`)."""
-        text = self.decode([self.step_token_ids[fmt.END_OF_CODE], *ids])
+        text = self.decode([self._end_of_code(), *ids])
         if not text.startswith(fmt.END_OF_CODE):
             raise ValueError(f"the tokenizer does not decode its {fmt.END_OF_CODE!r} id as that "
                              f"text; got {text[:40]!r}")
         return text[len(fmt.END_OF_CODE):]
+
+    def _end_of_code(self) -> int:
+        """The id continuations are encoded behind (without building every step token's id)."""
+        i = self.token_to_id(fmt.END_OF_CODE)
+        return self.step_token_ids[fmt.END_OF_CODE] if i is None else i  # (None: says what to do)
 
     # --- added tokens -------------------------------------------------------------------------
 
@@ -487,4 +491,3 @@ def _added_tokens(config: dict, added_json: dict,
         if str(i) not in decoder:
             special.add(i)
     return added, special
-

@@ -24,7 +24,7 @@ from jax.sharding import NamedSharding
 
 from rstar_jax.models import hf, tensor_files
 from rstar_jax.models.transformer import CausalLM
-from rstar_jax.tokenizer import BACKENDS, STEP_TOKENS, Tokenizer, backend_of
+from rstar_jax.tokenizer import BACKENDS, STEP_TOKENS, Tokenizer, backend_of, listing
 
 CONVERTED_FILE = "CONVERTED.json"  # what convert_checkpoint did, beside the weights
 
@@ -182,10 +182,7 @@ def _check_source(source: pathlib.Path, tok_dir: pathlib.Path, given: bool) -> N
                                 "download <repo> --local-dir DIR`)")
     if backend_of(tok_dir) is None:
         where = "tokenizer directory" if given else "checkpoint directory"
-        found = "no such directory"
-        if tok_dir.is_dir():
-            found = sorted(p.name for p in tok_dir.iterdir())
         raise FileNotFoundError(
             f"{where} {tok_dir} has no tokenizer ({' or '.join(BACKENDS.values())}; found: "
-            f"{found}); download the checkpoint's tokenizer files too, or name the directory that "
+            f"{listing(tok_dir)}); download the checkpoint's tokenizer files too, or name the directory that "
             "holds them (--tokenizer)")
