@@ -35,6 +35,7 @@ import numpy as np
 
 from rstar_jax.data import records
 from rstar_jax.data.extract import ExtractConfig, extract
+from rstar_jax.data.tree import NODE_FIELDS
 from rstar_jax.testing import random_search_tree
 
 
@@ -83,8 +84,7 @@ def read_json(directory: pathlib.Path) -> int:
     with (directory / "trees.jsonl").open() as f:
         for line in f:
             d = json.loads(line)
-            for k in ("parent", "depth", "children", "visits", "value_sum", "init_value", "reward",
-                      "terminal", "valid", "is_answer", "errors"):
+            for k in NODE_FIELDS:
                 d[k] = np.asarray(d[k])
             n += 1
     return n

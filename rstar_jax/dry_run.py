@@ -414,8 +414,8 @@ def table(title: str, results: Sequence[Compiled], hbm: float | None) -> str:
     head = f"{title}; HBM per chip: {'unknown' if hbm is None else f'{hbm:g} GiB'}"
     lines = [head, "",
              "| function | used by | arguments GiB | outputs GiB | temporaries GiB | peak GiB | "
-             "fits | compile s | flops | bytes | ideal ms "
-             "|", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "fits | compile s | flops | bytes | ideal ms |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     note = ("\nflops, bytes: XLA's cost analysis per chip, a loop's body counted once (a decode's: "
             "one token). ideal ms: a call at the chip's peak, bf16 FLOP/s or HBM bandwidth, "
             "whichever bounds it (a training step: its whole batch's FLOPs counted from the "

@@ -95,7 +95,7 @@ def test_convert_adds_the_step_tokens_with_rows_at_the_mean_and_keeps_the_rest(
     text = "total = 2 * 20 * 12\nprint(total)"
     assert tokenizer.encode(f"{text}<end_of_step><code>") == [*before.encode(text),
                                                               new_ids["<end_of_step>"],
-                                                                new_ids["<code>"]]
+                                                              new_ids["<code>"]]
     assert read_config(out).vocab_size == rows_after
     assert json.loads((out / vocab.CONVERTED_FILE).read_text())["added"] == new_ids
 

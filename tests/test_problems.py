@@ -153,9 +153,8 @@ def test_bad_problem_files_are_named(tmp_path):
 
 
 def test_normalisation_ignores_spacing_case_delimiters_and_final_punctuation():
-    assert normalize_question(r"What is $\dfrac{1}{2} + \left( 3 \right)$? "
-                              r" ") == normalize_question(
-        r"what is \frac{1}{2}+(3)")
+    spaced = r"What is $\dfrac{1}{2} + \left( 3 \right)$?  "
+    assert normalize_question(spaced) == normalize_question(r"what is \frac{1}{2}+(3)")
     assert normalize_question("What is 1.5 times 2?") != normalize_question("What is 15 times 2?")
     assert normalize_question("Find x.") == normalize_question("FIND  X")
 

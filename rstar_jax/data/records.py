@@ -30,7 +30,7 @@ import numpy as np
 from array_record.python.array_record_module import ArrayRecordReader, ArrayRecordWriter
 
 from rstar_jax._checks import positive_int
-from rstar_jax.data.problem import Problem
+from rstar_jax.data.problem import Problem, problem_id
 from rstar_jax.data.tree import SearchTree
 from rstar_jax.steps import format as fmt
 
@@ -373,8 +373,6 @@ def _released_rows(path: str | pathlib.Path, keys: tuple[str, ...]) -> list[dict
 def import_rstar_sft(path: str | pathlib.Path) -> list[SFTExample]:
     """The released rStar-Math policy SFT data (JSON list or JSONL of {"query", "response"}):
     `response` is the text after the policy prompt, as `SFTExample.response` is."""
-    from rstar_jax.data.problem import problem_id
-
     return [SFTExample(problem_id=problem_id(r["query"], "rstar_release"), question=r["query"],
                        response=r["response"], source="rstar_release")
             for r in _released_rows(path, ("query", "response"))]
@@ -385,8 +383,6 @@ def import_rstar_ppm(path: str | pathlib.Path) -> list[PPMPair]:
     exactly as released (kind "released"): `prompt` is the user turn of the policy prompt, and
     `pos` / `neg` each repeat the assistant turn's opening before a whole response, so the PPM
     scores prompt + pos against prompt + neg."""
-    from rstar_jax.data.problem import problem_id
-
     return [PPMPair(problem_id=problem_id(r["prompt"], "rstar_release"), prompt=r["prompt"],
                     positive=r["pos"], negative=r["neg"], kind="released", source="rstar_release")
             for r in _released_rows(path, ("prompt", "pos", "neg"))]

@@ -184,5 +184,5 @@ def _check_source(source: pathlib.Path, tok_dir: pathlib.Path, given: bool) -> N
         where = "tokenizer directory" if given else "checkpoint directory"
         raise FileNotFoundError(
             f"{where} {tok_dir} has no tokenizer ({' or '.join(BACKENDS.values())}; found: "
-            f"{listing(tok_dir)}); download the checkpoint's tokenizer files too, or name the directory that "
-            "holds them (--tokenizer)")
+            f"{listing(tok_dir)}); download the checkpoint's tokenizer files too, or name the "
+            "directory that holds them (--tokenizer)")

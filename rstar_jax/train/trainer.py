@@ -307,7 +307,7 @@ class Trainer:
         with self._mesh():
             self.params, self.opt_state, metrics = self._step(self.graphdef, self.params,
                                                               self.opt_state, self.rest,
-                                                               arrays, task=self.task,
+                                                              arrays, task=self.task,
                                                               config=self.config)
         self.step_count += 1
         return {k: float(v) for k, v in jax.device_get(metrics).items()} | {"lr": lr}
