@@ -72,7 +72,7 @@ def evolve_config(config: ml_collections.ConfigDict, *, train: str, test: str,
     """Adds what the self-evolution rounds read (`rstar_jax.evolve`) to `config`.
 
     train/test: problem specs (`data.load.load_problems`: a benchmark name, "synthetic:...",
-    a file); bootstrap: the round-1 policy (`evolve.BOOTSTRAP_KINDS`); search: SearchConfig
+    a file); bootstrap: the round-1 policy (`evolve.config.BOOTSTRAP_KINDS`); search: SearchConfig
     fields every round and the evaluation use (budgets); rounds_search: {"round1": {...}, ...}
     per-round fields over the paper's presets; eval_search: the test-time search's fields;
     exclude: a problem spec of problems the policy was trained on before round 1 (its

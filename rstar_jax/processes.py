@@ -11,7 +11,6 @@ import itertools
 from collections.abc import Callable
 
 import jax
-from jax._src import distributed
 
 
 class ProcessFailed(RuntimeError):
@@ -21,6 +20,14 @@ class ProcessFailed(RuntimeError):
 def index_and_count() -> tuple[int, int]:
     """(index, count) of this process in the job; (0, 1) on one host."""
     return jax.process_index(), jax.process_count()
+
+
+def _client():
+    """JAX's coordination service client. Its module is private, so it is imported only when
+    several processes run: one host never touches it."""
+    from jax._src import distributed
+
+    return distributed.global_state.client
 
 
 def is_first() -> bool:
@@ -38,7 +45,7 @@ def barrier(name: str) -> None:
     A barrier of the coordination service, not a device collective: processes may arrive hours
     apart, and a collective's first use (gloo on CPU) gives up after 30 s."""
     if index_and_count()[1] > 1:
-        distributed.global_state.client.wait_at_barrier(f"rstar_jax {next(_barriers)}: {name}",
+        _client().wait_at_barrier(f"rstar_jax {next(_barriers)}: {name}",
                                                         BARRIER_HOURS * 3600 * 1000)
 
 
@@ -48,7 +55,7 @@ def agreed(name: str, decide: Callable[[], bool]) -> bool:
     process arriving late, after another finished the stage, still runs the stage's barriers."""
     if index_and_count()[1] == 1:
         return decide()
-    client, key = distributed.global_state.client, f"rstar_jax decision {next(_decisions)}: {name}"
+    client, key = _client(), f"rstar_jax decision {next(_decisions)}: {name}"
     if index_and_count()[0] == 0:
         value = bool(decide())
         client.key_value_set(key, "yes" if value else "no")
@@ -66,7 +73,7 @@ def by_process_0(name: str, fn: Callable[[], object]) -> object:
     index, count = index_and_count()
     if count == 1:
         return fn()
-    client, key = distributed.global_state.client, f"rstar_jax work {next(_decisions)}: {name}"
+    client, key = _client(), f"rstar_jax work {next(_decisions)}: {name}"
     if index == 0:
         try:
             result = fn()

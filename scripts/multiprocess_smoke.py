@@ -11,8 +11,8 @@ devices, which searches the same chunks with the same seeds:
 (--delay starts the last process that many seconds after the others: a slow host, which the
 others wait for at every barrier.)
 
-Too slow for the test suite (two evolutions on two cores); run it after changing evolve.py's
-process handling.
+Too slow for the test suite (two evolutions on two cores); run it after changing
+rstar_jax/processes.py or how rstar_jax/evolve/ coordinates processes.
 """
 
 from __future__ import annotations

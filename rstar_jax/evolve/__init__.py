@@ -62,9 +62,9 @@ from rstar_jax.data.extract import ExtractConfig
 from rstar_jax.data.problem import Problem
 from rstar_jax.engine import Engine, ValueScorer
 from rstar_jax.evolve import stages
-from rstar_jax.evolve.config import BOOTSTRAP_KINDS, ConfigError, check_config, code_executor, \
-    eval_budget, eval_search_config, fingerprint, microbatches, prefix_rows, problem_sets, \
-    search_config, use_compilation_cache
+from rstar_jax.evolve.config import ConfigError, check_config, code_executor, eval_budget, \
+    eval_search_config, fingerprint, microbatches, problem_sets, search_config, \
+    use_compilation_cache
 from rstar_jax.evolve.loader import Loader
 from rstar_jax.evolve.plan import dry_run
 from rstar_jax.evolve.rundir import RunDir
@@ -74,9 +74,9 @@ from rstar_jax.evolve.summaries import BootstrapSummary, EvalSummary, ExtractSum
 from rstar_jax.report import RoundResult
 from rstar_jax.steps.executor import CodeExecutor
 
-__all__ = ["BOOTSTRAP_KINDS", "STAGES", "ConfigError", "Evolution", "check_config",
-           "code_executor", "dry_run", "eval_budget", "eval_search_config", "microbatches",
-           "prefix_rows", "problem_sets", "run", "search_config", "use_compilation_cache"]
+__all__ = ["STAGES", "ConfigError", "Evolution", "check_config", "code_executor", "dry_run",
+           "eval_budget", "eval_search_config", "microbatches", "problem_sets", "run",
+           "search_config"]
 
 
 class Evolution:

@@ -153,11 +153,6 @@ def fingerprint(config: ml_collections.ConfigDict) -> dict:
     return d
 
 
-def changed_fields(saved: dict, current: dict) -> list[str]:
-    """The top-level fields of two fingerprints that differ, sorted."""
-    return sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
-
-
 # --- training ---------------------------------------------------------------------------------
 
 
@@ -210,4 +205,3 @@ def use_compilation_cache(where: str, workdir: pathlib.Path) -> str | None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     return path
-

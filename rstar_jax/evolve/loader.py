@@ -20,6 +20,7 @@ from rstar_jax.models import from_pretrained, read_config, save_pretrained, voca
 from rstar_jax.tokenizer import Tokenizer, backend_of
 from rstar_jax.train import batch_shards, inference_mesh, mesh_from_config
 
+
 class Loader:
     """The models of the run of `config` in `files`; `reading`: the run is only read (an
     evaluation), so a checkpoint it never converted is an error, not converted here."""

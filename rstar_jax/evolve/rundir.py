@@ -17,7 +17,7 @@ from typing import Protocol, TypeVar
 
 from rstar_jax import processes
 from rstar_jax._files import write_text_atomic
-from rstar_jax.evolve.config import ConfigError, changed_fields
+from rstar_jax.evolve.config import ConfigError
 from rstar_jax.train import Checkpoints
 from rstar_jax.workdir import Mirror, is_url
 
@@ -61,14 +61,16 @@ class RunDir:
         self.dir.mkdir(parents=True, exist_ok=True)
         saved = self.dir / "config.json"
         if saved.exists():
-            changed = changed_fields(json.loads(saved.read_text()), fingerprint)
+            old = json.loads(saved.read_text())
+            changed = sorted(k for k in set(old) | set(fingerprint)
+                             if old.get(k) != fingerprint.get(k))
             if changed and not allow_change:
                 raise ConfigError(
                     f"{self.dir} holds a run with another config (fields {', '.join(changed)} "
                     "differ); use a new --workdir, or pass --config.allow_config_change=True to "
                     "continue with the new values")
         if processes.is_first():
-            saved.write_text(json.dumps(fingerprint, indent=2) + "\n")
+            write_text_atomic(saved, json.dumps(fingerprint, indent=2) + "\n")
             self.push(saved)
 
     # --- syncing with a URL ---
