@@ -15,13 +15,28 @@ from rstar_jax.report import RoundResult
 
 
 def _known(cls, d: dict) -> dict:
-    """The items of `d` that are fields of `cls`."""
+    """The items of `d` that are fields of `cls`, `notes` as a tuple."""
     names = {f.name for f in dataclasses.fields(cls)}
-    return {k: v for k, v in d.items() if k in names}
+    out = {k: v for k, v in d.items() if k in names}
+    if "notes" in out:
+        out["notes"] = tuple(out["notes"])
+    return out
+
+
+class _Summary:
+    """A stage summary as its JSON file holds it: the fields, in order (tuples are written as
+    lists), read back from the fields the file has."""
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict):
+        return cls(**_known(cls, d))
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class SearchSummary:
+class SearchSummary(_Summary):
     """search.json: what the round's MCTS found over the training problems."""
 
     mode: str  # search.config.Mode: "terminal", or PPM-augmented
@@ -35,17 +50,13 @@ class SearchSummary:
     notes: tuple[str, ...] = ()
     seconds: float = 0.0
 
-    def to_json(self) -> dict:
-        return dataclasses.asdict(self) | {"notes": list(self.notes)}
-
     @classmethod
     def from_json(cls, d: dict) -> SearchSummary:
-        d = {"solved_first": d["solved"], **_known(cls, d)}
-        return cls(**d | {"notes": tuple(d.get("notes", ()))})
+        return cls(**{"solved_first": d["solved"], **_known(cls, d)})  # (older runs: no retry)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class ExtractSummary:
+class ExtractSummary(_Summary):
     """extract.json: the training records extracted from the round's trees."""
 
     sft: int  # SFT examples
@@ -56,16 +67,9 @@ class ExtractSummary:
     stats: dict = dataclasses.field(default_factory=dict)  # data.extract.ExtractStats, as a dict
     seconds: float = 0.0
 
-    def to_json(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_json(cls, d: dict) -> ExtractSummary:
-        return cls(**_known(cls, d))
-
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class TrainSummary:
+class TrainSummary(_Summary):
     """policy.json, ppm.json, orm.json: a model trained in the round (`trained`), or the one
     carried over from the round before (None: there is none)."""
 
@@ -94,14 +98,9 @@ class TrainSummary:
                     out[name] = getattr(self, name)
         return out | {"seconds": self.seconds}
 
-    @classmethod
-    def from_json(cls, d: dict) -> TrainSummary:
-        d = _known(cls, d)
-        return cls(**d | {"notes": tuple(d.get("notes", ()))})
-
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class BootstrapSummary:
+class BootstrapSummary(_Summary):
     """bootstrap/bootstrap.json: the "reference" bootstrap policy, the base model fine-tuned on
     reference solutions."""
 
@@ -111,29 +110,14 @@ class BootstrapSummary:
     final_loss: float
     seconds: float = 0.0
 
-    def to_json(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_json(cls, d: dict) -> BootstrapSummary:
-        return cls(**_known(cls, d))
-
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class EvalSummary:
+class EvalSummary(_Summary):
     """eval.json: the round's evaluation on the test problems."""
 
     evaluation: dict  # evaluate.Evaluation, as a dict
     notes: tuple[str, ...] = ()
     seconds: float = 0.0
-
-    def to_json(self) -> dict:
-        return {"evaluation": self.evaluation, "notes": list(self.notes), "seconds": self.seconds}
-
-    @classmethod
-    def from_json(cls, d: dict) -> EvalSummary:
-        return cls(evaluation=d["evaluation"], notes=tuple(d.get("notes", ())),
-                   seconds=d.get("seconds", 0.0))
 
 
 # What base/convert.json keeps of `models.vocab.convert_checkpoint`'s summary, besides the path.
@@ -141,7 +125,7 @@ CONVERSION = ("source", "tokenizer", "dtype", "added", "present", "rows_before",
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class ConvertSummary:
+class ConvertSummary(_Summary):
     """base/convert.json: the base checkpoint given the step tokens (`model`, in the workdir)."""
 
     model: str
