@@ -24,7 +24,17 @@ LAYERS = (
     ("report", "dry_run"),
     ("evolve", "testing"),
 )
-LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}
+
+
+PACKAGE = "rstar_jax"
+
+
+def ranks(layers) -> dict[str, int]:
+    """Each package's layer, lowest 0."""
+    return {name: i for i, names in enumerate(layers) for name in names}
+
+
+LAYER = ranks(LAYERS)
 
 
 class Import(NamedTuple):
@@ -42,31 +52,27 @@ def modules(root: pathlib.Path) -> dict[str, pathlib.Path]:
     return out
 
 
-def import_sites(path: pathlib.Path, known, package: str = "rstar_jax") -> list[Import]:
-    """Every import of a `package` module in the file `path`, at module level or in a function."""
+def import_sites(path: pathlib.Path, known) -> list[Import]:
+    """Every import of an rstar_jax module in the file `path`, at module level or in a
+    function."""
     out = []
 
     def visit(node, in_function):
         if (isinstance(node, ast.ImportFrom) and node.module
-                and node.module.split(".")[0] == package):
+                and node.module.split(".")[0] == PACKAGE):
             # `from rstar_jax.data import tree` imports the module data.tree
             for alias in node.names:
                 full = f"{node.module}.{alias.name}"
                 out.append(Import(full if full in known else node.module, node.lineno, in_function))
         elif isinstance(node, ast.Import):
             out.extend(Import(a.name, node.lineno, in_function)
-                       for a in node.names if a.name.split(".")[0] == package)
+                       for a in node.names if a.name.split(".")[0] == PACKAGE)
         inner = in_function or isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda)
         for child in ast.iter_child_nodes(node):
             visit(child, inner)
 
     visit(ast.parse(path.read_text(), filename=str(path)), False)
     return out
-
-
-def imports(path: pathlib.Path, known) -> set[str]:
-    """The rstar_jax modules `path` imports, anywhere in it."""
-    return {site.target for site in import_sites(path, known)}
 
 
 def package(module: str) -> str:
@@ -103,7 +109,8 @@ def back_edges(root: pathlib.Path, layer=None) -> list[tuple[str, Import]]:
 def graph(root: pathlib.Path) -> dict[str, set[str]]:
     """Each module's imports of the package's other modules, at module level or in a function."""
     found = modules(root)
-    return {m: {t for t in imports(p, found) if t in found and t != m} for m, p in found.items()}
+    return {m: {s.target for s in import_sites(p, found) if s.target in found and s.target != m}
+            for m, p in found.items()}
 
 
 def cycles(root: pathlib.Path) -> list[str]:

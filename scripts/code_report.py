@@ -23,7 +23,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from rstar_jax import _layers  # noqa: E402  (stdlib only: imports nothing of the package)
 
-PACKAGE = "rstar_jax"
+PACKAGE = _layers.PACKAGE
 AREAS = (PACKAGE, "tests", "launch", "scripts", "benchmarks", "configs")
 LONG_LINE = 100
 BIG_MODULE = 500
@@ -92,7 +92,7 @@ def file_stats(repo: pathlib.Path, path: pathlib.Path) -> FileStats:
 
 
 def _python_files(repo: pathlib.Path, area: str) -> list[pathlib.Path]:
-    return sorted(p for p in (repo / area).rglob("*.py") if "__pycache__" not in p.parts)
+    return sorted((repo / area).rglob("*.py"))
 
 
 def measured_layers(repo: pathlib.Path) -> tuple[tuple[tuple[str, ...], ...], str]:
@@ -123,7 +123,7 @@ class Report:
 def measure(repo: pathlib.Path) -> Report:
     repo = repo.resolve()
     layers, layers_from = measured_layers(repo)
-    layer = {name: i for i, names in enumerate(layers) for name in names}
+    layer = _layers.ranks(layers)
     root = repo / PACKAGE
     known = _layers.modules(root)
     files, area_imports = [], {}
@@ -133,7 +133,7 @@ def measure(repo: pathlib.Path) -> Report:
         for path in paths:
             rel = path.relative_to(repo).as_posix()
             files.append(file_stats(repo, path))
-            for site in _layers.import_sites(path, known, PACKAGE):
+            for site in _layers.import_sites(path, known):
                 count += 1
                 if site.target not in known:
                     unresolved.append(f"{rel}:{site.line} {site.target}")
@@ -174,7 +174,7 @@ def render(report: Report, top: int) -> str:
             "A back edge imports a sibling package of the module's layer, a higher layer's, "
             "or the package root.",
             ""]
-    layer = {name: i for i, names in enumerate(report.layers) for name in names}
+    layer = _layers.ranks(report.layers)
     rank = lambda module: layer.get(_layers.package(module), "-")  # noqa: E731
     out += _table(("module (layer)", "imports (layer)", "line", "where"), [
         (f"{m} ({rank(m)})", f"{s.target} ({rank(s.target)})", s.line,
