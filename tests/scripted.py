@@ -101,18 +101,21 @@ def split_prompt(text: str) -> tuple[str, str]:
 
 class ScriptedPolicy:
     """A `Policy` whose sample s of a prompt is `rule(question, response, s)`, encoded, cut after
-    its first stop id and to `max_new_tokens`. Seeds are recorded in `calls`, not used.
+    its first stop id and to `max_new_tokens`. Seeds are recorded in `calls`; with `seeded`,
+    sample s of a prompt with seed x is `rule(..., x * 64 + s)`, so samples follow the seeds as
+    a model's do.
 
     stop_ids defaults to the ids of STOP_TOKENS and EOS.
     """
 
     def __init__(self, rule: Rule, tokenizer: CharTokenizer, max_new_tokens: int,
-                 stop_ids: Sequence[int] | None = None):
+                 stop_ids: Sequence[int] | None = None, *, seeded: bool = False):
         if stop_ids is None:
             ids = tokenizer.step_token_ids
             stop_ids = [ids[t] for t in fmt.STOP_TOKENS] + [tokenizer.eos_id]
         self.rule, self.tokenizer, self.max_new_tokens = rule, tokenizer, max_new_tokens
         self.stop_ids = frozenset(stop_ids)
+        self.seeded = seeded
         self.calls: list[tuple[list[list[int]], list[int]]] = []  # (prompts, seeds) per call
 
     def step_ids(self, question: str, response: str, s: int) -> list[int]:
@@ -130,9 +133,10 @@ class ScriptedPolicy:
             raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
         self.calls.append((prompts, seeds))
         rows = []
-        for p in prompts:
+        for p, seed in zip(prompts, seeds):
             question, response = split_prompt(self.tokenizer.decode(p))
-            rows += [self.step_ids(question, response, s) for s in range(num_samples)]
+            first = seed * 64 if self.seeded else 0
+            rows += [self.step_ids(question, response, first + s) for s in range(num_samples)]
         tokens = np.full((len(rows), max([1, *map(len, rows)])), self.tokenizer.pad_id, np.int32)
         for i, row in enumerate(rows):
             tokens[i, :len(row)] = row

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from scripted import CharTokenizer, ScriptedPolicy, ScriptedScorer, random_rule, split_prompt
+from scripted import CharTokenizer, ScriptedPolicy, ScriptedScorer, random_rule
 
 from rstar_jax import evaluate
 from rstar_jax.evaluate import Candidate, Solutions
@@ -166,22 +166,6 @@ def test_evaluate_policy_compares_every_method_at_equal_trajectories(world):
     assert list(alone.results) == ["greedy", "maj@N", "pass@N (oracle)"] and not alone.quality
 
 
-class _SeededPolicy(ScriptedPolicy):
-    """A scripted policy whose samples follow the seeds it is given, as a model's do."""
-
-    def sample(self, prompts, num_samples, seeds, rows=None):
-        del rows
-        out = []
-        for prompt, seed in zip(prompts, seeds, strict=True):
-            question, response = split_prompt(self.tokenizer.decode([int(t) for t in prompt]))
-            out += [self.step_ids(question, response, int(seed) * 64 + s)
-                    for s in range(num_samples)]
-        tokens = np.full((len(out), max([1, *map(len, out)])), self.tokenizer.pad_id, np.int32)
-        for i, row in enumerate(out):
-            tokens[i, :len(row)] = row
-        return tokens, np.array([len(r) for r in out], np.int32)
-
-
 def test_processes_evaluate_their_shares_and_gather_the_evaluation_of_all():
     # Three processes, played by threads with their own executor pools as hosts have, each solving
     # its share (every third batch of two problems) and swapping solutions at a barrier; their
@@ -192,7 +176,8 @@ def test_processes_evaluate_their_shares_and_gather_the_evaluation_of_all():
 
     tokenizer = CharTokenizer()
     problems = [Problem(f"What is {a} + {a}?", str(2 * a)) for a in range(7)]
-    policy = _SeededPolicy(lambda q, r, s: random_rule(0, str(2 * int(q.split()[2])), "-1")(q, r, s), tokenizer, 48)
+    rules = {p.question: random_rule(0, p.answer, "-1") for p in problems}
+    policy = ScriptedPolicy(lambda q, r, s: rules[q](q, r, s), tokenizer, 48, seeded=True)
     scorer = ScriptedScorer(tokenizer=tokenizer)
     search = SearchConfig(rollouts=3, candidates=2, max_depth=3, max_step_tokens=48,
                           max_output_tokens=16)
