@@ -223,5 +223,5 @@ def test_processes_evaluate_their_shares_and_gather_the_evaluation_of_all():
         assert out[index].comparisons == alone.comparisons
     assert solved == {i: {problems[j].id for j in evaluate.share(7, i, count, 2)}
                       for i in range(count)}
-    with CodeExecutor(num_workers=1) as executor, pytest.raises(ValueError, match="need a gather"):
-        evaluate.evaluate_policy(problems, policy, executor, tokenizer, process=(0, 2), **kwargs)
+    with pytest.raises(ValueError, match="need a gather"):  # refused before any work
+        evaluate.evaluate_policy(problems, policy, None, tokenizer, process=(0, 2), **kwargs)
