@@ -23,6 +23,7 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
+from rstar_jax._checks import positive_int
 from rstar_jax.train import losses
 from rstar_jax.train.batches import OutcomeBatch, PPMBatch, SFTBatch
 from rstar_jax.train.devices import batch_shards
@@ -55,13 +56,11 @@ class TrainConfig:
     def __post_init__(self):
         if self.schedule not in ("cosine", "linear", "constant"):
             raise ValueError(f"schedule must be cosine, linear or constant, got {self.schedule!r}")
-        for name in ("warmup_steps", "total_steps", "microbatches"):
-            value = getattr(self, name)
-            least = 1 if name != "warmup_steps" else 0
-            if isinstance(value, bool) or not isinstance(value, int) or value < least:
-                raise ValueError(f"TrainConfig.{name} must be a "
-                                 f"{'non-negative' if name == 'warmup_steps' else 'positive'} int, "
-                                 f"got {value!r}")
+        positive_int(self.total_steps, "TrainConfig.total_steps")
+        positive_int(self.microbatches, "TrainConfig.microbatches")
+        warmup = self.warmup_steps
+        if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+            raise ValueError(f"TrainConfig.warmup_steps must be a non-negative int, got {warmup!r}")
         if self.warmup_steps > self.total_steps:
             raise ValueError(f"warmup_steps={self.warmup_steps} exceeds "
                              f"total_steps={self.total_steps}")
