@@ -31,6 +31,7 @@ reuse should gain most.
 from __future__ import annotations
 
 import argparse
+import copy
 import os.path
 import statistics
 import tempfile
@@ -125,7 +126,8 @@ def _run(args, tokenizer, problems, executor, *, reuse: bool) -> dict:
     policy = CountingPolicy(EnginePolicy(engine, tokenizer, config), Seen(prompts))
     ppm = CountingScorer(scorer, Seen(prompts))
     stats = search(policy, ppm)
-    policy_counts, ppm_counts = engine.counts, scorer.counts
+    # copies: the timed repeats add to the models' counts
+    policy_counts, ppm_counts = copy.copy(engine.counts), copy.copy(scorer.counts)
     policy_new, ppm_new = policy.new, ppm.new
     bare = EnginePolicy(engine, tokenizer, config)
     runs = [search(bare, scorer) for _ in range(args.repeats)]
