@@ -352,7 +352,7 @@ def test_the_prefix_store_runs_only_the_new_tokens(qwen, monkeypatch):
     real = generation._extend
 
     def spy(*args, **kwargs):
-        seen.append(np.asarray(args[6]).tolist())  # the new tokens' lengths
+        seen.append(np.asarray(args[7]).tolist())  # the new tokens' lengths
         return real(*args, **kwargs)
 
     monkeypatch.setattr(generation, "_extend", spy)

@@ -38,6 +38,7 @@ from jax.sharding import NamedSharding
 
 from rstar_jax.engine import sampling
 from rstar_jax.models.cache import ForkCache, KVCache
+from rstar_jax.models.rope import RotaryEmbedding
 from rstar_jax.models.sharding import canonical_spec
 from rstar_jax.models.transformer import CausalLM
 
@@ -135,10 +136,19 @@ def _prefill(graphdef, state, ids, lengths, rope_lengths):
     return keys, values, _last_logits(model, hidden, lengths)
 
 
-def extend_prefix(model, store, rows, ids, starts, lengths, rope_lengths, width: int):
+@functools.partial(jax.jit, static_argnames=("width",))
+def held_prefix(store, rows, width: int):
+    """Store rows `rows`' (int32[B], -1: row 0) first `width` positions: per layer keys
+    [B, K, D, width] and values [B, K, width, D]. A call of its own: XLA copies the whole
+    store, at every call, when a jitted call reads the store it writes in place."""
+    safe = jnp.maximum(rows, 0)
+    return tuple((keys[safe, :, :, :width], values[safe, :, :width]) for keys, values in store)
+
+
+def extend_prefix(model, store, held, rows, ids, starts, lengths, rope_lengths, width: int):
     """Prefill through a prefix store (traced inside a jitted call): prompt b is store row
-    rows[b]'s first starts[b] positions, which the row already holds, followed by
-    ids[b, :lengths[b]].
+    rows[b]'s first starts[b] positions, which the row already holds (`held`, from
+    `held_prefix`), followed by ids[b, :lengths[b]].
 
     store: per layer (keys [S, K, D, L], values [S, K, L, D]); rows: int32[B] (-1: a padding
     prompt, which writes nothing); ids: int32[B, N] right-padded; starts, lengths, rope_lengths:
@@ -151,9 +161,8 @@ def extend_prefix(model, store, rows, ids, starts, lengths, rope_lengths, width:
     capacity = store[0][0].shape[-1]
     safe = jnp.maximum(rows, 0)
     own = (b, model.config.num_key_value_heads, n, model.config.head_dim)
-    cache = KVCache(tuple(ForkCache(keys[safe, :, :, :width], values[safe, :, :width], starts,
-                                    jnp.zeros(own, keys.dtype), jnp.zeros(own, keys.dtype))
-                          for keys, values in store))
+    cache = KVCache(tuple(ForkCache(keys, values, starts, jnp.zeros(own, keys.dtype),
+                                    jnp.zeros(own, keys.dtype)) for keys, values in held))
     positions = starts[:, None] + jnp.arange(n, dtype=jnp.int32)
     hidden, cache = model.hidden_states(ids, positions, cache=cache, rope_lengths=rope_lengths)
     # Position capacity is out of range: padding tokens and padding prompts are dropped.
@@ -168,11 +177,11 @@ def extend_prefix(model, store, rows, ids, starts, lengths, rope_lengths, width:
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "width"), donate_argnames=("store",))
-def _extend(graphdef, state, store, rows, ids, starts, lengths, rope_lengths, *, width):
+def _extend(graphdef, state, store, held, rows, ids, starts, lengths, rope_lengths, *, width):
     """`extend_prefix` for generation: (store, prefix keys, prefix values, float32 logits [B, V]
     after each prompt's last token). The store is donated."""
     model = nnx.merge(graphdef, state)
-    store, keys, values, hidden = extend_prefix(model, store, rows, ids, starts, lengths,
+    store, keys, values, hidden = extend_prefix(model, store, held, rows, ids, starts, lengths,
                                                 rope_lengths, width)
     return store, keys, values, _last_logits(model, hidden, lengths)
 
@@ -367,22 +376,30 @@ class PrefixStore:
         self.config, self.dtype, self.rows = model.config, model.dtype, rows
         self.length = length or model.config.max_position_embeddings
         self.mesh, self.rules = model_mesh(model), model.rules
+        self.switch_at = RotaryEmbedding(model.config).switch_at
         self._arrays = None
         self.forget()
-        self._before = self.held
+        self._before = self.held, self.regimes
 
     def forget(self) -> None:
         """Every row holds nothing (what they held is stale, or with a call that failed)."""
         self.held = [np.zeros((0,), np.int64)] * self.rows
+        self.regimes = [False] * self.rows
+
+    def regime(self, rope_length: int) -> bool:
+        """Whether a call whose rows may grow to rope_length uses longrope's long factors: keys
+        computed under the other factors are not reused."""
+        return self.switch_at is not None and int(rope_length) > self.switch_at
 
     def release(self) -> None:
         self._arrays = None
         self.forget()
 
-    def plan(self, cache_rows, prompts: Sequence[np.ndarray],
-             what: str = "prompt") -> tuple[list[int], list[int]]:
+    def plan(self, cache_rows, prompts: Sequence[np.ndarray], what: str = "prompt",
+             rope_lengths=None) -> tuple[list[int], list[int]]:
         """(row, start) of each prompt: it runs from `start`, the first token its row does not
-        hold, and at least its last token runs."""
+        hold, and at least its last token runs; all of it when its row's keys were computed under
+        other rope factors (rope_lengths: the length each prompt's row may grow to)."""
         rows = [_integer(r) for r in np.asarray(cache_rows).ravel().tolist()]
         if self.rows == 0:
             raise ValueError("cache_rows needs a prefix store: build it with prefix_rows > 0")
@@ -394,8 +411,18 @@ class PrefixStore:
         if longest > self.length:
             raise ValueError(f"a {what} of {longest} tokens does not fit the prefix store's "
                              f"{self.length} positions; build it with a larger prefix_length")
+        regimes = [self.regime(n) for n in (rope_lengths if rope_lengths is not None
+                                             else [0] * len(rows))]
         return rows, [min(_common_prefix(self.held[r], p), len(p) - 1)
-                      for r, p in zip(rows, prompts)]
+                      if self.regimes[r] == regime else 0
+                      for r, p, regime in zip(rows, prompts, regimes)]
+
+    def arrays(self):
+        """The store's arrays, to read in a call that does not write them."""
+        if self._arrays is None:
+            self._arrays = self.take()
+            self.held, self.regimes = self._before
+        return self._arrays
 
     def take(self):
         if self._arrays is None:
@@ -409,16 +436,22 @@ class PrefixStore:
                                   jnp.zeros(values, self.dtype, device=at[1]))
                                  for _ in range(c.num_hidden_layers))
         arrays, self._arrays = self._arrays, None
-        self._before = self.held
+        self._before = self.held, self.regimes
         self.forget()  # a call that fails loses the arrays: nothing is held then
         return arrays
 
-    def keep(self, arrays, rows: Sequence[int], prompts: Sequence[np.ndarray]) -> None:
-        """The arrays back from a call that wrote `prompts` into `rows`."""
+    def keep(self, arrays, rows: Sequence[int], prompts: Sequence[np.ndarray],
+             rope_lengths=None) -> None:
+        """The arrays back from a call that wrote `prompts` into `rows` (rope_lengths: as in
+        `plan`; default: the rows keep the factors they had)."""
         self._arrays = arrays
+        held, regimes = self._before
         now = dict(zip(rows, prompts))
-        self.held = [np.asarray(now[r], np.int64) if r in now else h
-                     for r, h in enumerate(self._before)]
+        self.held = [np.asarray(now[r], np.int64) if r in now else h for r, h in enumerate(held)]
+        self.regimes = list(regimes)
+        if rope_lengths is not None:
+            for r, n in zip(rows, rope_lengths):
+                self.regimes[r] = self.regime(n)
 
 
 class Engine:
@@ -487,18 +520,20 @@ class Engine:
             self.counts.prefill_tokens += sum(len(row) for row in rows)
             ids, _ = pack_rows(rows, batch, prompt_bucket(longest), self.pad_id)
             return _prefill(self.graphdef, self.state, ids, lengths, rope_lengths)
-        slots, starts = self.store.plan(cache_rows, rows)
+        slots, starts = self.store.plan(cache_rows, rows, rope_lengths=rope_lengths[:len(rows)])
         self.counts.prefill_tokens += sum(len(row) - s for s, row in zip(starts, rows))
         ids, suffix_lengths = pack_rows([row[s:] for s, row in zip(starts, rows)], batch,
                                         prompt_bucket(max(len(row) - s
                                                           for s, row in zip(starts, rows))),
                                         self.pad_id)
         pad = batch - len(rows)
+        places = np.array(slots + [-1] * pad, np.int32)
+        width = min(self.store.length, prompt_bucket(longest))
+        arrays = self.store.take()
         arrays, keys, values, logits = _extend(
-            self.graphdef, self.state, self.store.take(), np.array(slots + [-1] * pad, np.int32),
-            ids, np.array(starts + [0] * pad, np.int32), suffix_lengths, rope_lengths,
-            width=min(self.store.length, prompt_bucket(longest)))
-        self.store.keep(arrays, slots, rows)
+            self.graphdef, self.state, arrays, held_prefix(arrays, places, width), places, ids,
+            np.array(starts + [0] * pad, np.int32), suffix_lengths, rope_lengths, width=width)
+        self.store.keep(arrays, slots, rows, rope_lengths=rope_lengths[:len(rows)])
         return keys, values, logits
 
     def _take_buffers(self, rows: int, length: int):

@@ -13,7 +13,7 @@ from flax import nnx
 
 from rstar_jax._checks import positive_int
 from rstar_jax.engine.generation import (PrefixStore, TokenCounts, _pow2, extend_prefix,
-                                         model_mesh, pack_rows, prompt_bucket)
+                                         held_prefix, model_mesh, pack_rows, prompt_bucket)
 from rstar_jax.models.cache import ForkCache, KVCache
 from rstar_jax.models.transformer import CausalLM
 
@@ -53,16 +53,16 @@ def _children_values(model, cache, prefix_lengths, rope, ids, lengths, samples):
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "samples", "width"),
                    donate_argnames=("store",))
-def _stored_fork_values(graphdef, state, store, rows, new_ids, starts, new_lengths, ids, lengths, *,
-                        samples, width):
+def _stored_fork_values(graphdef, state, store, held, rows, new_ids, starts, new_lengths, ids,
+                        lengths, *, samples, width):
     """`_fork_values` with each prefix through a prefix store (`extend_prefix`): prefix b is
     store row rows[b]'s first starts[b] positions followed by new_ids[b, :new_lengths[b]].
     Returns (store, float32[B*F] values); the store is donated."""
     model = nnx.merge(graphdef, state)
     prefix_lengths = starts + new_lengths
     rope = prefix_lengths + ids.shape[1]
-    store, keys, values, _ = extend_prefix(model, store, rows, new_ids, starts, new_lengths, rope,
-                                           width)
+    store, keys, values, _ = extend_prefix(model, store, held, rows, new_ids, starts, new_lengths,
+                                           rope, width)
     own = (ids.shape[0], model.config.num_key_value_heads, ids.shape[1], model.config.head_dim)
     cache = KVCache(tuple(ForkCache(k, v, prefix_lengths, jnp.zeros(own, k.dtype),
                                     jnp.zeros(own, k.dtype))
@@ -177,10 +177,12 @@ class ValueScorer:
                                                            for s, p in zip(starts, prefixes))),
                                          self.pad_id)
         pad = batch - len(group)
+        places, width = np.array(slots + [-1] * pad, np.int32), min(self.store.length, width)
+        arrays = self.store.take()
         arrays, values = _stored_fork_values(
-            self.graphdef, self.state, self.store.take(), np.array(slots + [-1] * pad, np.int32),
+            self.graphdef, self.state, arrays, held_prefix(arrays, places, width), places,
             new_ids, np.array(starts + [0] * pad, np.int32), new_lengths, ids, lengths,
-            samples=samples, width=min(self.store.length, width))
+            samples=samples, width=width)
         self.store.keep(arrays, slots, prefixes)
         return values
 
