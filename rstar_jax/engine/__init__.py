@@ -1,5 +1,6 @@
 """Token generation: jitted prefill and decode over a KV cache, sampling, stopping, fan-out."""
 
+from rstar_jax.engine.continuous import ContinuousDecoder
 from rstar_jax.engine.generation import (
     Engine,
     GenerationResult,
@@ -9,5 +10,5 @@ from rstar_jax.engine.generation import (
 )
 from rstar_jax.engine.value import ValueScorer
 
-__all__ = ["Engine", "GenerationResult", "TokenCounts", "ValueScorer", "generate",
-           "prompt_bucket"]
+__all__ = ["ContinuousDecoder", "Engine", "GenerationResult", "TokenCounts", "ValueScorer",
+           "generate", "prompt_bucket"]

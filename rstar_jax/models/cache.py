@@ -156,6 +156,36 @@ class ForkCache:
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
+class LaneCache:
+    """A `ForkCache` read by a packed subset of its rows: R lanes, lane r being ForkCache row
+    cells[r] (cells past the last row: padding lanes, whose outputs are zeros). The model runs
+    its projections and MLP for the R lanes only; attention scatters them into the fork's
+    [B*F] rows, so each prefix is still read once for all its samples, and gathers them back.
+    Rows no lane names write nothing and are not changed."""
+
+    fork: ForkCache
+    cells: jax.Array  # int32[R]
+
+    def attend(self, q, k, v, positions, *, window, implementation, rules):
+        """q: [R, Tn, H, D]; k, v: [R, Tn, K, D]; positions: int32[R, Tn]."""
+        rows, length = self.fork.keys.shape[0], self.fork.keys.shape[2]
+
+        def grid(x, fill=0):
+            out = jnp.full((rows, *x.shape[1:]), fill, x.dtype)
+            return out.at[self.cells].set(x, mode="drop")
+
+        # rows no lane names write past the end of their buffers, which is dropped
+        starts = jnp.repeat(self.fork.prefix_lengths, rows // self.fork.prefix_lengths.shape[0])
+        at = grid(positions, -1)
+        at = jnp.where(at < 0, starts[:, None] + length, at)
+        out, fork = self.fork.attend(grid(q), grid(k), grid(v), at, window=window,
+                                     implementation=implementation, rules=rules)
+        return jnp.take(out, self.cells, axis=0, mode="fill", fill_value=0), LaneCache(fork,
+                                                                                       self.cells)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
 class KVCache:
     """One cache per decoder layer (`SlotCache`, `Collect` or `ForkCache`)."""
 

@@ -1,0 +1,368 @@
+"""Continuous batching: decoding in which no row waits for the slowest one.
+
+`Engine.generate` decodes one batch in lockstep: a call ends when its longest sample does, and
+a row that stopped early computes padding until then. In a search most samples are short and a
+few run to the step budget, so most decode steps of a call are spent on stopped rows.
+
+A `ContinuousDecoder` instead keeps `places` x `samples` sample slots on device. A search
+`admit`s a place's prompt when its problem has a leaf to expand; every `step` then decodes a
+chunk of a few tokens for the slots still running, and returns the places whose samples have
+all stopped. Their problems go on to execution and scoring while the other places keep
+decoding, and come back with their next leaf. A chunk runs only the slots still running,
+packed into as few rows as the next lane bucket holds, so a stopped sample costs at most the
+rest of its chunk.
+
+Reuse of what was computed before:
+- each place is a row of the engine's prefix store (`Engine(prefix_rows >= places)`): a prompt
+  runs only what the row does not already hold (see `extend_prefix`);
+- each slot keeps its sample's keys and values after the place's samples are returned; when
+  the place's next prompt continues the row's prompt with one of those samples (the search
+  expands a child it just made), they are copied into the row instead of computed again.
+
+Samples equal `Engine.generate`'s for the same prompt, seed and settings (row b * samples + s
+there is slot s here), up to float rounding: the same PRNG key per slot and token, the same
+stopping rule.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from rstar_jax.engine import sampling
+from rstar_jax.engine.generation import (
+    _STOP_SLOTS,
+    Engine,
+    _common_prefix,
+    _count,
+    _pow2,
+    _stop_ids,
+    decode_bucket,
+    extend_prefix,
+    held_prefix,
+    pack_rows,
+    prompt_bucket,
+)
+from rstar_jax.models.cache import ForkCache, KVCache, LaneCache
+
+_MIN_LANES = 8
+
+
+def lane_bucket(n: int) -> int:
+    """Rows a chunk runs for n running slots: a power of two, at least 8. (Finer buckets waste
+    fewer rows but compile more shapes, and each compiled shape holds memory maps of its own.)"""
+    return _pow2(n, _MIN_LANES)
+
+
+def _slot_keys(seeds, slots, samples: int):
+    """PRNG key of each slot: fold_in(key(seed of its place), its sample index), as
+    `Engine.generate` makes row b * samples + s's."""
+    index = (slots % samples).astype(jnp.uint32)
+    return jax.vmap(lambda seed, s: jax.random.fold_in(jax.random.key(seed), s))(seeds, index)
+
+
+def _choose(logits, keys, t, temperature, top_k, top_p, vocab_limit: int):
+    """Token t of each row from its float32 logits [R, V]; t: int32[R]."""
+    if vocab_limit < logits.shape[-1]:
+        logits = jnp.where(jnp.arange(logits.shape[-1]) < vocab_limit, logits, -jnp.inf)
+    uniform = jax.vmap(lambda key, i: jax.random.uniform(jax.random.fold_in(key, i)))(keys, t)
+    rows = logits.shape[0]
+
+    def full(x, dtype):
+        return jnp.broadcast_to(jnp.asarray(x, dtype), (rows,))
+
+    return sampling.sample(logits, uniform, full(temperature, jnp.float32),
+                           full(top_k, jnp.int32), full(top_p, jnp.float32))
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "samples", "width", "vocab_limit",
+                                             "pad_id"),
+                   donate_argnames=("store", "state"))
+def _admit(graphdef, weights, store, held, state, places, ids, starts, lengths, rope_lengths,
+           seeds, temperature, top_k, top_p, stop_ids, max_new, *, samples, width, vocab_limit,
+           pad_id):
+    """Prefills each admitted place's prompt through its store row (`extend_prefix`) and
+    chooses token 0 of its samples. places: int32[A] (-1: padding); state: (tokens [S, T],
+    lengths [S], done [S], last [S]), donated like the store. Returns (store, state)."""
+    model = nnx.merge(graphdef, weights)
+    store, _, _, hidden = extend_prefix(model, store, held, places, ids, starts, lengths,
+                                        rope_lengths, width)
+    logits = model.logits(jnp.take_along_axis(hidden, (lengths - 1)[:, None, None], axis=1))[:, 0]
+    tokens, out_lengths, done, last = state
+    size, length = tokens.shape
+    slots = (jnp.maximum(places, 0)[:, None] * samples + jnp.arange(samples)).reshape(-1)
+    keys = _slot_keys(jnp.repeat(seeds, samples), slots, samples)
+    first = _choose(jnp.repeat(logits, samples, axis=0), keys, jnp.zeros_like(slots),
+                    temperature, top_k, top_p, vocab_limit)
+    at = jnp.where(jnp.repeat(places, samples) >= 0, slots, size)  # padding places write nothing
+    row = jnp.full((slots.shape[0], length), pad_id, jnp.int32).at[:, 0].set(first)
+    stopped = jnp.any(first[:, None] == stop_ids[None, :], axis=-1) | (max_new <= 1)
+    state = (tokens.at[at].set(row, mode="drop"), out_lengths.at[at].set(1, mode="drop"),
+             done.at[at].set(stopped, mode="drop"), last.at[at].set(first, mode="drop"))
+    return store, state
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "samples", "width", "vocab_limit",
+                                             "pad_id"),
+                   donate_argnames=("buffers", "state"))
+def _chunk(graphdef, weights, store, buffers, state, groups, starts, lanes, cells, rope_lengths,
+           seeds, temperature, top_k, top_p, stop_ids, max_new, steps, *, samples, width,
+           vocab_limit, pad_id):
+    """Up to `steps` decode steps of the running slots `lanes` (int32[R], -1: padding lane).
+
+    Attention reads the places `groups` (int32[G], -1: padding): their store rows' first
+    `width` positions (starts[g] of them real) once for all their samples, and their slots' own
+    keys and values in `buffers` (per layer [S, K, T, D], donated); lane r is sample row
+    cells[r] of them (`LaneCache`). Everything else runs for the lanes only. Returns (buffers,
+    state, steps run)."""
+    model = nnx.merge(graphdef, weights)
+    tokens, lengths, done, last = state
+    size, length = tokens.shape
+    live = lanes >= 0
+    safe = jnp.maximum(lanes, 0)
+    places = jnp.maximum(groups, 0)
+    rows = (places[:, None] * samples + jnp.arange(samples)).reshape(-1)  # [G * samples]
+    keys = _slot_keys(seeds, safe, samples)
+    own = tuple((bk[rows], bv[rows]) for bk, bv in buffers)
+    own, buffers = jax.lax.optimization_barrier((own, buffers))  # see extend_prefix
+    cache = KVCache(tuple(LaneCache(ForkCache(k[places, :, :, :width], v[places, :, :width],
+                                              starts, bk, bv), cells)
+                          for (k, v), (bk, bv) in zip(store, own)))
+    at_lane = jnp.arange(lanes.shape[0])
+    lane_starts = jnp.take(starts, cells // samples, mode="clip")
+
+    def body(carry):
+        i, t, token, cache, row_tokens, finished = carry
+        # a finished lane writes past its buffer's end, which is dropped
+        at = lane_starts + jnp.where(finished, length, t - 1)
+        hidden, cache = model.hidden_states(token[:, None], at[:, None], cache=cache,
+                                            rope_lengths=rope_lengths)
+        new = _choose(model.logits(hidden)[:, 0], keys, t, temperature, top_k, top_p,
+                      vocab_limit)
+        new = jnp.where(finished, pad_id, new)
+        row_tokens = row_tokens.at[at_lane, jnp.where(finished, length, t)].set(new, mode="drop")
+        stopped = jnp.any(new[:, None] == stop_ids[None, :], axis=-1) | (t + 1 >= max_new)
+        return (i + 1, jnp.where(finished, t, t + 1), jnp.where(finished, token, new), cache,
+                row_tokens, finished | stopped)
+
+    def cond(carry):
+        return (carry[0] < steps) & ~jnp.all(carry[-1])
+
+    start = (jnp.int32(0), lengths[safe], last[safe], cache, tokens[safe], done[safe] | ~live)
+    start, state = jax.lax.optimization_barrier((start, state))
+    tokens, lengths, done, last = state
+    ran, t, token, cache, row_tokens, finished = jax.lax.while_loop(cond, body, start)
+    at = jnp.where(live, lanes, size)
+    back = jnp.where(jnp.repeat(groups, samples) >= 0, rows, size)
+    buffers = tuple((bk.at[back].set(layer.fork.keys, mode="drop"),
+                     bv.at[back].set(layer.fork.values, mode="drop"))
+                    for (bk, bv), layer in zip(buffers, cache.layers))
+    state = (tokens.at[at].set(row_tokens, mode="drop"), lengths.at[at].set(t, mode="drop"),
+             done.at[at].set(finished, mode="drop"), last.at[at].set(token, mode="drop"))
+    return buffers, state, ran
+
+
+@functools.partial(jax.jit, donate_argnames=("store",))
+def _carry(store, buffers, rows, slots, starts, counts):
+    """Copies the keys and values of slots[a]'s first counts[a] tokens into store row rows[a]
+    from position starts[a] on (rows past the store's end: padding, dropped)."""
+    capacity, length = store[0][0].shape[-1], buffers[0][0].shape[2]
+    span = jnp.arange(length)
+    at = jnp.where(span < counts[:, None], starts[:, None] + span, capacity)  # [A, T]
+    safe = jnp.minimum(slots, buffers[0][0].shape[0] - 1)
+    return tuple((k.at[rows[:, None], :, :, at].set(bk[safe].transpose(0, 2, 1, 3), mode="drop"),
+                  v.at[rows[:, None], :, at].set(bv[safe].transpose(0, 2, 1, 3), mode="drop"))
+                 for (k, v), (bk, bv) in zip(store, buffers))
+
+
+class ContinuousDecoder:
+    """`samples` continuations of each of up to `places` prompts at a time, decoded in chunks
+    (see the module docstring). One per search; the engine's prefix store holds the places'
+    prompts, so it needs `Engine(prefix_rows >= places)`.
+
+    `admit(places, prompts, seeds)` starts places; `step()` decodes one chunk and returns
+    `{place: (tokens int32[samples, max_new_tokens], lengths int32[samples])}` for every place
+    whose samples have all stopped (a sample keeps its stop token, pad_id after it). A place is
+    admitted again only after it was returned.
+    """
+
+    def __init__(self, engine: Engine, places: int, samples: int, *, max_new_tokens: int,
+                 stop_token_ids: Sequence[int] = (), temperature: float = 1.0, top_p: float = 1.0,
+                 top_k: int = 0, chunk: int = 8):
+        self.places, self.samples = _count("places", places), _count("samples", samples)
+        self.max_new, self.chunk = _count("max_new_tokens", max_new_tokens), _count("chunk", chunk)
+        if engine.store.rows < places:
+            raise ValueError(f"a continuous decoder of {places} places needs an engine with a "
+                             f"prefix store of as many rows; got prefix_rows="
+                             f"{engine.store.rows}: build Engine(prefix_rows={places})")
+        if not (math.isfinite(temperature) and temperature >= 0 and 0 < top_p <= 1
+                and top_k >= 0):
+            raise ValueError(f"invalid sampling settings: temperature={temperature!r} (finite, "
+                             f">= 0), top_p={top_p!r} (in (0, 1]), top_k={top_k!r} (>= 0)")
+        self.engine, self.store = engine, engine.store
+        self.settings = (np.float32(temperature), np.int32(min(top_k, engine.config.vocab_size)),
+                         np.float32(top_p))
+        stops = _stop_ids(stop_token_ids, engine.config.vocab_size)
+        self.stop_ids = np.full((_STOP_SLOTS * max(1, -(-len(stops) // _STOP_SLOTS)),), -1,
+                                np.int32)
+        self.stop_ids[:len(stops)] = stops
+        size, length = places * samples, decode_bucket(max_new_tokens)
+        c = engine.config
+        shape = (size, c.num_key_value_heads, length, c.head_dim)
+        with self._mesh():
+            device = engine._sharding(shape, ("act_batch", "act_kv_heads", None, None))
+            self._buffers = tuple((jnp.zeros(shape, engine.dtype, device=device),
+                                   jnp.zeros(shape, engine.dtype, device=device))
+                                  for _ in range(c.num_hidden_layers))
+            self._state = (jnp.full((size, length), engine.pad_id, jnp.int32),
+                           jnp.zeros((size,), jnp.int32), jnp.ones((size,), bool),
+                           jnp.zeros((size,), jnp.int32))
+        self.prefix_lengths = np.zeros((places,), np.int32)
+        self.seeds = np.zeros((places,), np.uint32)
+        self.running: set[int] = set()
+        self._done = np.ones((size,), bool)
+        # the tokens of each returned place's samples whose keys and values its slots still hold
+        self._kept: dict[int, list[np.ndarray]] = {}
+
+    def _mesh(self):
+        mesh = self.engine.mesh
+        return jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext()
+
+    @property
+    def busy(self) -> bool:
+        """Whether any admitted place has not been returned."""
+        return bool(self.running)
+
+    def admit(self, places: Sequence[int], prompts: Sequence[Sequence[int]],
+              seeds: Sequence[int]) -> None:
+        """Starts sampling each place's prompt with its seed (in [0, 2**32))."""
+        places = [int(p) for p in places]
+        prompts = [np.asarray(p, np.int64) for p in prompts]
+        if not places:
+            return
+        if len(prompts) != len(places) or len(seeds) != len(places):
+            raise ValueError(f"admit needs one prompt and one seed a place; got {len(places)} "
+                             f"places, {len(prompts)} prompts, {len(seeds)} seeds")
+        bad = [p for p in places if not 0 <= p < self.places or p in self.running]
+        if bad or len(set(places)) != len(places):
+            raise ValueError(f"places must be distinct, in [0, {self.places}) and not running; "
+                             f"got {places} with {sorted(self.running)} running")
+        vocab = self.engine.config.vocab_size
+        for p in prompts:
+            if p.ndim != 1 or p.size == 0 or p.min() < 0 or p.max() >= vocab:
+                raise ValueError(f"a prompt must be a non-empty list of token ids in [0, {vocab})"
+                                 f"; got {p[:8].tolist()}... of shape {p.shape}")
+        longest = max(len(p) for p in prompts)
+        if longest + self.max_new > self.store.length:
+            raise ValueError(f"a prompt of {longest} tokens plus max_new_tokens={self.max_new} "
+                             f"does not fit the prefix store's {self.store.length} positions")
+        with self._mesh():
+            self._carry_samples(places, prompts)
+            self._prefill(places, prompts, np.asarray(seeds, np.uint32))
+        for p, prompt, seed in zip(places, prompts, seeds):
+            self.running.add(p)
+            self.prefix_lengths[p], self.seeds[p] = len(prompt), seed
+            self._kept.pop(p, None)
+            self._done[p * self.samples:(p + 1) * self.samples] = False
+
+    def _carry_samples(self, places, prompts) -> None:
+        """Copies into each place's store row the keys and values of the sample its new prompt
+        continues the row's prompt with (the longest such, when several do)."""
+        rows, slots, starts, counts, held = [], [], [], [], []
+        for p, prompt in zip(places, prompts):
+            have = self.store.held[p]
+            if p not in self._kept or _common_prefix(have, prompt) < len(have):
+                continue
+            rest = prompt[len(have):-1]  # the prompt's last token always runs
+            match = [_common_prefix(kept, rest) for kept in self._kept[p]]
+            j = int(np.argmax(match))
+            if match[j] and self.store.regimes[p] == self.store.regime(len(prompt) + self.max_new):
+                rows.append(p), slots.append(p * self.samples + j)
+                starts.append(len(have)), counts.append(match[j])
+                held.append(prompt[:len(have) + match[j]])
+        if not rows:
+            return
+        pad = _pow2(len(rows)) - len(rows)
+        arrays = _carry(self.store.take(), self._buffers,
+                        *(np.array(x + [fill] * pad, np.int32)
+                          for x, fill in ((rows, self.store.rows), (slots, 0), (starts, 0),
+                                          (counts, 0))))
+        self.store.keep(arrays, rows, held)
+
+    def _prefill(self, places, prompts, seeds) -> None:
+        engine, store = self.engine, self.store
+        rope = [len(p) + self.max_new for p in prompts]
+        rows, starts = store.plan(places, prompts, rope_lengths=rope)
+        counts = engine.counts
+        counts.prompt_tokens += sum(len(p) for p in prompts)
+        counts.prefill_tokens += sum(len(p) - s for p, s in zip(prompts, starts))
+        batch = _pow2(len(places))
+        ids, lengths = pack_rows([p[s:] for p, s in zip(prompts, starts)], batch,
+                                 prompt_bucket(max(len(p) - s for p, s in zip(prompts, starts))),
+                                 engine.pad_id)
+        pad = batch - len(places)
+        rope = np.array(rope + [1] * pad, np.int32)
+        places = np.array(rows + [-1] * pad, np.int32)
+        width = min(store.length, prompt_bucket(max(len(p) for p in prompts)))
+        arrays = store.take()
+        arrays, self._state = _admit(
+            engine.graphdef, engine.state, arrays, held_prefix(arrays, places, width),
+            self._state, places, ids, np.array(starts + [0] * pad, np.int32), lengths, rope,
+            np.concatenate([seeds, np.zeros((pad,), np.uint32)]), *self.settings, self.stop_ids,
+            np.int32(self.max_new), samples=self.samples, width=width,
+            vocab_limit=engine.vocab_size, pad_id=engine.pad_id)
+        store.keep(arrays, rows, prompts, rope_lengths=rope[:len(places)])
+
+    def step(self) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """Decodes one chunk; returns the places whose samples have all stopped (see the class
+        docstring)."""
+        lanes = np.flatnonzero(~self._done)
+        if lanes.size:
+            self._decode(lanes)
+        return self._collect()
+
+    def _decode(self, lanes: np.ndarray) -> None:
+        engine, k = self.engine, self.samples
+        places = np.unique(lanes // k)
+        groups = np.full((_pow2(places.size),), -1, np.int32)
+        groups[:places.size] = places
+        where = np.zeros((self.places,), np.int64)
+        where[places] = np.arange(places.size)
+        padded = np.full((lane_bucket(lanes.size),), -1, np.int32)
+        padded[:lanes.size] = lanes
+        cells = np.where(padded >= 0, where[padded // k] * k + padded % k, groups.size * k)
+        owner = np.maximum(padded, 0) // k
+        width = min(self.store.length, prompt_bucket(int(self.prefix_lengths[places].max())))
+        with self._mesh():
+            self._buffers, self._state, ran = _chunk(
+                engine.graphdef, engine.state, self.store.arrays(), self._buffers, self._state,
+                groups, self.prefix_lengths[np.maximum(groups, 0)], padded, cells.astype(np.int32),
+                self.prefix_lengths[owner] + np.int32(self.max_new), self.seeds[owner],
+                *self.settings, self.stop_ids, np.int32(self.max_new), np.int32(self.chunk),
+                samples=k, width=width, vocab_limit=engine.vocab_size, pad_id=engine.pad_id)
+            self._done = np.array(self._state[2])
+        engine.counts.calls += 1
+        engine.counts.decode_steps += int(ran) * lanes.size
+
+    def _collect(self) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        k = self.samples
+        ended = [p for p in sorted(self.running) if self._done[p * k:(p + 1) * k].all()]
+        if not ended:
+            return {}
+        tokens, lengths = jax.device_get(self._state[:2])
+        out = {}
+        for p in ended:
+            rows = slice(p * k, (p + 1) * k)
+            out[p] = (np.asarray(tokens[rows, :self.max_new]), np.asarray(lengths[rows]))
+            # keys and values were computed for every token but the last one chosen
+            self._kept[p] = [out[p][0][j, :max(0, n - 1)] for j, n in enumerate(out[p][1])]
+            self.running.discard(p)
+            self.engine.counts.decoded_tokens += int(out[p][1].sum())
+        return out
