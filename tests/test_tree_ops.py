@@ -114,6 +114,23 @@ def test_select_ends_a_search_at_its_rollouts_or_when_the_tree_is_full():
     assert np.asarray(leaf)[0] == NO and np.asarray(small.overflow)[0]
 
 
+def test_select_of_some_rows_leaves_the_others_untouched():
+    """Continuous batching selects for the problems whose expansion ended, while the others'
+    leaves are still being expanded: their trees must not move."""
+    tree = _expand(ops.init_tree(B, N, K), ops.ROOT, keep=[1, 1, 0])
+    want, want_leaf = ops.select(_expand(ops.init_tree(B, N, K), ops.ROOT, keep=[1, 1, 0]),
+                                 rollouts=4, c_uct=2.0)
+    before = _host(tree)
+    tree, leaf = ops.select(tree, np.array([True, False]), rollouts=4, c_uct=2.0)
+    assert np.asarray(leaf).tolist() == [np.asarray(want_leaf)[0], NO]
+    got, want = _host(tree), _host(want)
+    for name in got:
+        np.testing.assert_array_equal(got[name][0], want[name][0], err_msg=name)
+        np.testing.assert_array_equal(got[name][1], before[name][1], err_msg=name)
+    tree, leaf = ops.select(tree, np.array([False, True]), rollouts=4, c_uct=2.0)
+    assert np.asarray(leaf).tolist() == [NO, ops.ROOT]
+
+
 def test_paths_give_each_leafs_nodes_their_validity_and_the_leafs_depth_and_errors():
     tree = _expand(ops.init_tree(B, N, K), ops.ROOT, keep=[1, 1, 0], failed=[0, 1, 0])  # nodes 1, 2
     tree = _expand(tree, 2, keep=[1, 0, 0], failed=[1, 0, 0])  # node 3 under the failed node 2

@@ -79,7 +79,7 @@ def search_config(config: ml_collections.ConfigDict, r: int) -> SearchConfig:
         raise ConfigError(f"config.search (round {r}): {e}") from e
 
 
-_BUDGETS = ("max_depth", "max_step_tokens", "max_output_tokens", "overlap")
+_BUDGETS = ("max_depth", "max_step_tokens", "max_output_tokens", "overlap", "continuous")
 
 
 def eval_budget(config: ml_collections.ConfigDict) -> SearchConfig:

@@ -74,6 +74,11 @@ class SearchConfig:
     # samples: worth it when execution is slow; with a small model and cheap programs it only
     # halves the batches the policy samples for. The trees are the same either way.
     overlap: bool = True
+    # Continuous batching (`ContinuousDecoder`), when the policy offers it (an engine with a
+    # prefix store of a row per batch place): each problem goes on to execution and scoring as
+    # soon as its own samples stop, and decoding never waits for the slowest problem; `overlap`
+    # then does not apply. The trees are the same either way.
+    continuous: bool = True
     seed: int = 0
     capacity: int | None = None
 

@@ -77,12 +77,16 @@ import tqdm
 from rstar_jax._checks import positive_int
 from rstar_jax.data.problem import Problem
 from rstar_jax.data.tree import NODE_FIELDS, SearchTree
+from rstar_jax.engine.continuous import ContinuousDecoder
 from rstar_jax.search import tree as tree_ops
 from rstar_jax.search.config import SearchConfig
 from rstar_jax.steps import format as fmt
 
 
 class Policy(Protocol):
+    """A policy may also offer `decoder(places, samples)`: a `ContinuousDecoder` (or None) for
+    continuous batching (see `run_search`)."""
+
     def sample(self, prompts: Sequence[Sequence[int]], num_samples: int, seeds: Sequence[int],
                rows: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """`num_samples` continuations of each prompt, each ending at (and keeping) its first stop
@@ -160,6 +164,17 @@ class EnginePolicy:
                                    stop_token_ids=self.stop_ids, seed=np.asarray(seeds, np.uint32),
                                    num_samples=num_samples, cache_rows=cache_rows)
         return res.tokens, res.lengths
+
+    def decoder(self, places: int, samples: int):
+        """A `ContinuousDecoder` over `places` batch places (None when the engine's prefix store
+        has fewer rows, or the config turns continuous batching off)."""
+        store = getattr(self.engine, "store", None)
+        if not self.config.continuous or store is None or store.rows < places:
+            return None
+        c = self.config
+        return ContinuousDecoder(self.engine, places, samples, max_new_tokens=c.max_step_tokens,
+                                 stop_token_ids=self.stop_ids, temperature=c.temperature,
+                                 top_p=c.top_p, top_k=c.top_k)
 
 
 @dataclasses.dataclass
@@ -289,11 +304,14 @@ def run_search(problems: Sequence[Problem], policy: Policy, executor: Executor, 
                seed_ids: Sequence[int] | None = None) -> list[SearchTree]:
     """Searches every problem (see the module docstring); returns their trees in order.
 
-    Up to `batch_size` problems (default: all, at most 32) are searched at once, one expansion
-    each per step; a finished problem's place goes to the next one. With `config.overlap`, each step
-    treats its problems in two halves, so the executor runs one half's programs while the
-    policy samples the other's and the PPM scores the first (the trees are the same either
-    way). grade(pred, ref) defaults to `is_equivalent` and runs in the calling thread; ref is the
+    Up to `batch_size` problems (default: all, at most 32) are searched at once; a finished
+    problem's place goes to the next one. With `config.continuous` and a policy that offers a
+    `ContinuousDecoder` (`EnginePolicy` over an engine with a prefix store of a row per place),
+    each problem goes on to execution, the PPM and `expand` as soon as its own samples stop,
+    while the others keep decoding, and its programs run during the next chunk. Otherwise the
+    problems take one expansion each per step, and with `config.overlap` each step treats them
+    in two halves, so the executor runs one half's programs while the policy samples the
+    other's and the PPM scores the first. The trees are the same either way. grade(pred, ref) defaults to `is_equivalent` and runs in the calling thread; ref is the
     problem's answer, or the list of its `references` when it has several. Pass a
     `SearchStats` to learn where the time went.
 
@@ -358,7 +376,128 @@ class _Search:
         disable = None if progress is None else not progress  # None: shown on a terminal
         with tqdm.tqdm(total=len(self.problems) * self.config.rollouts, desc="search",
                        unit="rollout", leave=False, disable=disable) as self.bar:
-            return self._run(width)
+            make = getattr(self.policy, "decoder", None)
+            decoder = make(width, self.config.candidates) if make is not None else None
+            return self._run(width) if decoder is None else self._run_continuous(width, decoder)
+
+    def _fill(self, slots, queue) -> np.ndarray:
+        """Gives every empty place the next problem; returns which places got one."""
+        fresh = np.zeros((len(slots),), bool)
+        for b in range(len(slots)):
+            if slots[b] is None and queue:
+                i = queue.popleft()
+                prompt = self.tokenizer.prompt_ids(self.problems[i].question, self.config.bootstrap)
+                slots[b] = _Slot(i, self.problems[i], prompt)
+                fresh[b] = True
+        return fresh
+
+    def _select(self, tree, slots, rows: np.ndarray | None, results):
+        """Selects the next leaf of the problems at places `rows` (bool, None: all), records the
+        problems whose search ended and frees their places. Returns (tree, leaf, the places
+        with a leaf to expand, whether any place was freed)."""
+        tree, leaf = tree_ops.select(tree, rows, rollouts=self.config.rollouts,
+                                     c_uct=self.config.c_uct)
+        leaf, counts = jax.device_get((leaf, tree.rollouts))
+        self.clock.charge("tree_ops")
+        asked = [b for b, s in enumerate(slots) if s is not None and (rows is None or rows[b])]
+        for b in asked:
+            self.bar.update(int(counts[b]) - slots[b].rollouts)
+            slots[b].rollouts = int(counts[b])
+        done = [b for b in asked if leaf[b] == tree_ops.NO_NODE]
+        if done:
+            rows = tree_ops.fetch(tree, np.array(done))
+            self.clock.charge("tree_ops")
+            for b, row in zip(done, rows):
+                results[slots[b].index] = result = _result(slots[b], row)
+                self.stats.rollouts += result.rollouts
+                self.stats.nodes += result.num_nodes
+                slots[b] = None
+        return tree, leaf, [b for b in asked if leaf[b] != tree_ops.NO_NODE], bool(done)
+
+    def _run_continuous(self, width: int, decoder) -> list[SearchTree]:
+        """`_run` with continuous batching: each problem's expansion goes on to execution, the
+        PPM and `expand` as soon as its own K samples stop, while the decoder goes on with the
+        other problems'. A group's programs run while the next chunk decodes."""
+        c, clock, k = self.config, self.clock, self.config.candidates
+        start = time.perf_counter()
+        results: list[SearchTree | None] = [None] * len(self.problems)
+        tree = tree_ops.init_tree(width, c.nodes, k)
+        queue = collections.deque(range(len(self.problems)))
+        slots: list[_Slot | None] = [None] * width
+        ready = np.zeros((width,), bool)  # places to select a leaf for
+        leaves = np.full((width,), tree_ops.NO_NODE, np.int32)  # the leaf each place expands
+        path = tree_ops.Path(np.full((width, c.max_depth), tree_ops.NO_NODE, np.int32),
+                             np.zeros((width, c.max_depth), bool), np.zeros((width,), np.int32),
+                             np.zeros((width,), np.int32))
+        prefixes: dict[int, list[int]] = {}
+        pending = None  # (expansion, group, runs, future): programs running during a chunk
+        with concurrent.futures.ThreadPoolExecutor(1, "rstar-search-exec") as pool:
+            while True:
+                fresh = self._fill(slots, queue)
+                clock.charge("host")
+                if fresh.any():
+                    tree = tree_ops.reset(tree, fresh)
+                    ready |= fresh
+                if ready.any():
+                    tree, leaf, go, freed = self._select(tree, slots, ready, results)
+                    ready[:] = False
+                    if go:
+                        self._admit(tree, decoder, slots, leaf, go, leaves, path, prefixes)
+                    if freed and queue:
+                        continue  # start the freed places' next problems
+                if pending is None and not decoder.busy:
+                    break
+                finished = decoder.step() if decoder.busy else {}
+                clock.charge("generation")
+                if pending is not None:
+                    tree = self._complete(tree, slots, leaves, path, prefixes, *pending)
+                    ready[pending[1]] = True
+                    pending = None
+                if finished:
+                    group = sorted(finished)
+                    x = _Expansion.empty(width, k)
+                    self.take(x, group, np.concatenate([finished[b][0] for b in group]),
+                              np.concatenate([finished[b][1] for b in group]))
+                    runs = self.programs(x, slots, path, group)
+                    future = pool.submit(self.executor.run, [p for _, p in runs]) if runs else None
+                    clock.charge("host")
+                    pending = (x, group, runs, future)
+        self.stats.wall += time.perf_counter() - start
+        return results
+
+    def _admit(self, tree, decoder, slots, leaf, go, leaves, path, prefixes) -> None:
+        """Hands the leaves of places `go` to the decoder, with their paths and prefixes."""
+        c = self.config
+        mask = np.full_like(leaves, tree_ops.NO_NODE)
+        mask[go] = leaf[go]
+        found = jax.device_get(tree_ops.paths(tree, mask, max_depth=c.max_depth))
+        self.clock.charge("tree_ops")
+        for b in go:
+            leaves[b] = leaf[b]
+            for name in ("nodes", "valid", "depth", "errors"):
+                getattr(path, name)[b] = getattr(found, name)[b]
+            prefixes[b] = slots[b].prefix(path.nodes[b])
+        seeds = [expansion_seed(c.seed, self.seed_ids[slots[b].index], int(leaf[b])) for b in go]
+        self.clock.charge("host")
+        decoder.admit(go, [prefixes[b] for b in go], seeds)
+        self.clock.charge("generation")
+
+    def _complete(self, tree, slots, leaves, path, prefixes, x, group, runs, future):
+        """Ends the expansion of `group`: results, grades, PPM scores, then `expand`."""
+        self.finish(x, slots, path, prefixes, group, runs, future)
+        self.stats.expansions += len(group)
+        for b, j in x.kept(group):  # the device numbers the new nodes in the same order
+            slots[b].tokens.append(x.ids[b, j])
+            slots[b].texts.append(x.texts[b, j])
+        leaf = np.full_like(leaves, tree_ops.NO_NODE)
+        leaf[group] = leaves[group]
+        self.clock.charge("host")
+        c = self.config
+        tree = tree_ops.expand(tree, leaf, x.children(), mode=c.mode,
+                               errors_threshold=c.errors_threshold, max_depth=c.max_depth)
+        jax.block_until_ready(tree)
+        self.clock.charge("tree_ops")
+        return tree
 
     def _run(self, width: int) -> list[SearchTree]:
         c, stats, clock = self.config, self.stats, self.clock
@@ -369,38 +508,15 @@ class _Search:
         slots: list[_Slot | None] = [None] * width
         with concurrent.futures.ThreadPoolExecutor(1, "rstar-search-exec") as pool:
             while True:
-                fresh = np.zeros((width,), bool)
-                for b in range(width):
-                    if slots[b] is None and queue:
-                        i = queue.popleft()
-                        prompt = self.tokenizer.prompt_ids(self.problems[i].question, c.bootstrap)
-                        slots[b] = _Slot(i, self.problems[i], prompt)
-                        fresh[b] = True
+                fresh = self._fill(slots, queue)
                 if all(s is None for s in slots):
                     break
                 clock.charge("host")
                 if fresh.any():
                     tree = tree_ops.reset(tree, fresh)
-                tree, leaf = tree_ops.select(tree, rollouts=c.rollouts, c_uct=c.c_uct)
-                leaf, counts = jax.device_get((leaf, tree.rollouts))
-                clock.charge("tree_ops")
-                for b, slot in enumerate(slots):
-                    if slot is not None:
-                        self.bar.update(int(counts[b]) - slot.rollouts)
-                        slot.rollouts = int(counts[b])
-                searching = [b for b, s in enumerate(slots) if s is not None]
-                done = [b for b in searching if leaf[b] == tree_ops.NO_NODE]
-                if done:
-                    rows = tree_ops.fetch(tree, np.array(done))
-                    clock.charge("tree_ops")
-                    for b, row in zip(done, rows):
-                        results[slots[b].index] = result = _result(slots[b], row)
-                        stats.rollouts += result.rollouts
-                        stats.nodes += result.num_nodes
-                        slots[b] = None
-                    if queue:
-                        continue  # refill the freed places before expanding
-                active = [b for b in searching if leaf[b] != tree_ops.NO_NODE]
+                tree, leaf, active, freed = self._select(tree, slots, None, results)
+                if freed and queue:
+                    continue  # refill the freed places before expanding
                 if active:
                     tree = self.step(tree, slots, leaf, active, pool)
         stats.wall += time.perf_counter() - start
@@ -445,6 +561,11 @@ class _Search:
         tokens, lengths = self.policy.sample([prefixes[b] for b in group], k, seeds, rows=group)
         tokens, lengths = np.asarray(tokens), np.asarray(lengths)
         self.clock.charge("generation")
+        self.take(x, group, tokens, lengths)
+
+    def take(self, x: _Expansion, group, tokens: np.ndarray, lengths: np.ndarray) -> None:
+        """Fills in the samples of `group` (row i * K + j: sample j of group[i]'s leaf)."""
+        c, k = self.config, self.config.candidates
         if lengths.shape != (len(group) * k,) or (lengths > c.max_step_tokens).any():
             raise ValueError(f"the policy must return {len(group)} x {k} samples of at most "
                              f"max_step_tokens={c.max_step_tokens} tokens; got lengths of shape "

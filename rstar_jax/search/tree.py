@@ -266,9 +266,19 @@ def _expand_one(t: Tree, leaf, children: Children, *, mode: Mode, errors_thresho
 
 
 @functools.partial(jax.jit, static_argnames=("rollouts", "c_uct"), donate_argnums=0)
-def select(tree: Tree, *, rollouts: int, c_uct: float) -> tuple[Tree, jax.Array]:
-    """(tree, leaf int32[B]): the node each problem expands next, NO_NODE where its search ended."""
-    return jax.vmap(functools.partial(_select_one, rollouts=rollouts, c_uct=c_uct))(tree)
+def select(tree: Tree, rows: jax.Array | None = None, *, rollouts: int,
+           c_uct: float) -> tuple[Tree, jax.Array]:
+    """(tree, leaf int32[B]): the node each problem expands next, NO_NODE where its search ended.
+    rows: bool[B], the problems that select (default all); the others are left unchanged, with
+    leaf NO_NODE."""
+    new, leaf = jax.vmap(functools.partial(_select_one, rollouts=rollouts, c_uct=c_uct))(tree)
+    if rows is None:
+        return new, leaf
+
+    def pick(a, b):
+        return jnp.where(rows.reshape(rows.shape + (1,) * (a.ndim - 1)), a, b)
+
+    return jax.tree.map(pick, new, tree), jnp.where(rows, leaf, NO_NODE)
 
 
 @functools.partial(jax.jit, static_argnames=("max_depth",))

@@ -1,0 +1,149 @@
+"""Continuous batching (`ContinuousDecoder`): samples equal `Engine.generate`'s, reused keys and
+values equal a full prefill's, and a search builds the same trees with it as without."""
+
+import dataclasses
+
+import checkpoints
+import jax
+import numpy as np
+import pytest
+
+from rstar_jax import Engine, from_pretrained
+from rstar_jax.engine import generation
+from rstar_jax.engine.continuous import ContinuousDecoder
+from rstar_jax.search.config import Mode, SearchConfig
+from rstar_jax.search.driver import EnginePolicy, Problem, SearchStats, run_search
+from rstar_jax.testing import steered_tiny_policy
+
+MODELS = ["qwen2_gqa", "phi3_gqa_sliding", "phi3_longrope"]
+
+
+@pytest.fixture(scope="module", params=MODELS)
+def model(request, tmp_path_factory):
+    directory = tmp_path_factory.mktemp(request.param)
+    checkpoints.save(request.param, directory)
+    return from_pretrained(directory)
+
+
+def _prompts():
+    return [checkpoints.token_ids(1, n, seed=n)[0].tolist() for n in (5, 11, 17)]
+
+
+def _drain(decoder):
+    out = {}
+    while decoder.busy:
+        out.update(decoder.step())
+    return out
+
+
+def test_samples_equal_generate_whenever_a_place_is_admitted(model):
+    """Ragged prompts admitted at different times, each sampled 3 times: every place's samples
+    are the ones `Engine.generate` draws for its prompt and seed alone (stop tokens, greedy and
+    sampled rows, a place that starts while others are mid-way)."""
+    plain = Engine(model)
+    prompts, seeds = _prompts(), [7, 8, 9]
+    stops = [int(plain.generate([p], max_new_tokens=3).tokens[0, 2]) for p in prompts]
+    for temperature in (0.0, 1.0):
+        decoder = ContinuousDecoder(Engine(model, prefix_rows=3), 3, 3, max_new_tokens=12,
+                                    stop_token_ids=stops, temperature=temperature, chunk=3)
+        decoder.admit([2, 0], [prompts[0], prompts[1]], seeds[:2])
+        got = decoder.step()
+        decoder.admit([1], [prompts[2]], seeds[2:])
+        got.update(_drain(decoder))
+        for place, prompt, seed in zip([2, 0, 1], prompts, seeds):
+            want = plain.generate([prompt], max_new_tokens=12, temperature=temperature, seed=seed,
+                                  num_samples=3, stop_token_ids=stops)
+            np.testing.assert_array_equal(got[place][0], want.tokens, err_msg=f"place {place}")
+            np.testing.assert_array_equal(got[place][1], want.lengths)
+        assert any((lengths < 12).any() for _, lengths in got.values())  # some rows stopped
+
+
+def _full_prefill(model, prompt, max_new):
+    """Per layer (keys [K, D, P], values [K, P, D]) of a plain prefill of `prompt`."""
+    engine = Engine(model)
+    ids = np.array([prompt], np.int32)
+    keys, values, _ = generation._prefill(engine.graphdef, engine.state, ids,
+                                          np.array([len(prompt)], np.int32),
+                                          np.array([len(prompt) + max_new], np.int32))
+    return [(np.asarray(k)[0], np.asarray(v)[0]) for k, v in zip(keys, values)]
+
+
+def test_a_continued_prompt_reuses_its_samples_keys_and_values(model):
+    """The next prompt of a place continues its last one with one of its samples (as a search
+    expands a child it just made): the sample's keys and values are copied from the decoder's
+    buffers, only the rest runs, and the store row equals a full prefill's (float32, 1e-5).
+    Under longrope a prompt that moves to the long factors is run whole instead."""
+    engine = Engine(model, prefix_rows=2)
+    decoder = ContinuousDecoder(engine, 2, 2, max_new_tokens=6, temperature=1.0, chunk=4)
+    prompt = _prompts()[0]  # 5 tokens: with 6 new ones, under phi3_longrope's 16
+    decoder.admit([1], [prompt], [3])
+    tokens, lengths = _drain(decoder)[1]
+    grown = prompt + tokens[1, :lengths[1]].tolist() + [11, 12]
+    before = engine.counts.prefill_tokens
+    decoder.admit([1], [grown], [4])
+    ran = engine.counts.prefill_tokens - before
+    longrope = engine.store.switch_at is not None
+    # The sample's last token has no keys yet (it was chosen, never run): it and the two
+    # tokens after it run. phi3_longrope: 13 + 6 > 16 changes the factors, so all of it runs.
+    assert ran == (len(grown) if longrope else 3)
+    want = _full_prefill(model, grown, 6)
+    store = jax.device_get(engine.store.arrays())
+    for layer, ((k, v), (wk, wv)) in enumerate(zip(store, want)):
+        n = len(grown)
+        np.testing.assert_allclose(k[1, :, :, :n], wk[:, :, :n], atol=1e-5, rtol=1e-5,
+                                   err_msg=f"keys, layer {layer}")
+        np.testing.assert_allclose(v[1, :, :n], wv[:, :n], atol=1e-5, rtol=1e-5,
+                                   err_msg=f"values, layer {layer}")
+    # and its samples are still generate's
+    got = _drain(decoder)[1]
+    want = Engine(model).generate([grown], max_new_tokens=6, temperature=1.0, seed=4,
+                                  num_samples=2)
+    np.testing.assert_array_equal(got[0], want.tokens)
+
+
+def test_bad_use_is_refused_with_the_fix(model):
+    with pytest.raises(ValueError, match=r"build Engine\(prefix_rows=4\)"):
+        ContinuousDecoder(Engine(model, prefix_rows=2), 4, 2, max_new_tokens=4)
+    decoder = ContinuousDecoder(Engine(model, prefix_rows=2, prefix_length=24), 2, 2,
+                                max_new_tokens=4)
+    decoder.admit([0], [[5, 6, 7]], [1])
+    with pytest.raises(ValueError, match=r"not running; got \[0\] with \[0\] running"):
+        decoder.admit([0], [[5, 6, 7]], [1])
+    with pytest.raises(ValueError, match="does not fit the prefix store's 24 positions"):
+        decoder.admit([1], [[5] * 21], [1])
+    with pytest.raises(ValueError, match="one prompt and one seed a place"):
+        decoder.admit([1], [[5]], [1, 2])
+    with pytest.raises(ValueError, match="token ids in"):
+        decoder.admit([1], [[5, 10**6]], [1])
+
+
+def test_a_search_builds_the_same_trees_with_continuous_batching(world):
+    """PPM mode, three problems in two batch places: continuous batching decodes each place's
+    samples as soon as its leaf is chosen and finishes problems out of step; the trees (texts,
+    values) are those of the lockstep search, with fewer decode steps on stopped rows."""
+    tokenizer, _, scorer, executor = world
+    problems = [Problem("What is 2 + 3?", "5"), Problem("What is 4 * 6?", "24"),
+                Problem("What is 9 - 1?", "8")]
+    config = SearchConfig(mode=Mode.PPM, rollouts=3, candidates=4, max_depth=4,
+                          max_step_tokens=24, max_output_tokens=16)
+    trees, counts = {}, {}
+    for continuous in (False, True):
+        engine = Engine(steered_tiny_policy(tokenizer, 0), vocab_size=tokenizer.vocab_size,
+                        pad_id=tokenizer.pad_id, prefix_rows=2)
+        c = dataclasses.replace(config, continuous=continuous)
+        stats = SearchStats()
+        trees[continuous] = run_search(problems, EnginePolicy(engine, tokenizer, c), executor,
+                                       tokenizer, c, scorer=scorer, batch_size=2, progress=False,
+                                       stats=stats)
+        counts[continuous] = engine.counts
+        assert stats.expansions > 3
+    for a, b in zip(trees[True], trees[False]):
+        assert a.texts == b.texts and a.parent.tolist() == b.parent.tolist()
+        np.testing.assert_allclose(a.init_value, b.init_value, atol=1e-5)
+        np.testing.assert_allclose(a.q, b.q, atol=1e-5)
+    assert counts[True].decoded_tokens == counts[False].decoded_tokens
+    assert counts[True].decode_steps < counts[False].decode_steps
+    # a store too small for the places: the lockstep path, the same trees
+    small = Engine(steered_tiny_policy(tokenizer, 0), vocab_size=tokenizer.vocab_size,
+                   pad_id=tokenizer.pad_id, prefix_rows=1)
+    assert EnginePolicy(small, tokenizer, config).decoder(2, 4) is None
