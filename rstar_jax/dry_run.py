@@ -37,6 +37,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
+from rstar_jax.engine.continuous import _chunk, lane_bucket
 from rstar_jax.engine.generation import _STOP_SLOTS, _decode, _extend, _pow2, activation_sharding, \
     decode_bucket, prompt_bucket
 from rstar_jax.engine.value import _stored_fork_values, _values
@@ -345,18 +346,22 @@ def search_calls(model_config, mesh, shape: SearchShape, *, context: int, store_
     def vec(n, dtype=i32):
         return _array((n,), dtype, mesh)
 
+    axes = ("act_batch", "act_kv_heads", None, None)
+
+    def prefixes(n):  # `held_prefix` of n rows: per layer keys [n, K, D, W], values [n, K, W, D]
+        return tuple((_array((n, c.num_key_value_heads, c.head_dim, width), dtype, mesh, axes,
+                             rules),
+                      _array((n, c.num_key_value_heads, width, c.head_dim), dtype, mesh, axes,
+                             rules))
+                     for _ in range(c.num_hidden_layers))
+
     out = [compile_call(
         f"prefill ({b} x {new} through the store)", _extend, graphdef, state,
-        _store(c, mesh, store_rows, context, dtype, rules), vec(b), _array((b, new), i32, mesh),
-        vec(b), vec(b), vec(b), mesh=mesh, width=width, field="search.batch or eval.batch",
-        cache=cache)]
-    axes = ("act_batch", "act_kv_heads", None, None)
-    prefix_keys = tuple(_array((b, c.num_key_value_heads, c.head_dim, width), dtype, mesh, axes,
-                               rules)
-                        for _ in range(c.num_hidden_layers))
-    prefix_values = tuple(_array((b, c.num_key_value_heads, width, c.head_dim), dtype, mesh, axes,
-                                 rules)
-                          for _ in range(c.num_hidden_layers))
+        _store(c, mesh, store_rows, context, dtype, rules), prefixes(b), vec(b),
+        _array((b, new), i32, mesh), vec(b), vec(b), vec(b), mesh=mesh, width=width,
+        field="search.batch or eval.batch", cache=cache)]
+    prefix_keys = tuple(k for k, _ in prefixes(b))
+    prefix_values = tuple(v for _, v in prefixes(b))
     length = decode_bucket(shape.step_tokens)
     buffer = (rows, c.num_key_value_heads, length, c.head_dim)
     buffers = tuple((_array(buffer, dtype, mesh, axes, rules),
@@ -371,6 +376,24 @@ def search_calls(model_config, mesh, shape: SearchShape, *, context: int, store_
         vocab_limit=vocab_limit or c.vocab_size, pad_id=0, with_logprobs=False,
         field=f"{shape.field} or search.batch", cache=cache)
     out.append(decode)
+    # Continuous batching (`ContinuousDecoder`, the search's default): a chunk of decode steps
+    # for every slot at once, reading the store and the slots' buffers.
+    places = min(shape.batch, store_rows)
+    slots = places * k
+    chunk_buffers = tuple((_array((slots, *buffer[1:]), dtype, mesh, axes, rules),
+                           _array((slots, *buffer[1:]), dtype, mesh, axes, rules))
+                          for _ in range(c.num_hidden_layers))
+    state_arrays = (_array((slots, length), i32, mesh), vec(slots), vec(slots, bool), vec(slots))
+    lanes = lane_bucket(slots)  # every slot running
+    chunk = compile_call(
+        f"continuous decode chunk ({places} places x {k} samples, {lanes} lanes)", _chunk,
+        graphdef, state, _store(c, mesh, store_rows, context, dtype, rules), chunk_buffers,
+        state_arrays, vec(places), vec(places), vec(lanes), vec(lanes), vec(lanes),
+        vec(lanes, np.uint32), *(_array((), t, mesh) for t in (f32, i32, f32)), vec(_STOP_SLOTS),
+        _array((), i32, mesh), _array((), i32, mesh), mesh=mesh, samples=k, width=width,
+        vocab_limit=vocab_limit or c.vocab_size, pad_id=0,
+        field=f"{shape.field} or search.batch", cache=cache)
+    out.append(chunk)
     if shape.ppm:
         samples = _pow2(k)
         group = _pow2(min(b, max(1, score_rows // samples)))
@@ -380,14 +403,14 @@ def search_calls(model_config, mesh, shape: SearchShape, *, context: int, store_
                                                 lm_head=False), mesh, rules)
         score = compile_call(
             f"PPM values ({group} x {samples} children of {children} tokens)", _stored_fork_values,
-            ppm_graphdef, ppm_state, _store(c, mesh, store_rows, context, dtype, rules), vec(group),
-            _array((group, new), i32, mesh), vec(group), vec(group),
+            ppm_graphdef, ppm_state, _store(c, mesh, store_rows, context, dtype, rules),
+            prefixes(group), vec(group), _array((group, new), i32, mesh), vec(group), vec(group),
             _array((group * samples, children), i32, mesh),
             vec(group * samples), mesh=mesh, samples=samples, width=width, field=f"{shape.field}",
             cache=cache)
         out.append(score)
         out.append(Compiled(f"held at once: decode ({b} x {k}) + PPM weights and store",
-                            decode.peak + score.arguments,
+                            max(decode.peak, chunk.peak) + score.arguments,
                             0, 0, 0, field=f"{shape.field} or search.batch"))
     for r in out:
         r.used_by = shape.name
