@@ -3,21 +3,26 @@ tokens no earlier expansion of the problem computed, and rollouts/s with reuse a
 
 The search is `benchmarks/mcts.py`'s: the tiny steered policy and a random tiny PPM, K = 8,
 PPM-augmented, 4 rollouts per problem to depth 8, the real executor; 32 problems, B = 32 at
-a time. It runs twice in one process; each time one untimed search counts the tokens (and
-compiles every shape), then the timed repeats run without the counting wrappers:
-- without reuse: every expansion prefills its prompt and path whole, and the PPM its prefix;
-- with reuse: the engine's and the PPM's prefix stores (`prefix_rows` = B), which keep each
-  batch place's last prompt, so a prompt runs only what it does not share with it.
+a time. It runs three times in one process; each time one untimed search counts the tokens
+(and compiles every shape), then the timed repeats run without the counting wrappers:
+- without: every expansion prefills its prompt and path whole, and the PPM its prefix, and
+  each search step decodes its problems in lockstep;
+- stores only: the engine's and the PPM's prefix stores (`prefix_rows` = B), which keep each
+  batch place's last prompt, so a prompt runs only what it does not share with it;
+- with reuse: the stores, and continuous batching (`ContinuousDecoder`): a problem's samples
+  are decoded in chunks with other problems', it goes on as soon as its own samples stop, and
+  a sample's keys and values become its place's store row when the next prompt continues it.
 
 Tokens (not counting padding):
 - new: for the policy, the prompt tokens that no earlier call for the problem computed (as a
   prompt, or as a prompt and one of its samples) plus the tokens sampled; for the PPM, the
   prefix tokens it has not computed for the problem before plus the children's tokens;
 - computed: what the models ran (`TokenCounts.computed`): prefill tokens, decode steps of
-  every row until the call's last row stops (a row that stopped early still computes), and
-  the PPM's children.
+  every row until its call's (or chunk's) last row stops (a row that stopped early still
+  computes), and the PPM's children.
 The target is computed / new <= 1.2 for each model. `stopped` is the share of decode steps
-spent on rows that had already stopped (the cost of decoding in lockstep).
+spent on rows that had already stopped (the cost of decoding in lockstep, or to the end of a
+chunk).
 
 RESULT: value = rollouts/s with reuse, peer = without, limit_pct = 100 x new / computed (policy
 and PPM together, with reuse): 100 means nothing is computed twice.
@@ -32,8 +37,11 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import os.path
 import statistics
+import subprocess
+import sys
 import tempfile
 from collections.abc import Sequence
 
@@ -83,6 +91,36 @@ class CountingPolicy:
                 self.new += int(lengths[row])
         return tokens, lengths
 
+    def decoder(self, places, samples):
+        decoder = self.policy.decoder(places, samples)
+        return None if decoder is None else CountingDecoder(decoder, self.seen, self)
+
+
+class CountingDecoder:
+    """A `ContinuousDecoder` that counts the new tokens of what it admits and returns."""
+
+    def __init__(self, decoder, seen: Seen, counter: CountingPolicy):
+        self.decoder, self.seen, self.counter = decoder, seen, counter
+        self.prompts: dict[int, list[int]] = {}
+
+    @property
+    def busy(self) -> bool:
+        return self.decoder.busy
+
+    def admit(self, places, prompts, seeds):
+        for place, prompt in zip(places, prompts):
+            self.counter.new += self.seen.novel(prompt)
+            self.prompts[place] = list(prompt)
+        self.decoder.admit(places, prompts, seeds)
+
+    def step(self):
+        finished = self.decoder.step()
+        for place, (tokens, lengths) in finished.items():
+            for row, n in zip(tokens, lengths):
+                self.seen.novel([*self.prompts[place], *row[:n].tolist()])
+                self.counter.new += int(n)
+        return finished
+
 
 class CountingScorer:
     """A PPM scorer that counts the new tokens of each call; its `store` is the scorer's."""
@@ -102,8 +140,15 @@ class CountingScorer:
         return self.scorer.score_children(prefixes, children, rows=rows)
 
 
-def _run(args, tokenizer, problems, executor, *, reuse: bool) -> dict:
-    rows = args.batch if reuse else 0
+VARIANTS = {  # name: (prefix stores, continuous batching)
+    "without": (False, False),
+    "stores only": (True, False),
+    "with reuse": (True, True),
+}
+
+
+def _run(args, tokenizer, problems, executor, *, stores: bool, continuous: bool) -> dict:
+    rows = args.batch if stores else 0
     engine = Engine(steered_tiny_policy(tokenizer, 0, steer=args.steer),
                     vocab_size=tokenizer.vocab_size,
                     pad_id=tokenizer.pad_id, prefix_rows=rows)
@@ -111,7 +156,7 @@ def _run(args, tokenizer, problems, executor, *, reuse: bool) -> dict:
                          pad_id=tokenizer.pad_id, max_rows=1024, prefix_rows=rows)
     config = SearchConfig(mode=Mode.PPM, rollouts=args.rollouts, candidates=8, max_depth=8,
                           errors_threshold=8, max_step_tokens=args.step_tokens,
-                          max_output_tokens=32)
+                          max_output_tokens=32, continuous=continuous)
     prompts = [tokenizer.prompt_ids(p.question) for p in problems]
 
     def search(policy, ppm) -> SearchStats:
@@ -155,26 +200,38 @@ def main():
                              "longer steps")
     parser.add_argument("--deep", action="store_true",
                         help="deep paths: steps of up to 112 tokens (steer 0.25), 2 rollouts")
+    parser.add_argument("--variant", choices=list(VARIANTS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.deep:
         args.step_tokens, args.steer, args.rollouts = 112, 0.25, 2
-    tokenizer = tiny_tokenizer(tempfile.mkdtemp(prefix="prefix-bench-tok-"))
-    problems = [Problem(f"What is {i} + {i % 7}?", str(i + i % 7)) for i in range(args.problems)]
+    if args.variant:  # one variant, in a process of its own: its figures as JSON
+        tokenizer = tiny_tokenizer(tempfile.mkdtemp(prefix="prefix-bench-tok-"))
+        problems = [Problem(f"What is {i} + {i % 7}?", str(i + i % 7))
+                    for i in range(args.problems)]
+        stores, continuous = VARIANTS[args.variant]
+        with CodeExecutor(num_workers=2) as executor:
+            result = _run(args, tokenizer, problems, executor, stores=stores,
+                          continuous=continuous)
+        print(json.dumps(result))
+        return
     print(f"tiny policy + PPM (random, steer {args.steer}), K=8, PPM mode, {args.rollouts} "
           f"rollouts, depth 8, steps of up to {args.step_tokens} tokens; {args.problems} problems, "
           f"B={args.batch}; medians of {args.repeats}")
     print(f"{'':<14}{'rollouts/s':>11}{'policy tok/exp':>16}{'new/exp':>9}{'ratio':>7}"
           f"{'PPM tok/exp':>13}{'new/exp':>9}{'ratio':>7}{'prefill/prompt':>16}{'stopped':>9}")
     results = {}
-    with CodeExecutor(num_workers=2) as executor:
-        for reuse in (False, True):
-            r = results[reuse] = _run(args, tokenizer, problems, executor, reuse=reuse)
-            n = r["expansions"]
-            (pc, pn), (vc, vn), (given, ran) = r["policy"], r["ppm"], r["prompt"]
-            print(f"{'with reuse' if reuse else 'without':<14}{r['rollouts_per_s']:>11.2f}"
-                  f"{pc / n:>16.0f}{pn / n:>9.0f}{pc / pn:>7.2f}{vc / n:>13.0f}{vn / n:>9.0f}"
-                  f"{vc / vn:>7.2f}{ran / given:>16.2f}{100 * r['stopped']:>8.1f}%")
-    ours, peer = results[True], results[False]
+    for name in VARIANTS:
+        # Each variant in a fresh process: the compiled shapes of all three in one process
+        # can pass the kernel's limit on memory maps (each XLA CPU executable holds hundreds).
+        run = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--variant", name],
+                             check=True, stdout=subprocess.PIPE, text=True)
+        r = results[name] = json.loads(run.stdout.strip().splitlines()[-1])
+        n = r["expansions"]
+        (pc, pn), (vc, vn), (given, ran) = r["policy"], r["ppm"], r["prompt"]
+        print(f"{name:<14}{r['rollouts_per_s']:>11.2f}"
+              f"{pc / n:>16.0f}{pn / n:>9.0f}{pc / pn:>7.2f}{vc / n:>13.0f}{vn / n:>9.0f}"
+              f"{vc / vn:>7.2f}{ran / given:>16.2f}{100 * r['stopped']:>8.1f}%", flush=True)
+    ours, peer = results["with reuse"], results["without"]
     print(f"a sampled step: {ours['tokens_per_step']:.0f} tokens on average")
     computed = ours["policy"][0] + ours["ppm"][0]
     new = ours["policy"][1] + ours["ppm"][1]

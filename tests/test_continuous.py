@@ -11,6 +11,7 @@ import pytest
 from rstar_jax import Engine, from_pretrained
 from rstar_jax.engine import generation
 from rstar_jax.engine.continuous import ContinuousDecoder
+from rstar_jax.models import make_mesh
 from rstar_jax.search.config import Mode, SearchConfig
 from rstar_jax.search.driver import EnginePolicy, Problem, SearchStats, run_search
 from rstar_jax.testing import steered_tiny_policy
@@ -101,6 +102,21 @@ def test_a_continued_prompt_reuses_its_samples_keys_and_values(model):
     np.testing.assert_array_equal(got[0], want.tokens)
 
 
+def test_a_sharded_decoder_samples_as_one_device(tmp_path):
+    """On a mesh (batch over data and fsdp, KV heads over tensor) the same jitted calls give
+    the same samples as on one device."""
+    checkpoints.save("qwen2_gqa", tmp_path)
+    prompts, got = _prompts(), []
+    for mesh in (None, make_mesh({"data": 2, "fsdp": 2, "tensor": 2})):
+        decoder = ContinuousDecoder(Engine(from_pretrained(tmp_path, mesh=mesh), prefix_rows=4),
+                                    4, 2, max_new_tokens=10, temperature=1.0, chunk=4)
+        decoder.admit([3, 0, 1], prompts, [1, 2, 3])
+        got.append(_drain(decoder))
+    for place in (3, 0, 1):
+        np.testing.assert_array_equal(got[1][place][0], got[0][place][0])
+    assert decoder._buffers[0][0].sharding.spec[0] == ("data", "fsdp")
+
+
 def test_bad_use_is_refused_with_the_fix(model):
     with pytest.raises(ValueError, match=r"build Engine\(prefix_rows=4\)"):
         ContinuousDecoder(Engine(model, prefix_rows=2), 4, 2, max_new_tokens=4)
@@ -146,4 +162,7 @@ def test_a_search_builds_the_same_trees_with_continuous_batching(world):
     # a store too small for the places: the lockstep path, the same trees
     small = Engine(steered_tiny_policy(tokenizer, 0), vocab_size=tokenizer.vocab_size,
                    pad_id=tokenizer.pad_id, prefix_rows=1)
-    assert EnginePolicy(small, tokenizer, config).decoder(2, 4) is None
+    on = dataclasses.replace(config, continuous=True)
+    assert EnginePolicy(small, tokenizer, on).decoder(2, 4) is None
+    assert isinstance(EnginePolicy(small, tokenizer, on).decoder(1, 4), ContinuousDecoder)
+    assert EnginePolicy(small, tokenizer, config).decoder(1, 4) is None  # off by default

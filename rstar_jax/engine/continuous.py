@@ -214,13 +214,10 @@ class ContinuousDecoder:
                                 np.int32)
         self.stop_ids[:len(stops)] = stops
         size, length = places * samples, decode_bucket(max_new_tokens)
-        c = engine.config
-        shape = (size, c.num_key_value_heads, length, c.head_dim)
         with self._mesh():
-            device = engine._sharding(shape, ("act_batch", "act_kv_heads", None, None))
-            self._buffers = tuple((jnp.zeros(shape, engine.dtype, device=device),
-                                   jnp.zeros(shape, engine.dtype, device=device))
-                                  for _ in range(c.num_hidden_layers))
+            # the engine's decode buffers when they have this shape (a generate call of as
+            # many rows): one set of buffers, not two
+            self._buffers = engine._take_buffers(size, length)
             self._state = (jnp.full((size, length), engine.pad_id, jnp.int32),
                            jnp.zeros((size,), jnp.int32), jnp.ones((size,), bool),
                            jnp.zeros((size,), jnp.int32))

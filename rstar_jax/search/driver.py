@@ -251,6 +251,21 @@ class _Expansion:
                                  answer_value=self.answer_value, ppm_value=self.ppm_value)
 
 
+@dataclasses.dataclass
+class _Pending:
+    """Places whose samples stopped, waiting to be scored and expanded together: one expansion
+    record, and their programs' executor calls (`result` gives every outcome in `runs` order,
+    as `finish` reads a future)."""
+
+    x: _Expansion
+    group: list[int] = dataclasses.field(default_factory=list)
+    runs: list = dataclasses.field(default_factory=list)
+    futures: list = dataclasses.field(default_factory=list)
+
+    def result(self) -> list:
+        return [out for future in self.futures for out in future.result()]
+
+
 class _Clock:
     def __init__(self, stats: SearchStats):
         self.stats, self.last = stats, time.perf_counter()
@@ -415,9 +430,11 @@ class _Search:
         return tree, leaf, [b for b in asked if leaf[b] != tree_ops.NO_NODE], bool(done)
 
     def _run_continuous(self, width: int, decoder) -> list[SearchTree]:
-        """`_run` with continuous batching: each problem's expansion goes on to execution, the
-        PPM and `expand` as soon as its own K samples stop, while the decoder goes on with the
-        other problems'. A group's programs run while the next chunk decodes."""
+        """`_run` with continuous batching: each problem's expansion goes on to execution as
+        soon as its own K samples stop, while the decoder goes on with the other problems';
+        its programs run while the next chunks decode. Problems are graded, scored by the PPM
+        and expanded in groups of at least half the places (all that are left when nothing
+        else decodes), so the PPM's calls stay as large as the lockstep search's."""
         c, clock, k = self.config, self.clock, self.config.candidates
         start = time.perf_counter()
         results: list[SearchTree | None] = [None] * len(self.problems)
@@ -430,7 +447,9 @@ class _Search:
                              np.zeros((width, c.max_depth), bool), np.zeros((width,), np.int32),
                              np.zeros((width,), np.int32))
         prefixes: dict[int, list[int]] = {}
-        pending = None  # (expansion, group, runs, future): programs running during a chunk
+        # the places whose samples stopped, their expansion, and their programs running
+        pending = _Pending(_Expansion.empty(width, k))
+        least = max(1, width // 2)
         with concurrent.futures.ThreadPoolExecutor(1, "rstar-search-exec") as pool:
             while True:
                 fresh = self._fill(slots, queue)
@@ -445,23 +464,25 @@ class _Search:
                         self._admit(tree, decoder, slots, leaf, go, leaves, path, prefixes)
                     if freed and queue:
                         continue  # start the freed places' next problems
-                if pending is None and not decoder.busy:
+                if not pending.group and not decoder.busy:
                     break
                 finished = decoder.step() if decoder.busy else {}
                 clock.charge("generation")
-                if pending is not None:
-                    tree = self._complete(tree, slots, leaves, path, prefixes, *pending)
-                    ready[pending[1]] = True
-                    pending = None
+                if pending.group and (len(pending.group) >= least or not decoder.busy):
+                    tree = self._complete(tree, slots, leaves, path, prefixes, pending)
+                    ready[pending.group] = True
+                    pending = _Pending(_Expansion.empty(width, k))
                 if finished:
                     group = sorted(finished)
-                    x = _Expansion.empty(width, k)
-                    self.take(x, group, np.concatenate([finished[b][0] for b in group]),
+                    self.take(pending.x, group, np.concatenate([finished[b][0] for b in group]),
                               np.concatenate([finished[b][1] for b in group]))
-                    runs = self.programs(x, slots, path, group)
-                    future = pool.submit(self.executor.run, [p for _, p in runs]) if runs else None
+                    runs = self.programs(pending.x, slots, path, group)
+                    if runs:
+                        pending.futures.append(pool.submit(self.executor.run,
+                                                           [p for _, p in runs]))
+                    pending.group += group
+                    pending.runs += runs
                     clock.charge("host")
-                    pending = (x, group, runs, future)
         self.stats.wall += time.perf_counter() - start
         return results
 
@@ -482,9 +503,10 @@ class _Search:
         decoder.admit(go, [prefixes[b] for b in go], seeds)
         self.clock.charge("generation")
 
-    def _complete(self, tree, slots, leaves, path, prefixes, x, group, runs, future):
-        """Ends the expansion of `group`: results, grades, PPM scores, then `expand`."""
-        self.finish(x, slots, path, prefixes, group, runs, future)
+    def _complete(self, tree, slots, leaves, path, prefixes, pending: _Pending):
+        """Ends the expansion of the pending places: results, grades, PPM scores, `expand`."""
+        x, group = pending.x, sorted(pending.group)
+        self.finish(x, slots, path, prefixes, group, pending.runs, pending)
         self.stats.expansions += len(group)
         for b, j in x.kept(group):  # the device numbers the new nodes in the same order
             slots[b].tokens.append(x.ids[b, j])
