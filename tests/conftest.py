@@ -15,6 +15,15 @@ jax.config.update("jax_num_cpu_devices", 8)
 jax.config.update("jax_default_matmul_precision", "highest")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_code():
+    """Drops every compiled function after each test module. Each executable XLA compiles for
+    the CPU holds a few hundred memory maps, and one process of the whole suite otherwise
+    passes the kernel's limit (vm.max_map_count, 65530), where the compiler crashes."""
+    yield
+    jax.clear_caches()
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """(tokenizer, engine, PPM scorer, executor): the tiny random policy steered to write step
