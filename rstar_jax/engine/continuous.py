@@ -36,9 +36,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from rstar_jax.engine import sampling
 from rstar_jax.engine.generation import (
     _STOP_SLOTS,
+    _choose,
+    _slot_keys,
     Engine,
     _common_prefix,
     _count,
@@ -59,27 +60,6 @@ def lane_bucket(n: int) -> int:
     """Rows a chunk runs for n running slots: a power of two, at least 8. (Finer buckets waste
     fewer rows but compile more shapes, and each compiled shape holds memory maps of its own.)"""
     return _pow2(n, _MIN_LANES)
-
-
-def _slot_keys(seeds, slots, samples: int):
-    """PRNG key of each slot: fold_in(key(seed of its place), its sample index), as
-    `Engine.generate` makes row b * samples + s's."""
-    index = (slots % samples).astype(jnp.uint32)
-    return jax.vmap(lambda seed, s: jax.random.fold_in(jax.random.key(seed), s))(seeds, index)
-
-
-def _choose(logits, keys, t, temperature, top_k, top_p, vocab_limit: int):
-    """Token t of each row from its float32 logits [R, V]; t: int32[R]."""
-    if vocab_limit < logits.shape[-1]:
-        logits = jnp.where(jnp.arange(logits.shape[-1]) < vocab_limit, logits, -jnp.inf)
-    uniform = jax.vmap(lambda key, i: jax.random.uniform(jax.random.fold_in(key, i)))(keys, t)
-    rows = logits.shape[0]
-
-    def full(x, dtype):
-        return jnp.broadcast_to(jnp.asarray(x, dtype), (rows,))
-
-    return sampling.sample(logits, uniform, full(temperature, jnp.float32),
-                           full(top_k, jnp.int32), full(top_p, jnp.float32))
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "samples", "width", "vocab_limit",

@@ -186,11 +186,31 @@ def _extend(graphdef, state, store, held, rows, ids, starts, lengths, rope_lengt
     return store, keys, values, _last_logits(model, hidden, lengths)
 
 
+def _slot_keys(seeds, slots, samples: int):
+    """PRNG key of each slot: fold_in(key(seed of its place), its sample index), as
+    row b * samples + s of a generate call."""
+    index = (slots % samples).astype(jnp.uint32)
+    return jax.vmap(lambda seed, s: jax.random.fold_in(jax.random.key(seed), s))(seeds, index)
+
+
+def _choose(logits, keys, t, temperature, top_k, top_p, vocab_limit: int):
+    """Token t of each row from its float32 logits [R, V]; t: int32[R]."""
+    if vocab_limit < logits.shape[-1]:
+        logits = jnp.where(jnp.arange(logits.shape[-1]) < vocab_limit, logits, -jnp.inf)
+    uniform = jax.vmap(lambda key, i: jax.random.uniform(jax.random.fold_in(key, i)))(keys, t)
+    rows = logits.shape[0]
+
+    def full(x, dtype):
+        return jnp.broadcast_to(jnp.asarray(x, dtype), (rows,))
+
+    return sampling.sample(logits, uniform, full(temperature, jnp.float32),
+                           full(top_k, jnp.int32), full(top_p, jnp.float32))
+
+
 def _row_keys(seeds, samples):
     """uint32[B] -> PRNG keys [B * samples]: fold_in(key(seed of b), s) for row b*samples + s."""
-    seeds = jnp.repeat(seeds, samples)
-    index = jnp.tile(jnp.arange(samples, dtype=jnp.uint32), seeds.shape[0] // samples)
-    return jax.vmap(lambda seed, s: jax.random.fold_in(jax.random.key(seed), s))(seeds, index)
+    return _slot_keys(jnp.repeat(seeds, samples),
+                      jnp.arange(seeds.shape[0] * samples, dtype=jnp.uint32), samples)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "samples", "vocab_limit", "pad_id",
@@ -218,10 +238,11 @@ def _decode(graphdef, state, prefix_keys, prefix_values, prefix_lengths, rope_le
 
     def emit(t, logits, tokens, logprobs, lengths, done):
         """Chooses token t of every row from its logits [R, V]."""
-        if vocab_limit < vocab:
+        if vocab_limit < vocab:  # before _choose: the log-probabilities are over these ids too
             logits = jnp.where(jnp.arange(vocab) < vocab_limit, logits, -jnp.inf)
-        uniform = jax.vmap(lambda key: jax.random.uniform(jax.random.fold_in(key, t)))(keys)
-        token = jnp.where(done, pad_id, sampling.sample(logits, uniform, temperature, top_k, top_p))
+        chosen = _choose(logits, keys, jnp.full((rows,), t, jnp.int32), temperature, top_k, top_p,
+                         vocab)
+        token = jnp.where(done, pad_id, chosen)
         tokens = jax.lax.dynamic_update_slice(tokens, token[:, None], (0, t))
         if with_logprobs:
             lp = jnp.where(done, 0.0, sampling.log_probs(logits, token))
