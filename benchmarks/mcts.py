@@ -10,7 +10,12 @@ way, the shape of a search whose policy writes mostly valid code. Each size sear
 max(B, 32) problems, B at a time, 4 rollouts each, after an untimed warm-up run of the same
 shapes; figures are medians over repeats.
 
-The peer is the same search one problem at a time (B = 1, the same 32 problems); `ratio` is
+Each size runs twice: `plain` prefills every prompt whole and decodes each search step in
+lockstep; `reuse` gives the policy and the PPM prefix stores of B rows (`Engine(prefix_rows=)`)
+and decodes with continuous batching (`SearchConfig(continuous=True)`); `reuse/plain` is their
+rollouts/s ratio (`benchmarks/prefix_reuse.py` breaks it down into tokens).
+
+The peer is the plain search one problem at a time (B = 1, the same 32 problems); `ratio` is
 rollouts/s at B = 32 over B = 1. The limit is the work that cannot be avoided: generation and execution;
 `limit_pct` is their share of the wall time at B = 32 (the rest being tree ops, grading, PPM
 and host glue).
@@ -21,8 +26,11 @@ and host glue).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import tempfile
+
+import jax
 
 from rstar_jax.engine import Engine, ValueScorer
 from rstar_jax.search.config import Mode, SearchConfig
@@ -42,37 +50,46 @@ def main():
     sizes = [int(s) for s in args.sizes.split(",")]
 
     tokenizer = tiny_tokenizer(tempfile.mkdtemp(prefix="mcts-bench-tok-"))
-    engine = Engine(steered_tiny_policy(tokenizer, 0), vocab_size=tokenizer.vocab_size,
-                    pad_id=tokenizer.pad_id)
-    scorer = ValueScorer(steered_tiny_policy(tokenizer, 1, value_head=True),
-                         pad_id=tokenizer.pad_id, max_rows=1024)
     config = SearchConfig(mode=Mode.PPM, rollouts=args.rollouts, candidates=8, max_depth=8,
                           errors_threshold=8, max_step_tokens=32, max_output_tokens=32)
-    policy = EnginePolicy(engine, tokenizer, config)
     print(f"tiny policy + PPM (random, steered), K={config.candidates}, {config.rollouts} rollouts "
           f"per problem, max depth {config.max_depth}, {config.max_step_tokens} tokens per step, "
           "executor 2 workers; each size searches max(B, 32) problems, B at a time")
-    print(f"{'B':>4s}{'rollouts/s':>12s}{'ms/rollout':>12s}" + "".join(f"{p:>12s}" for p in PARTS)
-          + f"{'nodes':>8s}")
+    print(f"{'B':>4s}{'':>7s}{'rollouts/s':>12s}{'ms/rollout':>12s}"
+          + "".join(f"{p:>12s}" for p in PARTS) + f"{'nodes':>8s}{'reuse/plain':>13s}")
     results = {}
     with CodeExecutor(num_workers=2) as executor:
         for b in sizes:
             problems = [Problem(f"What is {i} + {i % 7}?", str(i + i % 7))
                         for i in range(max(b, 32))]
+            for reuse in (False, True):
+                rows = b if reuse else 0
+                engine = Engine(steered_tiny_policy(tokenizer, 0), vocab_size=tokenizer.vocab_size,
+                                pad_id=tokenizer.pad_id, prefix_rows=rows)
+                scorer = ValueScorer(steered_tiny_policy(tokenizer, 1, value_head=True),
+                                     pad_id=tokenizer.pad_id, max_rows=1024, prefix_rows=rows)
+                c = dataclasses.replace(config, continuous=reuse)
+                policy = EnginePolicy(engine, tokenizer, c)
 
-            def once(problems=problems, b=b):
-                stats = SearchStats()
-                run_search(problems, policy, executor, tokenizer, config, scorer=scorer,
-                           batch_size=b, progress=False, stats=stats)
-                return stats
+                def once(problems=problems, b=b, policy=policy, scorer=scorer, c=c):
+                    stats = SearchStats()
+                    run_search(problems, policy, executor, tokenizer, c, scorer=scorer,
+                               batch_size=b, progress=False, stats=stats)
+                    return stats
 
-            once()  # compile every shape this size meets
-            runs = [once() for _ in range(args.repeats)]
-            rate = statistics.median(r.rollouts / r.wall for r in runs)
-            share = {p: statistics.median(getattr(r, p) / r.wall for r in runs) for p in PARTS}
-            results[b] = rate, share
-            print(f"{b:4d}{rate:12.1f}{1000 / rate:12.1f}" + "".join(f"{100 * share[p]:11.1f}%" for p in PARTS)
-                  + f"{runs[0].nodes:8d}")
+                once()  # compile every shape this size meets
+                runs = [once() for _ in range(args.repeats)]
+                rate = statistics.median(r.rollouts / r.wall for r in runs)
+                share = {p: statistics.median(getattr(r, p) / r.wall for r in runs)
+                         for p in PARTS}
+                results[b, reuse] = rate, share
+                gain = f"{rate / results[b, False][0]:13.2f}" if reuse else ""
+                print(f"{b:4d}{'reuse' if reuse else 'plain':>7s}{rate:12.1f}{1000 / rate:12.1f}"
+                      + "".join(f"{100 * share[p]:11.1f}%" for p in PARTS)
+                      + f"{runs[0].nodes:8d}{gain}", flush=True)
+                # each compiled shape holds memory maps: a process has a limited number
+                jax.clear_caches()
+    results = {b: results[b, False] for b in sizes}
     if 1 in results and 32 in results:
         (peer, _), (ours, share) = results[1], results[32]
         overhead = share["tree_ops"] + share["host"]

@@ -7,11 +7,12 @@ a time. It runs three times in one process; each time one untimed search counts 
 (and compiles every shape), then the timed repeats run without the counting wrappers:
 - without: every expansion prefills its prompt and path whole, and the PPM its prefix, and
   each search step decodes its problems in lockstep;
-- stores only: the engine's and the PPM's prefix stores (`prefix_rows` = B), which keep each
-  batch place's last prompt, so a prompt runs only what it does not share with it;
+- stores only: the engine's and the PPM's prefix stores (`prefix_rows` = B unless
+  `--store_rows` says otherwise), which keep recent prompts, so a prompt runs only what it does
+  not share with one of them;
 - with reuse: the stores, and continuous batching (`ContinuousDecoder`): a problem's samples
   are decoded in chunks with other problems', it goes on as soon as its own samples stop, and
-  a sample's keys and values become its place's store row when the next prompt continues it.
+  a sample's keys and values go to its place's store row when the next prompt continues it.
 
 Tokens (not counting padding):
 - new: for the policy, the prompt tokens that no earlier call for the problem computed (as a
@@ -81,8 +82,8 @@ class CountingPolicy:
     def __init__(self, policy: EnginePolicy, seen: Seen):
         self.policy, self.seen, self.new = policy, seen, 0
 
-    def sample(self, prompts, num_samples, seeds, rows=None):
-        tokens, lengths = self.policy.sample(prompts, num_samples, seeds, rows=rows)
+    def sample(self, prompts, num_samples, seeds):
+        tokens, lengths = self.policy.sample(prompts, num_samples, seeds)
         for b, prompt in enumerate(prompts):
             self.new += self.seen.novel(prompt)
             for s in range(num_samples):
@@ -133,11 +134,11 @@ class CountingScorer:
         self.new += sum(self.seen.novel(s) for s in sequences)
         return self.scorer.score(sequences)
 
-    def score_children(self, prefixes, children, rows=None):
+    def score_children(self, prefixes, children):
         for prefix, kids in zip(prefixes, children):
             self.new += self.seen.novel(prefix)
             self.new += sum(self.seen.novel([*prefix, *kid]) for kid in kids)
-        return self.scorer.score_children(prefixes, children, rows=rows)
+        return self.scorer.score_children(prefixes, children)
 
 
 VARIANTS = {  # name: (prefix stores, continuous batching)
@@ -148,7 +149,7 @@ VARIANTS = {  # name: (prefix stores, continuous batching)
 
 
 def _run(args, tokenizer, problems, executor, *, stores: bool, continuous: bool) -> dict:
-    rows = args.batch if stores else 0
+    rows = (args.store_rows or args.batch) if stores else 0
     engine = Engine(steered_tiny_policy(tokenizer, 0, steer=args.steer),
                     vocab_size=tokenizer.vocab_size,
                     pad_id=tokenizer.pad_id, prefix_rows=rows)
@@ -198,6 +199,8 @@ def main():
     parser.add_argument("--steer", type=float, default=1.2,
                         help="how strongly the random policy is pushed to step tokens: lower, "
                              "longer steps")
+    parser.add_argument("--store_rows", type=int, default=0,
+                        help="rows of each prefix store (default: the batch, a row a problem)")
     parser.add_argument("--deep", action="store_true",
                         help="deep paths: steps of up to 112 tokens (steer 0.25), 2 rollouts")
     parser.add_argument("--variant", choices=list(VARIANTS), help=argparse.SUPPRESS)

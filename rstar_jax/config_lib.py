@@ -88,6 +88,10 @@ def evolve_config(config: ml_collections.ConfigDict, *, train: str, test: str,
         "preset": "paper",  # SearchConfig.preset: "paper" or "reference_code"
         "chunk": chunk,  # problems per record shard: a stopped search keeps every finished chunk
         "batch": batch,  # problems searched at once
+        # Rows of the policy's and the PPM's prefix stores (0: one per problem of the larger of
+        # the search and eval batches). Rows beyond those keep paths a search branched away
+        # from; each costs the context's keys and values (the dry run counts them).
+        "prefix_rows": 0,
         "common": search or {},
         **{f"round{r}": (rounds_search or {}).get(f"round{r}", {}) for r in range(1, 5)},
     })

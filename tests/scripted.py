@@ -125,8 +125,7 @@ class ScriptedPolicy:
             ids = ids[:stop + 1]
         return ids[:self.max_new_tokens]
 
-    def sample(self, prompts, num_samples, seeds, rows=None):
-        del rows  # nothing to keep: the rule reads each prompt whole
+    def sample(self, prompts, num_samples, seeds):
         prompts = [[int(t) for t in p] for p in prompts]
         seeds = [int(s) for s in seeds]
         if len(seeds) != len(prompts):

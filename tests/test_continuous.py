@@ -88,12 +88,12 @@ def test_a_continued_prompt_reuses_its_samples_keys_and_values(model):
     # tokens after it run. phi3_longrope: 13 + 6 > 16 changes the factors, so all of it runs.
     assert ran == (len(grown) if longrope else 3)
     want = _full_prefill(model, grown, 6)
-    store = jax.device_get(engine.store.arrays())
+    store, row = jax.device_get(engine.store.arrays()), decoder.rows[1]
     for layer, ((k, v), (wk, wv)) in enumerate(zip(store, want)):
         n = len(grown)
-        np.testing.assert_allclose(k[1, :, :, :n], wk[:, :, :n], atol=1e-5, rtol=1e-5,
+        np.testing.assert_allclose(k[row, :, :, :n], wk[:, :, :n], atol=1e-5, rtol=1e-5,
                                    err_msg=f"keys, layer {layer}")
-        np.testing.assert_allclose(v[1, :, :n], wv[:, :n], atol=1e-5, rtol=1e-5,
+        np.testing.assert_allclose(v[row, :, :n], wv[:, :n], atol=1e-5, rtol=1e-5,
                                    err_msg=f"values, layer {layer}")
     # and its samples are still generate's
     got = _drain(decoder)[1]
@@ -145,7 +145,7 @@ def test_a_search_builds_the_same_trees_with_continuous_batching(world):
     trees, counts = {}, {}
     for continuous in (False, True):
         engine = Engine(steered_tiny_policy(tokenizer, 0), vocab_size=tokenizer.vocab_size,
-                        pad_id=tokenizer.pad_id, prefix_rows=2)
+                        pad_id=tokenizer.pad_id, prefix_rows=2 + continuous)  # a spare row
         c = dataclasses.replace(config, continuous=continuous)
         stats = SearchStats()
         trees[continuous] = run_search(problems, EnginePolicy(engine, tokenizer, c), executor,

@@ -326,23 +326,27 @@ def test_an_engine_donates_its_kv_buffer_and_bucketing_reuses_compiled_steps(qwe
     assert engine._buffers is None
 
 
-def test_the_prefix_store_gives_the_tokens_a_full_prefill_gives(qwen):
-    """Prompts that grow, branch and move to other rows: each call runs only what a row does not
-    hold, and the tokens equal those of an engine that prefills every prompt whole."""
+@pytest.mark.parametrize("store_rows", [4, 2])
+def test_the_prefix_store_gives_the_tokens_a_full_prefill_gives(qwen, store_rows):
+    """Prompts that grow, branch and swap places: each call runs only what no held prompt
+    shares, and the tokens equal those of an engine that prefills every prompt whole, also
+    with fewer rows than prompts (some miss and are not kept)."""
     _, _, model = qwen
-    plain, stored = Engine(model), Engine(model, prefix_rows=4)
+    plain, stored = Engine(model), Engine(model, prefix_rows=store_rows)
     rng = np.random.default_rng(0)
     prompts = _prompts()
     for step in range(4):
         prompts = [p + rng.integers(3, 200, size=3 + step).tolist() for p in prompts]
         if step == 2:
             prompts[1] = prompts[1][:6] + [9, 9]  # a branch: the row keeps only the shared start
-        rows = [2, 0, 3] if step != 3 else [1, 2, 0]  # at step 3 the prompts change rows
+        if step == 3:
+            prompts = prompts[::-1]
         for params in (dict(), dict(temperature=1.0, seed=[4, 5, 6], num_samples=2)):
             want = plain.generate(prompts, max_new_tokens=8, **params)
-            got = stored.generate(prompts, max_new_tokens=8, cache_rows=rows, **params)
+            got = stored.generate(prompts, max_new_tokens=8, **params)
             np.testing.assert_array_equal(got.tokens, want.tokens, err_msg=f"step {step}, {params}")
-        assert [stored.store.held[r].tolist() for r in rows] == prompts
+        held = [h.tolist() for h in stored.store.held]
+        assert sum(p in held for p in prompts) == min(store_rows, len(prompts))
 
 
 def test_the_prefix_store_runs_only_the_new_tokens(qwen, monkeypatch):
@@ -357,18 +361,53 @@ def test_the_prefix_store_runs_only_the_new_tokens(qwen, monkeypatch):
 
     monkeypatch.setattr(generation, "_extend", spy)
     prompt = _prompts()[2]
-    engine.generate([prompt], max_new_tokens=4, cache_rows=[1])
-    engine.generate([prompt + [7, 8, 9]], max_new_tokens=4, cache_rows=[1])
-    # the same prompt: its last token
-    engine.generate([prompt + [7, 8, 9]], max_new_tokens=4, cache_rows=[1])
-    assert seen == [[len(prompt)], [3], [1]]
-    with pytest.raises(ValueError, match="its own store row in"):
-        engine.generate([prompt, prompt], max_new_tokens=4, cache_rows=[0, 0])
-    with pytest.raises(ValueError, match="needs a prefix store"):
-        Engine(model).generate([prompt], max_new_tokens=4, cache_rows=[0])
+    engine.generate([prompt], max_new_tokens=4)
+    engine.generate([prompt + [7, 8, 9]], max_new_tokens=4)
+    # the same prompt: its last token; a branch: what follows the shared start
+    engine.generate([prompt + [7, 8, 9]], max_new_tokens=4)
+    engine.generate([prompt + [7, 5]], max_new_tokens=4)
+    assert seen == [[len(prompt)], [3], [1], [1]]
     with pytest.raises(ValueError, match="does not fit the prefix store's 16 positions"):
-        Engine(model, prefix_rows=1, prefix_length=16).generate([prompt], max_new_tokens=4,
-                                                                cache_rows=[0])
+        Engine(model, prefix_rows=1, prefix_length=16).generate([prompt], max_new_tokens=4)
+
+
+def test_the_prefix_store_extends_forks_and_evicts_rows(qwen):
+    """Which row each prompt reads and writes: a prompt that extends a row goes in place; a
+    branch forks into the least recently used row (a copy of the shared start) when that row is
+    older than the one it branches from, and keeps the path it left; pinned rows are never
+    written; a prompt with no row left runs whole, or from the start it reads, and is kept
+    nowhere."""
+    from rstar_jax.engine.generation import PrefixStore
+
+    _, _, model = qwen
+    store = PrefixStore(model, rows=3)
+    a, b = np.arange(3, 13), np.arange(20, 26)
+
+    def plan(prompts, **options):
+        out, copies = store.plan([np.asarray(p) for p in prompts], 4, 0, **options)
+        for r, prompt in zip(out.rows, prompts):  # as `run` records a call
+            if r >= 0:
+                store.held[r] = np.asarray(prompt)
+        n = len(prompts)
+        return ([out.reads[:n].tolist(), out.rows[:n].tolist(), out.starts[:n].tolist()],
+                [c.tolist() for c in copies])
+
+    assert plan([a]) == ([[0], [0], [0]], [[], [], []])  # all rows empty: the lowest
+    assert plan([[*a, 1]]) == ([[0], [0], [10]], [[], [], []])  # extends row 0 in place
+    # a branch at 10: rows 1 and 2 are older than row 0, so the path [a, 1] stays there
+    assert plan([[*a, 2]]) == ([[1], [1], [10]], [[0], [1], [10]])
+    assert store.held[0].tolist() == [*a, 1]
+    assert plan([b, [*a, 1, 5]]) == ([[2, 0], [2, 0], [0, 11]], [[], [], []])
+    # pinned row 0 is only read: [a, 1, 5, 6] forks into the least recently used row (1), and
+    # c, which shares nothing, evicts the next (2)
+    c = np.arange(40, 45)
+    assert plan([c, [*a, 1, 5, 6]], pinned=[0]) == ([[2, 1], [2, 1], [0, 12]],
+                                                    [[0], [1], [12]])
+    # more prompts than free rows: [c, 1] reads its start from pinned row 2, and is kept nowhere
+    assert plan([[*c, 1], [*a, 1, 5, 6, 7]], pinned=[0, 2]) == ([[2, 1], [-1, 1], [5, 13]],
+                                                                 [[], [], []])
+    with pytest.raises(ValueError, match="2 prompts need a store row each, but only 1 of the 3"):
+        plan([[*c, 1], [*a, 1, 5, 6, 7]], pinned=[0, 2], keep_all=True)
 
 
 def test_token_counts_say_what_was_given_and_what_ran(qwen):
@@ -384,8 +423,8 @@ def test_token_counts_say_what_was_given_and_what_ran(qwen):
     assert c.stopped_share == pytest.approx(1 - a.lengths.sum() / (6 * a.steps))
     assert c.computed == c.prefill_tokens + c.decode_steps
     stored = Engine(model, prefix_rows=2)
-    stored.generate([prompt], max_new_tokens=4, cache_rows=[1])
-    b = stored.generate([prompt + [7, 8, 9]], max_new_tokens=4, cache_rows=[1], num_samples=2)
+    stored.generate([prompt], max_new_tokens=4)
+    b = stored.generate([prompt + [7, 8, 9]], max_new_tokens=4, num_samples=2)
     c = stored.counts
     assert (c.calls, c.prompt_tokens, c.prefill_tokens) == (2, 2 * len(prompt) + 3, len(prompt) + 3)
     assert c.decoded_tokens >= b.lengths.sum() and c.decode_steps >= 2 * b.steps

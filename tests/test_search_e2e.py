@@ -219,26 +219,33 @@ def test_presets_follow_the_paper_and_the_reference_code():
     assert SearchConfig(rollouts=2, candidates=3, max_depth=4).nodes == 1 + 2 * 5 * 3
 
 
-def test_a_policy_engine_with_a_prefix_store_builds_the_same_trees(world):
-    """The driver gives each problem's prompts its batch place as the store row: the policy
-    reuses a path's keys and values, and the trees are those of an engine without a store."""
+@pytest.mark.parametrize("store_rows", [1, 2, 5])
+def test_a_policy_engine_with_a_prefix_store_builds_the_same_trees(world, store_rows):
+    """The policy reuses the paths' keys and values, and the trees are those of an engine
+    without a store: with a store too small for the problems (it evicts), a row per problem,
+    and rows to spare."""
     from rstar_jax.engine import Engine
 
     tokenizer, engine, scorer, executor = world
     stored = Engine(steered_tiny_policy(tokenizer, 0), vocab_size=tokenizer.vocab_size,
-                    pad_id=tokenizer.pad_id, prefix_rows=2)
+                    pad_id=tokenizer.pad_id, prefix_rows=store_rows)
     config = dataclasses.replace(CONFIG, mode=Mode.TERMINAL)
     want = _search(world, config)
     got = run_search(PROBLEMS, EnginePolicy(stored, tokenizer, config), executor, tokenizer, config,
                      progress=False)
     assert [t.texts for t in got] == [t.texts for t in want]
-    assert any(len(h) for h in stored.store.held)  # the store was used
+    counts = stored.counts
+    assert counts.prefill_tokens < counts.prompt_tokens  # the store was used
+    # with a row to spare, the second problem forks off the first's row at their shared start
+    # and the first's path stays
+    assert sum(len(h) > 0 for h in stored.store.held) == min(store_rows, len(PROBLEMS))
 
 
-def test_a_ppm_with_a_prefix_store_scores_as_one_without(world):
+@pytest.mark.parametrize("store_rows", [1, 2])
+def test_a_ppm_with_a_prefix_store_scores_as_one_without(world, store_rows):
     tokenizer, _, scorer, executor = world
     stored = ValueScorer(steered_tiny_policy(tokenizer, 1, value_head=True),
-                         pad_id=tokenizer.pad_id, prefix_rows=2)
+                         pad_id=tokenizer.pad_id, prefix_rows=store_rows)
     config = dataclasses.replace(CONFIG, mode=Mode.PPM)
     want = _search(world, config)
     got = _search((tokenizer, world[1], stored, executor), config)

@@ -13,8 +13,9 @@ packed into as few rows as the next lane bucket holds, so a stopped sample costs
 rest of its chunk.
 
 Reuse of what was computed before:
-- each place is a row of the engine's prefix store (`Engine(prefix_rows >= places)`): a prompt
-  runs only what the row does not already hold (see `extend_prefix`);
+- a prompt goes through the engine's prefix store (`Engine(prefix_rows >= places)`, see
+  `PrefixStore`) and runs only what no prompt the store holds shares; a running place's row is
+  pinned until its samples are returned, as its chunks read the prompt from there;
 - each slot keeps its sample's keys and values after the place's samples are returned; when
   the place's next prompt continues the row's prompt with one of those samples (the search
   expands a child it just made), they are copied into the row instead of computed again.
@@ -47,8 +48,6 @@ from rstar_jax.engine.generation import (
     _stop_ids,
     decode_bucket,
     extend_prefix,
-    held_prefix,
-    pack_rows,
     prompt_bucket,
 )
 from rstar_jax.models.cache import ForkCache, KVCache, LaneCache
@@ -65,14 +64,14 @@ def lane_bucket(n: int) -> int:
 @functools.partial(jax.jit, static_argnames=("graphdef", "samples", "width", "vocab_limit",
                                              "pad_id"),
                    donate_argnames=("store", "state"))
-def _admit(graphdef, weights, store, held, state, places, ids, starts, lengths, rope_lengths,
-           seeds, temperature, top_k, top_p, stop_ids, max_new, *, samples, width, vocab_limit,
-           pad_id):
-    """Prefills each admitted place's prompt through its store row (`extend_prefix`) and
+def _admit(graphdef, weights, store, held, state, places, rows, ids, starts, lengths,
+           rope_lengths, seeds, temperature, top_k, top_p, stop_ids, max_new, *, samples, width,
+           vocab_limit, pad_id):
+    """Prefills each admitted place's prompt into its store row rows[a] (`extend_prefix`) and
     chooses token 0 of its samples. places: int32[A] (-1: padding); state: (tokens [S, T],
     lengths [S], done [S], last [S]), donated like the store. Returns (store, state)."""
     model = nnx.merge(graphdef, weights)
-    store, _, _, hidden = extend_prefix(model, store, held, places, ids, starts, lengths,
+    store, _, _, hidden = extend_prefix(model, store, held, rows, ids, starts, lengths,
                                         rope_lengths, width)
     logits = model.logits(jnp.take_along_axis(hidden, (lengths - 1)[:, None, None], axis=1))[:, 0]
     tokens, out_lengths, done, last = state
@@ -92,16 +91,16 @@ def _admit(graphdef, weights, store, held, state, places, ids, starts, lengths, 
 @functools.partial(jax.jit, static_argnames=("graphdef", "samples", "width", "vocab_limit",
                                              "pad_id"),
                    donate_argnames=("buffers", "state"))
-def _chunk(graphdef, weights, store, buffers, state, groups, starts, lanes, cells, rope_lengths,
-           seeds, temperature, top_k, top_p, stop_ids, max_new, steps, *, samples, width,
-           vocab_limit, pad_id):
+def _chunk(graphdef, weights, store, buffers, state, groups, group_rows, starts, lanes, cells,
+           rope_lengths, seeds, temperature, top_k, top_p, stop_ids, max_new, steps, *, samples,
+           width, vocab_limit, pad_id):
     """Up to `steps` decode steps of the running slots `lanes` (int32[R], -1: padding lane).
 
-    Attention reads the places `groups` (int32[G], -1: padding): their store rows' first
-    `width` positions (starts[g] of them real) once for all their samples, and their slots' own
-    keys and values in `buffers` (per layer [S, K, T, D], donated); lane r is sample row
-    cells[r] of them (`LaneCache`). Everything else runs for the lanes only. Returns (buffers,
-    state, steps run)."""
+    Attention reads the places `groups` (int32[G], -1: padding): their store rows group_rows'
+    first `width` positions (starts[g] of them real) once for all their samples, and their
+    slots' own keys and values in `buffers` (per layer [S, K, T, D], donated); lane r is sample
+    row cells[r] of them (`LaneCache`). Everything else runs for the lanes only. Returns
+    (buffers, state, steps run)."""
     model = nnx.merge(graphdef, weights)
     tokens, lengths, done, last = state
     size, length = tokens.shape
@@ -112,7 +111,8 @@ def _chunk(graphdef, weights, store, buffers, state, groups, starts, lanes, cell
     keys = _slot_keys(seeds, safe, samples)
     own = tuple((bk[rows], bv[rows]) for bk, bv in buffers)
     own, buffers = jax.lax.optimization_barrier((own, buffers))  # see extend_prefix
-    cache = KVCache(tuple(LaneCache(ForkCache(k[places, :, :, :width], v[places, :, :width],
+    at_rows = jnp.maximum(group_rows, 0)
+    cache = KVCache(tuple(LaneCache(ForkCache(k[at_rows, :, :, :width], v[at_rows, :, :width],
                                               starts, bk, bv), cells)
                           for (k, v), (bk, bv) in zip(store, own)))
     at_lane = jnp.arange(lanes.shape[0])
@@ -202,6 +202,8 @@ class ContinuousDecoder:
                            jnp.zeros((size,), jnp.int32), jnp.ones((size,), bool),
                            jnp.zeros((size,), jnp.int32))
         self.prefix_lengths = np.zeros((places,), np.int32)
+        self.rows = np.full((places,), -1, np.int32)  # each place's store row, its last prompt
+        self._prompts: dict[int, np.ndarray] = {}
         self.seeds = np.zeros((places,), np.uint32)
         self.running: set[int] = set()
         self._done = np.ones((size,), bool)
@@ -245,25 +247,35 @@ class ContinuousDecoder:
             self._prefill(places, prompts, np.asarray(seeds, np.uint32))
         for p, prompt, seed in zip(places, prompts, seeds):
             self.running.add(p)
+            self._prompts[p] = prompt
             self.prefix_lengths[p], self.seeds[p] = len(prompt), seed
             self._kept.pop(p, None)
             self._done[p * self.samples:(p + 1) * self.samples] = False
 
+    def _pinned(self) -> list[int]:
+        """The store rows of running places: their chunks read them."""
+        return [int(self.rows[p]) for p in self.running]
+
     def _carry_samples(self, places, prompts) -> None:
-        """Copies into each place's store row the keys and values of the sample its new prompt
-        continues the row's prompt with (the longest such, when several do)."""
+        """Copies into a place's store row the keys and values of the sample its new prompt
+        continues the place's last prompt with (the longest such, when several do), while the
+        row still holds that prompt."""
         rows, slots, starts, counts, held = [], [], [], [], []
+        pinned = set(self._pinned())
         for p, prompt in zip(places, prompts):
-            have = self.store.held[p]
-            if p not in self._kept or _common_prefix(have, prompt) < len(have):
+            row, last = int(self.rows[p]), self._prompts.get(p)
+            if p not in self._kept or row < 0 or row in pinned or \
+                    not np.array_equal(self.store.held[row], last) or \
+                    _common_prefix(last, prompt) < len(last):
                 continue
-            rest = prompt[len(have):-1]  # the prompt's last token always runs
+            rest = prompt[len(last):-1]  # the prompt's last token always runs
             match = [_common_prefix(kept, rest) for kept in self._kept[p]]
             j = int(np.argmax(match))
-            if match[j] and self.store.regimes[p] == self.store.regime(len(prompt) + self.max_new):
-                rows.append(p), slots.append(p * self.samples + j)
-                starts.append(len(have)), counts.append(match[j])
-                held.append(prompt[:len(have) + match[j]])
+            rope = len(prompt) + self.max_new
+            if match[j] and self.store.regimes[row] == self.store.regime(rope):
+                rows.append(row), slots.append(p * self.samples + j)
+                starts.append(len(last)), counts.append(match[j])
+                held.append((prompt[:len(last) + match[j]], rope))
         if not rows:
             return
         pad = _pow2(len(rows)) - len(rows)
@@ -271,31 +283,29 @@ class ContinuousDecoder:
                         *(np.array(x + [fill] * pad, np.int32)
                           for x, fill in ((rows, self.store.rows), (slots, 0), (starts, 0),
                                           (counts, 0))))
-        self.store.keep(arrays, rows, held)
+        self.store.keep(arrays, rows, [h for h, _ in held], rope_lengths=[n for _, n in held])
 
     def _prefill(self, places, prompts, seeds) -> None:
         engine, store = self.engine, self.store
         rope = [len(p) + self.max_new for p in prompts]
-        rows, starts = store.plan(places, prompts, rope_lengths=rope)
-        counts = engine.counts
-        counts.prompt_tokens += sum(len(p) for p in prompts)
-        counts.prefill_tokens += sum(len(p) - s for p, s in zip(prompts, starts))
         batch = _pow2(len(places))
-        ids, lengths = pack_rows([p[s:] for p, s in zip(prompts, starts)], batch,
-                                 prompt_bucket(max(len(p) - s for p, s in zip(prompts, starts))),
-                                 engine.pad_id)
         pad = batch - len(places)
-        rope = np.array(rope + [1] * pad, np.int32)
-        places = np.array(rows + [-1] * pad, np.int32)
-        width = min(store.length, prompt_bucket(max(len(p) for p in prompts)))
-        arrays = store.take()
-        arrays, self._state = _admit(
-            engine.graphdef, engine.state, arrays, held_prefix(arrays, places, width),
-            self._state, places, ids, np.array(starts + [0] * pad, np.int32), lengths, rope,
-            np.concatenate([seeds, np.zeros((pad,), np.uint32)]), *self.settings, self.stop_ids,
-            np.int32(self.max_new), samples=self.samples, width=width,
-            vocab_limit=engine.vocab_size, pad_id=engine.pad_id)
-        store.keep(arrays, rows, prompts, rope_lengths=rope[:len(places)])
+        slots = np.array(places + [-1] * pad, np.int32)
+        rope_lengths = np.array(rope + [1] * pad, np.int32)
+
+        def call(arrays, held, plan):
+            return _admit(
+                engine.graphdef, engine.state, arrays, held, self._state, slots, plan.rows,
+                plan.ids, plan.starts, plan.lengths, rope_lengths,
+                np.concatenate([seeds, np.zeros((pad,), np.uint32)]), *self.settings,
+                self.stop_ids, np.int32(self.max_new), samples=self.samples, width=plan.width,
+                vocab_limit=engine.vocab_size, pad_id=engine.pad_id)
+
+        plan, self._state = store.run(prompts, batch, engine.pad_id, call, rope_lengths=rope,
+                                      pinned=self._pinned(), keep_all=True)
+        self.rows[places] = plan.rows[:len(places)]
+        engine.counts.prompt_tokens += sum(len(p) for p in prompts)
+        engine.counts.prefill_tokens += plan.computed
 
     def step(self) -> dict[int, tuple[np.ndarray, np.ndarray]]:
         """Decodes one chunk; returns the places whose samples have all stopped (see the class
@@ -320,7 +330,8 @@ class ContinuousDecoder:
         with self._mesh():
             self._buffers, self._state, ran = _chunk(
                 engine.graphdef, engine.state, self.store.arrays(), self._buffers, self._state,
-                groups, self.prefix_lengths[np.maximum(groups, 0)], padded, cells.astype(np.int32),
+                groups, self.rows[np.maximum(groups, 0)],
+                self.prefix_lengths[np.maximum(groups, 0)], padded, cells.astype(np.int32),
                 self.prefix_lengths[owner] + np.int32(self.max_new), self.seeds[owner],
                 *self.settings, self.stop_ids, np.int32(self.max_new), np.int32(self.chunk),
                 samples=k, width=width, vocab_limit=engine.vocab_size, pad_id=engine.pad_id)

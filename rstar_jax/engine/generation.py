@@ -5,10 +5,11 @@ nodes):
 
 1. prefill (jit): the prompts, right-padded to a bucketed length P, run causally once; the
    result is each layer's keys and values `[B, P]` and each prompt's next-token logits. With a
-   prefix store (`Engine(prefix_rows=S)` and `generate(cache_rows=...)`), each prompt names a
-   store row, and only the part of the prompt that row does not already hold is run (`_extend`):
-   a search's successive prompts for one problem extend each other (the path grows by a step),
-   so most of each prompt's keys and values are computed once instead of at every expansion;
+   prefix store (`Engine(prefix_rows=S)`, see `PrefixStore`), each prompt reads the keys and
+   values of the longest start it shares with a recent prompt and runs only the rest
+   (`_extend`): a search's successive prompts for one problem extend each other (the path grows
+   by a step), so most of each prompt's keys and values are computed once instead of at every
+   expansion;
 2. decode (jit): a `lax.while_loop` over new tokens for B x num_samples rows. The rows of one
    prompt read its keys and values from one shared copy (`ForkCache`) and write their own into
    buffers (per layer, keys and values `[rows, K, T, D]`) that the engine keeps between calls
@@ -145,17 +146,31 @@ def held_prefix(store, rows, width: int):
     return tuple((keys[safe, :, :, :width], values[safe, :, :width]) for keys, values in store)
 
 
+@functools.partial(jax.jit, donate_argnames=("store",))
+def _write_prefix(store, held, rows, counts):
+    """Writes held (per layer keys [B, K, D, W], values [B, K, W, D]) positions [0, counts[b])
+    into store row rows[b] (-1: padding, dropped)."""
+    capacity, width = store[0][0].shape[-1], held[0][0].shape[-1]
+    span = jnp.arange(width)
+    at = jnp.where((span < counts[:, None]) & (rows[:, None] >= 0), span, capacity)  # [B, W]
+    safe = jnp.maximum(rows, 0)[:, None]
+    return tuple((k.at[safe, :, :, at].set(hk.transpose(0, 3, 1, 2), mode="drop"),
+                  v.at[safe, :, at].set(hv.transpose(0, 2, 1, 3), mode="drop"))
+                 for (k, v), (hk, hv) in zip(store, held))
+
+
 def extend_prefix(model, store, held, rows, ids, starts, lengths, rope_lengths, width: int):
     """Prefill through a prefix store (traced inside a jitted call): prompt b is store row
     rows[b]'s first starts[b] positions, which the row already holds (`held`, from
     `held_prefix`), followed by ids[b, :lengths[b]].
 
-    store: per layer (keys [S, K, D, L], values [S, K, L, D]); rows: int32[B] (-1: a padding
-    prompt, which writes nothing); ids: int32[B, N] right-padded; starts, lengths, rope_lengths:
-    int32[B]. The new tokens attend to the held positions and causally to each other; their keys
-    and values are written into the store at positions starts[b] onwards. Returns (store, prefix
-    keys [B, K, D, width] and values [B, K, width, D] per layer: each row's first `width`
-    positions, the new tokens' final hidden states [B, N, E]).
+    store: per layer (keys [S, K, D, L], values [S, K, L, D]); rows: int32[B], the row each
+    prompt's keys and values are written to from position starts[b] on (-1: none, for a padding
+    prompt or one the store has no row for); ids: int32[B, N] right-padded; starts, lengths,
+    rope_lengths: int32[B]. The new tokens attend to the held positions and causally to each
+    other. Returns (store, prefix keys [B, K, D, width] and values [B, K, width, D] per layer:
+    each prompt's, positions past its length unspecified; the new tokens' final hidden states
+    [B, N, E]).
     """
     b, n = ids.shape
     capacity = store[0][0].shape[-1]
@@ -172,8 +187,14 @@ def extend_prefix(model, store, held, rows, ids, starts, lengths, rope_lengths, 
                    values.at[safe[:, None], :, at].set(layer.values.transpose(0, 2, 1, 3),
                                                        mode="drop"))
                   for (keys, values), layer in zip(store, cache.layers))
-    return (store, tuple(keys[safe, :, :, :width] for keys, _ in store),
-            tuple(values[safe, :, :width] for _, values in store), hidden)
+    # The prompt's own prefix: the held start with the new tokens' keys and values after it.
+    inside = jnp.where(jnp.arange(n) < lengths[:, None], positions, width)
+    batch = jnp.arange(b)[:, None]
+    keys = tuple(hk.at[batch, :, :, inside].set(layer.keys.transpose(0, 2, 1, 3), mode="drop")
+                 for (hk, _), layer in zip(held, cache.layers))
+    values = tuple(hv.at[batch, :, inside].set(layer.values.transpose(0, 2, 1, 3), mode="drop")
+                   for (_, hv), layer in zip(held, cache.layers))
+    return store, keys, values, hidden
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "width"), donate_argnames=("store",))
@@ -384,12 +405,42 @@ def activation_sharding(mesh, rules, shape, axes) -> NamedSharding | None:
     return NamedSharding(mesh, canonical_spec(rules.spec(axes, shape, mesh), mesh))
 
 
+@dataclasses.dataclass(frozen=True)
+class StorePlan:
+    """How one call runs its prompts through a prefix store (`PrefixStore.run`). Prompt b reads
+    store row reads[b]'s first starts[b] positions, keys and values computed before, and runs
+    ids[b, :lengths[b]] from there; its keys and values go to row rows[b] (-1: kept nowhere).
+    Rows past the last prompt are padding: rows -1, start 0, length 1. width: the prefix
+    positions the call reads (the longest prompt's bucket)."""
+
+    reads: np.ndarray  # int32[batch]
+    rows: np.ndarray  # int32[batch]
+    starts: np.ndarray  # int32[batch]
+    ids: np.ndarray  # int32[batch, N], right-padded
+    lengths: np.ndarray  # int32[batch]
+    width: int
+
+    prompts: int  # real prompts (the first rows)
+
+    @property
+    def computed(self) -> int:
+        """Prompt tokens the call runs (the rest are read from the store)."""
+        return int(self.lengths[:self.prompts].sum())
+
+
 class PrefixStore:
-    """Keys and values of the last prompt each of `rows` store rows was given, up to `length`
-    positions: per layer keys [S, K, D, L] and values [S, K, L, D] (the layout `ForkCache`
-    reads), made on first use (rows over the mesh's batch axes), and on the host the tokens
-    each row holds. A jitted call takes the arrays (`take`, donated to it) and gives them back
-    (`keep`)."""
+    """Keys and values of recent prompts, reused by later prompts that start the same way: per
+    layer keys [S, K, D, L] and values [S, K, L, D] (the layout `ForkCache` reads) for S = `rows`
+    sequences of up to L = `length` positions, made on first use (rows over the mesh's batch
+    axes); on the host the tokens each row holds.
+
+    A call (`run`) gives each prompt the row that shares its longest start (a search's next
+    prompt for a problem extends its last one, or branches off it) and runs only the rest. The
+    prompt's keys and values then go to a row: the one it read, when the prompt extends what the
+    row holds or the row was used more recently than any other; else the least recently used
+    row, after a copy of the shared start into it, so a branch does not overwrite the path it
+    left. Memory is fixed at rows x length positions; a prompt that finds no row to keep its keys
+    (more prompts than rows) runs as usual and is not kept: a miss costs compute, never fails."""
 
     def __init__(self, model: CausalLM, rows: int, length: int | None = None):
         if _integer(rows) is None or rows < 0:
@@ -399,6 +450,8 @@ class PrefixStore:
         self.mesh, self.rules = model_mesh(model), model.rules
         self.switch_at = RotaryEmbedding(model.config).switch_at
         self._arrays = None
+        self._clock = 0
+        self.used = np.zeros((rows,), np.int64)  # the call that last read or wrote each row
         self.forget()
         self._before = self.held, self.regimes
 
@@ -416,27 +469,89 @@ class PrefixStore:
         self._arrays = None
         self.forget()
 
-    def plan(self, cache_rows, prompts: Sequence[np.ndarray], what: str = "prompt",
-             rope_lengths=None) -> tuple[list[int], list[int]]:
-        """(row, start) of each prompt: it runs from `start`, the first token its row does not
-        hold, and at least its last token runs; all of it when its row's keys were computed under
-        other rope factors (rope_lengths: the length each prompt's row may grow to)."""
-        rows = [_integer(r) for r in np.asarray(cache_rows).ravel().tolist()]
+    def _matches(self, prompts: Sequence[np.ndarray], regimes: Sequence[bool]) -> np.ndarray:
+        """int[prompts, rows]: the leading tokens each row holds in common with each prompt (0
+        for a row of the other rope factors), at most len(prompt) - 1: a prompt's last token
+        always runs."""
+        longest = max(len(p) for p in prompts)
+        held = np.full((self.rows, longest + 1), -1, np.int64)  # -1 never matches a token
+        for r, have in enumerate(self.held):
+            held[r, :min(len(have), longest)] = have[:longest]
+        out = np.zeros((len(prompts), self.rows), np.int64)
+        for i, (p, regime) in enumerate(zip(prompts, regimes)):
+            differ = held[:, :len(p) + 1] != np.append(np.asarray(p, np.int64), -2)
+            same = np.argmax(differ, axis=1)  # the first position that differs
+            out[i] = np.where(np.array(self.regimes) == regime, np.minimum(same, len(p) - 1), 0)
+        return out
+
+    def plan(self, prompts: Sequence[np.ndarray], batch: int, pad_id: int, *, rope_lengths=None,
+             pinned: Sequence[int] = (), keep_all: bool = False, what: str = "prompt"):
+        """(StorePlan, copies (source rows, target rows, counts)) of a call; see the class
+        docstring. pinned: rows that must not change (a running decode reads them); keep_all:
+        every prompt gets a row (running its whole prompt when that is the only way), which
+        needs as many free rows as prompts."""
         if self.rows == 0:
-            raise ValueError("cache_rows needs a prefix store: build it with prefix_rows > 0")
-        if len(rows) != len(prompts) or any(r is None or not 0 <= r < self.rows for r in rows) or \
-                len(set(rows)) != len(rows):
-            raise ValueError(f"cache_rows must give each of the {len(prompts)} {what}s its own "
-                             f"store row in [0, prefix_rows={self.rows}); got {cache_rows!r}")
+            raise ValueError("this call needs a prefix store: build it with prefix_rows > 0")
         longest = max(len(p) for p in prompts)
         if longest > self.length:
             raise ValueError(f"a {what} of {longest} tokens does not fit the prefix store's "
                              f"{self.length} positions; build it with a larger prefix_length")
+        free = set(range(self.rows)) - {int(r) for r in pinned}
+        if keep_all and len(free) < len(prompts):
+            raise ValueError(f"{len(prompts)} {what}s need a store row each, but only "
+                             f"{len(free)} of the {self.rows} rows are free")
         regimes = [self.regime(n) for n in (rope_lengths if rope_lengths is not None
-                                             else [0] * len(rows))]
-        return rows, [min(_common_prefix(self.held[r], p), len(p) - 1)
-                      if self.regimes[r] == regime else 0
-                      for r, p, regime in zip(rows, prompts, regimes)]
+                                             else [0] * len(prompts))]
+        matches = self._matches(prompts, regimes)
+        sizes = np.array([len(h) for h in self.held], np.int64)
+        longest_match = matches.max(axis=1)
+        # the rows each prompt would read: those sharing its longest start. No fork copies into
+        # them, as a copy lands before the call reads.
+        best = [set(np.flatnonzero(m == top).tolist()) if top else set()
+                for m, top in zip(matches, longest_match)]
+        sources = set().union(*best)
+        reads, rows, starts = [0] * len(prompts), [-1] * len(prompts), [0] * len(prompts)
+        copies, read = ([], [], []), set()
+
+        def oldest(candidates):
+            return min(candidates, key=lambda r: (self.used[r], r)) if candidates else None
+
+        for i in sorted(range(len(prompts)), key=lambda i: -longest_match[i]):
+            m, open_rows = int(longest_match[i]), free - set(rows)
+            spare = oldest(open_rows - sources)
+            if not m:  # nothing to reuse: the oldest row no prompt reads, else the oldest
+                row = spare if spare is not None else oldest(open_rows)
+                rows[i] = reads[i] = -1 if row is None else row
+                continue
+            here = best[i] & open_rows
+            extended = [r for r in here if sizes[r] == m]  # writing there loses nothing
+            src = extended[0] if extended else oldest(here) if here else min(best[i])
+            read.add(src)
+            if here and (extended or spare is None or self.used[spare] >= self.used[src]):
+                reads[i], rows[i], starts[i] = src, src, m
+            elif spare is not None:  # a fork: the shared start is copied, the source row stays
+                reads[i], rows[i], starts[i] = spare, spare, m
+                for x, v in zip(copies, (src, spare, m)):
+                    x.append(v)
+            elif not keep_all:
+                reads[i], starts[i] = src, m  # reuse what is there; keep nothing
+            elif open_rows:  # every prompt must get a row: this one runs whole
+                rows[i] = reads[i] = oldest(open_rows)
+            else:
+                raise AssertionError("keep_all counted a free row for every prompt")
+        self._clock += 1
+        for r in set(rows) | read:  # rows written or read
+            if r >= 0:
+                self.used[r] = self._clock
+        suffixes = [p[s:] for p, s in zip(prompts, starts)]
+        ids, lengths = pack_rows(suffixes, batch, prompt_bucket(max(len(s) for s in suffixes)),
+                                 pad_id)
+        pad = batch - len(prompts)
+        plan = StorePlan(reads=np.array(reads + [-1] * pad, np.int32),
+                         rows=np.array(rows + [-1] * pad, np.int32),
+                         starts=np.array(starts + [0] * pad, np.int32), ids=ids, lengths=lengths,
+                         width=min(self.length, prompt_bucket(longest)), prompts=len(prompts))
+        return plan, tuple(np.array(x, np.int32) for x in copies)
 
     def arrays(self):
         """The store's arrays, to read in a call that does not write them."""
@@ -464,15 +579,38 @@ class PrefixStore:
     def keep(self, arrays, rows: Sequence[int], prompts: Sequence[np.ndarray],
              rope_lengths=None) -> None:
         """The arrays back from a call that wrote `prompts` into `rows` (rope_lengths: as in
-        `plan`; default: the rows keep the factors they had)."""
+        `plan`)."""
         self._arrays = arrays
         held, regimes = self._before
-        now = dict(zip(rows, prompts))
-        self.held = [np.asarray(now[r], np.int64) if r in now else h for r, h in enumerate(held)]
-        self.regimes = list(regimes)
-        if rope_lengths is not None:
-            for r, n in zip(rows, rope_lengths):
-                self.regimes[r] = self.regime(n)
+        self.held, self.regimes = list(held), list(regimes)
+        rope_lengths = [0] * len(rows) if rope_lengths is None else rope_lengths
+        for r, prompt, n in zip(rows, prompts, rope_lengths):
+            self.held[r], self.regimes[r] = np.asarray(prompt, np.int64), self.regime(n)
+
+    def run(self, prompts: Sequence[np.ndarray], batch: int, pad_id: int, call, *,
+            rope_lengths=None, pinned: Sequence[int] = (), keep_all: bool = False,
+            what: str = "prompt"):
+        """Runs `call(arrays, held, plan) -> (arrays, out)`: a jitted call that takes the store's
+        arrays (donated), the prefixes the prompts read (`held_prefix`) and the `StorePlan`
+        (padded to `batch` prompts), writes the prompts' keys and values into plan.rows (see
+        `extend_prefix`) and gives the arrays back. rope_lengths: the length each prompt's row
+        may grow to (longrope picks its factors by it). Returns (plan, out)."""
+        plan, (sources, targets, counts) = self.plan(prompts, batch, pad_id,
+                                                     rope_lengths=rope_lengths, pinned=pinned,
+                                                     keep_all=keep_all, what=what)
+        arrays = self.take()
+        if sources.size:  # forks: the shared start goes to the new row first
+            # in the call's own shapes: nothing more to compile than one write per shape
+            def pad(x, fill):
+                return np.concatenate([x, np.full((batch - x.size,), fill, np.int32)])
+
+            arrays = _write_prefix(arrays, held_prefix(arrays, pad(sources, -1), plan.width),
+                                   pad(targets, -1), pad(counts, 0))
+        arrays, out = call(arrays, held_prefix(arrays, plan.reads, plan.width), plan)
+        kept = [i for i, r in enumerate(plan.rows[:len(prompts)]) if r >= 0]
+        self.keep(arrays, [int(plan.rows[i]) for i in kept], [prompts[i] for i in kept],
+                  rope_lengths=None if rope_lengths is None else [rope_lengths[i] for i in kept])
+        return plan, out
 
 
 class Engine:
@@ -481,10 +619,10 @@ class Engine:
 
     vocab_size: the tokenizer's size when the embedding has more rows (Phi-3 pads 32011 tokens
     to 32064); ids at or above it are never generated. pad_id fills `tokens` after a stop.
-    prefix_rows: rows of the prefix store (0: none), which keeps the keys and values of the last
-    prompt given each row (`generate(cache_rows=...)`) for up to prefix_length tokens (default
-    the model's context), so a later prompt that starts the same way runs only what follows:
-    per layer prefix_rows x prefix_length x 2 x KV heads x head dim values of the model's dtype.
+    prefix_rows: rows of the prefix store (0: none; see `PrefixStore`), which keeps the keys and
+    values of up to that many recent prompts of up to prefix_length tokens (default the model's
+    context), so a later prompt that starts the same way runs only what follows: per layer
+    prefix_rows x prefix_length x 2 x KV heads x head dim values of the model's dtype.
     """
 
     def __init__(self, model: CausalLM, *, vocab_size: int | None = None, pad_id: int = 0,
@@ -531,31 +669,25 @@ class Engine:
     def _sharding(self, shape, axes):
         return activation_sharding(self.mesh, self.rules, shape, axes)
 
-    def _prefix(self, rows: list[np.ndarray], cache_rows, batch: int, lengths: np.ndarray,
+    def _prefix(self, rows: list[np.ndarray], batch: int, lengths: np.ndarray,
                 rope_lengths: np.ndarray):
         """(prefix keys, values, next-token logits) of the prompts, through the prefix store when
-        cache_rows is given (see the class docstring), else by a plain prefill."""
-        longest = int(lengths.max())
+        the engine has one (see the class docstring), else by a plain prefill."""
         self.counts.prompt_tokens += sum(len(row) for row in rows)
-        if cache_rows is None:
+        if not self.store.rows:
             self.counts.prefill_tokens += sum(len(row) for row in rows)
-            ids, _ = pack_rows(rows, batch, prompt_bucket(longest), self.pad_id)
+            ids, _ = pack_rows(rows, batch, prompt_bucket(int(lengths.max())), self.pad_id)
             return _prefill(self.graphdef, self.state, ids, lengths, rope_lengths)
-        slots, starts = self.store.plan(cache_rows, rows, rope_lengths=rope_lengths[:len(rows)])
-        self.counts.prefill_tokens += sum(len(row) - s for s, row in zip(starts, rows))
-        ids, suffix_lengths = pack_rows([row[s:] for s, row in zip(starts, rows)], batch,
-                                        prompt_bucket(max(len(row) - s
-                                                          for s, row in zip(starts, rows))),
-                                        self.pad_id)
-        pad = batch - len(rows)
-        places = np.array(slots + [-1] * pad, np.int32)
-        width = min(self.store.length, prompt_bucket(longest))
-        arrays = self.store.take()
-        arrays, keys, values, logits = _extend(
-            self.graphdef, self.state, arrays, held_prefix(arrays, places, width), places, ids,
-            np.array(starts + [0] * pad, np.int32), suffix_lengths, rope_lengths, width=width)
-        self.store.keep(arrays, slots, rows, rope_lengths=rope_lengths[:len(rows)])
-        return keys, values, logits
+
+        def call(arrays, held, plan):
+            arrays, *out = _extend(self.graphdef, self.state, arrays, held, plan.rows, plan.ids,
+                                   plan.starts, plan.lengths, rope_lengths, width=plan.width)
+            return arrays, out
+
+        plan, out = self.store.run(rows, batch, self.pad_id, call,
+                                   rope_lengths=rope_lengths[:len(rows)])
+        self.counts.prefill_tokens += plan.computed
+        return out
 
     def _take_buffers(self, rows: int, length: int):
         c = self.config
@@ -571,8 +703,7 @@ class Engine:
 
     def generate(self, prompt_ids, max_new_tokens: int = 64, temperature=0.0, top_p=1.0,
                  stop_token_ids: Sequence[int] = (), seed=0, *, top_k=0, num_samples: int = 1,
-                 prompt_lengths=None, return_logprobs: bool = False,
-                 cache_rows=None) -> GenerationResult:
+                 prompt_lengths=None, return_logprobs: bool = False) -> GenerationResult:
         """Samples `num_samples` continuations of each prompt.
 
         prompt_ids: int[B, P] (every row full unless prompt_lengths says otherwise) or B lists of
@@ -581,10 +712,9 @@ class Engine:
         equal samples, so a search passes a seed per problem and call. A row stops after its
         first token in stop_token_ids. Rows are prompt-major: row b * num_samples + s.
         return_logprobs: also return each token's log-probability under the model (temperature
-        1, before top-k/top-p, over the ids below vocab_size). cache_rows: with a prefix store,
-        the store row of each prompt (distinct): the row keeps the prompt's keys and values, and
-        only what the prompt does not share with the row's last prompt is run. The tokens are
-        the same either way, up to float rounding in the reused keys.
+        1, before top-k/top-p, over the ids below vocab_size). With a prefix store, only what a
+        prompt does not share with a prompt the store holds is run; the tokens are the same
+        either way, up to float rounding in the reused keys.
 
         Under longrope scaling (Phi-3 128k) a row whose prompt plus max_new_tokens passes the
         pretraining length uses the long factors from its first token; transformers instead
@@ -623,8 +753,7 @@ class Engine:
         stop_ids[:len(stops)] = stops
         with jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext():
             rope_lengths = lengths + np.int32(max_new_tokens)
-            prefix_keys, prefix_values, first = self._prefix(rows, cache_rows, batch, lengths,
-                                                             rope_lengths)
+            prefix_keys, prefix_values, first = self._prefix(rows, batch, lengths, rope_lengths)
             buffers = self._take_buffers(batch * num_samples, length)
             tokens, out_lengths, logprobs, steps, buffers = _decode(
                 self.graphdef, self.state, prefix_keys, prefix_values, lengths, rope_lengths, first,

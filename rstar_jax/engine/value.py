@@ -13,7 +13,7 @@ from flax import nnx
 
 from rstar_jax._checks import positive_int
 from rstar_jax.engine.generation import (PrefixStore, TokenCounts, _pow2, extend_prefix,
-                                         held_prefix, model_mesh, pack_rows, prompt_bucket)
+                                         model_mesh, pack_rows, prompt_bucket)
 from rstar_jax.models.cache import ForkCache, KVCache
 from rstar_jax.models.transformer import CausalLM
 
@@ -77,8 +77,8 @@ class ValueScorer:
     `score_children` runs one prefix's children together even if there are more. A model
     whose head has no tanh (`value_tanh=False`, trained as the reference code trains) is read
     as tanh(raw / raw_scale), the reference code's inference rule. prefix_rows: rows of a prefix
-    store (see `Engine`): `score_children(..., rows=)` then runs only the part of each prefix
-    its row does not hold from the last call."""
+    store (see `Engine` and `PrefixStore`): `score_children` then runs only the part of each
+    prefix that no prefix the store holds shares."""
 
     def __init__(self, model: CausalLM, *, pad_id: int = 0, max_rows: int = 64,
                  raw_scale: float = 5.0, prefix_rows: int = 0, prefix_length: int | None = None):
@@ -123,13 +123,11 @@ class ValueScorer:
         return jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext()
 
     def score_children(self, prefixes: Sequence[Sequence[int]],
-                       children: Sequence[Sequence[Sequence[int]]],
-                       rows: Sequence[int] | None = None) -> list[np.ndarray]:
+                       children: Sequence[Sequence[Sequence[int]]]) -> list[np.ndarray]:
         """The values of prefixes[b] + children[b][j], as `score` gives them, for every b and j,
         computing each prefix once: the K candidate steps of an MCTS expansion share the
-        prompt and path before them. Returns one float32 array per prefix. rows: with a prefix
-        store, the store row of each prefix (distinct), as in `Engine.generate(cache_rows=)`.
-        (Under longrope scaling, each group uses the factors of its longest row.)"""
+        prompt and path before them. Returns one float32 array per prefix. (Under longrope
+        scaling, each group uses the factors of its longest row.)"""
         if len(prefixes) != len(children):
             raise ValueError(f"{len(prefixes)} prefixes but {len(children)} lists of children")
         heads = self._rows("prefix", prefixes)
@@ -151,39 +149,33 @@ class ValueScorer:
             self.counts.calls += 1
             self.counts.prompt_tokens += sum(len(heads[b]) for b in group)
             self.counts.scored_tokens += sum(len(t) for b in group for t in tails[b])
-            if rows is None:
+            if not self.store.rows:
                 self.counts.prefill_tokens += sum(len(heads[b]) for b in group)
             with self._mesh():
-                if rows is None:
+                if not self.store.rows:
                     prefix_ids, prefix_lengths = pack_rows([heads[b] for b in group], batch, width,
                                                            self.pad_id)
                     values = _fork_values(self.graphdef, self.state, prefix_ids, prefix_lengths,
                                           ids, lengths, samples=samples)
                 else:
-                    values = self._stored(group, heads, [rows[b] for b in group], batch, width, ids,
-                                          lengths, samples)
+                    values = self._stored([heads[b] for b in group], batch, ids, lengths,
+                                          samples)
                 values = np.asarray(values)
             for i, b in enumerate(group):
                 out[b][:] = self._squash(values[i * samples:i * samples + len(tails[b])])
         return out
 
-    def _stored(self, group, heads, rows, batch, width, ids, lengths, samples):
+    def _stored(self, prefixes, batch, ids, lengths, samples):
         """The values of one group of score_children through the prefix store."""
-        prefixes = [heads[b] for b in group]
-        slots, starts = self.store.plan(rows, prefixes, what="prefix")
-        self.counts.prefill_tokens += sum(len(p) - s for s, p in zip(starts, prefixes))
-        new_ids, new_lengths = pack_rows([p[s:] for s, p in zip(starts, prefixes)], batch,
-                                         prompt_bucket(max(len(p) - s
-                                                           for s, p in zip(starts, prefixes))),
-                                         self.pad_id)
-        pad = batch - len(group)
-        places, width = np.array(slots + [-1] * pad, np.int32), min(self.store.length, width)
-        arrays = self.store.take()
-        arrays, values = _stored_fork_values(
-            self.graphdef, self.state, arrays, held_prefix(arrays, places, width), places,
-            new_ids, np.array(starts + [0] * pad, np.int32), new_lengths, ids, lengths,
-            samples=samples, width=width)
-        self.store.keep(arrays, slots, prefixes)
+        def call(arrays, held, plan):
+            return _stored_fork_values(self.graphdef, self.state, arrays, held, plan.rows,
+                                       plan.ids, plan.starts, plan.lengths, ids, lengths,
+                                       samples=samples, width=plan.width)
+
+        # the rope factors of a prefix's keys are those of its group's longest row (longrope)
+        plan, values = self.store.run(prefixes, batch, self.pad_id, call, what="prefix",
+                                      rope_lengths=[len(p) + ids.shape[1] for p in prefixes])
+        self.counts.prefill_tokens += plan.computed
         return values
 
     def score(self, sequences: Sequence[Sequence[int]]) -> np.ndarray:

@@ -88,9 +88,9 @@ def eval_budget(config: ml_collections.ConfigDict) -> SearchConfig:
 
 
 def prefix_rows(config: ml_collections.ConfigDict) -> int:
-    """Rows of the policy's and the PPM's prefix stores: one for each problem a search or an
-    evaluation has in its batch."""
-    return max(config.search.batch, config.eval.batch)
+    """Rows of the policy's and the PPM's prefix stores: `search.prefix_rows`, or by default one
+    for each problem a search or an evaluation has in its batch."""
+    return config.search.get("prefix_rows", 0) or max(config.search.batch, config.eval.batch)
 
 
 def eval_search_config(config: ml_collections.ConfigDict) -> SearchConfig:

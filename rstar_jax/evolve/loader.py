@@ -165,8 +165,8 @@ class Loader:
 
     def engine(self, path: str) -> Engine:
         tok = self.tokenizer
-        # A store row for each problem a search or an evaluation has in its batch: a path's keys
-        # and values are computed once, not again at each of its expansions.
+        # A prefix store (`search.prefix_rows`): a path's keys and values are computed once, not
+        # again at each of its expansions.
         return Engine(self.model(path, value_head=False), vocab_size=tok.vocab_size,
                       pad_id=tok.pad_id, prefix_rows=prefix_rows(self.config))
 

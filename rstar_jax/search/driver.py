@@ -87,13 +87,13 @@ class Policy(Protocol):
     """A policy may also offer `decoder(places, samples)`: a `ContinuousDecoder` (or None) for
     continuous batching (see `run_search`)."""
 
-    def sample(self, prompts: Sequence[Sequence[int]], num_samples: int, seeds: Sequence[int],
-               rows: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def sample(self, prompts: Sequence[Sequence[int]], num_samples: int,
+               seeds: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         """`num_samples` continuations of each prompt, each ending at (and keeping) its first stop
         token or after the step budget: (tokens int32[len(prompts) * num_samples, T], lengths
         int32[rows]); row b * num_samples + s is sample s of prompt b, and seeds[b] its seed.
-        rows: the batch place of each prompt's problem; the successive prompts of one place
-        mostly extend each other, so a policy may keep their keys and values there."""
+        A problem's successive prompts mostly extend each other, so a policy may keep their keys
+        and values (`Engine(prefix_rows=)`)."""
 
 
 class Scorer(Protocol):
@@ -104,12 +104,6 @@ class Scorer(Protocol):
 class Executor(Protocol):
     def run(self, programs: Sequence[str]) -> list:  # list of ExecResult(ok, stdout, error)
         ...
-
-
-def _has_store_rows(model, rows) -> bool:
-    """Whether `model` (an Engine or ValueScorer) keeps a prefix store with these rows."""
-    store = getattr(model, "store", None)
-    return rows is not None and store is not None and max(rows, default=0) < store.rows
 
 
 def expansion_seed(seed: int, problem: int, node: int) -> int:
@@ -136,7 +130,7 @@ def output_block_ids(tokenizer, stdout: str, limit: int) -> list[int]:
 class EnginePolicy:
     """The policy model as a `Policy`: one `Engine.generate` call per batch of expansions, with
     the search's sampling settings and the step stop tokens (and EOS). An engine with a prefix
-    store keeps each problem's path in the store row of its batch place."""
+    store keeps the problems' paths there, so a path runs only its new tokens."""
 
     def __init__(self, engine, tokenizer, config: SearchConfig):
         ids = tokenizer.step_token_ids
@@ -147,7 +141,7 @@ class EnginePolicy:
         self.engine, self.config = engine, config
         self.warned = False
 
-    def sample(self, prompts, num_samples, seeds, rows=None):
+    def sample(self, prompts, num_samples, seeds):
         c = self.config
         limit = getattr(getattr(self.engine, "config", None), "max_position_embeddings", None)
         longest = max((len(p) for p in prompts), default=0) + c.max_step_tokens
@@ -158,11 +152,10 @@ class EnginePolicy:
                           f"{limit} tokens (max_position_embeddings); steps past it are sampled "
                           "from positions the model was not trained on. Lower max_depth or the "
                           "step budgets.", stacklevel=2)
-        cache_rows = list(rows) if _has_store_rows(self.engine, rows) else None
         res = self.engine.generate(list(prompts), max_new_tokens=c.max_step_tokens,
                                    temperature=c.temperature, top_p=c.top_p, top_k=c.top_k,
                                    stop_token_ids=self.stop_ids, seed=np.asarray(seeds, np.uint32),
-                                   num_samples=num_samples, cache_rows=cache_rows)
+                                   num_samples=num_samples)
         return res.tokens, res.lengths
 
     def decoder(self, places: int, samples: int):
@@ -580,7 +573,7 @@ class _Search:
         c, k = self.config, self.config.candidates
         seeds = [expansion_seed(c.seed, self.seed_ids[slots[b].index], int(leaf[b])) for b in group]
         self.clock.charge("host")
-        tokens, lengths = self.policy.sample([prefixes[b] for b in group], k, seeds, rows=group)
+        tokens, lengths = self.policy.sample([prefixes[b] for b in group], k, seeds)
         tokens, lengths = np.asarray(tokens), np.asarray(lengths)
         self.clock.charge("generation")
         self.take(x, group, tokens, lengths)
@@ -668,10 +661,8 @@ def _score(scorer: Scorer, x: _Expansion, which: list[tuple[int, int]],
         groups: dict[int, list[int]] = {}
         for b, j in which:
             groups.setdefault(b, []).append(j)
-        rows = list(groups)  # each problem's batch place: its store row
         children = [[x.ids[b, j] for j in js] for b, js in groups.items()]
-        store = {"rows": rows} if _has_store_rows(scorer, rows) else {}
-        values = scorer.score_children([prefixes[b] for b in rows], children, **store)
+        values = scorer.score_children([prefixes[b] for b in groups], children)
         values = [np.asarray(v, np.float32).reshape(-1) for v in values]
         counts = ([len(v) for v in values], [len(js) for js in groups.values()])
         which = [(b, j) for b, js in groups.items() for j in js]
