@@ -394,6 +394,8 @@ def test_the_prefix_store_extends_forks_and_evicts_rows(qwen):
 
     assert plan([a]) == ([[0], [0], [0]], [[], [], []])  # all rows empty: the lowest
     assert plan([[*a, 1]]) == ([[0], [0], [10]], [[], [], []])  # extends row 0 in place
+    # the same prompt again: in place (nothing is lost), and its last token runs
+    assert plan([[*a, 1]]) == ([[0], [0], [10]], [[], [], []])
     # a branch at 10: rows 1 and 2 are older than row 0, so the path [a, 1] stays there
     assert plan([[*a, 2]]) == ([[1], [1], [10]], [[0], [1], [10]])
     assert store.held[0].tolist() == [*a, 1]

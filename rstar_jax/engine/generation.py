@@ -471,8 +471,7 @@ class PrefixStore:
 
     def _matches(self, prompts: Sequence[np.ndarray], regimes: Sequence[bool]) -> np.ndarray:
         """int[prompts, rows]: the leading tokens each row holds in common with each prompt (0
-        for a row of the other rope factors), at most len(prompt) - 1: a prompt's last token
-        always runs."""
+        for a row of the other rope factors)."""
         longest = max(len(p) for p in prompts)
         held = np.full((self.rows, longest + 1), -1, np.int64)  # -1 never matches a token
         for r, have in enumerate(self.held):
@@ -481,7 +480,7 @@ class PrefixStore:
         for i, (p, regime) in enumerate(zip(prompts, regimes)):
             differ = held[:, :len(p) + 1] != np.append(np.asarray(p, np.int64), -2)
             same = np.argmax(differ, axis=1)  # the first position that differs
-            out[i] = np.where(np.array(self.regimes) == regime, np.minimum(same, len(p) - 1), 0)
+            out[i] = np.where(np.array(self.regimes) == regime, same, 0)
         return out
 
     def plan(self, prompts: Sequence[np.ndarray], batch: int, pad_id: int, *, rope_lengths=None,
@@ -502,8 +501,11 @@ class PrefixStore:
                              f"{len(free)} of the {self.rows} rows are free")
         regimes = [self.regime(n) for n in (rope_lengths if rope_lengths is not None
                                              else [0] * len(prompts))]
-        matches = self._matches(prompts, regimes)
-        sizes = np.array([len(h) for h in self.held], np.int64)
+        shared = self._matches(prompts, regimes)
+        # a row whose tokens all start the prompt loses nothing when the prompt goes there
+        extends = shared >= np.array([len(h) for h in self.held], np.int64)
+        # a prompt's last token always runs: its logits are the call's output
+        matches = np.minimum(shared, np.array([len(p) - 1 for p in prompts])[:, None])
         longest_match = matches.max(axis=1)
         # the rows each prompt would read: those sharing its longest start. No fork copies into
         # them, as a copy lands before the call reads.
@@ -524,7 +526,7 @@ class PrefixStore:
                 rows[i] = reads[i] = -1 if row is None else row
                 continue
             here = best[i] & open_rows
-            extended = [r for r in here if sizes[r] == m]  # writing there loses nothing
+            extended = [r for r in here if extends[i, r]]
             src = extended[0] if extended else oldest(here) if here else min(best[i])
             read.add(src)
             if here and (extended or spare is None or self.used[spare] >= self.used[src]):
