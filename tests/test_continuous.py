@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from rstar_jax import Engine, from_pretrained
-from rstar_jax.engine import generation
+from rstar_jax.engine import continuous, generation
 from rstar_jax.engine.continuous import ContinuousDecoder
 from rstar_jax.models import make_mesh
 from rstar_jax.search.config import Mode, SearchConfig
@@ -102,6 +102,40 @@ def test_a_continued_prompt_reuses_its_samples_keys_and_values(model):
     np.testing.assert_array_equal(got[0], want.tokens)
 
 
+def test_places_that_share_a_row_each_continue_their_own_sample(model, monkeypatch):
+    """Two places given the same prompt share its store row. Admitted again together, each with
+    one of its own samples, only one sample's keys and values go to that row (two would land on
+    the same positions, in an order a scatter does not promise): the other place runs its
+    sample, and both sample as `generate` does."""
+    carried = []
+    real = continuous._carry
+
+    def spy(store, buffers, rows, *args):
+        carried.append([r for r in np.asarray(rows).tolist() if r < engine.store.rows])
+        return real(store, buffers, rows, *args)
+
+    monkeypatch.setattr(continuous, "_carry", spy)
+    engine = Engine(model, prefix_rows=2)
+    decoder = ContinuousDecoder(engine, 2, 2, max_new_tokens=6, temperature=1.0, chunk=4)
+    prompt = _prompts()[0]
+    firsts = {}
+    for place, seed in ((0, 3), (1, 5)):
+        decoder.admit([place], [prompt], [seed])
+        firsts[place] = _drain(decoder)[place]
+    shared = int(decoder.rows[0])
+    assert decoder.rows[1] == shared
+    grown = [prompt + tokens[1, :lengths[1]].tolist() + [11 + p]
+             for p, (tokens, lengths) in sorted(firsts.items())]
+    decoder.admit([0, 1], grown, [6, 7])
+    got = _drain(decoder)
+    for place, seed in ((0, 6), (1, 7)):
+        want = Engine(model).generate([grown[place]], max_new_tokens=6, temperature=1.0,
+                                      seed=seed, num_samples=2)
+        np.testing.assert_array_equal(got[place][0], want.tokens, err_msg=f"place {place}")
+    if engine.store.switch_at is None:  # (phi3_longrope: the grown prompts change factors)
+        assert carried == [[shared]]
+
+
 def test_a_sharded_decoder_samples_as_one_device(tmp_path):
     """On a mesh (batch over data and fsdp, KV heads over tensor) the same jitted calls give
     the same samples as on one device."""
@@ -145,7 +179,7 @@ def test_a_search_builds_the_same_trees_with_continuous_batching(world):
     trees, counts = {}, {}
     for continuous in (False, True):
         engine = Engine(steered_tiny_policy(tokenizer, 0), vocab_size=tokenizer.vocab_size,
-                        pad_id=tokenizer.pad_id, prefix_rows=2 + continuous)  # a spare row
+                        pad_id=tokenizer.pad_id, prefix_rows=2)  # a row a place: all pinned
         c = dataclasses.replace(config, continuous=continuous)
         stats = SearchStats()
         trees[continuous] = run_search(problems, EnginePolicy(engine, tokenizer, c), executor,

@@ -263,8 +263,9 @@ class ContinuousDecoder:
         rows, slots, starts, counts, held = [], [], [], [], []
         pinned = set(self._pinned())
         for p, prompt in zip(places, prompts):
+            # a row two places hold (the same prompt twice) takes one place's sample
             row, last = int(self.rows[p]), self._prompts.get(p)
-            if p not in self._kept or row < 0 or row in pinned or \
+            if p not in self._kept or row < 0 or row in pinned or row in rows or \
                     not np.array_equal(self.store.held[row], last) or \
                     _common_prefix(last, prompt) < len(last):
                 continue
