@@ -90,7 +90,8 @@ def evolve_config(config: ml_collections.ConfigDict, *, train: str, test: str,
         "batch": batch,  # problems searched at once
         # Rows of the policy's and the PPM's prefix stores (0: one per problem of the larger of
         # the search and eval batches). Rows beyond those keep paths a search branched away
-        # from; each costs the context's keys and values (the dry run counts them).
+        # from; each costs the context's keys and values (the dry run counts them). Fewer rows
+        # than the batch turn continuous batching off (it pins a row per problem).
         "prefix_rows": 0,
         "common": search or {},
         **{f"round{r}": (rounds_search or {}).get(f"round{r}", {}) for r in range(1, 5)},

@@ -160,9 +160,9 @@ def _write_prefix(store, held, rows, counts):
 
 
 def extend_prefix(model, store, held, rows, ids, starts, lengths, rope_lengths, width: int):
-    """Prefill through a prefix store (traced inside a jitted call): prompt b is store row
-    rows[b]'s first starts[b] positions, which the row already holds (`held`, from
-    `held_prefix`), followed by ids[b, :lengths[b]].
+    """Prefill through a prefix store (traced inside a jitted call): prompt b is a held start,
+    its first starts[b] positions (`held`, from `held_prefix` of the rows it reads), followed
+    by ids[b, :lengths[b]].
 
     store: per layer (keys [S, K, D, L], values [S, K, L, D]); rows: int32[B], the row each
     prompt's keys and values are written to from position starts[b] on (-1: none, for a padding
@@ -437,10 +437,12 @@ class PrefixStore:
     A call (`run`) gives each prompt the row that shares its longest start (a search's next
     prompt for a problem extends its last one, or branches off it) and runs only the rest. The
     prompt's keys and values then go to a row: the one it read, when the prompt extends what the
-    row holds or the row was used more recently than any other; else the least recently used
-    row, after a copy of the shared start into it, so a branch does not overwrite the path it
-    left. Memory is fixed at rows x length positions; a prompt that finds no row to keep its keys
-    (more prompts than rows) runs as usual and is not kept: a miss costs compute, never fails."""
+    row holds or no free row is older; else the least recently used row, after a copy of the
+    shared start into it, so a branch does not overwrite the path it left. Memory is fixed at
+    rows x length positions; a prompt that finds no row to keep its keys (more prompts than
+    rows) runs as usual and is not kept: a miss costs compute, never fails. (The copy is a call
+    of its own, not part of the prefill: writing every prompt's whole prefix in the prefill
+    would cost the store's width in writes at every call, for the rare fork.)"""
 
     def __init__(self, model: CausalLM, rows: int, length: int | None = None):
         if _integer(rows) is None or rows < 0:
@@ -527,7 +529,12 @@ class PrefixStore:
                 continue
             here = best[i] & open_rows
             extended = [r for r in here if extends[i, r]]
-            src = extended[0] if extended else oldest(here) if here else min(best[i])
+            if extended:
+                src = min(extended)
+            elif here:
+                src = oldest(here)
+            else:  # every row it could read is pinned or taken: read one, write elsewhere
+                src = min(best[i])
             read.add(src)
             if here and (extended or spare is None or self.used[spare] >= self.used[src]):
                 reads[i], rows[i], starts[i] = src, src, m
@@ -624,7 +631,8 @@ class Engine:
     prefix_rows: rows of the prefix store (0: none; see `PrefixStore`), which keeps the keys and
     values of up to that many recent prompts of up to prefix_length tokens (default the model's
     context), so a later prompt that starts the same way runs only what follows: per layer
-    prefix_rows x prefix_length x 2 x KV heads x head dim values of the model's dtype.
+    prefix_rows x prefix_length x 2 x KV heads x head dim values of the model's dtype. A call
+    with a longer prompt runs without the store.
     """
 
     def __init__(self, model: CausalLM, *, vocab_size: int | None = None, pad_id: int = 0,
@@ -676,7 +684,7 @@ class Engine:
         """(prefix keys, values, next-token logits) of the prompts, through the prefix store when
         the engine has one (see the class docstring), else by a plain prefill."""
         self.counts.prompt_tokens += sum(len(row) for row in rows)
-        if not self.store.rows:
+        if not self.store.rows or int(lengths.max()) > self.store.length:  # none, or too short
             self.counts.prefill_tokens += sum(len(row) for row in rows)
             ids, _ = pack_rows(rows, batch, prompt_bucket(int(lengths.max())), self.pad_id)
             return _prefill(self.graphdef, self.state, ids, lengths, rope_lengths)

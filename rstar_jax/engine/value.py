@@ -55,8 +55,9 @@ def _children_values(model, cache, prefix_lengths, rope, ids, lengths, samples):
                    donate_argnames=("store",))
 def _stored_fork_values(graphdef, state, store, held, rows, new_ids, starts, new_lengths, ids,
                         lengths, *, samples, width):
-    """`_fork_values` with each prefix through a prefix store (`extend_prefix`): prefix b is
-    store row rows[b]'s first starts[b] positions followed by new_ids[b, :new_lengths[b]].
+    """`_fork_values` with each prefix through a prefix store (`extend_prefix`): prefix b is its
+    held start (its first starts[b] positions) followed by new_ids[b, :new_lengths[b]], and
+    goes to store row rows[b] (-1: none).
     Returns (store, float32[B*F] values); the store is donated."""
     model = nnx.merge(graphdef, state)
     prefix_lengths = starts + new_lengths
@@ -149,10 +150,12 @@ class ValueScorer:
             self.counts.calls += 1
             self.counts.prompt_tokens += sum(len(heads[b]) for b in group)
             self.counts.scored_tokens += sum(len(t) for b in group for t in tails[b])
-            if not self.store.rows:
+            # without a store, or with one too short for the group's longest prefix
+            stored = self.store.rows and max(len(heads[b]) for b in group) <= self.store.length
+            if not stored:
                 self.counts.prefill_tokens += sum(len(heads[b]) for b in group)
             with self._mesh():
-                if not self.store.rows:
+                if not stored:
                     prefix_ids, prefix_lengths = pack_rows([heads[b] for b in group], batch, width,
                                                            self.pad_id)
                     values = _fork_values(self.graphdef, self.state, prefix_ids, prefix_lengths,
