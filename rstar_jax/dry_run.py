@@ -376,8 +376,8 @@ def search_calls(model_config, mesh, shape: SearchShape, *, context: int, store_
         vocab_limit=vocab_limit or c.vocab_size, pad_id=0, with_logprobs=False,
         field=f"{shape.field} or search.batch", cache=cache)
     out.append(decode)
-    # Continuous batching (`ContinuousDecoder`, `search.common.continuous`): a chunk of decode steps
-    # for every slot at once, reading the store and the slots' buffers.
+    # Continuous batching (`ContinuousDecoder`, `search.common.continuous`): a chunk of decode
+    # steps for every slot at once, reading the store and the slots' buffers.
     places = min(shape.batch, store_rows)
     slots = places * k
     chunk_buffers = tuple((_array((slots, *buffer[1:]), dtype, mesh, axes, rules),

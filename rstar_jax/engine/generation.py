@@ -419,7 +419,6 @@ class StorePlan:
     ids: np.ndarray  # int32[batch, N], right-padded
     lengths: np.ndarray  # int32[batch]
     width: int
-
     prompts: int  # real prompts (the first rows)
 
     @property
@@ -479,11 +478,17 @@ class PrefixStore:
         for r, have in enumerate(self.held):
             held[r, :min(len(have), longest)] = have[:longest]
         out = np.zeros((len(prompts), self.rows), np.int64)
+        row_regimes = np.array(self.regimes)
         for i, (p, regime) in enumerate(zip(prompts, regimes)):
             differ = held[:, :len(p) + 1] != np.append(np.asarray(p, np.int64), -2)
             same = np.argmax(differ, axis=1)  # the first position that differs
-            out[i] = np.where(np.array(self.regimes) == regime, same, 0)
+            out[i] = np.where(row_regimes == regime, same, 0)
         return out
+
+    def holds(self, longest: int) -> bool:
+        """Whether a call whose longest prompt has `longest` tokens can go through the store (a
+        longer one runs without it)."""
+        return self.rows > 0 and longest <= self.length
 
     def plan(self, prompts: Sequence[np.ndarray], batch: int, pad_id: int, *, rope_lengths=None,
              pinned: Sequence[int] = (), keep_all: bool = False, what: str = "prompt"):
@@ -515,7 +520,7 @@ class PrefixStore:
                 for m, top in zip(matches, longest_match)]
         sources = set().union(*best)
         reads, rows, starts = [0] * len(prompts), [-1] * len(prompts), [0] * len(prompts)
-        copies, read = ([], [], []), set()
+        forks, read = [], set()  # (source row, target row, tokens copied)
 
         def oldest(candidates):
             return min(candidates, key=lambda r: (self.used[r], r)) if candidates else None
@@ -540,8 +545,7 @@ class PrefixStore:
                 reads[i], rows[i], starts[i] = src, src, m
             elif spare is not None:  # a fork: the shared start is copied, the source row stays
                 reads[i], rows[i], starts[i] = spare, spare, m
-                for x, v in zip(copies, (src, spare, m)):
-                    x.append(v)
+                forks.append((src, spare, m))
             elif not keep_all:
                 reads[i], starts[i] = src, m  # reuse what is there; keep nothing
             elif open_rows:  # every prompt must get a row: this one runs whole
@@ -560,7 +564,7 @@ class PrefixStore:
                          rows=np.array(rows + [-1] * pad, np.int32),
                          starts=np.array(starts + [0] * pad, np.int32), ids=ids, lengths=lengths,
                          width=min(self.length, prompt_bucket(longest)), prompts=len(prompts))
-        return plan, tuple(np.array(x, np.int32) for x in copies)
+        return plan, tuple(np.array(forks, np.int32).reshape(-1, 3).T)
 
     def arrays(self):
         """The store's arrays, to read in a call that does not write them."""
@@ -684,7 +688,7 @@ class Engine:
         """(prefix keys, values, next-token logits) of the prompts, through the prefix store when
         the engine has one (see the class docstring), else by a plain prefill."""
         self.counts.prompt_tokens += sum(len(row) for row in rows)
-        if not self.store.rows or int(lengths.max()) > self.store.length:  # none, or too short
+        if not self.store.holds(int(lengths.max())):
             self.counts.prefill_tokens += sum(len(row) for row in rows)
             ids, _ = pack_rows(rows, batch, prompt_bucket(int(lengths.max())), self.pad_id)
             return _prefill(self.graphdef, self.state, ids, lengths, rope_lengths)

@@ -150,8 +150,7 @@ class ValueScorer:
             self.counts.calls += 1
             self.counts.prompt_tokens += sum(len(heads[b]) for b in group)
             self.counts.scored_tokens += sum(len(t) for b in group for t in tails[b])
-            # without a store, or with one too short for the group's longest prefix
-            stored = self.store.rows and max(len(heads[b]) for b in group) <= self.store.length
+            stored = self.store.holds(max(len(heads[b]) for b in group))
             if not stored:
                 self.counts.prefill_tokens += sum(len(heads[b]) for b in group)
             with self._mesh():
