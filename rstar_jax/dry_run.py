@@ -40,7 +40,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from rstar_jax.engine.continuous import _chunk, lane_bucket
 from rstar_jax.engine.generation import _STOP_SLOTS, _decode, _extend, _pow2, activation_sharding, \
     decode_bucket, prompt_bucket
-from rstar_jax.engine.value import _stored_fork_values, _values
+from rstar_jax.engine.value import Packed, _stored_fork_values, _values
 from rstar_jax.models import DEFAULT_RULES, CausalLM
 from rstar_jax.train.devices import inference_mesh, mesh_from_config
 from rstar_jax.train.loop import flops_per_token
@@ -405,9 +405,10 @@ def search_calls(model_config, mesh, shape: SearchShape, *, context: int, store_
             f"PPM values ({group} x {samples} children of {children} tokens)", _stored_fork_values,
             ppm_graphdef, ppm_state, _store(c, mesh, store_rows, context, dtype, rules),
             prefixes(group), vec(group), _array((group, new), i32, mesh), vec(group), vec(group),
-            _array((group * samples, children), i32, mesh),
-            vec(group * samples), mesh=mesh, samples=samples, width=width, field=f"{shape.field}",
-            cache=cache)
+            # the children packed (`pack_children`), at their most: one a row
+            Packed(*(_array((group * samples, children), i32, mesh) for _ in range(3)),
+                   vec(group * samples), vec(group)),
+            mesh=mesh, width=width, field=f"{shape.field}", cache=cache)
         out.append(score)
         out.append(Compiled(f"held at once: decode ({b} x {k}) + PPM weights and store",
                             max(decode.peak, chunk.peak) + score.arguments,

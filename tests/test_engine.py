@@ -9,7 +9,7 @@ import scipy.stats
 import torch
 
 from rstar_jax import Engine, from_pretrained, generate
-from rstar_jax.engine import generation, prompt_bucket, sampling
+from rstar_jax.engine import generation, prompt_bucket, sampling, value
 from rstar_jax.models import make_mesh
 
 PROMPT_LENGTHS = (5, 11, 17)
@@ -347,6 +347,41 @@ def test_the_prefix_store_gives_the_tokens_a_full_prefill_gives(qwen, store_rows
             np.testing.assert_array_equal(got.tokens, want.tokens, err_msg=f"step {step}, {params}")
         held = [h.tolist() for h in stored.store.held]
         assert sum(p in held for p in prompts) == min(store_rows, len(prompts))
+
+
+@pytest.mark.parametrize("name", ["qwen2_gqa", "phi3_gqa_sliding", "phi3_longrope"])
+def test_packed_children_score_as_their_whole_sequences(tmp_path, name):
+    """score_children packs several children into a row, a prefix's children over as many rows
+    as they fill: each child's value equals that of its whole sequence run alone (with the rope
+    length longrope is given for children padded to the row width), with and without a prefix
+    store. phi3_gqa_sliding's 7-token window makes late tokens stop reading the prefix;
+    phi3_longrope's prefixes pass its 16 original positions."""
+    checkpoints.save(name, tmp_path)
+    model = from_pretrained(tmp_path, value_head=True)
+    shape = model.value_head[...].shape  # values of order one, where tanh hides no error
+    model.value_head[...] = jax.random.normal(jax.random.key(0), shape) / np.sqrt(shape[0])
+    rng = np.random.default_rng(0)
+    prefixes = [rng.integers(3, 200, size=n).tolist() for n in (5, 12, 20)]
+    sizes = [[1, 9, 3, 4, 2], [7], [2, 2, 9, 6, 1, 8, 3, 5]]
+    children = [[rng.integers(3, 200, size=n).tolist() for n in kids] for kids in sizes]
+    width = prompt_bucket(9)
+    rows = [len(value.fit_children([np.zeros(n) for n in kids], width)) for kids in sizes]
+    assert rows == [2, 1, 3]  # children share rows, and a prefix fills more than one
+
+    def alone(prefix, child):
+        ids = jnp.asarray([prefix + child], jnp.int32)
+        hidden, _ = model.hidden_states(ids, rope_lengths=jnp.asarray([len(prefix) + width]))
+        return float(model.value_of(hidden[0, -1]))
+
+    want = [[alone(p, c) for c in kids] for p, kids in zip(prefixes, children)]
+    for store_rows in (0, 2):
+        scorer = value.ValueScorer(model, max_rows=4, prefix_rows=store_rows)
+        for _ in range(2):  # the second time, a store holds the prefixes
+            got = scorer.score_children(prefixes, children)
+            for g, w in zip(got, want):
+                np.testing.assert_allclose(g, w, atol=1e-5, err_msg=f"store rows {store_rows}")
+    # max_rows = 4 splits the prefixes into calls of 2 and 1 (3 rows each)
+    assert scorer.counts.calls == 4
 
 
 def test_the_prefix_store_runs_only_the_new_tokens(qwen, monkeypatch):

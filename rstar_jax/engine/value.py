@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 from collections.abc import Sequence
 
@@ -14,7 +15,7 @@ from flax import nnx
 from rstar_jax._checks import positive_int
 from rstar_jax.engine.generation import (PrefixStore, TokenCounts, _pow2, extend_prefix,
                                          model_mesh, pack_rows, prompt_bucket)
-from rstar_jax.models.cache import ForkCache, KVCache
+from rstar_jax.models.cache import ForkCache, KVCache, PackedCache
 from rstar_jax.models.transformer import CausalLM
 
 
@@ -23,59 +24,118 @@ def _values(graphdef, state, ids, lengths):
     return nnx.merge(graphdef, state).value(ids, lengths)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "samples"))
-def _fork_values(graphdef, state, prefix_ids, prefix_lengths, ids, lengths, *, samples):
-    """Values of F = samples continuations of each prefix: the prefix runs once, and each
-    continuation reads its keys and values (`ForkCache`) as a decode step does.
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Packed:
+    """The children of B prefixes packed into R rows of W tokens (`pack_children`): whole
+    children, with no padding between them, and row r holds children of prefix owner[r] only.
+    ids, offsets (each token's place in its child) and floors (the slot its child starts at;
+    padding: W) int32[R, W]; owner int32[R]; rope int32[B], the length longrope picks a
+    prefix's factors by."""
 
-    prefix_ids: int32[B, P] right-padded, prefix_lengths: int32[B] >= 1; ids: int32[B*F, T]
-    right-padded, row b*F + f continuing prefix b; lengths: int32[B*F] >= 1 -> float32[B*F].
+    ids: jax.Array
+    offsets: jax.Array
+    floors: jax.Array
+    owner: jax.Array
+    rope: jax.Array
+
+
+def fit_children(children: Sequence[np.ndarray], width: int) -> list[list[tuple[int, int]]]:
+    """One prefix's children packed first fit, longest first, into rows of `width` tokens:
+    for each row, its (slot, child index) pairs."""
+    rows, free = [], []
+    for j in sorted(range(len(children)), key=lambda j: -len(children[j])):
+        n = len(children[j])
+        r = next((r for r, room in enumerate(free) if room >= n), len(rows))
+        if r == len(rows):
+            rows.append([])
+            free.append(width)
+        rows[r].append((width - free[r], j))
+        free[r] -= n
+    return rows
+
+
+def pack_children(children: Sequence[Sequence[np.ndarray]], prefix_lengths: Sequence[int],
+                  batch: int, width: int, pad_id: int) -> tuple[Packed, list[list[int]]]:
+    """Packs children[b] into rows of `width` tokens (`fit_children`): a row holds children of
+    one prefix, and a prefix takes as many rows as it needs. Rows are padded to a power of two
+    (at least 8), prefixes to `batch`. The rope length is the prefix's plus the row width, as
+    for children padded to one length. Returns the packing and, for each child, where its last
+    token is in the rows flattened."""
+    placed = [(b, row) for b, kids in enumerate(children) for row in fit_children(kids, width)]
+    size = _pow2(len(placed), 8)
+    ids = np.full((size, width), pad_id, np.int32)
+    offsets = np.zeros((size, width), np.int32)
+    floors = np.full((size, width), width, np.int32)
+    owner = np.zeros((size,), np.int32)
+    ends = [[0] * len(kids) for kids in children]
+    for r, (b, row) in enumerate(placed):
+        owner[r] = b
+        for slot, j in row:
+            n = len(children[b][j])
+            ids[r, slot:slot + n], offsets[r, slot:slot + n] = children[b][j], np.arange(n)
+            floors[r, slot:slot + n] = slot
+            ends[b][j] = r * width + slot + n - 1
+    rope = np.full((batch,), 1 + width, np.int32)
+    rope[:len(children)] = np.asarray(prefix_lengths, np.int32) + width
+    return Packed(ids, offsets, floors, owner, rope), ends
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _fork_values(graphdef, state, prefix_ids, prefix_lengths, children: Packed):
+    """Values of every token of the packed children: the prefixes run once, and each row of
+    children reads its prefix's keys and values (`PackedCache`).
+
+    prefix_ids: int32[B, P] right-padded, prefix_lengths: int32[B] >= 1 -> float32[R, W].
     """
     model = nnx.merge(graphdef, state)
-    rope = prefix_lengths + ids.shape[1]  # longrope: the longest a row of the group may be
     positions = jnp.broadcast_to(jnp.arange(prefix_ids.shape[1], dtype=jnp.int32), prefix_ids.shape)
     _, prefix = model.hidden_states(prefix_ids, positions,
                                     cache=KVCache.collect(model.config, model.dtype),
-                                    rope_lengths=rope)
-    cache = KVCache.fork(prefix, prefix_lengths, samples, ids.shape[1])
-    return _children_values(model, cache, prefix_lengths, rope, ids, lengths, samples)
+                                    rope_lengths=children.rope)
+    layouts = [ForkCache.prefix_layout(layer) for layer in prefix.layers]
+    return _children_values(model, [k for k, _ in layouts], [v for _, v in layouts],
+                            prefix_lengths, children)
 
 
-def _children_values(model, cache, prefix_lengths, rope, ids, lengths, samples):
-    """The values of the continuations ids [B*F, T] (lengths [B*F]) read through `cache` (a
-    `KVCache` of `ForkCache`s over the B prefixes)."""
-    steps = jnp.arange(ids.shape[1], dtype=jnp.int32)
-    positions = jnp.repeat(prefix_lengths, samples)[:, None] + steps
-    hidden, _ = model.hidden_states(ids, positions, cache=cache,
-                                    rope_lengths=jnp.repeat(rope, samples))
-    return model.value_of(jnp.take_along_axis(hidden, (lengths - 1)[:, None, None], axis=1)[:, 0])
+def _children_values(model, keys, values, prefix_lengths, children: Packed):
+    """The values of every token of the packed children, each row reading its prefix's keys
+    [B, K, D, P] and values [B, K, P, D] per layer: float32[R, W]. Each row gets a copy of its
+    prefix's keys and values, so a prefix takes as many rows as its children fill."""
+    owner = children.owner
+    rows, width = children.ids.shape
+    own = (rows, model.config.num_key_value_heads, width, model.config.head_dim)
+    lengths = prefix_lengths[owner]
+    cache = KVCache(tuple(PackedCache(ForkCache(k[owner], v[owner], lengths,
+                                                jnp.zeros(own, k.dtype), jnp.zeros(own, k.dtype)),
+                                      children.floors)
+                          for k, v in zip(keys, values)))
+    positions = lengths[:, None] + children.offsets
+    hidden, _ = model.hidden_states(children.ids, positions, cache=cache,
+                                    rope_lengths=children.rope[owner])
+    return model.value_of(hidden)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "samples", "width"),
-                   donate_argnames=("store",))
-def _stored_fork_values(graphdef, state, store, held, rows, new_ids, starts, new_lengths, ids,
-                        lengths, *, samples, width):
+@functools.partial(jax.jit, static_argnames=("graphdef", "width"), donate_argnames=("store",))
+def _stored_fork_values(graphdef, state, store, held, rows, new_ids, starts, new_lengths,
+                        children: Packed, *, width):
     """`_fork_values` with each prefix through a prefix store (`extend_prefix`): prefix b is its
     held start (its first starts[b] positions) followed by new_ids[b, :new_lengths[b]], and
     goes to store row rows[b] (-1: none).
-    Returns (store, float32[B*F] values); the store is donated."""
+    Returns (store, float32[R, W] values); the store is donated."""
     model = nnx.merge(graphdef, state)
     prefix_lengths = starts + new_lengths
-    rope = prefix_lengths + ids.shape[1]
     store, keys, values, _ = extend_prefix(model, store, held, rows, new_ids, starts, new_lengths,
-                                           rope, width)
-    own = (ids.shape[0], model.config.num_key_value_heads, ids.shape[1], model.config.head_dim)
-    cache = KVCache(tuple(ForkCache(k, v, prefix_lengths, jnp.zeros(own, k.dtype),
-                                    jnp.zeros(own, k.dtype))
-                          for k, v in zip(keys, values)))
-    return store, _children_values(model, cache, prefix_lengths, rope, ids, lengths, samples)
+                                           children.rope, width)
+    return store, _children_values(model, keys, values, prefix_lengths, children)
 
 
 class ValueScorer:
     """Scores sequences with a model built with a value head (the PPM). Rows are padded to a
     power of two and lengths to `prompt_bucket` sizes, so a search compiles a few shapes.
     At most `max_rows` rows (rounded down to a power of two) go through the model at once;
-    `score_children` runs one prefix's children together even if there are more. A model
+    `score_children` packs the children of its prefixes several to a row (`pack_children`)
+    and runs one prefix's rows together even if there are more. A model
     whose head has no tanh (`value_tanh=False`, trained as the reference code trains) is read
     as tanh(raw / raw_scale), the reference code's inference rule. prefix_rows: rows of a prefix
     store (see `Engine` and `PrefixStore`): `score_children` then runs only the part of each
@@ -134,19 +194,22 @@ class ValueScorer:
         heads = self._rows("prefix", prefixes)
         tails = [self._rows(f"child of prefix {b}:", c) for b, c in enumerate(children)]
         out = [np.zeros((len(c),), np.float32) for c in tails]
-        samples = _pow2(max([len(c) for c in tails] + [1]))
-        step = max(1, self.max_rows // samples)
-        for start in range(0, len(heads), step):
-            group = [b for b in range(start, min(start + step, len(heads))) if tails[b]]
-            if not group:
-                continue
+        if not any(tails):
+            return out
+        width = prompt_bucket(max(len(t) for kids in tails for t in kids))
+        # Groups of prefixes whose children fill at most max_rows rows (or one prefix's).
+        groups, rows = [[]], 0
+        for b in (b for b in range(len(heads)) if tails[b]):
+            need = len(fit_children(tails[b], width))
+            if groups[-1] and rows + need > self.max_rows:
+                groups, rows = groups + [[]], 0
+            groups[-1].append(b)
+            rows += need
+        for group in groups:
             batch = _pow2(len(group))
-            width = prompt_bucket(max(len(heads[b]) for b in group))
-            length = prompt_bucket(max(len(t) for b in group for t in tails[b]))
-            # Row i * samples + j continues prefix i; missing children are padding rows.
-            children = [row for b in group
-                        for row in tails[b] + [[self.pad_id]] * (samples - len(tails[b]))]
-            ids, lengths = pack_rows(children, batch * samples, length, self.pad_id)
+            packed, ends = pack_children([tails[b] for b in group],
+                                         [len(heads[b]) for b in group], batch, width,
+                                         self.pad_id)
             self.counts.calls += 1
             self.counts.prompt_tokens += sum(len(heads[b]) for b in group)
             self.counts.scored_tokens += sum(len(t) for b in group for t in tails[b])
@@ -155,28 +218,28 @@ class ValueScorer:
                 self.counts.prefill_tokens += sum(len(heads[b]) for b in group)
             with self._mesh():
                 if not stored:
-                    prefix_ids, prefix_lengths = pack_rows([heads[b] for b in group], batch, width,
-                                                           self.pad_id)
+                    prefix_ids, prefix_lengths = pack_rows(
+                        [heads[b] for b in group], batch,
+                        prompt_bucket(max(len(heads[b]) for b in group)), self.pad_id)
                     values = _fork_values(self.graphdef, self.state, prefix_ids, prefix_lengths,
-                                          ids, lengths, samples=samples)
+                                          packed)
                 else:
-                    values = self._stored([heads[b] for b in group], batch, ids, lengths,
-                                          samples)
-                values = np.asarray(values)
-            for i, b in enumerate(group):
-                out[b][:] = self._squash(values[i * samples:i * samples + len(tails[b])])
+                    values = self._stored([heads[b] for b in group], batch, packed)
+                values = np.asarray(values).reshape(-1)
+            for b, at in zip(group, ends):
+                out[b][:] = self._squash(values[at])
         return out
 
-    def _stored(self, prefixes, batch, ids, lengths, samples):
+    def _stored(self, prefixes, batch, packed: Packed):
         """The values of one group of score_children through the prefix store."""
         def call(arrays, held, plan):
             return _stored_fork_values(self.graphdef, self.state, arrays, held, plan.rows,
-                                       plan.ids, plan.starts, plan.lengths, ids, lengths,
-                                       samples=samples, width=plan.width)
+                                       plan.ids, plan.starts, plan.lengths, packed,
+                                       width=plan.width)
 
-        # the rope factors of a prefix's keys are those of its group's longest row (longrope)
+        # the rope factors of a prefix's keys are those its children are read with (longrope)
         plan, values = self.store.run(prefixes, batch, self.pad_id, call, what="prefix",
-                                      rope_lengths=[len(p) + ids.shape[1] for p in prefixes])
+                                      rope_lengths=packed.rope[:len(prefixes)].tolist())
         self.counts.prefill_tokens += plan.computed
         return values
 

@@ -10,6 +10,8 @@ keys and values and computes the attention. A new layout therefore needs no chan
   keys and values are stored once, `[B, K, P, D]`, and read by all its samples in one matmul;
   each sample writes its own, `[B*F, K, T, D]`, where slot t holds position `prefix_length + t`.
   Duplicating the prefix instead would cost F times its memory and F times its reads per step.
+  `LaneCache` reads a packed subset of its rows; `PackedCache` packs several continuations into
+  one row.
 
 `KVCache` holds one layer cache per decoder layer. Shapes: B rows (prefixes), S slots, K KV
 heads, D head dim, H query heads (a multiple of K), T new tokens.
@@ -105,11 +107,17 @@ class ForkCache:
         """q: [B*F, Tn, H, D]; k, v: [B*F, Tn, K, D]; positions: int32[B*F, Tn], each at least
         its prefix's length. Returns ([B*F, Tn, H, D], cache)."""
         del implementation  # one formulation
+        f = q.shape[0] // self.prefix_keys.shape[0]
+        slots = positions - jnp.repeat(self.prefix_lengths, f)[:, None]  # [B*F, Tn]
+        return self.attend_slots(q, k, v, positions, slots, None, window=window, rules=rules)
+
+    def attend_slots(self, q, k, v, positions, slots, floors, *, window, rules):
+        """`attend` with the own slots given: new token t of row r goes to slot slots[r, t] and
+        reads the row's own slots from floors[r, t] (None: 0) up to its own."""
         b, kv_heads, d, p = self.prefix_keys.shape
         rows, new, heads = q.shape[0], q.shape[1], q.shape[2]
         f, groups, length, dtype = rows // b, heads // kv_heads, self.keys.shape[2], q.dtype
         m = new * groups  # query rows of one sample and KV head
-        slots = positions - jnp.repeat(self.prefix_lengths, f)[:, None]  # [B*F, Tn]
         keys = _store(self.keys, slots, k, rules, heads_first=True)
         values = _store(self.values, slots, v, rules, heads_first=True)
 
@@ -132,6 +140,8 @@ class ForkCache:
         own_slot = jnp.repeat(slots, groups, axis=1)[:, None, :, None]  # [B*F, 1, M, 1]
         prefix_ok = jnp.arange(p) < self.prefix_lengths[:, None, None, None]
         own_ok = jnp.arange(length) <= own_slot
+        if floors is not None:
+            own_ok &= jnp.arange(length) >= jnp.repeat(floors, groups, axis=1)[:, None, :, None]
         if window is not None:
             query_pos = jnp.repeat(positions, groups, axis=1)[:, None, :, None]
             pos = by_prefix(jnp.broadcast_to(query_pos, (rows, kv_heads, m, 1)))
@@ -182,6 +192,27 @@ class LaneCache:
                                      implementation=implementation, rules=rules)
         return jnp.take(out, self.cells, axis=0, mode="fill", fill_value=0), LaneCache(fork,
                                                                                        self.cells)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class PackedCache:
+    """Several continuations of a prefix packed into each own row of a `ForkCache`, with no
+    padding between them (the PPM scoring an expansion's children). A row's new tokens are
+    written in one call from slot 0 on; token t of row r belongs to the continuation that
+    starts at slot floors[r, t], and reads the prefix and that continuation's tokens up to
+    itself. Rotary positions restart at the prefix's length with each continuation."""
+
+    fork: ForkCache
+    floors: jax.Array  # int32[B*F, T]; padding tokens: T (they read the prefix only)
+
+    def attend(self, q, k, v, positions, *, window, implementation, rules):
+        """q: [B*F, T, H, D]; k, v: [B*F, T, K, D]; positions: int32[B*F, T]."""
+        del implementation  # one formulation
+        slots = jnp.broadcast_to(jnp.arange(q.shape[1], dtype=jnp.int32), q.shape[:2])
+        out, fork = self.fork.attend_slots(q, k, v, positions, slots, self.floors,
+                                           window=window, rules=rules)
+        return out, PackedCache(fork, self.floors)
 
 
 @jax.tree_util.register_dataclass
