@@ -9,8 +9,10 @@ A `ContinuousDecoder` instead keeps `places` x `samples` sample slots on device.
 chunk of a few tokens for the slots still running, and returns the places whose samples have
 all stopped. Their problems go on to execution and scoring while the other places keep
 decoding, and come back with their next leaf. A chunk runs only the slots still running,
-packed into as few rows as the next lane bucket holds, so a stopped sample costs at most the
-rest of its chunk.
+packed into as few rows as the next lane bucket holds; attention reads each place's prefix once
+for as many cells as that place has slots running (a power of two). A chunk ends after `chunk`
+steps, or as soon as half its lanes have stopped: the rest then fit a bucket half the size, so
+a stopped sample costs at most a few steps.
 
 Reuse of what was computed before:
 - a prompt goes through the engine's prefix store (`Engine(prefix_rows >= places)`, see
@@ -91,23 +93,24 @@ def _admit(graphdef, weights, store, held, state, places, rows, ids, starts, len
 @functools.partial(jax.jit, static_argnames=("graphdef", "samples", "width", "vocab_limit",
                                              "pad_id"),
                    donate_argnames=("buffers", "state"))
-def _chunk(graphdef, weights, store, buffers, state, groups, group_rows, starts, lanes, cells,
+def _chunk(graphdef, weights, store, buffers, state, group_rows, starts, grid, lanes, cells,
            rope_lengths, seeds, temperature, top_k, top_p, stop_ids, max_new, steps, *, samples,
            width, vocab_limit, pad_id):
     """Up to `steps` decode steps of the running slots `lanes` (int32[R], -1: padding lane).
 
-    Attention reads the places `groups` (int32[G], -1: padding): their store rows group_rows'
-    first `width` positions (starts[g] of them real) once for all their samples, and their
-    slots' own keys and values in `buffers` (per layer [S, K, T, D], donated); lane r is sample
-    row cells[r] of them (`LaneCache`). Everything else runs for the lanes only. Returns
-    (buffers, state, steps run)."""
+    Attention reads G places: their store rows group_rows' first `width` positions (starts[g]
+    of them real) once for all their running slots, and those slots' own keys and values in
+    `buffers` (per layer [S, K, T, D], donated). grid: int32[G * C], the slots of place g's C
+    cells (-1: padding); lane r is cell cells[r] (`LaneCache`). So attention costs C rows a
+    place, the most slots of a place still running, and everything else runs for the lanes
+    only. Returns (buffers, state, steps run)."""
     model = nnx.merge(graphdef, weights)
     tokens, lengths, done, last = state
     size, length = tokens.shape
     live = lanes >= 0
     safe = jnp.maximum(lanes, 0)
-    places = jnp.maximum(groups, 0)
-    rows = (places[:, None] * samples + jnp.arange(samples)).reshape(-1)  # [G * samples]
+    per = grid.shape[0] // group_rows.shape[0]
+    rows = jnp.maximum(grid, 0)
     keys = _slot_keys(seeds, safe, samples)
     own = tuple((bk[rows], bv[rows]) for bk, bv in buffers)
     own, buffers = jax.lax.optimization_barrier((own, buffers))  # see extend_prefix
@@ -116,7 +119,7 @@ def _chunk(graphdef, weights, store, buffers, state, groups, group_rows, starts,
                                               starts, bk, bv), cells)
                           for (k, v), (bk, bv) in zip(store, own)))
     at_lane = jnp.arange(lanes.shape[0])
-    lane_starts = jnp.take(starts, cells // samples, mode="clip")
+    lane_starts = jnp.take(starts, cells // per, mode="clip")
 
     def body(carry):
         i, t, token, cache, row_tokens, finished = carry
@@ -132,15 +135,19 @@ def _chunk(graphdef, weights, store, buffers, state, groups, group_rows, starts,
         return (i + 1, jnp.where(finished, t, t + 1), jnp.where(finished, token, new), cache,
                 row_tokens, finished | stopped)
 
+    # Once half the lanes have stopped, the running ones fit the next smaller lane bucket: the
+    # chunk returns, and the next one runs them at half the cost a step.
+    keep_going = lanes.shape[0] // 2 if lanes.shape[0] > _MIN_LANES else 0
+
     def cond(carry):
-        return (carry[0] < steps) & ~jnp.all(carry[-1])
+        return (carry[0] < steps) & (jnp.sum(~carry[-1]) > keep_going)
 
     start = (jnp.int32(0), lengths[safe], last[safe], cache, tokens[safe], done[safe] | ~live)
     start, state = jax.lax.optimization_barrier((start, state))
     tokens, lengths, done, last = state
     ran, t, token, cache, row_tokens, finished = jax.lax.while_loop(cond, body, start)
     at = jnp.where(live, lanes, size)
-    back = jnp.where(jnp.repeat(groups, samples) >= 0, rows, size)
+    back = jnp.where(grid >= 0, grid, size)
     buffers = tuple((bk.at[back].set(layer.fork.keys, mode="drop"),
                      bv.at[back].set(layer.fork.values, mode="drop"))
                     for (bk, bv), layer in zip(buffers, cache.layers))
@@ -318,21 +325,26 @@ class ContinuousDecoder:
 
     def _decode(self, lanes: np.ndarray) -> None:
         engine, k = self.engine, self.samples
-        places = np.unique(lanes // k)
+        places, first, running = np.unique(lanes // k, return_index=True, return_counts=True)
         groups = np.full((_pow2(places.size),), -1, np.int32)
         groups[:places.size] = places
-        where = np.zeros((self.places,), np.int64)
-        where[places] = np.arange(places.size)
+        # each place's running slots, in order, in cells of their own: C of them a place
+        per = _pow2(int(running.max()))
+        rank = np.arange(lanes.size) - np.repeat(first, running)
+        at = np.repeat(np.arange(places.size), running) * per + rank
+        grid = np.full((groups.size * per,), -1, np.int32)
+        grid[at] = lanes
         padded = np.full((lane_bucket(lanes.size),), -1, np.int32)
         padded[:lanes.size] = lanes
-        cells = np.where(padded >= 0, where[padded // k] * k + padded % k, groups.size * k)
+        cells = np.full(padded.shape, grid.size, np.int64)
+        cells[:lanes.size] = at
         owner = np.maximum(padded, 0) // k
         width = min(self.store.length, prompt_bucket(int(self.prefix_lengths[places].max())))
         with self._mesh():
             self._buffers, self._state, ran = _chunk(
                 engine.graphdef, engine.state, self.store.arrays(), self._buffers, self._state,
-                groups, self.rows[np.maximum(groups, 0)],
-                self.prefix_lengths[np.maximum(groups, 0)], padded, cells.astype(np.int32),
+                self.rows[np.maximum(groups, 0)], self.prefix_lengths[np.maximum(groups, 0)],
+                grid, padded, cells.astype(np.int32),
                 self.prefix_lengths[owner] + np.int32(self.max_new), self.seeds[owner],
                 *self.settings, self.stop_ids, np.int32(self.max_new), np.int32(self.chunk),
                 samples=k, width=width, vocab_limit=engine.vocab_size, pad_id=engine.pad_id)
