@@ -7,8 +7,9 @@ tiny PPM, the real sandboxed executor (2 workers) and grader. Random text is rar
 Python, so failing steps are tolerated (errors_threshold = max_depth, as the bootstrap round
 tolerates some): every rollout then descends to max_depth, executing every candidate on the
 way, the shape of a search whose policy writes mostly valid code. Each size searches
-max(B, 32) problems, B at a time, 4 rollouts each, after an untimed warm-up run of the same
-shapes; figures are medians over repeats.
+max(B, 32) problems, B at a time, 4 rollouts each, after two untimed warm-up runs of the same
+shapes (the second starts with the prefix stores the first filled, and meets a few shapes of
+its own); figures are medians over repeats.
 
 Each size runs twice: `plain` prefills every prompt whole and decodes each search step in
 lockstep; `reuse` gives the policy and the PPM prefix stores of B rows (`Engine(prefix_rows=)`)
@@ -78,6 +79,7 @@ def main():
                     return stats
 
                 once()  # compile every shape this size meets
+                once()  # and those of a search that starts with full prefix stores
                 runs = [once() for _ in range(args.repeats)]
                 rate = statistics.median(r.rollouts / r.wall for r in runs)
                 share = {p: statistics.median(getattr(r, p) / r.wall for r in runs)

@@ -385,29 +385,33 @@ def search_calls(model_config, mesh, shape: SearchShape, *, context: int, store_
                           for _ in range(c.num_hidden_layers))
     state_arrays = (_array((slots, length), i32, mesh), vec(slots), vec(slots, bool), vec(slots))
     lanes = lane_bucket(slots)  # every slot running
+    groups = _pow2(places)
     chunk = compile_call(
         f"continuous decode chunk ({places} places x {k} samples, {lanes} lanes)", _chunk,
         graphdef, state, _store(c, mesh, store_rows, context, dtype, rules), chunk_buffers,
-        state_arrays, vec(places), vec(places), vec(slots), vec(lanes), vec(lanes), vec(lanes),
+        state_arrays, vec(groups), vec(groups), vec(groups * k), vec(lanes), vec(lanes), vec(lanes),
         vec(lanes, np.uint32), *(_array((), t, mesh) for t in (f32, i32, f32)), vec(_STOP_SLOTS),
         _array((), i32, mesh), _array((), i32, mesh), mesh=mesh, samples=k, width=width,
         vocab_limit=vocab_limit or c.vocab_size, pad_id=0,
         field=f"{shape.field} or search.batch", cache=cache)
     out.append(chunk)
     if shape.ppm:
-        samples = _pow2(k)
-        group = _pow2(min(b, max(1, score_rows // samples)))
+        # A call packs at most score_rows rows (`ValueScorer.score_children`), a child in one
+        # row at most, and holds as many prefixes as rows when each prefix fills one: the most
+        # of both.
+        rows = _pow2(max(8, min(score_rows, b * k)))
+        group = _pow2(min(b, rows))
         children = prompt_bucket(shape.step_capacity)
         ppm_graphdef, ppm_state = _split(_model(c, mesh, dtype=dtype, param_dtype=dtype,
                                                 attention=attention, value_head=True,
                                                 lm_head=False), mesh, rules)
         score = compile_call(
-            f"PPM values ({group} x {samples} children of {children} tokens)", _stored_fork_values,
+            f"PPM values ({group} prefixes, {rows} rows of {children} tokens)",
+            _stored_fork_values,
             ppm_graphdef, ppm_state, _store(c, mesh, store_rows, context, dtype, rules),
             prefixes(group), vec(group), _array((group, new), i32, mesh), vec(group), vec(group),
-            # the children packed (`pack_children`), at their most: one a row
-            Packed(*(_array((group * samples, children), i32, mesh) for _ in range(3)),
-                   vec(group * samples), vec(group)),
+            Packed(*(_array((rows, children), i32, mesh) for _ in range(3)), vec(rows),
+                   vec(group)),
             mesh=mesh, width=width, field=f"{shape.field}", cache=cache)
         out.append(score)
         out.append(Compiled(f"held at once: decode ({b} x {k}) + PPM weights and store",

@@ -34,7 +34,7 @@ def test_every_function_of_a_run_compiles_without_a_checkpoint():
         f"prefill (64 x {TINY.max_position_embeddings} through the store)",
         "decode (64 x 4 rows x 128 tokens)",
         "continuous decode chunk (64 places x 4 samples, 256 lanes)",
-        "PPM values (16 x 4 children of 128 tokens)",
+        "PPM values (64 prefixes, 64 rows of 128 tokens)",
         "held at once: decode (64 x 4) + PPM weights and store",
         "decode (64 x 1 rows x 128 tokens)",
         "continuous decode chunk (64 places x 1 samples, 64 lanes)",
@@ -42,7 +42,7 @@ def test_every_function_of_a_run_compiles_without_a_checkpoint():
     assert s.batch == 64 and s.round1.candidates == 4 and s.common.max_step_tokens == 96
     # One row per compiled call, with every stage that calls it.
     assert rows["decode (64 x 4 rows x 128 tokens)"][1] == "round 1, round 2, round 3, round 4, evaluation MCTS"
-    assert rows["PPM values (16 x 4 children of 128 tokens)"][1] == "round 3, round 4, evaluation MCTS"
+    assert rows["PPM values (64 prefixes, 64 rows of 128 tokens)"][1] == "round 3, round 4, evaluation MCTS"
     assert rows["decode (64 x 1 rows x 128 tokens)"][1] == "evaluation solutions"
     assert rows[f"prefill (64 x {TINY.max_position_embeddings} through the "
                 "store)"][1].count(",") == 5

@@ -10,9 +10,9 @@ chunk of a few tokens for the slots still running, and returns the places whose 
 all stopped. Their problems go on to execution and scoring while the other places keep
 decoding, and come back with their next leaf. A chunk runs only the slots still running,
 packed into as few rows as the next lane bucket holds; attention reads each place's prefix once
-for as many cells as that place has slots running (a power of two). A chunk ends after `chunk`
-steps, or as soon as half its lanes have stopped: the rest then fit a bucket half the size, so
-a stopped sample costs at most a few steps.
+for C cells, C the most slots any place of the chunk has running (a power of two, at most
+`samples`). A chunk ends after `chunk` steps, or once at most half its lanes are running (when
+it has more than the smallest bucket's 8): the rest then fit a bucket half the size.
 
 Reuse of what was computed before:
 - a prompt goes through the engine's prefix store (`Engine(prefix_rows >= places)`, see
@@ -329,7 +329,7 @@ class ContinuousDecoder:
         groups = np.full((_pow2(places.size),), -1, np.int32)
         groups[:places.size] = places
         # each place's running slots, in order, in cells of their own: C of them a place
-        per = _pow2(int(running.max()))
+        per = min(_pow2(int(running.max())), k)
         rank = np.arange(lanes.size) - np.repeat(first, running)
         at = np.repeat(np.arange(places.size), running) * per + rank
         grid = np.full((groups.size * per,), -1, np.int32)

@@ -100,15 +100,13 @@ def _fork_values(graphdef, state, prefix_ids, prefix_lengths, children: Packed):
 
 def _children_values(model, keys, values, prefix_lengths, children: Packed):
     """The values of every token of the packed children, each row reading its prefix's keys
-    [B, K, D, P] and values [B, K, P, D] per layer: float32[R, W]. Each row gets a copy of its
-    prefix's keys and values, so a prefix takes as many rows as its children fill."""
+    [B, K, D, P] and values [B, K, P, D] per layer (`PackedCache`): float32[R, W]."""
     owner = children.owner
     rows, width = children.ids.shape
     own = (rows, model.config.num_key_value_heads, width, model.config.head_dim)
     lengths = prefix_lengths[owner]
-    cache = KVCache(tuple(PackedCache(ForkCache(k[owner], v[owner], lengths,
-                                                jnp.zeros(own, k.dtype), jnp.zeros(own, k.dtype)),
-                                      children.floors)
+    cache = KVCache(tuple(PackedCache(ForkCache(k, v, prefix_lengths, jnp.zeros(own, k.dtype),
+                                                jnp.zeros(own, k.dtype)), owner, children.floors)
                           for k, v in zip(keys, values)))
     positions = lengths[:, None] + children.offsets
     hidden, _ = model.hidden_states(children.ids, positions, cache=cache,
@@ -133,7 +131,8 @@ def _stored_fork_values(graphdef, state, store, held, rows, new_ids, starts, new
 class ValueScorer:
     """Scores sequences with a model built with a value head (the PPM). Rows are padded to a
     power of two and lengths to `prompt_bucket` sizes, so a search compiles a few shapes.
-    At most `max_rows` rows (rounded down to a power of two) go through the model at once;
+    At most `max_rows` rows (rounded down to a power of two; children packed into fewer than 8
+    rows still take 8) go through the model at once;
     `score_children` packs the children of its prefixes several to a row (`pack_children`)
     and runs one prefix's rows together even if there are more. A model
     whose head has no tanh (`value_tanh=False`, trained as the reference code trains) is read
@@ -188,7 +187,8 @@ class ValueScorer:
         """The values of prefixes[b] + children[b][j], as `score` gives them, for every b and j,
         computing each prefix once: the K candidate steps of an MCTS expansion share the
         prompt and path before them. Returns one float32 array per prefix. (Under longrope
-        scaling, each group uses the factors of its longest row.)"""
+        scaling, a prefix uses the factors of its length plus the bucket of the call's longest
+        child: the row width every group of the call packs into.)"""
         if len(prefixes) != len(children):
             raise ValueError(f"{len(prefixes)} prefixes but {len(children)} lists of children")
         heads = self._rows("prefix", prefixes)

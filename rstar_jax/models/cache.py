@@ -197,28 +197,36 @@ class LaneCache:
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class PackedCache:
-    """Several continuations of a prefix packed into each own row of a `ForkCache`, with no
-    padding between them (the PPM scoring an expansion's children). A row's new tokens are
-    written in one call from slot 0 on; token t of row r belongs to the continuation that
-    starts at slot floors[r, t], and reads the prefix and that continuation's tokens up to
-    itself. Rotary positions restart at the prefix's length with each continuation."""
+    """Continuations of B prefixes packed into R rows, several to a row with no padding between
+    them (the PPM scoring an expansion's children): row r continues prefix owner[r] only, and a
+    prefix has as many rows as its continuations fill. A row's new tokens are written in one
+    call from slot 0 on; token t of row r belongs to the continuation that starts at slot
+    floors[r, t], and reads the prefix and that continuation's tokens up to itself. Rotary
+    positions restart at the prefix's length with each continuation. Each row reads a copy of
+    its prefix's keys and values, made in this layer's attention only."""
 
-    fork: ForkCache
-    floors: jax.Array  # int32[B*F, T]; padding tokens: T (they read the prefix only)
+    fork: ForkCache  # prefixes [B, ...]; own keys and values [R, K, T, D]
+    owner: jax.Array  # int32[R]
+    floors: jax.Array  # int32[R, T]; padding tokens: T (they read the prefix only)
 
     def attend(self, q, k, v, positions, *, window, implementation, rules):
-        """q: [B*F, T, H, D]; k, v: [B*F, T, K, D]; positions: int32[B*F, T]."""
+        """q: [R, T, H, D]; k, v: [R, T, K, D]; positions: int32[R, T]."""
         del implementation  # one formulation
+        f = self.fork
+        rows = ForkCache(f.prefix_keys[self.owner], f.prefix_values[self.owner],
+                         f.prefix_lengths[self.owner], f.keys, f.values)
         slots = jnp.broadcast_to(jnp.arange(q.shape[1], dtype=jnp.int32), q.shape[:2])
-        out, fork = self.fork.attend_slots(q, k, v, positions, slots, self.floors,
-                                           window=window, rules=rules)
-        return out, PackedCache(fork, self.floors)
+        out, rows = rows.attend_slots(q, k, v, positions, slots, self.floors, window=window,
+                                      rules=rules)
+        fork = ForkCache(f.prefix_keys, f.prefix_values, f.prefix_lengths, rows.keys, rows.values)
+        return out, PackedCache(fork, self.owner, self.floors)
 
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class KVCache:
-    """One cache per decoder layer (`SlotCache`, `Collect` or `ForkCache`)."""
+    """One cache per decoder layer (`SlotCache`, `Collect`, `ForkCache`, `LaneCache` or
+    `PackedCache`)."""
 
     layers: tuple
 
