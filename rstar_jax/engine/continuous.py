@@ -326,7 +326,7 @@ class ContinuousDecoder:
     def _decode(self, lanes: np.ndarray) -> None:
         engine, k = self.engine, self.samples
         places, first, running = np.unique(lanes // k, return_index=True, return_counts=True)
-        groups = np.full((_pow2(places.size),), -1, np.int32)
+        groups = np.zeros((_pow2(places.size),), np.int64)  # padding: place 0, with no cells
         groups[:places.size] = places
         # each place's running slots, in order, in cells of their own: C of them a place
         per = min(_pow2(int(running.max())), k)
@@ -343,8 +343,8 @@ class ContinuousDecoder:
         with self._mesh():
             self._buffers, self._state, ran = _chunk(
                 engine.graphdef, engine.state, self.store.arrays(), self._buffers, self._state,
-                self.rows[np.maximum(groups, 0)], self.prefix_lengths[np.maximum(groups, 0)],
-                grid, padded, cells.astype(np.int32),
+                self.rows[groups], self.prefix_lengths[groups], grid, padded,
+                cells.astype(np.int32),
                 self.prefix_lengths[owner] + np.int32(self.max_new), self.seeds[owner],
                 *self.settings, self.stop_ids, np.int32(self.max_new), np.int32(self.chunk),
                 samples=k, width=width, vocab_limit=engine.vocab_size, pad_id=engine.pad_id)

@@ -55,14 +55,15 @@ def fit_children(children: Sequence[np.ndarray], width: int) -> list[list[tuple[
     return rows
 
 
-def pack_children(children: Sequence[Sequence[np.ndarray]], prefix_lengths: Sequence[int],
-                  batch: int, width: int, pad_id: int) -> tuple[Packed, list[list[int]]]:
-    """Packs children[b] into rows of `width` tokens (`fit_children`): a row holds children of
-    one prefix, and a prefix takes as many rows as it needs. Rows are padded to a power of two
-    (at least 8), prefixes to `batch`. The rope length is the prefix's plus the row width, as
-    for children padded to one length. Returns the packing and, for each child, where its last
-    token is in the rows flattened."""
-    placed = [(b, row) for b, kids in enumerate(children) for row in fit_children(kids, width)]
+def pack_children(children: Sequence[Sequence[np.ndarray]], fits: Sequence[list],
+                  prefix_lengths: Sequence[int], batch: int, width: int,
+                  pad_id: int) -> tuple[Packed, list[list[int]]]:
+    """Packs children[b] into rows of `width` tokens as fits[b] (`fit_children`) places them: a
+    row holds children of one prefix, and a prefix takes as many rows as it needs. Rows are
+    padded to a power of two (at least 8), prefixes to `batch`. The rope length is the prefix's
+    plus the row width, as for children padded to one length. Returns the packing and, for each
+    child, where its last token is in the rows flattened."""
+    placed = [(b, row) for b, rows in enumerate(fits) for row in rows]
     size = _pow2(len(placed), 8)
     ids = np.full((size, width), pad_id, np.int32)
     offsets = np.zeros((size, width), np.int32)
@@ -132,13 +133,12 @@ class ValueScorer:
     """Scores sequences with a model built with a value head (the PPM). Rows are padded to a
     power of two and lengths to `prompt_bucket` sizes, so a search compiles a few shapes.
     At most `max_rows` rows (rounded down to a power of two; children packed into fewer than 8
-    rows still take 8) go through the model at once;
-    `score_children` packs the children of its prefixes several to a row (`pack_children`)
-    and runs one prefix's rows together even if there are more. A model
-    whose head has no tanh (`value_tanh=False`, trained as the reference code trains) is read
-    as tanh(raw / raw_scale), the reference code's inference rule. prefix_rows: rows of a prefix
-    store (see `Engine` and `PrefixStore`): `score_children` then runs only the part of each
-    prefix that no prefix the store holds shares."""
+    rows still take 8) go through the model at once; `score_children` packs the children of its
+    prefixes several to a row (`pack_children`) and runs one prefix's rows together even if
+    there are more. A model whose head has no tanh (`value_tanh=False`, trained as the
+    reference code trains) is read as tanh(raw / raw_scale), the reference code's inference
+    rule. prefix_rows: rows of a prefix store (see `Engine` and `PrefixStore`): `score_children`
+    then runs only the part of each prefix that no prefix the store holds shares."""
 
     def __init__(self, model: CausalLM, *, pad_id: int = 0, max_rows: int = 64,
                  raw_scale: float = 5.0, prefix_rows: int = 0, prefix_length: int | None = None):
@@ -197,30 +197,30 @@ class ValueScorer:
         if not any(tails):
             return out
         width = prompt_bucket(max(len(t) for kids in tails for t in kids))
+        fits = {b: fit_children(kids, width) for b, kids in enumerate(tails) if kids}
         # Groups of prefixes whose children fill at most max_rows rows (or one prefix's).
         groups, rows = [[]], 0
-        for b in (b for b in range(len(heads)) if tails[b]):
-            need = len(fit_children(tails[b], width))
-            if groups[-1] and rows + need > self.max_rows:
+        for b, fit in fits.items():
+            if groups[-1] and rows + len(fit) > self.max_rows:
                 groups, rows = groups + [[]], 0
             groups[-1].append(b)
-            rows += need
+            rows += len(fit)
         for group in groups:
             batch = _pow2(len(group))
-            packed, ends = pack_children([tails[b] for b in group],
+            packed, ends = pack_children([tails[b] for b in group], [fits[b] for b in group],
                                          [len(heads[b]) for b in group], batch, width,
                                          self.pad_id)
+            longest = max(len(heads[b]) for b in group)
             self.counts.calls += 1
             self.counts.prompt_tokens += sum(len(heads[b]) for b in group)
             self.counts.scored_tokens += sum(len(t) for b in group for t in tails[b])
-            stored = self.store.holds(max(len(heads[b]) for b in group))
+            stored = self.store.holds(longest)
             if not stored:
                 self.counts.prefill_tokens += sum(len(heads[b]) for b in group)
             with self._mesh():
                 if not stored:
-                    prefix_ids, prefix_lengths = pack_rows(
-                        [heads[b] for b in group], batch,
-                        prompt_bucket(max(len(heads[b]) for b in group)), self.pad_id)
+                    prefix_ids, prefix_lengths = pack_rows([heads[b] for b in group], batch,
+                                                           prompt_bucket(longest), self.pad_id)
                     values = _fork_values(self.graphdef, self.state, prefix_ids, prefix_lengths,
                                           packed)
                 else:
