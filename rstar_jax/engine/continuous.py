@@ -90,36 +90,34 @@ def _admit(graphdef, weights, store, held, state, places, rows, ids, starts, len
     return store, state
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "samples", "width", "vocab_limit",
-                                             "pad_id"),
+@functools.partial(jax.jit, static_argnames=("graphdef", "samples", "per", "width",
+                                             "vocab_limit", "pad_id"),
                    donate_argnames=("buffers", "state"))
-def _chunk(graphdef, weights, store, buffers, state, group_rows, starts, grid, lanes, cells,
+def _chunk(graphdef, weights, store, buffers, state, group_rows, starts, lanes, cells,
            rope_lengths, seeds, temperature, top_k, top_p, stop_ids, max_new, steps, *, samples,
-           width, vocab_limit, pad_id):
+           per, width, vocab_limit, pad_id):
     """Up to `steps` decode steps of the running slots `lanes` (int32[R], -1: padding lane).
 
     Attention reads G places: their store rows group_rows' first `width` positions (starts[g]
-    of them real) once for all their running slots, and those slots' own keys and values in
-    `buffers` (per layer [S, K, T, D], donated). grid: int32[G * C], the slots of place g's C
-    cells (-1: padding); lane r is cell cells[r] (`LaneCache`). So attention costs C rows a
-    place, the most slots of a place still running, and everything else runs for the lanes
-    only. Returns (buffers, state, steps run)."""
+    of them real) once for all their running slots, in `per` cells a place (lane r is cell
+    cells[r] of the G x per grid, see `LaneCache`), and each lane's own keys and values, taken
+    from `buffers` (per layer [S, K, T, D], donated) for the chunk and put back after it.
+    Everything but attention to the places runs for the lanes only. Returns (buffers, state,
+    steps run)."""
     model = nnx.merge(graphdef, weights)
     tokens, lengths, done, last = state
     size, length = tokens.shape
     live = lanes >= 0
     safe = jnp.maximum(lanes, 0)
-    per = grid.shape[0] // group_rows.shape[0]
-    rows = jnp.maximum(grid, 0)
     keys = _slot_keys(seeds, safe, samples)
-    own = tuple((bk[rows], bv[rows]) for bk, bv in buffers)
+    own = tuple((bk[safe], bv[safe]) for bk, bv in buffers)
     own, buffers = jax.lax.optimization_barrier((own, buffers))  # see extend_prefix
     at_rows = jnp.maximum(group_rows, 0)
+    lane_starts = jnp.take(starts, cells // per, mode="clip")
     cache = KVCache(tuple(LaneCache(ForkCache(k[at_rows, :, :, :width], v[at_rows, :, :width],
-                                              starts, bk, bv), cells)
+                                              starts, bk, bv), cells, lane_starts, per)
                           for (k, v), (bk, bv) in zip(store, own)))
     at_lane = jnp.arange(lanes.shape[0])
-    lane_starts = jnp.take(starts, cells // per, mode="clip")
 
     def body(carry):
         i, t, token, cache, row_tokens, finished = carry
@@ -147,9 +145,8 @@ def _chunk(graphdef, weights, store, buffers, state, group_rows, starts, grid, l
     tokens, lengths, done, last = state
     ran, t, token, cache, row_tokens, finished = jax.lax.while_loop(cond, body, start)
     at = jnp.where(live, lanes, size)
-    back = jnp.where(grid >= 0, grid, size)
-    buffers = tuple((bk.at[back].set(layer.fork.keys, mode="drop"),
-                     bv.at[back].set(layer.fork.values, mode="drop"))
+    buffers = tuple((bk.at[at].set(layer.fork.keys, mode="drop"),
+                     bv.at[at].set(layer.fork.values, mode="drop"))
                     for (bk, bv), layer in zip(buffers, cache.layers))
     state = (tokens.at[at].set(row_tokens, mode="drop"), lengths.at[at].set(t, mode="drop"),
              done.at[at].set(finished, mode="drop"), last.at[at].set(token, mode="drop"))
@@ -331,23 +328,20 @@ class ContinuousDecoder:
         # each place's running slots, in order, in cells of their own: C of them a place
         per = min(_pow2(int(running.max())), k)
         rank = np.arange(lanes.size) - np.repeat(first, running)
-        at = np.repeat(np.arange(places.size), running) * per + rank
-        grid = np.full((groups.size * per,), -1, np.int32)
-        grid[at] = lanes
         padded = np.full((lane_bucket(lanes.size),), -1, np.int32)
         padded[:lanes.size] = lanes
-        cells = np.full(padded.shape, grid.size, np.int64)
-        cells[:lanes.size] = at
+        cells = np.full(padded.shape, groups.size * per, np.int32)  # padding: past the grid
+        cells[:lanes.size] = np.repeat(np.arange(places.size), running) * per + rank
         owner = np.maximum(padded, 0) // k
         width = min(self.store.length, prompt_bucket(int(self.prefix_lengths[places].max())))
         with self._mesh():
             self._buffers, self._state, ran = _chunk(
                 engine.graphdef, engine.state, self.store.arrays(), self._buffers, self._state,
-                self.rows[groups], self.prefix_lengths[groups], grid, padded,
-                cells.astype(np.int32),
+                self.rows[groups], self.prefix_lengths[groups], padded, cells,
                 self.prefix_lengths[owner] + np.int32(self.max_new), self.seeds[owner],
                 *self.settings, self.stop_ids, np.int32(self.max_new), np.int32(self.chunk),
-                samples=k, width=width, vocab_limit=engine.vocab_size, pad_id=engine.pad_id)
+                samples=k, per=per, width=width, vocab_limit=engine.vocab_size,
+                pad_id=engine.pad_id)
             self._done = np.array(self._state[2])
         engine.counts.calls += 1
         engine.counts.decode_steps += int(ran) * lanes.size

@@ -167,31 +167,81 @@ class ForkCache:
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class LaneCache:
-    """A `ForkCache` read by a packed subset of its rows: R lanes, lane r being ForkCache row
-    cells[r] (cells past the last row: padding lanes, whose outputs are zeros). The model runs
-    its projections and MLP for the R lanes only; attention scatters them into the fork's
-    [B*F] rows, so each prefix is still read once for all its samples, and gathers them back.
-    Rows no lane names write nothing and are not changed."""
+    """Continuations decoded in R lanes (continuous batching) over G prefixes: lane r keeps its
+    own keys and values, `fork.keys` [R, K, T, D], and reads prefix cells[r] // C, where C =
+    `per` is the number of cells each prefix has. Attention to the prefixes runs in one batched
+    matmul a prefix over its C cells, so each prefix is read once for all its lanes; attention to
+    a lane's own tokens, and everything else, runs for the R lanes only. The two softmax parts
+    are joined per lane by their maxima (lanes past the grid: padding, whose outputs are
+    zeros)."""
 
-    fork: ForkCache
-    cells: jax.Array  # int32[R]
+    fork: ForkCache  # prefixes [G, ...]; own keys and values [R, K, T, D]
+    cells: jax.Array  # int32[R]: lane r's cell in the G x C grid
+    starts: jax.Array  # int32[R]: the position of each lane's own slot 0
+    per: int = dataclasses.field(metadata={"static": True})
 
     def attend(self, q, k, v, positions, *, window, implementation, rules):
-        """q: [R, Tn, H, D]; k, v: [R, Tn, K, D]; positions: int32[R, Tn]."""
-        rows, length = self.fork.keys.shape[0], self.fork.keys.shape[2]
+        """q: [R, Tn, H, D]; k, v: [R, Tn, K, D]; positions: int32[R, Tn] (slots past the
+        buffers' end write nothing)."""
+        del implementation  # one formulation
+        f = self.fork
+        g, kv_heads, d, p = f.prefix_keys.shape
+        rows, new, heads = q.shape[0], q.shape[1], q.shape[2]
+        groups, length, dtype, c = heads // kv_heads, f.keys.shape[2], q.dtype, self.per
+        m = new * groups  # query rows of one lane and KV head
+        slots = positions - self.starts[:, None]
+        keys = _store(f.keys, slots, k, rules, heads_first=True)
+        values = _store(f.values, slots, v, rules, heads_first=True)
+        q_own = (q * d**-0.5).reshape(rows, new, kv_heads, groups, d)
+        q_own = q_own.transpose(0, 2, 1, 3, 4).reshape(rows, kv_heads, m, d)
+        batch = ((0, 1), (0, 1))
 
-        def grid(x, fill=0):
-            out = jnp.full((rows, *x.shape[1:]), fill, x.dtype)
-            return out.at[self.cells].set(x, mode="drop")
+        # the prefixes: lanes scattered into each prefix's C cells, [G, K, C*M, D]
+        def by_prefix(x):  # [R, K, M, ...] -> [G, K, C*M, ...]
+            grid = jnp.zeros((g * c, *x.shape[1:]), x.dtype).at[self.cells].set(x, mode="drop")
+            grid = grid.reshape(g, c, *x.shape[1:])
+            return jnp.swapaxes(grid, 1, 2).reshape(g, kv_heads, c * m, *x.shape[3:])
 
-        # rows no lane names write past the end of their buffers, which is dropped
-        starts = jnp.repeat(self.fork.prefix_lengths, rows // self.fork.prefix_lengths.shape[0])
-        at = grid(positions, -1)
-        at = jnp.where(at < 0, starts[:, None] + length, at)
-        out, fork = self.fork.attend(grid(q), grid(k), grid(v), at, window=window,
-                                     implementation=implementation, rules=rules)
-        return jnp.take(out, self.cells, axis=0, mode="fill", fill_value=0), LaneCache(fork,
-                                                                                       self.cells)
+        def by_lane(x):  # the inverse, read at each lane's cell
+            x = x.reshape(g, kv_heads, c, m, *x.shape[3:])
+            x = jnp.swapaxes(x, 1, 2).reshape(g * c, kv_heads, m, *x.shape[4:])
+            return jnp.take(x, self.cells, axis=0, mode="fill", fill_value=0)
+
+        scores = jax.lax.dot_general(by_prefix(q_own), f.prefix_keys.astype(dtype),
+                                     (((3,), (2,)), batch),
+                                     preferred_element_type=jnp.float32)  # [G, K, C*M, P]
+        ok = jnp.arange(p) < f.prefix_lengths[:, None, None, None]
+        if window is not None:
+            query_pos = jnp.broadcast_to(jnp.repeat(positions, groups, axis=1)[:, None, :, None],
+                                         (rows, kv_heads, m, 1))
+            ok = ok & (by_prefix(query_pos) - jnp.arange(p) < window)
+        scores = jnp.where(ok, scores, MASKED)
+        prefix_top = scores.max(-1)
+        weights = jnp.exp(scores - prefix_top[..., None])
+        prefix_out = jax.lax.dot_general(weights.astype(dtype), f.prefix_values.astype(dtype),
+                                         (((3,), (2,)), batch))  # [G, K, C*M, D]
+        prefix_top, prefix_total = by_lane(prefix_top), by_lane(weights.sum(-1))
+        prefix_out = by_lane(prefix_out)
+
+        # the lane's own tokens
+        own_scores = jax.lax.dot_general(q_own, keys.astype(dtype), (((3,), (3,)), batch),
+                                         preferred_element_type=jnp.float32)  # [R, K, M, T]
+        own_slot = jnp.repeat(slots, groups, axis=1)[:, None, :, None]  # [R, 1, M, 1]
+        own_ok = jnp.arange(length) <= own_slot
+        if window is not None:
+            own_ok = own_ok & (own_slot - jnp.arange(length) < window)
+        own_scores = jnp.where(own_ok, own_scores, MASKED)
+        top = jnp.maximum(prefix_top, own_scores.max(-1))  # [R, K, M]
+        scale = jnp.exp(prefix_top - top)
+        own_weights = jnp.exp(own_scores - top[..., None])
+        total = prefix_total * scale + own_weights.sum(-1)
+        out = prefix_out * scale[..., None].astype(prefix_out.dtype) + jax.lax.dot_general(
+            own_weights.astype(dtype), values.astype(dtype), (((3,), (2,)), batch))
+        out = (out / total[..., None].astype(out.dtype)).astype(dtype)  # [R, K, M, D]
+        out = out.reshape(rows, kv_heads, new, groups, d).transpose(0, 2, 1, 3, 4)
+        out = out.reshape(rows, new, heads, d)
+        fork = ForkCache(f.prefix_keys, f.prefix_values, f.prefix_lengths, keys, values)
+        return out, LaneCache(fork, self.cells, self.starts, c)
 
 
 @jax.tree_util.register_dataclass
