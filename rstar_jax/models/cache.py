@@ -10,8 +10,8 @@ keys and values and computes the attention. A new layout therefore needs no chan
   keys and values are stored once, `[B, K, P, D]`, and read by all its samples in one matmul;
   each sample writes its own, `[B*F, K, T, D]`, where slot t holds position `prefix_length + t`.
   Duplicating the prefix instead would cost F times its memory and F times its reads per step.
-  `LaneCache` reads a packed subset of its rows; `PackedCache` packs several continuations into
-  one row.
+  `LaneCache` decodes lanes that keep their own keys and values and read their prefix through
+  a grid of cells; `PackedCache` packs several continuations into one row.
 
 `KVCache` holds one layer cache per decoder layer. Shapes: B rows (prefixes), S slots, K KV
 heads, D head dim, H query heads (a multiple of K), T new tokens.
