@@ -172,8 +172,8 @@ class LaneCache:
     `per` is the number of cells each prefix has. Attention to the prefixes runs in one batched
     matmul a prefix over its C cells, so each prefix is read once for all its lanes; attention to
     a lane's own tokens, and everything else, runs for the R lanes only. The two softmax parts
-    are joined per lane by their maxima (lanes past the grid: padding, whose outputs are
-    zeros)."""
+    are joined per lane by their maxima. Lanes whose cell is past the grid are padding: they
+    read no prefix, and their outputs are not meant to be used."""
 
     fork: ForkCache  # prefixes [G, ...]; own keys and values [R, K, T, D]
     cells: jax.Array  # int32[R]: lane r's cell in the G x C grid
@@ -202,10 +202,10 @@ class LaneCache:
             grid = grid.reshape(g, c, *x.shape[1:])
             return jnp.swapaxes(grid, 1, 2).reshape(g, kv_heads, c * m, *x.shape[3:])
 
-        def by_lane(x):  # the inverse, read at each lane's cell
+        def by_lane(x, fill=0):  # the inverse, read at each lane's cell
             x = x.reshape(g, kv_heads, c, m, *x.shape[3:])
             x = jnp.swapaxes(x, 1, 2).reshape(g * c, kv_heads, m, *x.shape[4:])
-            return jnp.take(x, self.cells, axis=0, mode="fill", fill_value=0)
+            return jnp.take(x, self.cells, axis=0, mode="fill", fill_value=fill)
 
         scores = jax.lax.dot_general(by_prefix(q_own), f.prefix_keys.astype(dtype),
                                      (((3,), (2,)), batch),
@@ -219,8 +219,10 @@ class LaneCache:
         prefix_top = scores.max(-1)
         weights = jnp.exp(scores - prefix_top[..., None])
         prefix_out = jax.lax.dot_general(weights.astype(dtype), f.prefix_values.astype(dtype),
-                                         (((3,), (2,)), batch))  # [G, K, C*M, D]
-        prefix_top, prefix_total = by_lane(prefix_top), by_lane(weights.sum(-1))
+                                         (((3,), (2,)), batch),
+                                         preferred_element_type=jnp.float32)  # [G, K, C*M, D]
+        # a padding lane reads no prefix: its own tokens then set its maximum
+        prefix_top, prefix_total = by_lane(prefix_top, MASKED), by_lane(weights.sum(-1))
         prefix_out = by_lane(prefix_out)
 
         # the lane's own tokens
@@ -235,9 +237,10 @@ class LaneCache:
         scale = jnp.exp(prefix_top - top)
         own_weights = jnp.exp(own_scores - top[..., None])
         total = prefix_total * scale + own_weights.sum(-1)
-        out = prefix_out * scale[..., None].astype(prefix_out.dtype) + jax.lax.dot_general(
-            own_weights.astype(dtype), values.astype(dtype), (((3,), (2,)), batch))
-        out = (out / total[..., None].astype(out.dtype)).astype(dtype)  # [R, K, M, D]
+        out = prefix_out * scale[..., None] + jax.lax.dot_general(
+            own_weights.astype(dtype), values.astype(dtype), (((3,), (2,)), batch),
+            preferred_element_type=jnp.float32)
+        out = (out / total[..., None]).astype(dtype)  # [R, K, M, D]
         out = out.reshape(rows, kv_heads, new, groups, d).transpose(0, 2, 1, 3, 4)
         out = out.reshape(rows, new, heads, d)
         fork = ForkCache(f.prefix_keys, f.prefix_values, f.prefix_lengths, keys, values)
