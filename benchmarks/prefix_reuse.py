@@ -24,7 +24,11 @@ Tokens (not counting padding):
   computes), and the PPM's children.
 The target is computed / new <= 1.2 for each model. `stopped` is the share of decode steps
 spent on rows that had already stopped (the cost of decoding in lockstep, or to the end of a
-chunk).
+chunk). Padding, which the token counts leave out:
+- `reads`: the prompt positions decode attention read per position a running row needed
+  (`TokenCounts.prefix_waste`): rows padded to a bucket, stopped rows, each chunk's cells and
+  its places' prompts padded to the longest;
+- `slots`: the PPM's children's token slots per child token (rows and widths padded).
 
 RESULT: value = rollouts/s with reuse, peer = without, limit_pct = 100 x new / computed (policy
 and PPM together, with reuse): 100 means nothing is computed twice.
@@ -190,6 +194,8 @@ def _run(args, tokenizer, problems, executor, *, stores: bool, continuous: bool)
         "ppm": (ppm_counts.computed, ppm_new),
         "prompt": (policy_counts.prompt_tokens, policy_counts.prefill_tokens),
         "stopped": policy_counts.stopped_share,
+        "prefix_waste": policy_counts.prefix_waste,
+        "ppm_slots": ppm_counts.scored_slots / max(ppm_counts.scored_tokens, 1),
     }
 
 
@@ -225,7 +231,8 @@ def main():
           f"rollouts, depth 8, steps of up to {args.step_tokens} tokens; {args.problems} problems, "
           f"B={args.batch}; medians of {args.repeats}")
     print(f"{'':<14}{'rollouts/s':>11}{'policy tok/exp':>16}{'new/exp':>9}{'ratio':>7}"
-          f"{'PPM tok/exp':>13}{'new/exp':>9}{'ratio':>7}{'prefill/prompt':>16}{'stopped':>9}")
+          f"{'PPM tok/exp':>13}{'new/exp':>9}{'ratio':>7}{'prefill/prompt':>16}{'stopped':>9}"
+          f"{'reads':>7}{'slots':>7}")
     results = {}
     for name in VARIANTS:
         # Each variant in a fresh process: the compiled shapes of all three in one process
@@ -237,7 +244,8 @@ def main():
         (pc, pn), (vc, vn), (given, ran) = r["policy"], r["ppm"], r["prompt"]
         print(f"{name:<14}{r['rollouts_per_s']:>11.2f}"
               f"{pc / n:>16.0f}{pn / n:>9.0f}{pc / pn:>7.2f}{vc / n:>13.0f}{vn / n:>9.0f}"
-              f"{vc / vn:>7.2f}{ran / given:>16.2f}{100 * r['stopped']:>8.1f}%", flush=True)
+              f"{vc / vn:>7.2f}{ran / given:>16.2f}{100 * r['stopped']:>8.1f}%"
+              f"{r['prefix_waste']:>7.2f}{r['ppm_slots']:>7.2f}", flush=True)
     ours, peer = results["with reuse"], results["without"]
     print(f"a sampled step: {ours['tokens_per_step']:.0f} tokens on average")
     computed = ours["policy"][0] + ours["ppm"][0]

@@ -193,6 +193,9 @@ def test_a_search_builds_the_same_trees_with_continuous_batching(world):
         np.testing.assert_allclose(a.q, b.q, atol=1e-5)
     assert counts[True].decoded_tokens == counts[False].decoded_tokens
     assert counts[True].decode_steps < counts[False].decode_steps
+    # the same samples of the same prompts: the same prompt positions needed, whatever read them
+    assert counts[True].prefix_needed == counts[False].prefix_needed > 0
+    assert counts[True].prefix_reads >= counts[True].prefix_needed
     # a store too small for the places: the lockstep path, the same trees
     small = Engine(steered_tiny_policy(tokenizer, 0), vocab_size=tokenizer.vocab_size,
                    pad_id=tokenizer.pad_id, prefix_rows=1)

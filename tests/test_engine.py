@@ -462,6 +462,13 @@ def test_token_counts_say_what_was_given_and_what_ran(qwen):
     assert c.decode_steps == 6 * a.steps and c.decoded_tokens == a.lengths.sum()
     assert c.stopped_share == pytest.approx(1 - a.lengths.sum() / (6 * a.steps))
     assert c.computed == c.prefill_tokens + c.decode_steps
+    # Decode attention read the longer prompt's bucket for all 6 rows at every loop step (a
+    # token after the first); each row needed its own prompt for each of its tokens after the
+    # first.
+    assert c.prefix_reads == (a.steps - 1) * 6 * generation.prompt_bucket(len(prompt))
+    assert c.prefix_needed == sum((n - 1) * p for n, p in
+                                  zip(a.lengths, [len(prompt)] * 3 + [5] * 3))
+    assert c.prefix_waste == c.prefix_reads / c.prefix_needed > 1
     stored = Engine(model, prefix_rows=2)
     stored.generate([prompt], max_new_tokens=4)
     b = stored.generate([prompt + [7, 8, 9]], max_new_tokens=4, num_samples=2)

@@ -259,3 +259,4 @@ def test_a_ppm_with_a_prefix_store_scores_as_one_without(world, store_rows):
     assert kept.prompt_tokens > kept.prefill_tokens and kept.scored_tokens > 0
     assert plain.prompt_tokens == plain.prefill_tokens
     assert kept.computed == kept.prefill_tokens + kept.scored_tokens
+    assert kept.scored_slots > kept.scored_tokens  # rows padded to 8, and to the longest child

@@ -211,6 +211,7 @@ class ContinuousDecoder:
         self.seeds = np.zeros((places,), np.uint32)
         self.running: set[int] = set()
         self._done = np.ones((size,), bool)
+        self._lengths = np.zeros((size,), np.int64)  # each slot's sampled tokens, on the host
         # the tokens of each returned place's samples whose keys and values its slots still hold
         self._kept: dict[int, list[np.ndarray]] = {}
 
@@ -255,6 +256,7 @@ class ContinuousDecoder:
             self.prefix_lengths[p], self.seeds[p] = len(prompt), seed
             self._kept.pop(p, None)
             self._done[p * self.samples:(p + 1) * self.samples] = False
+            self._lengths[p * self.samples:(p + 1) * self.samples] = 1
 
     def _pinned(self) -> list[int]:
         """The store rows of running places: their chunks read them."""
@@ -342,9 +344,16 @@ class ContinuousDecoder:
                 *self.settings, self.stop_ids, np.int32(self.max_new), np.int32(self.chunk),
                 samples=k, per=per, width=width, vocab_limit=engine.vocab_size,
                 pad_id=engine.pad_id)
-            self._done = np.array(self._state[2])
+            self._done, lengths = jax.device_get((self._state[2], self._state[1]))
+            self._done, lengths = np.array(self._done), lengths.astype(np.int64)
         engine.counts.calls += 1
         engine.counts.decode_steps += int(ran) * lanes.size
+        # each step reads `per` cells of every group over `width` positions; a lane needs its
+        # place's prompt for each token it sampled
+        engine.counts.prefix_reads += int(ran) * groups.size * per * width
+        engine.counts.prefix_needed += int((lengths[lanes] - self._lengths[lanes])
+                                           @ self.prefix_lengths[lanes // k].astype(np.int64))
+        self._lengths = lengths
 
     def _collect(self) -> dict[int, tuple[np.ndarray, np.ndarray]]:
         k = self.samples

@@ -61,7 +61,8 @@ class GenerationResult:
 @dataclasses.dataclass
 class TokenCounts:
     """The tokens a model was given and the tokens it computed, summed over calls; padding rows
-    and positions are not counted. `Engine.counts` and `ValueScorer.counts`."""
+    and positions are not counted, except in `scored_slots` and `prefix_reads`, which measure
+    them. `Engine.counts` and `ValueScorer.counts`."""
 
     calls: int = 0
     prompt_tokens: int = 0  # prompts' (the PPM: prefixes') tokens given
@@ -69,6 +70,12 @@ class TokenCounts:
     decode_steps: int = 0  # decode loop steps x rows: a row computes until every row is done
     decoded_tokens: int = 0  # tokens the rows kept, their stop tokens included
     scored_tokens: int = 0  # the PPM: children's tokens run after their prefixes
+    scored_slots: int = 0  # the PPM: token slots of the rows it ran (children or sequences)
+    # Decode attention to prompts, in (query row, prompt position) pairs summed over steps: what
+    # the steps read, padding rows, cells and positions included; and what the running rows
+    # needed, each its own prompt's real positions.
+    prefix_reads: int = 0
+    prefix_needed: int = 0
 
     @property
     def computed(self) -> int:
@@ -79,6 +86,11 @@ class TokenCounts:
     def stopped_share(self) -> float:
         """The share of decode steps spent on rows that had already stopped."""
         return 1.0 - self.decoded_tokens / self.decode_steps if self.decode_steps else 0.0
+
+    @property
+    def prefix_waste(self) -> float:
+        """Prompt positions decode attention read per position a running row needed."""
+        return self.prefix_reads / self.prefix_needed if self.prefix_needed else 0.0
 
 
 def prompt_bucket(length: int) -> int:
@@ -781,6 +793,12 @@ class Engine:
         self.counts.calls += 1
         self.counts.decode_steps += int(steps) * n
         self.counts.decoded_tokens += int(out_lengths.sum())
+        # every loop step (a token after the first) reads every row's prompt bucket; a row
+        # needs its prompt for each token after its first until it stops
+        self.counts.prefix_reads += (max(int(steps) - 1, 0) * batch * num_samples
+                                     * prefix_values[0].shape[2])
+        self.counts.prefix_needed += int(np.maximum(out_lengths.astype(np.int64) - 1, 0)
+                                         @ np.repeat(lengths[:b], num_samples))
         return GenerationResult(
             tokens=np.asarray(tokens)[:n, :max_new_tokens],
             lengths=out_lengths,

@@ -214,6 +214,7 @@ class ValueScorer:
             self.counts.calls += 1
             self.counts.prompt_tokens += sum(len(heads[b]) for b in group)
             self.counts.scored_tokens += sum(len(t) for b in group for t in tails[b])
+            self.counts.scored_slots += packed.ids.size
             stored = self.store.holds(longest)
             if not stored:
                 self.counts.prefill_tokens += sum(len(heads[b]) for b in group)
@@ -253,6 +254,7 @@ class ValueScorer:
             self.counts.scored_tokens += sum(len(r) for r in chunk)
             ids, lengths = pack_rows(chunk, _pow2(len(chunk)),
                                      prompt_bucket(max(len(r) for r in chunk)), self.pad_id)
+            self.counts.scored_slots += ids.size
             with self._mesh():
                 values = _values(self.graphdef, self.state, ids, lengths)
             out[start:start + len(chunk)] = self._squash(np.asarray(values)[:len(chunk)])
