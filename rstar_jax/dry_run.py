@@ -391,8 +391,7 @@ def search_calls(model_config, mesh, shape: SearchShape, *, context: int, store_
         graphdef, state, _store(c, mesh, store_rows, context, dtype, rules), chunk_buffers,
         state_arrays, vec(groups), vec(groups), vec(lanes), vec(lanes), vec(lanes),
         vec(lanes, np.uint32), *(_array((), t, mesh) for t in (f32, i32, f32)), vec(_STOP_SLOTS),
-        _array((), i32, mesh), _array((), i32, mesh), mesh=mesh, samples=k, per=k,
-        width=width,
+        _array((), i32, mesh), _array((), i32, mesh), mesh=mesh, samples=k, per=k, width=width,
         vocab_limit=vocab_limit or c.vocab_size, pad_id=0,
         field=f"{shape.field} or search.batch", cache=cache)
     out.append(chunk)

@@ -344,8 +344,8 @@ class ContinuousDecoder:
                 *self.settings, self.stop_ids, np.int32(self.max_new), np.int32(self.chunk),
                 samples=k, per=per, width=width, vocab_limit=engine.vocab_size,
                 pad_id=engine.pad_id)
-            self._done, lengths = jax.device_get((self._state[2], self._state[1]))
-            self._done, lengths = np.array(self._done), lengths.astype(np.int64)
+            done, lengths = jax.device_get((self._state[2], self._state[1]))
+            self._done, lengths = np.array(done), lengths.astype(np.int64)
         engine.counts.calls += 1
         engine.counts.decode_steps += int(ran) * lanes.size
         # each step reads `per` cells of every group over `width` positions; a lane needs its

@@ -43,6 +43,38 @@ def _store(buffer: jax.Array, slots: jax.Array, new: jax.Array, rules: ShardingR
     return constrain(out, _HEADS_FIRST_AXES if heads_first else _CACHE_AXES, rules)
 
 
+def _by_kv_head(q: jax.Array, kv_heads: int) -> jax.Array:
+    """Scaled queries [R, Tn, H, D] as the query rows of each KV head, [R, K, Tn*G, D] (row
+    t*G + g: new token t, query head g of the KV head's group)."""
+    rows, new, heads, d = q.shape
+    q = (q * d**-0.5).reshape(rows, new, kv_heads, heads // kv_heads, d)
+    return q.transpose(0, 2, 1, 3, 4).reshape(rows, kv_heads, -1, d)
+
+
+def _by_head(out: jax.Array, new: int) -> jax.Array:
+    """The inverse of `_by_kv_head`'s layout: [R, K, Tn*G, D] -> [R, Tn, H, D]."""
+    rows, kv_heads, m, d = out.shape
+    out = out.reshape(rows, kv_heads, new, m // new, d).transpose(0, 2, 1, 3, 4)
+    return out.reshape(rows, new, -1, d)
+
+
+def _own_scores(q_rows, keys, slots, floors, window):
+    """Masked scores [R, K, M, T] of the query rows `_by_kv_head` gives against each row's own
+    keys [R, K, T, D]: new token t of row r sits at slot slots[r, t] and reads its row's slots
+    from floors[r, t] (None: 0) up to its own, within the window."""
+    groups, length = q_rows.shape[2] // slots.shape[1], keys.shape[2]
+    scores = jax.lax.dot_general(q_rows, keys.astype(q_rows.dtype),
+                                 (((3,), (3,)), ((0, 1), (0, 1))),
+                                 preferred_element_type=jnp.float32)
+    own_slot = jnp.repeat(slots, groups, axis=1)[:, None, :, None]  # [R, 1, M, 1]
+    ok = jnp.arange(length) <= own_slot
+    if floors is not None:
+        ok &= jnp.arange(length) >= jnp.repeat(floors, groups, axis=1)[:, None, :, None]
+    if window is not None:
+        ok &= own_slot - jnp.arange(length) < window
+    return jnp.where(ok, scores, MASKED)
+
+
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class SlotCache:
@@ -115,9 +147,8 @@ class ForkCache:
         """`attend` with the own slots given: new token t of row r goes to slot slots[r, t] and
         reads the row's own slots from floors[r, t] (None: 0) up to its own."""
         b, kv_heads, d, p = self.prefix_keys.shape
-        rows, new, heads = q.shape[0], q.shape[1], q.shape[2]
-        f, groups, length, dtype = rows // b, heads // kv_heads, self.keys.shape[2], q.dtype
-        m = new * groups  # query rows of one sample and KV head
+        rows, new, dtype = q.shape[0], q.shape[1], q.dtype
+        f, m = rows // b, new * (q.shape[2] // kv_heads)  # m: query rows of a sample, KV head
         keys = _store(self.keys, slots, k, rules, heads_first=True)
         values = _store(self.values, slots, v, rules, heads_first=True)
 
@@ -129,26 +160,18 @@ class ForkCache:
             x = x.reshape(b, kv_heads, f, m, *x.shape[3:])
             return jnp.swapaxes(x, 1, 2).reshape(rows, kv_heads, m, *x.shape[4:])
 
-        q_own = (q * d**-0.5).reshape(rows, new, kv_heads, groups, d)
-        q_own = q_own.transpose(0, 2, 1, 3, 4).reshape(rows, kv_heads, m, d)
+        q_own = _by_kv_head(q, kv_heads)
         batch = ((0, 1), (0, 1))
         prefix_scores = jax.lax.dot_general(by_prefix(q_own), self.prefix_keys.astype(dtype),
                                             (((3,), (2,)), batch),
                                             preferred_element_type=jnp.float32)  # [B, K, F*M, P]
-        own_scores = jax.lax.dot_general(q_own, keys.astype(dtype), (((3,), (3,)), batch),
-                                         preferred_element_type=jnp.float32)  # [B*F, K, M, T]
-        own_slot = jnp.repeat(slots, groups, axis=1)[:, None, :, None]  # [B*F, 1, M, 1]
+        own_scores = _own_scores(q_own, keys, slots, floors, window)  # [B*F, K, M, T]
         prefix_ok = jnp.arange(p) < self.prefix_lengths[:, None, None, None]
-        own_ok = jnp.arange(length) <= own_slot
-        if floors is not None:
-            own_ok &= jnp.arange(length) >= jnp.repeat(floors, groups, axis=1)[:, None, :, None]
         if window is not None:
-            query_pos = jnp.repeat(positions, groups, axis=1)[:, None, :, None]
+            query_pos = jnp.repeat(positions, m // new, axis=1)[:, None, :, None]
             pos = by_prefix(jnp.broadcast_to(query_pos, (rows, kv_heads, m, 1)))
             prefix_ok = prefix_ok & (pos - jnp.arange(p) < window)
-            own_ok = own_ok & (own_slot - jnp.arange(length) < window)
         prefix_scores = jnp.where(prefix_ok, prefix_scores, MASKED)
-        own_scores = jnp.where(own_ok, own_scores, MASKED)
         top = jnp.maximum(by_row(prefix_scores.max(-1)), own_scores.max(-1))  # [B*F, K, M]
         prefix_weights = jnp.exp(prefix_scores - by_prefix(top)[..., None])
         own_weights = jnp.exp(own_scores - top[..., None])
@@ -158,8 +181,7 @@ class ForkCache:
         out = out + jax.lax.dot_general(own_weights.astype(dtype), values.astype(dtype),
                                         (((3,), (2,)), batch))
         out = (out / total[..., None].astype(out.dtype)).astype(dtype)  # [B*F, K, M, D]
-        out = out.reshape(rows, kv_heads, new, groups, d).transpose(0, 2, 1, 3, 4)
-        out = out.reshape(rows, new, heads, d)
+        out = _by_head(out, new)
         return out, ForkCache(self.prefix_keys, self.prefix_values, self.prefix_lengths, keys,
                               values)
 
@@ -185,15 +207,14 @@ class LaneCache:
         buffers' end write nothing)."""
         del implementation  # one formulation
         f = self.fork
-        g, kv_heads, d, p = f.prefix_keys.shape
-        rows, new, heads = q.shape[0], q.shape[1], q.shape[2]
-        groups, length, dtype, c = heads // kv_heads, f.keys.shape[2], q.dtype, self.per
+        g, kv_heads, _, p = f.prefix_keys.shape
+        rows, new, dtype, c = q.shape[0], q.shape[1], q.dtype, self.per
+        groups = q.shape[2] // kv_heads
         m = new * groups  # query rows of one lane and KV head
         slots = positions - self.starts[:, None]
         keys = _store(f.keys, slots, k, rules, heads_first=True)
         values = _store(f.values, slots, v, rules, heads_first=True)
-        q_own = (q * d**-0.5).reshape(rows, new, kv_heads, groups, d)
-        q_own = q_own.transpose(0, 2, 1, 3, 4).reshape(rows, kv_heads, m, d)
+        q_own = _by_kv_head(q, kv_heads)
         batch = ((0, 1), (0, 1))
 
         # the prefixes: lanes scattered into each prefix's C cells, [G, K, C*M, D]
@@ -226,13 +247,7 @@ class LaneCache:
         prefix_out = by_lane(prefix_out)
 
         # the lane's own tokens
-        own_scores = jax.lax.dot_general(q_own, keys.astype(dtype), (((3,), (3,)), batch),
-                                         preferred_element_type=jnp.float32)  # [R, K, M, T]
-        own_slot = jnp.repeat(slots, groups, axis=1)[:, None, :, None]  # [R, 1, M, 1]
-        own_ok = jnp.arange(length) <= own_slot
-        if window is not None:
-            own_ok = own_ok & (own_slot - jnp.arange(length) < window)
-        own_scores = jnp.where(own_ok, own_scores, MASKED)
+        own_scores = _own_scores(q_own, keys, slots, None, window)  # [R, K, M, T]
         top = jnp.maximum(prefix_top, own_scores.max(-1))  # [R, K, M]
         scale = jnp.exp(prefix_top - top)
         own_weights = jnp.exp(own_scores - top[..., None])
@@ -240,9 +255,7 @@ class LaneCache:
         out = prefix_out * scale[..., None] + jax.lax.dot_general(
             own_weights.astype(dtype), values.astype(dtype), (((3,), (2,)), batch),
             preferred_element_type=jnp.float32)
-        out = (out / total[..., None]).astype(dtype)  # [R, K, M, D]
-        out = out.reshape(rows, kv_heads, new, groups, d).transpose(0, 2, 1, 3, 4)
-        out = out.reshape(rows, new, heads, d)
+        out = _by_head((out / total[..., None]).astype(dtype), new)
         fork = ForkCache(f.prefix_keys, f.prefix_values, f.prefix_lengths, keys, values)
         return out, LaneCache(fork, self.cells, self.starts, c)
 
