@@ -298,7 +298,8 @@ def train_step(model_config, mesh, *, task: str, rows: int, length: int, dtype=j
 class SearchShape:
     """The engine calls of one kind of search: `batch` problems, `candidates` samples an
     expansion, steps of `step_tokens` sampled tokens (`step_capacity` with the output block), the
-    PPM scoring the candidates when `ppm`. `field` is the config field that sizes it."""
+    PPM scoring the candidates when `ppm`, decoded in chunks (`ContinuousDecoder`) when
+    `continuous`. `field` is the config field that sizes it."""
 
     name: str
     batch: int
@@ -307,6 +308,7 @@ class SearchShape:
     step_capacity: int
     ppm: bool
     field: str
+    continuous: bool = False
 
 
 def _store(c, mesh, rows: int, length: int, dtype, rules):
@@ -377,24 +379,30 @@ def search_calls(model_config, mesh, shape: SearchShape, *, context: int, store_
         field=f"{shape.field} or search.batch", cache=cache)
     out.append(decode)
     # Continuous batching (`ContinuousDecoder`, `search.common.continuous`): a chunk of decode
-    # steps for every slot at once, reading the store and the slots' buffers.
-    places = min(shape.batch, store_rows)
-    slots = places * k
-    chunk_buffers = tuple((_array((slots, *buffer[1:]), dtype, mesh, axes, rules),
-                           _array((slots, *buffer[1:]), dtype, mesh, axes, rules))
-                          for _ in range(c.num_hidden_layers))
-    state_arrays = (_array((slots, length), i32, mesh), vec(slots), vec(slots, bool), vec(slots))
-    lanes = lane_bucket(slots)  # every slot running
-    groups = _pow2(places)
-    chunk = compile_call(
-        f"continuous decode chunk ({places} places x {k} samples, {lanes} lanes)", _chunk,
-        graphdef, state, _store(c, mesh, store_rows, context, dtype, rules), chunk_buffers,
-        state_arrays, vec(groups), vec(groups), vec(lanes), vec(lanes), vec(lanes),
-        vec(lanes, np.uint32), *(_array((), t, mesh) for t in (f32, i32, f32)), vec(_STOP_SLOTS),
-        _array((), i32, mesh), _array((), i32, mesh), mesh=mesh, samples=k, per=k, width=width,
-        vocab_limit=vocab_limit or c.vocab_size, pad_id=0,
-        field=f"{shape.field} or search.batch", cache=cache)
-    out.append(chunk)
+    # steps for every slot at once, reading the store and the slots' buffers. A search decodes in
+    # lockstep otherwise, and never calls it.
+    peak = decode.peak
+    if shape.continuous:
+        places = min(shape.batch, store_rows)
+        slots = places * k
+        chunk_buffers = tuple((_array((slots, *buffer[1:]), dtype, mesh, axes, rules),
+                               _array((slots, *buffer[1:]), dtype, mesh, axes, rules))
+                              for _ in range(c.num_hidden_layers))
+        state_arrays = (_array((slots, length), i32, mesh), vec(slots), vec(slots, bool),
+                        vec(slots))
+        lanes = lane_bucket(slots)  # every slot running
+        groups = _pow2(places)
+        chunk = compile_call(
+            f"continuous decode chunk ({places} places x {k} samples, {lanes} lanes)", _chunk,
+            graphdef, state, _store(c, mesh, store_rows, context, dtype, rules), chunk_buffers,
+            state_arrays, vec(groups), vec(groups), vec(lanes), vec(lanes), vec(lanes),
+            vec(lanes, np.uint32), *(_array((), t, mesh) for t in (f32, i32, f32)),
+            vec(_STOP_SLOTS), _array((), i32, mesh), _array((), i32, mesh), mesh=mesh, samples=k,
+            per=k, width=width,
+            vocab_limit=vocab_limit or c.vocab_size, pad_id=0,
+            field=f"{shape.field} or search.batch", cache=cache)
+        out.append(chunk)
+        peak = max(peak, chunk.peak)
     if shape.ppm:
         # A call packs at most score_rows rows (`ValueScorer.score_children`), a child in one
         # row at most, and holds as many prefixes as rows when each prefix fills one: the most
@@ -415,7 +423,7 @@ def search_calls(model_config, mesh, shape: SearchShape, *, context: int, store_
             mesh=mesh, width=width, field=f"{shape.field}", cache=cache)
         out.append(score)
         out.append(Compiled(f"held at once: decode ({b} x {k}) + PPM weights and store",
-                            max(decode.peak, chunk.peak) + score.arguments,
+                            peak + score.arguments,
                             0, 0, 0, field=f"{shape.field} or search.batch"))
     for r in out:
         r.used_by = shape.name

@@ -21,7 +21,8 @@ def _rows(text):
 
 def test_every_function_of_a_run_compiles_without_a_checkpoint():
     config = smoke_config(**{"model.checkpoint": "/nowhere", "mesh.data": 2, "mesh.fsdp": 2,
-                             "mesh.tensor": 2, "model.scan_layers": True})
+                             "mesh.tensor": 2, "model.scan_layers": True,
+                             "search.common.continuous": True})
     text = evolve.dry_run(config)
     assert "training on 8 x cpu (data=2, fsdp=2, tensor=2)" in text
     assert "search and evaluation, each host: 1 x cpu" in text
@@ -46,6 +47,15 @@ def test_every_function_of_a_run_compiles_without_a_checkpoint():
     assert rows["decode (64 x 1 rows x 128 tokens)"][1] == "evaluation solutions"
     assert rows[f"prefill (64 x {TINY.max_position_embeddings} through the "
                 "store)"][1].count(",") == 5
+    # A continuous search holds the larger of the decode's and the chunk's peaks, and the PPM's
+    # weights and store beside it.
+    peaks = [float(rows[name][5]) for name in ("decode (64 x 4 rows x 128 tokens)",
+                                               "continuous decode chunk (64 places x 4 samples, "
+                                               "256 lanes)")]
+    assert peaks[1] > peaks[0]
+    held = float(rows["held at once: decode (64 x 4) + PPM weights and store"][5])
+    assert held == pytest.approx(
+        peaks[1] + float(rows["PPM values (64 prefixes, 64 rows of 128 tokens)"][2]), rel=1e-2)
     for r in rows.values():
         assert 0 < float(r[5]) < 8  # peak GiB per device of a 1.7M-parameter model
         assert r[10] == "-"  # no peak FLOP/s known for a CPU
@@ -117,6 +127,13 @@ def test_a_tpu_slice_compiles_and_a_search_that_does_not_fit_is_named():
 def test_the_parts_to_compile_are_chosen():
     text = evolve.dry_run(smoke_config(dry_run_parts="search"))
     assert "training on" not in text and "search and evaluation, each host" in text
+    # Searches decode in lockstep unless search.common.continuous: no chunk is compiled, and a
+    # PPM search holds the decode's peak beside the PPM.
+    rows = {r[0]: r for r in _rows(text)}
+    assert not any(name.startswith("continuous decode chunk") for name in rows)
+    held = float(rows["held at once: decode (64 x 4) + PPM weights and store"][5])
+    assert held == pytest.approx(float(rows["decode (64 x 4 rows x 128 tokens)"][5]) + float(
+        rows["PPM values (64 prefixes, 64 rows of 128 tokens)"][2]), rel=1e-2)
     with pytest.raises(evolve.ConfigError,
                        match="config.dry_run_parts='tpu': name train, search or both"):
         evolve.dry_run(smoke_config(dry_run_parts="tpu"))

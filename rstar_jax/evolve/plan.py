@@ -77,20 +77,21 @@ def _search_calls(config: ml_collections.ConfigDict, model_config, mesh) -> list
     for r in range(1, config.rounds + 1):
         s = search_config(config, r)
         key = (config.search.batch, s.candidates, s.max_step_tokens, s.step_capacity,
-               s.mode.uses_ppm)
+               s.mode.uses_ppm, s.continuous)
         shapes.setdefault(key, []).append((f"round {r}", f"search.round{r}.candidates"))
     budget, test = eval_budget(config), eval_search_config(config)
     batch = config.eval.batch
-    shapes.setdefault((batch, 1, budget.max_step_tokens, budget.step_capacity, False), []).append(
-        ("evaluation solutions", "eval.batch"))
-    shapes.setdefault((batch, test.candidates, test.max_step_tokens, test.step_capacity, True),
-                      []).append(("evaluation MCTS", "eval.search.candidates"))
+    shapes.setdefault((batch, 1, budget.max_step_tokens, budget.step_capacity, False,
+                       budget.continuous), []).append(("evaluation solutions", "eval.batch"))
+    shapes.setdefault((batch, test.candidates, test.max_step_tokens, test.step_capacity, True,
+                       test.continuous), []).append(("evaluation MCTS", "eval.search.candidates"))
     context = model_config.max_position_embeddings
     calls = []
     compiled: dict = {}  # a call the compiler refused would be compiled again for each stage
-    for (rows, k, tokens, capacity, ppm), stages in shapes.items():
+    for (rows, k, tokens, capacity, ppm, continuous), stages in shapes.items():
         shape = plan.SearchShape(", ".join(name for name, _ in stages), rows, k, tokens, capacity,
-                                 ppm, " or ".join(dict.fromkeys(field for _, field in stages)))
+                                 ppm, " or ".join(dict.fromkeys(field for _, field in stages)),
+                                 continuous)
         calls += plan.search_calls(model_config, mesh, shape, context=context,
                                    store_rows=prefix_rows(config), cache=compiled,
                                    **_kwargs(config))
