@@ -243,6 +243,15 @@ def _array(shape, dtype, mesh, axes=None, rules=DEFAULT_RULES):
     return jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
 
 
+def _bytes_per_chip(tree) -> int:
+    """Bytes of one chip's shard of every abstract array in `tree` (the largest shard)."""
+    total = 0
+    for leaf in jax.tree.leaves(tree):
+        shape = leaf.sharding.shard_shape(leaf.shape)
+        total += int(np.prod(shape, dtype=np.int64)) * np.dtype(leaf.dtype).itemsize
+    return total
+
+
 def _model(model_config, mesh, *, dtype, param_dtype, attention="xla", remat=False,
            scan_layers=False, value_head=False, lm_head=True, rules=DEFAULT_RULES):
     def make():
@@ -334,8 +343,9 @@ def search_calls(model_config, mesh, shape: SearchShape, *, context: int, store_
     weights in `dtype` as `Engine.generate` and `ValueScorer.score_children` make them: the
     prefill of the batch's prompts and paths through the prefix store, the decode of `candidates`
     samples of each, and (with `ppm`) the PPM's values of the candidates through its own store.
-    The last row is what a PPM search holds at once: the decode's peak plus the PPM's weights and
-    store."""
+    The last row is what a PPM search holds at once: the larger of the decode's peak (or the
+    chunk's) with what the PPM keeps between calls (weights, store), and the PPM's peak with what
+    the policy keeps (weights, store, decode buffers)."""
     c = model_config
     i32, f32 = np.int32, np.float32
     b, k = _pow2(shape.batch), shape.candidates
@@ -422,8 +432,15 @@ def search_calls(model_config, mesh, shape: SearchShape, *, context: int, store_
                    vec(group)),
             mesh=mesh, width=width, field=f"{shape.field}", cache=cache)
         out.append(score)
-        out.append(Compiled(f"held at once: decode ({b} x {k}) + PPM weights and store",
-                            peak + score.arguments,
+        # Between its calls the policy keeps its weights, its store and the decode's buffers
+        # (`Engine` keeps them for the next call), and the PPM its weights and store: each
+        # model's calls run beside what the other keeps.
+        policy_kept = _bytes_per_chip((state, _store(c, mesh, store_rows, context, dtype, rules),
+                                       buffers))
+        ppm_kept = _bytes_per_chip((ppm_state, _store(c, mesh, store_rows, context, dtype,
+                                                      rules)))
+        out.append(Compiled(f"held at once: policy and PPM ({b} x {k})",
+                            max(peak + ppm_kept, score.peak + policy_kept),
                             0, 0, 0, field=f"{shape.field} or search.batch"))
     for r in out:
         r.used_by = shape.name
