@@ -93,6 +93,10 @@ def evolve_config(config: ml_collections.ConfigDict, *, train: str, test: str,
         # from; each costs the context's keys and values (the dry run counts them). Fewer rows
         # than the batch turn continuous batching off (it pins a row per problem).
         "prefix_rows": 0,
+        # Rows of packed candidates the PPM scores in one call (`ValueScorer(max_rows=)`): a
+        # call's scores of each row against its prefix grow with rows x step x context, and run
+        # beside what the policy keeps (the dry run's "held at once").
+        "ppm_rows": 64,
         "common": search or {},
         **{f"round{r}": (rounds_search or {}).get(f"round{r}", {}) for r in range(1, 5)},
     })
@@ -131,10 +135,14 @@ def evolve_config(config: ml_collections.ConfigDict, *, train: str, test: str,
 # Problems a host searches (and evaluates) at once, by the slice's chips: what the dry run shows
 # fits a chip's HBM with the policy and the PPM tensor-parallel over a host's 4 chips, at the
 # paper's candidates (docs/tpu.md). "": fits both v5e (16 GiB) and v5p (95 GiB) chips.
-HOST_BATCHES = {"": (4, 2), "v5e": (4, 2), "v5p": (16, 16)}
+HOST_BATCHES = {"": (2, 2), "v5e": (2, 2), "v5p": (16, 16)}
 # ... where a model's smaller KV cache takes more: Qwen2.5-Math-7B's 4 KV heads (57 KB a token
 # against Phi-3-mini's 393 KB) let a v5p host search 64 problems (its prefill peaks at 79 GiB).
 MODEL_HOST_BATCHES = {("qwen25_math_7b", "v5p"): (64, 32)}
+# Rows the PPM scores in one call, by the slice's chips: at Phi-3-mini's context, 2 prefixes and
+# 64 rows of 768-token candidates need 10.5 GiB of temporaries a v5e chip (16 rows: 4.4), beside
+# what the policy keeps.
+PPM_ROWS = {"": 16, "v5e": 16, "v5p": 64}
 # Training tokens a chip takes in one microbatch, by the slice's chips: with the layers scanned and
 # rematerialised, Phi-3-mini's and Qwen2.5-Math-7B's steps peak within a chip's HBM (docs/tpu.md).
 TRAIN_TOKENS_PER_CHIP = {"": 8192, "v5e": 8192, "v5p": 32768}
@@ -159,6 +167,7 @@ def pretrained_config(preset: str, checkpoint: str,
                   search={"max_depth": 16, "max_step_tokens": 512, "max_output_tokens": 64},
                   eval_search={"rollouts": 64}, chunk=1024, batch=search_batch)
     config.eval.batch = eval_batch
+    config.search.ppm_rows = PPM_ROWS[chips or ""]
     # tensor parallel over a host's chips
     config.inference_mesh = mesh_config(data=1, fsdp=1, tensor=-1)
     config.train.sft.loss_chunk = 512

@@ -343,9 +343,9 @@ def search_calls(model_config, mesh, shape: SearchShape, *, context: int, store_
     weights in `dtype` as `Engine.generate` and `ValueScorer.score_children` make them: the
     prefill of the batch's prompts and paths through the prefix store, the decode of `candidates`
     samples of each, and (with `ppm`) the PPM's values of the candidates through its own store.
-    The last row is what a PPM search holds at once: the larger of the decode's peak (or the
-    chunk's) with what the PPM keeps between calls (weights, store), and the PPM's peak with what
-    the policy keeps (weights, store, decode buffers)."""
+    The last row is what a PPM search holds at once: the larger of the policy's peak (its
+    prefill's, decode's or chunk's) with what the PPM keeps between calls (weights, store), and
+    the PPM's peak with what the policy keeps (weights, store, decode buffers)."""
     c = model_config
     i32, f32 = np.int32, np.float32
     b, k = _pow2(shape.batch), shape.candidates
@@ -391,7 +391,7 @@ def search_calls(model_config, mesh, shape: SearchShape, *, context: int, store_
     # Continuous batching (`ContinuousDecoder`, `search.common.continuous`): a chunk of decode
     # steps for every slot at once, reading the store and the slots' buffers. A search decodes in
     # lockstep otherwise, and never calls it.
-    peak = decode.peak
+    peak = max(out[0].peak, decode.peak)  # the policy's calls: the prefill's and the decode's
     if shape.continuous:
         places = min(shape.batch, store_rows)
         slots = places * k

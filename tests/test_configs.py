@@ -81,9 +81,11 @@ def test_pod_configs_size_a_hosts_searches_by_its_chips(name):
     module = importlib.import_module(f"configs.{name}")
     default, v5p = module.get_config(), module.get_config("v5p")
     # docs/tpu.md: what the dry run found fits a v5e chip (16 GiB) fits a v5p one; v5p takes more.
-    assert (default.search.batch, default.eval.batch) == (4, 2)
+    assert (default.search.batch, default.eval.batch) == (2, 2)
     assert (v5p.search.batch, v5p.eval.batch) == ((64, 32) if name == "qwen25_math_7b" else (16, 16))
     assert dict(default.inference_mesh) == {"data": 1, "fsdp": 1, "tensor": -1}
+    # The PPM scores fewer rows a call on a v5e chip, beside what the policy keeps.
+    assert (default.search.ppm_rows, v5p.search.ppm_rows) == (16, 64)
     assert default.train.sft.loss_chunk == 512
     # Training: microbatches from a chip's token budget, and the layers scanned.
     assert default.model.scan_layers and default.train.ppm.tokens_per_chip == 8192

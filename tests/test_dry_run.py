@@ -131,14 +131,18 @@ def test_a_tpu_slice_compiles_and_a_search_that_does_not_fit_is_named():
 
 
 def test_the_parts_to_compile_are_chosen():
-    text = evolve.dry_run(smoke_config(dry_run_parts="search"))
+    text = evolve.dry_run(smoke_config(dry_run_parts="search", **{"search.ppm_rows": 16}))
     assert "training on" not in text and "search and evaluation, each host" in text
-    # Searches decode in lockstep unless search.common.continuous: no chunk is compiled, and a
-    # PPM search holds the decode's peak beside the PPM.
+    # Searches decode in lockstep unless search.common.continuous: no chunk is compiled. The PPM
+    # scores search.ppm_rows rows a call (as many prefixes at most), and what the search holds
+    # at once is at least the PPM call's peak.
     rows = {r[0]: r for r in _rows(text)}
     assert not any(name.startswith("continuous decode chunk") for name in rows)
     held = float(rows["held at once: policy and PPM (64 x 4)"][5])
-    assert held >= float(rows["PPM values (64 prefixes, 64 rows of 128 tokens)"][5])
+    assert held > float(rows["PPM values (16 prefixes, 16 rows of 128 tokens)"][5])
+    with pytest.raises(evolve.ConfigError, match=r"config.search.ppm_rows must be an int >= 8.*"
+                                                 r"got 4"):
+        evolve.dry_run(smoke_config(dry_run_parts="search", **{"search.ppm_rows": 4}))
     with pytest.raises(evolve.ConfigError,
                        match="config.dry_run_parts='tpu': name train, search or both"):
         evolve.dry_run(smoke_config(dry_run_parts="tpu"))

@@ -93,6 +93,16 @@ def prefix_rows(config: ml_collections.ConfigDict) -> int:
     return config.search.get("prefix_rows", 0) or max(config.search.batch, config.eval.batch)
 
 
+def ppm_rows(config: ml_collections.ConfigDict) -> int:
+    """Rows of packed candidates the PPM scores in one call (`search.ppm_rows`; 64 for a config
+    that predates the field)."""
+    rows = config.search.get("ppm_rows", 64)
+    if isinstance(rows, bool) or not isinstance(rows, int) or rows < 8:
+        raise ConfigError(f"config.search.ppm_rows must be an int >= 8 (the PPM's rows a call), "
+                          f"got {rows!r}")
+    return rows
+
+
 def eval_search_config(config: ml_collections.ConfigDict) -> SearchConfig:
     """The test-time search of evaluation: the preset's "test" stage, `search.common`, then
     `eval.search`."""
@@ -121,6 +131,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     _check_checkpoint(config.model.checkpoint, "model.checkpoint")
     if config.bootstrap.kind == "checkpoint":
         _check_checkpoint(config.bootstrap.checkpoint, "bootstrap.checkpoint")
+    ppm_rows(config)
     if config.bootstrap.kind == "reference" and not 0 < config.bootstrap.fraction <= 1:
         raise ConfigError(f"config.bootstrap.fraction must be in (0, 1], got "
                           f"{config.bootstrap.fraction!r}")
@@ -150,6 +161,8 @@ def fingerprint(config: ml_collections.ConfigDict) -> dict:
                 "compilation_cache"):
         d.pop(key, None)
     d.get("model", {}).pop("scan_layers", None)  # the same step, compiled as a loop
+    # the PPM's calls split differently, its values rounding only where their shapes differ
+    d.get("search", {}).pop("ppm_rows", None)
     return d
 
 

@@ -13,7 +13,7 @@ import ml_collections
 
 from rstar_jax import processes
 from rstar_jax.engine import Engine, ValueScorer
-from rstar_jax.evolve.config import ConfigError, prefix_rows
+from rstar_jax.evolve.config import ConfigError, ppm_rows, prefix_rows
 from rstar_jax.evolve.rundir import RunDir
 from rstar_jax.evolve.summaries import CONVERSION, ConvertSummary
 from rstar_jax.models import from_pretrained, read_config, save_pretrained, vocab
@@ -172,7 +172,7 @@ class Loader:
 
     def scorer(self, path: str) -> ValueScorer:
         return ValueScorer(self.model(path, value_head=True), pad_id=self.tokenizer.pad_id,
-                           prefix_rows=prefix_rows(self.config))
+                           prefix_rows=prefix_rows(self.config), max_rows=ppm_rows(self.config))
 
     def batch_shards(self) -> int:
         """The devices a training batch's rows are split over (`train.batch_shards`)."""

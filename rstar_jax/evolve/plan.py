@@ -10,7 +10,7 @@ import ml_collections
 
 from rstar_jax import dry_run as plan
 from rstar_jax.evolve.config import ConfigError, eval_budget, eval_search_config, microbatches, \
-    prefix_rows, search_config
+    ppm_rows, prefix_rows, search_config
 from rstar_jax.models import presets
 from rstar_jax.train import batch_shards
 
@@ -93,7 +93,8 @@ def _search_calls(config: ml_collections.ConfigDict, model_config, mesh) -> list
                                  ppm, " or ".join(dict.fromkeys(field for _, field in stages)),
                                  continuous)
         calls += plan.search_calls(model_config, mesh, shape, context=context,
-                                   store_rows=prefix_rows(config), cache=compiled,
+                                   store_rows=prefix_rows(config),
+                                   score_rows=ppm_rows(config), cache=compiled,
                                    **_kwargs(config))
     calls.append(plan.rescore_call(model_config, mesh, rows=64, context=context,
                                    **_kwargs(config)))
