@@ -367,11 +367,13 @@ def search_calls(model_config, mesh, shape: SearchShape, *, context: int, store_
                              rules))
                      for _ in range(c.num_hidden_layers))
 
-    out = [compile_call(
-        f"prefill ({b} x {new} through the store)", _extend, graphdef, state,
-        _store(c, mesh, store_rows, context, dtype, rules), prefixes(b), vec(b),
-        _array((b, new), i32, mesh), vec(b), vec(b), vec(b), mesh=mesh, width=width,
-        field="search.batch or eval.batch", cache=cache)]
+    # the policy's prefix store; the PPM's has the same shape
+    store = _store(c, mesh, store_rows, context, dtype, rules)
+    prefill = compile_call(
+        f"prefill ({b} x {new} through the store)", _extend, graphdef, state, store,
+        prefixes(b), vec(b), _array((b, new), i32, mesh), vec(b), vec(b), vec(b), mesh=mesh,
+        width=width, field="search.batch or eval.batch", cache=cache)
+    out = [prefill]
     prefix_keys = tuple(k for k, _ in prefixes(b))
     prefix_values = tuple(v for _, v in prefixes(b))
     length = decode_bucket(shape.step_tokens)
@@ -391,7 +393,7 @@ def search_calls(model_config, mesh, shape: SearchShape, *, context: int, store_
     # Continuous batching (`ContinuousDecoder`, `search.common.continuous`): a chunk of decode
     # steps for every slot at once, reading the store and the slots' buffers. A search decodes in
     # lockstep otherwise, and never calls it.
-    peak = max(out[0].peak, decode.peak)  # the policy's calls: the prefill's and the decode's
+    peak = max(prefill.peak, decode.peak)  # the policy's calls
     if shape.continuous:
         places = min(shape.batch, store_rows)
         slots = places * k
@@ -404,7 +406,7 @@ def search_calls(model_config, mesh, shape: SearchShape, *, context: int, store_
         groups = _pow2(places)
         chunk = compile_call(
             f"continuous decode chunk ({places} places x {k} samples, {lanes} lanes)", _chunk,
-            graphdef, state, _store(c, mesh, store_rows, context, dtype, rules), chunk_buffers,
+            graphdef, state, store, chunk_buffers,
             state_arrays, vec(groups), vec(groups), vec(lanes), vec(lanes), vec(lanes),
             vec(lanes, np.uint32), *(_array((), t, mesh) for t in (f32, i32, f32)),
             vec(_STOP_SLOTS), _array((), i32, mesh), _array((), i32, mesh), mesh=mesh, samples=k,
@@ -426,7 +428,7 @@ def search_calls(model_config, mesh, shape: SearchShape, *, context: int, store_
         score = compile_call(
             f"PPM values ({group} prefixes, {rows} rows of {children} tokens)",
             _stored_fork_values,
-            ppm_graphdef, ppm_state, _store(c, mesh, store_rows, context, dtype, rules),
+            ppm_graphdef, ppm_state, store,
             prefixes(group), vec(group), _array((group, new), i32, mesh), vec(group), vec(group),
             Packed(*(_array((rows, children), i32, mesh) for _ in range(3)), vec(rows),
                    vec(group)),
@@ -435,10 +437,8 @@ def search_calls(model_config, mesh, shape: SearchShape, *, context: int, store_
         # Between its calls the policy keeps its weights, its store and the decode's buffers
         # (`Engine` keeps them for the next call), and the PPM its weights and store: each
         # model's calls run beside what the other keeps.
-        policy_kept = _bytes_per_chip((state, _store(c, mesh, store_rows, context, dtype, rules),
-                                       buffers))
-        ppm_kept = _bytes_per_chip((ppm_state, _store(c, mesh, store_rows, context, dtype,
-                                                      rules)))
+        policy_kept = _bytes_per_chip((state, store, buffers))
+        ppm_kept = _bytes_per_chip((ppm_state, store))
         out.append(Compiled(f"held at once: policy and PPM ({b} x {k})",
                             max(peak + ppm_kept, score.peak + policy_kept),
                             0, 0, 0, field=f"{shape.field} or search.batch"))
