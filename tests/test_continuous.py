@@ -136,6 +136,36 @@ def test_places_that_share_a_row_each_continue_their_own_sample(model, monkeypat
         assert carried == [[shared]]
 
 
+def test_samples_that_stop_at_their_first_token_take_no_lane(model):
+    """A sample whose first token is a stop token is done when its place is admitted: no chunk
+    runs it, and a place whose samples all stopped so comes back from `step` without one."""
+    prompts = _prompts()
+    first = int(Engine(model).generate([prompts[0]], max_new_tokens=1).tokens[0, 0])
+    engine = Engine(model, prefix_rows=2)
+    decoder = ContinuousDecoder(engine, 2, 3, max_new_tokens=8, stop_token_ids=[first],
+                                temperature=0.0)
+    decoder.admit([1], [prompts[0]], [4])
+    got = decoder.step()
+    assert engine.counts.calls == 0 and engine.counts.decode_steps == 0
+    np.testing.assert_array_equal(got[1][1], [1, 1, 1])
+    np.testing.assert_array_equal(got[1][0][:, 0], [first] * 3)
+    assert not decoder.busy
+
+
+@pytest.mark.parametrize("running, samples, per, taken", [
+    ([4] * 32, 8, 4, [1] * 32),  # every place alike: one group each, as many cells as slots
+    ([8] + [1] * 12, 8, 2, [4] + [1] * 12),  # one busy place takes 4 groups of 2 cells
+    ([8] + [1] * 7, 8, 8, [1] * 8),  # ... unless its groups would double the grid's
+    ([3, 3, 3, 3], 3, 3, [1] * 4),  # C may be `samples` itself, or a power of two below it
+    ([3, 2, 1], 3, 2, [2, 1, 1]),
+    ([1] * 5, 8, 1, [1] * 5),
+])
+def test_cell_grid_pads_few_cells_and_groups(running, samples, per, taken):
+    got_per, got_taken = continuous.cell_grid(np.array(running), samples)
+    assert (got_per, got_taken.tolist()) == (per, taken)
+    assert (got_taken * got_per >= running).all()
+
+
 def test_a_sharded_decoder_samples_as_one_device(tmp_path):
     """On a mesh (batch over data and fsdp, KV heads over tensor) the same jitted calls give
     the same samples as on one device."""

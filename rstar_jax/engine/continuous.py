@@ -10,9 +10,10 @@ chunk of a few tokens for the slots still running, and returns the places whose 
 all stopped. Their problems go on to execution and scoring while the other places keep
 decoding, and come back with their next leaf. A chunk runs only the slots still running,
 packed into as few rows as the next lane bucket holds; attention reads each place's prefix once
-for C cells, C the most slots any place of the chunk has running (a power of two, at most
-`samples`). A chunk ends after `chunk` steps, or once at most half its lanes are running (when
-it has more than the smallest bucket's 8): the rest then fit a bucket half the size.
+for a group of C cells, and a place with more than C slots running takes several groups
+(`cell_grid` picks C). A chunk ends after `chunk` steps, or once at most half its lanes are
+running (when it has more than the smallest bucket's 8): the rest then fit a bucket half the
+size.
 
 Reuse of what was computed before:
 - a prompt goes through the engine's prefix store (`Engine(prefix_rows >= places)`, see
@@ -55,12 +56,30 @@ from rstar_jax.engine.generation import (
 from rstar_jax.models.cache import ForkCache, KVCache, LaneCache
 
 _MIN_LANES = 8
+_GROUP_COST = 8  # cells; measured on a CPU with the tiny model, prompts of 384 positions
 
 
 def lane_bucket(n: int) -> int:
     """Rows a chunk runs for n running slots: a power of two, at least 8. (Finer buckets waste
     fewer rows but compile more shapes, and each compiled shape holds memory maps of its own.)"""
     return _pow2(n, _MIN_LANES)
+
+
+def cell_grid(running: np.ndarray, samples: int) -> tuple[int, np.ndarray]:
+    """How a chunk's attention grid holds its places' running slots: C cells a group (a power
+    of two below `samples`, or `samples`), and for each place the ceil(n / C) groups its n slots take; the
+    groups are padded to a power of two. A group costs about as much as `_GROUP_COST` cells
+    (each step reads its place's prompt for it), so C is the one of least G x (C +
+    _GROUP_COST). One C for all places pads every place to the busiest one's slots; C = 1
+    reads a place's prompt once for each of its slots."""
+    best = None
+    for c in sorted({1 << i for i in range(samples.bit_length())} | {samples}):
+        taken = -(-running // c)
+        groups = _pow2(int(taken.sum()))
+        cost = (groups * (c + _GROUP_COST), groups)
+        if best is None or cost < best[0]:
+            best = (cost, c, taken)
+    return best[1], best[2]
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "samples", "width", "vocab_limit",
@@ -250,13 +269,16 @@ class ContinuousDecoder:
         with self._mesh():
             self._carry_samples(places, prompts)
             self._prefill(places, prompts, np.asarray(seeds, np.uint32))
+            # a sample whose first token stops it is done: no chunk runs its lane
+            done = np.array(jax.device_get(self._state[2]))
         for p, prompt, seed in zip(places, prompts, seeds):
             self.running.add(p)
             self._prompts[p] = prompt
             self.prefix_lengths[p], self.seeds[p] = len(prompt), seed
             self._kept.pop(p, None)
-            self._done[p * self.samples:(p + 1) * self.samples] = False
-            self._lengths[p * self.samples:(p + 1) * self.samples] = 1
+            slots = slice(p * self.samples, (p + 1) * self.samples)
+            self._done[slots] = done[slots]
+            self._lengths[slots] = 1
 
     def _pinned(self) -> list[int]:
         """The store rows of running places: their chunks read them."""
@@ -325,15 +347,17 @@ class ContinuousDecoder:
     def _decode(self, lanes: np.ndarray) -> None:
         engine, k = self.engine, self.samples
         places, first, running = np.unique(lanes // k, return_index=True, return_counts=True)
-        groups = np.zeros((_pow2(places.size),), np.int64)  # padding: place 0, with no cells
-        groups[:places.size] = places
-        # each place's running slots, in order, in cells of their own: C of them a place
-        per = min(_pow2(int(running.max())), k)
+        per, taken = cell_grid(running, k)
+        # a place of n running slots takes ceil(n / per) groups of `per` cells; its slots fill
+        # them in order. Padding groups read place 0's row and hold no lane.
+        groups = np.zeros((_pow2(int(taken.sum())),), np.int64)
+        groups[:taken.sum()] = np.repeat(places, taken)
+        base = np.repeat(np.cumsum(taken) - taken, running)  # each lane's place's first group
         rank = np.arange(lanes.size) - np.repeat(first, running)
         padded = np.full((lane_bucket(lanes.size),), -1, np.int32)
         padded[:lanes.size] = lanes
         cells = np.full(padded.shape, groups.size * per, np.int32)  # padding: past the grid
-        cells[:lanes.size] = np.repeat(np.arange(places.size), running) * per + rank
+        cells[:lanes.size] = (base + rank // per) * per + rank % per
         owner = np.maximum(padded, 0) // k
         width = min(self.store.length, prompt_bucket(int(self.prefix_lengths[places].max())))
         with self._mesh():
