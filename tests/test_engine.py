@@ -384,6 +384,37 @@ def test_packed_children_score_as_their_whole_sequences(tmp_path, name):
     assert scorer.counts.calls == 4
 
 
+@pytest.mark.parametrize("rows, max_rows, want", [
+    ([3] * 27, 1024, [63, 18]),  # 64 + 32 + a call's cost < 128 rows
+    ([3] * 11, 1024, [30, 3]),
+    ([5] * 4, 1024, [20]),  # 16 + 8 + a call's cost: no fewer than 32
+    ([9], 1024, [9]),
+    ([40, 40, 40], 64, [40, 40, 40]),  # one prefix's rows, however many, run together
+    ([3] * 6, 8, [6, 6, 6]),
+])
+def test_row_groups_pad_few_rows(rows, max_rows, want):
+    groups = value.row_groups(rows, max_rows)
+    assert [sum(rows[i] for i in g) for g in groups] == want
+    assert sorted(i for g in groups for i in g) == list(range(len(rows)))
+
+
+def test_children_cut_into_several_calls_score_as_their_whole_sequences(tmp_path):
+    """33 rows of children go in two calls (30 rows and 3): each value is still its whole
+    sequence's."""
+    checkpoints.save("qwen2_gqa", tmp_path)
+    model = from_pretrained(tmp_path, value_head=True)
+    shape = model.value_head[...].shape
+    model.value_head[...] = jax.random.normal(jax.random.key(0), shape) / np.sqrt(shape[0])
+    rng = np.random.default_rng(1)
+    prefixes = [rng.integers(3, 200, size=4 + b).tolist() for b in range(11)]
+    children = [[rng.integers(3, 200, size=16).tolist() for _ in range(3)] for _ in prefixes]
+    scorer = value.ValueScorer(model, max_rows=64, prefix_rows=4)
+    got = scorer.score_children(prefixes, children)
+    assert scorer.counts.calls == 2 and scorer.counts.scored_slots == (32 + 8) * 16
+    want = scorer.score([p + c for p, kids in zip(prefixes, children) for c in kids])
+    np.testing.assert_allclose(np.concatenate(got), want, atol=1e-5)
+
+
 def test_the_prefix_store_runs_only_the_new_tokens(qwen, monkeypatch):
     _, _, model = qwen
     engine = Engine(model, prefix_rows=2)

@@ -82,6 +82,45 @@ def pack_children(children: Sequence[Sequence[np.ndarray]], fits: Sequence[list]
     return Packed(ids, offsets, floors, owner, rope), ends
 
 
+_CALL_ROWS = 8  # a call's fixed cost, in rows of children (measured on a CPU, tiny model)
+
+
+def row_groups(rows: Sequence[int], max_rows: int) -> list[list[int]]:
+    """Splits prefixes, prefix i with children packed into rows[i] rows, into the groups that
+    `score_children` runs a call each: at most max_rows rows a group (or one prefix's), padded
+    to a power of two of rows (at least 8). When a group's rows pass a power of two, the
+    prefixes that fit under it (first fit) stay and the rest make groups of their own, if the
+    calls then pad fewer rows than one more call costs (`_CALL_ROWS`)."""
+    groups, total = [[]], 0
+    for i, n in enumerate(rows):
+        if groups[-1] and total + n > max_rows:
+            groups, total = groups + [[]], 0
+        groups[-1].append(i)
+        total += n
+    return [part for group in groups for part in _cut(group, rows)[1]]
+
+
+def _cut(group: list[int], rows: Sequence[int]) -> tuple[int, list[list[int]]]:
+    """(cost in rows, groups) of `group` run whole or cut as `row_groups` says."""
+    total = sum(rows[i] for i in group)
+    whole = (_pow2(total, 8), [group])
+    under = 1 << max(3, total.bit_length() - 1)
+    if total <= under:
+        return whole
+    head, tail, filled = [], [], 0
+    for i in group:
+        if filled + rows[i] <= under:
+            head.append(i)
+            filled += rows[i]
+        else:
+            tail.append(i)
+    if not head or not tail:
+        return whole
+    cost, parts = _cut(tail, rows)
+    cut = (_pow2(filled, 8) + cost + _CALL_ROWS * len(parts), [head] + parts)
+    return cut if cut[0] < whole[0] else whole
+
+
 @functools.partial(jax.jit, static_argnames=("graphdef",))
 def _fork_values(graphdef, state, prefix_ids, prefix_lengths, children: Packed):
     """Values of every token of the packed children: the prefixes run once, and each row of
@@ -134,8 +173,9 @@ class ValueScorer:
     power of two and lengths to `prompt_bucket` sizes, so a search compiles a few shapes.
     At most `max_rows` rows (rounded down to a power of two; children packed into fewer than 8
     rows still take 8) go through the model at once; `score_children` packs the children of its
-    prefixes several to a row (`pack_children`) and runs one prefix's rows together even if
-    there are more. A model whose head has no tanh (`value_tanh=False`, trained as the
+    prefixes several to a row (`pack_children`), runs one prefix's rows together even if there
+    are more, and cuts a call whose rows would be padded far past a power of two
+    (`row_groups`). A model whose head has no tanh (`value_tanh=False`, trained as the
     reference code trains) is read as tanh(raw / raw_scale), the reference code's inference
     rule. prefix_rows: rows of a prefix store (see `Engine` and `PrefixStore`): `score_children`
     then runs only the part of each prefix that no prefix the store holds shares."""
@@ -198,14 +238,9 @@ class ValueScorer:
             return out
         width = prompt_bucket(max(len(t) for kids in tails for t in kids))
         fits = {b: fit_children(kids, width) for b, kids in enumerate(tails) if kids}
-        # Groups of prefixes whose children fill at most max_rows rows (or one prefix's).
-        groups, rows = [[]], 0
-        for b, fit in fits.items():
-            if groups[-1] and rows + len(fit) > self.max_rows:
-                groups, rows = groups + [[]], 0
-            groups[-1].append(b)
-            rows += len(fit)
-        for group in groups:
+        order = list(fits)
+        for group in row_groups([len(fits[b]) for b in order], self.max_rows):
+            group = [order[i] for i in group]
             batch = _pow2(len(group))
             packed, ends = pack_children([tails[b] for b in group], [fits[b] for b in group],
                                          [len(heads[b]) for b in group], batch, width,
