@@ -159,6 +159,7 @@ def test_samples_that_stop_at_their_first_token_take_no_lane(model):
     ([3, 3, 3, 3], 3, 3, [1] * 4),  # C may be `samples` itself, or a power of two below it
     ([3, 2, 1], 3, 2, [2, 1, 1]),
     ([1] * 5, 8, 1, [1] * 5),
+    ([17, 1], 32, 32, [1, 1]),  # C = 8 would cost less, in more groups than the dry run's grid
 ])
 def test_cell_grid_pads_few_cells_and_groups(running, samples, per, taken):
     got_per, got_taken = continuous.cell_grid(np.array(running), samples)

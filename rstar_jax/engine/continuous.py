@@ -70,14 +70,15 @@ def cell_grid(running: np.ndarray, samples: int) -> tuple[int, np.ndarray]:
     of two below `samples`, or `samples`), and for each place the ceil(n / C) groups its n slots take; the
     groups are padded to a power of two. A group costs about as much as `_GROUP_COST` cells
     (each step reads its place's prompt for it), so C is the one of least G x (C +
-    _GROUP_COST). One C for all places pads every place to the busiest one's slots; C = 1
-    reads a place's prompt once for each of its slots."""
-    best = None
+    _GROUP_COST), among those of no more groups than a group a place would make (C =
+    `samples`: the grid the dry run compiles). One C for all places pads every place to the
+    busiest one's slots; C = 1 reads a place's prompt once for each of its slots."""
+    best, most = None, _pow2(running.size)
     for c in sorted({1 << i for i in range(samples.bit_length())} | {samples}):
         taken = -(-running // c)
         groups = _pow2(int(taken.sum()))
         cost = (groups * (c + _GROUP_COST), groups)
-        if best is None or cost < best[0]:
+        if groups <= most and (best is None or cost < best[0]):
             best = (cost, c, taken)
     return best[1], best[2]
 
