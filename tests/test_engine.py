@@ -399,20 +399,26 @@ def test_row_groups_pad_few_rows(rows, max_rows, want):
 
 
 def test_children_cut_into_several_calls_score_as_their_whole_sequences(tmp_path):
-    """33 rows of children go in two calls (30 rows and 3): each value is still its whole
-    sequence's."""
+    """Children filling 35 rows (a prefix with none) go in two calls through a prefix store,
+    the 4-row prefix on its own as first fit skips it; each value is still its whole
+    sequence's. Without a store the prefixes run whole, and the call is not cut."""
     checkpoints.save("qwen2_gqa", tmp_path)
     model = from_pretrained(tmp_path, value_head=True)
     shape = model.value_head[...].shape
     model.value_head[...] = jax.random.normal(jax.random.key(0), shape) / np.sqrt(shape[0])
     rng = np.random.default_rng(1)
-    prefixes = [rng.integers(3, 200, size=4 + b).tolist() for b in range(11)]
-    children = [[rng.integers(3, 200, size=16).tolist() for _ in range(3)] for _ in prefixes]
-    scorer = value.ValueScorer(model, max_rows=64, prefix_rows=4)
-    got = scorer.score_children(prefixes, children)
-    assert scorer.counts.calls == 2 and scorer.counts.scored_slots == (32 + 8) * 16
-    want = scorer.score([p + c for p, kids in zip(prefixes, children) for c in kids])
-    np.testing.assert_allclose(np.concatenate(got), want, atol=1e-5)
+    counts = [0] + [3] * 10 + [4, 1]  # children of 16 tokens, a row each
+    prefixes = [rng.integers(3, 200, size=4 + b).tolist() for b in range(len(counts))]
+    children = [[rng.integers(3, 200, size=16).tolist() for _ in range(n)] for n in counts]
+    want = value.ValueScorer(model).score([p + c for p, kids in zip(prefixes, children)
+                                           for c in kids])
+    for store_rows, calls, rows in ((4, 2, 32 + 8), (0, 1, 64)):
+        scorer = value.ValueScorer(model, max_rows=64, prefix_rows=store_rows)
+        got = scorer.score_children(prefixes, children)
+        assert [len(g) for g in got] == counts
+        assert (scorer.counts.calls, scorer.counts.scored_slots) == (calls, rows * 16)
+        np.testing.assert_allclose(np.concatenate(got), want, atol=1e-5,
+                                   err_msg=f"store rows {store_rows}")
 
 
 def test_the_prefix_store_runs_only_the_new_tokens(qwen, monkeypatch):

@@ -67,12 +67,13 @@ def lane_bucket(n: int) -> int:
 
 def cell_grid(running: np.ndarray, samples: int) -> tuple[int, np.ndarray]:
     """How a chunk's attention grid holds its places' running slots: C cells a group (a power
-    of two below `samples`, or `samples`), and for each place the ceil(n / C) groups its n slots take; the
-    groups are padded to a power of two. A group costs about as much as `_GROUP_COST` cells
-    (each step reads its place's prompt for it), so C is the one of least G x (C +
-    _GROUP_COST), among those of no more groups than a group a place would make (C =
-    `samples`: the grid the dry run compiles). One C for all places pads every place to the
-    busiest one's slots; C = 1 reads a place's prompt once for each of its slots."""
+    of two below `samples`, or `samples`), and for each place the ceil(n / C) groups its n
+    slots take; the groups are padded to a power of two. A group costs about as much as
+    `_GROUP_COST` cells (each step reads its place's prompt for it), so C is the one of least
+    G x (C + _GROUP_COST), among those needing no more groups than C = `samples` (a group a
+    place, the grid the dry run compiles for all places) would. One C for all places pads
+    every place to the busiest one's slots; C = 1 reads a place's prompt once for each of its
+    slots."""
     best, most = None, _pow2(running.size)
     for c in sorted({1 << i for i in range(samples.bit_length())} | {samples}):
         taken = -(-running // c)
@@ -118,9 +119,10 @@ def _chunk(graphdef, weights, store, buffers, state, group_rows, starts, lanes, 
            per, width, vocab_limit, pad_id):
     """Up to `steps` decode steps of the running slots `lanes` (int32[R], -1: padding lane).
 
-    Attention reads G places: their store rows group_rows' first `width` positions (starts[g]
-    of them real) once for all their running slots, in `per` cells a place (lane r is cell
-    cells[r] of the G x per grid, see `LaneCache`), and each lane's own keys and values, taken
+    Attention reads G groups: their places' store rows group_rows' first `width` positions
+    (starts[g] of them real) once for all the group's lanes, in `per` cells a group (lane r is
+    cell cells[r] of the G x per grid, see `LaneCache`; a place may take several groups, see
+    `cell_grid`), and each lane's own keys and values, taken
     from `buffers` (per layer [S, K, T, D], donated) for the chunk and put back after it.
     Everything but attention to the places runs for the lanes only. Returns (buffers, state,
     steps run)."""

@@ -85,23 +85,26 @@ def pack_children(children: Sequence[Sequence[np.ndarray]], fits: Sequence[list]
 _CALL_ROWS = 8  # a call's fixed cost, in rows of children (measured on a CPU, tiny model)
 
 
-def row_groups(rows: Sequence[int], max_rows: int) -> list[list[int]]:
+def row_groups(rows: Sequence[int], max_rows: int, *, cut: bool = True) -> list[list[int]]:
     """Splits prefixes, prefix i with children packed into rows[i] rows, into the groups that
     `score_children` runs a call each: at most max_rows rows a group (or one prefix's), padded
-    to a power of two of rows (at least 8). When a group's rows pass a power of two, the
-    prefixes that fit under it (first fit) stay and the rest make groups of their own, if the
-    calls then pad fewer rows than one more call costs (`_CALL_ROWS`)."""
+    to a power of two of rows (at least 8). When a group's rows pass a power of two and `cut`,
+    the prefixes that fit under it (first fit) stay and the rest make groups of their own, if
+    that saves more padded rows than `_CALL_ROWS` for each call it adds. (Without a prefix
+    store a call runs its prefixes whole, padded to a power of two of them, and a cut would
+    pad more prefixes: `score_children` then does not cut.)"""
     groups, total = [[]], 0
     for i, n in enumerate(rows):
         if groups[-1] and total + n > max_rows:
             groups, total = groups + [[]], 0
         groups[-1].append(i)
         total += n
-    return [part for group in groups for part in _cut(group, rows)[1]]
+    return [part for group in groups for part in (_cut(group, rows)[1] if cut else [group])]
 
 
 def _cut(group: list[int], rows: Sequence[int]) -> tuple[int, list[list[int]]]:
-    """(cost in rows, groups) of `group` run whole or cut as `row_groups` says."""
+    """(cost, groups) of `group` run whole or cut as `row_groups` says; the cost is the padded
+    rows of its calls plus `_CALL_ROWS` for each call past the first."""
     total = sum(rows[i] for i in group)
     whole = (_pow2(total, 8), [group])
     under = 1 << max(3, total.bit_length() - 1)
@@ -239,7 +242,8 @@ class ValueScorer:
         width = prompt_bucket(max(len(t) for kids in tails for t in kids))
         fits = {b: fit_children(kids, width) for b, kids in enumerate(tails) if kids}
         order = list(fits)
-        for group in row_groups([len(fits[b]) for b in order], self.max_rows):
+        cut = self.store.holds(max(len(heads[b]) for b in order))
+        for group in row_groups([len(fits[b]) for b in order], self.max_rows, cut=cut):
             group = [order[i] for i in group]
             batch = _pow2(len(group))
             packed, ends = pack_children([tails[b] for b in group], [fits[b] for b in group],
