@@ -85,28 +85,30 @@ def pack_children(children: Sequence[Sequence[np.ndarray]], fits: Sequence[list]
 _CALL_ROWS = 8  # a call's fixed cost, in rows of children (measured on a CPU, tiny model)
 
 
-def row_groups(rows: Sequence[int], max_rows: int, *, cut: bool = True) -> list[list[int]]:
+def row_groups(rows: Sequence[int], max_rows: int, *,
+               prefix_cost: float = 0.0) -> list[list[int]]:
     """Splits prefixes, prefix i with children packed into rows[i] rows, into the groups that
     `score_children` runs a call each: at most max_rows rows a group (or one prefix's), padded
-    to a power of two of rows (at least 8). When a group's rows pass a power of two and `cut`,
-    the prefixes that fit under it (first fit) stay and the rest make groups of their own, if
-    that saves more padded rows than `_CALL_ROWS` for each call it adds. (Without a prefix
-    store a call runs its prefixes whole, padded to a power of two of them, and a cut would
-    pad more prefixes: `score_children` then does not cut.)"""
+    to a power of two of rows (at least 8), and its prefixes to a power of two of them. When a
+    group's rows pass a power of two, the prefixes that fit under it (first fit) stay and the
+    rest make groups of their own, if the calls then cost less: their padded rows, plus
+    `prefix_cost` rows for each padded prefix (what running a prefix costs in rows of
+    children: next to nothing through a prefix store, its whole length without one), plus
+    `_CALL_ROWS` for each call added."""
     groups, total = [[]], 0
     for i, n in enumerate(rows):
         if groups[-1] and total + n > max_rows:
             groups, total = groups + [[]], 0
         groups[-1].append(i)
         total += n
-    return [part for group in groups for part in (_cut(group, rows)[1] if cut else [group])]
+    return [part for group in groups for part in _cut(group, rows, prefix_cost)[1]]
 
 
-def _cut(group: list[int], rows: Sequence[int]) -> tuple[int, list[list[int]]]:
-    """(cost, groups) of `group` run whole or cut as `row_groups` says; the cost is the padded
-    rows of its calls plus `_CALL_ROWS` for each call past the first."""
+def _cut(group: list[int], rows: Sequence[int],
+         prefix_cost: float) -> tuple[float, list[list[int]]]:
+    """(cost, groups) of `group` run whole or cut as `row_groups` says."""
     total = sum(rows[i] for i in group)
-    whole = (_pow2(total, 8), [group])
+    whole = (_pow2(total, 8) + _pow2(len(group)) * prefix_cost, [group])
     under = 1 << max(3, total.bit_length() - 1)
     if total <= under:
         return whole
@@ -119,8 +121,9 @@ def _cut(group: list[int], rows: Sequence[int]) -> tuple[int, list[list[int]]]:
             tail.append(i)
     if not head or not tail:
         return whole
-    cost, parts = _cut(tail, rows)
-    cut = (_pow2(filled, 8) + cost + _CALL_ROWS * len(parts), [head] + parts)
+    cost, parts = _cut(tail, rows, prefix_cost)
+    cut = (_pow2(filled, 8) + _pow2(len(head)) * prefix_cost + cost + _CALL_ROWS * len(parts),
+           [head] + parts)
     return cut if cut[0] < whole[0] else whole
 
 
@@ -242,8 +245,10 @@ class ValueScorer:
         width = prompt_bucket(max(len(t) for kids in tails for t in kids))
         fits = {b: fit_children(kids, width) for b, kids in enumerate(tails) if kids}
         order = list(fits)
-        cut = self.store.holds(max(len(heads[b]) for b in order))
-        for group in row_groups([len(fits[b]) for b in order], self.max_rows, cut=cut):
+        head = max(len(heads[b]) for b in order)
+        # without the store a prefix runs whole: prompt_bucket(head) tokens, in rows
+        cost = 0.0 if self.store.holds(head) else prompt_bucket(head) / width
+        for group in row_groups([len(fits[b]) for b in order], self.max_rows, prefix_cost=cost):
             group = [order[i] for i in group]
             batch = _pow2(len(group))
             packed, ends = pack_children([tails[b] for b in group], [fits[b] for b in group],
