@@ -122,8 +122,8 @@ def _chunk(graphdef, weights, store, buffers, state, group_rows, starts, lanes, 
     Attention reads G groups: their places' store rows group_rows' first `width` positions
     (starts[g] of them real) once for all the group's lanes, in `per` cells a group (lane r is
     cell cells[r] of the G x per grid, see `LaneCache`; a place may take several groups, see
-    `cell_grid`), and each lane's own keys and values, taken
-    from `buffers` (per layer [S, K, T, D], donated) for the chunk and put back after it.
+    `cell_grid`), and each lane's own keys and values, taken from `buffers` (per layer
+    [S, K, T, D], donated) for the chunk and put back after it.
     Everything but attention to the places runs for the lanes only. Returns (buffers, state,
     steps run)."""
     model = nnx.merge(graphdef, weights)
@@ -353,8 +353,9 @@ class ContinuousDecoder:
         per, taken = cell_grid(running, k)
         # a place of n running slots takes ceil(n / per) groups of `per` cells; its slots fill
         # them in order. Padding groups read place 0's row and hold no lane.
-        groups = np.zeros((_pow2(int(taken.sum())),), np.int64)
-        groups[:taken.sum()] = np.repeat(places, taken)
+        used = int(taken.sum())
+        groups = np.zeros((_pow2(used),), np.int64)
+        groups[:used] = np.repeat(places, taken)
         base = np.repeat(np.cumsum(taken) - taken, running)  # each lane's place's first group
         rank = np.arange(lanes.size) - np.repeat(first, running)
         padded = np.full((lane_bucket(lanes.size),), -1, np.int32)

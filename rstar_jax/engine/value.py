@@ -245,9 +245,9 @@ class ValueScorer:
         width = prompt_bucket(max(len(t) for kids in tails for t in kids))
         fits = {b: fit_children(kids, width) for b, kids in enumerate(tails) if kids}
         order = list(fits)
-        head = max(len(heads[b]) for b in order)
-        # without the store a prefix runs whole: prompt_bucket(head) tokens, in rows
-        cost = 0.0 if self.store.holds(head) else prompt_bucket(head) / width
+        longest = max(len(heads[b]) for b in order)
+        # without the store a prefix runs whole: prompt_bucket(longest) tokens, in rows
+        cost = 0.0 if self.store.holds(longest) else prompt_bucket(longest) / width
         for group in row_groups([len(fits[b]) for b in order], self.max_rows, prefix_cost=cost):
             group = [order[i] for i in group]
             batch = _pow2(len(group))
