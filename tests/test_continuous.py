@@ -2,6 +2,7 @@
 values equal a full prefill's, and a search builds the same trees with it as without."""
 
 import dataclasses
+import threading
 
 import checkpoints
 import jax
@@ -248,3 +249,58 @@ def test_a_search_builds_the_same_trees_with_continuous_batching(world):
     assert EnginePolicy(small, tokenizer, on).decoder(2, 4) is None
     assert isinstance(EnginePolicy(small, tokenizer, on).decoder(1, 4), ContinuousDecoder)
     assert EnginePolicy(small, tokenizer, config).decoder(1, 4) is None  # off by default
+
+
+def test_the_ppm_scores_a_group_while_the_next_chunk_decodes(world):
+    """The PPM scores a group of places off the main thread while the decoder runs the other
+    places' next chunk: a scorer called while places are decoding waits for a chunk to start,
+    and sees one start (a search that scored on its main thread would wait in vain). The
+    decoder returns one finished place a chunk, so groups form while others decode."""
+    tokenizer, _, scorer, executor = world
+    chunks = [0]  # chunks started
+    started = threading.Condition()
+
+    class Decoder:
+        def __init__(self, decoder):
+            self.decoder, self.admit, self.held = decoder, decoder.admit, {}
+
+        @property
+        def busy(self):
+            return self.decoder.busy or bool(self.held)
+
+        def step(self):
+            with started:
+                chunks[0] += 1
+                started.notify_all()
+            if self.decoder.busy:
+                self.held.update(self.decoder.step())
+            return {p: self.held.pop(p) for p in sorted(self.held)[:1]}
+
+    class Policy(EnginePolicy):
+        def decoder(self, places, samples):
+            self.made = Decoder(super().decoder(places, samples))
+            return self.made
+
+    class Scorer:
+        def __init__(self):
+            self.overlapped, self.threads = [], set()
+
+        def score_children(self, prefixes, children):
+            self.threads.add(threading.current_thread().name)
+            with started:
+                before = chunks[0]
+                if policy.made.busy:  # the search steps the decoder next
+                    self.overlapped.append(
+                        started.wait_for(lambda: chunks[0] > before, timeout=120))
+            return scorer.score_children(prefixes, children)
+
+    problems = [Problem(f"What is {i} + 3?", str(i + 3)) for i in range(4)]
+    config = SearchConfig(mode=Mode.PPM, rollouts=2, candidates=4, max_depth=3,
+                          max_step_tokens=24, max_output_tokens=16, continuous=True)
+    engine = Engine(steered_tiny_policy(tokenizer, 0), vocab_size=tokenizer.vocab_size,
+                    pad_id=tokenizer.pad_id, prefix_rows=4)
+    policy, ppm = Policy(engine, tokenizer, config), Scorer()
+    run_search(problems, policy, executor, tokenizer, config, scorer=ppm, batch_size=4,
+               progress=False)
+    assert ppm.threads and threading.main_thread().name not in ppm.threads
+    assert ppm.overlapped and all(ppm.overlapped), ppm.overlapped

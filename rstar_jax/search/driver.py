@@ -316,7 +316,8 @@ def run_search(problems: Sequence[Problem], policy: Policy, executor: Executor, 
     problem's place goes to the next one. With `config.continuous` and a policy that offers a
     `ContinuousDecoder` (`EnginePolicy` over an engine with a prefix store of a row per place),
     each problem goes on to execution, the PPM and `expand` as soon as its own samples stop,
-    while the others keep decoding, and its programs run during the next chunk. Otherwise the
+    while the others keep decoding, and its programs and PPM scores run during the next
+    chunks. Otherwise the
     problems take one expansion each per step, and with `config.overlap` each step treats them
     in two halves, so the executor runs one half's programs while the policy samples the
     other's and the PPM scores the first. The trees are the same either way. grade(pred, ref) defaults to `is_equivalent` and runs in the calling thread; ref is the
@@ -427,7 +428,11 @@ class _Search:
         soon as its own K samples stop, while the decoder goes on with the other problems';
         its programs run while the next chunks decode. Problems are graded, scored by the PPM
         and expanded in groups of at least half the places (all that are left when nothing
-        else decodes), so the PPM's calls stay as large as the lockstep search's."""
+        else would decode), so the PPM's calls stay as large as the lockstep search's. A
+        group's PPM scores are computed in a thread of their own while the next chunk decodes
+        (on CPU the two computations share the cores better than either alone does), and the
+        group is expanded right after that chunk: a fixed order, so the trees do not depend on
+        timing."""
         c, clock, k = self.config, self.clock, self.config.candidates
         start = time.perf_counter()
         results: list[SearchTree | None] = [None] * len(self.problems)
@@ -443,7 +448,9 @@ class _Search:
         # the places whose samples stopped, their expansion, and their programs running
         pending = _Pending(_Expansion.empty(width, k))
         least = max(1, width // 2)
-        with concurrent.futures.ThreadPoolExecutor(1, "rstar-search-exec") as pool:
+        scoring = None  # a group whose PPM scores are computed beside the next chunk
+        with (concurrent.futures.ThreadPoolExecutor(1, "rstar-search-exec") as pool,
+              concurrent.futures.ThreadPoolExecutor(1, "rstar-search-ppm") as ppm):
             while True:
                 fresh = self._fill(slots, queue)
                 clock.charge("host")
@@ -457,13 +464,23 @@ class _Search:
                         self._admit(tree, decoder, slots, leaf, go, leaves, path, prefixes)
                     if freed and queue:
                         continue  # start the freed places' next problems
-                if not pending.group and not decoder.busy:
+                if not pending.group and scoring is None and not decoder.busy:
                     break
                 finished = decoder.step() if decoder.busy else {}
                 clock.charge("generation")
-                if pending.group and (len(pending.group) >= least or not decoder.busy):
-                    tree = self._complete(tree, slots, leaves, path, prefixes, pending)
-                    ready[pending.group] = True
+                if scoring is not None:
+                    tree = self._complete(tree, slots, leaves, *scoring)
+                    ready[scoring[0].group] = True
+                    scoring = None
+                # a group smaller than `least` is scored only when nothing else would decode
+                if pending.group and (len(pending.group) >= least
+                                      or not (decoder.busy or ready.any())):
+                    # results and grades now; the PPM runs while the next chunk decodes, and
+                    # the group is expanded after it (a fixed order: the same trees every run)
+                    which = self.finish(pending.x, slots, path, prefixes, sorted(pending.group),
+                                        pending.runs, pending, score=False)
+                    heads = {b: prefixes[b] for b, _ in which}
+                    scoring = (pending, ppm.submit(_score, self.scorer, pending.x, which, heads))
                     pending = _Pending(_Expansion.empty(width, k))
                 if finished:
                     group = sorted(finished)
@@ -496,10 +513,12 @@ class _Search:
         decoder.admit(go, [prefixes[b] for b in go], seeds)
         self.clock.charge("generation")
 
-    def _complete(self, tree, slots, leaves, path, prefixes, pending: _Pending):
-        """Ends the expansion of the pending places: results, grades, PPM scores, `expand`."""
+    def _complete(self, tree, slots, leaves, pending: _Pending, scores):
+        """Ends the expansion of the pending places, whose results and grades `finish` read:
+        waits for their PPM scores (`scores`, a future), then `expand`."""
         x, group = pending.x, sorted(pending.group)
-        self.finish(x, slots, path, prefixes, group, pending.runs, pending)
+        scores.result()
+        self.clock.charge("ppm")
         self.stats.expansions += len(group)
         for b, j in x.kept(group):  # the device numbers the new nodes in the same order
             slots[b].tokens.append(x.ids[b, j])
@@ -617,8 +636,10 @@ class _Search:
             runs.append(((b, j), fmt.assemble_program([*steps, x.texts[b, j]])))
         return runs
 
-    def finish(self, x: _Expansion, slots, path, prefixes, group, runs, future) -> None:
-        """Reads the executor's results, grades the answers and scores with the PPM."""
+    def finish(self, x: _Expansion, slots, path, prefixes, group, runs, future, *,
+               score: bool = True) -> list[tuple[int, int]]:
+        """Reads the executor's results, grades the answers and scores with the PPM (without
+        `score`, leaves that to the caller). Returns the candidates (b, j) the PPM scores."""
         c, clock = self.config, self.clock
         outcomes = list(future.result()) if future is not None else []
         clock.charge("execution")
@@ -647,8 +668,13 @@ class _Search:
                 path.depth[rows, None], path.errors[rows, None], x.failed[rows], x.is_answer[rows],
                 mode=c.mode, errors_threshold=c.errors_threshold, max_depth=c.max_depth)
             scored = dict(zip(group, status.scored))
-            _score(self.scorer, x, [(b, j) for b, j in x.kept(group) if scored[b][j]], prefixes)
-            clock.charge("ppm")
+            which = [(b, j) for b, j in x.kept(group) if scored[b][j]]
+            clock.charge("host")
+            if score:
+                _score(self.scorer, x, which, prefixes)
+                clock.charge("ppm")
+            return which
+        return []
 
 
 def _score(scorer: Scorer, x: _Expansion, which: list[tuple[int, int]],
