@@ -251,11 +251,11 @@ def test_a_search_builds_the_same_trees_with_continuous_batching(world):
     assert EnginePolicy(small, tokenizer, config).decoder(1, 4) is None  # off by default
 
 
-def test_the_ppm_scores_a_group_while_the_next_chunk_decodes(world):
+def test_the_ppm_scores_a_group_while_other_places_decode(world):
     """The PPM scores a group of places off the main thread while the decoder runs the other
-    places' next chunk: a scorer called while places are decoding waits for a chunk to start,
-    and sees one start (a search that scored on its main thread would wait in vain). The
-    decoder returns one finished place a chunk, so groups form while others decode."""
+    places: a scorer called while places are decoding waits for a chunk to start, and sees one
+    start (a search that scored on its main thread would wait in vain). The decoder returns
+    one finished place a chunk, so groups form while others decode."""
     tokenizer, _, scorer, executor = world
     chunks = [0]  # chunks started
     started = threading.Condition()

@@ -429,10 +429,10 @@ class _Search:
         its programs run while the next chunks decode. Problems are graded, scored by the PPM
         and expanded in groups of at least half the places (all that are left when nothing
         else would decode), so the PPM's calls stay as large as the lockstep search's. A
-        group's PPM scores are computed in a thread of their own while the next chunk decodes
-        (on CPU the two computations share the cores better than either alone does), and the
-        group is expanded right after that chunk: a fixed order, so the trees do not depend on
-        timing."""
+        group's PPM scores are computed in a thread of their own while the decoder goes on with
+        the other places (on CPU the two computations share the cores better than either alone
+        does), and the group is expanded when the next group is full or nothing else decodes:
+        points fixed by the samples, not by timing, so the trees are the same every run."""
         c, clock, k = self.config, self.clock, self.config.candidates
         start = time.perf_counter()
         results: list[SearchTree | None] = [None] * len(self.problems)
@@ -468,15 +468,17 @@ class _Search:
                     break
                 finished = decoder.step() if decoder.busy else {}
                 clock.charge("generation")
-                if scoring is not None:
+                full = len(pending.group) >= least
+                if scoring is not None and (full or not decoder.busy):
                     tree = self._complete(tree, slots, leaves, *scoring)
                     ready[scoring[0].group] = True
                     scoring = None
                 # a group smaller than `least` is scored only when nothing else would decode
-                if pending.group and (len(pending.group) >= least
-                                      or not (decoder.busy or ready.any())):
-                    # results and grades now; the PPM runs while the next chunk decodes, and
-                    # the group is expanded after it (a fixed order: the same trees every run)
+                if scoring is None and pending.group and (full
+                                                          or not (decoder.busy or ready.any())):
+                    # results and grades now; the PPM runs while the decoder goes on, and the
+                    # group is expanded once the next group is full or nothing else decodes
+                    # (fixed points of the loop: the same trees every run)
                     which = self.finish(pending.x, slots, path, prefixes, sorted(pending.group),
                                         pending.runs, pending, score=False)
                     heads = {b: prefixes[b] for b, _ in which}
