@@ -178,7 +178,7 @@ class SearchStats:
     generation: float = 0.0
     execution: float = 0.0
     grading: float = 0.0
-    ppm: float = 0.0
+    ppm: float = 0.0  # continuous batching: only the wait for scores computed beside decoding
     host: float = 0.0  # everything else: decoding, step parsing, bookkeeping
     wall: float = 0.0
     rollouts: int = 0
@@ -317,12 +317,13 @@ def run_search(problems: Sequence[Problem], policy: Policy, executor: Executor, 
     `ContinuousDecoder` (`EnginePolicy` over an engine with a prefix store of a row per place),
     each problem goes on to execution, the PPM and `expand` as soon as its own samples stop,
     while the others keep decoding, and its programs and PPM scores run during the next
-    chunks. Otherwise the
-    problems take one expansion each per step, and with `config.overlap` each step treats them
-    in two halves, so the executor runs one half's programs while the policy samples the
-    other's and the PPM scores the first. The trees are the same either way. grade(pred, ref) defaults to `is_equivalent` and runs in the calling thread; ref is the
-    problem's answer, or the list of its `references` when it has several. Pass a
-    `SearchStats` to learn where the time went.
+    chunks (the scorer is then called from a thread of its own: it must not share the
+    policy's engine, and it sets its own mesh). Otherwise the problems take one expansion each
+    per step, and with `config.overlap` each step treats them in two halves, so the executor
+    runs one half's programs while the policy samples the other's and the PPM scores the
+    first. The trees are the same either way. grade(pred, ref) defaults to `is_equivalent`
+    and runs in the calling thread; ref is the problem's answer, or the list of its
+    `references` when it has several. Pass a `SearchStats` to learn where the time went.
 
     With `config.unsolved_rollouts` (graded modes), the problems no rollout solved are searched
     again, from scratch with that many rollouts and seed + 1, and the new trees replace theirs.
@@ -448,7 +449,9 @@ class _Search:
         # the places whose samples stopped, their expansion, and their programs running
         pending = _Pending(_Expansion.empty(width, k))
         least = max(1, width // 2)
-        scoring = None  # a group whose PPM scores are computed beside the next chunk
+        # (group, future): a group whose PPM scores run until the next group gathers or
+        # nothing else decodes
+        scoring = None
         with (concurrent.futures.ThreadPoolExecutor(1, "rstar-search-exec") as pool,
               concurrent.futures.ThreadPoolExecutor(1, "rstar-search-ppm") as ppm):
             while True:
@@ -483,6 +486,10 @@ class _Search:
                                         pending.runs, pending, score=False)
                     heads = {b: prefixes[b] for b, _ in which}
                     scoring = (pending, ppm.submit(_score, self.scorer, pending.x, which, heads))
+                    if not which:  # nothing for the PPM (TERMINAL mode): no reason to wait
+                        tree = self._complete(tree, slots, leaves, *scoring)
+                        ready[pending.group] = True
+                        scoring = None
                     pending = _Pending(_Expansion.empty(width, k))
                 if finished:
                     group = sorted(finished)
