@@ -78,9 +78,9 @@ class SearchConfig:
     # prefix store of a row per batch place): each problem goes on to execution and scoring as
     # soon as its own samples stop, and decoding never waits for the slowest problem; `overlap`
     # then does not apply. The trees are the same either way. With the prefix stores it runs
-    # 1.49x the rollouts/s of the stores alone on short steps (at f345f3e) and 1.07x on deep
-    # paths (at 46174c7; benchmarks/prefix_reuse.py, CPU); off by default until the rounds
-    # are measured with it.
+    # 1.50x the rollouts/s of the stores alone on short steps and 1.18x on deep paths
+    # (benchmarks/prefix_reuse.py, CPU, at e0efc21); off by default until the rounds are
+    # measured with it.
     continuous: bool = False
     seed: int = 0
     capacity: int | None = None
