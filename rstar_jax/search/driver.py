@@ -484,12 +484,13 @@ class _Search:
                     # (fixed points of the loop: the same trees every run)
                     which = self.finish(pending.x, slots, path, prefixes, sorted(pending.group),
                                         pending.runs, pending, score=False)
-                    heads = {b: prefixes[b] for b, _ in which}
-                    scoring = (pending, ppm.submit(_score, self.scorer, pending.x, which, heads))
-                    if not which:  # nothing for the PPM (TERMINAL mode): no reason to wait
-                        tree = self._complete(tree, slots, leaves, *scoring)
+                    if which:
+                        heads = {b: prefixes[b] for b, _ in which}
+                        scoring = (pending, ppm.submit(_score, self.scorer, pending.x, which,
+                                                       heads))
+                    else:  # nothing for the PPM (TERMINAL mode): expanded at once
+                        tree = self._complete(tree, slots, leaves, pending, None)
                         ready[pending.group] = True
-                        scoring = None
                     pending = _Pending(_Expansion.empty(width, k))
                 if finished:
                     group = sorted(finished)
@@ -524,10 +525,11 @@ class _Search:
 
     def _complete(self, tree, slots, leaves, pending: _Pending, scores):
         """Ends the expansion of the pending places, whose results and grades `finish` read:
-        waits for their PPM scores (`scores`, a future), then `expand`."""
+        waits for their PPM scores (`scores`, a future; None: nothing scored), then `expand`."""
         x, group = pending.x, sorted(pending.group)
-        scores.result()
-        self.clock.charge("ppm")
+        if scores is not None:
+            scores.result()
+            self.clock.charge("ppm")
         self.stats.expansions += len(group)
         for b, j in x.kept(group):  # the device numbers the new nodes in the same order
             slots[b].tokens.append(x.ids[b, j])
