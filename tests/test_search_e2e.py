@@ -46,9 +46,17 @@ def check_tree(t, config):
     q = t.q
     assert (np.abs(q) <= 1 + 1e-6).all()
     assert (t.visits >= 0).all()
+    assert len(t.outputs) == n and t.outputs[0] == ""
     for node in range(1, n):
         kind = fmt.classify_step(t.texts[node])
         assert t.is_answer[node] == (kind is fmt.StepKind.ANSWER)
+        # what the program printed, or why it failed; nothing for steps that never ran
+        if not kind.complete or t.is_answer[node]:
+            assert t.outputs[node] == ""
+        elif not t.valid[node]:
+            assert t.outputs[node], f"node {node}: its code failed, but no error was kept"
+        elif fmt.step_output(t.texts[node]):
+            assert t.outputs[node]
         if t.is_answer[node]:
             assert t.terminal[node] and t.visits[node] == 1 and t.value_sum[node] == t.reward[node]
         elif not t.valid[node] and t.errors[node] >= config.errors_threshold:

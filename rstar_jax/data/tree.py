@@ -49,6 +49,10 @@ class SearchTree:
     answer: str | None  # the selected answer
     answer_node: int  # its node, -1 if none
     searches: int = 1  # 2: no rollout of the first search solved it, and this is the second's tree
+    # What each node's program printed (its executor stdout, truncated), or for a step whose
+    # code failed the one-line error; "" for the root, answers and steps that never ran. None
+    # in records written before trees kept it.
+    outputs: list[str] | None = None
 
     @property
     def q(self) -> np.ndarray:

@@ -205,7 +205,14 @@ class _Slot:
     prompt: list[int]
     tokens: list[list[int]] = dataclasses.field(default_factory=lambda: [[]])
     texts: list[str] = dataclasses.field(default_factory=lambda: [""])
+    outputs: list[str] = dataclasses.field(default_factory=lambda: [""])
     rollouts: int = 0
+
+    def add(self, x: _Expansion, b: int, j: int) -> None:
+        """Takes candidate (b, j) of an expansion as the problem's next node."""
+        self.tokens.append(x.ids[b, j])
+        self.texts.append(x.texts[b, j])
+        self.outputs.append(x.outputs[b, j] or "")
 
     def prefix(self, path: np.ndarray) -> list[int]:
         """The prompt and the step tokens of the path's nodes (int[D], NO_NODE past the path)."""
@@ -221,6 +228,7 @@ class _Expansion:
     ids: np.ndarray  # object: list[int], the step's tokens (with its output block once it ran)
     texts: np.ndarray  # object: str, the tokens' text as they follow the path
     kinds: np.ndarray  # object: fmt.StepKind
+    outputs: np.ndarray  # object: str, what the program printed, or its error when it failed
     keep: np.ndarray  # bool, the candidate becomes a child
     failed: np.ndarray  # bool
     is_answer: np.ndarray  # bool
@@ -232,7 +240,7 @@ class _Expansion:
         def objects():
             return np.full((width, k), None, object)
 
-        return cls(objects(), objects(), objects(), *(np.zeros((width, k), bool) for _ in range(3)),
+        return cls(objects(), objects(), objects(), objects(), *(np.zeros((width, k), bool) for _ in range(3)),
                    *(np.zeros((width, k), np.float32) for _ in range(2)))
 
     def kept(self, rows) -> list[tuple[int, int]]:
@@ -532,8 +540,7 @@ class _Search:
             self.clock.charge("ppm")
         self.stats.expansions += len(group)
         for b, j in x.kept(group):  # the device numbers the new nodes in the same order
-            slots[b].tokens.append(x.ids[b, j])
-            slots[b].texts.append(x.texts[b, j])
+            slots[b].add(x, b, j)
         leaf = np.full_like(leaves, tree_ops.NO_NODE)
         leaf[group] = leaves[group]
         self.clock.charge("host")
@@ -588,8 +595,7 @@ class _Search:
         self.finish(x, slots, path, prefixes, *pending)
         self.stats.expansions += len(active)
         for b, j in x.kept(active):  # the device numbers the new nodes in the same order
-            slots[b].tokens.append(x.ids[b, j])
-            slots[b].texts.append(x.texts[b, j])
+            slots[b].add(x, b, j)
         clock.charge("host")
         tree = tree_ops.expand(tree, leaf, x.children(), mode=c.mode,
                                errors_threshold=c.errors_threshold, max_depth=c.max_depth)
@@ -659,6 +665,7 @@ class _Search:
                                "programs")
         for ((b, j), _), out in zip(runs, outcomes):
             x.failed[b, j] = not out.ok
+            x.outputs[b, j] = out.stdout if out.ok else out.error
             if out.ok and x.kinds[b, j] is fmt.StepKind.LAST_CODE:
                 block = output_block_ids(self.tokenizer, out.stdout, c.max_output_tokens)
                 x.ids[b, j] = x.ids[b, j] + block
@@ -725,7 +732,7 @@ def _result(slot: _Slot, row: dict[str, np.ndarray]) -> SearchTree:
                              f"{len(slot.tokens)}")
     nodes = {name: row[name][:n] for name in NODE_FIELDS}
     tree = SearchTree(problem=slot.problem, prompt_ids=slot.prompt, **nodes, tokens=slot.tokens,
-                      texts=slot.texts, rollouts=int(row["rollouts"]),
+                      texts=slot.texts, outputs=slot.outputs, rollouts=int(row["rollouts"]),
                       overflow=bool(row["overflow"]), answer=None, answer_node=-1)
     answers = np.flatnonzero(tree.is_answer)
     if answers.size:
