@@ -249,3 +249,19 @@ def test_a_margin_of_exactly_min_margin_in_float32_is_kept():
     assert float(tree.q[1]) - float(tree.q[2]) < 0.5
     pairs = extract_ppm(tree, ExtractConfig(final_pairs=0))
     assert [(p.positive, p.negative) for p in pairs] == [(text("a", "code"), text("b", "code"))]
+
+
+def test_each_example_names_the_nodes_it_comes_from():
+    tree = build(SFT_TREE)
+    assert [r.metadata["answer_node"] for r in extract_sft(tree)] == [3, 5]
+    pairs = extract_ppm(tree, ExtractConfig(min_distance=0))
+    assert {p.kind for p in pairs} == {"step", "final"}
+    for p in pairs:
+        m = p.metadata
+        if p.kind == "step":
+            assert tree.parent[m["positive_node"]] == tree.parent[m["negative_node"]] == m["node"]
+            assert (p.positive, p.negative) == (tree.texts[m["positive_node"]],
+                                                tree.texts[m["negative_node"]])
+        else:
+            assert p.positive == "".join(tree.texts[v] for v in tree.path(m["positive_node"]))
+            assert p.negative == "".join(tree.texts[v] for v in tree.path(m["negative_node"]))

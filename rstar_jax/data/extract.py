@@ -27,6 +27,10 @@ Step pairs (`extract_ppm`, kind "step"), at every expanded node n, over n's chil
   least `min_distance` characters;
 - prompt = the policy prompt + the texts of n's path; positive / negative = the step texts.
 
+Every example says where in its tree it comes from (`metadata`): an SFT example its answer
+node ("answer_node"), a step pair n and the two children ("node", "positive_node",
+"negative_node"), a final-step pair the two answer nodes ("positive_node", "negative_node").
+
 Final-step pairs (kind "final", the paper's pairs for the last step, from whole trajectories):
 correct trajectories without an error, highest mean Q first, against wrong ones without an
 error, lowest mean Q first, `final_pairs` of each, every combination, with the same margin
@@ -165,7 +169,8 @@ def extract_sft(tree, config: ExtractConfig = ExtractConfig(), *, source: str = 
                   key=lambda t: (-t.mean_q, -t.min_q, t.nodes[-1]))
     p = tree.problem
     return [SFTExample(problem_id=p.id, question=p.question, response=t.response, mean_q=t.mean_q,
-                       min_q=t.min_q, source=source) for t in good[:config.sft_per_problem]]
+                       min_q=t.min_q, source=source, metadata={"answer_node": t.nodes[-1]})
+            for t in good[:config.sft_per_problem]]
 
 
 def _sides(pos: list, neg: list, config: ExtractConfig) -> tuple[list, list]:
@@ -194,7 +199,7 @@ def extract_ppm(tree, config: ExtractConfig = ExtractConfig(), *, source: str = 
     pid = tree.problem.id
     out = []
 
-    def pair(p_text, n_text, qp, qn, head, kind):
+    def pair(p_text, n_text, qp, qn, head, kind, where):
         if qp - qn < config.min_margin - _SLACK:
             stats.dropped_margin += 1
         elif not _far(p_text, n_text, config.min_distance):
@@ -202,7 +207,7 @@ def extract_ppm(tree, config: ExtractConfig = ExtractConfig(), *, source: str = 
         else:
             out.append(PPMPair(problem_id=pid, prompt=head, positive=p_text, negative=n_text,
                                q_positive=float(qp), q_negative=float(qn), kind=kind,
-                               source=source))
+                               source=source, metadata=where))
 
     q_list = q.tolist()
     # Only a node with a correct and a wrong answer below can have a pair among its children.
@@ -224,7 +229,8 @@ def extract_ppm(tree, config: ExtractConfig = ExtractConfig(), *, source: str = 
                 if head is None:
                     head = prompt + "".join(texts[k] for k in tree.path(node))
                 before = len(out)
-                pair(texts[p], texts[m], q_list[p], q_list[m], head, "step")
+                pair(texts[p], texts[m], q_list[p], q_list[m], head, "step",
+                     {"node": node, "positive_node": p, "negative_node": m})
                 stats.step_pairs += len(out) - before
     if config.final_pairs:
         trajs = trajectories(tree) if trajs is None else trajs
@@ -234,7 +240,8 @@ def extract_ppm(tree, config: ExtractConfig = ExtractConfig(), *, source: str = 
         for g in good[:config.final_pairs]:
             for b in bad[:config.final_pairs]:
                 before = len(out)
-                pair(g.response, b.response, g.mean_q, b.mean_q, prompt, "final")
+                pair(g.response, b.response, g.mean_q, b.mean_q, prompt, "final",
+                     {"positive_node": g.nodes[-1], "negative_node": b.nodes[-1]})
                 stats.final_pairs += len(out) - before
     return out
 
