@@ -8,7 +8,8 @@ the PPM, and MCTS with the PPM, on the config's test problems, a shipped benchma
 Results go to <workdir>/evaluate/<problems>-round<r>/: results.md; results.json, per method the
 accuracy, n, its 95% interval (ci95), per level, and the ids of the problems it got right (so two
 evaluations of the same problems can be paired); evaluation.json (also the reward models' AUCs and
-paired differences between methods); accuracy.png.
+paired differences between methods); accuracy.png; trees/, the MCTS trees (draw them with
+launch/view_tree.py --trees=<that directory>).
 """
 
 import logging
@@ -71,12 +72,12 @@ def main(argv):
         return 2
     if ppm is None and {"mcts", "sampled"} & set(_METHODS.value):
         print(f"round {r} has no PPM: no best-of-N (PPM) or MCTS + PPM", file=sys.stderr)
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", _PROBLEMS.value or "test")
+    out = run.dir / "evaluate" / f"{name}-round{r}"
     with evolve.code_executor(config.executor) as executor:
         ev = run.evaluate(r, problems, executor, methods=_METHODS.value,
                           samples=_SAMPLES.value or None, temperature=_TEMPERATURE.value,
-                          searches=_SEARCHES.value or None)
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", _PROBLEMS.value or "test")
-    out = run.dir / "evaluate" / f"{name}-round{r}"
+                          searches=_SEARCHES.value or None, trees_dir=out / "trees")
     print(evaluate.report(ev, out, title=f"{len(problems)} problems, round {r}"))
     run.push(out)
     where = f"written to {out}"

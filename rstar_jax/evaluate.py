@@ -201,9 +201,11 @@ def rescore(solutions: Sequence[Solutions], scorer) -> list[Solutions]:
 
 def mcts(problems: Sequence[Problem], policy, scorer, executor, tokenizer, search: SearchConfig, *,
          searches: int = 1, batch_size: int | None = None, progress: bool | None = None,
-         seed_ids: Sequence[int] | None = None) -> list[Solutions]:
+         seed_ids: Sequence[int] | None = None,
+         keep_trees: Callable[[int, list[SearchTree]], None] | None = None) -> list[Solutions]:
     """`searches` independent test-time searches of each problem with the PPM (RSTAR.md
-    section 3); every answer node found is a candidate, scored by the PPM."""
+    section 3); every answer node found is a candidate, scored by the PPM. `keep_trees(i,
+    trees)` is given the trees of search i."""
     if scorer is None:
         raise ValueError("MCTS evaluation needs a PPM scorer: test-time search scores answers with "
                          "it")
@@ -215,7 +217,31 @@ def mcts(problems: Sequence[Problem], policy, scorer, executor, tokenizer, searc
                            seed_ids=seed_ids)
         for sol, tree in zip(out, trees):
             sol.candidates += _answers(tree, graded=False)
+        if keep_trees is not None:
+            keep_trees(i, trees)
     return out
+
+
+def tree_writer(directory: str | pathlib.Path, process: int = 0
+                ) -> Callable[[int, list[SearchTree]], None]:
+    """A `keep_trees` for `mcts` that writes the trees into `directory` as tree records (what
+    `launch/view_tree.py` draws), each search's after the previous one's. Shards are named by
+    process (`tree-p<process>-*`); this process's shards from an earlier evaluation are
+    deleted first, so an evaluation run again replaces its trees."""
+    from rstar_jax.data.records import SUFFIX, RecordWriter
+
+    directory = pathlib.Path(directory)
+    prefix = f"p{process}"
+    for old in directory.glob(f"tree-{prefix}-*{SUFFIX}"):
+        old.unlink()
+
+    def keep(search: int, trees: list[SearchTree]) -> None:
+        del search  # the order of the records says which search
+        with RecordWriter(directory, "tree", prefix=prefix) as writer:
+            for tree in trees:
+                writer.write(tree)
+
+    return keep
 
 
 def accuracy(solutions: Sequence[Solutions], rule: str = "highest", k: int | None = None,
@@ -359,7 +385,8 @@ def evaluate_policy(problems: Sequence[Problem], policy, executor, tokenizer, *,
                     samples: int | None = None, temperature: float = 0.7, searches: int = 1,
                     methods: Sequence[str] = METHODS,
                     batch_size: int | None = None, progress: bool | None = None,
-                    process: tuple[int, int] = (0, 1), gather: Gather | None = None) -> Evaluation:
+                    process: tuple[int, int] = (0, 1), gather: Gather | None = None,
+                    trees_dir: str | pathlib.Path | None = None) -> Evaluation:
     """Greedy pass@1, maj@N and best-of-N over N sampled solutions (best-of-N with the PPM and,
     given one, an outcome reward model `orm`), and MCTS + PPM with `searches` test-time searches
     of `search`, on `problems`. N defaults to search.rollouts x searches, MCTS's trajectory
@@ -369,7 +396,8 @@ def evaluate_policy(problems: Sequence[Problem], policy, executor, tokenizer, *,
 
     Several processes (`process` = (index, count), as `jax.process_index()`, `process_count()`)
     each solve their `share` of the problems and `gather` exchanges the solutions, so that every
-    process returns the evaluation of them all."""
+    process returns the evaluation of them all. With `trees_dir`, the MCTS trees are written
+    there (`tree_writer`), each process its own."""
     unknown = set(methods) - set(METHODS)
     if unknown:
         raise ValueError(f"unknown methods {sorted(unknown)}; choose from {', '.join(METHODS)}")
@@ -406,8 +434,9 @@ def evaluate_policy(problems: Sequence[Problem], policy, executor, tokenizer, *,
                 results[BEST_PPM if name == "ppm" else BEST_ORM] = summary(scored, "highest")
                 quality |= {f"{name}_{k}": v for k, v in _ranking_auc(scored).items()}
     if "mcts" in methods and ppm is not None and search is not None:
+        keep = tree_writer(trees_dir, index) if trees_dir is not None else None
         found = everyone("mcts", mcts(mine, policy, ppm, executor, tokenizer, search,
-                                      searches=searches, **kw))
+                                      searches=searches, keep_trees=keep, **kw))
         results[MCTS] = summary(found, "highest" if searches == 1 else "top_k_vote")
         results[MCTS + " (weighted vote)"] = summary(found, "weighted_vote")
     ids = [p.id for p in problems]

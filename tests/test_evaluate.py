@@ -10,6 +10,7 @@ import pytest
 from scripted import CharTokenizer, ScriptedPolicy, ScriptedScorer, random_rule
 
 from rstar_jax import evaluate
+from rstar_jax.data.records import read_records
 from rstar_jax.evaluate import Candidate, Solutions
 from rstar_jax.search.config import SearchConfig
 from rstar_jax.search.driver import Problem
@@ -145,12 +146,19 @@ def test_mcts_pools_the_answers_of_independent_searches(world):
         evaluate.mcts(PROBLEMS, engine, None, executor, tokenizer, search)
 
 
-def test_evaluate_policy_compares_every_method_at_equal_trajectories(world):
+def test_evaluate_policy_compares_every_method_at_equal_trajectories(world, tmp_path):
     tokenizer, engine, scorer, executor = world
     search = SearchConfig(rollouts=2, candidates=2, max_depth=3, max_step_tokens=24,
                           max_output_tokens=16)
     ev = evaluate.evaluate_policy(PROBLEMS, engine, executor, tokenizer, budget=BUDGET,
-                                  search=search, ppm=scorer, orm=scorer, searches=2, progress=False)
+                                  search=search, ppm=scorer, orm=scorer, searches=2, progress=False,
+                                  trees_dir=tmp_path / "trees")
+    # the MCTS trees are kept, search by search; an evaluation run again replaces them
+    trees = list(read_records(tmp_path / "trees", "tree"))
+    assert [t.problem for t in trees] == PROBLEMS * 2
+    assert all(t.outputs is not None and t.rollouts <= 2 for t in trees)
+    evaluate.tree_writer(tmp_path / "trees", 0)
+    assert list(read_records(tmp_path / "trees", "tree")) == []
     assert list(ev.results) == ["greedy", "maj@N", "pass@N (oracle)", "best-of-N (PPM)",
                                 "best-of-N (ORM)", "MCTS + PPM", "MCTS + PPM (weighted vote)"]
     oracle = ev.results["pass@N (oracle)"]  # the ceiling of the selections over the same samples

@@ -171,15 +171,17 @@ class Evolution:
     def evaluate(self, r: int, problems: Sequence[Problem], executor, *,
                  methods: Sequence[str] | None = None, samples: int | None = None,
                  temperature: float | None = None, searches: int | None = None,
-                 process: tuple[int, int] = (0, 1), gather=None) -> evaluate.Evaluation:
+                 process: tuple[int, int] = (0, 1), gather=None,
+                 trees_dir: pathlib.Path | None = None) -> evaluate.Evaluation:
         """`evaluate.evaluate_policy` of round r's policy, with its PPM and ORM where trained, on
         `problems`, by `config.eval` (`methods`, `samples`, `temperature`, `searches` override
-        it): what each round's evaluation stage and `launch/evaluate.py` run."""
+        it): what each round's evaluation stage and `launch/evaluate.py` run. The MCTS trees go to
+        `trees_dir` when given."""
         return stages.evaluate_models(
             self.models, self.config, problems, executor, policy=self.policy_path(r),
             ppm=self.reward_path("ppm", r), orm=self.reward_path("orm", r), methods=methods,
             samples=samples, temperature=temperature, searches=searches, process=process,
-            gather=gather, progress=self.progress)
+            gather=gather, progress=self.progress, trees_dir=trees_dir)
 
     # --- the work directory ---
 

@@ -270,10 +270,11 @@ def evaluate_models(models: Loader, config: ml_collections.ConfigDict,
                     samples: int | None = None, temperature: float | None = None,
                     searches: int | None = None, process: tuple[int, int] = (0, 1),
                     gather: evaluate.Gather | None = None,
-                    progress: bool | None = None) -> evaluate.Evaluation:
+                    progress: bool | None = None,
+                    trees_dir: pathlib.Path | None = None) -> evaluate.Evaluation:
     """`evaluate.evaluate_policy` of the policy at `policy`, with the PPM and ORM at `ppm` and
     `orm` where given, on `problems`, by `config.eval` (`methods`, `samples`, `temperature`,
-    `searches` override it)."""
+    `searches` override it); the MCTS trees are written to `trees_dir` when given."""
     e = config.eval
     return evaluate.evaluate_policy(
         problems, models.engine(policy), executor, models.tokenizer, budget=eval_budget(config),
@@ -281,15 +282,16 @@ def evaluate_models(models: Loader, config: ml_collections.ConfigDict,
         orm=models.scorer(orm) if orm else None, samples=samples or e.samples or None,
         temperature=e.temperature if temperature is None else temperature,
         searches=searches or e.searches, methods=e.methods if methods is None else methods,
-        batch_size=e.batch, progress=progress, process=process, gather=gather)
+        batch_size=e.batch, progress=progress, process=process, gather=gather,
+        trees_dir=trees_dir)
 
 
 def evaluate_round(files: RunDir, e: ml_collections.ConfigDict, r: int, out: pathlib.Path,
                    run_evaluation: Callable[..., evaluate.Evaluation], *,
                    has_ppm: bool) -> EvalSummary:
     """Round r's evaluation by the `eval` block `e`: `run_evaluation(methods=, process=,
-    gather=)` (round r's policy, `Evolution.evaluate`) with this process's share of the
-    problems, its results written to `out` by process 0. Rounds in `e.skip_rounds` are not
+    gather=, trees_dir=)` (round r's policy, `Evolution.evaluate`) with this process's share of
+    the problems, its results written to `out` by process 0 and its MCTS trees to `out/trees`. Rounds in `e.skip_rounds` are not
     evaluated; rounds in `e.light_rounds` only by `e.light_methods`."""
     if r in e.skip_rounds:  # a time budget: the round's training is reported, not its policy
         return EvalSummary(evaluation=dataclasses.asdict(evaluate.Evaluation([], {}, {}, {})),
@@ -302,6 +304,6 @@ def evaluate_round(files: RunDir, e: ml_collections.ConfigDict, r: int, out: pat
         notes.append(f"round {r}: evaluated with {', '.join(methods)} only "
                      "(config.eval.light_rounds)")
     ev = run_evaluation(methods=methods, process=processes.index_and_count(),
-                         gather=files.gather(out / "parts"))
+                         gather=files.gather(out / "parts"), trees_dir=out / "trees")
     evaluate.report(ev, out if processes.is_first() else None, title=f"round {r}")
     return EvalSummary(evaluation=dataclasses.asdict(ev), notes=tuple(notes))
