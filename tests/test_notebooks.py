@@ -31,7 +31,11 @@ def test_the_quickstart_runs_at_smoke_size(smoke_run, tmp_path):
     assert "| round | search policy |" in "".join(_text(c) for c in code)  # the round table
     # the plot
     assert any("image/png" in out.get("data", {}) for c in code for out in c.get("outputs", []))
-    assert "root" in _text(code[-3])  # a rendered search tree
+    assert "root" in _text(code[-4])  # a rendered search tree
+    # the same tree in the viewer, inline: a page in an iframe
+    [html] = ["".join(out["data"]["text/html"]) for out in code[-3]["outputs"]
+              if "text/html" in out.get("data", {})]
+    assert "<iframe srcdoc=" in html and "tree-data" in html
     # the test-time search on a new question
     assert "search, " in _text(code[-1]) and "answer" in _text(code[-1])
     assert (tmp_path / "run" / "report.md").exists()
