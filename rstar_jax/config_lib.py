@@ -17,7 +17,9 @@ def model_config(preset: str, checkpoint: str, *, dtype: str = "bfloat16",
     """The policy/PPM model: which architecture (`rstar_jax.models.presets`), where its weights are,
     and how to run it."""
     return ml_collections.ConfigDict({
-        "preset": preset,  # checked against the checkpoint's config.json
+        # the architecture (models.presets), which the dry run compiles; the run itself reads
+        # the checkpoint's config.json (presets.check_architecture compares the two)
+        "preset": preset,
         # Hugging Face directory (config.json + safetensors); never a hub id
         "checkpoint": checkpoint,
         "dtype": dtype,  # compute dtype
