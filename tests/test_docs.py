@@ -119,8 +119,9 @@ RESUME = "test_the_launcher_resumes_the_smoke_run"
 TPU_DRY = "test_the_tpu_dry_run_compiles_for_a_slice"
 POD_RUN = ("the launcher run on the tiny smoke config instead: a pod config needs its checkpoint "
            "and a TPU slice; its flags that only point at files are dropped")
-EVALUATE = Elsewhere("tests/test_evolve.py::test_the_launchers_evaluate_a_run_and_refuse_a_missing_model",
-                     "launch/evaluate.py on the smoke run, --config=configs/tiny.py:smoke --limit=2")
+EVALUATE = Elsewhere(
+    "tests/test_evolve.py::test_the_launchers_evaluate_a_run_and_refuse_a_missing_model",
+    "launch/evaluate.py on the smoke run, --config=configs/tiny.py:smoke --limit=2")
 BENCHMARK = NotRun("a benchmark measures for minutes at a fixed size (no smoke size: --repeats "
                    "only repeats); `make bench` runs them")
 DRY_RUN_V5E = Here(TPU_DRY, "the tiny smoke config compiled for v5p:4x4x4 (64 chips): the same "
@@ -348,7 +349,8 @@ def test_the_checkpoint_snippets_load_the_models_in_transformers(rstar_run):
     policy = policy.replace("runs/tiny/round_4/policy/model", str(workdir / "policy" / "model"))
     ppm = ppm.replace("runs/tiny/round_4/ppm/model", str(workdir / "ppm" / "model"))
     ours = ("\nimport jax.numpy as jnp\nfrom rstar_jax import from_pretrained\n"
-            "print(float(from_pretrained(ppm_dir, value_head=True).value(jnp.asarray(ids.numpy()))[0]))\n")
+            "jax_ppm = from_pretrained(ppm_dir, value_head=True)\n"
+            "print(float(jax_ppm.value(jnp.asarray(ids.numpy()))[0]))\n")
     # One process for both snippets (torch, transformers and JAX load once), each in its own
     # namespace: the PPM's must not lean on a name the policy's defined.
     program = "\n".join(f"exec(compile({code!r}, 'snippet', 'exec'), {{}})"
@@ -392,7 +394,8 @@ def test_the_tpu_dry_run_compiles_for_a_slice(tmp_path):
     assert "training on v5p:4x4x4 64 x TPU v5 (data=64, fsdp=1, tensor=1); HBM per chip: 95 GiB" \
         in done.stdout
     rows = _table_rows(done.stdout)
-    assert rows["sft train step (64 x 512)"][6] == "yes" and rows["ppm train step (64 x 512)"][6] == "yes"
+    for task in ("sft", "ppm"):
+        assert rows[f"{task} train step (64 x 512)"][6] == "yes"
 
 
 def test_the_dry_run_compiles_here_with_the_dot_product_kernel(tmp_path):
@@ -401,7 +404,8 @@ def test_the_dry_run_compiles_here_with_the_dot_product_kernel(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     rows = _table_rows(done.stdout)
     # A CPU's memory is unknown to the dry run, as a GPU's is: peaks, but no `fits`.
-    assert float(rows["sft train step (8 x 512)"][5]) > 0 and rows["sft train step (8 x 512)"][6] == "-"
+    sft = rows["sft train step (8 x 512)"]
+    assert float(sft[5]) > 0 and sft[6] == "-"
 
 
 def test_the_pip_commands_name_extras_that_exist():
@@ -410,8 +414,11 @@ def test_the_pip_commands_name_extras_that_exist():
     ours = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     for command in commands_of("test_the_pip_commands_name_extras_that_exist"):
         for package, extras in re.findall(r"([\w.-]+)\[([\w,-]+)\]", command):
-            known = (set(ours) if package == "." else
-                     set(importlib.metadata.distribution(package).metadata.get_all("Provides-Extra")))
+            if package == ".":
+                known = set(ours)
+            else:
+                metadata = importlib.metadata.distribution(package).metadata
+                known = set(metadata.get_all("Provides-Extra"))
             assert set(extras.split(",")) <= known, (command, known)
 
 
