@@ -29,8 +29,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         raise ValueError(f"unknown tiny variant {variant!r}; known: {', '.join(VARIANTS)}")
     smoke, study = variant == "smoke", variant == "study"
     config = ml_collections.ConfigDict()
-    config.variant = variant
-    config.seed = 0
+    config.variant = variant  # "default", "smoke" or "study" (VARIANTS): the file's argument
+    config.seed = 0  # kept in the run's config.json; no stage reads it
     config.model = config_lib.model_config("tiny", checkpoint=config_lib.TINY_BASE, dtype="float32",
                                            param_dtype="float32", remat=False,
                                            scan_layers=False)  # 4 layers compile in seconds

@@ -17,7 +17,9 @@ def model_config(preset: str, checkpoint: str, *, dtype: str = "bfloat16",
     """The policy/PPM model: which architecture (`rstar_jax.models.presets`), where its weights are,
     and how to run it."""
     return ml_collections.ConfigDict({
-        "preset": preset,  # checked against the checkpoint's config.json
+        # the architecture (models.presets), which the dry run compiles; the run itself reads
+        # the checkpoint's config.json (presets.check_architecture compares the two)
+        "preset": preset,
         # Hugging Face directory (config.json + safetensors); never a hub id
         "checkpoint": checkpoint,
         "dtype": dtype,  # compute dtype
@@ -32,7 +34,11 @@ def model_config(preset: str, checkpoint: str, *, dtype: str = "bfloat16",
 
 def mesh_config(data: int = 1, fsdp: int = -1, tensor: int = 1) -> ml_collections.ConfigDict:
     """Device mesh; -1 takes the remaining devices."""
-    return ml_collections.ConfigDict({"data": data, "fsdp": fsdp, "tensor": tensor})
+    return ml_collections.ConfigDict({
+        "data": data,  # data parallel: batch rows split, weights replicated
+        "fsdp": fsdp,  # fully sharded data parallel: batch rows and the weights' embed axis split
+        "tensor": tensor,  # tensor parallel: attention heads, MLP and vocabulary columns split
+    })
 
 
 def train_config(*, sft_lr: float = 7e-6, ppm_lr: float = 7e-6, sft_batch: int = 128,
@@ -41,24 +47,43 @@ def train_config(*, sft_lr: float = 7e-6, ppm_lr: float = 7e-6, sft_batch: int =
     """SFT and PPM training (RSTAR.md section 5; defaults are the reference code's: lr 7e-6,
     cosine, weight decay 0.1, 2 epochs of batch 128 for the policy, batch 512 and 5% held out for
     the PPM). Batches are global: rows per step over every device."""
-    common = {"schedule": "cosine", "warmup_fraction": 0.03, "weight_decay": 0.1, "clip_norm": 1.0,
-              "microbatches": microbatches, "max_length": max_length,
+    common = {"schedule": "cosine",  # learning-rate decay after warmup: cosine, linear or constant
+              "warmup_fraction": 0.03,  # of the steps, a linear warmup from 0
+              "weight_decay": 0.1,  # AdamW's
+              "clip_norm": 1.0,  # global gradient norm clipped to this (0: no clipping)
+              # a step's batch in this many parts, gradients summed: the same step, less memory
+              "microbatches": microbatches,
+              # tokens a row holds (SFT: packed examples; PPM/ORM: one sequence); longer examples
+              # are left out and counted
+              "max_length": max_length,
               # > 0: microbatches are the fewest that keep each chip's share of one within this
               # many tokens (a PPM pair counts both sequences), and `microbatches` is not read
               "tokens_per_chip": 0,
               "steps": 0,  # optimiser steps; 0: `epochs` passes over the round's data
               "save_every": 100}  # optimiser steps between checkpoints
-    reward = {**common, "learning_rate": ppm_lr, "epochs": 2, "batch": ppm_batch, "held_out": 0.05}
+    reward = {**common,
+              "learning_rate": ppm_lr,  # peak, after warmup
+              "epochs": 2,  # passes over the round's data, when `steps` is 0
+              "batch": ppm_batch,  # pairs (ORM: trajectories) a step, over every device
+              # fraction of the problems whose pairs are held out: evaluated during training, and
+              # the best checkpoint by their accuracy is exported
+              "held_out": 0.05}
     return ml_collections.ConfigDict({
-        # loss_chunk: positions whose logits the SFT loss makes at once (0: a row's whole length);
-        # a large vocabulary's float32 logits of a whole batch would not fit a chip.
-        "sft": {**common, "learning_rate": sft_lr, "epochs": 2, "batch": sft_batch,
+        # The policy's supervised fine-tuning on the round's SFT examples (RSTAR.md section 5).
+        "sft": {**common,
+                "learning_rate": sft_lr,  # peak, after warmup
+                "epochs": 2,  # passes over the round's data, when `steps` is 0
+                "batch": sft_batch,  # packed rows a step, over every device
+                # positions whose logits the SFT loss makes at once (0: a row's whole length); a
+                # large vocabulary's float32 logits of a whole batch would not fit a chip
                 "loss_chunk": 0},
-        # the paper's tanh head; False trains as the reference code does
-        "ppm": {**reward, "value_tanh": True},
+        # The PPM: the policy with a value head, trained on the round's step pairs (pairwise).
+        "ppm": {**reward,
+                # the paper's tanh head; False trains as the reference code does
+                "value_tanh": True},
         # The outcome reward model, the PPM's baseline (RSTAR.md section 5): trained like the PPM,
         # on whole trajectories labelled right or wrong, in the rounds listed (none: no ORM).
-        "orm": {**reward, "rounds": ()},
+        "orm": {**reward, "rounds": ()},  # rounds that train an ORM
         "distributed": None,  # None: join other processes when the environment lists several
     })
 
@@ -79,11 +104,24 @@ def evolve_config(config: ml_collections.ConfigDict, *, train: str, test: str,
     pretraining set), dropped from both sets; max_train / max_test: keep at most that many
     (0: all), after the drops.
     """
-    config.rounds = rounds
-    config.problems = ml_collections.ConfigDict({"train": train, "test": test, "exclude": exclude,
-                                                 "max_train": max_train, "max_test": max_test})
-    config.bootstrap = ml_collections.ConfigDict({"kind": bootstrap, "checkpoint": "",
-                                                  "fraction": 0.25})
+    config.rounds = rounds  # self-evolution rounds after round 0 (the bootstrap's evaluation)
+    # The training and test problems (evolve.config.problem_sets).
+    config.problems = ml_collections.ConfigDict({
+        # problem spec (data.load.load_problems): a benchmark name, "synthetic:...", a file
+        "train": train,
+        "test": test,  # problem spec of the evaluation's problems
+        # spec of problems the base policy was trained on, dropped from both sets ("": none)
+        "exclude": exclude,
+        "max_train": max_train,  # keep at most this many training problems (0: all)
+        "max_test": max_test})  # keep at most this many test problems (0: all)
+    # The round-1 policy (docs/evolve.md, "The bootstrap policy").
+    config.bootstrap = ml_collections.ConfigDict({
+        # the round-1 policy: "base", "few_shot", "checkpoint" or "reference" (docs/evolve.md)
+        "kind": bootstrap,
+        "checkpoint": "",  # kind "checkpoint": a local Hugging Face directory
+        # kind "reference": fine-tune on the reference solutions of this fraction of the problems
+        "fraction": 0.25})
+    # The rounds' searches of the training problems (RSTAR.md section 3).
     config.search = ml_collections.ConfigDict({
         "preset": "paper",  # SearchConfig.preset: "paper" or "reference_code"
         "chunk": chunk,  # problems per record shard: a stopped search keeps every finished chunk
@@ -101,31 +139,40 @@ def evolve_config(config: ml_collections.ConfigDict, *, train: str, test: str,
         **{f"round{r}": (rounds_search or {}).get(f"round{r}", {}) for r in range(1, 5)},
     })
     config.extract = ml_collections.ConfigDict({})  # ExtractConfig fields; empty: the paper's
+    # Each round's evaluation on the test problems (rstar_jax/evaluate.py).
     config.eval = ml_collections.ConfigDict({
-        "batch": batch, "searches": searches, "search": eval_search or {},
+        "batch": batch,  # problems evaluated at once
+        "searches": searches,  # independent test-time MCTS searches per problem
+        "search": eval_search or {},  # the test-time search's SearchConfig fields
         # maj@N and best-of-N samples; 0: N = the test-time search's rollouts x searches
         "samples": 0,
         "temperature": 0.7,  # of those samples
         "methods": ("greedy", "sampled", "mcts"),  # evaluate.METHODS run in every round...
         # ...except these rounds, which run only `light_methods` (a time budget)
         "light_rounds": (),
-        "light_methods": ("greedy",),
+        "light_methods": ("greedy",),  # (evaluate.METHODS)
         "skip_rounds": ()})  # rounds not evaluated at all (a time budget)
-    # workers: sandboxed Python processes checking steps on each host; 0: as many as the host's
-    # cores allow (steps.executor.host_workers)
-    config.executor = ml_collections.ConfigDict({"workers": 2, "timeout_s": 5.0, "memory_mb": 1024})
+    # The sandboxed pool that runs each step's code (rstar_jax/steps/executor.py).
+    config.executor = ml_collections.ConfigDict({
+        # sandboxed Python processes checking steps on each host; 0: as many as the host's cores
+        # allow (steps.executor.host_workers)
+        "workers": 2,
+        "timeout_s": 5.0,  # a program running longer fails; its worker is killed and replaced
+        "memory_mb": 1024})  # address space a program may add to its worker's
+    # True: continue in a work directory started with another config (else refused)
     config.allow_config_change = False
     # Searches and evaluations: each process runs its own problems with the policy and the PPM on
     # this mesh over its host's devices (weights in model.dtype; -1 takes the host's devices).
     config.inference_mesh = mesh_config(data=1, fsdp=1, tensor=1)
-    # True: compile every jitted function of the run for the devices, print memory per chip against
-    # HBM, stop (rstar_jax.dry_run); with a Cloud TPU topology such as "v5p:4x4x4" or "v5e:8x8" the
-    # TPU compiler compiles for that slice without one (pip install -e '.[tpu]').
     # JAX's persistent compilation cache: "workdir" (<the run's local directory>/jax_cache), a path
     # or URL (gs://...), or "" (off). A resumed or preempted run compiles nothing it compiled
     # before.
     config.compilation_cache = "workdir"
+    # True: compile every jitted function of the run for the devices, print memory per chip against
+    # HBM, stop (rstar_jax.dry_run); with a Cloud TPU topology such as "v5p:4x4x4" or "v5e:8x8" the
+    # TPU compiler compiles for that slice without one (pip install -e '.[tpu]').
     config.dry_run = False
+    # "" (this machine's devices) or a Cloud TPU slice, e.g. "v5p:4x4x4", "v5e:8x8"
     config.dry_run_topology = ""
     # what to compile: the training steps, the search and evaluation calls
     config.dry_run_parts = "train,search"
@@ -158,10 +205,13 @@ def pretrained_config(preset: str, checkpoint: str,
                          f"{', '.join(k for k in HOST_BATCHES if k)}")
     search_batch, eval_batch = MODEL_HOST_BATCHES.get((preset, chips), HOST_BATCHES[chips or ""])
     config = ml_collections.ConfigDict()
-    config.seed = 0
+    config.seed = 0  # kept in the run's config.json; no stage reads it
+    # The base model of the policy and the PPM: architecture, checkpoint, dtypes.
     config.model = model_config(preset, checkpoint)
+    # The tokenizer's directory, when it is not the checkpoint's.
     config.tokenizer = ml_collections.ConfigDict({"path": ""})  # "" = the checkpoint directory
-    config.mesh = mesh_config(data=1, fsdp=-1, tensor=1)
+    config.mesh = mesh_config(data=1, fsdp=-1, tensor=1)  # the training mesh, over every device
+    # Training the policy, the PPM and the ORM of each round (RSTAR.md section 5).
     config.train = train_config()
     evolve_config(config, train="/mnt/data/problems.parquet?preset=numina", test="math500",
                   search={"max_depth": 16, "max_step_tokens": 512, "max_output_tokens": 64},

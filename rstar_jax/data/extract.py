@@ -65,14 +65,16 @@ class ExtractConfig:
     """The knobs of extraction (module docstring); defaults follow the paper and the reference
     code (margin 0.5, 20 characters)."""
 
-    sft_per_problem: int = 2
+    sft_per_problem: int = 2  # SFT examples kept per problem: its best correct trajectories
+    # a problem with a smaller fraction of correct trajectories gives no SFT example (0: keep all)
     min_correct_fraction: float = 0.5
-    pairs_per_side: int = 2
-    fallback_per_side: int = 4
-    min_margin: float = 0.5
+    pairs_per_side: int = 2  # positive / negative children kept at each node for step pairs
+    fallback_per_side: int = 4  # ... on the other side when one side has a single candidate
+    min_margin: float = 0.5  # a pair's Q(pos) - Q(neg) is at least this
+    # a pair's two texts differ by at least this many characters (Levenshtein distance)
     min_distance: int = 20
-    final_pairs: int = 2
-    outcomes_per_problem: int = 8
+    final_pairs: int = 2  # correct and wrong trajectories of a problem paired as final-step pairs
+    outcomes_per_problem: int = 8  # ORM examples per problem
 
     def __post_init__(self):
         for name in ("sft_per_problem", "pairs_per_side", "fallback_per_side", "min_distance",

@@ -54,18 +54,18 @@ class SearchConfig:
     stops searching (reported in its result), the others go on.
     """
 
-    mode: Mode = Mode.TERMINAL
-    rollouts: int = 16
+    mode: Mode = Mode.TERMINAL  # how nodes get their values (Mode); a preset sets its stage's
+    rollouts: int = 16  # counted rollouts per problem: bounds the trajectories it explores
     candidates: int = 8  # K: samples per expansion
     # A non-answer node deeper than this is terminal (RSTAR.md: depth > max_depth).
     max_depth: int = 16
-    c_uct: float = 2.0
+    c_uct: float = 2.0  # UCT's exploration constant
     errors_threshold: int = 1  # consecutive failing steps that end a path (bootstrap: 2)
     max_step_tokens: int = 256  # generation budget of one step
     max_output_tokens: int = 64  # tokens of an <output> block kept in a node (stdout is cut to fit)
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
+    temperature: float = 1.0  # the policy's sampling temperature for candidate steps
+    top_p: float = 1.0  # nucleus sampling (1: off)
+    top_k: int = 0  # sample among the k likeliest tokens (0: off)
     bootstrap: bool = False  # round-1 prompt (instructions + 2 examples) and stops
     # Graded modes: a problem no rollout solved is searched again, from scratch, with this many
     # rollouts (0: never). The paper's round 4 gives unsolved problems 64.
@@ -82,8 +82,8 @@ class SearchConfig:
     # (benchmarks/prefix_reuse.py, CPU, at e0efc21); off by default until the rounds are
     # measured with it.
     continuous: bool = False
-    seed: int = 0
-    capacity: int | None = None
+    seed: int = 0  # sampling seeds derive from it, the problem and the node
+    capacity: int | None = None  # nodes per tree (class docstring); None: the most it can create
 
     def __post_init__(self):
         object.__setattr__(self, "mode", Mode(self.mode))
