@@ -20,7 +20,7 @@ LAYERS = (
     ("models",),
     ("engine",),
     ("search", "train"),
-    ("evaluate",),
+    ("evaluate", "tree_view"),
     ("report", "dry_run"),
     ("evolve", "testing"),
 )

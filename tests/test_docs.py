@@ -137,7 +137,7 @@ COMMANDS: dict[str, Here | Elsewhere | NotRun] = {
     "make test": NotRun("the whole suite (16 minutes on 2 cores); this file is part of it"),
     **{f".venv/bin/python benchmarks/{name}.py": BENCHMARK
        for name in ("forward", "decode", "executor", "grading", "mcts", "prefix_reuse",
-                    "records", "train_step")},
+                    "records", "train_step", "tree_view")},
     # docs/evolve.md
     "python launch/tpu_evolve.py --config=configs/tiny.py --workdir=runs/tiny":
         Here(RESUME, "on the smoke config"),
