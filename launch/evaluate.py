@@ -15,6 +15,7 @@ launch/view_tree.py --trees=<that directory>).
 import logging
 import pathlib
 import re
+import shutil
 import sys
 
 from absl import app, flags
@@ -74,12 +75,16 @@ def main(argv):
         print(f"round {r} has no PPM: no best-of-N (PPM) or MCTS + PPM", file=sys.stderr)
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", _PROBLEMS.value or "test")
     out = run.dir / "evaluate" / f"{name}-round{r}"
+    # This evaluation's trees replace the last one's, whichever methods either ran.
+    shutil.rmtree(out / "trees", ignore_errors=True)
+    (out / "trees").mkdir(parents=True)
     with evolve.code_executor(config.executor) as executor:
         ev = run.evaluate(r, problems, executor, methods=_METHODS.value,
                           samples=_SAMPLES.value or None, temperature=_TEMPERATURE.value,
                           searches=_SEARCHES.value or None, trees_dir=out / "trees")
     print(evaluate.report(ev, out, title=f"{len(problems)} problems, round {r}"))
     run.push(out)
+    run.push(out / "trees", delete=True)
     where = f"written to {out}"
     if run.mirror:
         where += f" and {run.mirror.url}/{out.relative_to(run.dir).as_posix()}"

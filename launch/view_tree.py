@@ -4,14 +4,16 @@ and an index, to open in a browser (offline: each page holds its data and script
     python launch/view_tree.py --workdir=runs/tiny --round=3                # every tree of round 3
     python launch/view_tree.py --workdir=runs/tiny --round=3 --index=0      # its first tree only
     python launch/view_tree.py --workdir=runs/tiny --round=3 --problem=synthetic/level2/1a2b
-    python launch/view_tree.py --workdir=runs/tiny --round=3 --trees=eval   # the round's test-time trees
-    python launch/view_tree.py --trees=runs/tiny/evaluate/test-round3/trees # launch/evaluate.py's
+    python launch/view_tree.py --workdir=runs/tiny --round=3 --trees=eval   # its test-time trees
+    python launch/view_tree.py --trees=runs/tiny/evaluate/test-round3/trees # evaluate.py's
 
 --trees: `search` (default: the round's search records, <workdir>/round_<r>/search), `eval` (the
-round's evaluation, <workdir>/round_<r>/eval/trees), or a directory of tree records. Pages go
-to --out (default: the round's directory, or the records directory's parent), named
-tree-<problem id>.html, with index.html listing every tree drawn. A search's trees show the SFT
-trajectories and PPM pairs the run's extraction settings (config.json) take from them.
+round's evaluation, <workdir>/round_<r>/eval/trees), or a directory of tree records (then
+without --workdir and --round). Pages go to --out (default: the round's directory for
+`search`, the records directory's parent otherwise), named tree-<problem id>.html, with
+index.html listing every tree drawn (not written when --problem or --index picks one). A
+graded search's trees show the SFT trajectories and PPM pairs the run's extraction settings
+(config.json) take from them; a test-time search's answers are graded against the reference.
 """
 
 import json
@@ -24,7 +26,7 @@ from absl import app, flags
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The run's work directory (a path or URL).")
-_ROUND = flags.DEFINE_integer("round", -1, "Which round (-1: the last one with search records).")
+_ROUND = flags.DEFINE_integer("round", -1, "Which round (-1: the last one with such records).")
 _TREES = flags.DEFINE_string("trees", "search",
                              "search, eval, or a directory of tree records.")
 _PROBLEM = flags.DEFINE_string("problem", None, "Draw only this problem's tree(s) (its id).")
@@ -39,39 +41,69 @@ class UsageError(Exception):
     pass
 
 
-def _last_round(workdir: pathlib.Path) -> int:
-    rounds = sorted(int(p.name.split("_")[1]) for p in workdir.glob("round_*")
-                    if p.name.split("_")[1].isdigit() and any((p / "search").glob("tree-*")))
-    if not rounds:
-        raise UsageError(f"{workdir} has no round with search records (round_<r>/search/tree-*); "
-                         "run launch/tpu_evolve.py first, or pass --trees=<records directory>")
-    return rounds[-1]
+def _rounds(workdir: pathlib.Path, where: str) -> list[int]:
+    """The rounds of a run with tree records in round_<r>/<where>."""
+    from rstar_jax.data.records import SUFFIX
+
+    found = []
+    for d in workdir.glob("round_*"):
+        r = d.name.removeprefix("round_")
+        if r.isdigit() and any((d / where).glob(f"tree-*{SUFFIX}")):
+            found.append(int(r))
+    return sorted(found)
 
 
-def _sources() -> tuple[pathlib.Path, pathlib.Path, bool, str, dict]:
-    """(records directory, output directory, graded, title, the run's extraction settings)."""
-    extract: dict = {}
+def _run_extract(records: pathlib.Path) -> dict:
+    """The extraction settings of the run a records directory lies in (its config.json's
+    `extract`), {} for the defaults when it lies in none."""
+    for d in records.parents:
+        if (d / "config.json").exists():
+            config = json.loads((d / "config.json").read_text())
+            if isinstance(config, dict) and "extract" in config:
+                return config["extract"] or {}
+    return {}
+
+
+def _sources() -> tuple[pathlib.Path, pathlib.Path, bool | None, str, dict]:
+    """(records directory, output directory, graded (None: tell from the rewards), title, the
+    run's extraction settings)."""
     if _TREES.value not in ("search", "eval"):
+        if _WORKDIR.value or _ROUND.value >= 0:
+            raise UsageError(f"--trees={_TREES.value} names the records itself: drop --workdir "
+                             "and --round (or pass --trees=search or eval)")
         records = pathlib.Path(_TREES.value).expanduser().absolute()
         if not records.is_dir():
             raise UsageError(f"--trees={_TREES.value}: no such directory of tree records")
-        return records, records.parent, False, f"Search trees: {records}", extract
+        return records, records.parent, None, f"Search trees: {records}", _run_extract(records)
     if not _WORKDIR.value:
         raise UsageError(f"--trees={_TREES.value} reads a run: pass --workdir (or --trees=<a "
                          "directory of tree records>)")
+    from rstar_jax.evolve.config import ConfigError
     from rstar_jax.evolve.rundir import RunDir
 
-    workdir = RunDir(_WORKDIR.value, _CACHE_DIR.value).dir
+    try:
+        workdir = RunDir(_WORKDIR.value, _CACHE_DIR.value).dir
+    except ConfigError as e:
+        raise UsageError(str(e)) from None
     if not workdir.is_dir():
         raise UsageError(f"--workdir={_WORKDIR.value}: no such directory")
-    r = _last_round(workdir) if _ROUND.value < 0 else _ROUND.value
+    search = _TREES.value == "search"
+    where, what = ("search", "search") if search else ("eval/trees", "evaluation (MCTS)")
+    rounds = _rounds(workdir, where)
+    if not rounds or _ROUND.value >= 0 and _ROUND.value not in rounds:
+        which = "no round" if _ROUND.value < 0 else f"no round {_ROUND.value}"
+        hint = ("run launch/tpu_evolve.py" if search else
+                "a round's evaluation keeps its MCTS trees when it runs MCTS with a PPM")
+        raise UsageError(f"{workdir} has {which} with {what} tree records (round_<r>/{where}); "
+                         f"rounds that have them: {rounds or 'none'} ({hint})")
+    r = rounds[-1] if _ROUND.value < 0 else _ROUND.value
     round_dir = workdir / f"round_{r}"
-    config = workdir / "config.json"
-    if config.exists():
-        extract = json.loads(config.read_text()).get("extract") or {}
-    if _TREES.value == "search":
-        return (round_dir / "search", round_dir, True, f"Round {r} search trees", extract)
-    return (round_dir / "eval" / "trees", round_dir, False, f"Round {r} test-time trees", extract)
+    extract = _run_extract(round_dir)
+    if search:
+        return round_dir / "search", round_dir, True, f"Round {r} search trees", extract
+    # beside the evaluation's results, so the search's pages (and index) stay as they are
+    return round_dir / "eval" / "trees", round_dir / "eval", False, \
+        f"Round {r} test-time trees", extract
 
 
 def main(argv):
@@ -86,9 +118,7 @@ def main(argv):
             raise UsageError("pass --problem or --index, not both")
         records, out, graded, title, extract = _sources()
         if not any(records.glob(f"tree-*{SUFFIX}")):
-            raise UsageError(f"{records} holds no tree records (tree-*{SUFFIX}); "
-                             + ("evaluations save their MCTS trees there since this version: "
-                                "evaluate again" if not graded else "has the search run?"))
+            raise UsageError(f"{records} holds no tree records (tree-*{SUFFIX})")
         try:
             config = ExtractConfig(**extract)
         except (TypeError, ValueError) as e:

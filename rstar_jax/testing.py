@@ -62,7 +62,8 @@ def random_search_tree(seed: int, *, nodes: int = 200, candidates: int = 4, max_
     then overflows) or no node is open (the root is then terminal): answers (+1 or -1, terminal,
     backed up to the root), failing code steps, and open code steps with a random PPM value
     (N = 1, W = value); a step at max_depth that is not an answer is terminal with -1. Texts are
-    ~step_chars characters of step-format code.
+    ~step_chars characters of step-format code; a code step printed its id, a failing one gives
+    an error line (`outputs`).
     """
     from rstar_jax.data.problem import Problem
     from rstar_jax.data.tree import SearchTree
@@ -133,7 +134,9 @@ def random_search_tree(seed: int, *, nodes: int = 200, candidates: int = 4, max_
                       init_value=np.array(init, np.float32), reward=np.array(reward, np.float32),
                       terminal=np.array(terminal), valid=valid_arr, is_answer=np.array(answer),
                       errors=errors, tokens=tokens, texts=texts, rollouts=len(answers),
-                      overflow=not terminal[0], answer=None, answer_node=-1)
+                      overflow=not terminal[0], answer=None, answer_node=-1,
+                      outputs=["" if answer[i] or i == 0 else f"{i}\n" if valid[i]
+                               else "ZeroDivisionError: division by zero" for i in range(count)])
     if answers:
         tree.answer_node = answers[int(np.argmax(tree.q[answers]))]
         tree.answer = fmt.extract_answer(texts[tree.answer_node])

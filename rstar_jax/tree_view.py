@@ -18,7 +18,9 @@ from __future__ import annotations
 import dataclasses
 import html
 import importlib.resources
+import hashlib
 import json
+import math
 import pathlib
 import re
 from collections.abc import Callable, Iterable, Sequence
@@ -39,7 +41,9 @@ def _asset(name: str) -> str:
 
 def is_graded(tree: SearchTree) -> bool:
     """Whether the tree comes from a graded search (every answer's reward +1 or -1), not a
-    test-time one (where an answer's reward is the PPM's score)."""
+    test-time one (where an answer's reward is the PPM's score). A guess, for callers that do
+    not know: a test-time tree whose every answer the PPM scored exactly +-1 passes for graded.
+    launch/view_tree.py says which trees it draws."""
     rewards = tree.reward[tree.is_answer]
     return bool(np.isin(rewards, (1.0, -1.0)).all())
 
@@ -89,18 +93,22 @@ def view_data(tree: SearchTree, *, graded: bool | None = None,
     if graded and extract_config is not None and answers:
         for ex in extract_sft(tree, extract_config):
             a = int(ex.metadata["answer_node"])
-            sft.append({"answer": a, "path": tree.path(a), "mean_q": ex.mean_q, "min_q": ex.min_q})
+            sft.append({"answer": a, "path": tree.path(a), "mean_q": _num(ex.mean_q),
+                        "min_q": _num(ex.min_q)})
         for p in extract_ppm(tree, extract_config):
             m = p.metadata
             pairs.append({"kind": p.kind, "node": int(m.get("node", 0)),
                           "pos": int(m["positive_node"]), "neg": int(m["negative_node"]),
-                          "q_pos": p.q_positive, "q_neg": p.q_negative})
+                          "q_pos": _num(p.q_positive), "q_neg": _num(p.q_negative)})
     problem = tree.problem
     return {
         "problem": {"id": problem.id, "question": problem.question,
                     "references": list(problem.references)},
         "graded": graded,
-        "solved": any(k == "correct" for k in answers.values()),
+        # a training search solves a problem when it finds a right answer (search.json's count);
+        # a test-time search when the answer it selects is right
+        "solved": (any(k == "correct" for k in answers.values()) if graded
+                   else answers.get(int(tree.answer_node)) == "correct"),
         "answer": tree.answer,
         "answer_node": int(tree.answer_node),
         "answer_path": tree.path(tree.answer_node) if tree.answer_node > 0 else [],
@@ -112,11 +120,11 @@ def view_data(tree: SearchTree, *, graded: bool | None = None,
         "pairs": pairs,
         "nodes": {
             "parent": tree.parent.tolist(), "depth": tree.depth.tolist(),
-            "visits": tree.visits.tolist(), "q": [round(float(x), 4) for x in tree.q],
-            "ppm": [round(float(x), 4) for x in tree.init_value],
+            "visits": tree.visits.tolist(), "q": [_num(x) for x in tree.q],
+            "ppm": [_num(x) for x in tree.init_value],
             # scored: the PPM gave the node a value (open nodes in a search that uses it)
             "scored": [bool(x) for x in tree.init_value != 0],
-            "reward": [round(float(x), 4) for x in tree.reward],
+            "reward": [_num(x) for x in tree.reward],
             "terminal": tree.terminal.tolist(), "valid": tree.valid.tolist(),
             "answer": tree.is_answer.tolist(), "errors": tree.errors.tolist(),
             "kind": kind, "text": list(tree.texts), "code": code, "output": list(outputs),
@@ -125,9 +133,19 @@ def view_data(tree: SearchTree, *, graded: bool | None = None,
 
 
 def _json_for_script(data) -> str:
-    # Inside <script>, "</" could close the element: escape it (and U+2028/9 for old parsers).
-    text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
-    return text.replace("</", "<\\/").replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+    # Inside <script>, "</script" closes the element and "<!--" changes how the parser looks for
+    # the end: no "<", ">" or "&" may appear as such. JSON's \u escapes say the same characters.
+    text = json.dumps(data, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    for c in "<>&\u2028\u2029":
+        text = text.replace(c, f"\\u{ord(c):04x}")
+    return text
+
+
+def _num(x) -> float | None:
+    """A value as JSON can hold it: rounded, and None (drawn as NaN) when not finite, as a
+    diverged PPM's scores can be."""
+    x = float(x)
+    return round(x, 4) if math.isfinite(x) else None
 
 
 def tree_html(tree: SearchTree, *, title: str | None = None, index: str | None = None,
@@ -148,7 +166,8 @@ def _page(tree: SearchTree, data: dict, title: str | None, index: str | None) ->
              f"{tree.num_nodes} nodes", f"{tree.rollouts} rollouts",
              f"{len(data['sft'])} SFT trajectories", f"{len(data['pairs'])} PPM pairs"]
     if not data["graded"]:
-        facts.append("test-time search: answers graded here against the reference")
+        facts.append("test-time search: answers graded here against the reference; solved: "
+                     "the selected answer is right")
     if tree.overflow:
         facts.append("ran out of nodes")
     back = f"<a href='{html.escape(index)}'>all problems</a> · " if index else ""
@@ -193,9 +212,13 @@ class Page:
 
 
 def page_name(problem_id: str, search: int = 1) -> str:
-    """The file of a problem's page: `tree-<id>.html` (characters other than letters, digits,
-    `_`, `.` and `-` become `_`), `tree-<id>-s<search>.html` for a second search onwards."""
+    """The file of a problem's page: `tree-<id>.html`, `tree-<id>-s<search>.html` for a second
+    search onwards. An id with characters other than letters, digits, `_`, `.` and `-` has them
+    replaced by `_` and 8 hex digits of its hash appended, so two ids never share a file
+    ("a/b" and "a_b"), whatever the file system's case rules."""
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", problem_id)
+    if safe != problem_id or problem_id.lower() != problem_id:
+        safe += "-" + hashlib.sha256(problem_id.encode()).hexdigest()[:8]
     return f"tree-{safe}.html" if search == 1 else f"tree-{safe}-s{search}.html"
 
 
@@ -243,7 +266,6 @@ def write_pages(trees: Iterable[SearchTree], out_dir: str | pathlib.Path, *,
     (pages link to one already there). A problem's second tree onwards (several test-time
     searches) is its search 2, 3, ..."""
     out = pathlib.Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     index = keep is None or (out / INDEX).exists()
     seen: dict[str, int] = {}
     pages = []
@@ -256,10 +278,12 @@ def write_pages(trees: Iterable[SearchTree], out_dir: str | pathlib.Path, *,
         suffix = "" if search == 1 else f" (search {search})"
         data = view_data(tree, graded=graded, extract_config=extract_config)
         doc = _page(tree, data, f"{title}: {pid}{suffix}", INDEX if index else None)
+        out.mkdir(parents=True, exist_ok=True)
         (out / name).write_text(doc, encoding="utf-8")
         pages.append(Page(name, pid, search, data["solved"], tree.num_nodes, tree.rollouts,
                           tree.answer))
     if keep is None:
+        out.mkdir(parents=True, exist_ok=True)
         (out / INDEX).write_text(index_html(pages, title), encoding="utf-8")
     return pages
 

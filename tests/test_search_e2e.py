@@ -55,8 +55,9 @@ def check_tree(t, config):
             assert t.outputs[node] == ""
         elif not t.valid[node]:
             assert t.outputs[node], f"node {node}: its code failed, but no error was kept"
-        elif fmt.step_output(t.texts[node]):
-            assert t.outputs[node]
+        elif fmt.step_output(t.texts[node]):  # the output block holds (the start of) what ran
+            block = fmt.escape_tokens(fmt.truncate_output(t.outputs[node].rstrip()))
+            assert block.startswith(fmt.step_output(t.texts[node]))
         if t.is_answer[node]:
             assert t.terminal[node] and t.visits[node] == 1 and t.value_sum[node] == t.reward[node]
         elif not t.valid[node] and t.errors[node] >= config.errors_threshold:

@@ -291,8 +291,9 @@ def evaluate_round(files: RunDir, e: ml_collections.ConfigDict, r: int, out: pat
                    has_ppm: bool) -> EvalSummary:
     """Round r's evaluation by the `eval` block `e`: `run_evaluation(methods=, process=,
     gather=, trees_dir=)` (round r's policy, `Evolution.evaluate`) with this process's share of
-    the problems, its results written to `out` by process 0 and its MCTS trees to `out/trees`. Rounds in `e.skip_rounds` are not
-    evaluated; rounds in `e.light_rounds` only by `e.light_methods`."""
+    the problems, its results written to `out` by process 0 and its MCTS trees to `out/trees`.
+    Rounds in `e.skip_rounds` are not evaluated; rounds in `e.light_rounds` only by
+    `e.light_methods`."""
     if r in e.skip_rounds:  # a time budget: the round's training is reported, not its policy
         return EvalSummary(evaluation=dataclasses.asdict(evaluate.Evaluation([], {}, {}, {})),
                            notes=(f"round {r}: not evaluated (config.eval.skip_rounds)",))

@@ -240,7 +240,8 @@ class _Expansion:
         def objects():
             return np.full((width, k), None, object)
 
-        return cls(objects(), objects(), objects(), objects(), *(np.zeros((width, k), bool) for _ in range(3)),
+        return cls(objects(), objects(), objects(), objects(),
+                   *(np.zeros((width, k), bool) for _ in range(3)),
                    *(np.zeros((width, k), np.float32) for _ in range(2)))
 
     def kept(self, rows) -> list[tuple[int, int]]:

@@ -41,7 +41,7 @@
     correct: "correct answer", wrong: "wrong answer", answer: "answer (no reference)",
     open: "open (not expanded)" };
 
-  function fmtQ(q) { return (q >= 0 ? "+" : "") + q.toFixed(2); }
+  function fmtQ(q) { return q === null ? "NaN" : (q >= 0 ? "+" : "") + q.toFixed(2); }
   function pathTo(v) {  // root's child .. v
     const out = [];
     while (v > 0) { out.push(v); v = N.parent[v]; }
@@ -184,8 +184,8 @@
       // token out of place), so the executor never saw it.
       const unfinished = !N.valid[v] && !N.output[v] && D.outputs_kept;
       if (N.code[v] && !N.answer[v]) {
-        section(unfinished ? "Code (never ran: the step did not finish)" : "Program",
-                pre(program(v), "", "node-program"));
+        if (unfinished) section("Code (never ran: the step did not finish)", pre(N.code[v], "", "node-program"));
+        else section("Program", pre(program(v), "", "node-program"));
       }
       const note = (text) => el("p", { class: "empty", id: "node-output" }, text);
       if (!D.outputs_kept && N.code[v] && !N.answer[v]) {
@@ -244,12 +244,16 @@
     if (g) select(+g.dataset.id, false);
   });
   let pending = false;
-  canvas.addEventListener("scroll", () => {  // draw a new band before the view leaves this one
-    const h = canvas.clientHeight, t = canvas.scrollTop;
-    if (pending || (t - band[0] >= h / 2 && band[1] - (t + h) >= h / 2)) return;
+  function redraw() {
+    if (pending) return;
     pending = true;
     requestAnimationFrame(() => { pending = false; draw(); });
+  }
+  canvas.addEventListener("scroll", () => {  // draw a new band before the view leaves this one
+    const h = canvas.clientHeight, t = canvas.scrollTop;
+    if (t - band[0] < h / 2 || band[1] - (t + h) < h / 2) redraw();
   });
+  window.addEventListener("resize", redraw);  // a taller view needs a taller band
   // A tooltip with the node's step, for the node under the pointer (one element for the page,
   // not one per node: a tree of thousands of nodes draws faster without them).
   const tip = document.getElementById("tip");
