@@ -134,15 +134,12 @@ def _vote(pool: list[Candidate], weight: Callable[[Candidate], float]) -> Candid
 def _answers(tree: SearchTree, graded: bool) -> list[Candidate]:
     """The answer nodes of a tree, in creation order, with their Q (their PPM score at test
     time)."""
-    from rstar_jax.steps.grading import is_equivalent
-
     out = []
     q = tree.q
+    right = None if graded else tree.right_answers()
     for node in np.flatnonzero(tree.is_answer):
         answer = fmt.extract_answer(tree.texts[node])
-        correct = bool(tree.reward[node] > 0) if graded else (
-            answer is not None and is_equivalent(answer, tree.problem.references
-                                                 or tree.problem.answer))
+        correct = bool(tree.reward[node] > 0) if graded else bool(right[int(node)])
         ids = (*tree.prompt_ids, *(t for n in tree.path(int(node)) for t in tree.tokens[n]))
         out.append(Candidate(answer, float(q[node]), correct, ids))
     return out
@@ -202,10 +199,10 @@ def rescore(solutions: Sequence[Solutions], scorer) -> list[Solutions]:
 def mcts(problems: Sequence[Problem], policy, scorer, executor, tokenizer, search: SearchConfig, *,
          searches: int = 1, batch_size: int | None = None, progress: bool | None = None,
          seed_ids: Sequence[int] | None = None,
-         keep_trees: Callable[[int, list[SearchTree]], None] | None = None) -> list[Solutions]:
+         keep_trees: Callable[[list[SearchTree]], None] | None = None) -> list[Solutions]:
     """`searches` independent test-time searches of each problem with the PPM (RSTAR.md
-    section 3); every answer node found is a candidate, scored by the PPM. `keep_trees(i,
-    trees)` is given the trees of search i."""
+    section 3); every answer node found is a candidate, scored by the PPM. `keep_trees` is
+    given each search's trees, search by search."""
     if scorer is None:
         raise ValueError("MCTS evaluation needs a PPM scorer: test-time search scores answers with "
                          "it")
@@ -218,12 +215,12 @@ def mcts(problems: Sequence[Problem], policy, scorer, executor, tokenizer, searc
         for sol, tree in zip(out, trees):
             sol.candidates += _answers(tree, graded=False)
         if keep_trees is not None:
-            keep_trees(i, trees)
+            keep_trees(trees)
     return out
 
 
 def tree_writer(directory: str | pathlib.Path, process: int = 0
-                ) -> Callable[[int, list[SearchTree]], None]:
+                ) -> Callable[[list[SearchTree]], None]:
     """A `keep_trees` for `mcts` that writes the trees into `directory` as tree records (what
     `launch/view_tree.py` draws), each search's after the previous one's. Shards are named by
     process (`tree-p<process>-*`); this process's shards from an earlier evaluation are
@@ -235,8 +232,7 @@ def tree_writer(directory: str | pathlib.Path, process: int = 0
     for old in directory.glob(f"tree-{prefix}-*{SUFFIX}"):
         old.unlink()
 
-    def keep(search: int, trees: list[SearchTree]) -> None:
-        del search  # the order of the records says which search
+    def keep(trees: list[SearchTree]) -> None:  # the order of the records says which search
         with RecordWriter(directory, "tree", prefix=prefix) as writer:
             for tree in trees:
                 writer.write(tree)

@@ -50,20 +50,11 @@ def is_graded(tree: SearchTree) -> bool:
 
 def _answer_kinds(tree: SearchTree, graded: bool) -> dict[int, str]:
     """correct / wrong / answer (no reference to grade against) for each answer node."""
-    nodes = np.flatnonzero(tree.is_answer).tolist()
     if graded:
-        return {a: "correct" if tree.reward[a] > 0 else "wrong" for a in nodes}
-    refs = tree.problem.references
-    if not refs:
-        return dict.fromkeys(nodes, "answer")
-    from rstar_jax.steps.grading import is_equivalent
-
-    out = {}
-    for a in nodes:
-        pred = fmt.extract_answer(tree.texts[a])
-        ok = pred is not None and is_equivalent(pred, refs[0] if len(refs) == 1 else list(refs))
-        out[a] = "correct" if ok else "wrong"
-    return out
+        return {a: "correct" if tree.reward[a] > 0 else "wrong"
+                for a in np.flatnonzero(tree.is_answer).tolist()}
+    return {a: "answer" if right is None else "correct" if right else "wrong"
+            for a, right in tree.right_answers().items()}
 
 
 def view_data(tree: SearchTree, *, graded: bool | None = None,

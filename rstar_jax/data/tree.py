@@ -68,6 +68,20 @@ class SearchTree:
         """Whether a graded answer node of the tree is correct."""
         return bool((self.is_answer & (self.reward > 0)).any())
 
+    def right_answers(self) -> dict[int, bool | None]:
+        """Whether each answer node's answer matches the problem's references
+        (`steps.grading.is_equivalent`), by node: what a test-time tree's rewards, PPM scores,
+        do not say. None for every node when the problem has no reference."""
+        from rstar_jax.steps import format as fmt
+        from rstar_jax.steps.grading import is_equivalent
+
+        refs = list(self.problem.references)
+        out = {}
+        for node in np.flatnonzero(self.is_answer).tolist():
+            pred = fmt.extract_answer(self.texts[node])
+            out[node] = (pred is not None and is_equivalent(pred, refs)) if refs else None
+        return out
+
     def path(self, node: int) -> list[int]:
         """The nodes from the root's child down to `node`."""
         return path_to(self.parent, node)
